@@ -1,0 +1,1 @@
+"""uffd-harness: drive userfaultfd and observe the page-table bits it leaves."""

@@ -1,0 +1,82 @@
+"""Exceptions that say which operation failed, on which range, and what to do."""
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Optional
+
+
+def errno_name(code: int) -> str:
+    return _errno.errorcode.get(code, f"errno {code}")
+
+
+def format_range(start: Optional[int], length: Optional[int]) -> str:
+    if start is None:
+        return ""
+    return f" [{start:#x}, +{length})" if length is not None else f" [{start:#x}]"
+
+
+class HarnessError(Exception):
+    """Base of every error the harness raises on purpose."""
+
+
+class UffdError(HarnessError, OSError):
+    """A userfaultfd operation failed.
+
+    ``op`` is the ioctl or call (``"UFFDIO_WRITEPROTECT"``), ``start`` and
+    ``length`` the range it was given, ``errno`` the kernel's answer, and
+    ``advice`` what the caller can do about it.
+    """
+
+    def __init__(self, op: str, code: int, start: Optional[int] = None,
+                 length: Optional[int] = None, advice: str = "", result: Optional[int] = None):
+        self.op = op
+        self.start = start
+        self.length = length
+        self.advice = advice
+        #: what the kernel wrote back (bytes copied, mapped, moved) before failing
+        self.result = result
+        message = f"{op}{format_range(start, length)}: {errno_name(code)}"
+        message += f": {advice}" if advice else f" ({os.strerror(code)})"
+        OSError.__init__(self, code, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class UffdClosedError(UffdError):
+    """The userfaultfd object was used after :meth:`Userfaultfd.close`."""
+
+    def __init__(self, op: str):
+        super().__init__(op, _errno.EBADF, advice="this userfaultfd is closed")
+
+
+class FeatureUnavailable(UffdError):
+    """The kernel does not offer a feature that was asked for."""
+
+    def __init__(self, missing, offered):
+        self.missing = frozenset(missing)
+        self.offered = frozenset(offered)
+        names = ", ".join(sorted(f.name for f in self.missing))
+        super().__init__("UFFDIO_API", _errno.EINVAL,
+                         advice=f"kernel {os.uname().release} lacks UFFD_FEATURE_{names.replace(', ', ', UFFD_FEATURE_')}")
+
+
+class MappingError(HarnessError, OSError):
+    """A mapping call (mmap, madvise, mprotect, ...) failed."""
+
+    def __init__(self, op: str, code: int, start: Optional[int] = None,
+                 length: Optional[int] = None, advice: str = ""):
+        self.op = op
+        self.start = start
+        self.length = length
+        message = f"{op}{format_range(start, length)}: {errno_name(code)}"
+        message += f": {advice}" if advice else f" ({os.strerror(code)})"
+        OSError.__init__(self, code, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class ObservationUnavailable(HarnessError):
+    """A PTE observation channel cannot answer here (and why)."""

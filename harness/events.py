@@ -1,0 +1,182 @@
+"""userfaultfd events as Python objects, and a fault handler thread for tests."""
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+from harness.abi import Event, PagefaultFlag
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.uffd import Userfaultfd
+
+
+@dataclass(frozen=True)
+class PageFault:
+    address: int
+    flags: PagefaultFlag
+    #: id of the faulting thread (0 unless THREAD_ID was negotiated)
+    ptid: int
+
+    @property
+    def write(self) -> bool:
+        return bool(self.flags & PagefaultFlag.WRITE)
+
+    @property
+    def wp(self) -> bool:
+        return bool(self.flags & PagefaultFlag.WP)
+
+    @property
+    def minor(self) -> bool:
+        return bool(self.flags & PagefaultFlag.MINOR)
+
+
+@dataclass(frozen=True)
+class ForkEvent:
+    #: the child's userfaultfd, already open in this process (close it)
+    uffd: "Userfaultfd"
+
+
+@dataclass(frozen=True)
+class RemapEvent:
+    old: int
+    new: int
+    length: int
+
+
+@dataclass(frozen=True)
+class RemoveEvent:
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class UnmapEvent:
+    start: int
+    end: int
+
+
+UffdEvent = Union[PageFault, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent]
+
+
+def decode_events(buf, count: int, adopt_fd: Callable[[int], "Userfaultfd"]) -> list[UffdEvent]:
+    events: list[UffdEvent] = []
+    for i in range(count):
+        e = buf[i]
+        kind = e.event
+        if kind == Event.PAGEFAULT:
+            events.append(PageFault(e.address, PagefaultFlag(e.flags), e.ptid))
+        elif kind == Event.FORK:
+            events.append(ForkEvent(adopt_fd(e.fork_ufd)))
+        elif kind == Event.REMAP:
+            events.append(RemapEvent(getattr(e, "from"), e.to, e.len))
+        elif kind == Event.REMOVE:
+            events.append(RemoveEvent(e.start, e.end))
+        elif kind == Event.UNMAP:
+            events.append(UnmapEvent(e.start, e.end))
+        else:
+            raise HarnessError(f"userfaultfd read: unknown event type {kind:#x}")
+    return events
+
+
+class HandlerError(HarnessError):
+    """The fault handler's callback raised; the original exception is the cause."""
+
+
+class FaultHandler:
+    """Serve a userfaultfd's events on a background thread.
+
+    ``callback(uffd, event)`` runs once per event.  If it raises, the handler
+    resolves that fault the simplest way it can (un-protect, continue, or
+    map a zero page) so the faulting thread does not hang, keeps serving,
+    and :meth:`stop` re-raises the first exception in the calling thread::
+
+        with FaultHandler(uffd, lambda u, ev: u.zeropage(page_of(ev), PAGE)):
+            region.read()
+    """
+
+    def __init__(self, uffd: "Userfaultfd", callback: Callable[["Userfaultfd", UffdEvent], None],
+                 *, poll_interval: float = 0.05):
+        self.uffd = uffd
+        self.callback = callback
+        self.events: list[UffdEvent] = []
+        self._poll_interval = poll_interval
+        self._error: Optional[BaseException] = None
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._serve, name="uffd-fault-handler", daemon=True)
+
+    def start(self) -> "FaultHandler":
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> "FaultHandler":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop(raise_errors=exc_type is None)
+
+    def stop(self, timeout: float = 10.0, raise_errors: bool = True) -> None:
+        """Stop serving; wait at most ``timeout`` s; re-raise the callback's error."""
+        if self._stop_w >= 0:
+            os.write(self._stop_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise HarnessError(f"fault handler did not stop within {timeout} s")
+        for fd in (self._stop_r, self._stop_w):
+            if fd >= 0:
+                os.close(fd)
+        self._stop_r = self._stop_w = -1
+        if raise_errors and self._error is not None:
+            raise HandlerError(f"fault handler callback failed: {self._error!r}") from self._error
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[UffdEvent]:
+        """Wait until ``count`` events have been handled; raise after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            if time.monotonic() > deadline:
+                raise HarnessError(f"expected {count} userfaultfd events within {timeout} s, got {len(self.events)}")
+            time.sleep(0.005)
+        return list(self.events)
+
+    def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self.uffd.fileno(), select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = dict(poller.poll(int(self._poll_interval * 1000)))
+            if self._stop_r in ready:
+                return
+            if not ready:
+                continue
+            for event in self.uffd.read_events():
+                self.events.append(event)
+                try:
+                    self.callback(self.uffd, event)
+                except BaseException as exc:  # noqa: BLE001 - re-raised by stop()
+                    if self._error is None:
+                        self._error = exc
+                    self._rescue(event)
+
+    def _rescue(self, event: UffdEvent) -> None:
+        if not isinstance(event, PageFault):
+            return
+        page = os.sysconf("SC_PAGE_SIZE")
+        start = event.address & ~(page - 1)
+        for resolve in (
+            (lambda: self.uffd.writeprotect(start, page, protect=False)) if event.wp else None,
+            (lambda: self.uffd.continue_(start, page)) if event.minor else None,
+            lambda: self.uffd.zeropage(start, page),
+            lambda: self.uffd.wake(start, page),
+        ):
+            if resolve is None:
+                continue
+            try:
+                resolve()
+                return
+            except OSError:
+                continue

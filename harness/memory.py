@@ -1,0 +1,308 @@
+"""Memory regions: one VMA each, of the kinds userfaultfd handles differently.
+
+Accesses are done in C (``cbits/memory.c``), one load or store per page, so
+a "read" never writes and a "write" never reads first.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import tempfile
+import time
+from typing import Callable, Optional
+
+from harness._native import ffi, lib
+from harness.errors import HarnessError, MappingError
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PROT_NONE = lib.PROT_NONE
+PROT_READ = lib.PROT_READ
+PROT_WRITE = lib.PROT_WRITE
+PROT_RW = PROT_READ | PROT_WRITE
+
+
+class MemoryKind(enum.Enum):
+    """The memory types of the kernel's uffd selftests (``mem_types`` in uffd-unit-tests.c)."""
+
+    ANON = "anon"
+    SHMEM = "shmem"                      # memfd, MAP_SHARED
+    SHMEM_PRIVATE = "shmem-private"      # memfd, MAP_PRIVATE
+    FILE = "file"                        # a tmpfs file, MAP_SHARED
+    HUGETLB = "hugetlb"                  # memfd MFD_HUGETLB, MAP_SHARED
+    HUGETLB_PRIVATE = "hugetlb-private"  # memfd MFD_HUGETLB, MAP_PRIVATE
+
+    @property
+    def shared(self) -> bool:
+        return self in (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.HUGETLB)
+
+    @property
+    def file_backed(self) -> bool:
+        return self is not MemoryKind.ANON
+
+    @property
+    def hugetlb(self) -> bool:
+        return self in (MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE)
+
+
+def default_hugepage_size() -> int:
+    """Hugepagesize from /proc/meminfo, in bytes."""
+    return _meminfo().get("Hugepagesize", 2048) * 1024
+
+
+def free_hugepages() -> int:
+    """HugePages_Free from /proc/meminfo: hugetlb regions need some."""
+    return _meminfo().get("HugePages_Free", 0)
+
+
+def _meminfo() -> dict[str, int]:
+    values = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def _tmpfs_dir() -> str:
+    """A tmpfs directory for FILE regions (/dev/shm when it is tmpfs)."""
+    with open("/proc/mounts") as f:
+        mounts = {fields[1]: fields[2] for fields in (line.split() for line in f)}
+    for candidate in ("/dev/shm", "/run", "/tmp"):
+        if mounts.get(candidate) == "tmpfs" and os.access(candidate, os.W_OK):
+            return candidate
+    raise HarnessError("no writable tmpfs mount (/dev/shm, /run, /tmp) for a tmpfs-file region")
+
+
+class Region:
+    """``npages`` pages of one memory kind, mapped as one VMA.
+
+    Pages are numbered from 0; ``count=None`` means "to the end".
+    """
+
+    def __init__(self, kind: MemoryKind, addr: int, npages: int, page_size: int, fd: int = -1,
+                 prot: int = PROT_RW, guarded: bool = False):
+        self.kind = kind
+        self._guarded = guarded
+        self.addr = addr
+        self.npages = npages
+        self.page_size = page_size
+        self.fd = fd
+        self.prot = prot
+
+    @property
+    def length(self) -> int:
+        return self.npages * self.page_size
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.length
+
+    @classmethod
+    def create(cls, kind: MemoryKind = MemoryKind.ANON, npages: int = 1, *, prot: int = PROT_RW) -> "Region":
+        if npages <= 0:
+            raise ValueError(f"a region needs at least one page, not {npages}")
+        page_size = default_hugepage_size() if kind.hugetlb else PAGE_SIZE
+        if kind.hugetlb and free_hugepages() < npages:
+            raise HarnessError(f"{kind.value} region of {npages} pages: only {free_hugepages()} free huge pages "
+                               "(reserve some: sysctl vm.nr_hugepages=N, as root)")
+        length = npages * page_size
+        fd = -1
+        if kind is MemoryKind.ANON:
+            flags, map_fd = lib.MAP_PRIVATE | lib.MAP_ANONYMOUS, -1
+        elif kind is MemoryKind.FILE:
+            fd, path = tempfile.mkstemp(prefix="uffd-harness-", dir=_tmpfs_dir())
+            os.unlink(path)
+            os.ftruncate(fd, length)
+            flags, map_fd = lib.MAP_SHARED, fd
+        else:
+            memfd_flags = os.MFD_CLOEXEC | (os.MFD_HUGETLB if kind.hugetlb else 0)
+            fd = os.memfd_create(f"uffd-harness-{kind.value}", memfd_flags)
+            os.ftruncate(fd, length)
+            flags = lib.MAP_SHARED if kind.shared else lib.MAP_PRIVATE
+            map_fd = fd
+        try:
+            addr = _map_between_guards(length, page_size, prot, flags, map_fd, kind.value)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return cls(kind, addr, npages, page_size, fd, prot, guarded=True)
+
+    def alias(self, prot: int = PROT_RW) -> "Region":
+        """A second MAP_SHARED mapping of the same file (for MINOR faults and page-cache tests)."""
+        if self.fd < 0:
+            raise HarnessError(f"{self.kind.value} region has no file to map twice")
+        ptr = lib.mmap(ffi.NULL, self.length, prot, lib.MAP_SHARED, self.fd, 0)
+        if ptr == ffi.cast("void *", -1):
+            raise MappingError("mmap(alias)", ffi.errno, None, self.length)
+        return Region(self.kind, int(ffi.cast("uintptr_t", ptr)), self.npages, self.page_size, -1, prot)
+
+    # -- addresses ----------------------------------------------------------
+
+    def page_addr(self, page: int) -> int:
+        if not 0 <= page < self.npages:
+            raise IndexError(f"page {page} outside a region of {self.npages} pages")
+        return self.addr + page * self.page_size
+
+    def span(self, first: int = 0, count: Optional[int] = None) -> tuple[int, int]:
+        """(start, length) of pages [first, first+count)."""
+        count = self.npages - first if count is None else count
+        if count < 0 or first < 0 or first + count > self.npages:
+            raise IndexError(f"pages [{first}, +{count}) outside a region of {self.npages} pages")
+        return self.addr + first * self.page_size, count * self.page_size
+
+    # -- accesses -----------------------------------------------------------
+
+    def read(self, first: int = 0, count: Optional[int] = None) -> None:
+        """Load one byte of each page (faults in, makes young; never dirties)."""
+        start, length = self.span(first, count)
+        lib.harness_read_pages(start, length // self.page_size, self.page_size)
+
+    def write(self, first: int = 0, count: Optional[int] = None, value: int = 0x5A) -> None:
+        """Store ``value`` into the first byte of each page (makes young and dirty)."""
+        start, length = self.span(first, count)
+        lib.harness_write_pages(start, length // self.page_size, self.page_size, value & 0xFF)
+
+    def probe(self, page: int = 0, write: bool = False, value: int = 0x5A) -> int:
+        """One access that may fault with a signal: 0 if it completed, else the signal number."""
+        return lib.harness_probe_access(self.page_addr(page), int(write), value & 0xFF)
+
+    def data(self, page: int = 0, length: Optional[int] = None) -> bytes:
+        """A copy of the bytes of a page (this reads the page)."""
+        length = self.page_size if length is None else length
+        return bytes(ffi.buffer(ffi.cast("char *", self.page_addr(page)), length))
+
+    def fill(self, page: int, data: bytes) -> None:
+        """Write ``data`` at the start of ``page`` (a write access)."""
+        if len(data) > self.length - page * self.page_size:
+            raise ValueError("data runs past the end of the region")
+        ffi.memmove(ffi.cast("char *", self.page_addr(page)), data, len(data))
+
+    def checksum(self, first: int = 0, count: Optional[int] = None) -> int:
+        start, length = self.span(first, count)
+        return lib.harness_checksum(start, length)
+
+    # -- madvise / mprotect ----------------------------------------------------
+
+    def madvise(self, advice: int, first: int = 0, count: Optional[int] = None) -> None:
+        start, length = self.span(first, count)
+        if lib.madvise(ffi.cast("void *", start), length, advice) != 0:
+            raise MappingError(f"madvise({_advice_name(advice)})", ffi.errno, start, length)
+
+    def free(self, first: int = 0, count: Optional[int] = None) -> None:
+        """MADV_FREE: anonymous PTEs stay present and writable but become old and clean."""
+        self.madvise(lib.MADV_FREE, first, count)
+
+    def dontneed(self, first: int = 0, count: Optional[int] = None) -> None:
+        self.madvise(lib.MADV_DONTNEED, first, count)
+
+    def pageout(self, first: int = 0, count: Optional[int] = None) -> None:
+        self.madvise(lib.MADV_PAGEOUT, first, count)
+
+    def mprotect(self, prot: int, first: int = 0, count: Optional[int] = None) -> None:
+        start, length = self.span(first, count)
+        if lib.mprotect(ffi.cast("void *", start), length, prot) != 0:
+            raise MappingError("mprotect", ffi.errno, start, length)
+        if first == 0 and length == self.length:
+            self.prot = prot
+
+    def mremap(self, npages: Optional[int] = None) -> int:
+        """Move the mapping elsewhere (MREMAP_MAYMOVE, forcing a move); returns the new address."""
+        npages = self.npages if npages is None else npages
+        new_length = npages * self.page_size
+        # Grow by one page then shrink back: the only portable way to force a move.
+        ptr = lib.mremap(ffi.cast("void *", self.addr), self.length, new_length, lib.MREMAP_MAYMOVE)
+        if ptr == ffi.cast("void *", -1):
+            raise MappingError("mremap", ffi.errno, self.addr, self.length)
+        self.addr, self.npages = int(ffi.cast("uintptr_t", ptr)), npages
+        return self.addr
+
+    # -- life cycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        if self.addr:
+            guard = self.page_size if self._guarded else 0
+            start, length = self.addr - guard, self.length + 2 * guard
+            if lib.munmap(ffi.cast("void *", start), length) != 0:
+                raise MappingError("munmap", ffi.errno, start, length)
+            self.addr = 0
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Region":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Region {self.kind.value} {self.addr:#x} {self.npages}x{self.page_size}>"
+
+
+def _map_between_guards(length: int, align: int, prot: int, flags: int, fd: int, what: str) -> int:
+    """Map ``length`` bytes with an inaccessible page on each side; return the address.
+
+    The guards stop the kernel from merging the region's VMA with a
+    neighbour (``vma_merge()``), so the region is exactly one VMA and smaps'
+    per-VMA counts are per-region counts.
+    """
+    reserve_len = length + 3 * align
+    reserve = lib.mmap(ffi.NULL, reserve_len, PROT_NONE,
+                       lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
+    if reserve == ffi.cast("void *", -1):
+        raise MappingError(f"mmap(reserve for {what})", ffi.errno, None, reserve_len)
+    base = int(ffi.cast("uintptr_t", reserve))
+    addr = (base + 2 * align - 1) // align * align          # >= base + align, aligned
+    ptr = lib.mmap(ffi.cast("void *", addr), length, prot, flags | lib.MAP_FIXED, fd, 0)
+    if ptr == ffi.cast("void *", -1):
+        code = ffi.errno
+        lib.munmap(reserve, reserve_len)
+        raise MappingError(f"mmap({what})", code, addr, length)
+    # Keep one guard page each side; give back the rest of the reservation.
+    head = addr - align - base
+    if head:
+        lib.munmap(reserve, head)
+    tail_start = addr + length + align
+    tail_len = base + reserve_len - tail_start
+    if tail_len:
+        lib.munmap(ffi.cast("void *", tail_start), tail_len)
+    return addr
+
+
+def _advice_name(advice: int) -> str:
+    for name in ("MADV_FREE", "MADV_DONTNEED", "MADV_PAGEOUT", "MADV_HUGEPAGE", "MADV_NOHUGEPAGE",
+                 "MADV_POPULATE_READ", "MADV_POPULATE_WRITE"):
+        if getattr(lib, name) == advice:
+            return name
+    return str(advice)
+
+
+def run_in_child(fn: Callable[[], Optional[int]], timeout: float = 10.0) -> int:
+    """Fork; run ``fn`` in the child; return its exit status (``fn``'s int, 0, or 1 on an exception).
+
+    A child still running after ``timeout`` s is killed and reported as an error.
+    A child killed by a signal returns ``-signum``.
+    """
+    pid = os.fork()
+    if pid == 0:  # child: never return into the test runner
+        status = 1
+        try:
+            result = fn()
+            status = 0 if result is None else int(result)
+        except BaseException:  # noqa: BLE001
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, wstatus = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(wstatus)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise HarnessError(f"child {pid} still running after {timeout} s: killed")
+        time.sleep(0.002)

@@ -1,0 +1,61 @@
+"""Shared fixtures, and the rule that a CI run may not skip.
+
+Under ``CI=true`` (or ``--no-skip``) every skipped test is reported as a
+failure that names what was missing: in CI a missing capability is a broken
+set-up, not a reason to pass.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness.memory import MemoryKind, Region, free_hugepages
+
+
+def pytest_addoption(parser):
+    parser.addoption("--no-skip", action="store_true", default=False,
+                     help="turn skips into failures (implied by CI=true)")
+
+
+def _no_skip(config) -> bool:
+    return config.getoption("--no-skip") or os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and _no_skip(item.config):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in a run that must not skip (CI): {reason}"
+
+
+def pytest_report_header(config):
+    import platform
+    from harness import abi
+    hints = abi.hint_abi()
+    return [f"kernel: {platform.release()}  euid: {os.geteuid()}  "
+            f"hint ABI: {hints.source}  no-skip: {_no_skip(config)}"]
+
+
+def require_kind(kind: MemoryKind) -> None:
+    """Skip (naming what is missing) when this machine cannot make ``kind`` regions."""
+    if kind.hugetlb and free_hugepages() < 4:
+        pytest.skip(f"{kind.value}: fewer than 4 free huge pages (vm.nr_hugepages)")
+
+
+@pytest.fixture
+def make_region():
+    """``make_region(kind, npages)``: regions unmapped at the end of the test."""
+    made: list[Region] = []
+
+    def make(kind: MemoryKind = MemoryKind.ANON, npages: int = 1, **kwargs) -> Region:
+        require_kind(kind)
+        region = Region.create(kind, npages, **kwargs)
+        made.append(region)
+        return region
+    yield make
+    for region in made:
+        region.close()
