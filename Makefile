@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py harness/_ffi_build.py $(wildcard cbits/*)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,vm]'
+	$(PY) -m pip install --quiet -e '.[test,vm,bench]'
 	@touch $@
 
 test: setup
