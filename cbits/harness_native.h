@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include "uffd_compat.h"
 #include <linux/kernel-page-flags.h>
 

@@ -1,0 +1,719 @@
+"""Build the guest kernels: Debian's linux-source-6.12, stock or patched.
+
+Layout (all under the repository's git-ignored ``build/``)::
+
+    build/cache/src/linux-source-6.12/   pristine tree, unpacked once
+    build/kernels/<name>/src/            hard-linked copy + the patch series
+    build/kernels/<name>/obj/            O= build directory, kept for
+                                         incremental rebuilds
+    build/kernels/<name>/bzImage
+    build/kernels/<name>/uapi/linux/userfaultfd.h
+    build/kernels/<name>/selftests/{uffd-unit-tests,mkdirty,pagemap_ioctl}
+    build/kernels/<name>/build.json      key, inputs, times
+    build/kernels/<name>/build.log       full make output
+
+The cache key hashes the source version, the patch contents, the config
+fragment and the compiler version.  Same key and a bzImage present: done in
+well under a second.  patch(1) writes a new file for each file it changes,
+which breaks the hard link, so the pristine tree is never modified.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
+
+#: bumped when the build procedure changes in a way that changes outputs
+BUILDER_VERSION = 1
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VM_DIR = REPO_ROOT / "vm"
+DEFAULT_PATCHES = VM_DIR / "patches"
+DEFAULT_FRAGMENT = VM_DIR / "kernel.config"
+BUILD_DIR = Path(os.environ.get("UFFD_HARNESS_BUILD_DIR", REPO_ROOT / "build"))
+
+SOURCE_PACKAGE = "linux-source-6.12"
+SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+SOURCE_DIRNAME = "linux-source-6.12"
+
+SELFTESTS = ("uffd-unit-tests", "mkdirty", "pagemap_ioctl")
+
+#: per-step timeouts in seconds; a cold build is ~4 min on 2 cores
+TIMEOUT_UNPACK = 600
+TIMEOUT_CONFIG = 300
+TIMEOUT_KERNEL = int(os.environ.get("UFFD_HARNESS_BUILD_TIMEOUT", "5400"))
+TIMEOUT_SELFTESTS = 600
+TIMEOUT_PATCH = 120
+TIMEOUT_APT = 900
+
+#: tool (or file) -> Debian package that provides it
+HOST_REQUIREMENTS: dict[str, str] = {
+    "gcc": "gcc",
+    "make": "make",
+    "flex": "flex",
+    "bison": "bison",
+    "bc": "bc",
+    "patch": "patch",
+    "xz": "xz-utils",
+    "tar": "tar",
+    "perl": "perl",
+    "/usr/include/libelf.h": "libelf-dev",
+    "/usr/include/openssl/ssl.h": "libssl-dev",
+    str(SOURCE_TARBALL): SOURCE_PACKAGE,
+}
+
+Log = Callable[[str], None]
+
+
+def _eprint(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelBuild:
+    """A built kernel, as the runner and the in-guest suite use it."""
+
+    name: str
+    path: Path              #: the bzImage
+    key: str                #: cache key (sha256 hex)
+    uapi_header: Path       #: copy of include/uapi/linux/userfaultfd.h
+    patched: bool           #: True if any patch was applied
+    directory: Path         #: build/kernels/<name>
+    selftests_dir: Path
+    cached: bool = False    #: True if nothing had to be rebuilt
+
+    @property
+    def info(self) -> dict:
+        """The contents of build.json."""
+        return json.loads((self.directory / "build.json").read_text())
+
+
+# --------------------------------------------------------------------------
+# host requirements
+
+def check_host(requirements: dict[str, str] | None = None, *,
+               install: bool | None = None, log: Log = _eprint) -> None:
+    """Make sure every tool is there; apt-get install them when root.
+
+    Raises MissingToolError (naming the packages and the apt command) when
+    something is missing and cannot be installed.
+    """
+    reqs = HOST_REQUIREMENTS if requirements is None else requirements
+    missing = [t for t in reqs if not _have(t)]
+    if not missing:
+        return
+    packages = sorted({reqs[t] for t in missing})
+    if install is None:
+        install = os.geteuid() == 0 and shutil.which("apt-get") is not None
+    if install:
+        log(f"[vm] installing {' '.join(packages)} (missing: {', '.join(missing)})")
+        try:
+            proc = subprocess.run(
+                ["apt-get", "install", "-y", "--no-install-recommends", *packages],
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                timeout=TIMEOUT_APT)
+        except subprocess.TimeoutExpired:
+            raise MissingToolError(missing, packages) from None
+        if proc.returncode != 0:
+            log(proc.stdout[-2000:])
+        missing = [t for t in reqs if not _have(t)]
+        if not missing:
+            return
+        packages = sorted({reqs[t] for t in missing})
+    raise MissingToolError(missing, packages)
+
+
+def _have(tool: str) -> bool:
+    if tool.startswith("/"):
+        return Path(tool).exists()
+    return shutil.which(tool) is not None
+
+
+# --------------------------------------------------------------------------
+# inputs and the cache key
+
+def read_series(patches_dir: Path) -> list[Path]:
+    """The patches of a series, in order.
+
+    ``patches_dir/series`` (quilt format: one file name a line, ``#``
+    comments) if it exists, else every ``*.patch`` sorted by name.
+    """
+    patches_dir = Path(patches_dir)
+    if not patches_dir.is_dir():
+        raise VmError(f"patch directory {patches_dir} does not exist")
+    series = patches_dir / "series"
+    if series.exists():
+        out = []
+        for line in series.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name = line.split()[0]       # quilt allows "-p1" after the name
+            path = patches_dir / name
+            if not path.is_file():
+                raise VmError(f"{series}: lists {name}, which does not exist")
+            out.append(path)
+        return out
+    return sorted(patches_dir.glob("*.patch"))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def gcc_version() -> str:
+    out = subprocess.run(["gcc", "--version"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return out.splitlines()[0].strip()
+
+
+def source_version(tarball: Path = SOURCE_TARBALL) -> str:
+    """Debian package version of linux-source-6.12, or the tarball's size/mtime."""
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", SOURCE_PACKAGE],
+            capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return f"{SOURCE_PACKAGE} {out.stdout.strip()}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    st = tarball.stat()
+    return f"{tarball.name} size={st.st_size} mtime={int(st.st_mtime)}"
+
+
+def cache_key(src_version: str, patches: Sequence[tuple[str, str]],
+              fragment_sha: str, gcc: str) -> str:
+    """sha256 over everything that determines the outputs."""
+    blob = json.dumps({
+        "builder": BUILDER_VERSION,
+        "source": src_version,
+        "patches": list(patches),
+        "config": fragment_sha,
+        "gcc": gcc,
+    }, sort_keys=True).encode()
+    return _sha256(blob)
+
+
+# --------------------------------------------------------------------------
+# kernel config fragment
+
+_CONF_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_CONF_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """Kconfig file -> {symbol: value}; ``is not set`` reads as ``n``."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        m = _CONF_SET.match(line)
+        if m:
+            out[m.group(1)] = m.group(2)
+            continue
+        m = _CONF_UNSET.match(line)
+        if m:
+            out[m.group(1)] = "n"
+    return out
+
+
+def config_mismatches(fragment: dict[str, str],
+                      final: dict[str, str]) -> list[str]:
+    """Options of the fragment that did not end up as written."""
+    bad = []
+    for sym, want in fragment.items():
+        got = final.get(sym, "n")
+        if got != want:
+            bad.append(f"{sym}={want} (got {'not set' if got == 'n' else got})")
+    return bad
+
+
+# --------------------------------------------------------------------------
+# patch(1)
+
+_PATCHING_FILE = re.compile(r"^(?:patching|checking) file '?([^'\n]+?)'?$")
+_HUNK_FAILED = re.compile(r"^Hunk #(\d+) FAILED at (\d+)")
+_MALFORMED = re.compile(r"malformed patch at line (\d+)")
+
+
+def parse_patch_failure(output: str) -> tuple[str | None, str | None]:
+    """(target file, hunk) of the first failure in patch(1) output."""
+    target = None
+    for line in output.splitlines():
+        m = _PATCHING_FILE.match(line.strip())
+        if m:
+            target = m.group(1)
+            continue
+        m = _HUNK_FAILED.match(line.strip())
+        if m:
+            return target, f"#{m.group(1)} (at line {m.group(2)})"
+        if "can't find file to patch" in line:
+            return target, "file not found"
+        if "Reversed (or previously applied) patch detected" in line:
+            return target, "already applied (reversed patch detected)"
+        m = _MALFORMED.search(line)
+        if m:
+            return target, f"malformed patch at line {m.group(1)}"
+    return target, None
+
+
+def patched_files(output: str) -> list[str]:
+    return [m.group(1) for m in map(_PATCHING_FILE.match,
+                                    (l.strip() for l in output.splitlines()))
+            if m]
+
+
+def apply_series(tree: Path, patches: Iterable[Path]) -> list[str]:
+    """Apply each patch with ``patch -p1``; return the files they touched.
+
+    Each patch is first tried with ``--dry-run``, so a failing patch leaves
+    nothing half-applied; the caller still throws the tree away on error.
+    """
+    touched: list[str] = []
+    for p in patches:
+        base = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
+                "-r", "-", "-d", str(tree), "-i", str(Path(p).resolve())]
+        dry = subprocess.run(base + ["--dry-run"], capture_output=True,
+                             text=True, timeout=TIMEOUT_PATCH)
+        if dry.returncode != 0:
+            out = dry.stdout + dry.stderr
+            target, hunk = parse_patch_failure(out)
+            raise PatchApplyError(Path(p).name, target, hunk, out)
+        real = subprocess.run(base, capture_output=True, text=True,
+                              timeout=TIMEOUT_PATCH)
+        if real.returncode != 0:
+            out = real.stdout + real.stderr
+            target, hunk = parse_patch_failure(out)
+            raise PatchApplyError(Path(p).name, target, hunk, out)
+        touched += patched_files(real.stdout)
+    return touched
+
+
+# --------------------------------------------------------------------------
+# running make with a progress line
+
+_PROGRESS_RE = re.compile(r"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|OBJCOPY|GEN|CHK|"
+                          r"UPD|VDSO|RELOCS|ZSTD|XZKERN|GZIP|MKPIGGY|"
+                          r"BUILD|SYSMAP|KSYMS|HDRINST|CPP|SYSTBL|SYSHDR|"
+                          r"WRAP|MKREQ|POLICY|AWK|SHIPPED|COPY|CALL|"
+                          r"DESCEND|INSTALL|MKDIR|SORTTAB|NM|HYPERCALLS)\s")
+
+
+def _run_logged(cmd: Sequence[str], *, log_file, step: str, log_path: Path,
+                timeout: float, env: dict | None = None, cwd: Path | None = None,
+                estimate: int = 0, progress: bool = True) -> int:
+    """Run cmd, append its output to log_file, show one progress line.
+
+    Returns the number of kbuild progress lines ("  CC  mm/mprotect.o").
+    Raises KernelBuildError on failure or timeout; kills the whole process
+    group on timeout and on Ctrl-C.
+    """
+    log_file.write(f"\n$ {' '.join(cmd)}\n")
+    log_file.flush()
+    tty = sys.stderr.isatty()
+    start = time.monotonic()
+    tail: list[str] = []
+    count = 0
+    last_print = 0.0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            errors="replace", env=env, cwd=cwd,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        # readline() blocks; the timeout is enforced between lines, and by
+        # a watchdog timer for a make that goes silent.
+        import threading
+        timed_out = threading.Event()
+
+        def _watchdog() -> None:
+            timed_out.set()
+            _kill_group(proc)
+
+        timer = threading.Timer(timeout, _watchdog)
+        timer.daemon = True
+        timer.start()
+        try:
+            for line in proc.stdout:
+                log_file.write(line)
+                tail.append(line.rstrip("\n"))
+                if len(tail) > 40:
+                    del tail[:-40]
+                if _PROGRESS_RE.match(line):
+                    count += 1
+                now = time.monotonic()
+                if progress and now - last_print >= (0.5 if tty else 15):
+                    last_print = now
+                    _show_progress(step, count, estimate, now - start, tty)
+            proc.wait()
+        finally:
+            timer.cancel()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        log_file.flush()
+    if progress and tty:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    if timed_out.is_set():
+        tail.append(f"[vm] step '{step}' killed after {timeout:.0f} s")
+        raise KernelBuildError(step, str(log_path), tail[-20:])
+    if proc.returncode != 0:
+        raise KernelBuildError(step, str(log_path), tail[-20:])
+    return count
+
+
+def _show_progress(step: str, count: int, estimate: int, elapsed: float,
+                   tty: bool) -> None:
+    if estimate:
+        pct = min(99, int(100 * count / estimate))
+        msg = f"[vm] {step}: {count}/~{estimate} steps ({pct}%), {elapsed:.0f} s"
+    else:
+        msg = f"[vm] {step}: {count} steps, {elapsed:.0f} s"
+    if tty:
+        sys.stderr.write("\r\033[K" + msg)
+    else:
+        sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+# --------------------------------------------------------------------------
+# the build
+
+class _BuildLock:
+    """One kernel build at a time on this machine (flock on a file)."""
+
+    def __init__(self, path: Path, log: Log, timeout: float = 3600):
+        self.path, self.log, self.timeout = path, log, timeout
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        deadline = time.monotonic() + self.timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if not waited:
+                    self.log(f"[vm] another kernel build holds {self.path}; waiting")
+                    waited = True
+                if time.monotonic() > deadline:
+                    raise VmError(f"timed out waiting for {self.path}") from None
+                time.sleep(1)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def ensure_pristine(log: Log = _eprint) -> Path:
+    """Unpack the tarball once into build/cache/src/ and return the tree."""
+    src_root = BUILD_DIR / "cache" / "src"
+    tree = src_root / SOURCE_DIRNAME
+    stamp = tree / ".uffd-harness-pristine"
+    want = source_version()
+    if stamp.exists() and stamp.read_text() == want:
+        return tree
+    src_root.mkdir(parents=True, exist_ok=True)
+    tmp = src_root / f".unpack-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    log(f"[vm] unpacking {SOURCE_TARBALL} into {src_root} (once)")
+    t0 = time.monotonic()
+    try:
+        subprocess.run(["tar", "-xf", str(SOURCE_TARBALL), "-C", str(tmp)],
+                       check=True, timeout=TIMEOUT_UNPACK)
+        shutil.rmtree(tree, ignore_errors=True)
+        os.rename(tmp / SOURCE_DIRNAME, tree)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    (tree / ".uffd-harness-pristine").write_text(want)
+    log(f"[vm] unpacked in {time.monotonic() - t0:.0f} s")
+    return tree
+
+
+def _tree_version(tree: Path) -> str:
+    v = {}
+    with open(tree / "Makefile") as f:
+        for line in f:
+            m = re.match(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(.*)$", line)
+            if m:
+                v[m.group(1)] = m.group(2).strip()
+            if len(v) == 4:
+                break
+    return f"{v.get('VERSION')}.{v.get('PATCHLEVEL')}.{v.get('SUBLEVEL')}{v.get('EXTRAVERSION', '')}"
+
+
+def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
+                    patch_key: str, log: Log) -> Path:
+    """build/kernels/<name>/src = hard-linked pristine + the series.
+
+    Reused as is when the series is unchanged.  When it changed, every file
+    that either series touched gets a fresh private copy with a new mtime, so
+    that make rebuilds it even where the new tree reverts to pristine content
+    (a hard link would carry the pristine, older, mtime).
+    """
+    src = kdir / "src"
+    state_file = kdir / "src-state.json"
+    old_state = {}
+    if state_file.exists():
+        try:
+            old_state = json.loads(state_file.read_text())
+        except ValueError:
+            old_state = {}
+    if src.is_dir() and old_state.get("patch_key") == patch_key:
+        return src
+
+    tmp = kdir / "src.new"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.monotonic()
+    subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
+                   timeout=TIMEOUT_UNPACK)
+    os.unlink(tmp / ".uffd-harness-pristine")
+    try:
+        touched = apply_series(tmp, patches) if patches else []
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for rel in sorted(set(touched) | set(old_state.get("touched", []))):
+        f = tmp / rel
+        if f.is_file() and os.stat(f).st_nlink > 1:
+            data = f.read_bytes()
+            mode = f.stat().st_mode
+            f.unlink()
+            f.write_bytes(data)
+            os.chmod(f, mode)
+        if f.exists():
+            os.utime(f)
+    state_file.unlink(missing_ok=True)
+    shutil.rmtree(src, ignore_errors=True)
+    os.rename(tmp, src)
+    state_file.write_text(json.dumps({"patch_key": patch_key,
+                                      "touched": sorted(set(touched))}))
+    log(f"[vm] source tree ready ({len(patches)} patches, "
+        f"{len(set(touched))} files changed) in {time.monotonic() - t0:.1f} s")
+    return src
+
+
+def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
+                 jobs: int | None = None, *,
+                 fragment: str | os.PathLike | None = None,
+                 log: Log = _eprint, progress: bool = True,
+                 install: bool | None = None) -> KernelBuild:
+    """Build (or reuse) kernel ``name`` and return where its pieces are.
+
+    ``name`` "patched" defaults to the series in vm/patches, "stock" builds
+    the same tree with no patches; any other name needs ``patches_dir``.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise VmError(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
+    if patches_dir is None:
+        if name == "patched":
+            patches_dir = DEFAULT_PATCHES
+        elif name != "stock":
+            raise VmError(f"kernel {name!r} needs --patches DIR "
+                          "(only 'patched' and 'stock' have defaults)")
+    if name == "stock" and patches_dir is not None:
+        raise VmError("kernel 'stock' is the unpatched control; "
+                      "give a patched build another name")
+    fragment_path = Path(fragment) if fragment else DEFAULT_FRAGMENT
+    jobs = jobs or os.cpu_count() or 1
+
+    check_host(install=install, log=log)
+
+    patches = read_series(Path(patches_dir)) if patches_dir is not None else []
+    if patches_dir is not None and not patches:
+        raise VmError(f"{patches_dir}: no series file and no *.patch")
+    patch_hashes = [(p.name, _sha256(p.read_bytes())) for p in patches]
+    fragment_text = fragment_path.read_text()
+    gcc = gcc_version()
+    src_version = source_version()
+    key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc)
+
+    kdir = BUILD_DIR / "kernels" / name
+    result = KernelBuild(
+        name=name, path=kdir / "bzImage", key=key,
+        uapi_header=kdir / "uapi" / "linux" / "userfaultfd.h",
+        patched=bool(patches), directory=kdir,
+        selftests_dir=kdir / "selftests")
+
+    if _is_current(result):
+        return dataclasses.replace(result, cached=True)
+
+    with _BuildLock(BUILD_DIR / "cache" / "build.lock", log):
+        if _is_current(result):       # built while we waited for the lock
+            return dataclasses.replace(result, cached=True)
+        return _build_locked(result, patches, patch_hashes, fragment_path,
+                             fragment_text, gcc, src_version, jobs, log,
+                             progress)
+
+
+def _is_current(kb: KernelBuild) -> bool:
+    info_path = kb.directory / "build.json"
+    if not (info_path.exists() and kb.path.exists() and kb.uapi_header.exists()):
+        return False
+    if not all((kb.selftests_dir / t).exists() for t in SELFTESTS):
+        return False
+    try:
+        return json.loads(info_path.read_text()).get("key") == kb.key
+    except ValueError:
+        return False
+
+
+def _build_locked(kb: KernelBuild, patches: list[Path],
+                  patch_hashes: list[tuple[str, str]], fragment_path: Path,
+                  fragment_text: str, gcc: str, src_version: str, jobs: int,
+                  log: Log, progress: bool) -> KernelBuild:
+    t_start = time.monotonic()
+    kdir = kb.directory
+    kdir.mkdir(parents=True, exist_ok=True)
+    prev_steps = _previous_steps(kdir)
+    # build.json goes last: while it is missing the cache is "not built".
+    (kdir / "build.json").unlink(missing_ok=True)
+    pristine = ensure_pristine(log)
+    patch_key = _sha256(json.dumps(patch_hashes).encode())
+    src = _prepare_source(pristine, kdir, patches, patch_key, log)
+
+    obj = kdir / "obj"
+    obj.mkdir(exist_ok=True)
+    log_path = kdir / "build.log"
+    env = {**os.environ, "LC_ALL": "C", "KBUILD_BUILD_USER": "uffd-harness",
+           "KBUILD_BUILD_HOST": "uffd-harness"}
+    make = ["make", "-C", str(src), f"O={obj}"]
+
+    with open(log_path, "w") as lf:
+        lf.write(f"# uffd-harness kernel build '{kb.name}' key {kb.key}\n")
+        # -- config: regenerate, keep the old file (and mtime) if unchanged
+        cfg = obj / ".config"
+        old_cfg = cfg.read_bytes() if cfg.exists() else None
+        old_stat = cfg.stat() if cfg.exists() else None
+        frag_copy = obj / "uffd-harness.config"
+        frag_copy.write_text(fragment_text)
+        log(f"[vm] {kb.name}: configuring (tinyconfig + {fragment_path.name})")
+        _run_logged(make + ["tinyconfig"], log_file=lf, step="tinyconfig",
+                    log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
+                    progress=False)
+        _run_logged([str(src / "scripts/kconfig/merge_config.sh"), "-m",
+                     "-O", str(obj), str(cfg), str(frag_copy)],
+                    log_file=lf, step="merge_config", log_path=log_path,
+                    timeout=TIMEOUT_CONFIG, env=env, cwd=src, progress=False)
+        _run_logged(make + ["olddefconfig"], log_file=lf, step="olddefconfig",
+                    log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
+                    progress=False)
+        if old_cfg is not None and cfg.read_bytes() == old_cfg:
+            os.utime(cfg, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
+        final_cfg = parse_config(cfg.read_text())
+        missing = config_mismatches(parse_config(fragment_text), final_cfg)
+        if missing:
+            log(f"[vm] {kb.name}: {len(missing)} option(s) of {fragment_path.name} "
+                "did not end up as written:")
+            for m in missing:
+                log(f"[vm]   {m}")
+
+        # -- kernel
+        t_kernel = time.monotonic()
+        log(f"[vm] {kb.name}: building bzImage with -j{jobs}; log {log_path}")
+        steps = _run_logged(make + [f"-j{jobs}", "bzImage"], log_file=lf,
+                            step=f"{kb.name} bzImage", log_path=log_path,
+                            timeout=TIMEOUT_KERNEL, env=env,
+                            estimate=prev_steps, progress=progress)
+        kernel_secs = time.monotonic() - t_kernel
+
+        # -- uapi headers, then the selftests against them
+        _run_logged(make + ["headers"], log_file=lf, step="headers",
+                    log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
+                    progress=False)
+        st_dir = kb.selftests_dir
+        st_dir.mkdir(parents=True, exist_ok=True)
+        mm = src / "tools/testing/selftests/mm"
+        log(f"[vm] {kb.name}: building selftests {', '.join(SELFTESTS)}")
+        _run_logged(["make", "-C", str(mm), f"-j{jobs}", f"OUTPUT={st_dir}",
+                     f"KHDR_INCLUDES=-isystem {obj}/usr/include"]
+                    + [str(st_dir / t) for t in SELFTESTS],
+                    log_file=lf, step="selftests", log_path=log_path,
+                    timeout=TIMEOUT_SELFTESTS, env=env, progress=False)
+
+    shutil.copy2(obj / "arch/x86/boot/bzImage", kb.path)
+    kb.uapi_header.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "include/uapi/linux/userfaultfd.h", kb.uapi_header)
+    info = {
+        "name": kb.name,
+        "key": kb.key,
+        "source_version": src_version,
+        "kernel_version": _tree_version(src),
+        "patched": kb.patched,
+        "patches": [{"file": n, "sha256": h} for n, h in patch_hashes],
+        "patches_dir": str(patches[0].parent) if patches else None,
+        "config_fragment": str(fragment_path),
+        "config_fragment_sha256": _sha256(fragment_text.encode()),
+        "config_missing": missing,
+        "gcc": gcc,
+        "jobs": jobs,
+        "kbuild_steps": steps if steps > prev_steps // 2 else prev_steps,
+        "bzImage": str(kb.path),
+        "uapi_header": str(kb.uapi_header),
+        "selftests": {t: str(st_dir / t) for t in SELFTESTS},
+        "kernel_build_seconds": round(kernel_secs, 1),
+        "total_seconds": round(time.monotonic() - t_start, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    tmp = kdir / "build.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, kdir / "build.json")
+    log(f"[vm] {kb.name}: done in {info['total_seconds']:.0f} s -> {kb.path}")
+    return kb
+
+
+def _previous_steps(kdir: Path) -> int:
+    """Progress-line count of the last full build (for the % estimate)."""
+    try:
+        return int(json.loads((kdir / "build.json").read_text())
+                   .get("kbuild_steps", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def load_kernel(name: str) -> KernelBuild:
+    """The kernel ``name`` as last built, without building anything."""
+    kdir = BUILD_DIR / "kernels" / name
+    info_path = kdir / "build.json"
+    if not info_path.exists() or not (kdir / "bzImage").exists():
+        from .errors import KernelNotBuilt
+        raise KernelNotBuilt(
+            f"kernel '{name}' is not built ({kdir / 'bzImage'} missing): "
+            f"run `python -m harness.vm build --kernel {name}` "
+            f"or `make kernel KERNEL={name}`")
+    info = json.loads(info_path.read_text())
+    return KernelBuild(name=name, path=kdir / "bzImage", key=info["key"],
+                       uapi_header=kdir / "uapi/linux/userfaultfd.h",
+                       patched=bool(info.get("patched")), directory=kdir,
+                       selftests_dir=kdir / "selftests", cached=True)

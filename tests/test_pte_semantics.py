@@ -1,0 +1,156 @@
+"""PTE-bit semantics of the running kernel, as the hint patch relies on them.
+
+Each test builds a PTE state with ordinary operations and checks what
+pagemap and smaps show.  These are the facts the contract builds on: if
+one of them changes in a kernel, the contract's observations change too.
+"""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from harness import abi, pte
+from harness.abi import Feature, RegisterMode
+from harness.errors import UffdError
+from harness.memory import MemoryKind
+from harness.uffd import Userfaultfd, probe_features
+
+KINDS_4K = [MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE]
+
+
+def young_dirty(region, page=0):
+    state = pte.observe(region, page)
+    return state.young, state.dirty
+
+
+@pytest.fixture
+def wp_uffd():
+    with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
+        yield uffd
+
+
+@pytest.mark.parametrize("kind", KINDS_4K, ids=lambda k: k.value)
+def test_write_fault_makes_pte_young_and_dirty(make_region, kind):
+    region = make_region(kind)
+    assert not pte.is_present(region.addr), "a new mapping has no PTE"
+    region.write()
+    state = pte.observe(region)
+    assert state.present, "a write fault installs a PTE"
+    assert (state.young, state.dirty) == (True, True), f"after a write fault: {state}"
+
+
+def test_read_fault_sets_young_only(make_region):
+    # A read of never-touched anonymous memory maps the shared zero page:
+    # smaps does not count it, so read a page that was made old and clean.
+    region = make_region(MemoryKind.ANON)
+    region.write()
+    region.free()
+    assert young_dirty(region) == (False, False)
+    region.read()
+    assert young_dirty(region) == (True, False), "a read sets the accessed bit and not the dirty bit"
+    region.write()
+    assert young_dirty(region) == (True, True), "a later write sets the dirty bit"
+
+
+def test_madv_free_leaves_present_old_clean(make_region):
+    region = make_region(MemoryKind.ANON)
+    region.write()
+    region.free()
+    state = pte.observe(region)
+    assert state.present, "MADV_FREE leaves the PTE present until reclaim"
+    assert (state.young, state.dirty) == (False, False), f"after MADV_FREE: {state}"
+
+
+def test_clear_refs_makes_ptes_old(make_region):
+    region = make_region(MemoryKind.ANON)
+    region.write()
+    pte.clear_refs(abi.CLEAR_REFS_ALL)
+    state = pte.observe(region)
+    assert state.young is False, "clear_refs 1 clears the accessed bit"
+    assert state.dirty is True, "clear_refs 1 leaves the dirty bit"
+
+
+def test_unprotect_without_hints_keeps_old_clean(make_region, wp_uffd):
+    """Contract clause 5 on the running kernel: no hints, no young/dirty change."""
+    region = make_region(MemoryKind.ANON)
+    region.write()
+    wp_uffd.register(region.addr, region.length, RegisterMode.WP)
+    region.free()
+    wp_uffd.writeprotect(region.addr, region.length, protect=True)
+    wp_uffd.writeprotect(region.addr, region.length, protect=False)
+    state = pte.observe(region)
+    assert state.present and not state.uffd_wp
+    assert (state.young, state.dirty) == (False, False), f"un-protect without hints changed A/D: {state}"
+    region.read()
+    assert young_dirty(region) == (True, False), "a read after un-protect sets young only"
+
+
+def test_unprotect_without_hints_keeps_young_dirty(make_region, wp_uffd):
+    region = make_region(MemoryKind.ANON)
+    region.write()
+    wp_uffd.register(region.addr, region.length, RegisterMode.WP)
+    wp_uffd.writeprotect(region.addr, region.length, protect=True)
+    wp_uffd.writeprotect(region.addr, region.length, protect=False)
+    assert young_dirty(region) == (True, True), "un-protect must not clear young or dirty"
+
+
+@pytest.mark.parametrize("kind", KINDS_4K, ids=lambda k: k.value)
+def test_pagemap_uffd_wp_bit_follows_protection(make_region, wp_uffd, kind):
+    region = make_region(kind, 2)
+    region.write()
+    wp_uffd.register(region.addr, region.length, RegisterMode.WP)
+    assert not pte.is_uffd_wp(region.addr)
+    wp_uffd.writeprotect(region.addr, region.page_size, protect=True)
+    assert pte.is_uffd_wp(region.page_addr(0)), "protected page shows pagemap bit 57"
+    assert not pte.is_uffd_wp(region.page_addr(1)), "the neighbour was not protected"
+    wp_uffd.writeprotect(region.addr, region.page_size, protect=False)
+    assert not pte.is_uffd_wp(region.page_addr(0)), "un-protect clears pagemap bit 57"
+
+
+@pytest.mark.parametrize("hint", ["access_likely", "write_likely"])
+def test_hint_bits_rejected_without_the_feature(make_region, wp_uffd, hint):
+    """Contract clause 1: hint bits without ACCESS_HINTS negotiated give EINVAL."""
+    region = make_region(MemoryKind.ANON)
+    region.write()
+    wp_uffd.register(region.addr, region.length, RegisterMode.WP)
+    wp_uffd.writeprotect(region.addr, region.length, protect=True)
+    with pytest.raises(UffdError) as info:
+        wp_uffd.writeprotect(region.addr, region.length, protect=False, **{hint: True})
+    assert info.value.errno == errno.EINVAL
+    assert "UFFDIO_WRITEPROTECT" in str(info.value) and "ACCESS_HINTS" in str(info.value)
+    assert pte.is_uffd_wp(region.addr), "a rejected un-protect leaves the page protected"
+
+
+def test_access_hints_feature_refused_by_name_when_absent():
+    offered = probe_features()
+    if Feature.ACCESS_HINTS in offered.offered:
+        with Userfaultfd.open([Feature.ACCESS_HINTS]) as uffd:
+            assert uffd.has(Feature.ACCESS_HINTS)
+        return
+    from harness.errors import FeatureUnavailable
+    with pytest.raises(FeatureUnavailable) as info:
+        Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP, Feature.ACCESS_HINTS])
+    assert info.value.missing == {Feature.ACCESS_HINTS}
+    assert "UFFD_FEATURE_ACCESS_HINTS" in str(info.value)
+
+
+def test_write_to_protected_page_needs_the_handler(make_region):
+    """A write to a uffd-wp page raises a WP fault event; un-protecting resolves it."""
+    from harness.events import FaultHandler
+
+    region = make_region(MemoryKind.ANON)
+    region.write(value=1)
+    with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
+        uffd.register(region.addr, region.length, RegisterMode.WP)
+        uffd.writeprotect(region.addr, region.length, protect=True)
+
+        def resolve(u, event):
+            u.writeprotect(event.address & ~(region.page_size - 1), region.page_size, protect=False)
+        with FaultHandler(uffd, resolve) as handler:
+            region.write(value=2)
+        assert len(handler.events) == 1
+        fault = handler.events[0]
+        assert fault.wp and fault.write and fault.address & ~(region.page_size - 1) == region.addr
+    assert region.data(0, 1) == b"\x02"
+    assert young_dirty(region) == (True, True)
