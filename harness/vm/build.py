@@ -498,7 +498,7 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     t0 = time.monotonic()
     subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
                    timeout=TIMEOUT_UNPACK)
-    os.unlink(tmp / ".uffd-harness-pristine")
+    (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
     try:
         touched = apply_series(tmp, patches) if patches else []
     except BaseException:

@@ -16,20 +16,19 @@ class VmError(Exception):
 
 
 class MissingToolError(VmError):
-    """A host tool or file is missing; `packages` says what to install."""
+    """A host tool or file is missing; says what to install and how."""
 
     exit_status = 3
 
-    def __init__(self, missing: Sequence[str], packages: Sequence[str]):
+    def __init__(self, missing: Sequence[str], packages: Sequence[str],
+                 install_command: str | None = None):
         self.missing = list(missing)
         self.packages = list(packages)
-        cmd = "apt-get install -y " + " ".join(self.packages)
+        self.install_command = install_command or (
+            "apt-get install -y " + " ".join(self.packages))
         super().__init__(
-            f"missing {', '.join(self.missing)}: run as root: {cmd}")
-
-    @property
-    def apt_command(self) -> str:
-        return "apt-get install -y " + " ".join(self.packages)
+            f"missing {', '.join(self.missing)}: install with: "
+            f"{self.install_command}")
 
 
 class PatchApplyError(VmError):

@@ -1,3 +1,382 @@
-from .errors import VmError  # placeholder, replaced below
-class GuestResult: pass
-def run_in_guest(*a, **k): raise NotImplementedError
+"""Run one command inside a built kernel, booted by virtme-ng under QEMU.
+
+The guest sees the host's root filesystem read-only over 9p (so the project
+tree and its venv are there at the same paths), plus one writable directory
+(``build/results/<kernel>`` unless told otherwise).  The command's exit
+status comes back as ``GuestResult.returncode``.
+
+Every wait is bounded: a "Kernel panic" on the console, a run past
+``timeout`` and Ctrl-C all kill QEMU's whole process group and report the
+last console lines.  KVM is used only if a bounded probe shows that it can
+boot an ordinary kernel; otherwise QEMU runs under TCG (on the development
+machine KVM only runs paravirtual guests, so expect TCG).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Mapping, NamedTuple, Sequence
+
+from .build import BUILD_DIR, REPO_ROOT, KernelBuild, load_kernel
+from .errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
+
+#: huge pages reserved on the guest command line, for the hugetlb cases
+DEFAULT_HUGEPAGES = 32
+DEFAULT_MEMORY = "2G"
+DEFAULT_CPUS = 2
+DEFAULT_TIMEOUT = 600.0
+#: the KVM probe must answer within this many seconds
+KVM_PROBE_TIMEOUT = 20.0
+#: console lines kept for error reports
+CONSOLE_TAIL = 20
+#: after "Kernel panic", wait this long for the rest of the trace
+PANIC_GRACE = 2.0
+
+PANIC_MARKERS = (b"Kernel panic - not syncing", b"Kernel panic")
+
+#: environment variables the runner sets for the in-guest harness
+ENV_UAPI_HEADER = "UFFD_HARNESS_UAPI_HEADER"
+ENV_KERNEL = "UFFD_HARNESS_KERNEL"
+ENV_ACCEL = "UFFD_HARNESS_ACCEL"
+
+
+class GuestResult(NamedTuple):
+    """What came back from the guest."""
+
+    returncode: int             #: the command's exit status
+    console_tail: list[str]     #: last console lines (kernel log + vng)
+    elapsed: float              #: seconds from starting vng to its exit
+    accel: str                  #: "kvm" or "tcg"
+    output: str                 #: the command's stdout, if captured ("" if streamed)
+
+
+# --------------------------------------------------------------------------
+# host tools
+
+def find_vng() -> str:
+    """The vng executable: $UFFD_HARNESS_VNG, next to this Python, or $PATH."""
+    env = os.environ.get("UFFD_HARNESS_VNG")
+    if env:
+        return env
+    here = Path(sys.executable).parent / "vng"
+    if here.exists():
+        return str(here)
+    found = shutil.which("vng")
+    if found:
+        return found
+    raise MissingToolError(
+        ["vng"], [], install_command="pip install virtme-ng "
+        "(or `pip install -e .[vm]` in the project's venv)")
+
+
+def check_runner_host() -> None:
+    """QEMU, and udev: without it vng cannot find its virtio-serial ports
+    ("cannot find script I/O ports") and loses the command's exit status."""
+    missing = {}
+    if not shutil.which("qemu-system-x86_64"):
+        missing["qemu-system-x86_64"] = "qemu-system-x86"
+    if not shutil.which("udevadm"):
+        missing["udevadm"] = "udev"
+    if missing:
+        raise MissingToolError(list(missing), sorted(set(missing.values())))
+    find_vng()
+
+
+# --------------------------------------------------------------------------
+# KVM or TCG
+
+def _probe_cache_key() -> str:
+    try:
+        qemu = subprocess.run(["qemu-system-x86_64", "--version"],
+                              capture_output=True, text=True,
+                              timeout=10).stdout.splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        qemu = "?"
+    return f"{os.uname().release}|{qemu}"
+
+
+def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, str]:
+    """Can KVM boot an ordinary kernel here?  Bounded by ``timeout``.
+
+    Boots ``bzimage`` with no root filesystem: a working KVM reaches the
+    expected "VFS: Unable to mount root fs" panic within a second or two;
+    a broken one asserts, fails or hangs.  The result is cached per host
+    kernel and QEMU version in build/cache/kvm-probe.json.
+    """
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    cache = BUILD_DIR / "cache" / "kvm-probe.json"
+    key = _probe_cache_key()
+    try:
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return bool(data["kvm"]), data["reason"] + " (cached)"
+    except (OSError, ValueError, KeyError):
+        pass
+    cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
+           "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
+           "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    out = b""
+    try:
+        out = _read_until(proc, b"Unable to mount root fs", timeout)
+    finally:
+        _kill_group(proc)
+    dt = time.monotonic() - t0
+    if b"Unable to mount root fs" in out:
+        ok, reason = True, f"KVM booted a test kernel in {dt:.1f} s"
+    else:
+        last = out.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        ok, reason = False, (f"KVM could not boot a test kernel within "
+                             f"{timeout:.0f} s: {last[0][:200]}")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "kvm": ok, "reason": reason}))
+    except OSError:
+        pass
+    return ok, reason
+
+
+def _read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
+    """Collect proc's stdout until marker appears, it exits, or timeout."""
+    assert proc.stdout is not None
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            buf += chunk
+            if marker in buf:
+                break
+        elif chunk == b"":          # EOF: qemu exited
+            break
+        else:
+            time.sleep(0.05)
+    return bytes(buf)
+
+
+def choose_accel(bzimage: Path, log=None) -> str:
+    """$UFFD_HARNESS_ACCEL ("kvm"/"tcg") if set, else the probe's answer."""
+    forced = os.environ.get(ENV_ACCEL, "").strip().lower()
+    if forced in ("kvm", "tcg"):
+        return forced
+    ok, reason = probe_kvm(bzimage)
+    if log:
+        log(f"[vm] {'KVM' if ok else 'TCG'}: {reason}")
+    return "kvm" if ok else "tcg"
+
+
+# --------------------------------------------------------------------------
+# running
+
+def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """SIGTERM then SIGKILL the whole process group; reap the leader."""
+    pgid = proc.pid
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            continue
+        break
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _pump(stream: BinaryIO, name: str, q: "queue.Queue") -> None:
+    for line in iter(stream.readline, b""):
+        q.put((name, line))
+    q.put((name, None))
+
+
+def guest_command(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """The shell line vng runs in the guest: ``env K=V ... argv``."""
+    assigns = [f"{k}={v}" for k, v in env.items()]
+    return shlex.join(["env", *assigns, *argv]) if assigns else shlex.join(argv)
+
+
+def vng_command(kernel: KernelBuild, argv: Sequence[str], *, rwdir: Path,
+                env: Mapping[str, str], accel: str, cwd: Path,
+                memory: str = DEFAULT_MEMORY, cpus: int = DEFAULT_CPUS,
+                hugepages: int = DEFAULT_HUGEPAGES,
+                append: Sequence[str] = ()) -> list[str]:
+    """The vng command line (exposed for --dry-run and the tests)."""
+    cmdline = [f"hugepages={hugepages}", "panic=-1", *append]
+    cmd = [find_vng(), "--run", str(kernel.path), "--force-9p",
+           "--memory", memory, "--cpus", str(cpus),
+           "--rwdir", str(rwdir), "--cwd", str(cwd),
+           "--append", " ".join(cmdline), "--verbose"]
+    if accel == "tcg":
+        cmd.append("--disable-kvm")
+    cmd += ["--exec", guest_command(argv, env)]
+    return cmd
+
+
+def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
+                 timeout: float = DEFAULT_TIMEOUT,
+                 rwdir: str | os.PathLike | None = None,
+                 env: Mapping[str, str] | None = None, *,
+                 memory: str = DEFAULT_MEMORY, cpus: int = DEFAULT_CPUS,
+                 hugepages: int = DEFAULT_HUGEPAGES, accel: str | None = None,
+                 cwd: str | os.PathLike | None = None,
+                 capture: bool = False, show_console: bool = False,
+                 append: Sequence[str] = (), log=None) -> GuestResult:
+    """Boot ``kernel`` and run ``argv`` in it; return its exit status.
+
+    The command's stdout/stderr are streamed to ours (or, with
+    ``capture=True``, stdout is returned in ``GuestResult.output``).  The
+    guest gets ``UFFD_HARNESS_UAPI_HEADER`` (the kernel's
+    include/uapi/linux/userfaultfd.h, as built) and ``UFFD_HARNESS_KERNEL``
+    in its environment, plus ``env``.
+
+    Raises GuestPanic if the kernel panics, GuestTimeout after ``timeout``
+    seconds, GuestError if vng fails before the command could run; in every
+    case QEMU is gone when this returns or raises.
+    """
+    if log is None:
+        def log(msg: str) -> None:
+            print(msg, file=sys.stderr, flush=True)
+    if isinstance(kernel, str):
+        kernel = load_kernel(kernel)
+    check_runner_host()
+    rw = Path(rwdir) if rwdir is not None else BUILD_DIR / "results" / kernel.name
+    rw = rw.resolve()
+    rw.mkdir(parents=True, exist_ok=True)
+    accel = accel or choose_accel(kernel.path, log)
+    guest_env = {ENV_UAPI_HEADER: str(kernel.uapi_header.resolve()),
+                 ENV_KERNEL: kernel.name, ENV_ACCEL: accel,
+                 "UFFD_HARNESS_RWDIR": str(rw)}
+    guest_env.update(env or {})
+    cmd = vng_command(kernel, argv, rwdir=rw, env=guest_env, accel=accel,
+                      cwd=Path(cwd or REPO_ROOT).resolve(), memory=memory,
+                      cpus=cpus, hugepages=hugepages, append=append)
+
+    console: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL)
+    captured: list[bytes] = []
+    q: "queue.Queue[tuple[str, bytes | None]]" = queue.Queue()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=str(REPO_ROOT), start_new_session=True)
+    readers = [threading.Thread(target=_pump, args=(s, n, q), daemon=True)
+               for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    for r in readers:
+        r.start()
+
+    open_streams = 2
+    panic_at: float | None = None
+    deadline = t0 + timeout
+    try:
+        while open_streams:
+            now = time.monotonic()
+            if panic_at is not None and now - panic_at > PANIC_GRACE:
+                break
+            if now > deadline:
+                _kill_group(proc)
+                raise GuestTimeout(
+                    f"guest command {shlex.join(argv)!r} on kernel "
+                    f"'{kernel.name}' ({accel}) timed out after {timeout:.0f} s; "
+                    "QEMU killed", list(console))
+            try:
+                name, line = q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                open_streams -= 1
+                continue
+            if name == "out":
+                if capture:
+                    captured.append(line)
+                else:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+                continue
+            # stderr carries the guest console (--verbose) and the
+            # command's own stderr; keep all of it for the report.
+            text = line.decode(errors="replace").rstrip("\r\n")
+            console.append(text)
+            if show_console or not _is_console_line(text):
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+            if panic_at is None and any(m in line for m in PANIC_MARKERS):
+                panic_at = time.monotonic()
+        if panic_at is not None:
+            _kill_group(proc)
+            raise GuestPanic(
+                f"kernel '{kernel.name}' panicked while running "
+                f"{shlex.join(argv)!r}", list(console))
+        try:
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise GuestTimeout(
+                f"vng did not exit after closing its output; killed after "
+                f"{timeout:.0f} s", list(console)) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        for r in readers:
+            r.join(timeout=2)
+    elapsed = time.monotonic() - t0
+    if rc == 255 and any("cannot find script I/O ports" in c for c in console):
+        raise GuestError("vng could not find its virtio-serial ports, so the "
+                         "command's exit status is lost: install udev "
+                         "(apt-get install -y udev)", list(console))
+    return GuestResult(rc, list(console), elapsed, accel,
+                       b"".join(captured).decode(errors="replace"))
+
+
+def qemu_processes(bzimage: str | os.PathLike | None = None) -> list[int]:
+    """PIDs of live QEMU processes (only those booting ``bzimage`` if given)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if not args or b"qemu-system" not in os.path.basename(args[0]):
+            continue
+        if bzimage is not None and not any(os.fsencode(str(bzimage)) in a
+                                           for a in args):
+            continue
+        pids.append(int(entry))
+    return pids
+
+
+def _is_console_line(text: str) -> bool:
+    """Kernel log lines ("[    0.123456] ...") and vng's own chatter."""
+    s = text.lstrip()
+    return (s.startswith("[") and "]" in s[:20] and s[1:2] in " 0123456789") \
+        or s.startswith(("virtme-ng-init:", "vng:", "virtme-run:"))

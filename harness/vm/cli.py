@@ -1,0 +1,173 @@
+"""Command line of the guest kernels: ``build`` and ``run``.
+
+    python -m harness.vm build --kernel patched|stock|NAME [--patches DIR] [--jobs N]
+    python -m harness.vm run --kernel K [--timeout S] [--rwdir DIR] -- CMD...
+    python -m harness.vm info --kernel K             # build.json, as JSON
+
+The main CLI mounts the same commands under ``vm`` via ``register()``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Sequence
+
+from .errors import GuestError, VmError
+
+
+def _add_commands(sub: "argparse._SubParsersAction") -> None:
+    b = sub.add_parser(
+        "build", help="build (or reuse) a guest kernel",
+        description="Build Debian's linux-source-6.12 from tinyconfig + "
+        "vm/kernel.config, with the patch series applied (patched, or any "
+        "--patches DIR) or without (stock). Unchanged inputs: reused in "
+        "seconds. Output under build/kernels/<name>/.")
+    b.add_argument("--kernel", default="patched", metavar="NAME",
+                   help="patched (vm/patches), stock (no patches), or any "
+                   "name together with --patches (default: patched)")
+    b.add_argument("--patches", metavar="DIR",
+                   help="directory with a quilt 'series' file, or *.patch "
+                   "files applied in name order")
+    b.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="make -jN (default: number of CPUs)")
+    b.add_argument("--config", metavar="FRAGMENT",
+                   help="config fragment instead of vm/kernel.config")
+    b.add_argument("--json", action="store_true",
+                   help="print build.json on stdout when done")
+    b.set_defaults(func=_cmd_build)
+
+    r = sub.add_parser(
+        "run", help="boot a built kernel and run a command in it",
+        description="Boot build/kernels/<K>/bzImage with virtme-ng (host root "
+        "read-only over 9p, one writable directory) and run CMD; the "
+        "command's exit status is this tool's.")
+    r.add_argument("--kernel", default="patched", metavar="K")
+    r.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="kill QEMU after S seconds (default 600)")
+    r.add_argument("--rwdir", metavar="DIR",
+                   help="writable directory in the guest "
+                   "(default build/results/<K>)")
+    r.add_argument("--memory", default="2G", help="guest memory (default 2G)")
+    r.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
+    r.add_argument("--hugepages", type=int, default=32,
+                   help="2 MiB huge pages reserved at boot (default 32)")
+    r.add_argument("--accel", choices=("kvm", "tcg"),
+                   help="skip the KVM probe and use this accelerator")
+    r.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="extra environment variable for the command")
+    r.add_argument("--append", action="append", default=[], metavar="ARG",
+                   help="extra kernel command-line argument")
+    r.add_argument("--console", action="store_true",
+                   help="show the guest's kernel console too")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the vng command line and exit")
+    r.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    r.set_defaults(func=_cmd_run)
+
+    i = sub.add_parser("info", help="print a built kernel's build.json")
+    i.add_argument("--kernel", default="patched", metavar="K")
+    i.set_defaults(func=_cmd_info)
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add ``vm build|run|info`` to the main command line."""
+    p = subparsers.add_parser("vm", help="guest kernels: build, run",
+                              description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="vm_command", metavar="{build,run,info}")
+    sub.required = True
+    _add_commands(sub)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_kernel
+    import time
+    t0 = time.monotonic()
+    k = build_kernel(args.kernel, patches_dir=args.patches, jobs=args.jobs,
+                     fragment=args.config)
+    dt = time.monotonic() - t0
+    state = "up to date" if k.cached else "built"
+    print(f"{k.name}: {state} in {dt:.1f} s\n"
+          f"  bzImage      {k.path}\n"
+          f"  uapi header  {k.uapi_header}\n"
+          f"  selftests    {k.selftests_dir}\n"
+          f"  patched      {'yes' if k.patched else 'no'}\n"
+          f"  key          {k.key[:16]}",
+          file=sys.stderr if args.json else sys.stdout)
+    missing = k.info.get("config_missing") or []
+    if missing:
+        print(f"  config: {len(missing)} option(s) not as written: "
+              + ", ".join(missing), file=sys.stderr)
+    if args.json:
+        print(json.dumps(k.info, indent=2))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .build import load_kernel
+    from .runner import choose_accel, run_in_guest, vng_command
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("vm run: no command given (use: -- CMD...)", file=sys.stderr)
+        return 2
+    env = {}
+    for kv in args.env:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            print(f"vm run: --env {kv!r}: expected K=V", file=sys.stderr)
+            return 2
+        env[k] = v
+    kernel = load_kernel(args.kernel)
+    if args.dry_run:
+        from pathlib import Path
+        from .build import BUILD_DIR, REPO_ROOT
+        accel = args.accel or choose_accel(kernel.path)
+        cmd = vng_command(kernel, argv, env=env, accel=accel, cwd=REPO_ROOT,
+                          rwdir=Path(args.rwdir or BUILD_DIR / "results" / kernel.name),
+                          memory=args.memory, cpus=args.cpus,
+                          hugepages=args.hugepages, append=args.append)
+        print(shlex.join(cmd))
+        return 0
+    try:
+        res = run_in_guest(kernel, argv, timeout=args.timeout, rwdir=args.rwdir,
+                           env=env, memory=args.memory, cpus=args.cpus,
+                           hugepages=args.hugepages, accel=args.accel,
+                           show_console=args.console, append=args.append)
+    except KeyboardInterrupt:
+        print("\nvm run: interrupted; QEMU killed", file=sys.stderr)
+        return 130
+    print(f"[vm] {kernel.name} ({res.accel}): exit {res.returncode} "
+          f"after {res.elapsed:.1f} s", file=sys.stderr)
+    return res.returncode
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .build import load_kernel
+    print(json.dumps(load_kernel(args.kernel).info, indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch parsed arguments; errors become a message and an exit code."""
+    try:
+        return args.func(args)
+    except GuestError as e:
+        print(f"vm: {e}", file=sys.stderr)
+        return e.exit_status
+    except VmError as e:
+        print(f"vm: {e}", file=sys.stderr)
+        return e.exit_status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.vm",
+        description="Build the patched/stock guest kernels and run commands "
+        "in them under QEMU.")
+    sub = parser.add_subparsers(dest="vm_command", metavar="{build,run,info}")
+    sub.required = True
+    _add_commands(sub)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,174 @@
+"""The kernel builder's pieces that need no compiler run: series, patches,
+config checks, the cache key, and a failing patch leaving the cache clean."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+
+import pytest
+
+from harness.vm import PatchApplyError
+from harness.vm import build as vb
+
+
+def _tree(root, files: dict[str, str]):
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return root
+
+
+def _diff(old: str, new: str, rel: str) -> str:
+    """A unified diff a/rel -> b/rel, as git format-patch writes it."""
+    import difflib
+    lines = difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                 f"a/{rel}", f"b/{rel}")
+    return "".join(lines)
+
+
+GOOD = {"mm/a.c": "int a;\nint b;\nint c;\n", "mm/b.c": "one\ntwo\nthree\n"}
+
+
+def test_read_series_uses_series_file_in_order(tmp_path):
+    for n in ("b.patch", "a.patch", "c.diff"):
+        (tmp_path / n).write_text("")
+    (tmp_path / "series").write_text("# comment\nb.patch -p1\n\nc.diff\n")
+    assert [p.name for p in vb.read_series(tmp_path)] == ["b.patch", "c.diff"]
+
+
+def test_read_series_without_series_file_sorts_patches(tmp_path):
+    for n in ("0002-x.patch", "0001-y.patch", "notes.txt"):
+        (tmp_path / n).write_text("")
+    assert [p.name for p in vb.read_series(tmp_path)] == ["0001-y.patch", "0002-x.patch"]
+
+
+def test_read_series_names_a_missing_patch(tmp_path):
+    (tmp_path / "series").write_text("gone.patch\n")
+    with pytest.raises(vb.VmError, match="gone.patch"):
+        vb.read_series(tmp_path)
+
+
+def test_parse_patch_failure_names_file_and_hunk():
+    out = textwrap.dedent("""\
+        checking file mm/mprotect.c
+        Hunk #1 succeeded at 90 (offset 4 lines).
+        checking file mm/userfaultfd.c
+        Hunk #2 FAILED at 904.
+        1 out of 2 hunks FAILED
+        """)
+    assert vb.parse_patch_failure(out) == ("mm/userfaultfd.c", "#2 (at line 904)")
+
+
+def test_parse_patch_failure_missing_file():
+    out = "can't find file to patch at input line 5\n"
+    assert vb.parse_patch_failure(out)[1] == "file not found"
+
+
+def test_config_mismatches_reports_unset_and_wrong_values():
+    frag = vb.parse_config("CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=8\n")
+    final = vb.parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_D=4\n")
+    assert vb.config_mismatches(frag, final) == [
+        "CONFIG_B=y (got not set)", "CONFIG_C=n (got y)", "CONFIG_D=8 (got 4)"]
+
+
+def test_cache_key_depends_on_every_input():
+    base = ("6.12", [("p", "1")], "cfg", "gcc 12")
+    k = vb.cache_key(*base)
+    assert vb.cache_key(*base) == k
+    assert vb.cache_key("6.13", *base[1:]) != k
+    assert vb.cache_key(base[0], [("p", "2")], *base[2:]) != k
+    assert vb.cache_key(*base[:2], "cfg2", base[3]) != k
+    assert vb.cache_key(*base[:3], "gcc 13") != k
+
+
+def test_failing_patch_is_named_and_leaves_no_tree(tmp_path):
+    pristine = _tree(tmp_path / "pristine", GOOD)
+    pdir = tmp_path / "series"
+    pdir.mkdir()
+    (pdir / "0001-ok.patch").write_text(
+        _diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
+    (pdir / "0002-bad.patch").write_text(
+        _diff("one\nTWO\nthree\n", "one\n2\nthree\n", "mm/b.c"))
+    kdir = tmp_path / "kernels" / "k"
+    kdir.mkdir(parents=True)
+    with pytest.raises(PatchApplyError) as exc:
+        vb._prepare_source(pristine, kdir, vb.read_series(pdir), "key", log=lambda m: None)
+    e = exc.value
+    assert (e.patch, e.target) == ("0002-bad.patch", "mm/b.c")
+    assert e.hunk and e.hunk.startswith("#1")
+    assert "0002-bad.patch" in str(e) and "mm/b.c" in str(e)
+    assert not (kdir / "src").exists() and not (kdir / "src.new").exists(), \
+        "a half-patched tree was left in the cache"
+    assert (pristine / "mm/a.c").read_text() == GOOD["mm/a.c"], "pristine tree modified"
+
+
+def test_patching_breaks_hard_links_and_rebuilds_reverted_files(tmp_path):
+    pristine = _tree(tmp_path / "pristine", GOOD)
+    pdir = tmp_path / "series"
+    pdir.mkdir()
+    (pdir / "0001.patch").write_text(
+        _diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
+    kdir = tmp_path / "kernels" / "k"
+    kdir.mkdir(parents=True)
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=lambda m: None)
+    assert (src / "mm/a.c").read_text() == "int a;\nint B;\nint c;\n"
+    assert (pristine / "mm/a.c").read_text() == GOOD["mm/a.c"], "pristine tree modified"
+    assert os.stat(src / "mm/b.c").st_ino == os.stat(pristine / "mm/b.c").st_ino, \
+        "unpatched files should stay hard links"
+    # The series changes to touch only b.c: a.c reverts to pristine content
+    # but must get a new mtime so make recompiles it.
+    (pdir / "0001.patch").write_text(_diff(GOOD["mm/b.c"], "one\n2\nthree\n", "mm/b.c"))
+    before = os.stat(pristine / "mm/a.c").st_mtime_ns
+    os.utime(pristine / "mm/a.c", ns=(before - 10**10, before - 10**10))
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k2", log=lambda m: None)
+    assert (src / "mm/a.c").read_text() == GOOD["mm/a.c"]
+    assert os.stat(src / "mm/a.c").st_mtime_ns > os.stat(pristine / "mm/a.c").st_mtime_ns
+    assert os.stat(src / "mm/a.c").st_ino != os.stat(pristine / "mm/a.c").st_ino
+
+
+def test_missing_tool_names_the_package(monkeypatch):
+    with pytest.raises(vb.MissingToolError) as exc:
+        vb.check_host({"/nonexistent/tool-xyz": "some-package"}, install=False)
+    assert exc.value.packages == ["some-package"]
+    assert "apt-get install -y some-package" in str(exc.value)
+
+
+def test_project_series_applies_to_pristine_tree(tmp_path):
+    """vm/patches applies with patch -p1 to Debian's linux-source-6.12."""
+    pristine = vb.BUILD_DIR / "cache" / "src" / vb.SOURCE_DIRNAME
+    if not (pristine / ".uffd-harness-pristine").exists():
+        pytest.skip(f"pristine tree {pristine} not unpacked: run `make kernel`")
+    patches = vb.read_series(vb.DEFAULT_PATCHES)
+    assert len(patches) >= 4
+    kdir = tmp_path / "k"
+    kdir.mkdir()
+    src = vb._prepare_source(pristine, kdir, patches, "t", log=lambda m: None)
+    hdr = (src / "include/uapi/linux/userfaultfd.h").read_text()
+    for sym in ("UFFD_FEATURE_ACCESS_HINTS", "UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY",
+                "UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY"):
+        assert sym in hdr, f"{sym} missing from the patched uapi header"
+    assert "MM_CP_UFFD_WRITE_LIKELY" not in (pristine / "include/linux/mm.h").read_text(), \
+        "patching modified the pristine tree"
+
+
+def test_built_kernel_outputs(request):
+    """build.json and the outputs of every kernel built so far are consistent."""
+    kernels = vb.BUILD_DIR / "kernels"
+    built = sorted(p.parent for p in kernels.glob("*/build.json")) if kernels.exists() else []
+    if not built:
+        pytest.skip("no kernel built yet: run `make kernel KERNEL=patched`")
+    for kdir in built:
+        info = json.loads((kdir / "build.json").read_text())
+        assert (kdir / "bzImage").exists()
+        hdr = (kdir / "uapi/linux/userfaultfd.h").read_text()
+        if kdir.name == "stock":
+            assert not info["patched"] and "UFFD_FEATURE_ACCESS_HINTS" not in hdr
+        if kdir.name == "patched":
+            assert info["patched"] and "UFFD_FEATURE_ACCESS_HINTS" in hdr
+        for t in vb.SELFTESTS:
+            assert os.access(kdir / "selftests" / t, os.X_OK), f"{kdir.name}: {t} not built"
+        assert not info["config_missing"], f"{kdir.name}: {info['config_missing']}"

@@ -1,0 +1,32 @@
+# Guest kernels and the QEMU runner (harness/vm).  Included by the main Makefile.
+#
+#   make kernel KERNEL=patched|stock [KERNEL_PATCHES=DIR] [JOBS=N]
+#   make kernels                      both, one after the other
+#   make vm-run KERNEL=patched CMD='uname -a' [TIMEOUT=600]
+#   make vm-test                      tests/vm (boots QEMU; needs built kernels)
+#
+# Everything is cached under build/kernels/<name>/; an unchanged rebuild takes
+# about a second.
+
+VM_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+KERNEL ?= patched
+KERNEL_PATCHES ?=
+JOBS ?= 2
+TIMEOUT ?= 600
+CMD ?= uname -a
+
+.PHONY: kernel kernels vm-run vm-test
+
+kernel:
+	$(VM_PYTHON) -m harness.vm build --kernel $(KERNEL) --jobs $(JOBS) \
+		$(if $(KERNEL_PATCHES),--patches $(KERNEL_PATCHES))
+
+kernels:
+	$(MAKE) kernel KERNEL=stock
+	$(MAKE) kernel KERNEL=patched
+
+vm-run:
+	$(VM_PYTHON) -m harness.vm run --kernel $(KERNEL) --timeout $(TIMEOUT) -- sh -c '$(CMD)'
+
+vm-test:
+	$(VM_PYTHON) -m pytest -v tests/vm
