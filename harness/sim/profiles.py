@@ -1,0 +1,178 @@
+"""Kernel profiles: what differs between the kernels the simulator can play.
+
+A profile is data plus two small functions.  To model your own patch, make a
+:class:`Profile` (copy one below and change what your patch changes) and
+:func:`register` it; ``uffd-harness sim profiles`` lists it, the backends and
+the contract tests can then run on it.
+
+``check_wp_mode(mode, enabled, hints) -> errno or 0``
+    Validation of the ``UFFDIO_WRITEPROTECT`` mode word, before any PTE is
+    touched (``userfaultfd_writeprotect()`` in fs/userfaultfd.c).
+``uffd_wp_resolve(pte, vma, hints, made_writable) -> None``
+    Called by ``change_pte_range()`` (mm/mprotect.c) for every present PTE an
+    un-protect visits, after the stock logic has decided whether the PTE is
+    made writable; it may set ``pte.young`` / ``pte.dirty`` (use
+    :func:`harness.sim.model.pte_mkdirty` for the latter: on x86 it sets the
+    soft-dirty bit too).
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from harness import abi
+from harness.abi import Feature
+
+#: hint names, as passed to ``uffd_wp_resolve``
+ACCESS_LIKELY = "access_likely"
+WRITE_LIKELY = "write_likely"
+
+#: the features of stock Linux 6.12 (bits 0..16): every name but the patch's
+STOCK_FEATURES = frozenset(f for f in Feature if f is not Feature.ACCESS_HINTS)
+
+
+def decode_hints(mode: int) -> frozenset[str]:
+    """The hint names set in a ``UFFDIO_WRITEPROTECT`` mode word (values from :func:`abi.hint_abi`)."""
+    hints = abi.hint_abi()
+    names = set()
+    if mode & hints.access_likely:
+        names.add(ACCESS_LIKELY)
+    if mode & hints.write_likely:
+        names.add(WRITE_LIKELY)
+    return frozenset(names)
+
+
+def _hint_bits() -> int:
+    hints = abi.hint_abi()
+    return hints.access_likely | hints.write_likely
+
+
+def stock_check_wp_mode(mode: int, enabled: frozenset, hints: frozenset) -> int:
+    """userfaultfd_writeprotect() in 6.12: only MODE_WP and MODE_DONTWAKE are known."""
+    if mode & ~(abi.WRITEPROTECT_MODE_WP | abi.WRITEPROTECT_MODE_DONTWAKE):
+        return errno.EINVAL
+    if mode & abi.WRITEPROTECT_MODE_WP and mode & abi.WRITEPROTECT_MODE_DONTWAKE:
+        return errno.EINVAL
+    return 0
+
+
+def hints_check_wp_mode(mode: int, enabled: frozenset, hints: frozenset) -> int:
+    """The patch: hint bits are known only when ACCESS_HINTS was negotiated, and only when un-protecting."""
+    known = abi.WRITEPROTECT_MODE_WP | abi.WRITEPROTECT_MODE_DONTWAKE
+    if Feature.ACCESS_HINTS in enabled:
+        known |= _hint_bits()
+    if mode & ~known:
+        return errno.EINVAL                      # clause 1: hints without the feature
+    if mode & abi.WRITEPROTECT_MODE_WP and (mode & abi.WRITEPROTECT_MODE_DONTWAKE or hints):
+        return errno.EINVAL                      # clause 6: hints with MODE_WP
+    return 0
+
+
+def stock_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+    """Linux 6.12 change_pte_range(): young and dirty are left as they were."""
+
+
+def hints_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+    """The patch (MM_CP_WILL_NEED): mkyoung on ACCESS_LIKELY; mkdirty+mkyoung where it made the PTE writable.
+
+    A clean shared PTE is never made writable (can_change_pte_writable()
+    returns pte_dirty() for VM_SHARED), so it is never dirtied here either.
+    """
+    from harness.sim.model import pte_mkdirty
+    if hints:
+        if ACCESS_LIKELY in hints:
+            pte.young = True
+        if WRITE_LIKELY in hints and made_writable:
+            pte.young = True
+            pte_mkdirty(pte)
+
+
+def young_only_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+    """A deliberately broken patch: WRITE_LIKELY sets young but forgets dirty."""
+    if hints:
+        if ACCESS_LIKELY in hints:
+            pte.young = True
+        if WRITE_LIKELY in hints and made_writable:
+            pte.young = True
+
+
+def dirty_shared_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+    """A deliberately broken patch: WRITE_LIKELY dirties and write-enables every PTE, shared or not."""
+    from harness.sim.model import pte_mkdirty
+    if ACCESS_LIKELY in hints:
+        pte.young = True
+    if WRITE_LIKELY in hints and vma.vm_write:
+        pte.young = True
+        pte_mkdirty(pte)
+        pte.write = not pte.uffd_wp
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    #: the ``kernel_release`` a simulator backend on this profile reports
+    release: str
+    #: the features ``UFFDIO_API`` offers
+    features: frozenset = STOCK_FEATURES
+    check_wp_mode: Callable = stock_check_wp_mode
+    uffd_wp_resolve: Callable = stock_uffd_wp_resolve
+    #: True for profiles that exist to show the contract tests can fail
+    broken: bool = False
+    #: clauses of BRIEF 2.2 this profile is expected to fail (for the self-tests)
+    expected_failures: frozenset = field(default_factory=frozenset)
+
+    @property
+    def offers_access_hints(self) -> bool:
+        return Feature.ACCESS_HINTS in self.features
+
+
+_HINT_FEATURES = STOCK_FEATURES | {Feature.ACCESS_HINTS}
+
+PROFILES: dict[str, Profile] = {}
+
+
+def register(profile: Profile) -> Profile:
+    """Add a profile (replacing one of the same name)."""
+    PROFILES[profile.name] = profile
+    return profile
+
+
+STOCK = register(Profile(
+    name="linux-6.12",
+    description="stock Linux 6.12: no ACCESS_HINTS; un-protect leaves young/dirty alone",
+    release="6.12.0-sim"))
+ACCESS_HINTS = register(Profile(
+    name="access-hints",
+    description="6.12 + the access-hints patch (BRIEF 2.2): hints make PTEs young / dirty+young",
+    release="6.12.0-access-hints-sim", features=_HINT_FEATURES,
+    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_uffd_wp_resolve))
+YOUNG_ONLY = register(Profile(
+    name="access-hints-young-only",
+    description="BROKEN example: WRITE_LIKELY sets young but not dirty (fails clause 3)",
+    release="6.12.0-young-only-sim", features=_HINT_FEATURES,
+    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=young_only_uffd_wp_resolve,
+    broken=True, expected_failures=frozenset({3})))
+DIRTY_SHARED = register(Profile(
+    name="access-hints-dirty-shared",
+    description="BROKEN example: WRITE_LIKELY dirties clean shared PTEs and soft-dirty-tracked PTEs (fails 4, 8)",
+    release="6.12.0-dirty-shared-sim", features=_HINT_FEATURES,
+    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=dirty_shared_uffd_wp_resolve,
+    broken=True, expected_failures=frozenset({4, 8})))
+
+
+def get(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"no simulator profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+
+
+def for_kernel(offers_access_hints: bool) -> Profile:
+    """The profile that should match a kernel: the patched one if it offers ACCESS_HINTS, else stock."""
+    return ACCESS_HINTS if offers_access_hints else STOCK
+
+
+def default_profile(name: Optional[str] = None) -> Profile:
+    return get(name) if name else ACCESS_HINTS
