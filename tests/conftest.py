@@ -6,6 +6,8 @@ set-up, not a reason to pass.
 """
 from __future__ import annotations
 
+pytest_plugins = ["harness.pytest_plugin"]
+
 import os
 
 import pytest
