@@ -50,4 +50,6 @@ void harness_write_pages(uintptr_t addr, size_t npages, size_t page_size,
 int harness_probe_access(uintptr_t addr, int write, uint8_t value);
 uint64_t harness_checksum(uintptr_t addr, size_t len);
 
+#include "timing.h"
+
 #endif

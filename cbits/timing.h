@@ -30,8 +30,15 @@ int harness_tsc_hz(uint64_t window_ns, double *hz_out);
 size_t harness_time_touch(uintptr_t addr, size_t npages, size_t page_size,
 			  int write, uint64_t *cycles);
 
-/* UFFDIO_WRITEPROTECT protect + un-protect of one range, per iteration. */
+/* UFFDIO_WRITEPROTECT protect + un-protect of one range, per iteration,
+ * optionally touching a working set (one byte per page) after each ioctl. */
 int harness_time_wp_toggle(int uffd, uintptr_t addr, size_t len,
+			   size_t iters, uintptr_t ws_buf, size_t ws_len,
+			   uint64_t *cycles);
+size_t harness_time_working_set(uintptr_t ws_buf, size_t ws_len, size_t iters,
+				uint64_t *cycles);
+/* The same UFFDIO_WRITEPROTECT @mode repeated (a no-op after the first). */
+int harness_time_wp_repeat(int uffd, uintptr_t addr, size_t len, uint64_t mode,
 			   size_t iters, uint64_t *cycles);
 
 /* The RFC cover letter's loop: mprotect(READ), mprotect(READ|WRITE), store. */

@@ -1,0 +1,338 @@
+"""Run the scenarios, summarise, and write what was measured: table, JSON, plot.
+
+Rounds are interleaved: every round runs one batch of every scenario, in an
+order shuffled per round (seeded), so drift (frequency, a neighbour's
+build, a migrated vCPU) hits every scenario alike instead of whichever ran
+last.  The per-round medians are kept so drift can be seen.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from harness.errors import HarnessError
+from harness.timing import stats
+from harness.timing.calibrate import Calibration, calibrate, pin_to_one_cpu
+from harness.timing.scenarios import (BY_NAME, RFC_COVER_LETTER_CYCLES, Context, Scenario,
+                                      select)
+
+BENCH_SCHEMA = "uffd-harness/bench/1"
+CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
+RESULTS_DIR = Path("build/results")
+DEFAULT_JSON = RESULTS_DIR / "bench.json"
+DEFAULT_PLOT = RESULTS_DIR / "bench.png"
+DEFAULT_CALIBRATION = RESULTS_DIR / "calibration.json"
+
+#: the binding's goal: a toggle through Userfaultfd.writeprotect within this factor of the C loop
+WP_TOGGLE_TARGET_RATIO = 1.5
+
+OK = "ok"
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    group: str
+    describe: str
+    unit: str
+    #: "ok", "absent: <what is missing>", or "error: <what failed>"
+    status: str = OK
+    samples: list[float] = field(default_factory=list)
+    round_medians: list[float] = field(default_factory=list)
+    faults: int = 0
+    state_errors: list[str] = field(default_factory=list)
+    summary: Optional[stats.Summary] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK and len(self.samples) >= 2
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "describe": self.describe, "unit": self.unit, "status": self.status,
+                "summary": self.summary.to_dict() if self.summary else None,
+                "round_medians": self.round_medians, "faults": self.faults,
+                "state_errors": self.state_errors, "samples": self.samples}
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "ScenarioResult":
+        return cls(name=name, group=d["group"], describe=d["describe"], unit=d["unit"], status=d["status"],
+                   samples=list(d["samples"]), round_medians=list(d["round_medians"]), faults=d["faults"],
+                   state_errors=list(d["state_errors"]),
+                   summary=stats.Summary.from_dict(d["summary"]) if d.get("summary") else None)
+
+
+def run_scenarios(scenarios: Sequence[Scenario], ctx: Context, rounds: int, *, seed: int = 0,
+                  progress: Optional[Callable[[int, int], None]] = None) -> dict[str, ScenarioResult]:
+    """``rounds`` interleaved rounds of one batch per scenario; results in table order."""
+    if rounds < 1:
+        raise ValueError("at least one round")
+    results = {s.name: ScenarioResult(s.name, s.group, s.describe, s.unit) for s in scenarios}
+    active = []
+    for s in scenarios:
+        why = s.absent(ctx)
+        if why:
+            results[s.name].status = why
+        else:
+            active.append(s)
+    rng = random.Random(seed)
+    for r in range(rounds):
+        order = list(active)
+        rng.shuffle(order)
+        for s in order:
+            res = results[s.name]
+            if res.status != OK:
+                continue  # failed in an earlier round
+            ctx.check_state = r == 0  # smaps is slow: verify the prepared state once per run
+            try:
+                batch = s.run(ctx)
+            except (HarnessError, OSError) as exc:
+                res.status = f"error: {exc}"
+                continue
+            res.samples.extend(batch.samples)
+            res.round_medians.append(stats.median(batch.samples))
+            res.faults += batch.faults
+            if batch.state_error:
+                res.state_errors.append(batch.state_error)
+        if progress:
+            progress(r + 1, rounds)
+    for i, res in enumerate(results.values()):
+        if res.ok:
+            res.summary = stats.summarize(res.samples, seed=seed + i)
+    return results
+
+
+def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
+    """Figures computed from several scenarios: the binding ratio, the RFC comparison."""
+    out: dict = {}
+    c, py = results.get("binding.wp_toggle.c"), results.get("binding.wp_toggle.python")
+    raw = results.get("binding.wp_toggle.cffi_raw")
+    with_ws, ws_only = results.get("binding.wp_toggle.c_working_set"), results.get("binding.working_set.c")
+    noop_c, noop_py = results.get("binding.wp_noop.c"), results.get("binding.wp_noop.python")
+    if c and py and c.ok and py.ok:
+        lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed)
+        ratio = py.summary.median / c.summary.median
+        entry = {"ratio": ratio, "ci95": [lo, hi], "target": WP_TOGGLE_TARGET_RATIO,
+                 "within_target": ratio <= WP_TOGGLE_TARGET_RATIO,
+                 "c_median_cycles": c.summary.median, "python_median_cycles": py.summary.median}
+        if raw and raw.ok:
+            entry["cffi_raw_median_cycles"] = raw.summary.median
+            entry["cffi_raw_ratio"] = raw.summary.median / c.summary.median
+            entry["method_overhead_cycles"] = py.summary.median - raw.summary.median
+        if with_ws and ws_only and with_ws.ok and ws_only.ok:
+            # what the toggle costs a C caller that, like an interpreter, has a working set to find again
+            cost = with_ws.summary.median - ws_only.summary.median
+            entry["c_working_set_toggle_cycles"] = cost
+            entry["c_working_set_ratio"] = cost / c.summary.median
+        if noop_c and noop_py and noop_c.ok and noop_py.ok:
+            entry["noop_ioctl_c_cycles"] = noop_c.summary.median
+            entry["noop_ioctl_python_cycles"] = noop_py.summary.median
+            entry["per_call_overhead_cycles"] = noop_py.summary.median - noop_c.summary.median
+        out["wp_toggle"] = entry
+    rfc = results.get("rfc.mprotect_loop")
+    if rfc and rfc.ok:
+        before, after = RFC_COVER_LETTER_CYCLES
+        out["rfc_loop"] = {"median_cycles": rfc.summary.median, "cover_letter_before": before,
+                           "cover_letter_after": after,
+                           "cover_letter_setup": "Haswell, bare metal, one thread"}
+    return out
+
+
+def _loadavg() -> list[float]:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return []
+
+
+def bench_document(results: dict[str, ScenarioResult], cal: Calibration, config: dict, extra: dict) -> dict:
+    return {
+        "schema": BENCH_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"node": platform.node(), "kernel": platform.release()},
+        "config": config,
+        "calibration": cal.to_dict(),
+        "scenarios": {name: r.to_dict() for name, r in results.items()},
+        "derived": derived(results, seed=config.get("seed", 0)),
+        **extra,
+    }
+
+
+def calibration_document(results: dict[str, ScenarioResult], cal: Calibration) -> dict:
+    """The cost model the simulator reads (schema in :mod:`harness.timing`)."""
+    medians = {n: r.summary.median for n, r in results.items() if r.ok}
+    doc = {"schema": CALIBRATION_SCHEMA,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           **cal.to_dict(),
+           "medians": medians,
+           "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
+           "absent": {n: r.status for n, r in results.items() if not r.ok}}
+    return doc
+
+
+def load_document(path: os.PathLike | str) -> dict:
+    """A bench JSON file, checked against the schema this module writes."""
+    with open(path) as f:
+        doc = json.load(f)
+    if doc.get("schema") != BENCH_SCHEMA:
+        raise HarnessError(f"{path}: schema {doc.get('schema')!r}, expected {BENCH_SCHEMA!r}")
+    for key in ("calibration", "scenarios", "config"):
+        if key not in doc:
+            raise HarnessError(f"{path}: no {key!r} section")
+    return doc
+
+
+def results_of(doc: dict) -> dict[str, ScenarioResult]:
+    return {name: ScenarioResult.from_dict(name, d) for name, d in doc["scenarios"].items()}
+
+
+def write_json(doc: dict, path: os.PathLike | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# -- presentation --------------------------------------------------------------------
+
+def _fmt(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}"
+
+
+def table_rows(results: dict[str, ScenarioResult], cal: Calibration) -> list[list[str]]:
+    rows = []
+    for name, r in results.items():
+        if not r.ok:
+            rows.append([name, "-", "-", "-", "-", "-", "-", "-", "-", r.status])
+            continue
+        s = r.summary
+        note = "; ".join(sorted(set(r.state_errors)))
+        rows.append([name, s.n, _fmt(s.median), _fmt(s.p10), _fmt(s.p90),
+                     f"[{_fmt(s.ci_lo)}, {_fmt(s.ci_hi)}]", _fmt(s.median - cal.empty_cycles),
+                     f"{cal.cycles_to_ns(s.median):.0f}", f"{r.faults / s.n:.2f}",
+                     f"state mismatch: {note}" if note else ""])
+    return rows
+
+
+TABLE_HEADERS = ["scenario", "n", "median", "p10", "p90", "95% CI median", "net", "ns", "faults/n", "note"]
+
+
+def calibration_lines(cal: Calibration, pinned: Optional[int] = None) -> list[str]:
+    lines = [
+        f"CPU: {cal.cpu_model}; kernel {cal.kernel}; clocksource {cal.clocksource}"
+        + (f"; pinned to CPU {pinned}" if pinned is not None else ""),
+        f"TSC: {cal.tsc_hz / 1e6:.1f} MHz against CLOCK_MONOTONIC; invariant: {'yes' if cal.invariant_tsc else 'NO'}; "
+        f"resolution {cal.resolution_cycles} cycles; back-to-back read {cal.tsc_read_cycles} cycles",
+        f"empty timed section: median {cal.empty_cycles:.0f} cycles (p10 {cal.empty_p10:.0f}, p90 {cal.empty_p90:.0f}); "
+        "'net' = median - empty",
+        f"hypervisor: {cal.hypervisor_vendor or ('yes, unknown' if cal.hypervisor else 'none')}; "
+        f"TCG: {'YES' if cal.tcg else 'no'} ({cal.tcg_evidence})",
+        f"note: {cal.note}",
+    ]
+    if cal.tcg:
+        lines.append("WARNING: under TCG these figures do not model hardware A/D assists.")
+    return lines
+
+
+def derived_lines(d: dict) -> list[str]:
+    lines = []
+    wp = d.get("wp_toggle")
+    if wp:
+        verdict = "within" if wp["within_target"] else "OVER"
+        line = (f"wp toggle, Userfaultfd.writeprotect vs C loop: {wp['ratio']:.2f}x "
+                f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
+                f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle")
+        if "cffi_raw_ratio" in wp:
+            line += (f"; raw cffi call {wp['cffi_raw_ratio']:.2f}x, so the method itself adds "
+                     f"{wp['method_overhead_cycles']:.0f} cycles/toggle")
+        lines.append(line)
+        if "per_call_overhead_cycles" in wp:
+            lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
+                         f"{wp['noop_ioctl_python_cycles']:.0f} through the method, so the public API adds "
+                         f"{wp['per_call_overhead_cycles']:.0f} cycles per call ({2 * wp['per_call_overhead_cycles']:.0f} "
+                         "per toggle)"
+                         + (f"; a C caller that touches a working set after each ioctl pays "
+                            f"{wp['c_working_set_toggle_cycles']:.0f} cycles per toggle "
+                            f"({wp['c_working_set_ratio']:.2f}x the tight loop): a PTE change flushes, and "
+                            "the caller's TLB entries and paging-structure caches must be refilled"
+                            if "c_working_set_ratio" in wp else ""))
+    rfc = d.get("rfc_loop")
+    if rfc:
+        lines.append(f"RFC loop (mprotect READ, READ|WRITE, store): {rfc['median_cycles']:.0f} cycles/iteration here; "
+                     f"cover letter {rfc['cover_letter_before']} -> {rfc['cover_letter_after']} "
+                     f"({rfc['cover_letter_setup']})")
+    return lines
+
+
+def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str = "") -> Optional[Path]:
+    """Box plots (whiskers p10-p90) of every scenario's samples, log scale; None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ok = [r for r in results.values() if r.ok]
+    if not ok:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(ok) + 1.5))
+    ax.boxplot([r.samples for r in ok], vert=False, whis=(10, 90), showfliers=False)
+    ax.set_yticks(range(1, len(ok) + 1))
+    ax.set_yticklabels([r.name for r in ok], fontsize=8)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("cycles (log scale; box p25-p75, whiskers p10-p90)")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.set_title(title or "uffd-harness bench", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- comparison ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    median_a: float
+    median_b: float
+    diff: float
+    ci_lo: float
+    ci_hi: float
+    verdict: str
+
+    @property
+    def ratio(self) -> Optional[float]:
+        return self.median_b / self.median_a if self.median_a else None
+
+
+def compare_results(a: dict[str, ScenarioResult], b: dict[str, ScenarioResult], *,
+                    seed: int = 0) -> tuple[list[Comparison], list[str]]:
+    """B against A, scenario by scenario; and the scenarios that could not be compared, with why."""
+    rows, skipped = [], []
+    for name in list(a) + [n for n in b if n not in a]:
+        ra, rb = a.get(name), b.get(name)
+        if ra is None or rb is None:
+            skipped.append(f"{name}: only in {'A' if rb is None else 'B'}")
+            continue
+        if not (ra.ok and rb.ok):
+            skipped.append(f"{name}: A {ra.status}, B {rb.status}" if ra.status != rb.status or ra.status != OK
+                           else f"{name}: too few samples")
+            continue
+        lo, hi = stats.bootstrap_diff_ci(ra.samples, rb.samples, seed=seed)
+        ma, mb = stats.median(ra.samples), stats.median(rb.samples)
+        rows.append(Comparison(name, ma, mb, mb - ma, lo, hi, stats.verdict(lo, hi)))
+    return rows, skipped

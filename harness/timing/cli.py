@@ -1,0 +1,118 @@
+"""``uffd-harness bench`` and ``uffd-harness compare``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from tabulate import tabulate
+
+from harness.errors import HarnessError
+from harness.timing import bench, selftest, stats
+from harness.timing.calibrate import Calibration, calibrate, pin_to_one_cpu
+from harness.timing.scenarios import SCENARIOS, Context, select
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time first touches, write-protect toggles and fault round trips (cycles)",
+        description="Time first touches of PTEs in each young/dirty state, userfaultfd un-protect and "
+                    "missing-fault round trips, the binding's write-protect toggle and the RFC's mprotect "
+                    "loop.  Every timed loop runs in C; results come with the TSC calibration.")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default 8)")
+    p.add_argument("--pages", type=int, default=256, help="pages (samples) per batch (default 256)")
+    p.add_argument("--only", action="append", metavar="PREFIX",
+                   help="run scenarios whose name starts with PREFIX (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the round order and the bootstrap")
+    p.add_argument("--json", default=str(bench.DEFAULT_JSON), metavar="PATH",
+                   help=f"write results here (default {bench.DEFAULT_JSON})")
+    p.add_argument("--plot", default=str(bench.DEFAULT_PLOT), metavar="PATH",
+                   help=f"PNG of the distributions (default {bench.DEFAULT_PLOT}); '' for none")
+    p.add_argument("--calibration", default=str(bench.DEFAULT_CALIBRATION), metavar="PATH",
+                   help=f"cost model for the simulator (default {bench.DEFAULT_CALIBRATION}); '' for none")
+    p.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--self-test", action="store_true",
+                   help="check that the benchmark separates young+dirty from old+clean and repeats")
+    p.set_defaults(func=_bench)
+
+    c = subparsers.add_parser("compare", help="compare two bench JSON files (B against A)",
+                              description="Side by side medians, the difference B - A with a bootstrap "
+                                          "95%% interval, and a verdict per scenario.")
+    c.add_argument("a", metavar="A.json")
+    c.add_argument("b", metavar="B.json")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_compare)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.list:
+        print(tabulate([[s.name, s.describe] for s in SCENARIOS], headers=["scenario", "what is timed"]))
+        return 0
+    pinned = None if args.no_pin else pin_to_one_cpu()
+    cal = calibrate()
+    print("\n".join(bench.calibration_lines(cal, pinned)))
+    if args.self_test:
+        return _self_test()
+    try:
+        scenarios = select(args.only)
+    except HarnessError as exc:
+        print(f"uffd-harness bench: {exc}", file=sys.stderr)
+        return 2
+    ctx = Context.probe(args.pages)
+    load_before = bench._loadavg()
+    t0 = time.monotonic()
+    results = bench.run_scenarios(scenarios, ctx, args.rounds, seed=args.seed,
+                                  progress=lambda r, n: print(f"  round {r}/{n}", file=sys.stderr, end="\r"))
+    elapsed = time.monotonic() - t0
+    print(file=sys.stderr)
+    config = {"rounds": args.rounds, "pages": args.pages, "seed": args.seed, "only": args.only,
+              "pinned_cpu": pinned, "elapsed_s": elapsed, "loadavg_before": load_before,
+              "loadavg_after": bench._loadavg(), "argv": sys.argv}
+    doc = bench.bench_document(results, cal, config, {})
+    print(tabulate(bench.table_rows(results, cal), headers=bench.TABLE_HEADERS,
+                   colalign=("left",) + ("right",) * 8 + ("left",)))
+    print("cycles per access or operation; CI: bootstrap 95% interval of the median; "
+          f"{args.rounds} interleaved rounds in {elapsed:.1f} s; load average {load_before[0] if load_before else '?'}")
+    for line in bench.derived_lines(doc["derived"]):
+        print(line)
+    if args.json:
+        print(f"JSON: {bench.write_json(doc, args.json)}")
+    if args.calibration:
+        print(f"calibration: {bench.write_json(bench.calibration_document(results, cal), args.calibration)}")
+    if args.plot:
+        path = bench.plot(results, args.plot, title=f"{cal.cpu_model}, {cal.kernel} ({cal.note.split(':')[0]})")
+        print(f"plot: {path}" if path else "plot: skipped (matplotlib not installed: pip install '.[bench]')")
+    errors = [r for r in results.values() if r.status.startswith("error")]
+    return 1 if errors else 0
+
+
+def _self_test() -> int:
+    result = selftest.run()
+    print("\n".join(selftest.report_lines(result)))
+    return 0 if result.passed else 1
+
+
+def _compare(args: argparse.Namespace) -> int:
+    try:
+        a, b = bench.load_document(args.a), bench.load_document(args.b)
+    except (OSError, ValueError, HarnessError) as exc:
+        print(f"uffd-harness compare: {exc}", file=sys.stderr)
+        return 2
+    ca, cb = a["calibration"], b["calibration"]
+    for key in ("cpu_model", "kernel", "hypervisor_vendor", "tcg"):
+        if ca.get(key) != cb.get(key):
+            print(f"warning: {key} differs: A {ca.get(key)!r}, B {cb.get(key)!r}")
+    if abs(ca["tsc_hz"] - cb["tsc_hz"]) > 0.01 * ca["tsc_hz"]:
+        print(f"warning: TSC rates differ ({ca['tsc_hz'] / 1e6:.0f} vs {cb['tsc_hz'] / 1e6:.0f} MHz): "
+              "cycles are not comparable")
+    rows, skipped = bench.compare_results(bench.results_of(a), bench.results_of(b), seed=args.seed)
+    table = [[r.name, f"{r.median_a:.0f}", f"{r.median_b:.0f}", f"{r.diff:+.0f}",
+              f"[{r.ci_lo:+.0f}, {r.ci_hi:+.0f}]", f"{r.ratio:.2f}" if r.ratio else "-",
+              r.verdict if r.verdict == stats.NO_DIFFERENCE else f"B {r.verdict}"] for r in rows]
+    print(f"A: {args.a} ({a['created']})\nB: {args.b} ({b['created']})")
+    print(tabulate(table, headers=["scenario", "median A", "median B", "B - A", "95% CI", "B/A", "verdict"],
+                   colalign=("left", "right", "right", "right", "right", "right", "left")))
+    for line in skipped:
+        print(f"not compared: {line}")
+    return 0

@@ -1,0 +1,428 @@
+"""The benchmark scenarios: a declarative table, one row per thing timed.
+
+A reader can list every scenario (``uffd-harness bench --list``) without
+running anything.  Each row names how one *batch* of samples is made: a
+fresh region is prepared outside the timed path, then a C loop
+(cbits/timing.c) records the cycles of each access or operation.
+
+PTE states of an anonymous page, all present (checked through smaps on the
+first batch of each run, and by counting minor faults around the timed loop):
+
+``young_dirty``  written: the write fault installs the PTE young and dirty.
+``young_clean``  written, ``MADV_FREE`` (old and clean), then read: the read
+                 sets the accessed bit only.
+``old_dirty``    written, then ``/proc/self/clear_refs`` 1 (clears young bits
+                 and flushes the TLB, ``clear_refs_write()``).
+``old_clean``    written, then ``MADV_FREE``: ``madvise_free_pte_range()``
+                 makes the PTE old and clean but leaves it present and writable.
+
+TLB: "cold" scenarios (no suffix) end their preparation with an
+``mprotect(READ)``/``mprotect(READ|WRITE)`` round trip over the region.  It
+flushes exactly that range and keeps the accessed/dirty bits
+(``change_pte_range()`` keeps ``_PAGE_CHG_MASK``; ``can_change_pte_writable()``
+restores write on exclusive anonymous pages), and every cold scenario pays it
+alike.  Touching a buffer larger than the STLB would also evict, but it
+would also evict the page-table lines and data from the caches in varying
+ways.  ``.warm_tlb`` scenarios then read every page once, which loads the
+translation (and the data line).  Only young states have a warm variant: x86
+never caches a translation whose accessed bit is clear (SDM vol. 3, 4.10.2),
+so an old PTE is cold by construction.
+"""
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from harness import abi, pte
+from harness._native import ffi, lib
+from harness.abi import Feature, RegisterMode
+from harness.errors import HarnessError, UffdError
+from harness.events import FaultHandler, PageFault
+from harness.memory import PAGE_SIZE, PROT_READ, PROT_RW, MemoryKind, Region
+from harness.uffd import Userfaultfd, open_any, probe_features
+
+STATES = ("young_dirty", "young_clean", "old_dirty", "old_clean")
+ACCESSES = ("read", "write")
+
+#: the RFC cover letter's figures (Haswell, bare metal, one thread): before -> after the patch
+RFC_COVER_LETTER_CYCLES = (2529, 2496)
+
+#: toggles per Python sample: a sample is one rdtsc pair around this many toggles
+PY_TOGGLES_PER_SAMPLE = 8
+
+
+@dataclass
+class Context:
+    """What every batch needs to know; made once per run."""
+
+    pages: int = 256
+    #: verify the prepared PTE states through smaps (first batch of each scenario)
+    check_state: bool = True
+    #: None when the kernel offers UFFD_FEATURE_ACCESS_HINTS, else why not
+    hints_absent: Optional[str] = None
+
+    @classmethod
+    def probe(cls, pages: int = 256) -> "Context":
+        try:
+            offered = probe_features()
+            absent = None if Feature.ACCESS_HINTS in offered.offered else \
+                "absent: kernel lacks UFFD_FEATURE_ACCESS_HINTS"
+        except UffdError as exc:
+            absent = f"absent: cannot open a userfaultfd ({exc})"
+        return cls(pages=pages, hints_absent=absent)
+
+
+@dataclass
+class Batch:
+    """One batch of samples and what was seen around it."""
+
+    samples: list[float]
+    #: minor faults counted around the timed loop (0 expected for a first touch of a present PTE)
+    faults: int = 0
+    #: None when the prepared state was verified or not checked; else what was wrong
+    state_error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    group: str
+    describe: str
+    run: Callable[[Context], Batch] = field(repr=False)
+    #: None when the scenario can run here, else why not ("absent: ...")
+    absent: Callable[[Context], Optional[str]] = field(default=lambda ctx: None, repr=False)
+    unit: str = "cycles"
+
+
+# -- helpers ------------------------------------------------------------------------
+
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _region(npages: int) -> Region:
+    """An anonymous region of 4 KiB PTEs (no THP: a huge page would be one TLB entry)."""
+    region = Region.create(MemoryKind.ANON, npages)
+    region.madvise(lib.MADV_NOHUGEPAGE)
+    return region
+
+
+def _timed_touch(region: Region, write: bool) -> tuple[list[float], int]:
+    buf = ffi.new("uint64_t[]", region.npages)
+    before = _minflt()
+    lib.harness_time_touch(region.addr, region.npages, region.page_size, int(write), buf)
+    return list(buf), _minflt() - before
+
+
+def prepare_state(region: Region, state: str) -> None:
+    """Leave every page of ``region`` present with the PTE bits ``state`` names."""
+    region.write()
+    if state == "young_dirty":
+        return
+    if state == "old_dirty":
+        pte.clear_refs()  # process-wide; this region is the only one timed next
+    elif state in ("old_clean", "young_clean"):
+        region.free()
+        if state == "young_clean":
+            region.read()
+    else:
+        raise ValueError(f"unknown PTE state {state!r}; use one of {', '.join(STATES)}")
+
+
+def flush_tlb(region: Region) -> None:
+    """Flush the region's TLB entries, keeping accessed/dirty: an mprotect round trip."""
+    region.mprotect(PROT_READ)
+    region.mprotect(PROT_RW)
+
+
+def check_state(region: Region, state: str) -> Optional[str]:
+    """None if smaps agrees every page has the bits ``state`` names, else what it saw.
+
+    smaps counts per VMA (``smaps_account()``), and a region is one VMA.
+    """
+    vma = pte.smaps_vma(region.addr)
+    want_kb = region.length // 1024
+    young, dirty = state.split("_")
+    seen = {"Rss": vma.get("Rss", 0), "Referenced": vma.get("Referenced", 0),
+            "Dirty": vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0)}
+    want = {"Rss": want_kb, "Referenced": want_kb if young == "young" else 0,
+            "Dirty": want_kb if dirty == "dirty" else 0}
+    if seen == want:
+        return None
+    return f"smaps kB {seen}, expected {want}"
+
+
+# -- first touch ------------------------------------------------------------------------
+
+def _first_touch(state: str, access: str, warm: bool) -> Callable[[Context], Batch]:
+    def run(ctx: Context) -> Batch:
+        with _region(ctx.pages) as region:
+            prepare_state(region, state)
+            flush_tlb(region)
+            if warm:
+                region.read()
+            error = check_state(region, state) if ctx.check_state else None
+            samples, faults = _timed_touch(region, access == "write")
+        return Batch(samples, faults, error)
+    return run
+
+
+def _first_touch_scenarios() -> list[Scenario]:
+    out = []
+    for state in STATES:
+        for access in ACCESSES:
+            out.append(Scenario(f"first_touch.{state}.{access}", "first_touch",
+                                f"{access} of a present {state.replace('_', '+')} PTE, cold TLB",
+                                _first_touch(state, access, warm=False)))
+    for state in ("young_dirty", "young_clean"):
+        for access in ACCESSES:
+            out.append(Scenario(f"first_touch.{state}.{access}.warm_tlb", "first_touch",
+                                f"{access} of a present {state.replace('_', '+')} PTE, TLB warmed by a read",
+                                _first_touch(state, access, warm=True)))
+    return out
+
+
+# -- userfaultfd: first touch after un-protect ---------------------------------------------
+
+def _after_unprotect(state: str, access: str, hint: Optional[str]) -> Callable[[Context], Batch]:
+    def run(ctx: Context) -> Batch:
+        features = [Feature.ACCESS_HINTS] if hint else []
+        with _region(ctx.pages) as region, open_any(features) as uffd:
+            prepare_state(region, state)
+            uffd.register(region.addr, region.length, RegisterMode.WP)
+            uffd.writeprotect(region.addr, region.length, protect=True)
+            uffd.writeprotect(region.addr, region.length, protect=False,
+                              access_likely=hint == "access_likely", write_likely=hint == "write_likely")
+            # Without hints (clause 5) the bits stay as prepared; with them they must come back young
+            # (and dirty with write_likely): check what the hint promises.
+            expect = {None: state, "access_likely": "young_" + state.split("_")[1],
+                      "write_likely": "young_dirty"}[hint]
+            error = check_state(region, expect) if ctx.check_state else None
+            samples, faults = _timed_touch(region, access == "write")
+        return Batch(samples, faults, error)
+    return run
+
+
+def _hints_absent(ctx: Context) -> Optional[str]:
+    return ctx.hints_absent
+
+
+def _uffd_scenarios() -> list[Scenario]:
+    out = [
+        Scenario("uffd.unprotect.young_dirty.write", "uffd",
+                 "write after UFFDIO_WRITEPROTECT un-protect, page was young+dirty",
+                 _after_unprotect("young_dirty", "write", None)),
+        Scenario("uffd.unprotect.old_clean.read", "uffd",
+                 "read after un-protect without hints, page was old+clean (MADV_FREE)",
+                 _after_unprotect("old_clean", "read", None)),
+        Scenario("uffd.unprotect.old_clean.write", "uffd",
+                 "write after un-protect without hints, page was old+clean (MADV_FREE)",
+                 _after_unprotect("old_clean", "write", None)),
+        Scenario("uffd.unprotect_access_likely.old_clean.read", "uffd",
+                 "read after un-protect with ACCESS_LIKELY, page was old+clean",
+                 _after_unprotect("old_clean", "read", "access_likely"), _hints_absent),
+        Scenario("uffd.unprotect_write_likely.old_clean.write", "uffd",
+                 "write after un-protect with WRITE_LIKELY, page was old+clean",
+                 _after_unprotect("old_clean", "write", "write_likely"), _hints_absent),
+        Scenario("uffd.missing_roundtrip.c_handler", "uffd",
+                 "missing fault: touch, C thread reads uffd_msg, UFFDIO_COPY, resume",
+                 lambda ctx: _missing_roundtrip(ctx, python=False)),
+        Scenario("uffd.missing_roundtrip.py_handler", "uffd",
+                 "missing fault served by harness.events.FaultHandler + Userfaultfd.copy",
+                 lambda ctx: _missing_roundtrip(ctx, python=True)),
+    ]
+    return out
+
+
+def _missing_roundtrip(ctx: Context, python: bool) -> Batch:
+    pages = ctx.pages if not python else max(2, ctx.pages // 2)
+    with _region(pages) as region, _region(1) as src, open_any([]) as uffd:
+        src.write(value=0xA5)
+        uffd.register(region.addr, region.length, RegisterMode.MISSING)
+        buf = ffi.new("uint64_t[]", pages)
+        before = _minflt()
+        if python:
+            page = region.page_size
+
+            def serve(u: Userfaultfd, event) -> None:
+                if isinstance(event, PageFault):
+                    u.copy(event.address & ~(page - 1), src.addr, page)
+            # cffi releases the GIL around the C call, so the handler thread runs while we block.
+            with FaultHandler(uffd, serve):
+                lib.harness_time_touch(region.addr, pages, page, 1, buf)
+        else:
+            r = lib.harness_time_missing_roundtrip(uffd.fileno(), region.addr, pages, region.page_size,
+                                                   src.addr, 1, buf)
+            if r < 0:
+                raise UffdError("missing round trip (C handler)", -r, region.addr, region.length)
+        faults = _minflt() - before
+        return Batch(list(buf), faults)
+
+
+# -- the binding and the RFC loop ---------------------------------------------------------
+
+def _wp_region_and_uffd() -> tuple[Region, Userfaultfd]:
+    region = _region(1)
+    region.write()
+    uffd = open_any([])
+    uffd.register(region.addr, region.length, RegisterMode.WP)
+    return region, uffd
+
+
+#: pages of the caller's working set touched after each ioctl by the "working set" C toggle
+WORKING_SET_PAGES = 128
+
+
+def _wp_toggle_c(ctx: Context, ws_pages: int = 0) -> Batch:
+    region, uffd = _wp_region_and_uffd()
+    ws = _region(ws_pages) if ws_pages else None
+    try:
+        if ws:
+            ws.write()
+        buf = ffi.new("uint64_t[]", ctx.pages)
+        r = lib.harness_time_wp_toggle(uffd.fileno(), region.addr, region.length, ctx.pages,
+                                       ws.addr if ws else 0, ws.length if ws else 0, buf)
+        if r < 0:
+            raise UffdError("UFFDIO_WRITEPROTECT (C toggle loop)", -r, region.addr, region.length)
+        return Batch(list(buf))
+    finally:
+        uffd.close()
+        region.close()
+        if ws:
+            ws.close()
+
+
+def _working_set_c(ctx: Context) -> Batch:
+    with _region(WORKING_SET_PAGES) as ws:
+        ws.write()
+        buf = ffi.new("uint64_t[]", ctx.pages)
+        lib.harness_time_working_set(ws.addr, ws.length, ctx.pages, buf)
+        return Batch(list(buf))
+
+
+def _wp_noop_c(ctx: Context) -> Batch:
+    region, uffd = _wp_region_and_uffd()
+    try:
+        uffd.writeprotect(region.addr, region.length, True)
+        buf = ffi.new("uint64_t[]", ctx.pages)
+        r = lib.harness_time_wp_repeat(uffd.fileno(), region.addr, region.length, abi.WRITEPROTECT_MODE_WP,
+                                       ctx.pages, buf)
+        if r < 0:
+            raise UffdError("UFFDIO_WRITEPROTECT (C repeat loop)", -r, region.addr, region.length)
+        return Batch(list(buf))
+    finally:
+        uffd.close()
+        region.close()
+
+
+def _wp_noop_python(ctx: Context) -> Batch:
+    region, uffd = _wp_region_and_uffd()
+    try:
+        wp, addr, length, rdtsc = uffd.writeprotect, region.addr, region.length, lib.harness_rdtsc
+        wp(addr, length, True)
+        reps = range(2 * PY_TOGGLES_PER_SAMPLE)
+        samples = []
+        for _ in range(max(2, ctx.pages // 4)):
+            t0 = rdtsc()
+            for _ in reps:
+                wp(addr, length, True)
+            samples.append((rdtsc() - t0) / len(reps))
+        return Batch(samples)
+    finally:
+        uffd.close()
+        region.close()
+
+
+def _wp_toggle_python(ctx: Context) -> Batch:
+    region, uffd = _wp_region_and_uffd()
+    try:
+        wp, addr, length, rdtsc = uffd.writeprotect, region.addr, region.length, lib.harness_rdtsc
+        reps = range(PY_TOGGLES_PER_SAMPLE)
+        samples = []
+        for _ in range(max(2, ctx.pages // 4)):
+            t0 = rdtsc()
+            for _ in reps:
+                wp(addr, length, True)
+                wp(addr, length, False)
+            samples.append((rdtsc() - t0) / PY_TOGGLES_PER_SAMPLE)
+        return Batch(samples)
+    finally:
+        uffd.close()
+        region.close()
+
+
+def _wp_toggle_cffi_raw(ctx: Context) -> Batch:
+    """The toggle through the bare cffi function: what the Python method adds is the difference."""
+    region, uffd = _wp_region_and_uffd()
+    try:
+        wp, fd, addr, length, rdtsc = lib.harness_uffd_writeprotect, uffd.fileno(), region.addr, \
+            region.length, lib.harness_rdtsc
+        protect = abi.WRITEPROTECT_MODE_WP
+        reps = range(PY_TOGGLES_PER_SAMPLE)
+        samples = []
+        for _ in range(max(2, ctx.pages // 4)):
+            t0 = rdtsc()
+            for _ in reps:
+                wp(fd, addr, length, protect)
+                wp(fd, addr, length, 0)
+            samples.append((rdtsc() - t0) / PY_TOGGLES_PER_SAMPLE)
+        return Batch(samples)
+    finally:
+        uffd.close()
+        region.close()
+
+
+def _rfc_loop(ctx: Context) -> Batch:
+    with _region(1) as region:
+        region.write()
+        buf = ffi.new("uint64_t[]", ctx.pages)
+        before = _minflt()
+        r = lib.harness_time_rfc_loop(region.addr, region.length, ctx.pages, buf)
+        if r < 0:
+            raise HarnessError(f"mprotect loop failed: errno {-r}")
+        return Batch(list(buf), _minflt() - before)
+
+
+def _other_scenarios() -> list[Scenario]:
+    return [
+        Scenario("binding.wp_toggle.c", "binding",
+                 "one-page UFFDIO_WRITEPROTECT protect + un-protect, C loop", _wp_toggle_c),
+        Scenario("binding.wp_toggle.c_working_set", "binding",
+                 f"the C toggle, touching a {WORKING_SET_PAGES}-page working set after each ioctl (timed)",
+                 lambda ctx: _wp_toggle_c(ctx, WORKING_SET_PAGES)),
+        Scenario("binding.working_set.c", "binding",
+                 f"those {WORKING_SET_PAGES}-page working-set touches alone (twice per sample)", _working_set_c),
+        Scenario("binding.wp_toggle.python", "binding",
+                 "the same toggle through Userfaultfd.writeprotect (per toggle, "
+                 f"{PY_TOGGLES_PER_SAMPLE} toggles per rdtsc pair)", _wp_toggle_python),
+        Scenario("binding.wp_toggle.cffi_raw", "binding",
+                 "the same toggle calling lib.harness_uffd_writeprotect directly (no method)",
+                 _wp_toggle_cffi_raw),
+        Scenario("binding.wp_noop.c", "binding",
+                 "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop", _wp_noop_c),
+        Scenario("binding.wp_noop.python", "binding",
+                 "the same no-op ioctl through Userfaultfd.writeprotect: the per-call overhead",
+                 _wp_noop_python),
+        Scenario("rfc.mprotect_loop", "rfc",
+                 "RFC cover letter loop: mprotect(READ), mprotect(READ|WRITE), store; per iteration",
+                 _rfc_loop),
+    ]
+
+
+SCENARIOS: tuple[Scenario, ...] = tuple(_first_touch_scenarios() + _uffd_scenarios() + _other_scenarios())
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+def select(patterns: Optional[list[str]]) -> list[Scenario]:
+    """Scenarios whose names start with any of ``patterns`` (all when None or empty)."""
+    if not patterns:
+        return list(SCENARIOS)
+    chosen = [s for s in SCENARIOS if any(s.name.startswith(p) for p in patterns)]
+    if not chosen:
+        raise HarnessError(f"no scenario matches {', '.join(patterns)}; see `uffd-harness bench --list`")
+    return chosen
+
+
+__all__ = ["SCENARIOS", "BY_NAME", "Scenario", "Batch", "Context", "select", "prepare_state",
+           "flush_tlb", "check_state", "RFC_COVER_LETTER_CYCLES", "PAGE_SIZE"]

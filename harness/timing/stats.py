@@ -1,0 +1,157 @@
+"""Order statistics, bootstrap intervals and a plain verdict, for cycle samples.
+
+Cycle counts are skewed (interrupts, a migrated vCPU, a cache miss in the
+page walk) and quantised (the TSC may advance in steps), so every summary is
+built on the median and quantiles, and intervals come from the percentile
+bootstrap, which assumes nothing about the distribution.
+
+numpy (which the ``bench`` extra brings with matplotlib) makes the bootstrap
+fast; without it the same resampling runs in pure Python.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+try:  # numpy comes with matplotlib (the ``bench`` extra)
+    import numpy as _np
+except ImportError:  # pragma: no cover - exercised where numpy is absent
+    _np = None
+
+#: verdicts of :func:`verdict`, in the words the tables print
+FASTER = "faster"
+SLOWER = "slower"
+NO_DIFFERENCE = "no difference detected"
+
+DEFAULT_RESAMPLES = 2000
+DEFAULT_CONFIDENCE = 0.95
+
+
+def quantile(samples: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) with linear interpolation between order statistics.
+
+    Matches ``numpy.quantile(..., method="linear")``.
+    """
+    if not samples:
+        raise ValueError("quantile of no samples")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile {q} outside [0, 1]")
+    xs = sorted(samples)
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def median(samples: Sequence[float]) -> float:
+    return quantile(samples, 0.5)
+
+
+def _resampled_medians(samples: Sequence[float], resamples: int, rng_seed: int) -> list[float]:
+    """Medians of ``resamples`` bootstrap resamples (with replacement) of ``samples``."""
+    n = len(samples)
+    if _np is not None:
+        data = _np.asarray(samples, dtype=float)
+        rng = _np.random.default_rng(rng_seed)
+        out = []
+        chunk = max(1, 2_000_000 // n)  # bound memory: chunk x n indices at a time
+        for start in range(0, resamples, chunk):
+            rows = min(chunk, resamples - start)
+            idx = rng.integers(0, n, size=(rows, n))
+            out.extend(_np.median(data[idx], axis=1).tolist())
+        return out
+    rng = random.Random(rng_seed)
+    return [median(rng.choices(samples, k=n)) for _ in range(resamples)]
+
+
+def bootstrap_median_ci(samples: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
+                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of ``samples``."""
+    if len(samples) < 2:
+        raise ValueError("a bootstrap interval needs at least two samples")
+    meds = _resampled_medians(samples, resamples, seed)
+    alpha = (1.0 - confidence) / 2
+    return quantile(meds, alpha), quantile(meds, 1.0 - alpha)
+
+
+def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
+                      resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``median(b) - median(a)`` (independent samples)."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("a bootstrap interval needs at least two samples on each side")
+    ma = _resampled_medians(a, resamples, seed)
+    mb = _resampled_medians(b, resamples, seed + 1)
+    diffs = [y - x for x, y in zip(ma, mb)]
+    alpha = (1.0 - confidence) / 2
+    return quantile(diffs, alpha), quantile(diffs, 1.0 - alpha)
+
+
+def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
+                       resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``median(b) / median(a)``."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("a bootstrap interval needs at least two samples on each side")
+    ma = _resampled_medians(a, resamples, seed)
+    mb = _resampled_medians(b, resamples, seed + 1)
+    if any(x == 0 for x in ma):
+        raise ValueError("median of A resamples to zero: no ratio")
+    ratios = [y / x for x, y in zip(ma, mb)]
+    alpha = (1.0 - confidence) / 2
+    return quantile(ratios, alpha), quantile(ratios, 1.0 - alpha)
+
+
+def verdict(diff_lo: float, diff_hi: float) -> str:
+    """B against A from the interval of ``median(B) - median(A)`` (lower is better).
+
+    The interval must exclude zero for a verdict; an interval touching zero
+    (quantised samples make [0, 26] common) detects nothing.
+    """
+    if diff_lo > diff_hi:
+        raise ValueError(f"empty interval [{diff_lo}, {diff_hi}]")
+    if diff_hi < 0:
+        return FASTER
+    if diff_lo > 0:
+        return SLOWER
+    return NO_DIFFERENCE
+
+
+def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the tables and the JSON say about one scenario's samples."""
+
+    n: int
+    median: float
+    p10: float
+    p90: float
+    ci_lo: float
+    ci_hi: float
+    min: float
+    max: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Summary":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def summarize(samples: Sequence[float], *, seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
+              confidence: float = DEFAULT_CONFIDENCE) -> Summary:
+    if len(samples) < 2:
+        raise ValueError(f"need at least two samples to summarise, got {len(samples)}")
+    lo, hi = bootstrap_median_ci(samples, confidence=confidence, resamples=resamples, seed=seed)
+    return Summary(n=len(samples), median=median(samples), p10=quantile(samples, 0.1),
+                   p90=quantile(samples, 0.9), ci_lo=lo, ci_hi=hi,
+                   min=float(min(samples)), max=float(max(samples)))
+
+
+def relative_difference(a: float, b: float) -> Optional[float]:
+    """|b - a| / a, or None when ``a`` is zero."""
+    return abs(b - a) / a if a else None
