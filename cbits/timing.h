@@ -26,9 +26,9 @@ size_t harness_time_empty(uint64_t *cycles, size_t n);
 uint64_t harness_tsc_resolution(size_t tries);
 int harness_tsc_hz(uint64_t window_ns, double *hz_out);
 
-/* One timed load (write=0) or store (write=1) per page. */
+/* One timed load (write=0) or store (write=1) per page, in @order (NULL: 0..n-1). */
 size_t harness_time_touch(uintptr_t addr, size_t npages, size_t page_size,
-			  int write, uint64_t *cycles);
+			  int write, const uint32_t *order, uint64_t *cycles);
 
 /* UFFDIO_WRITEPROTECT protect + un-protect of one range, per iteration,
  * optionally touching a working set (one byte per page) after each ioctl. */

@@ -163,12 +163,20 @@ def test_touch_loop_times_every_page_and_no_more(write):
     with Region.create(npages=16) as region:
         region.write()
         buf = _buffer(16)
-        assert lib.harness_time_touch(region.addr, 16, region.page_size, write, buf) == 16
+        order = ffi.new("uint32_t[]", [5, 3])
+        assert lib.harness_time_touch(region.addr, 16, region.page_size, write, ffi.NULL, buf) == 16
         samples = list(buf)[:16]
         assert all(0 < s < 10**9 for s in samples), f"implausible cycle counts {samples}"
         assert buf[16] == SENTINEL, "the loop wrote past the samples it was asked for"
         if write:
             assert region.data(3, 1) == bytes([3]), "the write loop stores the page index"
+        region.write(value=0)
+        buf = _buffer(2)
+        assert lib.harness_time_touch(region.addr, 2, region.page_size, write, order, buf) == 2
+        assert buf[2] == SENTINEL and buf[0] > 0 and buf[1] > 0
+        if write:
+            touched = [p for p in range(16) if region.data(p, 1) != b"\0"]
+            assert touched == [3, 5], f"an ordered loop must touch exactly pages 5 and 3, touched {touched}"
 
 
 def test_empty_section_and_tsc_rate():
@@ -210,7 +218,8 @@ def test_missing_roundtrip_serves_every_page(name):
 
 @pytest.mark.parametrize("name", ["binding.wp_toggle.c", "binding.wp_toggle.python", "binding.wp_toggle.cffi_raw",
                                   "binding.wp_toggle.c_working_set", "binding.working_set.c",
-                                  "binding.wp_noop.c", "binding.wp_noop.python", "rfc.mprotect_loop"])
+                                  "binding.wp_noop.c", "binding.wp_noop.python", "binding.wp_noop.cffi_raw",
+                                  "rfc.mprotect_loop"])
 def test_operation_loops_return_samples(name):
     batch = _run(name, pages=16)
     assert len(batch.samples) >= 2

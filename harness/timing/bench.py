@@ -115,6 +115,7 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
     raw = results.get("binding.wp_toggle.cffi_raw")
     with_ws, ws_only = results.get("binding.wp_toggle.c_working_set"), results.get("binding.working_set.c")
     noop_c, noop_py = results.get("binding.wp_noop.c"), results.get("binding.wp_noop.python")
+    noop_raw = results.get("binding.wp_noop.cffi_raw")
     if c and py and c.ok and py.ok:
         lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed)
         ratio = py.summary.median / c.summary.median
@@ -134,6 +135,9 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
             entry["noop_ioctl_c_cycles"] = noop_c.summary.median
             entry["noop_ioctl_python_cycles"] = noop_py.summary.median
             entry["per_call_overhead_cycles"] = noop_py.summary.median - noop_c.summary.median
+            if noop_raw and noop_raw.ok:
+                entry["noop_ioctl_cffi_raw_cycles"] = noop_raw.summary.median
+                entry["per_call_method_cycles"] = noop_py.summary.median - noop_raw.summary.median
         out["wp_toggle"] = entry
     rfc = results.get("rfc.mprotect_loop")
     if rfc and rfc.ok:
@@ -260,7 +264,10 @@ def derived_lines(d: dict) -> list[str]:
             lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
                          f"{wp['noop_ioctl_python_cycles']:.0f} through the method, so the public API adds "
                          f"{wp['per_call_overhead_cycles']:.0f} cycles per call ({2 * wp['per_call_overhead_cycles']:.0f} "
-                         "per toggle)"
+                         "per toggle"
+                         + (f", of which the method body {wp['per_call_method_cycles']:.0f} and the cffi call "
+                            f"{wp['noop_ioctl_cffi_raw_cycles'] - wp['noop_ioctl_c_cycles']:.0f}"
+                            if "per_call_method_cycles" in wp else "") + ")"
                          + (f"; a C caller that touches a working set after each ioctl pays "
                             f"{wp['c_working_set_toggle_cycles']:.0f} cycles per toggle "
                             f"({wp['c_working_set_ratio']:.2f}x the tight loop): a PTE change flushes, and "

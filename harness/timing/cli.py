@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--calibration", default=str(bench.DEFAULT_CALIBRATION), metavar="PATH",
                    help=f"cost model for the simulator (default {bench.DEFAULT_CALIBRATION}); '' for none")
     p.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    p.add_argument("--sequential", action="store_true",
+                   help="touch pages in address order (default: shuffled, so no stride prefetch hides TLB misses)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--self-test", action="store_true",
                    help="check that the benchmark separates young+dirty from old+clean and repeats")
@@ -59,7 +61,7 @@ def _bench(args: argparse.Namespace) -> int:
     except HarnessError as exc:
         print(f"uffd-harness bench: {exc}", file=sys.stderr)
         return 2
-    ctx = Context.probe(args.pages)
+    ctx = Context.probe(args.pages, shuffle=not args.sequential, seed=args.seed)
     load_before = bench._loadavg()
     t0 = time.monotonic()
     results = bench.run_scenarios(scenarios, ctx, args.rounds, seed=args.seed,
@@ -67,6 +69,7 @@ def _bench(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - t0
     print(file=sys.stderr)
     config = {"rounds": args.rounds, "pages": args.pages, "seed": args.seed, "only": args.only,
+              "order": "address" if args.sequential else "shuffled",
               "pinned_cpu": pinned, "elapsed_s": elapsed, "loadavg_before": load_before,
               "loadavg_after": bench._loadavg(), "argv": sys.argv}
     doc = bench.bench_document(results, cal, config, {})
