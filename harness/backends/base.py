@@ -167,5 +167,9 @@ class Backend(abc.ABC):
         """The page seen through every available channel (destructive ones last)."""
         return {channel: self.observe(r, page, channel) for channel in self.channels()}
 
+    def observe_pages(self, pages: list[tuple[RegionRef, int]], channel: str = SMAPS) -> list[PteState]:
+        """Several pages through one channel (backends may read /proc once for all of them)."""
+        return [self.observe(r, page, channel) for r, page in pages]
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.kernel_release} profile={self.profile}>"

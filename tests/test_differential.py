@@ -1,0 +1,105 @@
+"""Differential testing: hypothesis-made operation sequences, kernel vs simulator, step by step.
+
+Each sequence runs on the kernel backend and on the simulator profile that
+should match this kernel (``linux-6.12`` without ACCESS_HINTS,
+``access-hints`` with it); after every step the observable state of every
+region, the step's result and the faults delivered must agree.  Regions are
+1..4 one-page VMAs, registered WP or MISSING|WP; faults are resolved by the
+backends' common policy (see :mod:`harness.backends.base`), so nothing blocks.
+
+``UFFD_DIFF_EXAMPLES`` sets the number of sequences (default 500).  A
+disagreement fails with the shortest sequence hypothesis finds, printed as
+a test ready to paste.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from harness.abi import Feature
+from harness.backends.differential import Disagreement, Setup, run_both
+
+EXAMPLES = int(os.environ.get("UFFD_DIFF_EXAMPLES", "500"))
+KINDS = ("anon", "shmem", "shmem-private")
+
+
+def _kernel_ready():
+    from harness.pytest_plugin import _kernel_has_uffd
+    return _kernel_has_uffd()
+
+
+def _hint_features() -> tuple:
+    from harness.backends.kernel import offered_features
+    return ("ACCESS_HINTS",) if Feature.ACCESS_HINTS in offered_features() else ()
+
+
+@st.composite
+def sequences(draw):
+    n = draw(st.integers(1, 4))
+    kinds = tuple(draw(st.sampled_from(KINDS)) for _ in range(n))
+    register = tuple(draw(st.sampled_from(("wp", "missing+wp"))) for _ in range(n))
+    features = (("WP_UNPOPULATED",) if draw(st.booleans()) else ()) + _hint_features()
+    region = st.integers(0, n - 1)
+    op = st.one_of(
+        st.tuples(st.sampled_from(("read", "write", "protect", "free", "dontneed", "copy", "zeropage",
+                                   "pageout")), region),
+        st.tuples(st.just("unprotect"), region, st.sampled_from(("", "", "A", "W", "AW"))),
+        st.tuples(st.just("mprotect"), region, st.sampled_from(("r", "rw"))),
+        st.just(("fork",)),
+        st.tuples(st.just("clear_refs"), st.sampled_from((1, 4))),
+    )
+    ops = draw(st.lists(op, min_size=1, max_size=12))
+    return Setup(kinds, register, features), ops
+
+
+_stats = {"sequences": 0, "steps": 0}
+
+
+@pytest.mark.backend("kernel")
+@pytest.mark.slow
+def test_kernel_and_simulator_agree(request):
+    reason = _kernel_ready()
+    if reason:
+        pytest.skip(reason)
+    from harness.backends.kernel import offered_features
+    from harness.sim import profiles
+    profile = profiles.for_kernel(Feature.ACCESS_HINTS in offered_features()).name
+    request.node.user_properties.extend([("backend", "kernel"), ("differential_profile", profile)])
+    started = time.monotonic()
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(sequences())
+    def check(case):
+        setup, ops = case
+        _stats["sequences"] += 1
+        _stats["steps"] += len(ops)
+        problem = run_both(setup, ops)
+        if problem is not None:
+            raise AssertionError(str(problem))
+
+    check()
+    elapsed = time.monotonic() - started
+    request.node.user_properties.extend([("sequences", _stats["sequences"]), ("seconds", round(elapsed, 1))])
+    print(f"differential: {_stats['sequences']} sequences, {_stats['steps']} steps, "
+          f"profile {profile}, {elapsed:.1f} s")
+
+
+def test_disagreement_prints_a_reproducer():
+    """The report of a disagreement is Python source that re-runs the sequence."""
+    from harness.backends.differential import Step
+    setup = Setup(("anon",), ("wp",), ("WP_UNPOPULATED",))
+    ops = [("write", 0), ("protect", 0), ("unprotect", 0, "W")]
+    state = {"present": True, "young": True, "dirty": False}
+    k = Step(ops[-1], 0, (), (state,))
+    s = Step(ops[-1], 0, (), (dict(state, dirty=True),))
+    problem = Disagreement(setup, ops, 2, k, s, "linux-6.12", ["r0.dirty False != True"])
+    source = problem.reproducer()
+    compile(source, "<reproducer>", "exec")
+    assert "assert_agree(setup, ops)" in source and "('unprotect', 0, 'W')" in source
+    namespace: dict = {}
+    exec(source, namespace)
+    assert callable(namespace["test_differential_reproducer"])
