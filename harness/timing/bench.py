@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Callable, Optional, Sequence
 
 from harness.errors import HarnessError
 from harness.timing import stats
-from harness.timing.calibrate import Calibration, calibrate, pin_to_one_cpu
-from harness.timing.scenarios import (BY_NAME, RFC_COVER_LETTER_CYCLES, Context, Scenario,
-                                      select)
+from harness.timing.calibrate import Calibration
+from harness.timing.scenarios import RFC_COVER_LETTER_CYCLES, Context, Scenario
 
 BENCH_SCHEMA = "uffd-harness/bench/1"
 CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
@@ -281,7 +279,8 @@ def derived_lines(d: dict) -> list[str]:
     return lines
 
 
-def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str = "") -> Optional[Path]:
+def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str = "",
+         empty_cycles: Optional[float] = None) -> Optional[Path]:
     """Box plots (whiskers p10-p90) of every scenario's samples, log scale; None without matplotlib."""
     try:
         import matplotlib
@@ -300,6 +299,10 @@ def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str
     ax.set_yticklabels([r.name for r in ok], fontsize=8)
     ax.set_xscale("log")
     ax.invert_yaxis()
+    if empty_cycles:
+        ax.axvline(empty_cycles, color="grey", linestyle=":", linewidth=1)
+        ax.annotate("empty timed section", (empty_cycles, 0.5), xycoords=("data", "axes fraction"),
+                    rotation=90, fontsize=7, color="grey", ha="right", va="center")
     ax.set_xlabel("cycles (log scale; box p25-p75, whiskers p10-p90)")
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.set_title(title or "uffd-harness bench", fontsize=9)

@@ -55,7 +55,7 @@ def _bench(args: argparse.Namespace) -> int:
     cal = calibrate()
     print("\n".join(bench.calibration_lines(cal, pinned)))
     if args.self_test:
-        return _self_test()
+        return _self_test(cal)
     try:
         scenarios = select(args.only)
     except HarnessError as exc:
@@ -84,15 +84,25 @@ def _bench(args: argparse.Namespace) -> int:
     if args.calibration:
         print(f"calibration: {bench.write_json(bench.calibration_document(results, cal), args.calibration)}")
     if args.plot:
-        path = bench.plot(results, args.plot, title=f"{cal.cpu_model}, {cal.kernel} ({cal.note.split(':')[0]})")
+        path = bench.plot(results, args.plot, title=f"{cal.cpu_model}, {cal.kernel} ({cal.note.split(':')[0]})",
+                          empty_cycles=cal.empty_cycles)
         print(f"plot: {path}" if path else "plot: skipped (matplotlib not installed: pip install '.[bench]')")
     errors = [r for r in results.values() if r.status.startswith("error")]
     return 1 if errors else 0
 
 
-def _self_test() -> int:
+#: kselftest's exit status for "skipped"
+EXIT_SKIP = 4
+
+
+def _self_test(cal: Calibration) -> int:
     result = selftest.run()
     print("\n".join(selftest.report_lines(result)))
+    if cal.tcg:
+        # QEMU's softmmu sets accessed/dirty bits on its own slow path: a separation here says
+        # nothing about hardware assists, so the check cannot pass or fail.
+        print("self-test SKIPPED: under QEMU TCG the figures do not model hardware A/D assists")
+        return EXIT_SKIP
     return 0 if result.passed else 1
 
 

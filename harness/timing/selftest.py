@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 from harness.timing import stats
 from harness.timing.scenarios import BY_NAME, Context
