@@ -63,6 +63,30 @@ def test_bootstrap_interval_narrows_with_more_samples():
     assert wl[1] - wl[0] < ws[1] - ws[0]
 
 
+@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "pure-python"])
+def test_two_level_bootstrap_carries_batch_drift(monkeypatch, use_numpy):
+    if not use_numpy:
+        monkeypatch.setattr(stats, "_np", None)
+    elif stats._np is None:
+        pytest.skip("numpy not installed")
+    rng = random.Random(6)
+    # eight batches whose centres drift by +-5%: samples within a batch are tight
+    batches = [[rng.gauss(centre, 5) for _ in range(100)] for centre in (700, 735, 680, 720, 665, 710, 690, 730)]
+    flat = [x for b in batches for x in b]
+    plain = stats.bootstrap_median_ci(flat, resamples=300)
+    nested = stats.bootstrap_median_ci(flat, resamples=300, batches=batches)
+    med = stats.median(flat)
+    assert nested[0] <= med <= nested[1]
+    assert nested[1] - nested[0] > 3 * (plain[1] - plain[0]), \
+        f"drift between batches must widen the interval: plain {plain}, two-level {nested}"
+
+
+def test_split_batches():
+    assert stats.split_batches([1, 2, 3, 4, 5], [2, 3]) == [[1, 2], [3, 4, 5]]
+    assert stats.split_batches([1, 2, 3], [2, 2]) is None, "sizes that do not add up give no batches"
+    assert stats.split_batches([1, 2], []) is None
+
+
 def test_bootstrap_needs_two_samples():
     with pytest.raises(ValueError):
         stats.bootstrap_median_ci([1.0])
@@ -285,7 +309,9 @@ def small_run():
 def test_run_interleaves_rounds_and_summarises(small_run):
     results, _ = small_run
     r = results["first_touch.old_clean.write"]
-    assert r.ok and len(r.samples) == 16 and len(r.round_medians) == 2
+    assert r.ok and len(r.samples) == 16 and len(r.round_medians) == 2 and r.batch_sizes == [8, 8]
+    assert r.batches == [r.samples[:8], r.samples[8:]]
+    assert not r.state_errors, f"the untimed verification batch found {r.state_errors}"
     assert r.summary.n == 16
     wl = results["uffd.unprotect_write_likely.old_clean.write"]
     assert wl.ok or wl.status.startswith("absent:")

@@ -3,7 +3,10 @@
 Rounds are interleaved: every round runs one batch of every scenario, in an
 order shuffled per round (seeded), so drift (frequency, a neighbour's
 build, a migrated vCPU) hits every scenario alike instead of whichever ran
-last.  The per-round medians are kept so drift can be seen.
+last.  The per-round medians are kept so drift can be seen, and intervals
+come from a two-level bootstrap (batches, then samples within them): the
+samples of one batch are not independent, and a one-level bootstrap over
+thousands of them would call a few cycles of drift "significant".
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ class ScenarioResult:
     status: str = OK
     samples: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
+    #: samples per batch, in order (one batch per round): the units of the two-level bootstrap
+    batch_sizes: list[int] = field(default_factory=list)
     faults: int = 0
     state_errors: list[str] = field(default_factory=list)
     summary: Optional[stats.Summary] = None
@@ -52,16 +57,21 @@ class ScenarioResult:
     def ok(self) -> bool:
         return self.status == OK and len(self.samples) >= 2
 
+    @property
+    def batches(self) -> Optional[list[list[float]]]:
+        return stats.split_batches(self.samples, self.batch_sizes)
+
     def to_dict(self) -> dict:
         return {"group": self.group, "describe": self.describe, "unit": self.unit, "status": self.status,
                 "summary": self.summary.to_dict() if self.summary else None,
-                "round_medians": self.round_medians, "faults": self.faults,
+                "round_medians": self.round_medians, "batch_sizes": self.batch_sizes, "faults": self.faults,
                 "state_errors": self.state_errors, "samples": self.samples}
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> "ScenarioResult":
         return cls(name=name, group=d["group"], describe=d["describe"], unit=d["unit"], status=d["status"],
-                   samples=list(d["samples"]), round_medians=list(d["round_medians"]), faults=d["faults"],
+                   samples=list(d["samples"]), round_medians=list(d["round_medians"]),
+                   batch_sizes=list(d.get("batch_sizes", [])), faults=d["faults"],
                    state_errors=list(d["state_errors"]),
                    summary=stats.Summary.from_dict(d["summary"]) if d.get("summary") else None)
 
@@ -79,6 +89,19 @@ def run_scenarios(scenarios: Sequence[Scenario], ctx: Context, rounds: int, *, s
             results[s.name].status = why
         else:
             active.append(s)
+    # One untimed batch per scenario first: it verifies the prepared PTE state through smaps
+    # (whose page-table walk would disturb a timed batch) and warms code and allocator.
+    for s in active:
+        res = results[s.name]
+        ctx.check_state = True
+        try:
+            batch = s.run(ctx)
+        except (HarnessError, OSError) as exc:
+            res.status = f"error: {exc}"
+            continue
+        if batch.state_error:
+            res.state_errors.append(batch.state_error)
+    ctx.check_state = False
     rng = random.Random(seed)
     for r in range(rounds):
         order = list(active)
@@ -87,22 +110,20 @@ def run_scenarios(scenarios: Sequence[Scenario], ctx: Context, rounds: int, *, s
             res = results[s.name]
             if res.status != OK:
                 continue  # failed in an earlier round
-            ctx.check_state = r == 0  # smaps is slow: verify the prepared state once per run
             try:
                 batch = s.run(ctx)
             except (HarnessError, OSError) as exc:
                 res.status = f"error: {exc}"
                 continue
             res.samples.extend(batch.samples)
+            res.batch_sizes.append(len(batch.samples))
             res.round_medians.append(stats.median(batch.samples))
             res.faults += batch.faults
-            if batch.state_error:
-                res.state_errors.append(batch.state_error)
         if progress:
             progress(r + 1, rounds)
     for i, res in enumerate(results.values()):
         if res.ok:
-            res.summary = stats.summarize(res.samples, seed=seed + i)
+            res.summary = stats.summarize(res.samples, seed=seed + i, batches=res.batches)
     return results
 
 
@@ -115,7 +136,8 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
     noop_c, noop_py = results.get("binding.wp_noop.c"), results.get("binding.wp_noop.python")
     noop_raw = results.get("binding.wp_noop.cffi_raw")
     if c and py and c.ok and py.ok:
-        lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed)
+        lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed,
+                                          batches_a=c.batches, batches_b=py.batches)
         ratio = py.summary.median / c.summary.median
         entry = {"ratio": ratio, "ci95": [lo, hi], "target": WP_TOGGLE_TARGET_RATIO,
                  "within_target": ratio <= WP_TOGGLE_TARGET_RATIO,
@@ -342,7 +364,8 @@ def compare_results(a: dict[str, ScenarioResult], b: dict[str, ScenarioResult], 
             skipped.append(f"{name}: A {ra.status}, B {rb.status}" if ra.status != rb.status or ra.status != OK
                            else f"{name}: too few samples")
             continue
-        lo, hi = stats.bootstrap_diff_ci(ra.samples, rb.samples, seed=seed)
+        lo, hi = stats.bootstrap_diff_ci(ra.samples, rb.samples, seed=seed,
+                                         batches_a=ra.batches, batches_b=rb.batches)
         ma, mb = stats.median(ra.samples), stats.median(rb.samples)
         rows.append(Comparison(name, ma, mb, mb - ma, lo, hi, stats.verdict(lo, hi)))
     return rows, skipped

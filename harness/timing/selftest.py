@@ -75,23 +75,31 @@ def _batches(name: str, ctx: Context, count: int) -> tuple[list[float], float]:
 
 
 def separate(fast: str, slow: str, ctx: Context, budget_s: float = BUDGET_S) -> Separation:
-    """Interleave batches of ``fast`` and ``slow`` until their median intervals part, or the budget ends."""
-    a: list[float] = []
-    b: list[float] = []
+    """Interleave batches of ``fast`` and ``slow`` until their median intervals part, or the budget ends.
+
+    Intervals are two-level bootstraps (batches, then samples), so at least
+    :data:`stats.MIN_BATCHES_FOR_CLUSTERING` batches of each are measured.
+    """
+    a: list[list[float]] = []
+    b: list[list[float]] = []
     spent = 0.0
     ci_a = ci_b = (0.0, 0.0)
     separated = False
     while spent < budget_s:
         for name, into in ((fast, a), (slow, b)):
             got, dt = _batches(name, ctx, 1)
-            into.extend(got)
+            into.append(got)
             spent += dt
-        ci_a = stats.bootstrap_median_ci(a, resamples=1000)
-        ci_b = stats.bootstrap_median_ci(b, resamples=1000)
-        if not stats.intervals_overlap(ci_a, ci_b) and len(a) >= 2 * ctx.pages:
+        if len(a) < stats.MIN_BATCHES_FOR_CLUSTERING:
+            continue
+        flat_a, flat_b = [x for g in a for x in g], [x for g in b for x in g]
+        ci_a = stats.bootstrap_median_ci(flat_a, resamples=1000, batches=a)
+        ci_b = stats.bootstrap_median_ci(flat_b, resamples=1000, batches=b)
+        if not stats.intervals_overlap(ci_a, ci_b):
             separated = ci_a[1] < ci_b[0]  # and in the expected direction
             break
-    return Separation(fast, slow, stats.median(a), ci_a, stats.median(b), ci_b, len(a), spent,
+    flat_a, flat_b = [x for g in a for x in g], [x for g in b for x in g]
+    return Separation(fast, slow, stats.median(flat_a), ci_a, stats.median(flat_b), ci_b, len(flat_a), spent,
                       separated and spent < budget_s)
 
 

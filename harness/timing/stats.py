@@ -27,6 +27,8 @@ NO_DIFFERENCE = "no difference detected"
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
+#: with fewer batches than this, resample samples only (a two-level bootstrap needs several batches)
+MIN_BATCHES_FOR_CLUSTERING = 4
 
 
 def quantile(samples: Sequence[float], q: float) -> float:
@@ -66,35 +68,93 @@ def _resampled_medians(samples: Sequence[float], resamples: int, rng_seed: int) 
     return [median(rng.choices(samples, k=n)) for _ in range(resamples)]
 
 
+def _resampled_medians_clustered(batches: Sequence[Sequence[float]], resamples: int,
+                                 rng_seed: int) -> list[float]:
+    """Two-level bootstrap: draw batches with replacement, then samples within each drawn batch.
+
+    Samples of one batch share a moment, a region and a cache state, so
+    they are not independent: resampling whole batches carries the
+    batch-to-batch (drift) variance into the interval.
+    """
+    k = len(batches)
+    if _np is not None and len({len(b) for b in batches}) == 1:
+        data = _np.asarray(batches, dtype=float)          # k x m
+        m = data.shape[1]
+        rng = _np.random.default_rng(rng_seed)
+        out = []
+        chunk = max(1, 2_000_000 // (k * m))
+        for start in range(0, resamples, chunk):
+            rows = min(chunk, resamples - start)
+            pick = rng.integers(0, k, size=(rows, k, 1))
+            within = rng.integers(0, m, size=(rows, k, m))
+            out.extend(_np.median(data[pick, within].reshape(rows, k * m), axis=1).tolist())
+        return out
+    rng = random.Random(rng_seed)
+    out = []
+    for _ in range(resamples):
+        pooled: list[float] = []
+        for b in rng.choices(batches, k=k):
+            pooled.extend(rng.choices(b, k=len(b)))
+        out.append(median(pooled))
+    return out
+
+
+def _medians(data, resamples: int, seed: int, batches) -> list[float]:
+    if batches is not None and len(batches) >= MIN_BATCHES_FOR_CLUSTERING:
+        return _resampled_medians_clustered(batches, resamples, seed)
+    return _resampled_medians(data, resamples, seed)
+
+
+def split_batches(samples: Sequence[float], sizes: Optional[Sequence[int]]) -> Optional[list[list[float]]]:
+    """Cut ``samples`` into consecutive batches of ``sizes`` (None when sizes do not add up)."""
+    if not sizes or sum(sizes) != len(samples):
+        return None
+    out, at = [], 0
+    for n in sizes:
+        out.append(list(samples[at:at + n]))
+        at += n
+    return out
+
+
 def bootstrap_median_ci(samples: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
-                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the median of ``samples``."""
+                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                        batches: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of ``samples``.
+
+    With ``batches`` (the same samples cut into the batches they were
+    measured in, at least :data:`MIN_BATCHES_FOR_CLUSTERING`), the bootstrap
+    is two-level, so drift between batches widens the interval.
+    """
     if len(samples) < 2:
         raise ValueError("a bootstrap interval needs at least two samples")
-    meds = _resampled_medians(samples, resamples, seed)
+    meds = _medians(samples, resamples, seed, batches)
     alpha = (1.0 - confidence) / 2
     return quantile(meds, alpha), quantile(meds, 1.0 - alpha)
 
 
 def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
-                      resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap interval of ``median(b) - median(a)`` (independent samples)."""
+                      resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                      batches_a: Optional[Sequence[Sequence[float]]] = None,
+                      batches_b: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``median(b) - median(a)`` (independent runs; batches as above)."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError("a bootstrap interval needs at least two samples on each side")
-    ma = _resampled_medians(a, resamples, seed)
-    mb = _resampled_medians(b, resamples, seed + 1)
+    ma = _medians(a, resamples, seed, batches_a)
+    mb = _medians(b, resamples, seed + 1, batches_b)
     diffs = [y - x for x, y in zip(ma, mb)]
     alpha = (1.0 - confidence) / 2
     return quantile(diffs, alpha), quantile(diffs, 1.0 - alpha)
 
 
 def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
-                       resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+                       resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                       batches_a: Optional[Sequence[Sequence[float]]] = None,
+                       batches_b: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``median(b) / median(a)``."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError("a bootstrap interval needs at least two samples on each side")
-    ma = _resampled_medians(a, resamples, seed)
-    mb = _resampled_medians(b, resamples, seed + 1)
+    ma = _medians(a, resamples, seed, batches_a)
+    mb = _medians(b, resamples, seed + 1, batches_b)
     if any(x == 0 for x in ma):
         raise ValueError("median of A resamples to zero: no ratio")
     ratios = [y / x for x, y in zip(ma, mb)]
@@ -143,10 +203,12 @@ class Summary:
 
 
 def summarize(samples: Sequence[float], *, seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
-              confidence: float = DEFAULT_CONFIDENCE) -> Summary:
+              confidence: float = DEFAULT_CONFIDENCE,
+              batches: Optional[Sequence[Sequence[float]]] = None) -> Summary:
     if len(samples) < 2:
         raise ValueError(f"need at least two samples to summarise, got {len(samples)}")
-    lo, hi = bootstrap_median_ci(samples, confidence=confidence, resamples=resamples, seed=seed)
+    lo, hi = bootstrap_median_ci(samples, confidence=confidence, resamples=resamples, seed=seed,
+                                 batches=batches)
     return Summary(n=len(samples), median=median(samples), p10=quantile(samples, 0.1),
                    p90=quantile(samples, 0.9), ci_lo=lo, ci_hi=hi,
                    min=float(min(samples)), max=float(max(samples)))
