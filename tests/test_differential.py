@@ -103,3 +103,25 @@ def test_disagreement_prints_a_reproducer():
     namespace: dict = {}
     exec(source, namespace)
     assert callable(namespace["test_differential_reproducer"])
+
+
+def test_differential_catches_a_model_bug(monkeypatch):
+    """Break the model (MADV_FREE forgets to clean the PTE): the comparison must say where."""
+    reason = _kernel_ready()
+    if reason:
+        pytest.skip(reason)
+    from harness.sim.model import Mm
+    original = Mm._madvise_free_one
+
+    def forgetful(self, vma, i):
+        pte = vma.ptes[i]
+        dirty = pte is not None and pte.dirty
+        original(self, vma, i)
+        if dirty:
+            pte.dirty = True
+    monkeypatch.setattr(Mm, "_madvise_free_one", forgetful)
+    setup = Setup(("anon",), ("wp",), ())
+    ops = [("write", 0), ("free", 0), ("protect", 0)]
+    problem = run_both(setup, ops)
+    assert problem is not None, "a model that keeps MADV_FREE'd pages dirty agreed with the kernel"
+    assert problem.index == 1 and "r0.dirty False != True" in problem.details, str(problem)

@@ -182,7 +182,8 @@ class Mm:
         self.events: list[tuple] = []
         self.handler = handler if handler is not None else Mm.resolve_fault
         self._next = Mm._NEXT_BASE
-        self.stats = {"page_ops": 0}
+        #: page_ops: pages an operation visited; faults: kernel faults taken by accesses
+        self.stats = {"page_ops": 0, "faults": 0}
 
     # -- mappings -----------------------------------------------------------------
 
@@ -298,7 +299,8 @@ class Mm:
                 result = self.do_swap_page(vma, i, pte, write)
             else:
                 result = self.do_pte_missing(vma, i, pte, write)
-            if isinstance(result, int) and result:
+            self.stats["faults"] += 1
+            if result:
                 return result
         raise RuntimeError(f"simulated access to {addr:#x} did not complete after {_RETRY_LIMIT} faults")
 
