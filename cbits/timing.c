@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -57,6 +58,15 @@ int harness_cpuid(uint32_t leaf, uint32_t subleaf,
 #error "timing.c needs an x86 time-stamp counter"
 #endif
 
+/*
+ * Write the output buffer once before timing: a fresh buffer (calloc from
+ * new heap pages) would otherwise take page faults between timed sections.
+ */
+static void prefault(uint64_t *cycles, size_t n)
+{
+	memset(cycles, 0, n * sizeof(*cycles));
+}
+
 uint64_t harness_rdtsc(void)
 {
 	return tsc_begin();
@@ -64,6 +74,7 @@ uint64_t harness_rdtsc(void)
 
 size_t harness_time_empty(uint64_t *cycles, size_t n)
 {
+	prefault(cycles, n);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t t0 = tsc_begin();
 		uint64_t t1 = tsc_end();
@@ -137,6 +148,7 @@ int harness_tsc_hz(uint64_t window_ns, double *hz_out)
 size_t harness_time_touch(uintptr_t addr, size_t npages, size_t page_size,
 			  int write, const uint32_t *order, uint64_t *cycles)
 {
+	prefault(cycles, npages);
 	for (size_t i = 0; i < npages; i++) {
 		size_t page = order ? order[i] : i;
 		volatile uint8_t *p = (volatile uint8_t *)(addr + page * page_size);
@@ -188,6 +200,7 @@ int harness_time_wp_toggle(int uffd, uintptr_t addr, size_t len,
 			   size_t iters, uintptr_t ws_buf, size_t ws_len,
 			   uint64_t *cycles)
 {
+	prefault(cycles, iters);
 	for (size_t i = 0; i < iters; i++) {
 		uint64_t t0 = tsc_begin();
 		int r = writeprotect(uffd, addr, len, UFFDIO_WRITEPROTECT_MODE_WP);
@@ -207,6 +220,7 @@ int harness_time_wp_toggle(int uffd, uintptr_t addr, size_t len,
 size_t harness_time_working_set(uintptr_t ws_buf, size_t ws_len, size_t iters,
 				uint64_t *cycles)
 {
+	prefault(cycles, iters);
 	for (size_t i = 0; i < iters; i++) {
 		uint64_t t0 = tsc_begin();
 		touch_working_set(ws_buf, ws_len);
@@ -220,6 +234,7 @@ size_t harness_time_working_set(uintptr_t ws_buf, size_t ws_len, size_t iters,
 int harness_time_wp_repeat(int uffd, uintptr_t addr, size_t len, uint64_t mode,
 			   size_t iters, uint64_t *cycles)
 {
+	prefault(cycles, iters);
 	for (size_t i = 0; i < iters; i++) {
 		uint64_t t0 = tsc_begin();
 		int r = writeprotect(uffd, addr, len, mode);
@@ -231,11 +246,62 @@ int harness_time_wp_repeat(int uffd, uintptr_t addr, size_t len, uint64_t mode,
 	return 0;
 }
 
+/*
+ * A second thread of this mm, reading the page on @cpu until told to stop:
+ * while it runs there, every PTE change must shoot down that CPU's TLB.
+ */
+struct spinner {
+	uintptr_t addr;
+	int cpu;
+	volatile int ready;
+	volatile int stop;
+	int error;
+};
+
+static void *spin(void *arg)
+{
+	struct spinner *s = arg;
+
+	if (s->cpu >= 0) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(s->cpu, &set);
+		s->error = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
+	s->ready = 1;
+	while (!s->stop) {
+		(void)*(volatile uint8_t *)s->addr;
+		__builtin_ia32_pause();
+	}
+	return NULL;
+}
+
+/*
+ * The RFC cover letter's loop.  @spinner_cpu < 0: one thread; else a
+ * second thread spins on that CPU for the whole loop (the two-thread case).
+ */
 int harness_time_rfc_loop(uintptr_t addr, size_t len, size_t iters,
-			  uint64_t *cycles)
+			  int spinner_cpu, uint64_t *cycles)
 {
 	void *p = (void *)addr;
+	struct spinner s = { .addr = addr, .cpu = spinner_cpu };
+	pthread_t thread;
+	int err = 0;
 
+	prefault(cycles, iters);
+	if (spinner_cpu >= 0) {
+		int r = pthread_create(&thread, NULL, spin, &s);
+		if (r)
+			return -r;
+		while (!s.ready)
+			__builtin_ia32_pause();
+		if (s.error) {
+			s.stop = 1;
+			pthread_join(thread, NULL);
+			return -s.error;
+		}
+	}
 	for (size_t i = 0; i < iters; i++) {
 		uint64_t t0 = tsc_begin();
 		int r = mprotect(p, len, PROT_READ);
@@ -244,11 +310,17 @@ int harness_time_rfc_loop(uintptr_t addr, size_t len, size_t iters,
 		if (!r)
 			*(volatile uint8_t *)p = (uint8_t)i;
 		uint64_t t1 = tsc_end();
-		if (r)
-			return -errno;
+		if (r) {
+			err = -errno;
+			break;
+		}
 		cycles[i] = t1 - t0;
 	}
-	return 0;
+	if (spinner_cpu >= 0) {
+		s.stop = 1;
+		pthread_join(thread, NULL);
+	}
+	return err;
 }
 
 struct roundtrip {

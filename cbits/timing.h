@@ -41,9 +41,12 @@ size_t harness_time_working_set(uintptr_t ws_buf, size_t ws_len, size_t iters,
 int harness_time_wp_repeat(int uffd, uintptr_t addr, size_t len, uint64_t mode,
 			   size_t iters, uint64_t *cycles);
 
-/* The RFC cover letter's loop: mprotect(READ), mprotect(READ|WRITE), store. */
+/*
+ * The RFC cover letter's loop: mprotect(READ), mprotect(READ|WRITE), store.
+ * @spinner_cpu >= 0: a second thread reads the page on that CPU meanwhile.
+ */
 int harness_time_rfc_loop(uintptr_t addr, size_t len, size_t iters,
-			  uint64_t *cycles);
+			  int spinner_cpu, uint64_t *cycles);
 
 /*
  * Touch each page of a MISSING-registered range; a C thread serves each

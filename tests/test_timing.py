@@ -232,6 +232,18 @@ def test_first_touch_batches_are_plausible_and_fault_free(name):
     assert batch.faults == 0, f"{name}: a first touch of a present PTE faulted {batch.faults} times"
 
 
+@pytest.mark.parametrize("state", scenarios.STATES)
+def test_prepared_states_are_what_smaps_reports_and_the_check_can_fail(state):
+    with Region.create(npages=4) as region:
+        scenarios.prepare_state(region, state)
+        scenarios.flush_tlb(region)
+        assert scenarios.check_state(region, state) is None, f"{state} was not prepared as named"
+        others = [s for s in scenarios.STATES if s != state]
+        for other in others:
+            assert scenarios.check_state(region, other) is not None, \
+                f"check_state accepted a {state} region as {other}"
+
+
 @pytest.mark.parametrize("name", ["uffd.missing_roundtrip.c_handler", "uffd.missing_roundtrip.py_handler"])
 def test_missing_roundtrip_serves_every_page(name):
     batch = _run(name, pages=8)
@@ -243,7 +255,7 @@ def test_missing_roundtrip_serves_every_page(name):
 @pytest.mark.parametrize("name", ["binding.wp_toggle.c", "binding.wp_toggle.python", "binding.wp_toggle.cffi_raw",
                                   "binding.wp_toggle.c_working_set", "binding.working_set.c",
                                   "binding.wp_noop.c", "binding.wp_noop.python", "binding.wp_noop.cffi_raw",
-                                  "rfc.mprotect_loop"])
+                                  "rfc.mprotect_loop", "rfc.mprotect_loop.two_threads"])
 def test_operation_loops_return_samples(name):
     batch = _run(name, pages=16)
     assert len(batch.samples) >= 2

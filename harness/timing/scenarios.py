@@ -51,8 +51,9 @@ from harness.uffd import Userfaultfd, open_any, probe_features
 STATES = ("young_dirty", "young_clean", "old_dirty", "old_clean")
 ACCESSES = ("read", "write")
 
-#: the RFC cover letter's figures (Haswell, bare metal, one thread): before -> after the patch
+#: the RFC cover letter's figures (Haswell, bare metal): before -> after the patch
 RFC_COVER_LETTER_CYCLES = (2529, 2496)
+RFC_COVER_LETTER_CYCLES_TWO_THREADS = (4675, 2615)
 
 #: toggles per Python sample: a sample is one rdtsc pair around this many toggles
 PY_TOGGLES_PER_SAMPLE = 8
@@ -102,6 +103,8 @@ class Scenario:
     #: None when the scenario can run here, else why not ("absent: ...")
     absent: Callable[[Context], Optional[str]] = field(default=lambda ctx: None, repr=False)
     unit: str = "cycles"
+    #: every timed access hits a present PTE: a fault means the preparation went wrong
+    fault_free: bool = False
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -126,7 +129,8 @@ def _timed_touch(region: Region, write: bool, ctx: Context) -> tuple[list[float]
     buf = ffi.new("uint64_t[]", region.npages)
     before = _minflt()
     lib.harness_time_touch(region.addr, region.npages, region.page_size, int(write), order, buf)
-    return list(buf), _minflt() - before
+    faults = _minflt() - before  # before list(): building it may fault the heap
+    return list(buf), faults
 
 
 def prepare_state(region: Region, state: str) -> None:
@@ -188,12 +192,12 @@ def _first_touch_scenarios() -> list[Scenario]:
         for access in ACCESSES:
             out.append(Scenario(f"first_touch.{state}.{access}", "first_touch",
                                 f"{access} of a present {state.replace('_', '+')} PTE, cold TLB",
-                                _first_touch(state, access, warm=False)))
+                                _first_touch(state, access, warm=False), fault_free=True))
     for state in ("young_dirty", "young_clean"):
         for access in ACCESSES:
             out.append(Scenario(f"first_touch.{state}.{access}.warm_tlb", "first_touch",
                                 f"{access} of a present {state.replace('_', '+')} PTE, TLB warmed by a read",
-                                _first_touch(state, access, warm=True)))
+                                _first_touch(state, access, warm=True), fault_free=True))
     return out
 
 
@@ -226,19 +230,21 @@ def _uffd_scenarios() -> list[Scenario]:
     out = [
         Scenario("uffd.unprotect.young_dirty.write", "uffd",
                  "write after UFFDIO_WRITEPROTECT un-protect, page was young+dirty",
-                 _after_unprotect("young_dirty", "write", None)),
+                 _after_unprotect("young_dirty", "write", None), fault_free=True),
         Scenario("uffd.unprotect.old_clean.read", "uffd",
                  "read after un-protect without hints, page was old+clean (MADV_FREE)",
-                 _after_unprotect("old_clean", "read", None)),
+                 _after_unprotect("old_clean", "read", None), fault_free=True),
         Scenario("uffd.unprotect.old_clean.write", "uffd",
                  "write after un-protect without hints, page was old+clean (MADV_FREE)",
-                 _after_unprotect("old_clean", "write", None)),
+                 _after_unprotect("old_clean", "write", None), fault_free=True),
         Scenario("uffd.unprotect_access_likely.old_clean.read", "uffd",
                  "read after un-protect with ACCESS_LIKELY, page was old+clean",
-                 _after_unprotect("old_clean", "read", "access_likely"), _hints_absent),
+                 _after_unprotect("old_clean", "read", "access_likely"), _hints_absent,
+                 fault_free=True),
         Scenario("uffd.unprotect_write_likely.old_clean.write", "uffd",
                  "write after un-protect with WRITE_LIKELY, page was old+clean",
-                 _after_unprotect("old_clean", "write", "write_likely"), _hints_absent),
+                 _after_unprotect("old_clean", "write", "write_likely"), _hints_absent,
+                 fault_free=True),
         Scenario("uffd.missing_roundtrip.c_handler", "uffd",
                  "missing fault: touch, C thread reads uffd_msg, UFFDIO_COPY, resume",
                  lambda ctx: _missing_roundtrip(ctx, python=False)),
@@ -394,15 +400,37 @@ def _wp_toggle_cffi_raw(ctx: Context) -> Batch:
         region.close()
 
 
-def _rfc_loop(ctx: Context) -> Batch:
+def _other_cpu() -> Optional[int]:
+    """A CPU this process may use other than the one it runs on now, or None."""
+    import os
+    here = os.sched_getcpu() if hasattr(os, "sched_getcpu") else -1
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    # the thread may be pinned to one CPU (bench pins it); the process may use any online CPU
+    online = sorted(allowed) if len(allowed) > 1 else list(range(os.cpu_count() or 1))
+    others = [c for c in online if c != here]
+    return others[0] if others else None
+
+
+def _needs_two_cpus(ctx: Context) -> Optional[str]:
+    return None if _other_cpu() is not None else "absent: needs a second CPU"
+
+
+def _rfc_loop(ctx: Context, two_threads: bool = False) -> Batch:
+    spinner = -1
+    if two_threads:
+        cpu = _other_cpu()
+        if cpu is None:
+            raise HarnessError("the two-thread RFC loop needs a second CPU")
+        spinner = cpu
     with _region(1) as region:
         region.write()
         buf = ffi.new("uint64_t[]", ctx.pages)
         before = _minflt()
-        r = lib.harness_time_rfc_loop(region.addr, region.length, ctx.pages, buf)
+        r = lib.harness_time_rfc_loop(region.addr, region.length, ctx.pages, spinner, buf)
         if r < 0:
             raise HarnessError(f"mprotect loop failed: errno {-r}")
-        return Batch(list(buf), _minflt() - before)
+        faults = _minflt() - before  # before list(): building it may fault the heap
+        return Batch(list(buf), faults)
 
 
 def _other_scenarios() -> list[Scenario]:
@@ -431,6 +459,9 @@ def _other_scenarios() -> list[Scenario]:
         Scenario("rfc.mprotect_loop", "rfc",
                  "RFC cover letter loop: mprotect(READ), mprotect(READ|WRITE), store; per iteration",
                  _rfc_loop),
+        Scenario("rfc.mprotect_loop.two_threads", "rfc",
+                 "the same loop while a second thread of the process reads the page on another CPU",
+                 lambda ctx: _rfc_loop(ctx, two_threads=True), _needs_two_cpus),
     ]
 
 
