@@ -815,21 +815,25 @@ class Mm:
     # -- idle page tracking (mm/page_idle.c) ------------------------------------------------------------
 
     def mark_idle(self, vma: Vma, i: int) -> None:
+        """page_idle_bitmap_write(): clear the PTE's young bit (a young one leaves PG_young,
+        which smaps counts as Referenced) and set PG_idle."""
         pte = vma.ptes[i]
         if pte is not None and pte.folio is not None and not pte.folio.zero:
-            pte.young = False
+            if pte.young:
+                pte.young = False
+                pte.folio.referenced = True  # folio_set_young() in page_idle_clear_pte_refs_one()
             pte.folio.idle = True
 
     def read_idle(self, vma: Vma, i: int) -> bool:
-        """page_idle_bitmap_read(): clears young PTEs, and the page is idle unless one was young."""
+        """page_idle_bitmap_read(): for an idle folio, a young PTE is cleared and ends the idleness."""
         pte = vma.ptes[i]
-        if pte is None or pte.folio is None:
+        if pte is None or pte.folio is None or pte.folio.zero:
             return False
         folio = pte.folio
-        if pte.young:
+        if folio.idle and pte.young:
             pte.young = False
             folio.idle = False
-            folio.referenced = True          # page_idle_clear_pte_refs(): folio_referenced() side effect
+            folio.referenced = True          # folio_set_young()
         return folio.idle
 
     # -- reporting ----------------------------------------------------------------------------
