@@ -75,8 +75,12 @@ def _bench(args: argparse.Namespace) -> int:
     doc = bench.bench_document(results, cal, config, {})
     print(tabulate(bench.table_rows(results, cal), headers=bench.TABLE_HEADERS,
                    colalign=("left",) + ("right",) * 8 + ("left",)))
-    print("cycles per access or operation; CI: bootstrap 95% interval of the median; "
-          f"{args.rounds} interleaved rounds in {elapsed:.1f} s; load average {load_before[0] if load_before else '?'}")
+    how = ("two-level bootstrap (batches, then samples)" if args.rounds >= stats.MIN_BATCHES_FOR_CLUSTERING
+           else f"bootstrap of samples only (fewer than {stats.MIN_BATCHES_FOR_CLUSTERING} rounds: "
+                "batch-to-batch drift is not in the interval)")
+    load = f"{load_before[0]:.1f}" if load_before else "?"
+    print(f"cycles per access or operation; CI: 95% interval of the median, {how}; "
+          f"{args.rounds} interleaved rounds in {elapsed:.1f} s; load average {load}")
     for line in bench.derived_lines(doc["derived"]):
         print(line)
     if args.json:
