@@ -5,8 +5,9 @@ running anything.  Each row names how one *batch* of samples is made: a
 fresh region is prepared outside the timed path, then a C loop
 (cbits/timing.c) records the cycles of each access or operation.
 
-PTE states of an anonymous page, all present (checked through smaps on the
-first batch of each run, and by counting minor faults around the timed loop):
+PTE states of an anonymous page, all present (checked through smaps on an
+untimed verification batch before the rounds, and by counting minor faults
+around every timed loop):
 
 ``young_dirty``  written: the write fault installs the PTE young and dirty.
 ``young_clean``  written, ``MADV_FREE`` (old and clean), then read: the read
@@ -18,7 +19,8 @@ first batch of each run, and by counting minor faults around the timed loop):
 
 TLB: "cold" scenarios (no suffix) end their preparation with an
 ``mprotect(READ)``/``mprotect(READ|WRITE)`` round trip over the region.  It
-flushes exactly that range and keeps the accessed/dirty bits
+flushes the region's translations (the whole mm's, above
+``tlb_single_page_flush_ceiling``, 33 pages) and keeps the accessed/dirty bits
 (``change_pte_range()`` keeps ``_PAGE_CHG_MASK``; ``can_change_pte_writable()``
 restores write on exclusive anonymous pages), and every cold scenario pays it
 alike.  Touching a buffer larger than the STLB would also evict, but it
