@@ -84,14 +84,16 @@ def _kernel_has_uffd() -> Optional[str]:
     return None
 
 
-#: needs that are not userfaultfd features: name -> (how to say it is missing, kernel check)
+#: needs that are not userfaultfd features (the simulator models both)
+SOFT_DIRTY = "soft-dirty"
+SWAP = "swap"
+
+
 def _kernel_capabilities() -> dict:
     from harness.backends.kernel import kernel_soft_dirty, kernel_swap
     return {SOFT_DIRTY: kernel_soft_dirty(), SWAP: kernel_swap()}
 
 
-SOFT_DIRTY = "soft-dirty"
-SWAP = "swap"
 _CAPABILITY_NAMES = {SOFT_DIRTY: "CONFIG_MEM_SOFT_DIRTY (soft-dirty tracking)", SWAP: "an active swap device"}
 
 
@@ -270,13 +272,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"contract clauses: {clauses}")
 
 
-def clause_result(entries: list[dict], kernel_has: bool) -> str:
+def clause_result(entries: list[dict], kernel_has: bool = False) -> str:
     """pass / fail / absent for one clause, from the results of its tests.
 
     fail: any test of the clause failed, on either backend.  pass: at least
     one ran on the kernel and passed.  absent: the kernel lacks what the
     clause needs (its tests ran only on the simulator, or were skipped for
-    that), or no test of the clause ran at all.
+    that), or no test of the clause ran at all.  ``kernel_has`` (whether the
+    kernel offers what the clause needs) is reported beside the result; a
+    clause whose kernel tests were all skipped is absent either way.
     """
     if any(e["outcome"] == "failed" for e in entries):
         return "fail"
