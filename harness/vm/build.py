@@ -435,14 +435,21 @@ class _BuildLock:
             os.close(self.fd)
 
 
-def ensure_pristine(log: Log = _eprint) -> Path:
-    """Unpack the tarball once into build/cache/src/ and return the tree."""
+def ensure_pristine(log: Log = _eprint, *, locked: bool = False) -> Path:
+    """Unpack the tarball once into build/cache/src/ and return the tree.
+
+    Unpacking replaces the tree, so it happens under the build lock
+    (``locked=True`` when the caller already holds it).
+    """
     src_root = BUILD_DIR / "cache" / "src"
     tree = src_root / SOURCE_DIRNAME
     stamp = tree / ".uffd-harness-pristine"
     want = source_version()
     if stamp.exists() and stamp.read_text() == want:
         return tree
+    if not locked:
+        with _BuildLock(BUILD_DIR / "cache" / "build.lock", log):
+            return ensure_pristine(log, locked=True)
     src_root.mkdir(parents=True, exist_ok=True)
     tmp = src_root / f".unpack-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -599,7 +606,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     prev_steps = _previous_steps(kdir)
     # build.json goes last: while it is missing the cache is "not built".
     (kdir / "build.json").unlink(missing_ok=True)
-    pristine = ensure_pristine(log)
+    pristine = ensure_pristine(log, locked=True)
     patch_key = _sha256(json.dumps(patch_hashes).encode())
     src = _prepare_source(pristine, kdir, patches, patch_key, log)
 
@@ -610,7 +617,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
            "KBUILD_BUILD_HOST": "uffd-harness"}
     make = ["make", "-C", str(src), f"O={obj}"]
 
-    with open(log_path, "w") as lf:
+    with open(log_path, "w", buffering=1) as lf:   # line-buffered: tail -f works
         lf.write(f"# uffd-harness kernel build '{kb.name}' key {kb.key}\n")
         # -- config: regenerate, keep the old file (and mtime) if unchanged
         cfg = obj / ".config"

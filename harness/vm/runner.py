@@ -17,6 +17,7 @@ import collections
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -138,9 +139,12 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
     if b"Unable to mount root fs" in out:
         ok, reason = True, f"KVM booted a test kernel in {dt:.1f} s"
     else:
-        last = out.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|.)", "",
+                      out.decode(errors="replace"))
+        lines = [l for l in text.splitlines() if l.strip()]
+        last = lines[-1][:200] if lines else "no kernel output"
         ok, reason = False, (f"KVM could not boot a test kernel within "
-                             f"{timeout:.0f} s: {last[0][:200]}")
+                             f"{timeout:.0f} s (last output: {last})")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"key": key, "kvm": ok, "reason": reason}))
@@ -223,7 +227,19 @@ def guest_command(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return shlex.join(["env", *assigns, *argv]) if assigns else shlex.join(argv)
 
 
-def vng_command(kernel: KernelBuild, argv: Sequence[str], *, rwdir: Path,
+def guest_script(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """A sh script that sets ``env`` and execs ``argv``.
+
+    vng passes --exec on the kernel command line (base64, limited to 2 KiB
+    with everything else), so long commands go through a script in rwdir.
+    """
+    lines = ["#!/bin/sh"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    lines.append("exec " + shlex.join(argv))
+    return "\n".join(lines) + "\n"
+
+
+def vng_command(kernel: KernelBuild, argv: Sequence[str] | str, *, rwdir: Path,
                 env: Mapping[str, str], accel: str, cwd: Path,
                 memory: str = DEFAULT_MEMORY, cpus: int = DEFAULT_CPUS,
                 hugepages: int = DEFAULT_HUGEPAGES,
@@ -236,7 +252,8 @@ def vng_command(kernel: KernelBuild, argv: Sequence[str], *, rwdir: Path,
            "--append", " ".join(cmdline), "--verbose"]
     if accel == "tcg":
         cmd.append("--disable-kvm")
-    cmd += ["--exec", guest_command(argv, env)]
+    exec_line = argv if isinstance(argv, str) else guest_command(argv, env)
+    cmd += ["--exec", exec_line]
     return cmd
 
 
@@ -275,17 +292,25 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                  ENV_KERNEL: kernel.name, ENV_ACCEL: accel,
                  "UFFD_HARNESS_RWDIR": str(rw)}
     guest_env.update(env or {})
-    cmd = vng_command(kernel, argv, rwdir=rw, env=guest_env, accel=accel,
+    script = rw / f".guest-command-{os.getpid()}-{threading.get_ident()}.sh"
+    script.write_text(guest_script(argv, guest_env))
+    cmd = vng_command(kernel, f"sh {shlex.quote(str(script))}", rwdir=rw,
+                      env=guest_env, accel=accel,
                       cwd=Path(cwd or REPO_ROOT).resolve(), memory=memory,
                       cpus=cpus, hugepages=hugepages, append=append)
 
     console: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL)
     captured: list[bytes] = []
     q: "queue.Queue[tuple[str, bytes | None]]" = queue.Queue()
+    # vng runs virtme-run from $PATH: put vng's own bin directory first.
+    host_env = dict(os.environ)
+    host_env["PATH"] = os.pathsep.join(
+        [str(Path(cmd[0]).parent), host_env.get("PATH", "/usr/bin:/bin")])
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=str(REPO_ROOT), start_new_session=True)
+                            cwd=str(REPO_ROOT), env=host_env,
+                            start_new_session=True)
     readers = [threading.Thread(target=_pump, args=(s, n, q), daemon=True)
                for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
     for r in readers:
@@ -346,6 +371,7 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
     finally:
         for r in readers:
             r.join(timeout=2)
+        script.unlink(missing_ok=True)
     elapsed = time.monotonic() - t0
     if rc == 255 and any("cannot find script I/O ports" in c for c in console):
         raise GuestError("vng could not find its virtio-serial ports, so the "
@@ -375,8 +401,13 @@ def qemu_processes(bzimage: str | os.PathLike | None = None) -> list[int]:
     return pids
 
 
+_CONSOLE_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
+
+
 def _is_console_line(text: str) -> bool:
-    """Kernel log lines ("[    0.123456] ...") and vng's own chatter."""
-    s = text.lstrip()
-    return (s.startswith("[") and "]" in s[:20] and s[1:2] in " 0123456789") \
-        or s.startswith(("virtme-ng-init:", "vng:", "virtme-run:"))
+    """Kernel log lines: CONFIG_PRINTK_TIME puts "[    0.123456]" first.
+
+    vng --verbose sends the guest console and the command's stderr both to
+    its stderr; the timestamp is what tells them apart.
+    """
+    return bool(_CONSOLE_LINE.match(text))
