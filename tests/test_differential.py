@@ -23,7 +23,7 @@ from harness.abi import Feature
 from harness.backends.differential import Disagreement, Setup, run_both
 
 EXAMPLES = int(os.environ.get("UFFD_DIFF_EXAMPLES", "500"))
-KINDS = ("anon", "shmem", "shmem-private")
+KINDS = ("anon", "shmem", "shmem-private", "file")
 
 
 def _kernel_ready():
@@ -40,19 +40,32 @@ def _hint_features() -> tuple:
 def sequences(draw):
     n = draw(st.integers(1, 4))
     kinds = tuple(draw(st.sampled_from(KINDS)) for _ in range(n))
-    register = tuple(draw(st.sampled_from(("wp", "missing+wp"))) for _ in range(n))
+    register = tuple(draw(st.sampled_from(("wp", "missing+wp") if kind == "anon" else
+                                          ("wp", "missing+wp", "minor+wp", "minor")))
+                     for kind in kinds)
     features = (("WP_UNPOPULATED",) if draw(st.booleans()) else ()) + _hint_features()
-    region = st.integers(0, n - 1)
-    op = st.one_of(
-        st.tuples(st.sampled_from(("read", "write", "protect", "free", "dontneed", "copy", "zeropage",
-                                   "pageout")), region),
-        st.tuples(st.just("unprotect"), region, st.sampled_from(("", "", "A", "W", "AW"))),
-        st.tuples(st.just("mprotect"), region, st.sampled_from(("r", "rw"))),
-        st.just(("fork",)),
-        st.tuples(st.just("clear_refs"), st.sampled_from((1, 4))),
-    )
-    ops = draw(st.lists(op, min_size=1, max_size=12))
+    ops = draw(st.lists(_op(n), min_size=1, max_size=14))
     return Setup(kinds, register, features), ops
+
+
+#: operation names, repeated to weight them: accesses and write-protection dominate
+_WEIGHTED = (("read",) * 4 + ("write",) * 5 + ("protect",) * 4 + ("unprotect",) * 4 + ("free",) * 2
+             + ("dontneed", "copy", "zeropage", "pageout", "mprotect", "fork") + ("clear_refs",) * 2)
+
+
+@st.composite
+def _op(draw, n):
+    name = draw(st.sampled_from(_WEIGHTED))
+    if name == "fork":
+        return ("fork",)
+    if name == "clear_refs":
+        return ("clear_refs", draw(st.sampled_from((1, 4))))
+    r = draw(st.integers(0, n - 1))
+    if name == "unprotect":
+        return ("unprotect", r, draw(st.sampled_from(("", "", "A", "W", "AW"))))
+    if name == "mprotect":
+        return ("mprotect", r, draw(st.sampled_from(("r", "rw", "rw"))))
+    return (name, r)
 
 
 _stats = {"sequences": 0, "steps": 0}

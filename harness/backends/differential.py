@@ -16,7 +16,9 @@ The first step where they differ is a :class:`Disagreement`, whose
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Optional
@@ -30,12 +32,19 @@ FIELDS = ("present", "swapped", "uffd_wp", "young", "dirty", "exclusive", "file_
 
 @dataclass(frozen=True)
 class Setup:
-    kinds: tuple                     # MemoryKind value per region ("anon", "shmem", "shmem-private")
-    register: tuple                  # "wp" or "missing+wp" per region
+    kinds: tuple                     # MemoryKind value per region ("anon", "shmem", "shmem-private", "file")
+    register: tuple                  # "wp", "missing+wp", "minor+wp" or "minor" per region
     features: tuple = ()             # Feature names to negotiate
 
     def modes(self) -> list[RegisterMode]:
-        return [RegisterMode.WP | (RegisterMode.MISSING if "missing" in m else 0) for m in self.register]
+        names = {"wp": RegisterMode.WP, "missing": RegisterMode.MISSING, "minor": RegisterMode.MINOR}
+        modes = []
+        for spec in self.register:
+            mode = RegisterMode(0)
+            for part in spec.split("+"):
+                mode |= names[part]
+            modes.append(mode)
+        return modes
 
 
 @dataclass
@@ -177,16 +186,36 @@ def sim_for_kernel():
     return SimBackend(profile, soft_dirty=kernel_soft_dirty(), swap=kernel_swap())
 
 
+@contextlib.contextmanager
+def pinned_to_one_cpu():
+    """Run on one CPU: per-CPU LRU batches (lru_add_drain() drains only the local
+    CPU's) otherwise make reclaim of just-MADV_FREE'd pages depend on scheduling."""
+    try:
+        before = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        yield
+        return
+    cpu = min(before)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def run_both(setup: Setup, ops: list) -> Optional[Disagreement]:
     from harness.backends.kernel import KernelBackend, kernel_soft_dirty
     soft_dirty = kernel_soft_dirty()
-    kb = KernelBackend(channels=["smaps"])
     sb = sim_for_kernel()
+    with pinned_to_one_cpu():
+        kb = KernelBackend(channels=["smaps"])
+        try:
+            k_steps = run(kb, setup, ops, soft_dirty)
+        finally:
+            kb.close()
     try:
-        k_steps = run(kb, setup, ops, soft_dirty)
         s_steps = run(sb, setup, ops, soft_dirty)
     finally:
-        kb.close()
         sb.close()
     return compare(setup, ops, k_steps, s_steps, sb.profile)
 

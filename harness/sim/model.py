@@ -49,7 +49,8 @@ _RETRY_LIMIT = 8
 
 
 class Folio:
-    __slots__ = ("anon", "zero", "dirty", "referenced", "idle", "anon_exclusive", "mapcount", "swapped")
+    __slots__ = ("anon", "zero", "dirty", "referenced", "idle", "anon_exclusive", "mapcount", "swapped",
+                 "lazyfree")
 
     def __init__(self, anon: bool, zero: bool = False, dirty: bool = False):
         self.anon = anon
@@ -60,6 +61,7 @@ class Folio:
         self.anon_exclusive = anon and not zero
         self.mapcount = 0
         self.swapped = False             # a shmem page-cache entry that is in swap
+        self.lazyfree = False            # MADV_FREE'd: !PG_swapbacked, reclaim may drop it if clean
 
     def __repr__(self) -> str:
         kind = "zero" if self.zero else "anon" if self.anon else "cache"
@@ -130,8 +132,9 @@ class Vma:
                  "uffd_missing", "uffd_wp", "uffd_minor", "vm_softdirty", "ptes", "has_anon_vma", "name")
 
     def __init__(self, start: int, npages: int, kind: MemoryKind, name: str = ""):
-        if kind.hugetlb or kind is MemoryKind.FILE:
+        if kind.hugetlb:
             raise NotImplementedError(f"the simulator does not model {kind.value} memory yet")
+        # a tmpfs file (MemoryKind.FILE) is shmem too: vma_is_shmem(), the same fault and mfill paths
         self.start = start
         self.npages = npages
         self.kind = kind
@@ -469,13 +472,11 @@ class Mm:
         return [v for v in self.vmas if v.start < end and start < v.end]
 
     def register(self, start: int, length: int, mode: RegisterMode) -> None:
-        """userfaultfd_register(): the range must be covered by VMAs; MINOR only for shmem."""
+        """userfaultfd_register(): the range must be covered by VMAs; MINOR only for shmem (vma_can_userfault())."""
         self._validate_range("UFFDIO_REGISTER", start, length)
         mode = RegisterMode(mode)
         if not mode:
             raise UffdError("UFFDIO_REGISTER", errno.EINVAL, start, length, advice="no mode")
-        if mode & RegisterMode.MINOR and Feature.MINOR_SHMEM not in self.features:
-            raise UffdError("UFFDIO_REGISTER", errno.EINVAL, start, length, advice="MINOR needs MINOR_SHMEM")
         vmas = self._vmas_in(start, start + length)
         covered = sum(min(v.end, start + length) - max(v.start, start) for v in vmas)
         if covered != length:
@@ -691,6 +692,7 @@ class Mm:
         pte.young = False                    # clear_young_dirty_ptes()
         pte.dirty = False
         folio.referenced = False             # folio_mark_lazyfree() -> lru_lazyfree()
+        folio.lazyfree = True
 
     def _zap_one(self, vma: Vma, i: int, drop_markers: bool = False) -> None:
         """zap_pte_range(): anon pages go; page-cache pages stay in the file, dirty/accessed from the PTE."""
@@ -723,6 +725,16 @@ class Mm:
             return
         folio = pte.folio
         folio.referenced = False
+        if folio.anon and folio.lazyfree:
+            # try_to_unmap_one(): a clean MADV_FREE'd folio is discarded, swap or no swap
+            # (references are ignored for MADV_PAGEOUT); one written since is re-marked swap-backed
+            if pte.dirty or folio.dirty:
+                folio.dirty = True
+                folio.lazyfree = False
+                return
+            folio.mapcount -= 1
+            vma.ptes[i] = None
+            return
         if folio.anon:
             if not self.swap_config or folio.mapcount != 1:
                 return                       # folio_alloc_swap() fails: the page stays
