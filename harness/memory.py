@@ -208,14 +208,28 @@ class Region:
             self.prot = prot
 
     def mremap(self, npages: Optional[int] = None) -> int:
-        """Move the mapping elsewhere (MREMAP_MAYMOVE, forcing a move); returns the new address."""
+        """Move the mapping to a new place between new guard pages; returns the new address.
+
+        A same-size mremap(MREMAP_MAYMOVE) does not move at all (do_mremap()
+        returns early), and hugetlb mappings may not grow: so the move is
+        MREMAP_FIXED onto a fresh reservation.  The old guards are given back.
+        A userfaultfd with EVENT_REMAP sees one REMAP event.
+        """
         npages = self.npages if npages is None else npages
         new_length = npages * self.page_size
-        # Grow by one page then shrink back: the only portable way to force a move.
-        ptr = lib.mremap(ffi.cast("void *", self.addr), self.length, new_length, lib.MREMAP_MAYMOVE)
+        guard = self.page_size
+        spot = _map_between_guards(new_length, guard, PROT_NONE,
+                                   lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, "mremap target")
+        ptr = lib.mremap(ffi.cast("void *", self.addr), self.length, new_length,
+                         lib.MREMAP_MAYMOVE | lib.MREMAP_FIXED, ffi.cast("void *", spot))
         if ptr == ffi.cast("void *", -1):
-            raise MappingError("mremap", ffi.errno, self.addr, self.length)
-        self.addr, self.npages = int(ffi.cast("uintptr_t", ptr)), npages
+            code = ffi.errno
+            lib.munmap(ffi.cast("void *", spot - guard), new_length + 2 * guard)
+            raise MappingError("mremap", code, self.addr, self.length)
+        if self._guarded:
+            lib.munmap(ffi.cast("void *", self.addr - guard), guard)
+            lib.munmap(ffi.cast("void *", self.addr + self.length), guard)
+        self.addr, self.npages, self._guarded = spot, npages, True
         return self.addr
 
     # -- life cycle ---------------------------------------------------------
