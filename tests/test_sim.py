@@ -428,3 +428,18 @@ def test_bench_counts_page_operations():
     result = bench.measure(seconds=0.05, npages=32)
     assert result["page_ops"] >= result["rounds"] * 2 * 32 * 5
     assert result["ops_per_second"] > 0
+
+
+def test_pageout_discards_a_clean_madv_free_folio_even_without_swap():
+    """try_to_unmap_one(): a lazyfree folio not written since MADV_FREE is dropped (found by the differential test)."""
+    b = sim(swap=False)
+    dropped, kept = b.create(ANON), b.create(ANON)
+    for r in (dropped, kept):
+        b.write(r)
+        b.madvise(r, "free")
+    b.read(dropped)
+    b.write(kept)
+    b.madvise(dropped, "pageout")
+    b.madvise(kept, "pageout")
+    assert not raw(b, dropped).present and not raw(b, dropped).swapped
+    assert raw(b, kept).present and b.observe(kept, 0, "smaps").dirty
