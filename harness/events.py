@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from harness.abi import Event, PagefaultFlag
 from harness.errors import HarnessError
+from harness.memory import PAGE_SIZE, default_hugepage_size
 
 if TYPE_CHECKING:
     from harness.uffd import Userfaultfd
@@ -165,16 +166,21 @@ class FaultHandler:
     def _rescue(self, event: UffdEvent) -> None:
         if not isinstance(event, PageFault):
             return
-        page = os.sysconf("SC_PAGE_SIZE")
-        start = event.address & ~(page - 1)
-        for resolve in (
-            (lambda: self.uffd.writeprotect(start, page, protect=False)) if event.wp else None,
-            (lambda: self.uffd.continue_(start, page)) if event.minor else None,
-            lambda: self.uffd.zeropage(start, page),
-            lambda: self.uffd.wake(start, page),
-        ):
-            if resolve is None:
-                continue
+        # hugetlb ranges take only whole huge pages, and have no ZEROPAGE: a bare
+        # wake would make the thread fault again at once, for ever.  So try both
+        # page sizes, and as a last resort unregister the page (the retried
+        # fault is then an ordinary one).
+        spans = [(event.address & ~(size - 1), size) for size in (PAGE_SIZE, default_hugepage_size())]
+        attempts: list[Callable[[], object]] = []
+        for start, size in spans:
+            if event.wp:
+                attempts.append(lambda s=start, n=size: self.uffd.writeprotect(s, n, protect=False))
+            if event.minor:
+                attempts.append(lambda s=start, n=size: self.uffd.continue_(s, n))
+            attempts.append(lambda s=start, n=size: self.uffd.zeropage(s, n))
+        attempts += [lambda s=start, n=size: self.uffd.unregister(s, n) for start, size in spans]
+        attempts.append(lambda: self.uffd.wake(*spans[0]))
+        for resolve in attempts:
             try:
                 resolve()
                 return
