@@ -54,10 +54,12 @@ def cases(kind: MemoryKind) -> list[Case]:
                 Case("young+clean", ("write", "free", "read"), False, True, True),
                 Case("young+dirty", ("write",), False, False, True)]
     if kind is MemoryKind.SHMEM:
+        # 6.12 never write-upgrades a shmem PTE on un-protect, dirty or not
+        # (vma_wants_manual_pte_write_upgrade() is false for shmem), so WRITE_LIKELY has nothing to dirty
         return [Case("old+clean", ("read", "clear_young"), True, True, False),
-                Case("old+dirty", ("write", "clear_young"), True, False, True),
+                Case("old+dirty", ("write", "clear_young"), True, False, False),
                 Case("young+clean", ("read",), False, True, False),
-                Case("young+dirty", ("write",), False, False, True)]
+                Case("young+dirty", ("write",), False, False, False)]
     # shmem-private: a read maps the clean page-cache page (never writable: COW);
     # a write makes an exclusive anonymous copy, which can be made writable
     return [Case("old+clean", ("read", "clear_young"), True, True, False),

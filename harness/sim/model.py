@@ -235,9 +235,18 @@ class Mm:
         return vma.shared and vma.vm_write and not self.wants_writenotify(vma)
 
     def wants_manual_write_upgrade(self, vma: Vma) -> bool:
-        """vma_wants_manual_pte_write_upgrade() (mm/vma.h)."""
+        """vma_wants_manual_pte_write_upgrade() (mm/vma.h).
+
+        Private: VM_WRITE.  Shared: vma_wants_writenotify(vma, vma->vm_page_prot),
+        which for shmem is always false -- when write-notify is wanted (uffd-wp,
+        soft-dirty) vm_page_prot has already lost its write bit, so the check
+        ``vm_page_prot != vm_pgprot_modify(vm_page_prot, vm_flags)`` returns
+        false; when it is not wanted, shmem cannot write back.  So un-protect
+        (and mprotect) never write-upgrade shmem PTEs: a write takes the fault.
+        Found by the contract tests on the patched 6.12 guest.
+        """
         if vma.shared:
-            return self.wants_writenotify(vma)
+            return False
         return vma.vm_write
 
     def use_markers(self, vma: Vma) -> bool:
