@@ -79,20 +79,11 @@ class UnitCase:
     """One row of uffd-unit-tests.c's ``uffd_tests[]``."""
 
     name: str
+    #: the case's function (the selftest's ``uffd_fn``)
     body: Callable[["_Env"], None]
     mems: tuple[MemoryKind, ...]
     #: ``uffd_feature_required``: needed from the kernel, and enabled on the test's userfaultfd
     features: frozenset[Feature]
-
-
-def _case(name: str, mems: Iterable[MemoryKind], *features: Feature):
-    def register(body):
-        UNIT_CASES.append(UnitCase(name, body, tuple(mems), frozenset(features)))
-        return body
-    return register
-
-
-UNIT_CASES: list[UnitCase] = []
 
 
 # -- environment: regions, cleanup, feature checks ------------------------------------
@@ -107,7 +98,9 @@ def hugepages_reserved():
     """Make sure the hugetlb cases find free huge pages.
 
     As root with fewer than ``_HUGEPAGES_WANTED`` free, raise vm.nr_hugepages
-    by that many for this module and put the old value back afterwards.
+    by that many for this module; afterwards take back what was added (which
+    restores the old value, and leaves alone what another process added
+    meanwhile).
     """
     free = free_hugepages()
     if free >= _HUGEPAGES_WANTED:
@@ -118,15 +111,22 @@ def hugepages_reserved():
             pytest.skip("not root: cannot reserve huge pages")
         yield free
         return
-    with open(_NR_HUGEPAGES) as f:
-        old = int(f.read())
+    old = _read_int(_NR_HUGEPAGES)
+    added = 0
     try:
         with open(_NR_HUGEPAGES, "w") as f:
             f.write(str(old + _HUGEPAGES_WANTED))
+        added = _read_int(_NR_HUGEPAGES) - old   # the kernel may find fewer
         yield free_hugepages()
     finally:
-        with open(_NR_HUGEPAGES, "w") as f:
-            f.write(str(old))
+        if added > 0:
+            with open(_NR_HUGEPAGES, "w") as f:
+                f.write(str(max(_read_int(_NR_HUGEPAGES) - added, 0)))
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read())
 
 
 class _Env:
@@ -219,6 +219,8 @@ def _in_child(fn: Callable[[], None], timeout: float = _WAIT_CHILD) -> None:
         message = os.read(r, 4096).decode(errors="replace")
     finally:
         os.close(r)
+    if status == -signal.SIGBUS and not message:
+        message = "killed by SIGBUS (out of huge pages?)"
     if status != 0:
         raise AssertionError(f"child failed (exit status {status}): {message or 'no message'}")
 
@@ -323,6 +325,12 @@ class _Monitor:
         with self._lock:
             return [e for e in self.events if isinstance(e, kind)]
 
+    def summary(self) -> str:
+        with self._lock:
+            last = self.events[-6:]
+        return (f"served {self.missing_faults} MISSING, {self.wp_faults} WP, {self.minor_faults} MINOR faults "
+                f"and {len(self.events)} events, the last: {last}")
+
     def stop_children(self) -> None:
         """Stop the handlers of forked children's uffds, close those uffds, raise their errors."""
         first: Optional[BaseException] = None
@@ -390,7 +398,8 @@ def _monitored(features: Iterable[Feature], body: Callable[[Userfaultfd], None],
         pid = 0
         message = ours.recv(4096).decode(errors="replace")
         if status != 0:
-            raise AssertionError(f"worker failed (exit status {status}): {message or 'see captured stderr'}")
+            raise AssertionError(f"worker failed (exit status {status}): {message or 'see captured stderr'}; "
+                                 f"{monitor.summary()}")
     finally:
         if pid:
             _kill(pid)
@@ -418,9 +427,9 @@ def _reap(pid: int, timeout: float, monitor: Optional[_Monitor] = None) -> int:
         if time.monotonic() > deadline:
             where = _where(pid)
             _kill(pid)
-            seen = monitor.events[-8:] if monitor else []
             raise HarnessError(f"worker {pid} still running after {timeout} s: killed; "
-                               f"it and its children were at: {where}; last events served: {seen}")
+                               f"it and its children were at: {where}"
+                               + (f"; {monitor.summary()}" if monitor else ""))
         time.sleep(0.002)
 
 
@@ -464,9 +473,6 @@ def _kill(pid: int) -> None:
 
 # -- the cases --------------------------------------------------------------------------
 
-@_case("register-ioctls", MEM_ALL,
-       Feature.MISSING_HUGETLBFS, Feature.MISSING_SHMEM, Feature.PAGEFAULT_FLAG_WP,
-       Feature.WP_HUGETLBFS_SHMEM, Feature.MINOR_HUGETLBFS, Feature.MINOR_SHMEM)
 def _register_ioctls(env: _Env) -> None:
     """uffd_register_ioctls_test(): UFFDIO_REGISTER answers the ioctls each mode allows."""
     dst = env.region(1)
@@ -492,7 +498,6 @@ def _register_ioctls(env: _Env) -> None:
             uffd.unregister(dst.addr, dst.page_size)
 
 
-@_case("zeropage", MEM_ALL)
 def _zeropage(env: _Env) -> None:
     """uffd_zeropage_test(): UFFDIO_ZEROPAGE maps a zero page once, then EEXIST; hugetlb has none (EINVAL)."""
     dst = env.region(1)
@@ -523,7 +528,6 @@ def _zeropage(env: _Env) -> None:
             uffd.unregister(alias.addr, alias.page_size)
 
 
-@_case("move", (MemoryKind.ANON,), Feature.MOVE)
 def _move(env: _Env) -> None:
     """uffd_move_test(): MISSING faults resolved by UFFDIO_MOVE; the data moves, the source empties."""
     src, dst = env.region(), env.region()
@@ -591,7 +595,6 @@ def _wp_fork_body(uffd: Userfaultfd, dst: Region, with_event: bool) -> None:
     uffd.unregister(dst.addr, dst.length)
 
 
-@_case("wp-fork", MEM_ALL, Feature.PAGEFAULT_FLAG_WP, Feature.WP_HUGETLBFS_SHMEM)
 def _wp_fork(env: _Env) -> None:
     """uffd_wp_fork_test(): without EVENT_FORK the child drops the uffd-wp bits."""
     dst = env.region()
@@ -599,8 +602,6 @@ def _wp_fork(env: _Env) -> None:
         _wp_fork_body(uffd, dst, with_event=False)
 
 
-@_case("wp-fork-with-event", MEM_ALL,
-       Feature.PAGEFAULT_FLAG_WP, Feature.WP_HUGETLBFS_SHMEM, Feature.EVENT_FORK)
 def _wp_fork_with_event(env: _Env) -> None:
     """uffd_wp_fork_with_event_test(): with EVENT_FORK the child inherits the uffd-wp bits."""
     dst = env.region()
@@ -611,7 +612,6 @@ def _wp_fork_with_event(env: _Env) -> None:
     assert monitor.events == forks, f"events other than FORK: {monitor.events}"
 
 
-@_case("wp-unpopulated", (MemoryKind.ANON,), Feature.PAGEFAULT_FLAG_WP, Feature.WP_UNPOPULATED)
 def _wp_unpopulated(env: _Env) -> None:
     """uffd_wp_unpopulated_test(): uffd-wp pte markers on never-touched anonymous memory."""
     dst = env.region()
@@ -656,14 +656,10 @@ def _minor(env: _Env, test_wp: bool) -> None:
          f"expected 0, {env.npages}, 0")
 
 
-@_case("minor", (MemoryKind.SHMEM, MemoryKind.HUGETLB), Feature.MINOR_HUGETLBFS, Feature.MINOR_SHMEM)
 def _minor_case(env: _Env) -> None:
     _minor(env, test_wp=False)
 
 
-# WP_UNPOPULATED stands for "minor mode supports wr-protect": there is no bit for that (the selftest's hack).
-@_case("minor-wp", (MemoryKind.SHMEM, MemoryKind.HUGETLB),
-       Feature.MINOR_HUGETLBFS, Feature.MINOR_SHMEM, Feature.PAGEFAULT_FLAG_WP, Feature.WP_UNPOPULATED)
 def _minor_wp_case(env: _Env) -> None:
     _minor(env, test_wp=True)
 
@@ -711,13 +707,10 @@ def _sigbus(env: _Env, wp: bool) -> None:
     assert len(monitor.of_type(ForkEvent)) == 1, f"expected one FORK event, got {monitor.events}"
 
 
-@_case("sigbus", MEM_ALL, Feature.SIGBUS, Feature.EVENT_FORK)
 def _sigbus_case(env: _Env) -> None:
     _sigbus(env, wp=False)
 
 
-@_case("sigbus-wp", MEM_ALL,
-       Feature.SIGBUS, Feature.EVENT_FORK, Feature.PAGEFAULT_FLAG_WP, Feature.WP_HUGETLBFS_SHMEM)
 def _sigbus_wp_case(env: _Env) -> None:
     _sigbus(env, wp=True)
 
@@ -763,21 +756,22 @@ def _events(env: _Env, wp: bool) -> None:
         f"no REMOVE event for the released range [{remaps[0].new:#x}, +{dst.length}): {removed}"
     before = {_page_start(dst, f.address) // dst.page_size
               for f in monitor.of_type(PageFault) if dst.addr <= f.address < dst.end and not f.wp}
-    assert before == set(range((env.npages + 1) // 2)), f"MISSING faults before mremap on pages {sorted(before)}"
+    split = (env.npages + 1) // 2
+    assert before == set(range(split)), f"MISSING faults before the mremap on pages {sorted(before)}"
+    new = remaps[0].new
+    after = {(f.address - new) // dst.page_size
+             for f in monitor.of_type(PageFault) if new <= f.address < new + dst.length and not f.wp}
+    assert after >= set(range(split, env.npages)), f"MISSING faults after the mremap on pages {sorted(after)}"
 
 
-@_case("events", MEM_ALL, Feature.EVENT_FORK, Feature.EVENT_REMAP, Feature.EVENT_REMOVE)
 def _events_case(env: _Env) -> None:
     _events(env, wp=False)
 
 
-@_case("events-wp", MEM_ALL, Feature.EVENT_FORK, Feature.EVENT_REMAP, Feature.EVENT_REMOVE,
-       Feature.PAGEFAULT_FLAG_WP, Feature.WP_HUGETLBFS_SHMEM)
 def _events_wp_case(env: _Env) -> None:
     _events(env, wp=True)
 
 
-@_case("poison", MEM_ALL, Feature.POISON)
 def _poison(env: _Env) -> None:
     """uffd_poison_test(): odd pages get a zero page by UFFDIO_COPY, even pages UFFDIO_POISON (SIGBUS)."""
     src, dst = env.region(), env.region()
@@ -808,6 +802,37 @@ def _poison(env: _Env) -> None:
                 _check_page(dst, page, 0, "nonzero byte in area_dst")
     assert sigbus == list(range(0, env.npages, 2)), \
         f"SIGBUS on pages {sigbus}; expected the {env.npages // 2} poisoned (even) pages"
+
+
+# -- the table: uffd-unit-tests.c's uffd_tests[] -----------------------------------------
+
+F = Feature
+UNIT_CASES: tuple[UnitCase, ...] = (
+    UnitCase("register-ioctls", _register_ioctls, MEM_ALL, frozenset({
+        F.MISSING_HUGETLBFS, F.MISSING_SHMEM, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM,
+        F.MINOR_HUGETLBFS, F.MINOR_SHMEM})),
+    UnitCase("zeropage", _zeropage, MEM_ALL, frozenset()),
+    UnitCase("move", _move, (MemoryKind.ANON,), frozenset({F.MOVE})),
+    UnitCase("wp-fork", _wp_fork, MEM_ALL, frozenset({F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM})),
+    UnitCase("wp-fork-with-event", _wp_fork_with_event, MEM_ALL, frozenset({
+        F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM,
+        F.EVENT_FORK})),     # when set, the child inherits the uffd-wp bits
+    UnitCase("wp-unpopulated", _wp_unpopulated, (MemoryKind.ANON,), frozenset({
+        F.PAGEFAULT_FLAG_WP, F.WP_UNPOPULATED})),
+    UnitCase("minor", _minor_case, (MemoryKind.SHMEM, MemoryKind.HUGETLB), frozenset({
+        F.MINOR_HUGETLBFS, F.MINOR_SHMEM})),
+    UnitCase("minor-wp", _minor_wp_case, (MemoryKind.SHMEM, MemoryKind.HUGETLB), frozenset({
+        F.MINOR_HUGETLBFS, F.MINOR_SHMEM, F.PAGEFAULT_FLAG_WP,
+        F.WP_UNPOPULATED})),  # the selftest's stand-in for "minor mode can write-protect": no bit says so
+    UnitCase("sigbus", _sigbus_case, MEM_ALL, frozenset({F.SIGBUS, F.EVENT_FORK})),
+    UnitCase("sigbus-wp", _sigbus_wp_case, MEM_ALL, frozenset({
+        F.SIGBUS, F.EVENT_FORK, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM})),
+    UnitCase("events", _events_case, MEM_ALL, frozenset({F.EVENT_FORK, F.EVENT_REMAP, F.EVENT_REMOVE})),
+    UnitCase("events-wp", _events_wp_case, MEM_ALL, frozenset({
+        F.EVENT_FORK, F.EVENT_REMAP, F.EVENT_REMOVE, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM})),
+    UnitCase("poison", _poison, MEM_ALL, frozenset({F.POISON})),
+)
+del F
 
 
 # -- the runner ---------------------------------------------------------------------------
