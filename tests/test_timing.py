@@ -364,6 +364,36 @@ def test_calibration_document_keys(small_run, tmp_path):
     assert json.loads(path.read_text())["tsc_hz"] == cal.tsc_hz
 
 
+def test_calibration_document_merges_a_partial_run(small_run):
+    results, cal = small_run
+    previous = {"schema": bench.CALIBRATION_SCHEMA, **cal.to_dict(),
+                "medians": {"rfc.mprotect_loop": 5000.0, "first_touch.old_clean.write": 1.0}, "absent": {}}
+    doc = bench.calibration_document(results, cal, previous)
+    assert doc["medians"]["rfc.mprotect_loop"] == 5000.0, "a scenario not run this time must keep its median"
+    assert doc["medians"]["first_touch.old_clean.write"] == results["first_touch.old_clean.write"].summary.median
+    other_host = dict(previous, cpu_model="some other CPU")
+    assert "rfc.mprotect_loop" not in bench.calibration_document(results, cal, other_host)["medians"], \
+        "medians from another CPU must not leak into this one's cost model"
+
+
+def test_bench_cli_writes_json_calibration_and_plot(tmp_path, capsys):
+    from harness.cli import main
+    paths = {k: tmp_path / f"{k}" for k in ("bench.json", "calibration.json", "bench.png")}
+    rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "rfc.mprotect_loop", "--only", "first_touch.old",
+               "--json", str(paths["bench.json"]), "--calibration", str(paths["calibration.json"]),
+               "--plot", str(paths["bench.png"]), "--no-pin"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "first_touch.old_clean.write" in out and "empty timed section" in out and "TSC:" in out
+    doc = bench.load_document(paths["bench.json"])
+    assert set(doc["scenarios"]) == {"rfc.mprotect_loop", "rfc.mprotect_loop.two_threads", "first_touch.old_dirty.read", "first_touch.old_dirty.write",
+                                     "first_touch.old_clean.read", "first_touch.old_clean.write"}
+    cal = json.loads(paths["calibration.json"].read_text())
+    assert "first_touch.old_clean.write" in cal["medians"] and cal["tsc_hz"] > 0
+    if stats._np is not None:  # matplotlib (which brings numpy) is installed
+        assert paths["bench.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # -- compare -------------------------------------------------------------------------------------
 
 def test_compare_verdicts_on_synthetic_data():

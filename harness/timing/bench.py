@@ -195,16 +195,41 @@ def bench_document(results: dict[str, ScenarioResult], cal: Calibration, config:
     }
 
 
-def calibration_document(results: dict[str, ScenarioResult], cal: Calibration) -> dict:
-    """The cost model the simulator reads (schema in :mod:`harness.timing`)."""
-    medians = {n: r.summary.median for n, r in results.items() if r.ok}
-    doc = {"schema": CALIBRATION_SCHEMA,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           **cal.to_dict(),
-           "medians": medians,
-           "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
-           "absent": {n: r.status for n, r in results.items() if not r.ok}}
-    return doc
+def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
+                         previous: Optional[dict] = None) -> dict:
+    """The cost model the simulator reads (schema in :mod:`harness.timing`).
+
+    With ``previous`` (the file as it was) from the same CPU and kernel, the
+    medians of scenarios not run this time are kept, so ``bench --only``
+    updates the model instead of truncating it.
+    """
+    medians: dict[str, float] = {}
+    absent: dict[str, str] = {}
+    if previous and previous.get("schema") == CALIBRATION_SCHEMA and all(
+            previous.get(k) == getattr(cal, k) for k in ("cpu_model", "kernel", "hypervisor_vendor", "tcg")):
+        medians.update(previous.get("medians", {}))
+        absent.update(previous.get("absent", {}))
+    for name, r in results.items():
+        if r.ok:
+            medians[name] = r.summary.median
+            absent.pop(name, None)
+        else:
+            absent[name] = r.status
+            medians.pop(name, None)
+    return {"schema": CALIBRATION_SCHEMA,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **cal.to_dict(),
+            "medians": medians,
+            "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
+            "absent": absent}
+
+
+def load_previous_calibration(path: os.PathLike | str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def load_document(path: os.PathLike | str) -> dict:
@@ -325,7 +350,11 @@ def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(ok) + 1.5))
-    ax.boxplot([r.samples for r in ok], vert=False, whis=(10, 90), showfliers=False)
+    data = [r.samples for r in ok]
+    try:  # matplotlib >= 3.10 spells it orientation; vert= is deprecated there
+        ax.boxplot(data, orientation="horizontal", whis=(10, 90), showfliers=False)
+    except TypeError:
+        ax.boxplot(data, vert=False, whis=(10, 90), showfliers=False)
     ax.set_yticks(range(1, len(ok) + 1))
     ax.set_yticklabels([r.name for r in ok], fontsize=8)
     ax.set_xscale("log")

@@ -86,7 +86,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         print(f"JSON: {bench.write_json(doc, args.json)}")
     if args.calibration:
-        print(f"calibration: {bench.write_json(bench.calibration_document(results, cal), args.calibration)}")
+        previous = bench.load_previous_calibration(args.calibration)
+        doc = bench.calibration_document(results, cal, previous)
+        print(f"calibration: {bench.write_json(doc, args.calibration)}")
     if args.plot:
         path = bench.plot(results, args.plot, title=f"{cal.cpu_model}, {cal.kernel} ({cal.note.split(':')[0]})",
                           empty_cycles=cal.empty_cycles)
