@@ -156,6 +156,7 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
             cost = with_ws.summary.median - ws_only.summary.median
             entry["c_working_set_toggle_cycles"] = cost
             entry["c_working_set_ratio"] = cost / c.summary.median
+            entry["python_vs_c_working_set_ratio"] = py.summary.median / cost if cost > 0 else None
         if noop_c and noop_py and noop_c.ok and noop_py.ok:
             entry["noop_ioctl_c_cycles"] = noop_c.summary.median
             entry["noop_ioctl_python_cycles"] = noop_py.summary.median
@@ -326,6 +327,9 @@ def derived_lines(d: dict) -> list[str]:
                             f"({wp['c_working_set_ratio']:.2f}x the tight loop): a PTE change flushes, and "
                             "the caller's TLB entries and paging-structure caches must be refilled"
                             if "c_working_set_ratio" in wp else ""))
+        if wp.get("python_vs_c_working_set_ratio"):
+            lines.append(f"  against that C caller, Userfaultfd.writeprotect is "
+                         f"{wp['python_vs_c_working_set_ratio']:.2f}x")
     for key in ("rfc_loop", "rfc_loop_two_threads"):
         rfc = d.get(key)
         if rfc:
