@@ -309,7 +309,11 @@ class _Monitor:
                     uffd.wake(page, size)
                     return
                 if exc.errno in (errno.ENOENT, errno.EAGAIN) and self._was_removed(page):
-                    return                         # read in one batch with the REMOVE that unregistered it
+                    # A fault on a range that REMOVE made us unregister: the unregister
+                    # wakes only faults already queued, and one can still slip in between
+                    # (under the per-VMA lock).  Wake it: it retries as an ordinary fault.
+                    uffd.wake(page, size)
+                    return
                 raise
             assert copied == size, f"UFFDIO_COPY at {page:#x} copied {copied} of {size} bytes"
             self._count("missing_faults")
