@@ -311,8 +311,8 @@ def derived_lines(d: dict) -> list[str]:
                 f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
                 f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle")
         if "cffi_raw_ratio" in wp:
-            line += (f"; raw cffi call {wp['cffi_raw_ratio']:.2f}x, so the method itself adds "
-                     f"{wp['method_overhead_cycles']:.0f} cycles/toggle")
+            line += (f"; the bare cffi call is {wp['cffi_raw_ratio']:.2f}x, the method "
+                     f"{wp['method_overhead_cycles']:.0f} cycles/toggle more")
         lines.append(line)
         if "per_call_overhead_cycles" in wp:
             lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
@@ -324,8 +324,8 @@ def derived_lines(d: dict) -> list[str]:
                             if "per_call_method_cycles" in wp else "") + ")"
                          + (f"; a C caller that touches a working set after each ioctl pays "
                             f"{wp['c_working_set_toggle_cycles']:.0f} cycles per toggle "
-                            f"({wp['c_working_set_ratio']:.2f}x the tight loop): a PTE change flushes, and "
-                            "the caller's TLB entries and paging-structure caches must be refilled"
+                            f"({wp['c_working_set_ratio']:.2f}x the tight loop): after a PTE change "
+                            "(which flushes) the caller's own translations must be refilled"
                             if "c_working_set_ratio" in wp else ""))
         if wp.get("python_vs_c_working_set_ratio"):
             lines.append(f"  against that C caller, Userfaultfd.writeprotect is "
