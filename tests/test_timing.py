@@ -225,11 +225,18 @@ def _run(name: str, pages: int = 8):
     "first_touch.young_clean.write.warm_tlb", "uffd.unprotect.old_clean.write",
 ])
 def test_first_touch_batches_are_plausible_and_fault_free(name):
-    batch = _run(name)
-    assert len(batch.samples) == 8
-    assert all(s > 0 for s in batch.samples)
-    assert batch.state_error is None, f"{name}: the prepared PTE state is wrong: {batch.state_error}"
-    assert batch.faults == 0, f"{name}: a first touch of a present PTE faulted {batch.faults} times"
+    # A page migrated under us (compaction for another test's huge pages) faults once: allow a
+    # second and third batch, but a preparation that leaves PTEs non-present faults every time.
+    faults = []
+    for _ in range(3):
+        batch = _run(name)
+        assert len(batch.samples) == 8
+        assert all(s > 0 for s in batch.samples)
+        assert batch.state_error is None, f"{name}: the prepared PTE state is wrong: {batch.state_error}"
+        faults.append(batch.faults)
+        if batch.faults == 0:
+            break
+    assert 0 in faults, f"{name}: first touches of present PTEs faulted in every batch: {faults}"
 
 
 @pytest.mark.parametrize("state", scenarios.STATES)

@@ -111,8 +111,12 @@ class Scenario:
 
 # -- helpers ------------------------------------------------------------------------
 
+#: this thread's faults only (the one that touches): other threads' faults are not ours
+_RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
 def _minflt() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return resource.getrusage(_RUSAGE).ru_minflt
 
 
 def _region(npages: int) -> Region:
