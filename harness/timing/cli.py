@@ -93,8 +93,14 @@ def _bench(args: argparse.Namespace) -> int:
         path = bench.plot(results, args.plot, title=f"{cal.cpu_model}, {cal.kernel} ({cal.note.split(':')[0]})",
                           empty_cycles=cal.empty_cycles)
         print(f"plot: {path}" if path else "plot: skipped (matplotlib not installed: pip install '.[bench]')")
-    errors = [r for r in results.values() if r.status.startswith("error")]
-    return 1 if errors else 0
+    errors = [r.name for r in results.values() if r.status.startswith("error")]
+    mislabelled = [r.name for r in results.values() if r.state_errors]
+    if errors:
+        print(f"uffd-harness bench: failed: {', '.join(errors)}", file=sys.stderr)
+    if mislabelled:
+        print("uffd-harness bench: the PTE state was not what the scenario name says "
+              f"(see the note column): {', '.join(mislabelled)}", file=sys.stderr)
+    return 1 if errors or mislabelled else 0
 
 
 #: kselftest's exit status for "skipped"
