@@ -13,14 +13,21 @@ from harness.timing.calibrate import Calibration, calibrate, pin_to_one_cpu
 from harness.timing.scenarios import SCENARIOS, Context, select
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="time first touches, write-protect toggles and fault round trips (cycles)",
         description="Time first touches of PTEs in each young/dirty state, userfaultfd un-protect and "
                     "missing-fault round trips, the binding's write-protect toggle and the RFC's mprotect "
                     "loop.  Every timed loop runs in C; results come with the TSC calibration.")
-    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default 8)")
-    p.add_argument("--pages", type=int, default=256, help="pages (samples) per batch (default 256)")
+    p.add_argument("--rounds", type=_positive, default=8, help="interleaved rounds (default 8)")
+    p.add_argument("--pages", type=_positive, default=256, help="pages (samples) per batch (default 256)")
     p.add_argument("--only", action="append", metavar="PREFIX",
                    help="run scenarios whose name starts with PREFIX (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the round order and the bootstrap")
