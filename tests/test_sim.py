@@ -446,3 +446,21 @@ def test_pageout_discards_a_clean_madv_free_folio_even_without_swap():
     b.madvise(kept, "pageout")
     assert not raw(b, dropped).present and not raw(b, dropped).swapped
     assert raw(b, kept).present and b.observe(kept, 0, "smaps").dirty
+
+
+def test_young_is_unknown_after_access_through_a_possibly_stale_tlb_entry():
+    """clear_refs 1 clears young with no TLB flush; the next access may not set it again
+    (seen on the TCG guest).  A flush in between (MADV_FREE, protect) makes it certain."""
+    b = sim()
+    stale, flushed = b.create(SHMEM_PRIVATE), b.create(ANON)
+    for r in (stale, flushed):
+        b.write(r)
+    b.clear_refs(abi.CLEAR_REFS_ALL)
+    b.protect(flushed)               # write-protecting flushes the TLB entry
+    b.unprotect(flushed)
+    b.write(stale)
+    b.write(flushed)
+    assert b.uncertain_fields(stale) == {"young"}
+    assert b.uncertain_fields(flushed) == frozenset()
+    b.clear_refs(abi.CLEAR_REFS_ALL)
+    assert b.uncertain_fields(stale) == frozenset(), "clearing young again makes it known"

@@ -60,6 +60,10 @@ class KernelBackend(Backend):
         self.kernel_release = platform.release()
         self.profile = kernel_profile_name(offered_features())
         self._channels = list(channels) if channels is not None else available_channels()
+        self._affinity = None
+        self._drain_region: Optional[Region] = None
+        if IDLE_PAGE in self._channels:
+            self._pin()
         self._regions: list[Region] = []
         self._uffd = None
         self._handler: Optional[FaultHandler] = None
@@ -152,6 +156,8 @@ class KernelBackend(Backend):
         return list(self._channels)
 
     def observe(self, r: RegionRef, page: int = 0, channel: str = SMAPS) -> PteState:
+        if channel == IDLE_PAGE:
+            self._drain_lru()
         return _pte.observe(self._regions[r.index], page, channel)
 
     def observe_pages(self, pages: list[tuple[RegionRef, int]], channel: str = SMAPS) -> list[PteState]:
@@ -177,7 +183,25 @@ class KernelBackend(Backend):
 
     def mark_idle(self, r: RegionRef, page: int = 0) -> None:
         if IDLE_PAGE in self._channels:
+            self._drain_lru()
             _pte.mark_idle(self._regions[r.index], page, 1)
+
+    # Idle-page tracking only sees folios on the LRU (page_idle_get_folio()): a
+    # folio still in a per-CPU batch is silently skipped when marked, and reads
+    # back as "not idle".  So the backend stays on one CPU and drains that
+    # CPU's batches (MADV_FREE calls lru_add_drain()) before each use.
+
+    def _pin(self) -> None:
+        try:
+            self._affinity = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {min(self._affinity)})
+        except (AttributeError, OSError):
+            self._affinity = None
+
+    def _drain_lru(self) -> None:
+        if self._drain_region is None:
+            self._drain_region = Region.create(MemoryKind.ANON, 1)
+        self._drain_region.free()
 
     def events(self) -> list[FaultEvent]:
         if self._handler is None:
@@ -202,9 +226,19 @@ class KernelBackend(Backend):
             self._handler = None
         for region in self._regions:
             region.close()
+        self._regions = []
+        if self._drain_region is not None:
+            self._drain_region.close()
+            self._drain_region = None
         if self._uffd is not None:
             self._uffd.close()
             self._uffd = None
+        if self._affinity is not None:
+            try:
+                os.sched_setaffinity(0, self._affinity)
+            except OSError:
+                pass
+            self._affinity = None
 
 
 def _smaps_counts(starts: set) -> dict[int, tuple[int, int]]:

@@ -125,6 +125,15 @@ class SimBackend(Backend):
                         uffd_wp=bits["uffd_wp"], exclusive=bits["exclusive"], soft_dirty=bits["soft_dirty"],
                         pfn=None, young=young, dirty=dirty, source=source, writable=writable)
 
+    def uncertain_fields(self, r: RegionRef, page: int = 0) -> frozenset:
+        """Fields of the smaps view the model cannot predict: ``young`` after an access that may
+        have gone through a TLB entry cached before young was cleared without a flush."""
+        vma = self._vmas[r.index]
+        pte = vma.ptes[page]
+        if pte is not None and pte.folio is not None and pte.young_unknown and not pte.folio.referenced:
+            return frozenset({"young"})
+        return frozenset()
+
     def mark_idle(self, r: RegionRef, page: int = 0) -> None:
         self.mm.mark_idle(self._vmas[r.index], page)
 

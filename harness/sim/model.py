@@ -75,7 +75,8 @@ ZERO_FOLIO = Folio(anon=False, zero=True)
 class Pte:
     """A non-none page-table entry."""
 
-    __slots__ = ("folio", "write", "young", "dirty", "uffd_wp", "soft_dirty", "swap", "marker", "exclusive")
+    __slots__ = ("folio", "write", "young", "dirty", "uffd_wp", "soft_dirty", "swap", "marker", "exclusive",
+                 "tlb", "young_unknown")
 
     def __init__(self, folio: Optional[Folio] = None, *, write: bool = False, young: bool = True,
                  dirty: bool = False, uffd_wp: bool = False, soft_dirty: bool = False,
@@ -89,6 +90,11 @@ class Pte:
         self.swap = swap                 # a swap entry: the swapped-out folio
         self.marker = marker             # a PTE_MARKER_UFFD_WP
         self.exclusive = exclusive       # pte_swp_exclusive()
+        #: a translation of this PTE may be cached in a TLB (no flush since the last access)
+        self.tlb = False
+        #: the accessed bit may or may not have been set: an access could have gone
+        #: through a cached translation after young was cleared without a flush
+        self.young_unknown = False
 
     @property
     def present(self) -> bool:
@@ -299,12 +305,18 @@ class Mm:
                 return signal.SIGSEGV        # access_error() in arch/x86/mm/fault.c
             pte = vma.ptes[i]
             if pte is not None and pte.folio is not None:
-                if not write:
-                    pte.young = True         # the accessed-bit assist
-                    return 0
-                if pte.write:
-                    pte.young = True         # the dirty-bit assist: hardware sets D, not soft-dirty
-                    pte.dirty = True
+                if not write or pte.write:
+                    # The hardware completes it: the accessed-bit assist (and for a write the
+                    # dirty-bit assist; hardware sets D, not soft-dirty).  clear_refs 1 and
+                    # idle marking clear young without a TLB flush, so a cached translation
+                    # may complete the access without setting A: then young is unknown.
+                    if not pte.young:
+                        if pte.tlb:
+                            pte.young_unknown = True
+                        pte.young = True
+                    if write:
+                        pte.dirty = True
+                    pte.tlb = True
                     return 0
                 result = self.do_wp_page(vma, i, pte)
             elif pte is not None and pte.swap is not None:
@@ -345,6 +357,7 @@ class Mm:
     def wp_page_reuse(self, vma: Vma, pte: Pte) -> None:
         """wp_page_reuse(): pte_mkyoung(), maybe_mkwrite(pte_mkdirty())."""
         pte.young = True
+        pte.young_unknown = False
         pte_mkdirty(pte)
         pte.write = vma.vm_write
 
@@ -563,22 +576,38 @@ class Mm:
                     ptes[i] = Pte(None, marker=True, uffd_wp=True, young=False)
                 continue
             if pte.folio is not None:
+                old_write, old_dirty = pte.write, pte.dirty
                 pte.write = prot_write and vma.vm_read      # pte_modify(oldpte, newprot)
                 if enable_wp:
                     pte_mkuffd_wp(pte)
-                    continue
-                pte.uffd_wp = False
-                made_writable = False
-                if try_writable and not pte.write and self.can_change_pte_writable(vma, pte):
-                    pte.write = True
-                    made_writable = True
-                if hints:
-                    resolve_hook(pte, vma, hints, made_writable)
+                else:
+                    pte.uffd_wp = False
+                    made_writable = False
+                    if try_writable and not pte.write and self.can_change_pte_writable(vma, pte):
+                        pte.write = True
+                        made_writable = True
+                    if hints:
+                        self._resolve_hook(resolve_hook, pte, vma, hints, made_writable)
+                if pte.write != old_write or (old_dirty and not pte.dirty):
+                    pte.tlb = False                  # pte_needs_flush(): RW changed or D cleared
             elif pte.marker:
                 if not enable_wp:
                     ptes[i] = None           # drop the marker; the next fault is not trapped
             else:                            # a swap entry
                 pte.uffd_wp = enable_wp
+
+    @staticmethod
+    def _resolve_hook(hook, pte: Pte, vma: Vma, hints: frozenset, made_writable: bool) -> None:
+        """Call a profile's uffd_wp_resolve(); a young bit it sets is no longer unknown."""
+        unknown = pte.young_unknown
+        if unknown:
+            pte.young = False
+        hook(pte, vma, hints, made_writable)
+        if unknown:
+            if pte.young:
+                pte.young_unknown = False
+            else:
+                pte.young = True
 
     def _mfill_vma(self, op: str, dst: int, length: int, wp: bool) -> Vma:
         """uffd_mfill_lock() and the checks at the top of mfill_atomic()."""
@@ -698,7 +727,10 @@ class Mm:
             if folio.mapcount != 1:
                 return
             folio.dirty = False
-        pte.young = False                    # clear_young_dirty_ptes()
+        if pte.young or pte.dirty:
+            pte.tlb = False                  # clear_young_dirty_ptes() + tlb_remove_tlb_entries()
+        pte.young = False
+        pte.young_unknown = False
         pte.dirty = False
         folio.referenced = False             # folio_mark_lazyfree() -> lru_lazyfree()
         folio.lazyfree = True
@@ -778,9 +810,12 @@ class Mm:
         for pte in vma.ptes:
             if pte is None or pte.folio is None:
                 continue
+            old_write = pte.write
             pte.write = prot_write and not (vma.uffd_wp and pte.uffd_wp)
             if try_writable and not pte.write and self.can_change_pte_writable(vma, pte):
                 pte.write = True
+            if pte.write != old_write:
+                pte.tlb = False
 
     # -- /proc/self/clear_refs (fs/proc/task_mmu.c) ----------------------------------------------------
 
@@ -792,7 +827,8 @@ class Mm:
                 for pte in vma.ptes:
                     if pte is None or pte.folio is None or pte.folio.zero:
                         continue             # vm_normal_page() is NULL for the zero page
-                    pte.young = False
+                    pte.young = False        # ptep_test_and_clear_young(): no TLB flush
+                    pte.young_unknown = False
                     pte.folio.referenced = False
         elif value == abi.CLEAR_REFS_SOFT_DIRTY:
             if not self.soft_dirty_config:
@@ -805,6 +841,7 @@ class Mm:
                         continue
                     if pte.folio is not None:
                         pte.write = False    # clear_soft_dirty(): pte_wrprotect(), pte_clear_soft_dirty()
+                        pte.tlb = False      # flush_tlb_mm()
                     pte.soft_dirty = False
         else:
             raise ValueError(f"clear_refs value {value} is not modelled (1 or 4)")
@@ -820,6 +857,9 @@ class Mm:
         Without EVENT_FORK the child's VMAs are unregistered: nothing to see.
         """
         for vma in self.vmas:
+            for pte in vma.ptes:
+                if pte is not None:
+                    pte.tlb = False          # dup_mmap(): flush_tlb_mm(oldmm)
             if vma.shared or not vma.has_anon_vma:
                 continue
             for pte in vma.ptes:
@@ -841,8 +881,9 @@ class Mm:
         pte = vma.ptes[i]
         if pte is not None and pte.folio is not None and not pte.folio.zero:
             if pte.young:
-                pte.young = False
+                pte.young = False            # ptep_clear_young_notify(): no TLB flush on x86
                 pte.folio.referenced = True  # folio_set_young() in page_idle_clear_pte_refs_one()
+            pte.young_unknown = False
             pte.folio.idle = True
 
     def read_idle(self, vma: Vma, i: int) -> bool:
