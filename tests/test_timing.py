@@ -293,6 +293,14 @@ def test_hint_scenarios_say_why_they_are_absent():
             assert why is None
 
 
+def test_without_userfaultfd_the_uffd_rows_are_absent_not_errors():
+    ctx = Context(pages=8, uffd_absent="absent: cannot open a userfaultfd (EPERM)", hints_absent="absent: same")
+    for s in scenarios.SCENARIOS:
+        why = s.absent(ctx)
+        needs_uffd = s.name.startswith(("uffd.", "binding.wp_"))
+        assert bool(why) is needs_uffd, f"{s.name}: absent={why!r}"
+
+
 def test_every_scenario_is_named_and_unique():
     names = [s.name for s in scenarios.SCENARIOS]
     assert len(names) == len(set(names))

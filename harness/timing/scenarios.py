@@ -70,19 +70,23 @@ class Context:
     check_state: bool = True
     #: None when the kernel offers UFFD_FEATURE_ACCESS_HINTS, else why not
     hints_absent: Optional[str] = None
+    #: None when this process can open a userfaultfd, else why not
+    uffd_absent: Optional[str] = None
     #: touch pages in a shuffled order (False: address order, which lets the hardware walk ahead)
     shuffle: bool = True
     rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
 
     @classmethod
     def probe(cls, pages: int = 256, *, shuffle: bool = True, seed: int = 0) -> "Context":
+        uffd_absent = None
         try:
             offered = probe_features()
             absent = None if Feature.ACCESS_HINTS in offered.offered else \
                 "absent: kernel lacks UFFD_FEATURE_ACCESS_HINTS"
         except UffdError as exc:
-            absent = f"absent: cannot open a userfaultfd ({exc})"
-        return cls(pages=pages, hints_absent=absent, shuffle=shuffle, rng=random.Random(seed))
+            absent = uffd_absent = f"absent: cannot open a userfaultfd ({exc})"
+        return cls(pages=pages, hints_absent=absent, uffd_absent=uffd_absent, shuffle=shuffle,
+                   rng=random.Random(seed))
 
 
 @dataclass
@@ -232,17 +236,21 @@ def _hints_absent(ctx: Context) -> Optional[str]:
     return ctx.hints_absent
 
 
+def _uffd_absent(ctx: Context) -> Optional[str]:
+    return ctx.uffd_absent
+
+
 def _uffd_scenarios() -> list[Scenario]:
     out = [
         Scenario("uffd.unprotect.young_dirty.write", "uffd",
                  "write after UFFDIO_WRITEPROTECT un-protect, page was young+dirty",
-                 _after_unprotect("young_dirty", "write", None), fault_free=True),
+                 _after_unprotect("young_dirty", "write", None), _uffd_absent, fault_free=True),
         Scenario("uffd.unprotect.old_clean.read", "uffd",
                  "read after un-protect without hints, page was old+clean (MADV_FREE)",
-                 _after_unprotect("old_clean", "read", None), fault_free=True),
+                 _after_unprotect("old_clean", "read", None), _uffd_absent, fault_free=True),
         Scenario("uffd.unprotect.old_clean.write", "uffd",
                  "write after un-protect without hints, page was old+clean (MADV_FREE)",
-                 _after_unprotect("old_clean", "write", None), fault_free=True),
+                 _after_unprotect("old_clean", "write", None), _uffd_absent, fault_free=True),
         Scenario("uffd.unprotect_access_likely.old_clean.read", "uffd",
                  "read after un-protect with ACCESS_LIKELY, page was old+clean",
                  _after_unprotect("old_clean", "read", "access_likely"), _hints_absent,
@@ -253,10 +261,10 @@ def _uffd_scenarios() -> list[Scenario]:
                  fault_free=True),
         Scenario("uffd.missing_roundtrip.c_handler", "uffd",
                  "missing fault: touch, C thread reads uffd_msg, UFFDIO_COPY, resume",
-                 lambda ctx: _missing_roundtrip(ctx, python=False)),
+                 lambda ctx: _missing_roundtrip(ctx, python=False), _uffd_absent),
         Scenario("uffd.missing_roundtrip.py_handler", "uffd",
                  "missing fault served by harness.events.FaultHandler + Userfaultfd.copy",
-                 lambda ctx: _missing_roundtrip(ctx, python=True)),
+                 lambda ctx: _missing_roundtrip(ctx, python=True), _uffd_absent),
     ]
     return out
 
@@ -442,26 +450,26 @@ def _rfc_loop(ctx: Context, two_threads: bool = False) -> Batch:
 def _other_scenarios() -> list[Scenario]:
     return [
         Scenario("binding.wp_toggle.c", "binding",
-                 "one-page UFFDIO_WRITEPROTECT protect + un-protect, C loop", _wp_toggle_c),
+                 "one-page UFFDIO_WRITEPROTECT protect + un-protect, C loop", _wp_toggle_c, _uffd_absent),
         Scenario("binding.wp_toggle.c_working_set", "binding",
                  f"the C toggle, touching a {WORKING_SET_PAGES}-page working set after each ioctl (timed)",
-                 lambda ctx: _wp_toggle_c(ctx, WORKING_SET_PAGES)),
+                 lambda ctx: _wp_toggle_c(ctx, WORKING_SET_PAGES), _uffd_absent),
         Scenario("binding.working_set.c", "binding",
                  f"those {WORKING_SET_PAGES}-page working-set touches alone (twice per sample)", _working_set_c),
         Scenario("binding.wp_toggle.python", "binding",
                  "the same toggle through Userfaultfd.writeprotect (per toggle, "
-                 f"{PY_TOGGLES_PER_SAMPLE} toggles per rdtsc pair)", _wp_toggle_python),
+                 f"{PY_TOGGLES_PER_SAMPLE} toggles per rdtsc pair)", _wp_toggle_python, _uffd_absent),
         Scenario("binding.wp_toggle.cffi_raw", "binding",
                  "the same toggle calling lib.harness_uffd_writeprotect directly (no method)",
-                 _wp_toggle_cffi_raw),
+                 _wp_toggle_cffi_raw, _uffd_absent),
         Scenario("binding.wp_noop.c", "binding",
-                 "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop", _wp_noop_c),
+                 "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop", _wp_noop_c, _uffd_absent),
         Scenario("binding.wp_noop.python", "binding",
                  "the same no-op ioctl through Userfaultfd.writeprotect: the per-call overhead",
-                 _wp_noop_python),
+                 _wp_noop_python, _uffd_absent),
         Scenario("binding.wp_noop.cffi_raw", "binding",
                  "the same no-op ioctl calling lib.harness_uffd_writeprotect directly",
-                 lambda ctx: _wp_noop_python(ctx, raw=True)),
+                 lambda ctx: _wp_noop_python(ctx, raw=True), _uffd_absent),
         Scenario("rfc.mprotect_loop", "rfc",
                  "RFC cover letter loop: mprotect(READ), mprotect(READ|WRITE), store; per iteration",
                  _rfc_loop),
