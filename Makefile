@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml setup.py harness/_ffi_build.py $(wildcard cbits/*)
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+include vm/kernel.mk
+include bench.mk
+
 clean:
 	rm -rf build/results .pytest_cache .hypothesis
 	find . -name __pycache__ -prune -exec rm -rf {} +
