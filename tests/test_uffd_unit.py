@@ -29,8 +29,8 @@ Differences from the selftest, on purpose:
   the GIL), never by a Python-level copy, so a FaultHandler thread of the
   same process can serve them.
 
-Not ported: ``move-pmd``, ``move-pmd-split``, ``minor-collapse`` (THP
-placement), ``wp-fork-pin*`` (needs CONFIG_GUP_TEST's
+Not ported: ``minor-collapse`` (needs MADV_COLLAPSE, which neither the
+harness nor Python 3.11's mmap module names), ``wp-fork-pin*`` (needs CONFIG_GUP_TEST's
 /sys/kernel/debug/gup_test), and the UFFDIO_API handshake checks (see
 tests/test_bad_input.py).
 """
@@ -54,7 +54,7 @@ from harness import pte
 from harness.abi import Feature, Ioctl, RegisterMode
 from harness.errors import HarnessError, MappingError, UffdError
 from harness.events import FaultHandler, ForkEvent, PageFault, RemapEvent, RemoveEvent, UffdEvent
-from harness.memory import MemoryKind, Region, free_hugepages
+from harness.memory import PAGE_SIZE, MemoryKind, Region, free_hugepages
 from harness.uffd import Userfaultfd, open_any, probe_features
 
 #: the selftest's mem_types[], in its order (MemoryKind.FILE is ours, not theirs)
@@ -70,6 +70,9 @@ _WAIT_CHILD = 8.0
 #: huge pages the module reserves when it can (see :func:`hugepages_reserved`)
 _HUGEPAGES_WANTED = 16
 _NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+#: PMD-sized chunks moved by move-pmd*, and where the kernel says how big a PMD is
+_PMD_CHUNKS = 4
+_THP_PMD_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 
 
 # -- a case: one row of the table (UNIT_CASES, after the case functions) -----------------
@@ -532,37 +535,90 @@ def _zeropage(env: _Env) -> None:
             uffd.unregister(alias.addr, alias.page_size)
 
 
-def _move(env: _Env) -> None:
-    """uffd_move_test(): MISSING faults resolved by UFFDIO_MOVE; the data moves, the source empties."""
-    src, dst = env.region(), env.region()
-    src.madvise(mmap.MADV_NOHUGEPAGE)   # prevent_hugepages(): before the source is populated
+def _move_common(env: _Env, src: Region, dst: Region, chunk: int) -> None:
+    """uffd_move_test_common(): MISSING faults resolved by UFFDIO_MOVE of ``chunk`` bytes.
+
+    The data arrives in the destination, the source empties, and there is
+    one fault per chunk (a PMD-sized chunk moves in one go).
+    """
+    size = dst.page_size
     src.madvise(mmap.MADV_DONTFORK)     # the source pages must not be mapped twice
     _fill(src)
-    size = dst.page_size
+    step = chunk // size
+    aligned_src, aligned_dst = _align_up(src.addr, chunk), _align_up(dst.addr, chunk)
+    src_offs, dst_offs = (aligned_src - src.addr) // size, (aligned_dst - dst.addr) // size
+    step_count = src.npages // step - (1 if src_offs or dst_offs else 0)
 
     def move(uffd: Userfaultfd, fault: PageFault) -> None:
         assert not fault.flags, f"unexpected fault type {fault.flags!r} at {fault.address:#x}"
-        offset = _page_start(dst, fault.address)
+        offset = (fault.address - aligned_dst) & ~(chunk - 1)
         try:
-            moved = uffd.move(dst.addr + offset, src.addr + offset, size, allow_src_holes=True)
+            moved = uffd.move(aligned_dst + offset, aligned_src + offset, chunk, allow_src_holes=True)
         except UffdError as exc:
             if exc.errno != errno.EEXIST:
                 raise
-            uffd.wake(dst.addr + offset, size)
+            uffd.wake(aligned_dst + offset, chunk)
             return
-        assert moved == size, f"UFFDIO_MOVE moved {moved} of {size} bytes"
+        assert moved == chunk, f"UFFDIO_MOVE moved {moved} of {chunk} bytes"
         monitor._count("missing_faults")
 
     monitor = _Monitor(dst, src, fault=move)
     with env.uffd() as uffd:
         uffd.register(dst.addr, dst.length, RegisterMode.MISSING)
         with FaultHandler(uffd, monitor):
-            for page in range(env.npages):
-                _check_page(src, page, _byte(page), "source before the move")
-                _check_page(dst, page, _byte(page), "destination after the move")
-                _check_page(src, page, 0, "source after the move")
-    assert (monitor.missing_faults, monitor.minor_faults) == (env.npages, 0), \
-        f"{monitor.missing_faults} pages moved and {monitor.minor_faults} minor faults; expected {env.npages} and 0"
+            for nr in range(0, step_count * step, step):
+                pages = range(nr, nr + step)
+                for i in pages:
+                    _check_page(src, src_offs + i, _byte(src_offs + i), "source before the move")
+                for i in pages:   # the first read moves the whole chunk
+                    _check_page(dst, dst_offs + i, _byte(src_offs + i), "destination after the move")
+                for i in pages:
+                    _check_page(src, src_offs + i, 0, "source after the move")
+    assert (monitor.missing_faults, monitor.minor_faults) == (step_count, 0), \
+        (f"{monitor.missing_faults} chunks moved and {monitor.minor_faults} minor faults; "
+         f"expected {step_count} and 0")
+
+
+def _align_up(address: int, align: int) -> int:
+    return (address + align - 1) // align * align
+
+
+def _move(env: _Env) -> None:
+    """uffd_move_test(): page by page, from a source kept free of THPs."""
+    src, dst = env.region(), env.region()
+    src.madvise(mmap.MADV_NOHUGEPAGE)   # prevent_hugepages(): before the source is populated
+    _move_common(env, src, dst, dst.page_size)
+
+
+def _move_pmd_regions(env: _Env) -> tuple[Region, Region, int]:
+    """Regions of _PMD_CHUNKS PMDs (one more for alignment), the source asking for THPs."""
+    try:
+        with open(_THP_PMD_SIZE) as f:
+            pmd = int(f.read())
+    except OSError:
+        pytest.skip("CONFIG_TRANSPARENT_HUGEPAGE is not set")
+    npages = (_PMD_CHUNKS + 1) * pmd // PAGE_SIZE
+    src, dst = env.region(npages), env.region(npages)
+    try:   # request_hugepages(): before the source is populated
+        src.madvise(mmap.MADV_HUGEPAGE)
+    except MappingError as exc:
+        pytest.skip("CONFIG_TRANSPARENT_HUGEPAGE is not set" if exc.errno == errno.EINVAL
+                    else f"madvise(MADV_HUGEPAGE) failed: {exc}")
+    return src, dst, pmd
+
+
+def _move_pmd(env: _Env) -> None:
+    """uffd_move_pmd_test(): a PMD-sized chunk per fault, into a THP-eligible destination."""
+    src, dst, pmd = _move_pmd_regions(env)
+    dst.madvise(mmap.MADV_HUGEPAGE)
+    _move_common(env, src, dst, pmd)
+
+
+def _move_pmd_split(env: _Env) -> None:
+    """uffd_move_pmd_split_test(): PMD-sized chunks into a destination that refuses THPs (split on move)."""
+    src, dst, pmd = _move_pmd_regions(env)
+    dst.madvise(mmap.MADV_NOHUGEPAGE)
+    _move_common(env, src, dst, pmd)
 
 
 def _check_child_wp(dst: Region, with_event: bool, where: str) -> None:
@@ -817,6 +873,8 @@ UNIT_CASES: tuple[UnitCase, ...] = (
         F.MINOR_HUGETLBFS, F.MINOR_SHMEM})),
     UnitCase("zeropage", _zeropage, MEM_ALL, frozenset()),
     UnitCase("move", _move, (MemoryKind.ANON,), frozenset({F.MOVE})),
+    UnitCase("move-pmd", _move_pmd, (MemoryKind.ANON,), frozenset({F.MOVE})),
+    UnitCase("move-pmd-split", _move_pmd_split, (MemoryKind.ANON,), frozenset({F.MOVE})),
     UnitCase("wp-fork", _wp_fork, MEM_ALL, frozenset({F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM})),
     UnitCase("wp-fork-with-event", _wp_fork_with_event, MEM_ALL, frozenset({
         F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM,
