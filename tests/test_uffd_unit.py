@@ -31,8 +31,8 @@ Differences from the selftest, on purpose:
 
 Not ported: ``minor-collapse`` (needs MADV_COLLAPSE, which neither the
 harness nor Python 3.11's mmap module names), ``wp-fork-pin*`` (needs CONFIG_GUP_TEST's
-/sys/kernel/debug/gup_test), and the UFFDIO_API handshake checks (see
-tests/test_bad_input.py).
+/sys/kernel/debug/gup_test).  The selftest's UFFDIO_API checks run first, as
+``test_uffd_api``.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ from typing import Callable, Iterable, Optional
 
 import pytest
 
-from harness import pte
+from harness import abi, pte
+from harness._native import ffi, lib
 from harness.abi import Feature, Ioctl, RegisterMode
 from harness.errors import HarnessError, MappingError, UffdError
 from harness.events import FaultHandler, ForkEvent, PageFault, RemapEvent, RemoveEvent, UffdEvent
@@ -898,6 +899,32 @@ del F
 
 
 # -- the runner ---------------------------------------------------------------------------
+
+#: BIT_ULL(63), the selftest's "wrong feature bit": no UFFD_FEATURE_* uses it
+_UNKNOWN_FEATURE = 1 << 63
+
+
+@pytest.mark.parametrize("via", ["syscall", "dev"])
+def test_uffd_api(via: str):
+    """test_uffd_api(): UFFDIO_API refuses an unknown feature bit, then works once, then refuses again.
+
+    (The selftest also sends a wrong ``api`` value; the harness's binding
+    always sends UFFD_API, so that check is not made here.)
+    """
+    assert abi.unknown_feature_bits(_UNKNOWN_FEATURE) == _UNKNOWN_FEATURE, "bit 63 has become a feature"
+    try:
+        uffd = Userfaultfd.open(features=None, via=via)
+    except UffdError as exc:
+        pytest.skip(f"cannot open userfaultfd handle ({via}): {exc}")
+    with uffd:
+        out = ffi.new("uint64_t[2]")
+        r = lib.harness_uffd_api(uffd.fileno(), _UNKNOWN_FEATURE, out, out + 1)
+        assert r == -errno.EINVAL, f"UFFDIO_API with feature bit 63 returned {r}, expected -EINVAL"
+        uffd.api([])     # the failed handshake left the fd usable
+        with pytest.raises(UffdError) as raised:
+            uffd.api([Feature.PAGEFAULT_FLAG_WP])
+        assert raised.value.errno == errno.EINVAL, f"second UFFDIO_API: {raised.value}, expected EINVAL"
+
 
 @pytest.mark.parametrize("case,kind", list(_params()))
 def test_uffd_unit(case: UnitCase, kind: MemoryKind, request, make_region):
