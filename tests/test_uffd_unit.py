@@ -8,7 +8,12 @@ a case skips with the exact thing that is missing (a feature bit, huge
 pages).  The checks are the selftest's own: contents after COPY / MOVE /
 CONTINUE, fault counts, SIGBUS counts, uffd-wp bits in pagemap across
 fork(); where the selftest's check is implicit (a fault handler that
-would ``err()``), it is spelled out here as an assertion.
+would ``err()``), it is spelled out here as an assertion.  A few checks go
+further: hugetlb ranges are not offered ZEROPAGE; events-wp counts one WP
+fault per page; the FORK / REMAP / REMOVE events and the faulting pages
+are checked by address; sigbus-wp's write to a protected page must raise
+SIGBUS; minor-wp's pages carry the uffd-wp bit; a read upon a uffd-wp
+marker keeps the bit.
 
 Differences from the selftest, on purpose:
 
