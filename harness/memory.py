@@ -171,13 +171,17 @@ class Region:
     def data(self, page: int = 0, length: Optional[int] = None) -> bytes:
         """A copy of the bytes of a page (this reads the page)."""
         length = self.page_size if length is None else length
-        return bytes(ffi.buffer(ffi.cast("char *", self.page_addr(page)), length))
+        # memcpy through lib, not ffi.buffer: cffi drops the GIL around lib
+        # calls, so a fault served by a FaultHandler thread cannot deadlock.
+        out = ffi.new("char[]", length)
+        lib.memcpy(out, ffi.cast("void *", self.page_addr(page)), length)
+        return ffi.buffer(out)[:]
 
     def fill(self, page: int, data: bytes) -> None:
         """Write ``data`` at the start of ``page`` (a write access)."""
         if len(data) > self.length - page * self.page_size:
             raise ValueError("data runs past the end of the region")
-        ffi.memmove(ffi.cast("char *", self.page_addr(page)), data, len(data))
+        lib.memcpy(ffi.cast("void *", self.page_addr(page)), ffi.from_buffer(data), len(data))
 
     def checksum(self, first: int = 0, count: Optional[int] = None) -> int:
         start, length = self.span(first, count)

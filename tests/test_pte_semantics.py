@@ -154,3 +154,18 @@ def test_write_to_protected_page_needs_the_handler(make_region):
         assert fault.wp and fault.write and fault.address & ~(region.page_size - 1) == region.addr
     assert region.data(0, 1) == b"\x02"
     assert young_dirty(region) == (True, True)
+
+
+def test_data_and_fill_let_the_handler_run(make_region):
+    """Region.data()/fill() fault on a missing page while a handler thread serves it: no deadlock."""
+    from harness.events import FaultHandler
+
+    region = make_region(MemoryKind.ANON, 2)
+    with Userfaultfd.open([]) as uffd:
+        uffd.register(region.addr, region.length, RegisterMode.MISSING)
+        with FaultHandler(uffd, lambda u, ev: u.zeropage(ev.address & ~(region.page_size - 1),
+                                                         region.page_size)) as handler:
+            assert region.data(0, 16) == bytes(16)
+            region.fill(1, b"abc")
+        assert len(handler.events) == 2
+    assert region.data(1, 3) == b"abc"
