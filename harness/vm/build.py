@@ -701,12 +701,18 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
 
 
 def _previous_steps(kdir: Path) -> int:
-    """Progress-line count of the last full build (for the % estimate)."""
-    try:
-        return int(json.loads((kdir / "build.json").read_text())
-                   .get("kbuild_steps", 0))
-    except (OSError, ValueError, AttributeError):
-        return 0
+    """Progress-line count of the last full build (for the % estimate):
+    this kernel's, else the largest of the other kernels' (same fragment,
+    about the same count)."""
+    def steps(p: Path) -> int:
+        try:
+            return int(json.loads(p.read_text()).get("kbuild_steps", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return 0
+    own = steps(kdir / "build.json")
+    if own:
+        return own
+    return max((steps(p) for p in kdir.parent.glob("*/build.json")), default=0)
 
 
 def load_kernel(name: str) -> KernelBuild:
