@@ -101,6 +101,43 @@ def test_kernel_and_simulator_agree(request):
           f"profile {profile}, {elapsed:.1f} s")
 
 
+#: hand-written sequences: the disagreements found so far (now regressions) and swap paths
+KNOWN = [
+    pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("free", 0), ("read", 0), ("pageout", 0)],
+                 id="pageout-drops-clean-lazyfree-folio"),
+    pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("free", 0), ("write", 0), ("pageout", 0)],
+                 id="pageout-keeps-redirtied-lazyfree-folio"),
+    pytest.param(Setup(("shmem-private", "shmem-private"), ("missing+wp", "missing+wp"), ("WP_UNPOPULATED",)),
+                 [("write", 1), ("unprotect", 1, ""), ("clear_refs", 1), ("write", 0), ("write", 1)],
+                 id="young-after-clear-refs-without-flush"),
+    pytest.param(Setup(("shmem",), ("wp",), ()), [("write", 0), ("protect", 0), ("unprotect", 0, ""), ("write", 0)],
+                 id="shmem-unprotect-no-write-upgrade"),
+    pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
+                 id="swap-keeps-uffd-wp"),
+    pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("pageout", 0), ("write", 0), ("clear_refs", 4)],
+                 id="swap-in-write"),
+    pytest.param(Setup(("shmem",), ("wp",), ()), [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
+                 id="shmem-pageout-marker"),
+    pytest.param(Setup(("anon",), ("wp",), ("WP_UNPOPULATED",)), [("write", 0), ("pageout", 0), ("free", 0), ("read", 0)],
+                 id="free-drops-swap-entry"),
+    pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("clear_refs", 4), ("protect", 0), ("unprotect", 0, "W"),
+                                                   ("write", 0)], id="soft-dirty-armed-unprotect"),
+]
+
+
+@pytest.mark.backend("kernel")
+@pytest.mark.parametrize("setup, ops", KNOWN)
+def test_known_sequences_agree(request, setup, ops):
+    reason = _kernel_ready()
+    if reason:
+        pytest.skip(reason)
+    request.node.user_properties.append(("backend", "kernel"))
+    features = tuple(setup.features) + _hint_features()
+    setup = Setup(setup.kinds, setup.register, features)
+    problem = run_both(setup, ops)
+    assert problem is None, str(problem)
+
+
 def test_disagreement_prints_a_reproducer():
     """The report of a disagreement is Python source that re-runs the sequence."""
     from harness.backends.differential import Step
