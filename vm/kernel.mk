@@ -8,7 +8,10 @@
 # Everything is cached under build/kernels/<name>/; an unchanged rebuild takes
 # about a second.
 
-VM_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+# The main Makefile defines PY (the venv's python) and STAMP (venv installed);
+# standalone, fall back to .venv or python3.
+VM_PYTHON ?= $(or $(PY),$(if $(wildcard .venv/bin/python),.venv/bin/python,python3))
+VM_SETUP := $(STAMP)
 KERNEL ?= patched
 KERNEL_PATCHES ?=
 JOBS ?= 2
@@ -17,7 +20,7 @@ CMD ?= uname -a
 
 .PHONY: kernel kernels vm-run vm-test
 
-kernel:
+kernel: | $(VM_SETUP)
 	$(VM_PYTHON) -m harness.vm build --kernel $(KERNEL) --jobs $(JOBS) \
 		$(if $(KERNEL_PATCHES),--patches $(KERNEL_PATCHES))
 
@@ -25,8 +28,8 @@ kernels:
 	$(MAKE) kernel KERNEL=stock
 	$(MAKE) kernel KERNEL=patched
 
-vm-run:
+vm-run: | $(VM_SETUP)
 	$(VM_PYTHON) -m harness.vm run --kernel $(KERNEL) --timeout $(TIMEOUT) -- sh -c '$(CMD)'
 
-vm-test:
+vm-test: | $(VM_SETUP)
 	$(VM_PYTHON) -m pytest -v tests/vm

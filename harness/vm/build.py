@@ -604,11 +604,18 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     kdir = kb.directory
     kdir.mkdir(parents=True, exist_ok=True)
     prev_steps = _previous_steps(kdir)
-    # build.json goes last: while it is missing the cache is "not built".
-    (kdir / "build.json").unlink(missing_ok=True)
     pristine = ensure_pristine(log, locked=True)
     patch_key = _sha256(json.dumps(patch_hashes).encode())
-    src = _prepare_source(pristine, kdir, patches, patch_key, log)
+    # A series that does not apply fails here and leaves the previous
+    # build (tree, objects, build.json) as it was.
+    try:
+        src = _prepare_source(pristine, kdir, patches, patch_key, log)
+    except BaseException:
+        if not any(kdir.iterdir()):
+            kdir.rmdir()
+        raise
+    # build.json goes last: while it is missing the cache is "not built".
+    (kdir / "build.json").unlink(missing_ok=True)
 
     obj = kdir / "obj"
     obj.mkdir(exist_ok=True)

@@ -174,3 +174,25 @@ def test_built_kernel_outputs():
         for t in vb.SELFTESTS:
             assert os.access(kdir / "selftests" / t, os.X_OK), f"{kdir.name}: {t} not built"
         assert not info["config_missing"], f"{kdir.name}: {info['config_missing']}"
+
+
+def test_cli_register_adds_vm_build_and_run():
+    import argparse
+    from harness.vm import cli
+    parser = argparse.ArgumentParser(prog="uffd-harness")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["vm", "build", "--kernel", "stock", "--jobs", "2"])
+    assert (args.vm_command, args.kernel, args.jobs) == ("build", "stock", 2)
+    args = parser.parse_args(["vm", "run", "--kernel", "patched", "--timeout", "20",
+                              "--", "sh", "-c", "exit 7"])
+    assert args.vm_command == "run" and args.timeout == 20.0
+    assert args.argv[-3:] == ["sh", "-c", "exit 7"]
+    assert callable(args.func)
+
+
+def test_cli_names_an_unbuilt_kernel(capsys):
+    from harness.vm import cli
+    rc = cli.main(["run", "--kernel", "no-such-kernel", "--", "true"])
+    from harness.vm.errors import KernelNotBuilt
+    assert rc == KernelNotBuilt.exit_status
+    assert "no-such-kernel" in capsys.readouterr().err
