@@ -198,7 +198,7 @@ def test_no_soft_dirty_without_the_config():
     assert not raw(b, r).soft_dirty and raw(b, r).writable
 
 
-def test_pageout_with_swap_keeps_uffd_wp_and_swap_in_is_dirty():
+def test_pageout_with_swap_keeps_uffd_wp_and_swap_in_on_read_is_clean():
     b = sim(swap=True)
     r = b.create(ANON)
     b.write(r)
@@ -208,7 +208,9 @@ def test_pageout_with_swap_keeps_uffd_wp_and_swap_in_is_dirty():
     assert (st.present, st.swapped, st.uffd_wp) == (False, True, True)
     assert b.read(r) == 0
     st = raw(b, r)
-    assert st.present and st.uffd_wp and not st.writable and b.observe(r, 0, "smaps").dirty
+    assert st.present and st.uffd_wp and not st.writable
+    assert not b.observe(r, 0, "smaps").dirty, "a read swap-in leaves the folio clean in the swap cache"
+    assert b.write(r) == 0 and [e.kind for e in b.events()] == ["wp"] and b.observe(r, 0, "smaps").dirty
 
 
 def test_pageout_without_swap_leaves_anon_alone():

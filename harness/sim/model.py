@@ -436,10 +436,16 @@ class Mm:
         return 0
 
     def do_swap_page(self, vma: Vma, i: int, pte: Pte, write: bool) -> int:
-        """do_swap_page(): swap the folio back in; it comes back dirty (folio_free_swap())."""
+        """do_swap_page(): swap the folio back in.
+
+        A write fault frees the swap slot (should_try_to_free_swap() ->
+        folio_free_swap(), which dirties the folio); after a read fault the
+        folio stays in the swap cache, clean (seen on the guest with zram swap).
+        """
         folio = pte.swap
         folio.swapped = False
-        folio.dirty = True
+        if write:
+            folio.dirty = True
         new = Pte(folio, young=True, soft_dirty=pte.soft_dirty)
         if pte.uffd_wp:
             new.uffd_wp = True
