@@ -44,8 +44,13 @@ def sequences(draw):
                                           ("wp", "missing+wp", "minor+wp", "minor")))
                      for kind in kinds)
     features = (("WP_UNPOPULATED",) if draw(st.booleans()) else ()) + _hint_features()
-    ops = draw(st.lists(_op(n), min_size=1, max_size=14))
+    ops = draw(st.lists(_op(n, _kernel_swap()), min_size=1, max_size=14))
     return Setup(kinds, register, features), ops
+
+
+def _kernel_swap() -> bool:
+    from harness.backends.kernel import kernel_swap
+    return kernel_swap()
 
 
 #: operation names, repeated to weight them: accesses and write-protection dominate
@@ -54,8 +59,8 @@ _WEIGHTED = (("read",) * 4 + ("write",) * 5 + ("protect",) * 4 + ("unprotect",) 
 
 
 @st.composite
-def _op(draw, n):
-    name = draw(st.sampled_from(_WEIGHTED))
+def _op(draw, n, swap=False):
+    name = draw(st.sampled_from(_WEIGHTED + (("pageout",) * 3 if swap else ())))
     if name == "fork":
         return ("fork",)
     if name == "clear_refs":
