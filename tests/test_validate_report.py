@@ -1,0 +1,104 @@
+"""The validation report: verdicts, problems, KTAP and JUnit, from synthetic kernel outcomes."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness import validate
+from harness.validate import KernelOutcome, build_report
+
+
+def _summary(patched: bool, clauses: dict[int, str]) -> dict:
+    return {"kernel_release": "6.12.57", "patched": patched,
+            "features": {"offered": ["PAGEFAULT_FLAG_WP"] + (["ACCESS_HINTS"] if patched else [])},
+            "tests": {"passed": 10, "failed": 0, "skipped": 0}, "backends": {"kernel": 8, "sim": 2},
+            "clauses": {str(n): {"result": r, "channels": {"kernel": ["smaps", "idle-page"]}}
+                        for n, r in clauses.items()}}
+
+
+def _selftests(fail_case: bool = False) -> dict:
+    cases = [{"name": "zeropage on anon", "result": "pass", "reason": ""},
+             {"name": "wp-fork on shmem", "result": "fail" if fail_case else "pass", "reason": ""}]
+    return {"uffd-unit-tests": {"name": "uffd-unit-tests", "returncode": 1 if fail_case else 0, "seconds": 1.0,
+                                "cases": cases, "error": ""}}
+
+
+def _outcome(tmp_path: Path, name: str, patched: bool, clauses: dict[int, str], *, fail_case=False,
+             error="") -> KernelOutcome:
+    o = KernelOutcome(name, "guest", tmp_path / name, error=error, accel="tcg")
+    if not error:
+        o.summary = _summary(patched, clauses)
+        o.steps = {"pytest": {"returncode": 0}, "bench": {"returncode": 0}, "selftests": _selftests(fail_case)}
+    return o
+
+
+STOCK = {1: "pass", 2: "absent", 3: "absent", 4: "absent", 5: "pass", 6: "absent", 7: "absent", 8: "absent"}
+ALL_PASS = {n: "pass" for n in range(1, 9)}
+
+
+def test_patched_keeping_every_clause_holds(tmp_path):
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "patched", True, ALL_PASS)], None, False, 1.0)
+    assert report["verdict"]["kind"] == "holds" and report["ok"]
+    assert report["clauses"][2]["stock"] == "absent" and report["clauses"][2]["patched"] == "pass"
+
+
+def test_a_failed_clause_is_broken_and_named(tmp_path):
+    broken = {**ALL_PASS, 3: "fail"}
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "candidate", True, broken)], Path("/p"), False, 1.0)
+    assert report["verdict"]["kind"] == "broken" and not report["ok"]
+    assert "clause 3" in report["verdict"]["line"] and "dirty and young" in report["verdict"]["line"]
+
+
+def test_a_series_without_the_feature_is_absent(tmp_path):
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "candidate", False, STOCK)], Path("/p"), False, 1.0)
+    assert report["verdict"]["kind"] == "absent" and not report["ok"]
+
+
+def test_a_build_failure_is_reported_and_the_other_kernel_still_is(tmp_path):
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "candidate", True, {}, error="build failed: patch 0001 does not apply")],
+                          Path("/p"), False, 1.0)
+    assert report["verdict"]["kind"] == "error" and "does not apply" in report["verdict"]["line"]
+    assert report["kernels"]["stock"]["tests"]["passed"] == 10, "stock results are still in the report"
+    assert any("does not apply" in p for p in report["problems"])
+
+
+def test_selftest_regression_is_called_out(tmp_path):
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "patched", True, ALL_PASS, fail_case=True)], None, False, 1.0)
+    assert report["selftest_regressions"] == {"uffd-unit-tests": ["wp-fork on shmem"]}
+    assert not report["ok"], "a regression fails the validation even when the contract holds"
+
+
+def test_ktap_and_junit_are_well_formed(tmp_path):
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "patched", True, {**ALL_PASS, 4: "fail"})], None, False, 1.0)
+    tap = validate.render_tap(report).splitlines()
+    assert tap[0] == "KTAP version 1" and tap[1] == "1..3"
+    assert "    ok 2 clause_2 # SKIP feature absent" in tap, "stock's absent clauses are KTAP skips"
+    assert any(line.startswith("    not ok 4 clause_4") for line in tap)
+    assert tap[-1].startswith("not ok 3 verdict # contract broken")
+    suite = ET.fromstring(validate.render_junit(report)).find("testsuite")
+    assert int(suite.get("failures")) == 1 and int(suite.get("skipped")) == 6
+    md = validate.render_markdown(report)
+    assert md.splitlines()[2].startswith("**contract broken: clause 4")
+
+
+def test_write_report_writes_every_format(tmp_path):
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "patched", True, ALL_PASS)], None, False, 1.0)
+    validate.write_report(report, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["verdict"]["kind"] == "holds"
+    for name in ("report.md", "report.tap", "report.junit.xml"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_parallel_guests_bounded_by_memory_and_cores():
+    assert validate._parallel_guests(free_mb=1000) == 1
+    assert validate._parallel_guests(free_mb=100_000) <= (__import__("os").cpu_count() or 1)
