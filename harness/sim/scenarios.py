@@ -70,7 +70,6 @@ def run(name: str, profile: str = "access-hints", hints: str = "", cost_model=No
     from harness.backends import differential
     from harness.backends.sim import SimBackend
     from harness.sim.cost import CostModel
-    from harness.memory import PAGE_SIZE
     scenario = SCENARIOS[name]
     cost_model = cost_model or CostModel.load()
     b = SimBackend(profile)
