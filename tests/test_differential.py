@@ -55,7 +55,7 @@ def _kernel_swap() -> bool:
 
 #: operation names, repeated to weight them: accesses and write-protection dominate
 _WEIGHTED = (("read",) * 4 + ("write",) * 5 + ("protect",) * 4 + ("unprotect",) * 4 + ("free",) * 2
-             + ("dontneed", "copy", "zeropage", "pageout", "mprotect", "fork") + ("clear_refs",) * 2)
+             + ("dontneed", "copy", "zeropage", "pageout", "mprotect", "fork", "poison") + ("clear_refs",) * 2)
 
 
 @st.composite
@@ -127,6 +127,9 @@ KNOWN = [
                  id="free-drops-swap-entry"),
     pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("clear_refs", 4), ("protect", 0), ("unprotect", 0, "W"),
                                                    ("write", 0)], id="soft-dirty-armed-unprotect"),
+    pytest.param(Setup(("anon", "shmem"), ("wp", "wp"), ("WP_UNPOPULATED",)),
+                 [("poison", 0), ("poison", 1), ("read", 0), ("write", 1), ("protect", 0), ("unprotect", 1, ""),
+                  ("copy", 0), ("zeropage", 1), ("free", 1), ("dontneed", 1), ("read", 1)], id="poison-markers"),
 ]
 
 

@@ -466,3 +466,18 @@ def test_young_is_unknown_after_access_through_a_possibly_stale_tlb_entry():
     assert b.uncertain_fields(flushed) == frozenset()
     b.clear_refs(abi.CLEAR_REFS_ALL)
     assert b.uncertain_fields(stale) == frozenset(), "clearing young again makes it known"
+
+
+def test_poison_marker_sigbus_and_eexist():
+    """mfill_atomic_pte_poison(): only over pte_none(); accesses get SIGBUS; DONTNEED clears it."""
+    b = sim(features=(Feature.WP_UNPOPULATED,))
+    r, marked = b.create(ANON), b.create(ANON)
+    assert b.poison(r) == PAGE_SIZE
+    assert b.read(r) == signal.SIGBUS and b.write(r) == signal.SIGBUS
+    st = raw(b, r)
+    assert (st.present, st.swapped, st.uffd_wp) == (False, True, False)
+    assert errno_of(lambda: b.poison(r)) == errno.EEXIST
+    b.protect(marked)
+    assert errno_of(lambda: b.poison(marked)) == errno.EEXIST, "not even over a uffd-wp marker"
+    b.madvise(r, "dontneed")
+    assert b.read(r) == 0

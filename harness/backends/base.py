@@ -115,6 +115,10 @@ class Backend(abc.ABC):
     def zeropage(self, r: RegionRef, page: int = 0) -> int: ...
 
     @abc.abstractmethod
+    def poison(self, r: RegionRef, page: int = 0) -> int:
+        """UFFDIO_POISON one page: later accesses get SIGBUS."""
+
+    @abc.abstractmethod
     def madvise(self, r: RegionRef, advice: str, first: int = 0, count: Optional[int] = None) -> None:
         """``advice`` is "free", "dontneed" or "pageout"."""
 

@@ -4,7 +4,7 @@ A sequence is a :class:`Setup` (the regions: kind and registration of each;
 the features to negotiate) and a list of operations, each a tuple::
 
     ("read", r) ("write", r) ("protect", r) ("unprotect", r, hints)   hints: "", "A", "W", "AW"
-    ("free", r) ("dontneed", r) ("pageout", r) ("copy", r) ("zeropage", r)
+    ("free", r) ("dontneed", r) ("pageout", r) ("copy", r) ("zeropage", r) ("poison", r)
     ("mprotect", r, "r"|"rw") ("fork",) ("clear_refs", 1|4)
 
 After every step each backend reports, per region, the observable bits
@@ -137,6 +137,8 @@ def apply(b: Backend, regions: list[RegionRef], op: tuple):
             b.copy(r)
         elif name == "zeropage":
             b.zeropage(r)
+        elif name == "poison":
+            b.poison(r)
         elif name == "mprotect":
             b.mprotect(r, PROT_READ if op[2] == "r" else PROT_RW)
         elif name == "fork":

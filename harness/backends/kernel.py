@@ -130,6 +130,9 @@ class KernelBackend(Backend):
     def zeropage(self, r: RegionRef, page: int = 0) -> int:
         return self._need_uffd().zeropage(self._regions[r.index].page_addr(page), PAGE_SIZE)
 
+    def poison(self, r: RegionRef, page: int = 0) -> int:
+        return self._need_uffd().poison(self._regions[r.index].page_addr(page), PAGE_SIZE)
+
     def madvise(self, r: RegionRef, advice: str, first: int = 0, count: Optional[int] = None) -> None:
         region = self._regions[r.index]
         try:

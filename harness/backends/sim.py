@@ -84,6 +84,9 @@ class SimBackend(Backend):
     def zeropage(self, r: RegionRef, page: int = 0) -> int:
         return self.mm.zeropage(self._addr(r, page), PAGE_SIZE)
 
+    def poison(self, r: RegionRef, page: int = 0) -> int:
+        return self.mm.poison(self._addr(r, page), PAGE_SIZE)
+
     def madvise(self, r: RegionRef, advice: str, first: int = 0, count: Optional[int] = None) -> None:
         self.mm.madvise(self._vmas[r.index], advice, first, count)
 

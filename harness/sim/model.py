@@ -76,7 +76,7 @@ class Pte:
     """A non-none page-table entry."""
 
     __slots__ = ("folio", "write", "young", "dirty", "uffd_wp", "soft_dirty", "swap", "marker", "exclusive",
-                 "tlb", "young_unknown")
+                 "tlb", "young_unknown", "poison")
 
     def __init__(self, folio: Optional[Folio] = None, *, write: bool = False, young: bool = True,
                  dirty: bool = False, uffd_wp: bool = False, soft_dirty: bool = False,
@@ -88,7 +88,8 @@ class Pte:
         self.uffd_wp = uffd_wp
         self.soft_dirty = soft_dirty
         self.swap = swap                 # a swap entry: the swapped-out folio
-        self.marker = marker             # a PTE_MARKER_UFFD_WP
+        self.marker = marker             # a PTE marker: PTE_MARKER_UFFD_WP, or POISONED with ``poison``
+        self.poison = False              # PTE_MARKER_POISONED (UFFDIO_POISON): accesses get SIGBUS
         self.exclusive = exclusive       # pte_swp_exclusive()
         #: a translation of this PTE may be cached in a TLB (no flush since the last access)
         self.tlb = False
@@ -102,7 +103,7 @@ class Pte:
 
     def __repr__(self) -> str:
         if self.marker:
-            return "<Pte marker uffd-wp>"
+            return "<Pte marker poisoned>" if self.poison else "<Pte marker uffd-wp>"
         if self.swap is not None:
             return f"<Pte swap{' uffd-wp' if self.uffd_wp else ''}>"
         bits = "".join(c for c, on in (("W", self.write), ("Y", self.young), ("D", self.dirty),
@@ -371,6 +372,8 @@ class Mm:
 
     def do_pte_missing(self, vma: Vma, i: int, pte: Optional[Pte], write: bool) -> int:
         """do_pte_missing() via handle_pte_marker() for a uffd-wp marker."""
+        if pte is not None and pte.poison:
+            return signal.SIGBUS             # handle_pte_marker(): PTE_MARKER_POISONED
         marker_wp = pte is not None and pte.marker
         if marker_wp and not vma.uffd_wp:
             vma.ptes[i] = None               # pte_marker_clear(): a leftover marker
@@ -525,7 +528,7 @@ class Mm:
         for v in self._vmas_in(start, start + length):
             if v.uffd_wp:
                 for i, pte in enumerate(v.ptes):
-                    if pte is None:
+                    if pte is None or pte.poison:
                         continue
                     if pte.marker:
                         v.ptes[i] = None
@@ -596,6 +599,8 @@ class Mm:
                         self._resolve_hook(resolve_hook, pte, vma, hints, made_writable)
                 if pte.write != old_write or (old_dirty and not pte.dirty):
                     pte.tlb = False                  # pte_needs_flush(): RW changed or D cleared
+            elif pte.poison:
+                continue                     # poisoned entries are left alone
             elif pte.marker:
                 if not enable_wp:
                     ptes[i] = None           # drop the marker; the next fault is not trapped
@@ -698,6 +703,26 @@ class Mm:
             done += PAGE_SIZE
         return done
 
+    def poison(self, dst: int, length: int) -> int:
+        """UFFDIO_POISON (mfill_atomic_pte_poison()): a POISONED marker where the PTE is none."""
+        op = "UFFDIO_POISON"
+        vma = self._mfill_vma(op, dst, length, False)
+        first = (dst - vma.start) // PAGE_SIZE
+        done = 0
+        for i in range(first, first + length // PAGE_SIZE):
+            if vma.ptes[i] is not None:      # refuse to overwrite any PTE, even a uffd-wp marker
+                raise UffdError(op, errno.EEXIST, dst, length, advice="a page is already mapped there",
+                                result=done)
+            marker = Pte(None, marker=True, young=False)
+            marker.poison = True
+            vma.ptes[i] = marker
+            done += PAGE_SIZE
+        return done
+
+    def wake(self, start: int, length: int) -> None:
+        """UFFDIO_WAKE: validate_range(); nothing waits in the simulator."""
+        self._validate_range("UFFDIO_WAKE", start, length)
+
     # -- madvise (mm/madvise.c) ----------------------------------------------------------------
 
     def madvise(self, vma: Vma, advice: str, first: int = 0, count: Optional[int] = None) -> None:
@@ -721,6 +746,9 @@ class Mm:
     def _madvise_free_one(self, vma: Vma, i: int) -> None:
         """madvise_free_pte_range(): old and clean, folio clean and lazyfree; swap entries dropped."""
         pte = vma.ptes[i]
+        if pte is not None and pte.poison:
+            vma.ptes[i] = None               # poisoned entries are cleared
+            return
         if pte is None or pte.marker:
             return
         if pte.swap is not None:
@@ -746,7 +774,7 @@ class Mm:
         pte = vma.ptes[i]
         if pte is None:
             return
-        was_wp = pte.uffd_wp or pte.marker
+        was_wp = pte.uffd_wp or (pte.marker and not pte.poison)
         if pte.folio is not None and not pte.folio.zero:
             folio = pte.folio
             folio.mapcount -= 1
