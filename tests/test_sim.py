@@ -481,3 +481,15 @@ def test_poison_marker_sigbus_and_eexist():
     assert errno_of(lambda: b.poison(marked)) == errno.EEXIST, "not even over a uffd-wp marker"
     b.madvise(r, "dontneed")
     assert b.read(r) == 0
+
+
+def test_user_profiles_from_environment(tmp_path, monkeypatch):
+    path = tmp_path / "myprofile.py"
+    path.write_text("from harness.sim import profiles\n"
+                    "profiles.register(profiles.Profile(name='env-test-profile', description='x', release='0-x'))\n")
+    monkeypatch.setenv(profiles.USER_PROFILES_ENV, str(path))
+    monkeypatch.setattr(profiles, "_user_loaded", False)
+    try:
+        assert profiles.get("env-test-profile").release == "0-x"
+    finally:
+        profiles.PROFILES.pop("env-test-profile", None)

@@ -52,6 +52,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 def _profiles(args) -> int:
     from harness.sim import profiles
+    profiles.load_user_profiles()
     rows = []
     for p in profiles.PROFILES.values():
         rows.append({"name": p.name, "access_hints": p.offers_access_hints, "broken": p.broken,

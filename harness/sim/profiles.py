@@ -2,8 +2,10 @@
 
 A profile is data plus two small functions.  To model your own patch, make a
 :class:`Profile` (copy one below and change what your patch changes) and
-:func:`register` it; ``uffd-harness sim profiles`` lists it, the backends and
-the contract tests can then run on it.
+:func:`register` it in a module named by ``$UFFD_HARNESS_SIM_PROFILES``
+(comma-separated module names or ``.py`` paths, imported on first use);
+``uffd-harness sim profiles`` lists it, and ``--sim-profile NAME`` runs the
+contract tests on it.
 
 ``check_wp_mode(mode, enabled, hints) -> errno or 0``
     Validation of the ``UFFDIO_WRITEPROTECT`` mode word, before any PTE is
@@ -168,7 +170,31 @@ IGNORED = register(Profile(
     broken=True, expected_failures=frozenset({2, 3})))
 
 
+#: environment variable naming modules that register more profiles
+USER_PROFILES_ENV = "UFFD_HARNESS_SIM_PROFILES"
+_user_loaded = False
+
+
+def load_user_profiles() -> None:
+    """Import the modules named in ``$UFFD_HARNESS_SIM_PROFILES`` (once)."""
+    global _user_loaded
+    if _user_loaded:
+        return
+    _user_loaded = True
+    import importlib
+    import importlib.util
+    import os
+    for spec in filter(None, (part.strip() for part in os.environ.get(USER_PROFILES_ENV, "").split(","))):
+        if spec.endswith(".py"):
+            mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+
+
 def get(name: str) -> Profile:
+    load_user_profiles()
     try:
         return PROFILES[name]
     except KeyError:
