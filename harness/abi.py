@@ -214,6 +214,13 @@ def use_uapi_header(path: os.PathLike | str | None) -> HintAbi:
     return _active_hint_abi
 
 
+def set_hint_abi(hints: HintAbi) -> HintAbi:
+    """Put ``hints`` in force (e.g. to restore what :func:`hint_abi` returned earlier)."""
+    global _active_hint_abi
+    _active_hint_abi = hints
+    return hints
+
+
 def hint_abi() -> HintAbi:
     """The hint values in force: from ``$UFFD_HARNESS_UAPI_HEADER`` if set, else the defaults."""
     global _active_hint_abi

@@ -67,21 +67,40 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------
 # inside the guest (or on the host, without QEMU)
 
-def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log: Log = _log) -> dict:
+#: the steps run_steps() knows, in order
+STEPS = ("pytest", "selftests", "bench")
+
+
+def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log: Log = _log,
+              steps_wanted: tuple[str, ...] = STEPS) -> dict:
     """Run the suite, the selftests and the benchmarks; write their results under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
                HYPOTHESIS_STORAGE_DIRECTORY=str(out / ".hypothesis"))
     steps: dict[str, Any] = {}
 
+    if "pytest" in steps_wanted:
+        steps["pytest"] = _run_suite(out, quick, env, log)
+    if "selftests" in steps_wanted:
+        steps["selftests"] = _run_selftests(out, selftests_dir, log)
+    if "bench" in steps_wanted:
+        steps["bench"] = _run_bench(out, quick, env, log)
+    steps["kernel_release"] = platform.release()
+    (out / "steps.json").write_text(json.dumps(steps, indent=2) + "\n")
+    return steps
+
+
+def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
     log(f"[validate] {platform.release()}: pytest suite")
     pytest_cmd = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "--ignore", str(REPO_ROOT / "tests" / "vm"),
                   "-p", "no:cacheprovider", "-q", "-rfE", "--junitxml", str(out / "junit.xml"),
                   "--summary-json", str(out / "summary.json")]
     if quick:
         pytest_cmd += ["-m", "not slow"]
-    steps["pytest"] = _run_logged(pytest_cmd, out / "pytest.log", PYTEST_TIMEOUT, env)
+    return _run_logged(pytest_cmd, out / "pytest.log", PYTEST_TIMEOUT, env)
 
+
+def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
     selftests: dict[str, Any] = {}
     for name in SELFTESTS:
         log(f"[validate] {platform.release()}: selftest {name}")
@@ -91,18 +110,16 @@ def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log
         run = run_selftest(selftests_dir / name, timeout=SELFTEST_TIMEOUT)
         (out / f"selftest-{name}.log").write_text(run.log)
         selftests[name] = run.to_dict()
-    steps["selftests"] = selftests
+    return selftests
 
+
+def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
     log(f"[validate] {platform.release()}: first-touch benchmarks")
     bench_cmd = [sys.executable, "-m", "harness", "bench", "--json", str(out / "bench.json"),
                  "--plot", str(out / "bench.png"), "--calibration", str(out / "calibration.json")]
     if quick:
         bench_cmd += ["--rounds", "3"]
-    steps["bench"] = _run_logged(bench_cmd, out / "bench.log", BENCH_TIMEOUT, env)
-
-    steps["kernel_release"] = platform.release()
-    (out / "steps.json").write_text(json.dumps(steps, indent=2) + "\n")
-    return steps
+    return _run_logged(bench_cmd, out / "bench.log", BENCH_TIMEOUT, env)
 
 
 def _run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict) -> dict:
@@ -508,6 +525,45 @@ def write_report(report: dict, results: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# one kernel's suite in a guest (make vm-test)
+
+def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[str, ...] = (),
+                timeout: float = PYTEST_TIMEOUT + 120, results: Path = RESULTS_DIR, log: Log = _log) -> int:
+    """Build ``kernel``, boot it, run the pytest suite in it as root; return pytest's exit status.
+
+    Leaves ``junit.xml``, ``summary.json`` and ``console.log`` in ``results/<kernel>/``.
+    """
+    from harness.vm import build as vm_build
+    from harness.vm import runner
+    from harness.vm.errors import VmError
+    out = results / kernel
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("junit.xml", "summary.json", "console.log"):
+        (out / stale).unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "--ignore", str(REPO_ROOT / "tests" / "vm"),
+            "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
+            "--summary-json", str(out / "summary.json"), *pytest_args]
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_STORAGE_DIRECTORY": str(out / ".hypothesis"),
+           "CI": os.environ.get("CI", "")}
+    try:
+        kb = vm_build.build_kernel(kernel, patches, log=log)
+        log(f"[vm-test] kernel '{kernel}': running the suite in the guest (timeout {timeout:.0f} s)")
+        result = runner.run_in_guest(kb, argv, timeout=timeout, rwdir=out, env=env,
+                                     console_log=out / "console.log", log=log)
+    except VmError as exc:
+        log(f"[vm-test] kernel '{kernel}': {exc}")
+        return exc.exit_status
+    log(f"[vm-test] kernel '{kernel}': pytest exited {result.returncode} after {result.elapsed:.0f} s "
+        f"({result.accel}); results in {out}")
+    return result.returncode
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    patches = Path(args.patches).resolve() if args.patches else None
+    return guest_suite(args.kernel, patches, tuple(args.pytest_args))
+
+
+# ---------------------------------------------------------------------------
 # command line
 
 def run(args: argparse.Namespace) -> int:
@@ -533,6 +589,11 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
     p.add_argument("--guest", metavar="OUT", help=argparse.SUPPRESS)  # the in-guest half
     p.set_defaults(func=run)
+    s = subparsers.add_parser("suite", help="run the pytest suite inside a guest of one kernel (make vm-test)")
+    s.add_argument("--kernel", default="patched", help="kernel name: patched, stock, or one built with --patches")
+    s.add_argument("--patches", metavar="DIR", help="the series of a kernel other than patched/stock")
+    s.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    s.set_defaults(func=run_suite)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""``uffd-harness info`` reports this machine truthfully."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from harness import pte
+from harness.abi import Feature
+from harness.info import collect
+from harness.uffd import probe_features
+
+
+def test_info_json_matches_what_the_kernel_says():
+    proc = subprocess.run([sys.executable, "-m", "harness", "info", "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["kernel"]["release"] == platform.release()
+    offered = probe_features().offered
+    assert set(info["api"]["features"]) == {f.name for f in offered}
+    assert info["api"]["access_hints"]["offered"] == (Feature.ACCESS_HINTS in offered)
+    assert info["open"]["euid"] == os.geteuid()
+    idle = info["observation"]["idle-page"]
+    assert (idle == "ok") == os.path.exists("/sys/kernel/mm/page_idle/bitmap")
+    assert (info["observation"]["pagemap_pfn"] == "ok") == pte.pfn_visible()
+
+
+def test_info_register_table_reflects_the_kernel():
+    info = collect()
+    anon = info["register"]["anon"]
+    assert "UFFDIO_WRITEPROTECT" in anon["WP"], "anon memory supports WP registration on 6.x"
+    assert anon["MINOR"] == "EINVAL", "MINOR faults do not exist for anonymous memory"
+    assert "UFFDIO_CONTINUE" in info["register"]["shmem"]["MINOR"]
+
+
+def test_info_table_output():
+    proc = subprocess.run([sys.executable, "-m", "harness", "info"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"kernel      {platform.release()}")
+    for heading in ("memory", "observation", "hints", "guest"):
+        assert heading in proc.stdout
