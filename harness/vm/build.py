@@ -275,7 +275,8 @@ def patched_files(output: str) -> list[str]:
             if m]
 
 
-def apply_series(tree: Path, patches: Iterable[Path]) -> list[str]:
+def apply_series(tree: Path, patches: Iterable[Path],
+                 warn: Log = _eprint) -> list[str]:
     """Apply each patch with ``patch -p1``; return the files they touched.
 
     Each patch is first tried with ``--dry-run``, so a failing patch leaves
@@ -297,6 +298,13 @@ def apply_series(tree: Path, patches: Iterable[Path]) -> list[str]:
             out = real.stdout + real.stderr
             target, hunk = parse_patch_failure(out)
             raise PatchApplyError(Path(p).name, target, hunk, out)
+        current = "?"
+        for line in real.stdout.splitlines():
+            m = _PATCHING_FILE.match(line.strip())
+            if m:
+                current = m.group(1)
+            elif "with fuzz" in line:
+                warn(f"[vm] warning: {Path(p).name}: {current}: {line.strip()}")
         touched += patched_files(real.stdout)
     return touched
 
@@ -485,9 +493,11 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     """build/kernels/<name>/src = hard-linked pristine + the series.
 
     Reused as is when the series is unchanged.  When it changed, every file
-    that either series touched gets a fresh private copy with a new mtime, so
-    that make rebuilds it even where the new tree reverts to pristine content
-    (a hard link would carry the pristine, older, mtime).
+    that either series touched gets a private copy; it keeps the old tree's
+    mtime where its content is unchanged, and gets a new one where it
+    changed, so that make rebuilds exactly what changed -- including files
+    that revert to pristine content (a hard link would carry the pristine,
+    older, mtime and make would miss them).
     """
     src = kdir / "src"
     state_file = kdir / "src-state.json"
@@ -507,19 +517,28 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
                    timeout=TIMEOUT_UNPACK)
     (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
     try:
-        touched = apply_series(tmp, patches) if patches else []
+        touched = apply_series(tmp, patches, warn=log) if patches else []
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for rel in sorted(set(touched) | set(old_state.get("touched", []))):
         f = tmp / rel
-        if f.is_file() and os.stat(f).st_nlink > 1:
-            data = f.read_bytes()
+        if not f.is_file():
+            continue
+        if os.stat(f).st_nlink > 1:          # private copy: utime below
+            data = f.read_bytes()            # must not touch pristine
             mode = f.stat().st_mode
             f.unlink()
             f.write_bytes(data)
             os.chmod(f, mode)
-        if f.exists():
+        old = src / rel
+        if old.is_file() and old.read_bytes() == f.read_bytes():
+            # Same content as in the tree the objects were built from: keep
+            # its mtime, so that e.g. an unchanged include/linux/mm.h does
+            # not rebuild the whole kernel.
+            st = old.stat()
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
             os.utime(f)
     state_file.unlink(missing_ok=True)
     shutil.rmtree(src, ignore_errors=True)

@@ -196,3 +196,25 @@ def test_cli_names_an_unbuilt_kernel(capsys):
     from harness.vm.errors import KernelNotBuilt
     assert rc == KernelNotBuilt.exit_status
     assert "no-such-kernel" in capsys.readouterr().err
+
+
+def test_unchanged_files_keep_their_mtime_across_series_changes(tmp_path):
+    """Changing one patch must not make make rebuild files whose content
+    stayed the same (e.g. include/linux/mm.h -> the whole kernel)."""
+    pristine = _tree(tmp_path / "pristine", GOOD)
+    pdir = tmp_path / "series"
+    pdir.mkdir()
+    a_new = "int a;\nint B;\nint c;\n"
+    (pdir / "0001.patch").write_text(_diff(GOOD["mm/a.c"], a_new, "mm/a.c"))
+    kdir = tmp_path / "kernels" / "k"
+    kdir.mkdir(parents=True)
+    quiet = lambda m: None
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=quiet)
+    old_ns = 1_000_000_000_000_000_000
+    os.utime(src / "mm/a.c", ns=(old_ns, old_ns))
+    (pdir / "0002.patch").write_text(_diff(GOOD["mm/b.c"], "one\n2\nthree\n", "mm/b.c"))
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k2", log=quiet)
+    assert (src / "mm/a.c").read_text() == a_new
+    assert os.stat(src / "mm/a.c").st_mtime_ns == old_ns, "unchanged a.c got a new mtime"
+    assert os.stat(src / "mm/b.c").st_mtime_ns > old_ns
+    assert (pristine / "mm/b.c").read_text() == GOOD["mm/b.c"]
