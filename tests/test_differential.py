@@ -55,7 +55,7 @@ def _kernel_swap() -> bool:
 
 #: operation names, repeated to weight them: accesses and write-protection dominate
 _WEIGHTED = (("read",) * 4 + ("write",) * 5 + ("protect",) * 4 + ("unprotect",) * 4 + ("free",) * 2
-             + ("dontneed", "copy", "zeropage", "pageout", "mprotect", "fork", "poison") + ("clear_refs",) * 2)
+             + ("dontneed", "copy", "zeropage", "pageout", "mprotect", "fork", "poison") + ("clear_refs", "move") * 2)
 
 
 @st.composite
@@ -70,6 +70,9 @@ def _op(draw, n, swap=False):
         return ("unprotect", r, draw(st.sampled_from(("", "", "A", "W", "AW"))))
     if name == "mprotect":
         return ("mprotect", r, draw(st.sampled_from(("r", "rw", "rw"))))
+    if name == "move":
+        src = draw(st.integers(0, n - 1))
+        return ("move", r, src) + (("holes",) if draw(st.booleans()) else ())
     return (name, r)
 
 
@@ -130,6 +133,19 @@ KNOWN = [
     pytest.param(Setup(("anon", "shmem"), ("wp", "wp"), ("WP_UNPOPULATED",)),
                  [("poison", 0), ("poison", 1), ("read", 0), ("write", 1), ("protect", 0), ("unprotect", 1, ""),
                   ("copy", 0), ("zeropage", 1), ("free", 1), ("dontneed", 1), ("read", 1)], id="poison-markers"),
+    pytest.param(Setup(("anon", "anon", "anon", "anon"), ("wp", "wp", "wp", "wp"), ("WP_UNPOPULATED",)),
+                 [("write", 1), ("protect", 1), ("move", 0, 1), ("write", 0), ("read", 2), ("move", 3, 2),
+                  ("move", 2, 3, "holes"), ("move", 1, 2, "holes"), ("write", 2), ("free", 2), ("move", 1, 2),
+                  ("protect", 3), ("move", 3, 1), ("poison", 2), ("move", 0, 2)], id="move-anon"),
+    pytest.param(Setup(("anon", "anon"), ("wp", "wp"), ()),
+                 [("write", 1), ("fork",), ("move", 0, 1), ("write", 1), ("move", 0, 1), ("pageout", 0),
+                  ("move", 1, 0), ("read", 1)], id="move-after-fork-and-swap"),
+    pytest.param(Setup(("anon", "anon"), ("wp", "wp"), ()),
+                 [("write", 1), ("mprotect", 1, "r"), ("move", 0, 1), ("mprotect", 1, "rw"), ("move", 0, 1)],
+                 id="move-needs-same-protection"),
+    pytest.param(Setup(("anon", "anon", "anon"), ("wp", "wp", "wp"), ("WP_UNPOPULATED",)),
+                 [("poison", 1), ("move", 0, 1), ("protect", 2), ("move", 0, 2), ("move", 0, 2, "holes"),
+                  ("write", 1), ("write", 0)], id="move-from-markers"),
 ]
 
 

@@ -493,3 +493,23 @@ def test_user_profiles_from_environment(tmp_path, monkeypatch):
         assert profiles.get("env-test-profile").release == "0-x"
     finally:
         profiles.PROFILES.pop("env-test-profile", None)
+
+
+def test_move_makes_a_fresh_writable_young_pte_and_needs_exclusive_anon():
+    """move_present_pte(): young, writable, dirty only if the source was; uffd-wp is not carried over."""
+    b = sim()
+    dst, src, other = b.create(ANON), b.create(ANON), b.create(ANON)
+    b.write(src)
+    b.madvise(src, "free")
+    b.protect(src)
+    assert b.move(dst, 0, src, 0) == PAGE_SIZE
+    st = raw(b, dst)
+    assert (st.present, st.young, st.dirty, st.writable, st.uffd_wp) == (True, True, False, True, False)
+    assert not raw(b, src).present
+    assert errno_of(lambda: b.move(dst, 0, other, 0)) == errno.EEXIST
+    assert errno_of(lambda: b.move(other, 0, src, 0)) == errno.ENOENT
+    assert b.move(other, 0, src, 0, allow_src_holes=True) == PAGE_SIZE
+    b.fork()
+    assert errno_of(lambda: b.move(other, 0, dst, 0)) == errno.EBUSY, "not PageAnonExclusive after fork"
+    shm = b.create(SHMEM)
+    assert errno_of(lambda: b.move(shm, 0, dst, 0)) == errno.EINVAL, "anonymous VMAs only"

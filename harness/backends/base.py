@@ -115,6 +115,11 @@ class Backend(abc.ABC):
     def zeropage(self, r: RegionRef, page: int = 0) -> int: ...
 
     @abc.abstractmethod
+    def move(self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *,
+             allow_src_holes: bool = False) -> int:
+        """UFFDIO_MOVE one page from ``src`` to ``dst``."""
+
+    @abc.abstractmethod
     def poison(self, r: RegionRef, page: int = 0) -> int:
         """UFFDIO_POISON one page: later accesses get SIGBUS."""
 

@@ -5,6 +5,7 @@ the features to negotiate) and a list of operations, each a tuple::
 
     ("read", r) ("write", r) ("protect", r) ("unprotect", r, hints)   hints: "", "A", "W", "AW"
     ("free", r) ("dontneed", r) ("pageout", r) ("copy", r) ("zeropage", r) ("poison", r)
+    ("move", dst, src) ("move", dst, src, "holes")
     ("mprotect", r, "r"|"rw") ("fork",) ("clear_refs", 1|4)
 
 After every step each backend reports, per region, the observable bits
@@ -139,6 +140,8 @@ def apply(b: Backend, regions: list[RegionRef], op: tuple):
             b.zeropage(r)
         elif name == "poison":
             b.poison(r)
+        elif name == "move":
+            b.move(r, 0, regions[op[2]], 0, allow_src_holes=len(op) > 3 and op[3] == "holes")
         elif name == "mprotect":
             b.mprotect(r, PROT_READ if op[2] == "r" else PROT_RW)
         elif name == "fork":

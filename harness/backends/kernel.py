@@ -130,6 +130,12 @@ class KernelBackend(Backend):
     def zeropage(self, r: RegionRef, page: int = 0) -> int:
         return self._need_uffd().zeropage(self._regions[r.index].page_addr(page), PAGE_SIZE)
 
+    def move(self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *,
+             allow_src_holes: bool = False) -> int:
+        return self._need_uffd().move(self._regions[dst.index].page_addr(dst_page),
+                                      self._regions[src.index].page_addr(src_page), PAGE_SIZE,
+                                      allow_src_holes=allow_src_holes)
+
     def poison(self, r: RegionRef, page: int = 0) -> int:
         return self._need_uffd().poison(self._regions[r.index].page_addr(page), PAGE_SIZE)
 

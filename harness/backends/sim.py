@@ -84,6 +84,11 @@ class SimBackend(Backend):
     def zeropage(self, r: RegionRef, page: int = 0) -> int:
         return self.mm.zeropage(self._addr(r, page), PAGE_SIZE)
 
+    def move(self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *,
+             allow_src_holes: bool = False) -> int:
+        return self.mm.move(self._addr(dst, dst_page), self._addr(src, src_page), PAGE_SIZE,
+                            allow_src_holes=allow_src_holes)
+
     def poison(self, r: RegionRef, page: int = 0) -> int:
         return self.mm.poison(self._addr(r, page), PAGE_SIZE)
 

@@ -719,6 +719,62 @@ class Mm:
             done += PAGE_SIZE
         return done
 
+    def move(self, dst: int, src: int, length: int, *, allow_src_holes: bool = False) -> int:
+        """UFFDIO_MOVE (move_pages() -> move_pages_pte()): anonymous pages only, one by one.
+
+        The destination PTE is made fresh (move_present_pte()): young (vm_page_prot),
+        writable, soft-dirty, dirty only if the source was; the source's uffd-wp bit is lost.
+        """
+        op = "UFFDIO_MOVE"
+        self._validate_range(op, dst, length)
+        self._validate_range(op, src, length)
+        dst_vma, src_vma = self.find_vma(dst), self.find_vma(src)
+        if dst_vma is None or src_vma is None:
+            raise UffdError(op, errno.ENOENT, dst, length, advice="no mapping there")
+        if src + length > src_vma.end or dst + length > dst_vma.end:
+            raise UffdError(op, errno.EINVAL, dst, length, advice="the ranges must each lie in one VMA")
+        # validate_move_areas(): same access, writable, registered destination, anonymous both
+        if ((src_vma.vm_read, src_vma.vm_write) != (dst_vma.vm_read, dst_vma.vm_write) or not src_vma.vm_write
+                or not dst_vma.registered or not (src_vma.anon and dst_vma.anon)):
+            raise UffdError(op, errno.EINVAL, dst, length,
+                            advice="UFFDIO_MOVE needs two writable anonymous VMAs, the destination registered")
+        done = 0
+        for k in range(length // PAGE_SIZE):
+            self.stats["page_ops"] += 1
+            di = (dst - dst_vma.start) // PAGE_SIZE + k
+            si = (src - src_vma.start) // PAGE_SIZE + k
+            dpte, spte = dst_vma.ptes[di], src_vma.ptes[si]
+            code = 0
+            if dpte is not None:
+                code = errno.EEXIST
+            elif spte is None:
+                if not allow_src_holes:
+                    code = errno.ENOENT
+            elif spte.folio is not None and spte.folio.zero:
+                src_vma.ptes[si] = None      # move_zeropage_pte()
+                dst_vma.ptes[di] = Pte(ZERO_FOLIO, young=True)
+            elif spte.folio is not None:
+                folio = spte.folio
+                if not folio.anon or not folio.anon_exclusive:
+                    code = errno.EBUSY
+                else:                        # move_present_pte()
+                    src_vma.ptes[si] = None
+                    new = Pte(folio, young=True, write=True, dirty=spte.dirty, soft_dirty=True)
+                    dst_vma.ptes[di] = new
+                    dst_vma.has_anon_vma = True
+            elif spte.swap is not None:
+                if not spte.exclusive:
+                    code = errno.EBUSY
+                else:                        # move_swap_pte()
+                    src_vma.ptes[si] = None
+                    dst_vma.ptes[di] = Pte(None, swap=spte.swap, soft_dirty=True, exclusive=True, young=False)
+            else:
+                code = errno.EFAULT          # a marker: non_swap_entry()
+            if code:
+                raise UffdError(op, code, dst, length, advice=errno.errorcode.get(code, ""), result=done)
+            done += PAGE_SIZE
+        return done
+
     def wake(self, start: int, length: int) -> None:
         """UFFDIO_WAKE: validate_range(); nothing waits in the simulator."""
         self._validate_range("UFFDIO_WAKE", start, length)
