@@ -193,7 +193,15 @@ def _pfn_of(region: Region, page: int) -> int:
 
 
 def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> None:
-    """Mark the present pages idle: clears their young bits; later accesses show as young."""
+    """Mark the present pages idle: clears their young bits; later accesses show as young.
+
+    A folio still in a per-CPU LRU batch is not on an LRU list yet, and
+    ``page_idle_get_folio()`` ignores it: the mark would silently not take.
+    So each mark is checked with kpageflags' IDLE bit; if it did not take,
+    this CPU's batch is drained (any madvise that calls ``lru_add_drain()``)
+    and the mark retried.  A page in another CPU's batch still fails, with
+    :class:`ObservationUnavailable` saying to pin the process to one CPU.
+    """
     _require(idle_page_tracking_available())
     count = region.npages - first if count is None else count
     fd = os.open(_IDLE_BITMAP, os.O_RDWR)
@@ -202,10 +210,26 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
             if not is_present(region.page_addr(page)):
                 continue
             pfn = _pfn_of(region, page)
-            # The bitmap is written in 8-byte words; a set bit marks that PFN idle.
-            os.pwrite(fd, struct.pack("<Q", 1 << (pfn % 64)), (pfn // 64) * 8)
+            for attempt in range(2):
+                # The bitmap is written in 8-byte words; a set bit marks that PFN idle.
+                os.pwrite(fd, struct.pack("<Q", 1 << (pfn % 64)), (pfn // 64) * 8)
+                if kpageflags_available() is not None or KPageFlag.IDLE in kpageflags(pfn):
+                    break
+                if attempt == 0:
+                    _drain_this_cpu_lru()
+            else:
+                raise ObservationUnavailable(
+                    f"page {page} of {region!r} (pfn {pfn:#x}) could not be marked idle: it is not on an LRU "
+                    "list yet (another CPU's batch); pin the process to one CPU (os.sched_setaffinity)")
     finally:
         os.close(fd)
+
+
+def _drain_this_cpu_lru() -> None:
+    """Push this CPU's LRU batches to the lists: MADV_COLD calls ``lru_add_drain()`` (mm/madvise.c)."""
+    with Region.create() as spare:
+        spare.write()
+        spare.madvise(lib.MADV_COLD)
 
 
 def page_idle(pfn: int) -> bool:
