@@ -106,7 +106,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .build import load_kernel
-    from .runner import choose_accel, run_in_guest, vng_command
+    from .runner import (choose_accel, guest_environment, run_in_guest,
+                         vng_command)
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -125,8 +126,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from pathlib import Path
         from .build import BUILD_DIR, REPO_ROOT
         accel = args.accel or choose_accel(kernel.path)
-        cmd = vng_command(kernel, argv, env=env, accel=accel, cwd=REPO_ROOT,
-                          rwdir=Path(args.rwdir or BUILD_DIR / "results" / kernel.name),
+        rw = Path(args.rwdir or BUILD_DIR / "results" / kernel.name)
+        cmd = vng_command(kernel, argv, accel=accel, cwd=REPO_ROOT, rwdir=rw,
+                          env=guest_environment(kernel, rw, accel, env),
                           memory=args.memory, cpus=args.cpus,
                           hugepages=args.hugepages, append=args.append)
         print(shlex.join(cmd))

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Mapping, NamedTuple, Sequence
 
-from .build import BUILD_DIR, REPO_ROOT, KernelBuild, load_kernel
+from .build import BUILD_DIR, REPO_ROOT, KernelBuild, check_host, load_kernel
 from .errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
 
 #: huge pages reserved on the guest command line, for the hugetlb cases
@@ -80,16 +80,19 @@ def find_vng() -> str:
         "(or `pip install -e .[vm]` in the project's venv)")
 
 
-def check_runner_host() -> None:
-    """QEMU, and udev: without it vng cannot find its virtio-serial ports
-    ("cannot find script I/O ports") and loses the command's exit status."""
-    missing = {}
-    if not shutil.which("qemu-system-x86_64"):
-        missing["qemu-system-x86_64"] = "qemu-system-x86"
-    if not shutil.which("udevadm"):
-        missing["udevadm"] = "udev"
-    if missing:
-        raise MissingToolError(list(missing), sorted(set(missing.values())))
+#: tool -> Debian package the runner needs on the host
+RUNNER_REQUIREMENTS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    # without udev, vng cannot find its virtio-serial ports ("cannot find
+    # script I/O ports") and loses the command's output and exit status
+    "udevadm": "udev",
+}
+
+
+def check_runner_host(install: bool | None = None) -> None:
+    """QEMU, udev and vng are there (apt-get installs the first two when
+    root, like the builder); raises MissingToolError naming what to install."""
+    check_host(RUNNER_REQUIREMENTS, install=install)
     find_vng()
 
 
@@ -227,6 +230,18 @@ def guest_command(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return shlex.join(["env", *assigns, *argv]) if assigns else shlex.join(argv)
 
 
+def guest_environment(kernel: KernelBuild, rwdir: Path, accel: str,
+                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the in-guest harness is told: where the kernel's uapi header is
+    (the hint ABI values come from it), which kernel, which accelerator,
+    where to write."""
+    env = {ENV_UAPI_HEADER: str(kernel.uapi_header.resolve()),
+           ENV_KERNEL: kernel.name, ENV_ACCEL: accel,
+           "UFFD_HARNESS_RWDIR": str(Path(rwdir).resolve())}
+    env.update(extra or {})
+    return env
+
+
 def guest_script(argv: Sequence[str], env: Mapping[str, str]) -> str:
     """A sh script that sets ``env`` and execs ``argv``.
 
@@ -288,10 +303,7 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
     rw = rw.resolve()
     rw.mkdir(parents=True, exist_ok=True)
     accel = accel or choose_accel(kernel.path, log)
-    guest_env = {ENV_UAPI_HEADER: str(kernel.uapi_header.resolve()),
-                 ENV_KERNEL: kernel.name, ENV_ACCEL: accel,
-                 "UFFD_HARNESS_RWDIR": str(rw)}
-    guest_env.update(env or {})
+    guest_env = guest_environment(kernel, rw, accel, env)
     script = rw / f".guest-command-{os.getpid()}-{threading.get_ident()}.sh"
     script.write_text(guest_script(argv, guest_env))
     cmd = vng_command(kernel, f"sh {shlex.quote(str(script))}", rwdir=rw,

@@ -137,6 +137,7 @@ def test_missing_tool_names_the_package(monkeypatch):
     assert "apt-get install -y some-package" in str(exc.value)
 
 
+@pytest.mark.vm
 @pytest.mark.slow
 def test_project_series_applies_to_pristine_tree(tmp_path):
     """vm/patches applies with patch -p1 to Debian's linux-source-6.12."""
