@@ -489,7 +489,7 @@ def _tree_version(tree: Path) -> str:
 
 
 def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
-                    patch_key: str, log: Log) -> Path:
+                    patch_key: str, log: Log, seed: Path | None = None) -> Path:
     """build/kernels/<name>/src = hard-linked pristine + the series.
 
     Reused as is when the series is unchanged.  When it changed, every file
@@ -498,6 +498,10 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     changed, so that make rebuilds exactly what changed -- including files
     that revert to pristine content (a hard link would carry the pristine,
     older, mtime and make would miss them).
+
+    ``seed`` (a sibling kernel's directory, when this kernel has no tree
+    yet and its objects are seeded from the sibling's): the sibling's tree
+    and series play the part of the old tree.
     """
     src = kdir / "src"
     state_file = kdir / "src-state.json"
@@ -509,6 +513,10 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
             old_state = {}
     if src.is_dir() and old_state.get("patch_key") == patch_key:
         return src
+    ref = src
+    if seed is not None and not src.is_dir():
+        ref = seed / "src"
+        old_state = json.loads((seed / "src-state.json").read_text())
 
     tmp = kdir / "src.new"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -531,7 +539,7 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
             f.unlink()
             f.write_bytes(data)
             os.chmod(f, mode)
-        old = src / rel
+        old = ref / rel
         if old.is_file() and old.read_bytes() == f.read_bytes():
             # Same content as in the tree the objects were built from: keep
             # its mtime, so that e.g. an unchanged include/linux/mm.h does
@@ -554,11 +562,20 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
                  jobs: int | None = None, *,
                  fragment: str | os.PathLike | None = None,
                  log: Log = _eprint, progress: bool = True,
-                 install: bool | None = None) -> KernelBuild:
+                 install: bool | None = None,
+                 seed_from: str | None = None) -> KernelBuild:
     """Build (or reuse) kernel ``name`` and return where its pieces are.
 
     ``name`` "patched" defaults to the series in vm/patches, "stock" builds
     the same tree with no patches; any other name needs ``patches_dir``.
+
+    ``seed_from`` (e.g. "patched"): on the first build of ``name`` (no
+    ``O=`` directory yet), copy that built sibling's ``O=`` directory
+    (``cp -a --reflink=auto``, never hard links: make rewrites objects in
+    place) and rewrite its absolute paths, so that make rebuilds only what
+    the two series do differently.  Ignored, with a message, when the
+    sibling is not built or was built from another config fragment,
+    compiler or source version.  The outputs are the same as a cold build's.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise VmError(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
@@ -600,7 +617,7 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
             return dataclasses.replace(result, cached=True)
         return _build_locked(result, patches, patch_hashes, fragment_path,
                              fragment_text, gcc, src_version, jobs, log,
-                             progress)
+                             progress, seed_from)
 
 
 def _is_current(kb: KernelBuild) -> bool:
@@ -618,17 +635,19 @@ def _is_current(kb: KernelBuild) -> bool:
 def _build_locked(kb: KernelBuild, patches: list[Path],
                   patch_hashes: list[tuple[str, str]], fragment_path: Path,
                   fragment_text: str, gcc: str, src_version: str, jobs: int,
-                  log: Log, progress: bool) -> KernelBuild:
+                  log: Log, progress: bool,
+                  seed_from: str | None = None) -> KernelBuild:
     t_start = time.monotonic()
     kdir = kb.directory
     kdir.mkdir(parents=True, exist_ok=True)
     prev_steps = _previous_steps(kdir)
     pristine = ensure_pristine(log, locked=True)
     patch_key = _sha256(json.dumps(patch_hashes).encode())
+    seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log)
     # A series that does not apply fails here and leaves the previous
     # build (tree, objects, build.json) as it was.
     try:
-        src = _prepare_source(pristine, kdir, patches, patch_key, log)
+        src = _prepare_source(pristine, kdir, patches, patch_key, log, seed)
     except BaseException:
         if not any(kdir.iterdir()):
             kdir.rmdir()
@@ -637,6 +656,8 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     (kdir / "build.json").unlink(missing_ok=True)
 
     obj = kdir / "obj"
+    if seed is not None:
+        _seed_objects(seed, kdir, log)
     obj.mkdir(exist_ok=True)
     log_path = kdir / "build.log"
     env = {**os.environ, "LC_ALL": "C", "KBUILD_BUILD_USER": "uffd-harness",
@@ -717,6 +738,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         "selftests": {t: str(st_dir / t) for t in SELFTESTS},
         "kernel_build_seconds": round(kernel_secs, 1),
         "total_seconds": round(time.monotonic() - t_start, 1),
+        "seeded_from": seed.name if seed is not None else None,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = kdir / "build.json.tmp"
@@ -724,6 +746,80 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     os.replace(tmp, kdir / "build.json")
     log(f"[vm] {kb.name}: done in {info['total_seconds']:.0f} s -> {kb.path}")
     return kb
+
+
+def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
+                 gcc: str, src_version: str, log: Log) -> Path | None:
+    """The sibling kernel directory to seed ``kb``'s first build from, or None."""
+    if not seed_from or seed_from == kb.name:
+        return None
+    if (kb.directory / "obj").exists():
+        return None                      # not the first build: incremental anyway
+    seed = kb.directory.parent / seed_from
+    try:
+        info = json.loads((seed / "build.json").read_text())
+        json.loads((seed / "src-state.json").read_text())
+    except (OSError, ValueError):
+        log(f"[vm] {kb.name}: not seeding from '{seed_from}': it is not built")
+        return None
+    why = None
+    if not ((seed / "obj").is_dir() and (seed / "src").is_dir()):
+        why = "its src/ or obj/ is missing"
+    elif info.get("config_fragment_sha256") != _sha256(fragment_text.encode()):
+        why = "it was built from another config fragment"
+    elif info.get("gcc") != gcc:
+        why = f"it was built with {info.get('gcc')}"
+    elif info.get("source_version") != src_version:
+        why = f"it was built from {info.get('source_version')}"
+    if why:
+        log(f"[vm] {kb.name}: not seeding from '{seed_from}': {why}; cold build")
+        return None
+    return seed
+
+
+def _seed_objects(seed: Path, kdir: Path, log: Log) -> None:
+    """kdir/obj = a copy of seed/obj with seed's absolute paths made kdir's.
+
+    kbuild records the absolute source path in every ``.cmd`` file (the
+    command line it compares, and the dependency list); text files get the
+    path rewritten with their mtime kept, symlinks are re-pointed, binary
+    files (objects with debug strings) are left as they are.
+    """
+    t0 = time.monotonic()
+    tmp = kdir / "obj.seeding"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        subprocess.run(["cp", "-a", "--reflink=auto", str(seed / "obj"), str(tmp)],
+                       check=True, timeout=TIMEOUT_UNPACK)
+        old = (str(seed.resolve()) + "/").encode()
+        new = (str(kdir.resolve()) + "/").encode()
+        rewritten = 0
+        for root, dirs, files in os.walk(tmp):     # symlinks to dirs are in dirs
+            for fname in dirs + files:
+                f = os.path.join(root, fname)
+                if os.path.islink(f):
+                    target = os.readlink(f).encode()
+                    if old in target:
+                        os.unlink(f)
+                        os.symlink(target.replace(old, new), f)
+                    continue
+                if not os.path.isfile(f):
+                    continue
+                with open(f, "rb") as fh:
+                    data = fh.read()
+                if old not in data or b"\0" in data:
+                    continue
+                st = os.stat(f)
+                with open(f, "wb") as fh:
+                    fh.write(data.replace(old, new))
+                os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+                rewritten += 1
+        os.rename(tmp, kdir / "obj")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"[vm] {kdir.name}: O= directory seeded from '{seed.name}' "
+        f"({rewritten} files re-pathed) in {time.monotonic() - t0:.1f} s")
 
 
 def _previous_steps(kdir: Path) -> int:
