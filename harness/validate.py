@@ -54,6 +54,8 @@ SELFTEST_TIMEOUT = 300
 BENCH_TIMEOUT = 600
 #: the whole guest: the steps above plus boot
 GUEST_TIMEOUT = PYTEST_TIMEOUT + len(SELFTESTS) * SELFTEST_TIMEOUT + BENCH_TIMEOUT + 120
+#: differential sequences per guest run (the host runs 500)
+GUEST_DIFF_EXAMPLES = 100
 #: memory of one guest; parallel guests are bounded by the host's free memory
 GUEST_MEMORY_MB = 2048
 
@@ -67,6 +69,20 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------------
 # inside the guest (or on the host, without QEMU)
 
+def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
+    """Environment for test runs whose source tree is read-only (a guest): caches go to ``out``.
+
+    The differential check runs fewer sequences in a guest (TCG is ~10x
+    slower than the host) unless UFFD_DIFF_EXAMPLES says otherwise.
+    """
+    env = {"PYTHONDONTWRITEBYTECODE": "1",
+           "HYPOTHESIS_STORAGE_DIRECTORY": str(out / ".hypothesis"),
+           "MPLCONFIGDIR": str(out / ".matplotlib")}
+    if in_guest:
+        env["UFFD_DIFF_EXAMPLES"] = os.environ.get("UFFD_DIFF_EXAMPLES", str(GUEST_DIFF_EXAMPLES))
+    return env
+
+
 #: the steps run_steps() knows, in order
 STEPS = ("pytest", "selftests", "bench")
 
@@ -75,8 +91,7 @@ def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log
               steps_wanted: tuple[str, ...] = STEPS) -> dict:
     """Run the suite, the selftests and the benchmarks; write their results under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
-               HYPOTHESIS_STORAGE_DIRECTORY=str(out / ".hypothesis"))
+    env = {**os.environ, **guest_environment(out, in_guest="UFFD_HARNESS_KERNEL" in os.environ)}
     steps: dict[str, Any] = {}
 
     if "pytest" in steps_wanted:
@@ -543,8 +558,7 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
     argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "--ignore", str(REPO_ROOT / "tests" / "vm"),
             "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
             "--summary-json", str(out / "summary.json"), *pytest_args]
-    env = {"PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_STORAGE_DIRECTORY": str(out / ".hypothesis"),
-           "CI": os.environ.get("CI", "")}
+    env = {**guest_environment(out), "CI": os.environ.get("CI", "")}
     try:
         kb = vm_build.build_kernel(kernel, patches, log=log)
         log(f"[vm-test] kernel '{kernel}': running the suite in the guest (timeout {timeout:.0f} s)")

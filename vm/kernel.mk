@@ -3,7 +3,9 @@
 #   make kernel KERNEL=patched|stock [KERNEL_PATCHES=DIR] [JOBS=N]
 #   make kernels                      both, one after the other
 #   make vm-run KERNEL=patched CMD='uname -a' [TIMEOUT=600]
-#   make vm-test                      tests/vm (boots QEMU; needs built kernels)
+#   make vm-test KERNEL=patched       the pytest suite inside a guest of that kernel;
+#                                     results in build/results/<KERNEL>/
+#   make vm-selftest                  tests/vm: the builder and runner themselves
 #
 # Everything is cached under build/kernels/<name>/; an unchanged rebuild takes
 # about a second.
@@ -18,7 +20,7 @@ JOBS ?= 2
 TIMEOUT ?= 600
 CMD ?= uname -a
 
-.PHONY: kernel kernels vm-run vm-test
+.PHONY: kernel kernels vm-run vm-test vm-selftest
 
 kernel: | $(VM_SETUP)
 	$(VM_PYTHON) -m harness.vm build --kernel $(KERNEL) --jobs $(JOBS) \
@@ -31,5 +33,8 @@ kernels:
 vm-run: | $(VM_SETUP)
 	$(VM_PYTHON) -m harness.vm run --kernel $(KERNEL) --timeout $(TIMEOUT) -- sh -c '$(CMD)'
 
-vm-test: | $(VM_SETUP)
-	$(VM_PYTHON) -m pytest -v tests/vm
+vm-test: setup
+	$(PY) -m harness suite --kernel $(KERNEL)
+
+vm-selftest: setup
+	$(PY) -m pytest -m vm tests/vm $(PYTEST_ARGS)

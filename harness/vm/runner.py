@@ -280,8 +280,13 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                  hugepages: int = DEFAULT_HUGEPAGES, accel: str | None = None,
                  cwd: str | os.PathLike | None = None,
                  capture: bool = False, show_console: bool = False,
-                 append: Sequence[str] = (), log=None) -> GuestResult:
+                 append: Sequence[str] = (), log=None,
+                 console_log: str | os.PathLike | None = None) -> GuestResult:
     """Boot ``kernel`` and run ``argv`` in it; return its exit status.
+
+    With ``console_log``, every console line (kernel log and the command's
+    stderr) is also written to that file, kept even when the guest panics
+    or times out.
 
     The command's stdout/stderr are streamed to ours (or, with
     ``capture=True``, stdout is returned in ``GuestResult.output``).  The
@@ -318,6 +323,7 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
     host_env = dict(os.environ)
     host_env["PATH"] = os.pathsep.join(
         [str(Path(cmd[0]).parent), host_env.get("PATH", "/usr/bin:/bin")])
+    console_file = open(console_log, "w", buffering=1) if console_log else None
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -360,6 +366,8 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
             # command's own stderr; keep all of it for the report.
             text = line.decode(errors="replace").rstrip("\r\n")
             console.append(text)
+            if console_file is not None:
+                console_file.write(text + "\n")
             if show_console or not _is_console_line(text):
                 sys.stderr.write(text + "\n")
                 sys.stderr.flush()
@@ -384,6 +392,8 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         for r in readers:
             r.join(timeout=2)
         script.unlink(missing_ok=True)
+        if console_file is not None:
+            console_file.close()
     elapsed = time.monotonic() - t0
     if rc == 255 and any("cannot find script I/O ports" in c for c in console):
         raise GuestError("vng could not find its virtio-serial ports, so the "
