@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import platform
@@ -392,13 +393,17 @@ def _bench_comparison(stock: Optional[KernelOutcome], candidate: Optional[Kernel
             "candidate_calibration": candidate.bench.get("calibration")}
 
 
-def _reproduce(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool) -> dict:
-    qemu = ""
+@functools.lru_cache(maxsize=1)
+def _qemu_version() -> str:
     try:
-        qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
-                              timeout=10).stdout.splitlines()[0]
+        return subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
+                              timeout=30).stdout.splitlines()[0]
     except (OSError, subprocess.TimeoutExpired, IndexError):
-        qemu = "not installed"
+        return "not installed"
+
+
+def _reproduce(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool) -> dict:
+    qemu = _qemu_version()
     return {
         "command": "uffd-harness validate" + (f" --patches {patches}" if patches else "") + (" --quick" if quick else ""),
         "host_kernel": platform.release(),

@@ -394,14 +394,15 @@ def test_calibration_document_merges_a_partial_run(small_run):
 def test_bench_cli_writes_json_calibration_and_plot(tmp_path, capsys):
     from harness.cli import main
     paths = {k: tmp_path / f"{k}" for k in ("bench.json", "calibration.json", "bench.png")}
-    rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "rfc.mprotect_loop", "--only", "first_touch.old",
+    # Not the RFC loops: their two-thread variant spins, which TCG guests emulate very slowly.
+    rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old",
                "--json", str(paths["bench.json"]), "--calibration", str(paths["calibration.json"]),
                "--plot", str(paths["bench.png"]), "--no-pin"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "first_touch.old_clean.write" in out and "empty timed section" in out and "TSC:" in out
     doc = bench.load_document(paths["bench.json"])
-    assert set(doc["scenarios"]) == {"rfc.mprotect_loop", "rfc.mprotect_loop.two_threads", "first_touch.old_dirty.read", "first_touch.old_dirty.write",
+    assert set(doc["scenarios"]) == {"first_touch.old_dirty.read", "first_touch.old_dirty.write",
                                      "first_touch.old_clean.read", "first_touch.old_clean.write"}
     cal = json.loads(paths["calibration.json"].read_text())
     assert "first_touch.old_clean.write" in cal["medians"] and cal["tsc_hz"] > 0
