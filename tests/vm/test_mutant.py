@@ -91,6 +91,19 @@ def mutant_run(tmp_path_factory):
     return kernel, res, json.loads(summary_path.read_text()), build_secs + guest_secs
 
 
+def test_mutant_series_tracks_vm_patches():
+    """vm/mutants/young-only is vm/patches with only the mutant's substitutions
+    (so a fix to vm/patches cannot leave the mutant testing an old series)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("uffd_harness_mutants_regen",
+                                                  REPO_ROOT / "vm" / "mutants" / "regen.py")
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    bad = regen.stale("young-only")
+    assert not bad, (f"vm/mutants/young-only differs from vm/patches + the mutant's change in {bad}: "
+                     "run `python vm/mutants/regen.py`")
+
+
 def _results(summary: dict) -> dict[str, str]:
     return {n: c["result"] for n, c in summary["clauses"].items()}
 
