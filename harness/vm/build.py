@@ -563,7 +563,7 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
                  fragment: str | os.PathLike | None = None,
                  log: Log = _eprint, progress: bool = True,
                  install: bool | None = None,
-                 seed_from: str | None = None) -> KernelBuild:
+                 seed_from: str | None = "auto") -> KernelBuild:
     """Build (or reuse) kernel ``name`` and return where its pieces are.
 
     ``name`` "patched" defaults to the series in vm/patches, "stock" builds
@@ -576,6 +576,9 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     the two series do differently.  Ignored, with a message, when the
     sibling is not built or was built from another config fragment,
     compiler or source version.  The outputs are the same as a cold build's.
+    The default, "auto", seeds from whichever of stock and patched is
+    built (so only the first kernel on a machine is a cold build); None
+    never seeds.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise VmError(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
@@ -603,6 +606,9 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc)
 
     kdir = BUILD_DIR / "kernels" / name
+    if seed_from == "auto":
+        seed_from = next((sibling for sibling in ("stock", "patched")
+                          if sibling != name and (kdir.parent / sibling / "build.json").exists()), None)
     result = KernelBuild(
         name=name, path=kdir / "bzImage", key=key,
         uapi_header=kdir / "uapi" / "linux" / "userfaultfd.h",
