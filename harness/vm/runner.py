@@ -329,6 +329,7 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=str(REPO_ROOT), env=host_env,
                             start_new_session=True)
+    _live_guests.add(proc)
     readers = [threading.Thread(target=_pump, args=(s, n, q), daemon=True)
                for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
     for r in readers:
@@ -392,6 +393,7 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         for r in readers:
             r.join(timeout=2)
         script.unlink(missing_ok=True)
+        _live_guests.discard(proc)
         if console_file is not None:
             console_file.close()
     elapsed = time.monotonic() - t0
@@ -401,6 +403,22 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                          "(apt-get install -y udev)", list(console))
     return GuestResult(rc, list(console), elapsed, accel,
                        b"".join(captured).decode(errors="replace"))
+
+
+#: the vng processes run_in_guest() has started and not yet reaped
+_live_guests: set = set()
+
+
+def kill_all_guests() -> int:
+    """Kill every guest this process started (for Ctrl-C in a caller that runs guests in threads).
+
+    run_in_guest() in each thread then sees its streams close and returns
+    or raises as for any guest that died.  Returns how many were killed.
+    """
+    procs = list(_live_guests)
+    for proc in procs:
+        _kill_group(proc)
+    return len(procs)
 
 
 def qemu_processes(bzimage: str | os.PathLike | None = None) -> list[int]:
