@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,15 +107,25 @@ def parse_output(name: str, text: str) -> list[CaseResult]:
     return parse_uffd_unit_tests(text) if name == "uffd-unit-tests" else parse_ktap(text)
 
 
-def run_selftest(binary: Path, timeout: float = 300.0, args: Sequence[str] = ()) -> SelftestRun:
-    """Run one selftest binary; a hang is killed after ``timeout`` s and reported as such."""
+def run_selftest(binary: Path, timeout: float = 300.0, args: Sequence[str] = (),
+                 cwd: Optional[Path] = None) -> SelftestRun:
+    """Run one selftest binary; a hang is killed after ``timeout`` s and reported as such.
+
+    ``cwd`` must be writable (pagemap_ioctl creates its test file there);
+    the default is a fresh temporary directory.
+    """
     binary = Path(binary).resolve()
     name = binary.name
     if not binary.exists():
         return SelftestRun(name, None, 0.0, error=f"{binary} not built")
     t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
+        return _run(binary, name, args, Path(cwd) if cwd else Path(scratch), timeout, t0)
+
+
+def _run(binary: Path, name: str, args: Sequence[str], cwd: Path, timeout: float, t0: float) -> SelftestRun:
     try:
-        proc = subprocess.run([str(binary), *args], cwd=binary.parent, stdin=subprocess.DEVNULL,
+        proc = subprocess.run([str(binary), *args], cwd=cwd, stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         text = proc.stdout.decode(errors="replace")
         run = SelftestRun(name, proc.returncode, time.monotonic() - t0, parse_output(name, text), log=text)

@@ -354,7 +354,8 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
         for name, run in o.selftest_runs().items():
             if run.result == "fail":
                 problems.append(f"kernel '{o.name}': selftest {name} "
-                                + (run.error or f"{run.counts()['fail']} case(s) failed"))
+                                + (run.error or (f"{run.counts()['fail']} case(s) failed" if run.counts()["fail"]
+                                                 else f"exited {run.returncode}")))
         bench_step = o.steps.get("bench", {})
         if bench_step.get("error") or bench_step.get("returncode") not in (0, None):
             problems.append(f"kernel '{o.name}': benchmarks "
