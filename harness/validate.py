@@ -486,6 +486,12 @@ def render_markdown(report: dict) -> str:
                           _fmt_interval(r["diff_lo"], r["diff_hi"]), r["verdict"]])
         lines += [tabulate(brows, headers=["scenario", "stock median", "candidate median",
                                            "difference 95% CI", "verdict"], tablefmt="github"), ""]
+        if bench.get("not_compared"):
+            lines += ["Not compared: " + "; ".join(bench["not_compared"]), ""]
+        names_with_plots = [n for n, k in report["kernels"].items() if Path(k["results_dir"], "bench.png").exists()]
+        if names_with_plots:
+            lines += ["Distributions: " + ", ".join(f"`{report['kernels'][n]['results_dir']}/bench.png`"
+                                                    for n in names_with_plots), ""]
         cal = bench.get("candidate_calibration") or {}
         if cal.get("tcg"):
             lines += ["These ran under QEMU TCG: the cycle counts do not model hardware accessed/dirty assists.", ""]
