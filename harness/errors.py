@@ -20,28 +20,36 @@ class HarnessError(Exception):
     """Base of every error the harness raises on purpose."""
 
 
-class UffdError(HarnessError, OSError):
-    """A userfaultfd operation failed.
+class OperationError(HarnessError, OSError):
+    """A call on a range failed: says which call, which range, the errno's name and what to do.
 
-    ``op`` is the ioctl or call (``"UFFDIO_WRITEPROTECT"``), ``start`` and
-    ``length`` the range it was given, ``errno`` the kernel's answer, and
-    ``advice`` what the caller can do about it.
+    ``op`` is the ioctl or call (``"UFFDIO_WRITEPROTECT"``, ``"madvise(MADV_FREE)"``),
+    ``start`` and ``length`` the range it was given, ``errno`` the kernel's
+    answer, and ``advice`` what the caller can do about it.
     """
 
     def __init__(self, op: str, code: int, start: Optional[int] = None,
-                 length: Optional[int] = None, advice: str = "", result: Optional[int] = None):
+                 length: Optional[int] = None, advice: str = ""):
         self.op = op
         self.start = start
         self.length = length
         self.advice = advice
-        #: what the kernel wrote back (bytes copied, mapped, moved) before failing
-        self.result = result
         message = f"{op}{format_range(start, length)}: {errno_name(code)}"
         message += f": {advice}" if advice else f" ({os.strerror(code)})"
         OSError.__init__(self, code, message)
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class UffdError(OperationError):
+    """A userfaultfd operation failed."""
+
+    def __init__(self, op: str, code: int, start: Optional[int] = None,
+                 length: Optional[int] = None, advice: str = "", result: Optional[int] = None):
+        super().__init__(op, code, start, length, advice)
+        #: what the kernel wrote back (bytes copied, mapped, moved) before failing
+        self.result = result
 
 
 class UffdClosedError(UffdError):
@@ -62,20 +70,8 @@ class FeatureUnavailable(UffdError):
                          advice=f"kernel {os.uname().release} lacks UFFD_FEATURE_{names.replace(', ', ', UFFD_FEATURE_')}")
 
 
-class MappingError(HarnessError, OSError):
+class MappingError(OperationError):
     """A mapping call (mmap, madvise, mprotect, ...) failed."""
-
-    def __init__(self, op: str, code: int, start: Optional[int] = None,
-                 length: Optional[int] = None, advice: str = ""):
-        self.op = op
-        self.start = start
-        self.length = length
-        message = f"{op}{format_range(start, length)}: {errno_name(code)}"
-        message += f": {advice}" if advice else f" ({os.strerror(code)})"
-        OSError.__init__(self, code, message)
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 class ObservationUnavailable(HarnessError):
