@@ -341,7 +341,8 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                  qemu_reason: Optional[str] = None) -> dict:
     by_name = {o.name: o for o in outcomes}
     stock = by_name.get("stock")
-    candidate = by_name.get("patched") or by_name.get("candidate")
+    # The kernel under validation: any guest kernel that is not the stock control.
+    candidate = next((o for o in outcomes if o.where == "guest" and o.name != "stock"), None)
     kind, line = _verdict(outcomes, candidate)
     problems = []
     for o in outcomes:

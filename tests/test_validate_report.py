@@ -102,3 +102,20 @@ def test_write_report_writes_every_format(tmp_path):
 def test_parallel_guests_bounded_by_memory_and_cores():
     assert validate._parallel_guests(free_mb=1000) == 1
     assert validate._parallel_guests(free_mb=100_000) <= (__import__("os").cpu_count() or 1)
+
+
+def test_a_guest_that_panics_is_an_error_line(tmp_path, monkeypatch):
+    from harness.vm import runner
+    from harness.vm.errors import GuestPanic
+
+    def panicking(*args, **kwargs):
+        raise GuestPanic("kernel 'candidate' panicked while running 'python ...'", ["Kernel panic - not syncing"])
+    monkeypatch.setattr(runner, "run_in_guest", panicking)
+    monkeypatch.setattr("harness.vm.build.load_kernel", lambda name: name)
+    outcome = validate._boot_and_run(KernelOutcome("candidate", "guest", tmp_path / "candidate"), False,
+                                     lambda msg: None)
+    assert "panicked" in outcome.error and "Kernel panic" in outcome.error
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK), outcome], Path("/p"), False, 1.0)
+    assert report["verdict"]["kind"] == "error" and not report["ok"]
+    assert "panicked" in report["verdict"]["line"]
+    assert report["kernels"]["stock"]["tests"]["passed"] == 10
