@@ -37,21 +37,26 @@ def test_exit_status_is_passed_through(guest_kernel):
 
 @pytest.mark.timeout(BOOT_TIMEOUT + 30)
 def test_guest_environment_and_directories(guest_kernel, tmp_path):
-    """The guest sees the project tree (read-only), the uapi header through
-    UFFD_HARNESS_UAPI_HEADER, the kernel name, and a writable rwdir."""
+    """The guest sees the project tree (and cannot change it on the host), the
+    uapi header through UFFD_HARNESS_UAPI_HEADER, the kernel name, and a
+    writable rwdir.
+
+    Under paths virtme-ng overlays in the guest (a clone in /tmp, say) a
+    write to the tree succeeds inside the guest and stays there; what
+    matters is that it never reaches the host.
+    """
     rw = tmp_path / "rw"
     script = (
         'set -e; '
         'test "$UFFD_HARNESS_KERNEL" = "{name}"; '
         'grep -q UFFD_FEATURE_MOVE "$UFFD_HARNESS_UAPI_HEADER"; '
         'test -f {repo}/harness/vm/runner.py; '
-        'if touch {repo}/.uffd-harness-ro-probe 2>/dev/null; then exit 3; fi; '
+        'touch {repo}/.uffd-harness-ro-probe 2>/dev/null || true; '
         'echo from-guest > "$UFFD_HARNESS_RWDIR/out.txt"; '
         'uname -r; grep HugePages_Total /proc/meminfo'
     ).format(name=guest_kernel.name, repo=REPO_ROOT)
     res = run_in_guest(guest_kernel, ["sh", "-c", script], timeout=BOOT_TIMEOUT,
                        rwdir=rw, capture=True)
-    assert res.returncode != 3, "the project tree is writable from the guest"
     assert res.returncode == 0, (
         f"guest checks failed with {res.returncode}; output:\n{res.output}\n"
         "console:\n" + "\n".join(res.console_tail))
@@ -60,7 +65,8 @@ def test_guest_environment_and_directories(guest_kernel, tmp_path):
     assert "6.12" in res.output, f"guest did not boot the 6.12 kernel: {res.output}"
     total = int(res.output.split("HugePages_Total:")[1].split()[0])
     assert total > 0, "no huge pages reserved in the guest (hugepages= on the cmdline)"
-    assert not (REPO_ROOT / ".uffd-harness-ro-probe").exists()
+    assert not (REPO_ROOT / ".uffd-harness-ro-probe").exists(), \
+        "a write to the project tree in the guest reached the host"
 
 
 @pytest.mark.timeout(BOOT_TIMEOUT + 30)
