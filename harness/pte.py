@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional
+from typing import Optional
 
 from harness import abi
 from harness._native import ffi, lib
 from harness.abi import KPageFlag, PagemapBit, PageCategory
-from harness.errors import HarnessError, ObservationUnavailable
+from harness.errors import HarnessError, ObservationUnavailable, UffdError
 from harness.memory import Region
 
 SMAPS = "smaps"
@@ -331,11 +331,7 @@ def pagemap_scan(start: int, length: int, *, category_mask: int = 0, category_in
     with open("/proc/self/pagemap", "rb", buffering=0) as f:
         n = lib.harness_pagemap_scan(f.fileno(), arg)
     if n < 0:
-        from harness.errors import UffdError
         raise UffdError("PAGEMAP_SCAN", -n, start, length,
                         advice="needs Linux 6.7+" if -n == 25 else "")
     return [ScanRegion(vec[i].start, vec[i].end, PageCategory(vec[i].categories)) for i in range(n)]
 
-
-def iter_pages(region: Region) -> Iterator[int]:
-    return iter(range(region.npages))
