@@ -18,6 +18,7 @@ Channels (``PteState.source`` names the one that answered young/dirty):
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass, replace
@@ -332,6 +333,6 @@ def pagemap_scan(start: int, length: int, *, category_mask: int = 0, category_in
         n = lib.harness_pagemap_scan(f.fileno(), arg)
     if n < 0:
         raise UffdError("PAGEMAP_SCAN", -n, start, length,
-                        advice="needs Linux 6.7+" if -n == 25 else "")
+                        advice="the kernel has no PAGEMAP_SCAN (Linux 6.7+)" if -n == errno.ENOTTY else "")
     return [ScanRegion(vec[i].start, vec[i].end, PageCategory(vec[i].categories)) for i in range(n)]
 
