@@ -127,9 +127,19 @@ def bootstrap_median_ci(samples: Sequence[float], *, confidence: float = DEFAULT
     """
     if len(samples) < 2:
         raise ValueError("a bootstrap interval needs at least two samples")
-    meds = _medians(samples, resamples, seed, batches)
+    return _percentile_interval(_medians(samples, resamples, seed, batches), confidence)
+
+
+def _percentile_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2
-    return quantile(meds, alpha), quantile(meds, 1.0 - alpha)
+    return quantile(values, alpha), quantile(values, 1.0 - alpha)
+
+
+def _two_sample_medians(a, b, resamples: int, seed: int, batches_a, batches_b) -> tuple[list, list]:
+    """Bootstrap medians of two independent runs (different seeds, so the resamples are independent)."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("a bootstrap interval needs at least two samples on each side")
+    return _medians(a, resamples, seed, batches_a), _medians(b, resamples, seed + 1, batches_b)
 
 
 def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
@@ -137,13 +147,8 @@ def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: flo
                       batches_a: Optional[Sequence[Sequence[float]]] = None,
                       batches_b: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``median(b) - median(a)`` (independent runs; batches as above)."""
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("a bootstrap interval needs at least two samples on each side")
-    ma = _medians(a, resamples, seed, batches_a)
-    mb = _medians(b, resamples, seed + 1, batches_b)
-    diffs = [y - x for x, y in zip(ma, mb)]
-    alpha = (1.0 - confidence) / 2
-    return quantile(diffs, alpha), quantile(diffs, 1.0 - alpha)
+    ma, mb = _two_sample_medians(a, b, resamples, seed, batches_a, batches_b)
+    return _percentile_interval([y - x for x, y in zip(ma, mb)], confidence)
 
 
 def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
@@ -151,15 +156,10 @@ def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, confidence: fl
                        batches_a: Optional[Sequence[Sequence[float]]] = None,
                        batches_b: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``median(b) / median(a)``."""
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("a bootstrap interval needs at least two samples on each side")
-    ma = _medians(a, resamples, seed, batches_a)
-    mb = _medians(b, resamples, seed + 1, batches_b)
+    ma, mb = _two_sample_medians(a, b, resamples, seed, batches_a, batches_b)
     if any(x == 0 for x in ma):
         raise ValueError("median of A resamples to zero: no ratio")
-    ratios = [y / x for x, y in zip(ma, mb)]
-    alpha = (1.0 - confidence) / 2
-    return quantile(ratios, alpha), quantile(ratios, 1.0 - alpha)
+    return _percentile_interval([y / x for x, y in zip(ma, mb)], confidence)
 
 
 def verdict(diff_lo: float, diff_hi: float) -> str:
