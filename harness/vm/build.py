@@ -120,6 +120,9 @@ def check_host(requirements: dict[str, str] | None = None, *,
     if install:
         log(f"[vm] installing {' '.join(packages)} (missing: {', '.join(missing)})")
         try:
+            # A fresh machine has no package lists yet: without them apt cannot find anything.
+            subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=TIMEOUT_APT, check=False)
             proc = subprocess.run(
                 ["apt-get", "install", "-y", "--no-install-recommends", *packages],
                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
