@@ -325,10 +325,16 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         [str(Path(cmd[0]).parent), host_env.get("PATH", "/usr/bin:/bin")])
     console_file = open(console_log, "w", buffering=1) if console_log else None
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=str(REPO_ROOT), env=host_env,
-                            start_new_session=True)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=str(REPO_ROOT), env=host_env,
+                                start_new_session=True)
+    except BaseException:
+        if console_file is not None:
+            console_file.close()
+        script.unlink(missing_ok=True)
+        raise
     _live_guests.add(proc)
     readers = [threading.Thread(target=_pump, args=(s, n, q), daemon=True)
                for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
