@@ -36,6 +36,12 @@ DEFAULT_HUGEPAGES = 32
 DEFAULT_MEMORY = "2G"
 DEFAULT_CPUS = 2
 DEFAULT_TIMEOUT = 600.0
+#: The root's 9p mount options: virtme-ng's own (1.42, run.py) plus cache=loose.
+#: Without a cache every stat and open of an import is a round trip to the host;
+#: with it Python starts ~30% faster in a TCG guest.  The root is read-only and
+#: nothing changes it while a guest runs; the writable directory (--rwdir) is
+#: mounted separately, uncached.  The kernel keeps the last rootflags= given.
+ROOT_9P_FLAGS = "version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"
 #: the KVM probe must answer within this many seconds
 KVM_PROBE_TIMEOUT = 20.0
 #: console lines kept for error reports
@@ -260,7 +266,7 @@ def vng_command(kernel: KernelBuild, argv: Sequence[str] | str, *, rwdir: Path,
                 hugepages: int = DEFAULT_HUGEPAGES,
                 append: Sequence[str] = ()) -> list[str]:
     """The vng command line (exposed for --dry-run and the tests)."""
-    cmdline = [f"hugepages={hugepages}", "panic=-1", *append]
+    cmdline = [f"hugepages={hugepages}", "panic=-1", f"rootflags={ROOT_9P_FLAGS}", *append]
     cmd = [find_vng(), "--run", str(kernel.path), "--force-9p",
            "--memory", memory, "--cpus", str(cpus),
            "--rwdir", str(rwdir), "--cwd", str(cwd),
