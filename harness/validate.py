@@ -61,6 +61,8 @@ SELFTEST_TIMEOUT = 300
 BENCH_TIMEOUT = 600
 #: the whole guest: the steps above plus boot
 GUEST_TIMEOUT = PYTEST_TIMEOUT + len(SELFTESTS) * SELFTEST_TIMEOUT + BENCH_TIMEOUT + 120
+#: what a guest suite leaves out: tests that touch no kernel behaviour and that TCG makes ~100x slower
+GUEST_MARKERS = "not host_only"
 #: differential sequences per guest run (the host runs 500)
 GUEST_DIFF_EXAMPLES = 100
 #: memory of one guest; parallel guests are bounded by the host's free memory
@@ -90,6 +92,25 @@ def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
     return env
 
 
+def compile_for_guests(log: Log = _log) -> None:
+    """Write the tree's bytecode, and pytest's assertion-rewritten test modules, here on the host.
+
+    A guest sees the tree read-only and cannot cache either; without them
+    every guest run recompiles and rewrites ~90 modules, which under TCG takes
+    about 40 s.  Same interpreter and pytest, so the guest reads these as is.
+    Collecting also finds import errors on the host in seconds, not after a boot.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for what, cmd in (("bytecode", [sys.executable, "-m", "compileall", "-q", "harness", "tests"]),
+                      ("rewritten tests", [sys.executable, "-m", "pytest", "--collect-only", "-q",
+                                           "-p", "no:cacheprovider", "tests", "--ignore", "tests/vm"])):
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            log(f"[validate] could not prepare the {what} for the guests on the host: " + " | ".join(tail))
+
+
 #: the steps run_steps() knows, in order
 STEPS = ("pytest", "selftests", "bench")
 
@@ -117,8 +138,7 @@ def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
     pytest_cmd = [sys.executable, "-m", "pytest", *(str(REPO_ROOT / t) for t in VALIDATION_TESTS),
                   "-p", "no:cacheprovider", "-q", "-rfE", "--junitxml", str(out / "junit.xml"),
                   "--summary-json", str(out / "summary.json")]
-    if quick:
-        pytest_cmd += ["-m", "not slow"]
+    pytest_cmd += ["-m", f"not slow and {GUEST_MARKERS}" if quick else GUEST_MARKERS]
     return _run_logged(pytest_cmd, out / "pytest.log", PYTEST_TIMEOUT, env)
 
 
@@ -137,8 +157,10 @@ def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
 
 def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
     log(f"[validate] {platform.release()}: first-touch benchmarks")
+    # No plot here: the host draws it from bench.json (_plot_benches), since under TCG matplotlib's
+    # text rendering alone takes about a minute.
     bench_cmd = [sys.executable, "-m", "harness", "bench", "--json", str(out / "bench.json"),
-                 "--plot", str(out / "bench.png"), "--calibration", str(out / "calibration.json")]
+                 "--plot", "", "--calibration", str(out / "calibration.json")]
     if quick or "UFFD_HARNESS_KERNEL" in os.environ:  # TCG: fewer, smaller rounds
         bench_cmd += ["--rounds", "3", "--pages", "64"]
     return _run_logged(bench_cmd, out / "bench.log", BENCH_TIMEOUT, env)
@@ -264,6 +286,17 @@ def _run_guests(outcomes: list[KernelOutcome], workers: int, quick: bool, log: L
     pool.shutdown(wait=True)
 
 
+def _plot_benches(outcomes: list[KernelOutcome], log: Log) -> None:
+    """Draw each kernel's bench.png from its bench.json, here on the host."""
+    from harness.timing import bench
+    for o in outcomes:
+        if o.bench:
+            try:
+                bench.plot_document(o.bench, o.out / "bench.png")
+            except Exception as exc:  # noqa: BLE001 - a plot is never worth failing the validation
+                log(f"[validate] {o.name}: no plot ({exc})")
+
+
 def _parallel_guests(free_mb: Optional[int] = None) -> int:
     """How many guests at once: one per core, as memory allows (each TCG guest is one busy thread)."""
     import psutil
@@ -294,9 +327,11 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
             log(f"[validate] building kernel '{name}'")
             outcomes.append(_build(name, series, results / name, log))
         runnable = [o for o in outcomes if not o.error]
+        compile_for_guests(log)
         workers = _parallel_guests()
         log(f"[validate] booting {len(runnable)} guest(s), {workers} at a time")
         _run_guests(runnable, workers, quick, log)
+    _plot_benches(outcomes, log)
     report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason)
     write_report(report, results)
     print(render_terminal(report))
@@ -596,10 +631,11 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
         (out / stale).unlink(missing_ok=True)
     argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests"), "--ignore", str(REPO_ROOT / "tests" / "vm"),
             "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
-            "--summary-json", str(out / "summary.json"), *pytest_args]
+            "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *pytest_args]
     env = {**guest_environment(out), "CI": os.environ.get("CI", "")}
     try:
         kb = vm_build.build_kernel(kernel, patches, log=log)
+        compile_for_guests(log)
         log(f"[vm-test] kernel '{kernel}': running the suite in the guest (timeout {timeout:.0f} s)")
         result = runner.run_in_guest(kb, argv, timeout=timeout, rwdir=out, env=env,
                                      console_log=out / "console.log", log=log)

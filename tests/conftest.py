@@ -6,7 +6,7 @@ set-up, not a reason to pass.
 """
 from __future__ import annotations
 
-pytest_plugins = ["harness.pytest_plugin"]
+pytest_plugins = ["harness.pytest_plugin", "pytester"]
 
 import os
 

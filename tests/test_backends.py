@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,7 +12,6 @@ from harness.abi import Feature, RegisterMode
 from harness.backends import make_backend
 from harness.memory import MemoryKind
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _kernel_reason():
@@ -122,7 +119,7 @@ def test_clause_result_rules():
 
 # -- reporting, end to end --------------------------------------------------------------
 
-def test_summary_json_and_terminal_counts(tmp_path):
+def test_summary_json_and_terminal_counts(tmp_path, pytester):
     if _kernel_reason():
         pytest.skip(_kernel_reason())
     (tmp_path / "test_demo.py").write_text(textwrap.dedent("""
@@ -153,10 +150,11 @@ def test_summary_json_and_terminal_counts(tmp_path):
     """))
     out = tmp_path / "summary.json"
     junit = tmp_path / "junit.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.pytest_plugin", "-p", "no:cacheprovider",
-                           "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_demo.py"),
-                           "--summary-json", str(out), "--junitxml", str(junit)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    # In-process (a second interpreter costs ~30 s in a TCG guest); the plugin keeps its state per config.
+    result = pytester.runpytest_inprocess("-p", "harness.pytest_plugin", "-p", "no:cacheprovider",
+                                          "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_demo.py"),
+                                          "--summary-json", str(out), "--junitxml", str(junit))
+    stdout = result.stdout.str()
     summary = json.loads(out.read_text())
     from harness.backends.kernel import offered_features
     patched = Feature.ACCESS_HINTS in offered_features()
@@ -165,7 +163,7 @@ def test_summary_json_and_terminal_counts(tmp_path):
     assert summary["clauses"]["1"]["channels"] == {"kernel": ["smaps"]}
     assert summary["clauses"]["3"]["result"] == "fail"
     if not patched:
-        assert "backends: kernel 1, sim 2" in proc.stdout, proc.stdout
+        assert "backends: kernel 1, sim 2" in stdout, stdout
         assert summary["clauses"]["2"]["result"] == "absent"
         assert summary["clauses"]["4"]["result"] == "absent" and summary["clauses"]["4"]["tests"]["skipped"] == 1
         assert summary["backends"] == {"kernel": 1, "sim": 2}

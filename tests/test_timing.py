@@ -5,11 +5,13 @@ job of ``uffd-harness bench --self-test``, which runs on a quiet machine.
 """
 from __future__ import annotations
 
+import errno
 import json
 import random
 
 import pytest
 
+from harness import abi
 from harness._native import ffi, lib
 from harness.memory import Region
 from harness.timing import bench, calibrate, scenarios, selftest, stats
@@ -260,13 +262,35 @@ def test_missing_roundtrip_serves_every_page(name):
 
 
 @pytest.mark.parametrize("name", ["binding.wp_toggle.c", "binding.wp_toggle.python", "binding.wp_toggle.cffi_raw",
+                                  "binding.wp_toggle.cffi_floor", "binding.wp_toggle.fcntl",
                                   "binding.wp_toggle.c_working_set", "binding.working_set.c",
                                   "binding.wp_noop.c", "binding.wp_noop.python", "binding.wp_noop.cffi_raw",
+                                  "binding.wp_noop.cffi_floor",
                                   "rfc.mprotect_loop", "rfc.mprotect_loop.two_threads"])
 def test_operation_loops_return_samples(name):
     batch = _run(name, pages=16)
     assert len(batch.samples) >= 2
     assert all(s > 0 for s in batch.samples)
+
+
+@pytest.mark.parametrize("maker", ["_loop_method", "_loop_cffi_raw", "_loop_cffi_floor", "_loop_fcntl"])
+def test_python_toggle_loops_really_toggle(maker):
+    """Each timed Python loop issues its ioctls: its second mode decides where the uffd-wp bit ends."""
+    from harness import pte
+    from harness.abi import RegisterMode
+    from harness.uffd import open_any
+    make_loop = getattr(scenarios, maker)
+    with Region.create() as region, open_any([]) as uffd:
+        region.write()
+        uffd.register(region.addr, region.length, RegisterMode.WP)
+        for second, protected in ((abi.WRITEPROTECT_MODE_WP, True), (0, False), (abi.WRITEPROTECT_MODE_WP, True)):
+            make_loop(uffd, region, second)(range(2))
+            assert pte.observe(region, 0).uffd_wp is protected, f"{maker}: second mode {second:#x}"
+
+
+def test_prepared_request_reports_the_errno():
+    request = ffi.new("struct harness_wp_request *", {"fd": -1, "start": 0, "len": 4096, "mode": 0})
+    assert lib.harness_wp_request_issue(request) == -errno.EBADF
 
 
 def test_missing_roundtrip_copies_the_source_page():
@@ -391,23 +415,33 @@ def test_calibration_document_merges_a_partial_run(small_run):
         "medians from another CPU must not leak into this one's cost model"
 
 
-def test_bench_cli_writes_json_calibration_and_plot(tmp_path, capsys):
+def test_bench_cli_writes_json_and_calibration(tmp_path, capsys):
     from harness.cli import main
-    paths = {k: tmp_path / f"{k}" for k in ("bench.json", "calibration.json", "bench.png")}
+    paths = {k: tmp_path / f"{k}" for k in ("bench.json", "calibration.json")}
     # Not the RFC loops: their two-thread variant spins, which TCG guests emulate very slowly.
     rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old",
                "--json", str(paths["bench.json"]), "--calibration", str(paths["calibration.json"]),
-               "--plot", str(paths["bench.png"]), "--no-pin"])
+               "--plot", "", "--no-pin"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "first_touch.old_clean.write" in out and "empty timed section" in out and "TSC:" in out
+    assert "plot:" not in out and not list(tmp_path.glob("*.png")), "--plot '' must draw nothing"
     doc = bench.load_document(paths["bench.json"])
     assert set(doc["scenarios"]) == {"first_touch.old_dirty.read", "first_touch.old_dirty.write",
                                      "first_touch.old_clean.read", "first_touch.old_clean.write"}
     cal = json.loads(paths["calibration.json"].read_text())
     assert "first_touch.old_clean.write" in cal["medians"] and cal["tsc_hz"] > 0
-    if stats._np is not None:  # matplotlib (which brings numpy) is installed
-        assert paths["bench.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.host_only
+def test_plot_of_a_saved_document_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib (the bench extra) is not installed")
+    results = {name: _synthetic(name, center, seed=i) for i, (name, center) in
+               enumerate((("first_touch.old_clean.write", 700), ("first_touch.young_dirty.write", 150)))}
+    cal = calibrate.calibrate(window_ns=5_000_000)
+    saved = bench.write_json(bench.bench_document(results, cal, {"rounds": 1}, {}), tmp_path / "bench.json")
+    png = bench.plot_document(bench.load_document(saved), tmp_path / "bench.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # -- compare -------------------------------------------------------------------------------------

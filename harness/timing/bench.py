@@ -151,6 +151,12 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
             entry["cffi_raw_median_cycles"] = raw.summary.median
             entry["cffi_raw_ratio"] = raw.summary.median / c.summary.median
             entry["method_overhead_cycles"] = py.summary.median - raw.summary.median
+        # what no binding of this shape can beat: the cheapest cffi call, and Python's own ioctl
+        for key, name in (("cffi_floor", "binding.wp_toggle.cffi_floor"), ("fcntl", "binding.wp_toggle.fcntl")):
+            other = results.get(name)
+            if other and other.ok:
+                entry[f"{key}_median_cycles"] = other.summary.median
+                entry[f"{key}_ratio"] = other.summary.median / c.summary.median
         if with_ws and ws_only and with_ws.ok and ws_only.ok:
             # what the toggle costs a C caller that, like an interpreter, has a working set to find again
             cost = with_ws.summary.median - ws_only.summary.median
@@ -327,6 +333,11 @@ def derived_lines(d: dict) -> list[str]:
                             f"({wp['c_working_set_ratio']:.2f}x the tight loop): after a PTE change "
                             "(which flushes) the caller's own translations must be refilled"
                             if "c_working_set_ratio" in wp else ""))
+        if "cffi_floor_ratio" in wp:
+            lines.append(f"  floor: two prepared requests, each a one-argument cffi call with no error check, "
+                         f"are {wp['cffi_floor_ratio']:.2f}x"
+                         + (f"; Python's fcntl.ioctl on prepared buffers is {wp['fcntl_ratio']:.2f}x"
+                            if "fcntl_ratio" in wp else ""))
         if wp.get("python_vs_c_working_set_ratio"):
             lines.append(f"  against that C caller, Userfaultfd.writeprotect is "
                          f"{wp['python_vs_c_working_set_ratio']:.2f}x")
@@ -374,6 +385,17 @@ def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_document(doc: dict, path: os.PathLike | str) -> Optional[Path]:
+    """plot() of a bench document, titled with the machine it ran on.
+
+    A guest's document is drawn on the host: under TCG matplotlib's text
+    rendering alone takes about a minute.
+    """
+    cal = doc["calibration"]
+    title = f"{cal.get('cpu_model', '?')}, {cal.get('kernel', '?')} ({str(cal.get('note', '')).split(':')[0]})"
+    return plot(results_of(doc), path, title=title, empty_cycles=cal.get("empty_cycles"))
 
 
 # -- comparison ------------------------------------------------------------------------

@@ -97,8 +97,7 @@ def _bench(args: argparse.Namespace) -> int:
         doc = bench.calibration_document(results, cal, previous)
         print(f"calibration: {bench.write_json(doc, args.calibration)}")
     if args.plot:
-        path = bench.plot(results, args.plot, title=f"{cal.cpu_model}, {cal.kernel} ({cal.note.split(':')[0]})",
-                          empty_cycles=cal.empty_cycles)
+        path = bench.plot_document(doc, args.plot)
         print(f"plot: {path}" if path else "plot: skipped (matplotlib not installed: pip install '.[bench]')")
     errors = [r.name for r in results.values() if r.status.startswith("error")]
     mislabelled = [r.name for r in results.values() if r.state_errors]
