@@ -350,68 +350,93 @@ def _wp_noop_c(ctx: Context) -> Batch:
         region.close()
 
 
-def _wp_noop_python(ctx: Context, raw: bool = False) -> Batch:
-    region, uffd = _wp_region_and_uffd()
-    try:
-        addr, length, rdtsc = region.addr, region.length, lib.harness_rdtsc
-        uffd.writeprotect(addr, length, True)
-        reps = range(2 * PY_TOGGLES_PER_SAMPLE)
-        samples = []
-        for _ in range(max(2, ctx.pages // 4)):
-            if raw:
-                wp_raw, fd, mode = lib.harness_uffd_writeprotect, uffd.fileno(), abi.WRITEPROTECT_MODE_WP
-                t0 = rdtsc()
-                for _ in reps:
-                    wp_raw(fd, addr, length, mode)
-            else:
-                wp = uffd.writeprotect
-                t0 = rdtsc()
-                for _ in reps:
-                    wp(addr, length, True)
-            samples.append((rdtsc() - t0) / len(reps))
-        return Batch(samples)
-    finally:
-        uffd.close()
-        region.close()
+#: a Python loop maker: (uffd, region, second mode) -> the loop to time, called with range(reps)
+LoopMaker = Callable[[Userfaultfd, Region, int], Callable[[range], None]]
 
 
-def _wp_toggle_python(ctx: Context) -> Batch:
+def _python_pairs(ctx: Context, make_loop: LoopMaker, *, toggle: bool = True) -> Batch:
+    """Time a Python loop of ioctl pairs on one page: protect + un-protect
+    (``toggle``, per toggle), or protect + protect on a protected page (no PTE
+    changes: the bare call, per ioctl).
+
+    ``make_loop`` prepares everything outside the timed path; one sample is
+    one rdtsc pair around PY_TOGGLES_PER_SAMPLE pairs, so the rdtsc call
+    itself is amortised.
+    """
     region, uffd = _wp_region_and_uffd()
     try:
-        wp, addr, length, rdtsc = uffd.writeprotect, region.addr, region.length, lib.harness_rdtsc
+        second = 0 if toggle else abi.WRITEPROTECT_MODE_WP
+        if not toggle:
+            uffd.writeprotect(region.addr, region.length, True)
+        loop, rdtsc = make_loop(uffd, region, second), lib.harness_rdtsc
         reps = range(PY_TOGGLES_PER_SAMPLE)
+        per_sample = PY_TOGGLES_PER_SAMPLE if toggle else 2 * PY_TOGGLES_PER_SAMPLE
         samples = []
         for _ in range(max(2, ctx.pages // 4)):
             t0 = rdtsc()
-            for _ in reps:
-                wp(addr, length, True)
-                wp(addr, length, False)
-            samples.append((rdtsc() - t0) / PY_TOGGLES_PER_SAMPLE)
+            loop(reps)
+            samples.append((rdtsc() - t0) / per_sample)
         return Batch(samples)
     finally:
         uffd.close()
         region.close()
 
 
-def _wp_toggle_cffi_raw(ctx: Context) -> Batch:
-    """The toggle through the bare cffi function: what the Python method adds is the difference."""
-    region, uffd = _wp_region_and_uffd()
-    try:
-        wp, fd, addr, length, rdtsc = lib.harness_uffd_writeprotect, uffd.fileno(), region.addr, \
-            region.length, lib.harness_rdtsc
-        protect = abi.WRITEPROTECT_MODE_WP
-        reps = range(PY_TOGGLES_PER_SAMPLE)
-        samples = []
-        for _ in range(max(2, ctx.pages // 4)):
-            t0 = rdtsc()
-            for _ in reps:
-                wp(fd, addr, length, protect)
-                wp(fd, addr, length, 0)
-            samples.append((rdtsc() - t0) / PY_TOGGLES_PER_SAMPLE)
-        return Batch(samples)
-    finally:
-        uffd.close()
-        region.close()
+def _loop_method(uffd: Userfaultfd, region: Region, second: int) -> Callable[[range], None]:
+    """The public API: Userfaultfd.writeprotect."""
+    wp, addr, length, again = uffd.writeprotect, region.addr, region.length, bool(second)
+
+    def loop(reps: range) -> None:
+        for _ in reps:
+            wp(addr, length, True)
+            wp(addr, length, again)
+    return loop
+
+
+def _loop_cffi_raw(uffd: Userfaultfd, region: Region, second: int) -> Callable[[range], None]:
+    """The bare cffi function the method calls: what the method adds is the difference."""
+    wp, fd, addr, length = lib.harness_uffd_writeprotect, uffd.fileno(), region.addr, region.length
+    protect = abi.WRITEPROTECT_MODE_WP
+
+    def loop(reps: range) -> None:
+        for _ in reps:
+            wp(fd, addr, length, protect)
+            wp(fd, addr, length, second)
+    return loop
+
+
+def _loop_cffi_floor(uffd: Userfaultfd, region: Region, second: int) -> Callable[[range], None]:
+    """Two requests prepared once, each issued by a one-argument cffi call.
+
+    The cheapest call shape cffi generates (METH_O: no argument tuple, one
+    pointer to convert) and no error check: a floor under any CFFI binding.
+    """
+    issue = lib.harness_wp_request_issue
+    first, then = (ffi.new("struct harness_wp_request *", {
+        "fd": uffd.fileno(), "start": region.addr, "len": region.length, "mode": mode})
+        for mode in (abi.WRITEPROTECT_MODE_WP, second))
+
+    def loop(reps: range) -> None:
+        for _ in reps:
+            issue(first)
+            issue(then)
+    return loop
+
+
+def _loop_fcntl(uffd: Userfaultfd, region: Region, second: int) -> Callable[[range], None]:
+    """Python's own fcntl.ioctl on two prepared struct uffdio_writeprotect buffers (no cffi)."""
+    import fcntl
+    import struct
+    ioctl, fd, request = fcntl.ioctl, uffd.fileno(), lib.UFFDIO_WRITEPROTECT
+    # struct uffdio_writeprotect: { struct uffdio_range { __u64 start, len; } range; __u64 mode; }
+    first, then = (bytearray(struct.pack("=QQQ", region.addr, region.length, mode))
+                   for mode in (abi.WRITEPROTECT_MODE_WP, second))
+
+    def loop(reps: range) -> None:
+        for _ in reps:
+            ioctl(fd, request, first)
+            ioctl(fd, request, then)
+    return loop
 
 
 def _other_cpu() -> Optional[int]:
@@ -458,18 +483,29 @@ def _other_scenarios() -> list[Scenario]:
                  f"those {WORKING_SET_PAGES}-page working-set touches alone (twice per sample)", _working_set_c),
         Scenario("binding.wp_toggle.python", "binding",
                  "the same toggle through Userfaultfd.writeprotect (per toggle, "
-                 f"{PY_TOGGLES_PER_SAMPLE} toggles per rdtsc pair)", _wp_toggle_python, _uffd_absent),
+                 f"{PY_TOGGLES_PER_SAMPLE} toggles per rdtsc pair)",
+                 lambda ctx: _python_pairs(ctx, _loop_method), _uffd_absent),
         Scenario("binding.wp_toggle.cffi_raw", "binding",
                  "the same toggle calling lib.harness_uffd_writeprotect directly (no method)",
-                 _wp_toggle_cffi_raw, _uffd_absent),
+                 lambda ctx: _python_pairs(ctx, _loop_cffi_raw), _uffd_absent),
+        Scenario("binding.wp_toggle.cffi_floor", "binding",
+                 "the same toggle as two prepared requests, each a one-argument cffi call with no "
+                 "error check: the floor under any CFFI binding",
+                 lambda ctx: _python_pairs(ctx, _loop_cffi_floor), _uffd_absent),
+        Scenario("binding.wp_toggle.fcntl", "binding",
+                 "the same toggle through Python's fcntl.ioctl on two prepared buffers (no cffi)",
+                 lambda ctx: _python_pairs(ctx, _loop_fcntl), _uffd_absent),
         Scenario("binding.wp_noop.c", "binding",
                  "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop", _wp_noop_c, _uffd_absent),
         Scenario("binding.wp_noop.python", "binding",
                  "the same no-op ioctl through Userfaultfd.writeprotect: the per-call overhead",
-                 _wp_noop_python, _uffd_absent),
+                 lambda ctx: _python_pairs(ctx, _loop_method, toggle=False), _uffd_absent),
         Scenario("binding.wp_noop.cffi_raw", "binding",
                  "the same no-op ioctl calling lib.harness_uffd_writeprotect directly",
-                 lambda ctx: _wp_noop_python(ctx, raw=True), _uffd_absent),
+                 lambda ctx: _python_pairs(ctx, _loop_cffi_raw, toggle=False), _uffd_absent),
+        Scenario("binding.wp_noop.cffi_floor", "binding",
+                 "the same no-op ioctl as a prepared request, one-argument cffi call",
+                 lambda ctx: _python_pairs(ctx, _loop_cffi_floor, toggle=False), _uffd_absent),
         Scenario("rfc.mprotect_loop", "rfc",
                  "RFC cover letter loop: mprotect(READ), mprotect(READ|WRITE), store; per iteration",
                  _rfc_loop),
