@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -304,12 +305,30 @@ def _parallel_guests(free_mb: Optional[int] = None) -> int:
     return max(1, min(os.cpu_count() or 1, free_mb // (GUEST_MEMORY_MB + 512)))
 
 
+def candidate_name(patches: Path) -> str:
+    """The build name of a user's series: ``candidate-`` and a hash of its patches.
+
+    Two different series keep two cached builds instead of rebuilding each
+    other; an unreadable series is named plainly, and its build step reports why.
+    """
+    from harness.vm.build import read_series
+    from harness.vm.errors import VmError
+    try:
+        series = read_series(patches)
+    except VmError:
+        return "candidate"
+    digest = hashlib.sha256()
+    for patch in series:
+        digest.update(patch.name.encode() + b"\0" + patch.read_bytes() + b"\0")
+    return f"candidate-{digest.hexdigest()[:10]}" if series else "candidate"
+
+
 def validate(patches: Optional[Path] = None, quick: bool = False, results: Path = RESULTS_DIR,
              log: Log = _log) -> int:
     """The main job; returns the exit status (0: the contract holds and nothing failed)."""
     t0 = time.monotonic()
     results.mkdir(parents=True, exist_ok=True)
-    candidate = "patched" if patches is None else "candidate"
+    candidate = "patched" if patches is None else candidate_name(patches)
     reason = qemu_unavailable()
     outcomes: list[KernelOutcome] = []
     if reason:

@@ -119,3 +119,16 @@ def test_a_guest_that_panics_is_an_error_line(tmp_path, monkeypatch):
     assert report["verdict"]["kind"] == "error" and not report["ok"]
     assert "panicked" in report["verdict"]["line"]
     assert report["kernels"]["stock"]["tests"]["passed"] == 10
+
+
+def test_each_user_series_gets_its_own_build_name(tmp_path):
+    one, two, empty = (tmp_path / d for d in ("one", "two", "empty"))
+    for d, body in ((one, "--- a/x\n+++ b/x\n"), (two, "--- a/y\n+++ b/y\n"), (empty, None)):
+        d.mkdir()
+        if body:
+            (d / "0001-change.patch").write_text(body)
+    names = {d: validate.candidate_name(d) for d in (one, two, empty)}
+    assert names[one].startswith("candidate-") and names[two].startswith("candidate-")
+    assert names[one] != names[two], "two different series would rebuild each other in one build directory"
+    assert validate.candidate_name(one) == names[one], "the same series must find its cached build again"
+    assert names[empty] == "candidate"
