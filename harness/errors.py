@@ -76,3 +76,7 @@ class MappingError(OperationError):
 
 class ObservationUnavailable(HarnessError):
     """A PTE observation channel cannot answer here (and why)."""
+
+
+class ThpUnavailable(HarnessError):
+    """A transparent huge page could not be had here; the message names what is missing."""

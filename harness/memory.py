@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import signal
 import tempfile
 import time
 from typing import Callable, Optional
 
 from harness._native import ffi, lib
-from harness.errors import HarnessError, MappingError
+from harness.errors import HarnessError, MappingError, ThpUnavailable
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PROT_NONE = lib.PROT_NONE
@@ -64,6 +65,65 @@ def _meminfo() -> dict[str, int]:
     return values
 
 
+# -- transparent huge pages -------------------------------------------------------
+
+THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
+
+
+def _read_text(path: str) -> Optional[str]:
+    """A sysfs or procfs file's text, None when it does not exist (tests replace this to fake settings)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _selected(text: Optional[str]) -> Optional[str]:
+    """The [selected] word of a sysfs choice ("always [madvise] never" -> "madvise")."""
+    if text is None:
+        return None
+    match = re.search(r"\[([^\]]+)\]", text)
+    return match.group(1) if match else text.strip()
+
+
+def thp_pmd_size() -> int:
+    """The size of a PMD-mapped THP in bytes (hpage_pmd_size; 2 MiB on x86-64)."""
+    text = _read_text(f"{THP_SYSFS}/hpage_pmd_size")
+    return int(text) if text and text.strip().isdigit() else 2 << 20
+
+
+def thp_unavailable() -> Optional[str]:
+    """None when an anonymous MADV_HUGEPAGE mapping may get a PMD-sized THP here, else what is missing.
+
+    Reads the settings only: whether a free 2 MiB block exists shows at the
+    fault (see :meth:`Region.check_thp`).
+    """
+    if _read_text(f"{THP_SYSFS}/enabled") is None:
+        return f"kernel lacks CONFIG_TRANSPARENT_HUGEPAGE (no {THP_SYSFS}/enabled)"
+    enabled = _selected(_read_text(f"{THP_SYSFS}/enabled"))
+    per_size_path = f"{THP_SYSFS}/hugepages-{thp_pmd_size() // 1024}kB/enabled"
+    per_size = _selected(_read_text(per_size_path))          # Linux 6.8+; "inherit" defers to enabled
+    if per_size not in (None, "inherit"):
+        if per_size == "never":
+            return f"PMD-sized THP disabled: {per_size_path} = never (echo inherit > {per_size_path}, as root)"
+    elif enabled == "never":
+        return f"THP disabled: {THP_SYSFS}/enabled = never (echo madvise > {THP_SYSFS}/enabled, as root)"
+    status = _read_text("/proc/self/status") or ""
+    match = re.search(r"^THP_enabled:\s*(\d+)", status, re.M)
+    if match and match.group(1) == "0":
+        return "THP disabled for this process (prctl(PR_SET_THP_DISABLE); /proc/self/status THP_enabled: 0)"
+    return None
+
+
+def _vmstat(name: str) -> Optional[int]:
+    for line in (_read_text("/proc/vmstat") or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return int(value)
+    return None
+
+
 def _tmpfs_dir() -> str:
     """A tmpfs directory for FILE regions (/dev/shm when it is tmpfs)."""
     with open("/proc/mounts") as f:
@@ -81,8 +141,11 @@ class Region:
     """
 
     def __init__(self, kind: MemoryKind, addr: int, npages: int, page_size: int, fd: int = -1,
-                 prot: int = PROT_RW, guarded: bool = False):
+                 prot: int = PROT_RW, guarded: bool = False, thp: bool = False):
         self.kind = kind
+        #: anonymous, MADV_HUGEPAGE, one "page" per PMD-sized THP (see :meth:`create`)
+        self.thp = thp
+        self._thp_fallbacks = _vmstat("thp_fault_fallback") if thp else None
         self._guarded = guarded
         self.addr = addr
         self.npages = npages
@@ -99,9 +162,20 @@ class Region:
         return self.addr + self.length
 
     @classmethod
-    def create(cls, kind: MemoryKind = MemoryKind.ANON, npages: int = 1, *, prot: int = PROT_RW) -> "Region":
+    def create(cls, kind: MemoryKind = MemoryKind.ANON, npages: int = 1, *, prot: int = PROT_RW,
+               thp: bool = False) -> "Region":
+        """``npages`` pages of ``kind`` in one VMA between guard pages.
+
+        ``thp=True`` (anonymous only): ``npages`` PMD-sized pages (2 MiB on
+        x86-64), PMD-aligned, with ``MADV_HUGEPAGE``, not populated; the
+        first write to each makes it a PMD-mapped THP where the kernel finds
+        a free 2 MiB block, which :meth:`check_thp` verifies.  Raises
+        :class:`~harness.errors.ThpUnavailable` when the THP settings forbid it.
+        """
         if npages <= 0:
             raise ValueError(f"a region needs at least one page, not {npages}")
+        if thp:
+            return cls._create_thp(kind, npages, prot)
         page_size = default_hugepage_size() if kind.hugetlb else PAGE_SIZE
         if kind.hugetlb and free_hugepages() < npages:
             raise HarnessError(f"{kind.value} region of {npages} pages: only {free_hugepages()} free huge pages "
@@ -128,6 +202,65 @@ class Region:
                 os.close(fd)
             raise
         return cls(kind, addr, npages, page_size, fd, prot, guarded=True)
+
+    @classmethod
+    def _create_thp(cls, kind: MemoryKind, npages: int, prot: int) -> "Region":
+        if kind is not MemoryKind.ANON:
+            raise HarnessError(f"THP regions are anonymous only, not {kind.value} "
+                               "(shmem THP depends on shmem_enabled and is not covered)")
+        reason = thp_unavailable()
+        if reason:
+            raise ThpUnavailable(f"anon THP region: {reason}")
+        page_size = thp_pmd_size()
+        length = npages * page_size
+        addr = _map_between_guards(length, page_size, prot, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS, -1, "anon THP")
+        region = cls(kind, addr, npages, page_size, -1, prot, guarded=True, thp=True)
+        try:
+            region.madvise(lib.MADV_HUGEPAGE)
+        except BaseException:
+            region.close()
+            raise
+        return region
+
+    def check_thp(self, what: str = "") -> None:
+        """Raise :class:`~harness.errors.ThpUnavailable` unless every page of this THP region is a PMD-mapped THP.
+
+        PMD-mapped means smaps' ``AnonHugePages`` covers the region, and
+        ``PAGEMAP_SCAN``'s HUGE category and (as root) kpageflags' THP bit
+        agree; the message says what is missing when it is not.
+        """
+        from harness.pte import thp_mapping
+        if not self.thp:
+            raise HarnessError(f"{self!r} is not a THP region (Region.create(..., thp=True))")
+        mapping = thp_mapping(self)
+        problem = mapping.disagreement()
+        if problem:
+            raise HarnessError(f"{self!r}{' ' + what if what else ''}: {problem}")
+        if mapping.pmd_mapped:
+            return
+        raise ThpUnavailable(f"{self!r}{' ' + what if what else ''} is not a PMD-mapped THP "
+                             f"({mapping}): {self._why_not_thp(mapping)}")
+
+    def _why_not_thp(self, mapping) -> str:
+        if not mapping.populated:
+            return "nothing is mapped yet (write to it first)"
+        if mapping.thp_folio:
+            return "a THP backs it, but mapped by PTEs (the PMD was split)"
+        reason = thp_unavailable()
+        if reason:
+            return reason
+        from harness.pte import smaps_vma
+        flags = str(smaps_vma(self.addr).get("VmFlags", "")).split()
+        if "hg" not in flags or "nh" in flags:
+            return f"the VMA lost MADV_HUGEPAGE (VmFlags: {' '.join(flags)})"
+        fallbacks = _vmstat("thp_fault_fallback")
+        if None not in (fallbacks, self._thp_fallbacks) and fallbacks > self._thp_fallbacks:
+            return (f"no free {self.page_size >> 20} MiB block: the fault fell back to 4 KiB pages "
+                    f"(/proc/vmstat thp_fault_fallback {self._thp_fallbacks} -> {fallbacks}); compact memory "
+                    "(echo 1 > /proc/sys/vm/compact_memory) or free some")
+        defrag = _selected(_read_text(f"{THP_SYSFS}/defrag"))
+        return (f"the fault mapped 4 KiB pages and the kernel did not say why (thp_fault_fallback unchanged, "
+                f"defrag = {defrag})")
 
     def alias(self, prot: int = PROT_RW) -> "Region":
         """A second MAP_SHARED mapping of the same file (for MINOR faults and page-cache tests)."""
@@ -256,7 +389,7 @@ class Region:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Region {self.kind.value} {self.addr:#x} {self.npages}x{self.page_size}>"
+        return f"<Region {self.kind.value}{' THP' if self.thp else ''} {self.addr:#x} {self.npages}x{self.page_size}>"
 
 
 def _map_between_guards(length: int, align: int, prot: int, flags: int, fd: int, what: str) -> int:

@@ -15,6 +15,12 @@ Channels (``PteState.source`` names the one that answered young/dirty):
 ``kpageflags``
     ``/proc/kpageflags`` (root): folio flags; ``dirty`` is PG_dirty of the
     folio, which a dirty PTE only reaches on unmap or reclaim.
+
+A THP region (``Region.create(..., thp=True)``) has one "page" per PMD:
+smaps' Referenced / Private_Dirty of its VMA are the PMD's young / dirty
+(``smaps_pmd_entry()``), idle-page tracking marks and reads the head PFN
+(``page_idle_clear_pte_refs_one()`` clears PMD young bits too), and
+:func:`thp_mapping` says whether it is still PMD-mapped.
 """
 from __future__ import annotations
 
@@ -302,6 +308,82 @@ def clear_refs(value: int = abi.CLEAR_REFS_ALL, pid: str = "self") -> None:
 
 def clear_soft_dirty() -> None:
     clear_refs(abi.CLEAR_REFS_SOFT_DIRTY)
+
+
+# -- THP: PMD-mapped or not ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThpMapping:
+    """How a THP region is mapped, seen through smaps, PAGEMAP_SCAN and (root) pagemap + kpageflags."""
+
+    size_kb: int
+    #: smaps Rss of the region's VMA
+    rss_kb: int
+    #: smaps AnonHugePages: PMD-mapped anonymous THPs only (a split PMD leaves PTE-mapped ones out)
+    anon_huge_kb: int
+    #: 4 KiB pagemap entries present / with uffd-wp
+    present: int
+    uffd_wp: int
+    #: PAGEMAP_SCAN: the whole region has PAGE_IS_HUGE (set for PMD-mapped entries); None without PAGEMAP_SCAN
+    scan_huge: Optional[bool]
+    #: pagemap + kpageflags (root): each PMD's 512 PFNs are one aligned run, with KPF_THP on its first and
+    #: last page; None when PFNs or kpageflags are hidden, or nothing is present
+    thp_folio: Optional[bool]
+
+    @property
+    def pmd_mapped(self) -> bool:
+        """smaps' answer: every byte of the region is in PMD-mapped THPs."""
+        return self.anon_huge_kb == self.size_kb
+
+    @property
+    def populated(self) -> bool:
+        return self.present > 0 or self.rss_kb > 0
+
+    def disagreement(self) -> Optional[str]:
+        """None when the channels agree that the region is, or is not, PMD-mapped."""
+        if self.scan_huge is not None and self.scan_huge != self.pmd_mapped:
+            return (f"smaps says {'' if self.pmd_mapped else 'not '}PMD-mapped (AnonHugePages {self.anon_huge_kb} "
+                    f"of {self.size_kb} kB), PAGEMAP_SCAN says {'' if self.scan_huge else 'not '}huge")
+        if self.pmd_mapped and self.thp_folio is False:
+            return (f"smaps says PMD-mapped (AnonHugePages {self.anon_huge_kb} kB), kpageflags shows no THP "
+                    "folio behind it")
+        return None
+
+    def __str__(self) -> str:
+        extra = "" if self.scan_huge is None else f", PAGEMAP_SCAN huge={self.scan_huge}"
+        extra += "" if self.thp_folio is None else f", kpageflags THP={self.thp_folio}"
+        return (f"AnonHugePages {self.anon_huge_kb} of {self.size_kb} kB, Rss {self.rss_kb} kB, "
+                f"{self.present} of {self.size_kb // 4} base pages present{extra}")
+
+
+def thp_mapping(region: Region) -> ThpMapping:
+    """How ``region`` (a THP region) is mapped now: PMD, PTEs, or not at all."""
+    vma = smaps_vma(region.addr)
+    base = os.sysconf("SC_PAGE_SIZE")
+    entries = pagemap_entries(region.addr, region.length // base)
+    present = [e for e in entries if pagemap_bit(e, PagemapBit.PRESENT)]
+    try:
+        scanned = pagemap_scan(region.addr, region.length, return_mask=int(PageCategory.HUGE))
+        huge = sum(r.end - r.start for r in scanned if r.categories & PageCategory.HUGE)
+        scan_huge: Optional[bool] = huge == region.length
+    except UffdError:
+        scan_huge = None
+    thp_folio: Optional[bool] = None
+    if present and pfn_visible() and kpageflags_available() is None:
+        per_thp = region.page_size // base
+        thp_folio = True
+        for first in range(0, len(entries), per_thp):
+            pfns = [pagemap_pfn(e) for e in entries[first:first + per_thp]]
+            head = pfns[0]
+            # one THP: all present, one run of PFNs from an aligned head, THP on head and tail
+            if head is None or head % per_thp or pfns != list(range(head, head + per_thp)) \
+                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, pfns[-1])):
+                thp_folio = False
+                break
+    return ThpMapping(size_kb=region.length // 1024, rss_kb=vma.get("Rss", 0),
+                      anon_huge_kb=vma.get("AnonHugePages", 0), present=len(present),
+                      uffd_wp=sum(pagemap_bit(e, PagemapBit.UFFD_WP) for e in entries),
+                      scan_huge=scan_huge, thp_folio=thp_folio)
 
 
 # -- PAGEMAP_SCAN -----------------------------------------------------------------

@@ -58,6 +58,8 @@ class RegionRef:
     kind: MemoryKind
     npages: int
     register: Optional[RegisterMode]
+    #: a THP region: each "page" is a PMD-sized transparent huge page (kernel backend only)
+    thp: bool = False
 
 
 class Backend(abc.ABC):
@@ -84,8 +86,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def create(self, kind: MemoryKind = MemoryKind.ANON, npages: int = 1,
-               register: Optional[RegisterMode] = RegisterMode.WP) -> RegionRef:
-        """A new region (its own VMA), registered with ``register`` unless None."""
+               register: Optional[RegisterMode] = RegisterMode.WP, *, thp: bool = False) -> RegionRef:
+        """A new region (its own VMA), registered with ``register`` unless None.
+
+        ``thp=True``: ``npages`` PMD-sized anonymous pages with MADV_HUGEPAGE,
+        not populated (see :meth:`harness.memory.Region.create`).  Only the
+        kernel backend has them; the simulator raises NotImplementedError.
+        """
 
     @abc.abstractmethod
     def read(self, r: RegionRef, page: int = 0) -> int:
@@ -148,6 +155,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def mark_idle(self, r: RegionRef, page: int = 0) -> None:
         """Idle-page tracking: mark the page idle (clears its young bits)."""
+
+    def thp_mapping(self, r: RegionRef):
+        """How a THP region is mapped now (:class:`harness.pte.ThpMapping`); kernel backend only."""
+        raise NotImplementedError(f"the {self.name} backend does not model transparent huge pages")
+
+    def check_thp(self, r: RegionRef, what: str = "") -> None:
+        """Raise :class:`~harness.errors.ThpUnavailable` unless the THP region is PMD-mapped."""
+        raise NotImplementedError(f"the {self.name} backend does not model transparent huge pages")
 
     @abc.abstractmethod
     def events(self) -> list[FaultEvent]:

@@ -99,10 +99,10 @@ class KernelBackend(Backend):
         return self._uffd
 
     def create(self, kind: MemoryKind = MemoryKind.ANON, npages: int = 1,
-               register: Optional[RegisterMode] = RegisterMode.WP) -> RegionRef:
-        region = Region.create(kind, npages)
+               register: Optional[RegisterMode] = RegisterMode.WP, *, thp: bool = False) -> RegionRef:
+        region = Region.create(kind, npages, thp=thp)
         self._regions.append(region)
-        ref = RegionRef(len(self._regions) - 1, kind, npages, register)
+        ref = RegionRef(len(self._regions) - 1, kind, npages, register, thp)
         if register is not None:
             self._need_uffd().register(region.addr, region.length, register)
         return ref
@@ -171,7 +171,7 @@ class KernelBackend(Backend):
 
     def observe_pages(self, pages: list[tuple[RegionRef, int]], channel: str = SMAPS) -> list[PteState]:
         """Like :meth:`observe` per page, but reading /proc/self/smaps once (one-page regions only)."""
-        if channel != SMAPS or any(r.npages != 1 for r, _ in pages):
+        if channel != SMAPS or any(r.npages != 1 or r.thp for r, _ in pages):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
         counts = _smaps_counts({region.addr for region in regions})
@@ -189,6 +189,12 @@ class KernelBackend(Backend):
                 pfn=_pte.pagemap_pfn(entry), young=bool(present and referenced),
                 dirty=bool(present and dirty), source=SMAPS))
         return out
+
+    def thp_mapping(self, r: RegionRef) -> _pte.ThpMapping:
+        return _pte.thp_mapping(self._regions[r.index])
+
+    def check_thp(self, r: RegionRef, what: str = "") -> None:
+        self._regions[r.index].check_thp(what)
 
     def mark_idle(self, r: RegionRef, page: int = 0) -> None:
         if IDLE_PAGE in self._channels:

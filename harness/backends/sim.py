@@ -48,7 +48,10 @@ class SimBackend(Backend):
         return self.mm.swap_config
 
     def create(self, kind: MemoryKind = MemoryKind.ANON, npages: int = 1,
-               register: Optional[RegisterMode] = RegisterMode.WP) -> RegionRef:
+               register: Optional[RegisterMode] = RegisterMode.WP, *, thp: bool = False) -> RegionRef:
+        if thp:
+            raise NotImplementedError("the simulator does not model transparent huge pages: "
+                                      "THP checks run on the kernel backend only")
         vma = self.mm.mmap(kind, npages)
         self._vmas.append(vma)
         ref = RegionRef(len(self._vmas) - 1, kind, npages, register)
