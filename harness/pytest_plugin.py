@@ -138,6 +138,33 @@ def choose_backend(option: str, needs: tuple, pinned: Optional[str], sim_profile
     return "kernel", None, None, None
 
 
+def thp_clauses(option: str, clauses: tuple, kernel: Optional[tuple] = None) -> tuple:
+    """The contract clauses whose THP case exists in this run.
+
+    The simulator does not model THP, so a THP case is only ever a kernel
+    result: it exists when the run may use the kernel (``--backend`` is not
+    ``sim``), userfaultfd works, and the kernel itself has everything the
+    clause needs (``CLAUSE_NEEDS``).  On a kernel without ACCESS_HINTS the
+    hint clauses simply have no THP case (their 4 KiB cases fall back to the
+    simulator and the clause stays ``absent``): nothing is skipped, and no
+    simulator result stands for a THP one.
+
+    ``kernel``: (why userfaultfd cannot be used or None, offered features,
+    capabilities such as {"soft-dirty": bool}); default: this kernel's.
+    """
+    if option == "sim":
+        return ()
+    if kernel is None:
+        no_uffd = _kernel_has_uffd()
+        kernel = (no_uffd, frozenset() if no_uffd else _kernel_features(),
+                  {} if no_uffd else _kernel_capabilities())
+    no_uffd, offered, caps = kernel
+    if no_uffd:
+        return ()
+    return tuple(n for n in clauses
+                 if all((f in offered) if isinstance(f, Feature) else caps.get(f, False) for f in CLAUSE_NEEDS[n]))
+
+
 def _marker_needs(item) -> tuple:
     needs = []
     for mark in item.iter_markers("needs"):
@@ -303,8 +330,12 @@ def build_summary(results: _Results, config) -> dict:
           "clauses": {"1": {"result": "pass|fail|absent", "needs": [names],
                             "tests": {"passed": n, "failed": n, "skipped": n},
                             "backends": {"kernel": n, "sim": n},
-                            "channels": {"kernel": [..], "sim": [..]}}, ... "8": {...}}
+                            "channels": {"kernel": [..], "sim": [..]},
+                            "memory": {"kernel": ["anon", "anon-thp", ..], "sim": [..]}}, ... "8": {...}}
         }
+
+    ``memory`` lists the memory each clause's tests ran on, per backend (from
+    the tests' ``memory`` property; "anon-thp" is a PMD-mapped THP).
     """
     from harness import abi
     offered = _kernel_features()
@@ -325,12 +356,15 @@ def build_summary(results: _Results, config) -> dict:
         caps = _kernel_capabilities()
         kernel_has = all((f in offered) if isinstance(f, Feature) else caps.get(f, False) for f in CLAUSE_NEEDS[n])
         channels = defaultdict(set)
+        memory = defaultdict(set)
         backends = Counter()
         for e in entries:
             name = e["props"].get(_BACKEND_KEY)
             if name and e["outcome"] in ("passed", "failed"):
                 backends[name] += 1
                 channels[name].update(c for c in e["props"].get("channels", "").split(",") if c)
+                if e["props"].get("memory"):
+                    memory[name].add(e["props"]["memory"])
         clauses[str(n)] = {
             "result": clause_result(entries, kernel_has),
             "needs": [_need_name(f) for f in CLAUSE_NEEDS[n]],
@@ -338,6 +372,7 @@ def build_summary(results: _Results, config) -> dict:
             "tests": {k: sum(1 for e in entries if e["outcome"] == k) for k in ("passed", "failed", "skipped")},
             "backends": dict(backends),
             "channels": {name: sorted(chs) for name, chs in channels.items()},
+            "memory": {name: sorted(kinds) for name, kinds in memory.items()},
         }
     hints = abi.hint_abi()
     from harness.sim import profiles

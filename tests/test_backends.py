@@ -127,7 +127,8 @@ def test_summary_json_and_terminal_counts(tmp_path, pytester):
         from harness.abi import Feature
 
         @pytest.mark.clause(1)
-        def test_on_kernel(backend):
+        def test_on_kernel(backend, request):
+            request.node.user_properties.append(("memory", "anon-thp"))
             backend.api(())
             r = backend.create()
             backend.observe(r)
@@ -161,6 +162,8 @@ def test_summary_json_and_terminal_counts(tmp_path, pytester):
     assert summary["patched"] is patched
     assert summary["clauses"]["1"]["result"] == "pass"
     assert summary["clauses"]["1"]["channels"] == {"kernel": ["smaps"]}
+    assert summary["clauses"]["1"]["memory"] == {"kernel": ["anon-thp"]}
+    assert summary["clauses"]["2"]["memory"] == {}    # no test of clause 2 says what memory it ran on
     assert summary["clauses"]["3"]["result"] == "fail"
     if not patched:
         assert "backends: kernel 1, sim 2" in stdout, stdout
