@@ -253,11 +253,15 @@ class Region:
         flags = str(smaps_vma(self.addr).get("VmFlags", "")).split()
         if "hg" not in flags or "nh" in flags:
             return f"the VMA lost MADV_HUGEPAGE (VmFlags: {' '.join(flags)})"
+        block = f"{self.page_size >> 20} MiB block"
+        advice = "compact memory (echo 1 > /proc/sys/vm/compact_memory) or free some"
         fallbacks = _vmstat("thp_fault_fallback")
-        if None not in (fallbacks, self._thp_fallbacks) and fallbacks > self._thp_fallbacks:
-            return (f"no free {self.page_size >> 20} MiB block: the fault fell back to 4 KiB pages "
-                    f"(/proc/vmstat thp_fault_fallback {self._thp_fallbacks} -> {fallbacks}); compact memory "
-                    "(echo 1 > /proc/sys/vm/compact_memory) or free some")
+        if fallbacks is None or self._thp_fallbacks is None:
+            return (f"the fault mapped 4 KiB pages, most likely for want of a free {block} (this kernel has no "
+                    f"thp_fault_fallback in /proc/vmstat to confirm it: CONFIG_VM_EVENT_COUNTERS); {advice}")
+        if fallbacks > self._thp_fallbacks:
+            return (f"no free {block}: the fault fell back to 4 KiB pages (/proc/vmstat thp_fault_fallback "
+                    f"{self._thp_fallbacks} -> {fallbacks}); {advice}")
         defrag = _selected(_read_text(f"{THP_SYSFS}/defrag"))
         return (f"the fault mapped 4 KiB pages and the kernel did not say why (thp_fault_fallback unchanged, "
                 f"defrag = {defrag})")
