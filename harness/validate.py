@@ -134,8 +134,14 @@ def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log
     return steps
 
 
+def _where() -> str:
+    """Which kernel a step runs on, for progress lines: both guests run 6.12, so their names tell them apart."""
+    name = os.environ.get("UFFD_HARNESS_KERNEL")
+    return f"{name} ({platform.release()})" if name else f"host ({platform.release()})"
+
+
 def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
-    log(f"[validate] {platform.release()}: pytest suite")
+    log(f"[validate] {_where()}: pytest suite")
     pytest_cmd = [sys.executable, "-m", "pytest", *(str(REPO_ROOT / t) for t in VALIDATION_TESTS),
                   "-p", "no:cacheprovider", "-q", "-rfE", "--junitxml", str(out / "junit.xml"),
                   "--summary-json", str(out / "summary.json")]
@@ -146,7 +152,7 @@ def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
 def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
     selftests: dict[str, Any] = {}
     for name in SELFTESTS:
-        log(f"[validate] {platform.release()}: selftest {name}")
+        log(f"[validate] {_where()}: selftest {name}")
         if selftests_dir is None:
             selftests[name] = SelftestRun(name, None, 0.0, error="no selftests built for this kernel").to_dict()
             continue
@@ -157,7 +163,7 @@ def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
 
 
 def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
-    log(f"[validate] {platform.release()}: first-touch benchmarks")
+    log(f"[validate] {_where()}: first-touch benchmarks")
     # No plot here: the host draws it from bench.json (_plot_benches), since under TCG matplotlib's
     # text rendering alone takes about a minute.
     bench_cmd = [sys.executable, "-m", "harness", "bench", "--json", str(out / "bench.json"),
