@@ -440,7 +440,8 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
         "kernels": {o.name: _kernel_entry(o) for o in outcomes},
         "clauses": {n: {"text": CLAUSES[n], **{o.name: o.clauses.get(n, "error" if o.error else "absent")
                                                for o in outcomes},
-                        "observed_via": _channels(outcomes, n)} for n in CLAUSES},
+                        "observed_via": _per_backend(outcomes, n, "channels"),
+                        "memory": _per_backend(outcomes, n, "memory")} for n in CLAUSES},
         "selftest_regressions": selftest_regressions,
         "bench": _bench_comparison(stock, candidate),
         "reproduce": _reproduce(outcomes, patches, quick),
@@ -461,11 +462,12 @@ def _kernel_entry(o: KernelOutcome) -> dict:
     }
 
 
-def _channels(outcomes: list[KernelOutcome], n: int) -> dict:
+def _per_backend(outcomes: list[KernelOutcome], n: int, field: str) -> dict:
+    """{kernel: {backend: [...]}} of one per-backend field of clause n in each summary (channels, memory)."""
     out = {}
     for o in outcomes:
         clause = (o.summary or {}).get("clauses", {}).get(str(n), {})
-        out[o.name] = {backend: chans for backend, chans in clause.get("channels", {}).items()}
+        out[o.name] = dict(clause.get(field, {}))
     return out
 
 
@@ -513,8 +515,10 @@ def render_markdown(report: dict) -> str:
     lines += ["## Contract", ""]
     rows = []
     for n, clause in report["clauses"].items():
-        via = "; ".join(f"{k}: " + ", ".join(f"{b} ({', '.join(ch) or '-'})" for b, ch in v.items())
-                        for k, v in clause["observed_via"].items() if v)
+        memory = clause.get("memory", {})
+        via = "; ".join(f"{k}: " + ", ".join(
+            f"{b} ({', '.join(ch) or '-'})" + (f" on {', '.join(memory[k][b])}" if memory.get(k, {}).get(b) else "")
+            for b, ch in v.items()) for k, v in clause["observed_via"].items() if v)
         rows.append([n, clause["text"]] + [clause.get(k, "") for k in names] + [via])
     lines += [tabulate(rows, headers=["clause", "what"] + names + ["observed via"], tablefmt="github"), ""]
     lines += ["## Kernels", ""]

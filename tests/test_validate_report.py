@@ -15,7 +15,8 @@ def _summary(patched: bool, clauses: dict[int, str]) -> dict:
     return {"kernel_release": "6.12.57", "patched": patched,
             "features": {"offered": ["PAGEFAULT_FLAG_WP"] + (["ACCESS_HINTS"] if patched else [])},
             "tests": {"passed": 10, "failed": 0, "skipped": 0}, "backends": {"kernel": 8, "sim": 2},
-            "clauses": {str(n): {"result": r, "channels": {"kernel": ["smaps", "idle-page"]}}
+            "clauses": {str(n): {"result": r, "channels": {"kernel": ["smaps", "idle-page"]},
+                                 "memory": {"kernel": ["anon", "anon-thp"] if n != 4 else ["shmem"]}}
                         for n, r in clauses.items()}}
 
 
@@ -44,6 +45,9 @@ def test_patched_keeping_every_clause_holds(tmp_path):
                            _outcome(tmp_path, "patched", True, ALL_PASS)], None, False, 1.0)
     assert report["verdict"]["kind"] == "holds" and report["ok"]
     assert report["clauses"][2]["stock"] == "absent" and report["clauses"][2]["patched"] == "pass"
+    assert report["clauses"][3]["memory"]["patched"] == {"kernel": ["anon", "anon-thp"]}
+    assert "patched: kernel (smaps, idle-page) on anon, anon-thp" in validate.render_markdown(report), \
+        "the report must say which memory each clause was checked on"
 
 
 def test_a_failed_clause_is_broken_and_named(tmp_path):
