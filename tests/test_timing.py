@@ -434,7 +434,21 @@ def test_bench_cli_writes_json_and_calibration(tmp_path, capsys):
 
 
 @pytest.mark.host_only
+def test_bench_cli_plots_next_to_its_json_and_calibration(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib (the bench extra) is not installed")
+    from harness.cli import main
+    png = tmp_path / "bench.png"
+    rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old_clean",
+               "--json", str(tmp_path / "bench.json"), "--calibration", str(tmp_path / "calibration.json"),
+               "--plot", str(png), "--no-pin"])
+    assert rc == 0
+    assert f"plot: {png}" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.host_only
 def test_plot_of_a_saved_document_is_a_png(tmp_path):
+    """What validate does on the host with a guest's bench.json."""
     pytest.importorskip("matplotlib", reason="matplotlib (the bench extra) is not installed")
     results = {name: _synthetic(name, center, seed=i) for i, (name, center) in
                enumerate((("first_touch.old_clean.write", 700), ("first_touch.young_dirty.write", 150)))}

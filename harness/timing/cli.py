@@ -94,8 +94,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"JSON: {bench.write_json(doc, args.json)}")
     if args.calibration:
         previous = bench.load_previous_calibration(args.calibration)
-        doc = bench.calibration_document(results, cal, previous)
-        print(f"calibration: {bench.write_json(doc, args.calibration)}")
+        cal_doc = bench.calibration_document(results, cal, previous)
+        print(f"calibration: {bench.write_json(cal_doc, args.calibration)}")
     if args.plot:
         path = bench.plot_document(doc, args.plot)
         print(f"plot: {path}" if path else "plot: skipped (matplotlib not installed: pip install '.[bench]')")
