@@ -62,7 +62,7 @@ SELFTEST_TIMEOUT = 300
 BENCH_TIMEOUT = 600
 #: the whole guest: the steps above plus boot
 GUEST_TIMEOUT = PYTEST_TIMEOUT + len(SELFTESTS) * SELFTEST_TIMEOUT + BENCH_TIMEOUT + 120
-#: what a guest suite leaves out: tests that touch no kernel behaviour and that TCG makes ~100x slower
+#: what a guest suite leaves out: host_only tests (pyproject.toml: no kernel check of their own, slow under TCG)
 GUEST_MARKERS = "not host_only"
 #: differential sequences per guest run (the host runs 500)
 GUEST_DIFF_EXAMPLES = 100
