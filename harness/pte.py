@@ -34,7 +34,7 @@ from harness import abi
 from harness._native import ffi, lib
 from harness.abi import KPageFlag, PagemapBit, PageCategory
 from harness.errors import HarnessError, ObservationUnavailable, UffdError
-from harness.memory import Region
+from harness.memory import PAGE_SIZE, Region
 
 SMAPS = "smaps"
 IDLE_PAGE = "idle-page"
@@ -76,9 +76,8 @@ class PteState:
 
 def pagemap_entries(addr: int, npages: int, pid: str = "self") -> list[int]:
     """Raw 64-bit pagemap entries of ``npages`` base pages from ``addr``."""
-    page = os.sysconf("SC_PAGE_SIZE")
     with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as f:
-        data = os.pread(f.fileno(), 8 * npages, (addr // page) * 8)
+        data = os.pread(f.fileno(), 8 * npages, (addr // PAGE_SIZE) * 8)
     if len(data) != 8 * npages:
         raise HarnessError(f"/proc/{pid}/pagemap: short read at {addr:#x}")
     return list(struct.unpack(f"<{npages}Q", data))
@@ -353,14 +352,13 @@ class ThpMapping:
         extra = "" if self.scan_huge is None else f", PAGEMAP_SCAN huge={self.scan_huge}"
         extra += "" if self.thp_folio is None else f", kpageflags THP={self.thp_folio}"
         return (f"AnonHugePages {self.anon_huge_kb} of {self.size_kb} kB, Rss {self.rss_kb} kB, "
-                f"{self.present} of {self.size_kb // 4} base pages present{extra}")
+                f"{self.present} of {self.size_kb * 1024 // PAGE_SIZE} base pages present{extra}")
 
 
 def thp_mapping(region: Region) -> ThpMapping:
     """How ``region`` (a THP region) is mapped now: PMD, PTEs, or not at all."""
     vma = smaps_vma(region.addr)
-    base = os.sysconf("SC_PAGE_SIZE")
-    entries = pagemap_entries(region.addr, region.length // base)
+    entries = pagemap_entries(region.addr, region.length // PAGE_SIZE)
     present = [e for e in entries if pagemap_bit(e, PagemapBit.PRESENT)]
     try:
         scanned = pagemap_scan(region.addr, region.length, return_mask=int(PageCategory.HUGE))
@@ -370,7 +368,7 @@ def thp_mapping(region: Region) -> ThpMapping:
         scan_huge = None
     thp_folio: Optional[bool] = None
     if present and pfn_visible() and kpageflags_available() is None:
-        per_thp = region.page_size // base
+        per_thp = region.page_size // PAGE_SIZE
         thp_folio = True
         for first in range(0, len(entries), per_thp):
             pfns = [pagemap_pfn(e) for e in entries[first:first + per_thp]]
