@@ -9,12 +9,30 @@ The main CLI mounts the same commands under ``vm`` via ``register()``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
 from typing import Sequence
 
-from .errors import GuestError, VmError
+from .errors import VmError
+
+
+def _reporting_errors(command):
+    """``command`` with every VmError turned into its message and exit status.
+
+    Wrapped where the commands are added, so that ``uffd-harness vm ...`` and
+    ``python -m harness.vm ...`` report an error the same way: one line that
+    says what to do, not a traceback.
+    """
+    @functools.wraps(command)
+    def reporting(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except VmError as e:       # GuestError included
+            print(f"vm: {e}", file=sys.stderr)
+            return e.exit_status
+    return reporting
 
 
 def _add_commands(sub: "argparse._SubParsersAction") -> None:
@@ -36,7 +54,7 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
                    help="config fragment instead of vm/kernel.config")
     b.add_argument("--json", action="store_true",
                    help="print build.json on stdout when done")
-    b.set_defaults(func=_cmd_build)
+    b.set_defaults(func=_reporting_errors(_cmd_build))
 
     r = sub.add_parser(
         "run", help="boot a built kernel and run a command in it",
@@ -64,11 +82,11 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
     r.add_argument("--dry-run", action="store_true",
                    help="print the vng command line and exit")
     r.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    r.set_defaults(func=_cmd_run)
+    r.set_defaults(func=_reporting_errors(_cmd_run))
 
     i = sub.add_parser("info", help="print a built kernel's build.json")
     i.add_argument("--kernel", default="patched", metavar="K")
-    i.set_defaults(func=_cmd_info)
+    i.set_defaults(func=_reporting_errors(_cmd_info))
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -153,15 +171,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch parsed arguments; errors become a message and an exit code."""
-    try:
-        return args.func(args)
-    except GuestError as e:
-        print(f"vm: {e}", file=sys.stderr)
-        return e.exit_status
-    except VmError as e:
-        print(f"vm: {e}", file=sys.stderr)
-        return e.exit_status
+    """Dispatch parsed arguments (each command reports its own errors)."""
+    return args.func(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

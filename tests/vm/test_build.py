@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from harness.vm import PatchApplyError
+from harness.vm.errors import KernelNotBuilt, VmError
 from harness.vm import build as vb
 
 
@@ -197,6 +198,20 @@ def test_cli_names_an_unbuilt_kernel(capsys):
     from harness.vm.errors import KernelNotBuilt
     assert rc == KernelNotBuilt.exit_status
     assert "no-such-kernel" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["vm", "build", "--kernel", "someones-series"], VmError),   # no --patches
+    (["vm", "run", "--kernel", "no-such-kernel", "--", "true"], KernelNotBuilt),
+])
+def test_main_cli_reports_vm_errors_without_a_traceback(argv, error, capsys):
+    """`uffd-harness vm ...` goes through harness.cli, not vm.cli.main: its
+    errors must still come out as one line that says what to do."""
+    from harness.cli import main
+    assert main(argv) == error.exit_status
+    err = capsys.readouterr().err
+    assert err.startswith("vm: ") and "Traceback" not in err
+    assert argv[3] in err
 
 
 def test_unchanged_files_keep_their_mtime_across_series_changes(tmp_path):
