@@ -50,6 +50,13 @@ CONSOLE_TAIL = 20
 PANIC_GRACE = 2.0
 
 PANIC_MARKERS = (b"Kernel panic - not syncing", b"Kernel panic")
+#: What the kernel prints when init asks it to power off and it has no way to
+#: (no ACPI, see vm/kernel.config): it halts, and QEMU would wait for the
+#: timeout.  By then init has written the command's exit status to vng's ret
+#: port.  6.12 says "reboot: Power off not available: System halted instead".
+HALT_MARKER = re.compile(rb"^\[\s*\d+\.\d+\] reboot: .*System halted")
+#: what QEMU says when the runner stops it after a halt (not worth showing)
+QEMU_STOPPED = re.compile(r"^qemu-system-\w+: terminating on signal 15")
 
 #: environment variables the runner sets for the in-guest harness
 ENV_UAPI_HEADER = "UFFD_HARNESS_UAPI_HEADER"
@@ -349,6 +356,7 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
 
     open_streams = 2
     panic_at: float | None = None
+    halted = False
     deadline = t0 + timeout
     try:
         while open_streams:
@@ -381,11 +389,19 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
             console.append(text)
             if console_file is not None:
                 console_file.write(text + "\n")
+            if halted and QEMU_STOPPED.match(text):
+                continue
             if show_console or not _is_console_line(text):
                 sys.stderr.write(text + "\n")
                 sys.stderr.flush()
             if panic_at is None and any(m in line for m in PANIC_MARKERS):
                 panic_at = time.monotonic()
+            elif HALT_MARKER.match(line):
+                # Stop QEMU only, not vng: vng then reads the exit status
+                # from its ret file and exits with it.
+                halted = True
+                for pid in qemu_processes(group=proc.pid):
+                    _signal(pid, signal.SIGTERM)
         if panic_at is not None:
             _kill_group(proc)
             raise GuestPanic(
@@ -433,8 +449,10 @@ def kill_all_guests() -> int:
     return len(procs)
 
 
-def qemu_processes(bzimage: str | os.PathLike | None = None) -> list[int]:
-    """PIDs of live QEMU processes (only those booting ``bzimage`` if given)."""
+def qemu_processes(bzimage: str | os.PathLike | None = None, *,
+                   group: int | None = None) -> list[int]:
+    """PIDs of live QEMU processes: only those booting ``bzimage``, and only
+    those in process group ``group``, when given."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -442,6 +460,8 @@ def qemu_processes(bzimage: str | os.PathLike | None = None) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
+            if group is not None and os.getpgid(int(entry)) != group:
+                continue
         except OSError:
             continue
         if not args or b"qemu-system" not in os.path.basename(args[0]):
@@ -451,6 +471,14 @@ def qemu_processes(bzimage: str | os.PathLike | None = None) -> list[int]:
             continue
         pids.append(int(entry))
     return pids
+
+
+def _signal(pid: int, sig: int) -> None:
+    """kill(pid, sig), for a process that may have exited meanwhile."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 _CONSOLE_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
