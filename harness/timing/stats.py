@@ -10,15 +10,27 @@ fast; without it the same resampling runs in pure Python.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-try:  # numpy comes with matplotlib (the ``bench`` extra)
-    import numpy as _np
-except ImportError:  # pragma: no cover - exercised where numpy is absent
-    _np = None
+
+
+@functools.cache
+def _numpy():
+    """numpy (it comes with matplotlib, the ``bench`` extra), or None.
+
+    Imported on first use, not with this module: importing numpy takes
+    2.4 s in a TCG guest, and the test suite imports this module while
+    collecting, before its first test can run.
+    """
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - exercised where numpy is absent
+        return None
+    return numpy
 
 #: verdicts of :func:`verdict`, in the words the tables print
 FASTER = "faster"
@@ -54,6 +66,7 @@ def median(samples: Sequence[float]) -> float:
 def _resampled_medians(samples: Sequence[float], resamples: int, rng_seed: int) -> list[float]:
     """Medians of ``resamples`` bootstrap resamples (with replacement) of ``samples``."""
     n = len(samples)
+    _np = _numpy()
     if _np is not None:
         data = _np.asarray(samples, dtype=float)
         rng = _np.random.default_rng(rng_seed)
@@ -77,6 +90,7 @@ def _resampled_medians_clustered(batches: Sequence[Sequence[float]], resamples: 
     batch-to-batch (drift) variance into the interval.
     """
     k = len(batches)
+    _np = _numpy()
     if _np is not None and len({len(b) for b in batches}) == 1:
         data = _np.asarray(batches, dtype=float)          # k x m
         m = data.shape[1]
