@@ -252,14 +252,33 @@ def kernel_backend(request):
 
 # -- reporting ----------------------------------------------------------------------
 
+def _uptime() -> float:
+    """Seconds since this kernel booted (/proc/uptime)."""
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def _uptime_at_process_start() -> float:
+    """When this Python process started, in seconds since the kernel booted
+    (field 22 of /proc/self/stat, in clock ticks)."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 class _Results:
-    """Collects each test's outcome with its backend, clause and channels."""
+    """Collects each test's outcome with its backend, clause and channels,
+    and when the run reached its milestones (the timeline)."""
 
     def __init__(self):
         self.tests: dict[str, dict] = {}
+        self.process_start = _uptime_at_process_start()
+        self.first_test: Optional[float] = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
+        if self.first_test is None:
+            self.first_test = _uptime()
         clause = _marker_clause(item)
         if clause is not None:
             item.user_properties.append(("clause", clause))
@@ -331,11 +350,17 @@ def build_summary(results: _Results, config) -> dict:
                             "tests": {"passed": n, "failed": n, "skipped": n},
                             "backends": {"kernel": n, "sim": n},
                             "channels": {"kernel": [..], "sim": [..]},
-                            "memory": {"kernel": ["anon", "anon-thp", ..], "sim": [..]}}, ... "8": {...}}
+                            "memory": {"kernel": ["anon", "anon-thp", ..], "sim": [..]}}, ... "8": {...}},
+          "timeline": {"process_start": s, "first_test": s, "summary": s}
         }
 
     ``memory`` lists the memory each clause's tests ran on, per backend (from
     the tests' ``memory`` property; "anon-thp" is a PMD-mapped THP).
+
+    ``timeline``: seconds since the kernel booted (/proc/uptime) when Python
+    started, when the first test started (null if none ran) and when this
+    summary was written.  In a guest that is the time from boot, QEMU's own
+    start and the firmware not included.
     """
     from harness import abi
     offered = _kernel_features()
@@ -388,4 +413,7 @@ def build_summary(results: _Results, config) -> dict:
                   "total": sum(outcomes.values())},
         "backends": dict(results.by_backend()),
         "clauses": clauses,
+        "timeline": {"process_start": round(results.process_start, 2),
+                     "first_test": None if results.first_test is None else round(results.first_test, 2),
+                     "summary": round(_uptime(), 2)},
     }

@@ -673,7 +673,21 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
         return exc.exit_status
     log(f"[vm-test] kernel '{kernel}': pytest exited {result.returncode} after {result.elapsed:.0f} s "
         f"({result.accel}); results in {out}")
+    timeline = _guest_timeline(out / "summary.json")
+    if timeline:
+        log(f"[vm-test] kernel '{kernel}': {timeline}")
     return result.returncode
+
+
+def _guest_timeline(summary: Path) -> str:
+    """One line on how long the guest took to get to its tests, from summary.json ("" without one)."""
+    try:
+        t = json.loads(summary.read_text())["timeline"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    first = "no test ran" if t["first_test"] is None else f"the first test at {t['first_test']:.1f} s"
+    return (f"guest timeline, in seconds since its kernel booted: pytest's Python started at "
+            f"{t['process_start']:.1f} s, {first}, the run ended at {t['summary']:.1f} s")
 
 
 def run_suite(args: argparse.Namespace) -> int:

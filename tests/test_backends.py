@@ -172,7 +172,12 @@ def test_summary_json_and_terminal_counts(tmp_path, pytester):
         assert summary["backends"] == {"kernel": 1, "sim": 2}
     assert summary["clauses"]["5"]["result"] == "absent" and summary["clauses"]["5"]["tests"]["passed"] == 0
     assert summary["tests"]["failed"] == 1 and summary["tests"]["total"] == 4
-    assert set(summary) >= {"kernel_release", "patched", "features", "tests", "backends", "clauses", "hint_abi"}
+    assert set(summary) >= {"kernel_release", "patched", "features", "tests", "backends", "clauses", "hint_abi",
+                            "timeline"}
+    timeline = summary["timeline"]    # seconds since boot; in-process, Python started with the outer pytest
+    assert 0 < timeline["process_start"] <= timeline["first_test"] <= timeline["summary"]
+    import psutil
+    assert abs(timeline["process_start"] - (psutil.Process().create_time() - psutil.boot_time())) < 1.5
     assert "WP_UNPOPULATED" in summary["features"]["offered"] or not summary["features"]["offered"]
     xml = junit.read_text()
     assert 'name="backend" value="kernel"' in xml and 'name="clause" value="1"' in xml
