@@ -16,8 +16,8 @@ from tabulate import tabulate
 
 from harness import abi, pte
 from harness.abi import Feature, RegisterMode
-from harness.errors import HarnessError, UffdError
-from harness.memory import MemoryKind, Region, free_hugepages
+from harness.errors import HarnessError, ThpUnavailable, UffdError
+from harness.memory import MemoryKind, Region, free_hugepages, thp_pmd_size
 from harness.uffd import Userfaultfd, open_any, probe_features
 
 _SYSCTL = "/proc/sys/vm/unprivileged_userfaultfd"
@@ -82,6 +82,18 @@ def observation_channels() -> dict[str, str]:
         except OSError as exc:
             channels["soft-dirty"] = f"clear_refs: {exc.strerror}"
     return channels
+
+
+def thp_status() -> str:
+    """"ok" when an anonymous MADV_HUGEPAGE region gets a PMD-mapped THP
+    at its first write here (the contract's THP cases need one), else why not."""
+    try:
+        with Region.create(MemoryKind.ANON, 1, thp=True) as region:
+            region.write()
+            region.check_thp("after its first write")
+    except ThpUnavailable as exc:
+        return str(exc)
+    return "ok"
 
 
 def _soft_dirty_works(region: Region) -> bool:
@@ -149,6 +161,7 @@ def collect() -> dict[str, Any]:
             },
         },
         "register": {kind.value: _register_modes_for(kind) for kind in MemoryKind},
+        "thp": {"pmd_size": thp_pmd_size(), "anon": thp_status()},
         "observation": observation_channels(),
         "tsc": tsc_facts(),
         "guest": guest_acceleration(),
@@ -173,6 +186,7 @@ def render(info: dict[str, Any]) -> str:
         rows.append([kind] + [" ".join(x.removeprefix("UFFDIO_") for x in v) if isinstance(v, list) else v
                               for v in (modes[m.name] for m in RegisterMode)])
     lines += ["", tabulate(rows, headers=["memory", "MISSING", "WP", "MINOR"]), ""]
+    lines += [f"thp         anon {info['thp']['pmd_size'] // 1024} KiB PMD: {info['thp']['anon']}", ""]
     lines.append(tabulate(sorted(info["observation"].items()), headers=["observation", "status"]))
     tsc = info["tsc"]
     lines += ["", f"cpu         {tsc['cpu']}",

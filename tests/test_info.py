@@ -38,12 +38,26 @@ def test_info_register_table_reflects_the_kernel():
     assert "UFFDIO_CONTINUE" in info["register"]["shmem"]["MINOR"]
 
 
+def test_info_thp_is_probed(monkeypatch):
+    """"ok" only where a THP really came; otherwise the reason, the same
+    one the THP contract cases would skip with."""
+    from harness import info, memory
+    status = info.thp_status()
+    assert status == "ok" or "THP" in status, status
+    if status == "ok":
+        with memory.Region.create(memory.MemoryKind.ANON, 1, thp=True) as region:
+            region.write()
+            assert pte.thp_mapping(region).pmd_mapped
+    monkeypatch.setattr(memory, "thp_unavailable", lambda: "THP disabled: (pretend) enabled = never")
+    assert "(pretend) enabled = never" in info.thp_status()
+
+
 def test_info_table_output(capsys):
     from harness.cli import main
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"kernel      {platform.release()}")
-    for heading in ("memory", "observation", "hints", "guest"):
+    for heading in ("memory", "observation", "hints", "thp", "guest"):
         assert heading in out
 
 
