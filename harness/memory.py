@@ -8,10 +8,8 @@ from __future__ import annotations
 import enum
 import os
 import re
-import signal
 import tempfile
-import time
-from typing import Callable, Optional
+from typing import Optional
 
 from harness._native import ffi, lib
 from harness.errors import HarnessError, MappingError, ThpUnavailable
@@ -433,31 +431,3 @@ def _advice_name(advice: int) -> str:
             return name
     return str(advice)
 
-
-def run_in_child(fn: Callable[[], Optional[int]], timeout: float = 10.0) -> int:
-    """Fork; run ``fn`` in the child; return its exit status (``fn``'s int, 0, or 1 on an exception).
-
-    A child still running after ``timeout`` s is killed and reported as an error.
-    A child killed by a signal returns ``-signum``.
-    """
-    pid = os.fork()
-    if pid == 0:  # child: never return into the test runner
-        status = 1
-        try:
-            result = fn()
-            status = 0 if result is None else int(result)
-        except BaseException:  # noqa: BLE001
-            import traceback
-            traceback.print_exc()
-        finally:
-            os._exit(status)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, wstatus = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(wstatus)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise HarnessError(f"child {pid} still running after {timeout} s: killed")
-        time.sleep(0.002)

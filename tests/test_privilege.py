@@ -9,7 +9,8 @@ import pytest
 from harness import pte
 from harness._native import lib
 from harness.errors import UffdError
-from harness.memory import MemoryKind, Region, run_in_child
+from harness.memory import MemoryKind, Region
+from harness.process import run_in_child
 from harness.uffd import Userfaultfd, open_any
 
 NOBODY = 65534
@@ -23,7 +24,7 @@ def _unprivileged_sysctl() -> int:
 
 
 def as_nobody(check) -> None:
-    """Run ``check`` as uid/gid nobody with no capabilities; fail with its traceback."""
+    """Run ``check`` as uid/gid nobody with no capabilities; fail with its traceback (ChildFailed)."""
     def child():
         os.setgroups([])
         os.setresgid(NOBODY, NOBODY, NOBODY)
@@ -32,7 +33,7 @@ def as_nobody(check) -> None:
         # to root; an ordinary unprivileged process is dumpable.
         lib.prctl(lib.PR_SET_DUMPABLE, 1, 0, 0, 0)
         check()
-    assert run_in_child(child, timeout=20) == 0, "the unprivileged check failed (traceback above)"
+    run_in_child(child, timeout=20)
 
 
 def test_syscall_refused_without_user_mode_only():

@@ -48,7 +48,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -61,6 +60,7 @@ from harness.abi import Feature, Ioctl, RegisterMode
 from harness.errors import HarnessError, MappingError, UffdError
 from harness.events import FaultHandler, ForkEvent, PageFault, RemapEvent, RemoveEvent, UffdEvent
 from harness.memory import PAGE_SIZE, MemoryKind, Region, free_hugepages
+from harness.process import kill_tree, reap, run_in_child
 from harness.uffd import Userfaultfd, open_any, probe_features
 
 #: the selftest's mem_types[], in its order (MemoryKind.FILE is ours, not theirs)
@@ -206,32 +206,6 @@ def _page_start(region: Region, address: int, base: Optional[int] = None) -> int
     """Offset in ``region`` of the page holding ``address`` (``base``: where the region now is)."""
     base = region.addr if base is None else base
     return (address - base) & ~(region.page_size - 1)
-
-
-def _in_child(fn: Callable[[], None], timeout: float = _WAIT_CHILD) -> None:
-    """Run ``fn`` in a forked child; re-raise its failure here, with its message."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # never return into the caller
-        status = 1
-        try:
-            os.close(r)
-            fn()
-            status = 0
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:4000])
-        finally:
-            os._exit(status)
-    os.close(w)
-    try:
-        status = _reap(pid, timeout)
-        message = os.read(r, 4096).decode(errors="replace")
-    finally:
-        os.close(r)
-    if status == -signal.SIGBUS and not message:
-        message = "killed by SIGBUS (out of huge pages?)"
-    if status != 0:
-        raise AssertionError(f"child failed (exit status {status}): {message or 'no message'}")
 
 
 class _Unexpected:
@@ -407,7 +381,7 @@ def _monitored(features: Iterable[Feature], body: Callable[[Userfaultfd], None],
         uffd = Userfaultfd(fds[0])
         handler = _serve(uffd, monitor)
         ours.sendall(b"G")
-        status = _reap(pid, timeout, monitor)
+        status = reap(pid, timeout, monitor.summary)
         pid = 0
         message = ours.recv(4096).decode(errors="replace")
         if status != 0:
@@ -415,7 +389,7 @@ def _monitored(features: Iterable[Feature], body: Callable[[Userfaultfd], None],
                                  f"{monitor.summary()}")
     finally:
         if pid:
-            _kill(pid)
+            kill_tree(pid)
         errors = []
         for stop in ((lambda: handler.stop()) if handler else None, monitor.stop_children):
             if stop is None:
@@ -429,59 +403,6 @@ def _monitored(features: Iterable[Feature], body: Callable[[Userfaultfd], None],
         ours.close()
         if errors:
             raise errors[0]
-
-
-def _reap(pid: int, timeout: float, monitor: Optional[_Monitor] = None) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        done, wstatus = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(wstatus)
-        if time.monotonic() > deadline:
-            where = _where(pid)
-            _kill(pid)
-            raise HarnessError(f"worker {pid} still running after {timeout} s: killed; "
-                               f"it and its children were at: {where}"
-                               + (f"; {monitor.summary()}" if monitor else ""))
-        time.sleep(0.002)
-
-
-def _where(pid: int) -> str:
-    """Where a stuck process and its children sleep in the kernel (wchan, or the first stack frames)."""
-    def describe(p: str) -> str:
-        try:
-            with open(f"/proc/{p}/stack") as f:
-                frames = [line.split()[-1] for line in f.read().splitlines()[:4]]
-            return f"{p}: {' < '.join(frames)}"
-        except OSError:
-            try:
-                with open(f"/proc/{p}/wchan") as f:
-                    return f"{p}: {f.read() or '?'}"
-            except OSError:
-                return f"{p}: gone"
-    return "; ".join(describe(str(p)) for p in [pid, *_children(pid)])
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def _kill(pid: int) -> None:
-    """SIGKILL a child of ours, and its own children (which would otherwise outlive the test)."""
-    for grandchild in _children(pid):
-        try:
-            os.kill(grandchild, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
 
 
 # -- the cases --------------------------------------------------------------------------
@@ -632,7 +553,7 @@ def _check_child_wp(dst: Region, with_event: bool, where: str) -> None:
     def child() -> None:
         assert pte.is_uffd_wp(dst.addr) == with_event, \
             f"Detected {'missing' if with_event else 'stall'} uffd-wp bit in child in {where}"
-    _in_child(child)
+    run_in_child(child, _WAIT_CHILD)
 
 
 def _wp_fork_body(uffd: Userfaultfd, dst: Region, with_event: bool) -> None:
@@ -765,7 +686,7 @@ def _sigbus(env: _Env, wp: bool) -> None:
             pages = range((dst.npages + 1) // 2)
             signalled = [p for p in pages if dst.probe(p) == signal.SIGBUS]
             assert signalled == list(pages), f"child: SIGBUS on pages {signalled}, expected {list(pages)}"
-        _in_child(faulting_process_2)
+        run_in_child(faulting_process_2, _WAIT_CHILD)
 
     monitor = _Monitor(dst, src, apply_wp=wp, fault=_Unexpected())
     _monitored(env.features, worker, monitor)
@@ -805,7 +726,7 @@ def _events(env: _Env, wp: bool) -> None:
 
     def worker(uffd: Userfaultfd) -> None:
         uffd.register(dst.addr, dst.length, mode)
-        _in_child(lambda: _faulting_process_events(dst))
+        run_in_child(lambda: _faulting_process_events(dst), _WAIT_CHILD)
 
     monitor = _Monitor(dst, src, apply_wp=wp)
     _monitored(env.features, worker, monitor)
