@@ -682,14 +682,15 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         frag_copy = obj / "uffd-harness.config"
         frag_copy.write_text(fragment_text)
         log(f"[vm] {kb.name}: configuring (tinyconfig + {fragment_path.name})")
-        _run_logged(make + ["tinyconfig"], log_file=lf, step="tinyconfig",
+        # -j: the config tools themselves are compiled first (~10 s serial)
+        _run_logged(make + [f"-j{jobs}", "tinyconfig"], log_file=lf, step="tinyconfig",
                     log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
                     progress=False)
         _run_logged([str(src / "scripts/kconfig/merge_config.sh"), "-m",
                      "-O", str(obj), str(cfg), str(frag_copy)],
                     log_file=lf, step="merge_config", log_path=log_path,
                     timeout=TIMEOUT_CONFIG, env=env, cwd=src, progress=False)
-        _run_logged(make + ["olddefconfig"], log_file=lf, step="olddefconfig",
+        _run_logged(make + [f"-j{jobs}", "olddefconfig"], log_file=lf, step="olddefconfig",
                     log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
                     progress=False)
         if old_cfg is not None and cfg.read_bytes() == old_cfg:
@@ -702,19 +703,17 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
             for m in missing:
                 log(f"[vm]   {m}")
 
-        # -- kernel
+        # -- kernel, and the uapi headers the selftests build against (in the
+        # same make, so that they fill the gaps of the kernel's serial steps)
         t_kernel = time.monotonic()
         log(f"[vm] {kb.name}: building bzImage with -j{jobs}; log {log_path}")
-        steps = _run_logged(make + [f"-j{jobs}", "bzImage"], log_file=lf,
+        steps = _run_logged(make + [f"-j{jobs}", "bzImage", "headers"], log_file=lf,
                             step=f"{kb.name} bzImage", log_path=log_path,
                             timeout=TIMEOUT_KERNEL, env=env,
                             estimate=prev_steps, progress=progress)
         kernel_secs = time.monotonic() - t_kernel
 
-        # -- uapi headers, then the selftests against them
-        _run_logged(make + ["headers"], log_file=lf, step="headers",
-                    log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
-                    progress=False)
+        # -- the selftests, against this tree's uapi headers
         st_dir = kb.selftests_dir
         st_dir.mkdir(parents=True, exist_ok=True)
         mm = src / "tools/testing/selftests/mm"

@@ -7,7 +7,8 @@ mm/mprotect.o and mm/huge_memory.o are recompiled), boots it under QEMU and
 runs the contract tests (tests/contract) in the guest, then reads their
 ``--summary-json``:
 
-* clause 3 (WRITE_LIKELY -> dirty and young) is ``fail``;
+* clause 3 (WRITE_LIKELY -> dirty and young) is ``fail``, on 4 KiB pages
+  and on a THP (the mutant breaks mm/huge_memory.c the same way);
 * every other clause, 1, 2, 4, 5, 6, 7 and 8, is ``pass``: the guest kernel
   has soft-dirty tracking and idle-page tracking, so all eight run on the
   kernel (the patched kernel passes all eight the same way);
@@ -145,6 +146,10 @@ def test_clause3_fails_on_the_mutant(mutant_run):
         in res.output, res.output[-3000:]
     assert "young is False" not in res.output, \
         f"the mutant keeps young, yet a check saw an old PTE:\n{res.output[-3000:]}"
+    # The mutant breaks the PMD path too (mm/huge_memory.c): the THP case fails.
+    assert "anon-thp" in c3["memory"].get("kernel", []), c3
+    assert "FAILED tests/contract/test_contract.py::test_contract_clause[clause3-anon-thp]" in res.output, \
+        res.output[-3000:]
 
 
 @pytest.mark.timeout(TEST_TIMEOUT)
