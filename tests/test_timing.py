@@ -18,6 +18,10 @@ from harness.timing import bench, calibrate, scenarios, selftest, stats
 from harness.timing.bench import ScenarioResult
 from harness.timing.scenarios import BY_NAME, Context
 
+#: Statistics on synthetic data: the same answer on any kernel, and seconds
+#: of pure-Python resampling under TCG, so guest runs leave them to the host.
+synthetic_data = pytest.mark.host_only
+
 
 # -- statistics ---------------------------------------------------------------------------
 
@@ -37,6 +41,7 @@ def test_quantile_rejects_empty_and_out_of_range():
         stats.quantile([1], 1.5)
 
 
+@synthetic_data
 @pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "pure-python"])
 def test_bootstrap_interval_covers_the_median_of_known_data(monkeypatch, use_numpy):
     if not use_numpy:
@@ -56,6 +61,7 @@ def test_bootstrap_interval_of_a_constant_is_a_point():
     assert stats.bootstrap_median_ci([52] * 100, resamples=200) == (52, 52)
 
 
+@synthetic_data
 def test_bootstrap_interval_narrows_with_more_samples():
     rng = random.Random(2)
     small = [rng.expovariate(1 / 100) for _ in range(50)]
@@ -65,6 +71,7 @@ def test_bootstrap_interval_narrows_with_more_samples():
     assert wl[1] - wl[0] < ws[1] - ws[0]
 
 
+@synthetic_data
 @pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "pure-python"])
 def test_two_level_bootstrap_carries_batch_drift(monkeypatch, use_numpy):
     if not use_numpy:
@@ -96,6 +103,7 @@ def test_bootstrap_needs_two_samples():
         stats.summarize([1.0])
 
 
+@synthetic_data
 def test_bootstrap_diff_interval_finds_a_shift_and_not_a_non_shift():
     rng = random.Random(4)
     a = [rng.gauss(100, 10) for _ in range(500)]
@@ -460,6 +468,7 @@ def test_plot_of_a_saved_document_is_a_png(tmp_path):
 
 # -- compare -------------------------------------------------------------------------------------
 
+@synthetic_data
 def test_compare_verdicts_on_synthetic_data():
     a = {"same": _synthetic("same", 700, seed=1), "worse": _synthetic("worse", 100, seed=2),
          "better": _synthetic("better", 800, seed=3), "gone": _synthetic("gone", 0, status="absent: no hints"),
