@@ -176,6 +176,8 @@ def test_built_kernel_outputs():
         for t in vb.SELFTESTS:
             assert os.access(kdir / "selftests" / t, os.X_OK), f"{kdir.name}: {t} not built"
         assert not info["config_missing"], f"{kdir.name}: {info['config_missing']}"
+        if "source_unpack_seconds" in info:      # build.json of this session on
+            assert 0 <= info["source_unpack_seconds"] <= info["total_seconds"] - info["kernel_build_seconds"]
 
 
 def test_cli_register_adds_vm_build_and_run():
