@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 
-
 @functools.cache
 def _numpy():
     """numpy (it comes with matplotlib, the ``bench`` extra), or None.

@@ -684,7 +684,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         frag_copy = obj / "uffd-harness.config"
         frag_copy.write_text(fragment_text)
         log(f"[vm] {kb.name}: configuring (tinyconfig + {fragment_path.name})")
-        # -j: the config tools themselves are compiled first (~10 s serial)
+        # -j: the config tools are compiled first, and these steps are serial otherwise
         _run_logged(make + [f"-j{jobs}", "tinyconfig"], log_file=lf, step="tinyconfig",
                     log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
                     progress=False)
