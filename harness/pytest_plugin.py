@@ -260,7 +260,8 @@ def _uptime() -> float:
 
 def _uptime_at_process_start() -> float:
     """When this Python process started, in seconds since the kernel booted
-    (field 22 of /proc/self/stat, in clock ticks)."""
+    (field 22 of /proc/self/stat, in clock ticks).  Not psutil: its boot
+    time is in whole seconds, too coarse for a guest that boots in five."""
     with open("/proc/self/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")

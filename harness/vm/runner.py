@@ -54,7 +54,8 @@ PANIC_MARKERS = (b"Kernel panic - not syncing", b"Kernel panic")
 #: (no ACPI, see vm/kernel.config): it halts, and QEMU would wait for the
 #: timeout.  By then init has written the command's exit status to vng's ret
 #: port.  6.12 says "reboot: Power off not available: System halted instead".
-HALT_MARKER = re.compile(rb"^\[\s*\d+\.\d+\] reboot: .*System halted")
+#: Only a kernel line counts (_is_console_line), not the command's stderr.
+HALT_MARKER = re.compile(r"\] reboot: .*System halted")
 #: what QEMU says when the runner stops it after a halt (not worth showing)
 QEMU_STOPPED = re.compile(r"^qemu-system-\w+: terminating on signal 15")
 
@@ -396,7 +397,7 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                 sys.stderr.flush()
             if panic_at is None and any(m in line for m in PANIC_MARKERS):
                 panic_at = time.monotonic()
-            elif HALT_MARKER.match(line):
+            elif _is_console_line(text) and HALT_MARKER.search(text):
                 # Stop QEMU only, not vng: vng then reads the exit status
                 # from its ret file and exits with it.
                 halted = True
