@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "harness.vm.cli",
     "harness.sim.cli",
     "harness.timing.cli",
-    "harness.validate",
+    "harness.validate.cli",
 )
 
 

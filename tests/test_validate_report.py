@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import validate
-from harness.validate import KernelOutcome, build_report
+from harness.validate import report as render, run
+from harness.validate.outcome import KernelOutcome
+from harness.validate.verdict import build_report
 
 
 def _summary(patched: bool, clauses: dict[int, str]) -> dict:
@@ -46,7 +47,7 @@ def test_patched_keeping_every_clause_holds(tmp_path):
     assert report["verdict"]["kind"] == "holds" and report["ok"]
     assert report["clauses"][2]["stock"] == "absent" and report["clauses"][2]["patched"] == "pass"
     assert report["clauses"][3]["memory"]["patched"] == {"kernel": ["anon", "anon-thp"]}
-    assert "patched: kernel (smaps, idle-page) on anon, anon-thp" in validate.render_markdown(report), \
+    assert "patched: kernel (smaps, idle-page) on anon, anon-thp" in render.render_markdown(report), \
         "the report must say which memory each clause was checked on"
 
 
@@ -83,29 +84,29 @@ def test_selftest_regression_is_called_out(tmp_path):
 def test_ktap_and_junit_are_well_formed(tmp_path):
     report = build_report([_outcome(tmp_path, "stock", False, STOCK),
                            _outcome(tmp_path, "patched", True, {**ALL_PASS, 4: "fail"})], None, False, 1.0)
-    tap = validate.render_tap(report).splitlines()
+    tap = render.render_tap(report).splitlines()
     assert tap[0] == "KTAP version 1" and tap[1] == "1..3"
     assert "    ok 2 clause_2 # SKIP feature absent" in tap, "stock's absent clauses are KTAP skips"
     assert any(line.startswith("    not ok 4 clause_4") for line in tap)
     assert tap[-1].startswith("not ok 3 verdict # contract broken")
-    suite = ET.fromstring(validate.render_junit(report)).find("testsuite")
+    suite = ET.fromstring(render.render_junit(report)).find("testsuite")
     assert int(suite.get("failures")) == 1 and int(suite.get("skipped")) == 6
-    md = validate.render_markdown(report)
+    md = render.render_markdown(report)
     assert md.splitlines()[2].startswith("**contract broken: clause 4")
 
 
 def test_write_report_writes_every_format(tmp_path):
     report = build_report([_outcome(tmp_path, "stock", False, STOCK),
                            _outcome(tmp_path, "patched", True, ALL_PASS)], None, False, 1.0)
-    validate.write_report(report, tmp_path)
+    render.write_report(report, tmp_path)
     assert json.loads((tmp_path / "report.json").read_text())["verdict"]["kind"] == "holds"
     for name in ("report.md", "report.tap", "report.junit.xml"):
         assert (tmp_path / name).stat().st_size > 0
 
 
 def test_parallel_guests_bounded_by_memory_and_cores():
-    assert validate._parallel_guests(free_mb=1000) == 1
-    assert validate._parallel_guests(free_mb=100_000) <= (__import__("os").cpu_count() or 1)
+    assert run._parallel_guests(free_mb=1000) == 1
+    assert run._parallel_guests(free_mb=100_000) <= (__import__("os").cpu_count() or 1)
 
 
 def test_a_guest_that_panics_is_an_error_line(tmp_path, monkeypatch):
@@ -116,7 +117,7 @@ def test_a_guest_that_panics_is_an_error_line(tmp_path, monkeypatch):
         raise GuestPanic("kernel 'candidate' panicked while running 'python ...'", ["Kernel panic - not syncing"])
     monkeypatch.setattr(runner, "run_in_guest", panicking)
     monkeypatch.setattr("harness.vm.build.load_kernel", lambda name: name)
-    outcome = validate._boot_and_run(KernelOutcome("candidate", "guest", tmp_path / "candidate"), False,
+    outcome = run._boot_and_run(KernelOutcome("candidate", "guest", tmp_path / "candidate"), False,
                                      lambda msg: None)
     assert "panicked" in outcome.error and "Kernel panic" in outcome.error
     report = build_report([_outcome(tmp_path, "stock", False, STOCK), outcome], Path("/p"), False, 1.0)
@@ -131,8 +132,8 @@ def test_each_user_series_gets_its_own_build_name(tmp_path):
         d.mkdir()
         if body:
             (d / "0001-change.patch").write_text(body)
-    names = {d: validate.candidate_name(d) for d in (one, two, empty)}
+    names = {d: run.candidate_name(d) for d in (one, two, empty)}
     assert names[one].startswith("candidate-") and names[two].startswith("candidate-")
     assert names[one] != names[two], "two different series would rebuild each other in one build directory"
-    assert validate.candidate_name(one) == names[one], "the same series must find its cached build again"
+    assert run.candidate_name(one) == names[one], "the same series must find its cached build again"
     assert names[empty] == "candidate"

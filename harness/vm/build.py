@@ -33,27 +33,26 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, REPO_ROOT
+from harness.selftests import SELFTESTS
+
 from .errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
 BUILDER_VERSION = 1
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 VM_DIR = REPO_ROOT / "vm"
 DEFAULT_PATCHES = VM_DIR / "patches"
 DEFAULT_FRAGMENT = VM_DIR / "kernel.config"
-BUILD_DIR = Path(os.environ.get("UFFD_HARNESS_BUILD_DIR", REPO_ROOT / "build"))
 
 SOURCE_PACKAGE = "linux-source-6.12"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 SOURCE_DIRNAME = "linux-source-6.12"
 
-SELFTESTS = ("uffd-unit-tests", "mkdirty", "pagemap_ioctl")
-
 #: per-step timeouts in seconds; a cold build is ~4 min on 2 cores
 TIMEOUT_UNPACK = 600
 TIMEOUT_CONFIG = 300
-TIMEOUT_KERNEL = int(os.environ.get("UFFD_HARNESS_BUILD_TIMEOUT", "5400"))
+TIMEOUT_KERNEL = int(os.environ.get(ENV_BUILD_TIMEOUT, "5400"))
 TIMEOUT_SELFTESTS = 600
 TIMEOUT_PATCH = 120
 TIMEOUT_APT = 900

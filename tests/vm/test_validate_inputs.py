@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import validate
-from harness.validate import KernelOutcome, build_report
+from harness.validate import run
+from harness.validate.outcome import KernelOutcome
+from harness.validate.verdict import build_report
 from harness.vm import build as vmbuild
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
@@ -25,7 +26,7 @@ def stock_outcome(tmp_path):
 
 
 def _candidate(tmp_path: Path, series_dir: Path) -> KernelOutcome:
-    return validate._build("bad-series-test", series_dir, tmp_path / "bad-series-test", lambda msg: None)
+    return run._build("bad-series-test", series_dir, tmp_path / "bad-series-test", lambda msg: None)
 
 
 def test_empty_patch_directory(tmp_path, stock_outcome):

@@ -1,0 +1,32 @@
+"""Where things are, and the environment variables that move them: one place for each.
+
+``build/`` (git-ignored) holds the kernel builds (``build/kernels``), caches
+(``build/cache``) and every result (``build/results``); ``UFFD_HARNESS_BUILD_DIR``
+moves all three together (tests use it to stay out of the real cache).  Paths
+are absolute, from the repository, never from the current directory.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: the environment variables the harness reads, by what they do
+ENV_BUILD_DIR = "UFFD_HARNESS_BUILD_DIR"        #: moves build/ (kernels, caches, results)
+ENV_BUILD_TIMEOUT = "UFFD_HARNESS_BUILD_TIMEOUT"  #: seconds for one kernel's make
+ENV_KERNEL = "UFFD_HARNESS_KERNEL"              #: set in a guest: the name of the kernel it booted
+ENV_UAPI_HEADER = "UFFD_HARNESS_UAPI_HEADER"    #: the userfaultfd.h whose hint bits to use
+ENV_ACCEL = "UFFD_HARNESS_ACCEL"                #: force QEMU's accelerator (kvm or tcg)
+ENV_VNG = "UFFD_HARNESS_VNG"                    #: the vng executable (tests use a stand-in)
+ENV_RWDIR = "UFFD_HARNESS_RWDIR"                #: set in a guest: its writable results directory
+ENV_SIM_PROFILES = "UFFD_HARNESS_SIM_PROFILES"  #: extra simulator profiles (module:NAME, comma-separated)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD_DIR = Path(os.environ.get(ENV_BUILD_DIR) or REPO_ROOT / "build").resolve()
+RESULTS_DIR = BUILD_DIR / "results"
+KERNELS_DIR = BUILD_DIR / "kernels"
+CACHE_DIR = BUILD_DIR / "cache"
+
+
+def in_guest() -> bool:
+    """Whether this process runs inside a guest the harness booted (the runner sets the kernel's name)."""
+    return ENV_KERNEL in os.environ

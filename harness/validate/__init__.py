@@ -1,0 +1,16 @@
+"""``uffd-harness validate``: from a patch series to a verdict, in one command.
+
+The rooms:
+
+========================  ===============================================================
+``run``                   the host: build each kernel, boot its guest, collect (and ``suite``)
+``guest``                 inside a guest: the suite, the selftests, the benchmarks
+``outcome``               what one kernel's run produced
+``verdict``               the verdict and ``report.json``'s document
+``report``                the document rendered: Markdown, terminal, KTAP, JUnit
+``cli``                   the verbs
+========================  ===============================================================
+"""
+from harness.validate.cli import register
+
+__all__ = ["register"]

@@ -1,0 +1,34 @@
+"""``uffd-harness validate`` and ``uffd-harness suite``: the verbs, their arguments, their exit status."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.validate.run import validate
+    patches = Path(args.patches).resolve() if args.patches else None
+    if patches is not None and not patches.is_dir():
+        print(f"uffd-harness validate: --patches {args.patches}: not a directory", file=sys.stderr)
+        return 2
+    return validate(patches, args.quick)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    from harness.validate.run import guest_suite
+    patches = Path(args.patches).resolve() if args.patches else None
+    return guest_suite(args.kernel, patches, tuple(args.pytest_args))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="build stock and patched kernels, run every check, report a verdict")
+    p.add_argument("--patches", metavar="DIR", help="validate this patch series (a series file or *.patch) "
+                                                    "instead of the project's hint patch")
+    p.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
+    p.set_defaults(func=run)
+    s = subparsers.add_parser("suite", help="run the pytest suite inside a guest of one kernel (make vm-test)")
+    s.add_argument("--kernel", default="patched", help="kernel name: patched, stock, or one built with --patches")
+    s.add_argument("--patches", metavar="DIR", help="the series of a kernel other than patched/stock")
+    s.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    s.set_defaults(func=run_suite)

@@ -1,0 +1,150 @@
+"""The in-guest half of ``uffd-harness validate``: run the suite, the selftests and the benchmarks.
+
+The host boots each kernel once and runs ``python -m harness.validate.guest
+OUT [--quick]`` in it (or calls :func:`run_steps` directly on the host when
+QEMU cannot run).  Each step is bounded in time and writes its results under
+``OUT``: ``junit.xml`` and ``summary.json`` from pytest, ``selftest-*.log``,
+``bench.json``, and ``steps.json`` with each step's exit status and seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from harness import paths
+from harness.selftests import SELFTESTS, SelftestRun, run_selftest
+
+#: the kernel-facing tests a validation runs in each guest (``make vm-test`` runs the whole suite)
+VALIDATION_TESTS = ("tests/contract", "tests/test_pte_semantics.py", "tests/test_bad_input.py",
+                    "tests/test_uffd_unit.py", "tests/test_differential.py")
+
+#: per-step time limits inside the guest (seconds); TCG is slow, a hang is not
+PYTEST_TIMEOUT = 1500
+SELFTEST_TIMEOUT = 300
+BENCH_TIMEOUT = 600
+#: what a guest suite leaves out: host_only tests (pyproject.toml: no kernel check of their own, slow under TCG)
+GUEST_MARKERS = "not host_only"
+#: differential sequences per guest run (the host runs 500)
+GUEST_DIFF_EXAMPLES = 100
+
+Log = Callable[[str], None]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
+    """Environment for test runs whose source tree is read-only (a guest): caches go to ``out``.
+
+    The differential check runs fewer sequences in a guest (TCG is ~10x
+    slower than the host) unless UFFD_DIFF_EXAMPLES says otherwise.
+    """
+    env = {"PYTHONDONTWRITEBYTECODE": "1",
+           "HYPOTHESIS_STORAGE_DIRECTORY": str(out / ".hypothesis"),
+           "MPLCONFIGDIR": str(out / ".matplotlib")}
+    if in_guest:
+        env["UFFD_DIFF_EXAMPLES"] = os.environ.get("UFFD_DIFF_EXAMPLES", str(GUEST_DIFF_EXAMPLES))
+    return env
+
+
+#: the steps run_steps() knows, in order
+STEPS = ("pytest", "selftests", "bench")
+
+
+def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log: Log = _log,
+              steps_wanted: tuple[str, ...] = STEPS) -> dict:
+    """Run the suite, the selftests and the benchmarks; write their results under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **guest_environment(out, in_guest=paths.in_guest())}
+    steps: dict[str, Any] = {}
+
+    if "pytest" in steps_wanted:
+        steps["pytest"] = _run_suite(out, quick, env, log)
+    if "selftests" in steps_wanted:
+        steps["selftests"] = _run_selftests(out, selftests_dir, log)
+    if "bench" in steps_wanted:
+        steps["bench"] = _run_bench(out, quick, env, log)
+    steps["kernel_release"] = platform.release()
+    (out / "steps.json").write_text(json.dumps(steps, indent=2) + "\n")
+    return steps
+
+
+def _where() -> str:
+    """Which kernel a step runs on, for progress lines: both guests run 6.12, so their names tell them apart."""
+    name = os.environ.get(paths.ENV_KERNEL)
+    return f"{name} ({platform.release()})" if name else f"host ({platform.release()})"
+
+
+def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
+    log(f"[validate] {_where()}: pytest suite")
+    pytest_cmd = [sys.executable, "-m", "pytest", *(str(paths.REPO_ROOT / t) for t in VALIDATION_TESTS),
+                  "-p", "no:cacheprovider", "-q", "-rfE", "--junitxml", str(out / "junit.xml"),
+                  "--summary-json", str(out / "summary.json")]
+    pytest_cmd += ["-m", f"not slow and {GUEST_MARKERS}" if quick else GUEST_MARKERS]
+    return _run_logged(pytest_cmd, out / "pytest.log", PYTEST_TIMEOUT, env)
+
+
+def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
+    selftests: dict[str, Any] = {}
+    for name in SELFTESTS:
+        log(f"[validate] {_where()}: selftest {name}")
+        if selftests_dir is None:
+            selftests[name] = SelftestRun(name, None, 0.0, error="no selftests built for this kernel").to_dict()
+            continue
+        run = run_selftest(selftests_dir / name, timeout=SELFTEST_TIMEOUT)
+        (out / f"selftest-{name}.log").write_text(run.log)
+        selftests[name] = run.to_dict()
+    return selftests
+
+
+def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
+    log(f"[validate] {_where()}: first-touch benchmarks")
+    # No plot here: the host draws it from bench.json (_plot_benches), since under TCG matplotlib's
+    # text rendering alone takes about a minute.
+    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json", str(out / "bench.json"),
+                 "--plot", "", "--calibration", str(out / "calibration.json")]
+    if quick or paths.in_guest():  # TCG: fewer, smaller rounds
+        bench_cmd += ["--rounds", "3", "--pages", "64"]
+    return _run_logged(bench_cmd, out / "bench.log", BENCH_TIMEOUT, env)
+
+
+def _run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict) -> dict:
+    t0 = time.monotonic()
+    with open(log_path, "wb") as logf:
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                  env=env, timeout=timeout, cwd=paths.REPO_ROOT)
+            return {"returncode": proc.returncode, "seconds": round(time.monotonic() - t0, 1),
+                    "command": shlex.join(cmd)}
+        except subprocess.TimeoutExpired:
+            return {"returncode": None, "seconds": round(time.monotonic() - t0, 1), "command": shlex.join(cmd),
+                    "error": f"timed out after {timeout:.0f} s (killed)"}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m harness.validate.guest OUT [--quick]``: the steps, in the kernel this runs on."""
+    parser = argparse.ArgumentParser(prog="python -m harness.validate.guest",
+                                     description="the in-guest half of uffd-harness validate")
+    parser.add_argument("out", type=Path, help="directory for the results (writable in the guest)")
+    parser.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
+    args = parser.parse_args(argv)
+    selftests_dir = None
+    kernel = os.environ.get(paths.ENV_KERNEL)
+    if kernel:
+        from harness.vm.build import load_kernel
+        selftests_dir = load_kernel(kernel).selftests_dir
+    run_steps(args.out, selftests_dir, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

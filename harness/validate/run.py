@@ -1,0 +1,245 @@
+"""The host half of ``uffd-harness validate``: build each kernel, boot it, collect, judge, report.
+
+For each kernel (stock 6.12, and 6.12 with the series) it builds the kernel,
+boots it once, and inside that one guest runs :mod:`harness.validate.guest`:
+the kernel-facing pytest tests, the kernel's own mm selftests built from the
+same tree and the first-touch benchmarks, each step bounded in time.  The
+guests run in parallel, bounded by the machine's cores and memory.  Where
+QEMU cannot run, it says so in one line and runs the same steps on the host
+kernel, whose hint clauses then come from the simulator, labelled.
+
+Results go to ``build/results/``: per kernel a directory with everything the
+guest wrote (``console.log`` among them), and ``report.md``, ``report.json``,
+``report.tap`` (KTAP) and ``report.junit.xml`` for the whole validation.
+
+:func:`guest_suite` is ``make vm-test``: the whole pytest suite in one guest.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from harness import paths
+from harness.selftests import SELFTESTS
+from harness.validate.guest import (GUEST_MARKERS, PYTEST_TIMEOUT, SELFTEST_TIMEOUT, BENCH_TIMEOUT, Log, _log,
+                                    guest_environment, run_steps)
+from harness.validate.outcome import KernelOutcome
+from harness.validate.report import render_terminal, write_report
+from harness.validate.verdict import build_report
+
+#: the whole guest: the steps above plus boot
+GUEST_TIMEOUT = PYTEST_TIMEOUT + len(SELFTESTS) * SELFTEST_TIMEOUT + BENCH_TIMEOUT + 120
+#: memory of one guest; parallel guests are bounded by the host's free memory
+GUEST_MEMORY_MB = 2048
+
+
+def compile_for_guests(log: Log = _log) -> None:
+    """Write the tree's bytecode, and pytest's assertion-rewritten test modules, here on the host.
+
+    A guest sees the tree read-only and cannot cache either; without them
+    every guest run recompiles and rewrites ~90 modules, which under TCG takes
+    about 40 s.  Same interpreter and pytest, so the guest reads these as is.
+    Collecting also finds import errors on the host in seconds, not after a boot.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for what, cmd in (("bytecode", [sys.executable, "-m", "compileall", "-q", "harness", "tests"]),
+                      ("rewritten tests", [sys.executable, "-m", "pytest", "--collect-only", "-q",
+                                           "-p", "no:cacheprovider", "tests", "--ignore", "tests/vm"])):
+        proc = subprocess.run(cmd, cwd=paths.REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=300)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            log(f"[validate] could not prepare the {what} for the guests on the host: " + " | ".join(tail))
+
+
+def qemu_unavailable() -> Optional[str]:
+    """None when guests can be booted here, else the reason in one line."""
+    try:
+        from harness.vm.runner import check_runner_host
+        check_runner_host()
+    except ImportError as exc:
+        return f"the vm room is not installed ({exc})"
+    except Exception as exc:  # noqa: BLE001 - MissingToolError and friends, all with a message
+        return str(exc).splitlines()[0]
+    return None
+
+
+def _build(name: str, patches: Optional[Path], out: Path, log: Log) -> KernelOutcome:
+    from harness.vm import build as vm_build
+    outcome = KernelOutcome(name, "guest", out)
+    try:
+        outcome.build = vm_build.build_kernel(name, patches, log=log).info
+    except Exception as exc:  # noqa: BLE001 - reported, and the other kernel still runs
+        outcome.error = f"build failed: {exc}"
+    return outcome
+
+
+def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) -> KernelOutcome:
+    from harness.vm import runner
+    from harness.vm.build import load_kernel
+    t0 = time.monotonic()
+    argv = [sys.executable, "-m", "harness.validate.guest", str(outcome.out)]
+    if quick:
+        argv.append("--quick")
+    try:
+        result = runner.run_in_guest(load_kernel(outcome.name), argv, timeout=GUEST_TIMEOUT, rwdir=outcome.out,
+                                     memory=f"{GUEST_MEMORY_MB}M", cpus=cpus, capture=True,
+                                     console_log=outcome.out / "console.log", log=log)
+        outcome.accel = result.accel
+        if result.returncode != 0:
+            outcome.error = f"guest command exited {result.returncode}"
+    except Exception as exc:  # noqa: BLE001 - GuestPanic, GuestTimeout, ...: reported
+        outcome.error = f"guest failed: {exc}"
+    outcome.seconds = time.monotonic() - t0
+    outcome.load()
+    return outcome
+
+
+def _run_guests(outcomes: list[KernelOutcome], workers: int, quick: bool, log: Log) -> None:
+    """Boot each kernel's guest, ``workers`` at a time; Ctrl-C kills them all, leaving nothing behind."""
+    from harness.vm import runner
+    cpus = max(1, (os.cpu_count() or 1) // workers)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(_boot_and_run, o, quick, log, cpus) for o in outcomes]
+        for future in futures:
+            while True:
+                try:
+                    future.result(timeout=1.0)  # a short wait keeps the main thread responsive to Ctrl-C
+                    break
+                except concurrent.futures.TimeoutError:
+                    continue
+    except KeyboardInterrupt:
+        log(f"[validate] interrupted: killed {runner.kill_all_guests()} guest(s)")
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _plot_benches(outcomes: list[KernelOutcome], log: Log) -> None:
+    """Draw each kernel's bench.png from its bench.json, here on the host."""
+    from harness.timing import bench
+    for o in outcomes:
+        if o.bench:
+            try:
+                bench.plot_document(o.bench, o.out / "bench.png")
+            except Exception as exc:  # noqa: BLE001 - a plot is never worth failing the validation
+                log(f"[validate] {o.name}: no plot ({exc})")
+
+
+def _parallel_guests(free_mb: Optional[int] = None) -> int:
+    """How many guests at once: one per core, as memory allows (each TCG guest is one busy thread)."""
+    import psutil
+    free_mb = free_mb if free_mb is not None else psutil.virtual_memory().available // 2**20
+    return max(1, min(os.cpu_count() or 1, free_mb // (GUEST_MEMORY_MB + 512)))
+
+
+def candidate_name(patches: Path) -> str:
+    """The build name of a user's series: ``candidate-`` and a hash of its patches.
+
+    Two different series keep two cached builds instead of rebuilding each
+    other; an unreadable series is named plainly, and its build step reports why.
+    """
+    from harness.vm.build import read_series
+    from harness.vm.errors import VmError
+    try:
+        series = read_series(patches)
+    except VmError:
+        return "candidate"
+    digest = hashlib.sha256()
+    for patch in series:
+        digest.update(patch.name.encode() + b"\0" + patch.read_bytes() + b"\0")
+    return f"candidate-{digest.hexdigest()[:10]}" if series else "candidate"
+
+
+def validate(patches: Optional[Path] = None, quick: bool = False, results: Path = paths.RESULTS_DIR,
+             log: Log = _log) -> int:
+    """The main job; returns the exit status (0: the contract holds and nothing failed)."""
+    t0 = time.monotonic()
+    results.mkdir(parents=True, exist_ok=True)
+    candidate = "patched" if patches is None else candidate_name(patches)
+    reason = qemu_unavailable()
+    outcomes: list[KernelOutcome] = []
+    if reason:
+        log(f"[validate] QEMU cannot run here ({reason}): validating on the host kernel "
+            f"{platform.release()} and the simulator")
+        host = KernelOutcome("host", "host", results / "host")
+        t1 = time.monotonic()
+        run_steps(host.out, _host_selftests_dir(), quick, log)
+        host.seconds = time.monotonic() - t1
+        host.load()
+        outcomes.append(host)
+    else:
+        plan = [("stock", None), (candidate, patches)]
+        for name, series in plan:
+            log(f"[validate] building kernel '{name}'")
+            outcomes.append(_build(name, series, results / name, log))
+        runnable = [o for o in outcomes if not o.error]
+        compile_for_guests(log)
+        workers = _parallel_guests()
+        log(f"[validate] booting {len(runnable)} guest(s), {workers} at a time")
+        _run_guests(runnable, workers, quick, log)
+    _plot_benches(outcomes, log)
+    report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason)
+    write_report(report, results)
+    print(render_terminal(report, results))
+    return 0 if report["ok"] else 1
+
+
+def _host_selftests_dir() -> Optional[Path]:
+    """Selftests built from the 6.12 tree, if a stock build left them (they run on any kernel)."""
+    d = paths.KERNELS_DIR / "stock" / "selftests"
+    return d if d.is_dir() else None
+
+
+def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[str, ...] = (),
+                timeout: float = PYTEST_TIMEOUT + 120, results: Path = paths.RESULTS_DIR, log: Log = _log) -> int:
+    """Build ``kernel``, boot it, run the pytest suite in it as root; return pytest's exit status.
+
+    Leaves ``junit.xml``, ``summary.json`` and ``console.log`` in ``results/<kernel>/``.
+    """
+    from harness.vm import build as vm_build
+    from harness.vm import runner
+    from harness.vm.errors import VmError
+    out = results / kernel
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("junit.xml", "summary.json", "console.log"):
+        (out / stale).unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "pytest", str(paths.REPO_ROOT / "tests"), "--ignore", str(paths.REPO_ROOT / "tests" / "vm"),
+            "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
+            "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *pytest_args]
+    env = {**guest_environment(out), "CI": os.environ.get("CI", "")}
+    try:
+        kb = vm_build.build_kernel(kernel, patches, log=log)
+        compile_for_guests(log)
+        log(f"[vm-test] kernel '{kernel}': running the suite in the guest (timeout {timeout:.0f} s)")
+        result = runner.run_in_guest(kb, argv, timeout=timeout, rwdir=out, env=env,
+                                     console_log=out / "console.log", log=log)
+    except VmError as exc:
+        log(f"[vm-test] kernel '{kernel}': {exc}")
+        return exc.exit_status
+    log(f"[vm-test] kernel '{kernel}': pytest exited {result.returncode} after {result.elapsed:.0f} s "
+        f"({result.accel}); results in {out}")
+    timeline = _guest_timeline(out / "summary.json")
+    if timeline:
+        log(f"[vm-test] kernel '{kernel}': {timeline}")
+    return result.returncode
+
+
+def _guest_timeline(summary: Path) -> str:
+    """One line on how long the guest took to get to its tests, from summary.json ("" without one)."""
+    try:
+        t = json.loads(summary.read_text())["timeline"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    first = "no test ran" if t["first_test"] is None else f"the first test at {t['first_test']:.1f} s"
+    return (f"guest timeline, in seconds since its kernel booted: pytest's Python started at "
+            f"{t['process_start']:.1f} s, {first}, the run ended at {t['summary']:.1f} s")
