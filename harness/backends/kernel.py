@@ -15,9 +15,9 @@ from typing import Iterable, Optional
 from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
 from harness.events import FaultHandler, PageFault
-from harness.memory import PAGE_SIZE, MemoryKind, Region
+from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, SMAPS, PteState
-from harness.backends.base import KERNEL, Backend, FaultEvent, RegionRef
+from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
 
 
 @lru_cache(maxsize=1)
@@ -65,6 +65,7 @@ class KernelBackend(Backend):
         if IDLE_PAGE in self._channels:
             self._pin()
         self._regions: list[Region] = []
+        self._adjacent: list[AdjacentRegions] = []
         self._uffd = None
         self._handler: Optional[FaultHandler] = None
         self._seen = 0
@@ -106,6 +107,45 @@ class KernelBackend(Backend):
         if register is not None:
             self._need_uffd().register(region.addr, region.length, register)
         return ref
+
+    def create_adjacent(self, kind: MemoryKind, pages: tuple[int, ...], boundary_page: int,
+                        register: Optional[RegisterMode] = RegisterMode.WP) -> list[RegionRef]:
+        group = AdjacentRegions(kind, pages, boundary_page)
+        self._adjacent.append(group)
+        refs = []
+        for region in group.regions:
+            self._regions.append(region)
+            refs.append(RegionRef(len(self._regions) - 1, kind, region.npages, register))
+        if register is not None:
+            self._need_uffd().register(group.addr, group.length, register)
+        return refs
+
+    def writeprotect_adjacent(self, refs: list[RegionRef], protect: bool, *, access_likely: bool = False,
+                              write_likely: bool = False, raw_mode: Optional[int] = None) -> None:
+        """One ioctl from the first region's start to the last one's end (they are contiguous)."""
+        first, last = self._regions[refs[0].index], self._regions[refs[-1].index]
+        self._need_uffd().writeprotect(first.addr, last.end - first.addr, protect, access_likely=access_likely,
+                                       write_likely=write_likely, raw_mode=raw_mode)
+
+    def write_faults(self, r: RegionRef, page: int = 0) -> int:
+        return self._regions[r.index].write_faults(page)
+
+    def fork_child(self) -> ForkedChild:
+        return _LiveChild(self._regions)
+
+    def reopen(self) -> None:
+        """Close the fault handler, the userfaultfd and the regions; keep the CPU pinning."""
+        if self._handler is not None:
+            self._handler.stop()
+            self._handler = None
+        for region in self._regions:
+            region.close()
+        for group in self._adjacent:
+            group.close()
+        self._regions, self._adjacent, self._seen = [], [], 0
+        if self._uffd is not None:
+            self._uffd.close()
+            self._uffd = None
 
     def region(self, r: RegionRef) -> Region:
         """The real :class:`Region` behind a reference (kernel backend only)."""
@@ -241,7 +281,9 @@ class KernelBackend(Backend):
             self._handler = None
         for region in self._regions:
             region.close()
-        self._regions = []
+        for group in self._adjacent:
+            group.close()
+        self._regions, self._adjacent = [], []
         if self._drain_region is not None:
             self._drain_region.close()
             self._drain_region = None
@@ -254,6 +296,70 @@ class KernelBackend(Backend):
             except OSError:
                 pass
             self._affinity = None
+
+
+class _LiveChild(ForkedChild):
+    """A forked child that keeps its copy-on-write view of the parent's memory until closed.
+
+    It answers checksum requests (an address in, the FNV-1a sum of that page
+    out) over two pipes, so a test can see whether a store by the parent
+    reached the child's page.  The child runs only the pipe loop and exits
+    with os._exit: nothing of the parent's threads (the fault handler) runs
+    in it, and without UFFD_FEATURE_EVENT_FORK its VMAs are not registered.
+    """
+
+    #: seconds to wait for the child's answer; a child that does not answer is killed
+    TIMEOUT = 30.0
+
+    def __init__(self, regions: list[Region]):
+        import select  # noqa: F401 - imported before the fork, used by the child too
+        from harness._native import lib
+        self._regions = regions
+        req_r, self._req_w = os.pipe()
+        self._ans_r, ans_w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # fork with the handler thread running
+            self.pid = os.fork()
+        if self.pid == 0:                                          # the child
+            try:
+                os.close(self._req_w)
+                os.close(self._ans_r)
+                while True:
+                    data = os.read(req_r, 8)
+                    if len(data) < 8 or data == b"\0" * 8:
+                        break
+                    addr = int.from_bytes(data, "little")
+                    os.write(ans_w, int(lib.harness_checksum(addr, PAGE_SIZE)).to_bytes(8, "little"))
+            finally:
+                os._exit(0)
+        os.close(req_r)
+        os.close(ans_w)
+
+    def checksum(self, r, page: int = 0) -> Optional[int]:
+        import select
+        os.write(self._req_w, self._regions[r.index].page_addr(page).to_bytes(8, "little"))
+        ready, _, _ = select.select([self._ans_r], [], [], self.TIMEOUT)
+        if not ready:
+            self.close()
+            raise TimeoutError(f"forked child {self.pid} did not answer within {self.TIMEOUT:.0f} s")
+        data = os.read(self._ans_r, 8)
+        if len(data) < 8:
+            raise ChildProcessError(f"forked child {self.pid} died before answering")
+        return int.from_bytes(data, "little")
+
+    def close(self) -> None:
+        if self.pid <= 0:
+            return
+        for fd in (self._req_w, self._ans_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.waitpid(self.pid, 0)                     # EOF on its pipe ends the child's loop
+        except ChildProcessError:
+            pass
+        self.pid = 0
 
 
 def _smaps_counts(starts: set) -> dict[int, tuple[int, int]]:

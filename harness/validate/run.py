@@ -166,6 +166,7 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     t0 = time.monotonic()
     results.mkdir(parents=True, exist_ok=True)
     candidate = "patched" if patches is None else candidate_name(patches)
+    _clear_results(results, ["host", "stock", candidate], log)
     reason = qemu_unavailable()
     outcomes: list[KernelOutcome] = []
     if reason:
@@ -192,6 +193,27 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     write_report(report, results)
     print(render_terminal(report, results))
     return 0 if report["ok"] else 1
+
+
+#: what a validation writes at the top of the results directory (calibration.json and bench.json of
+#: `make bench` on the host stay: they are the host's, not this run's)
+REPORT_FILES = ("report.md", "report.json", "report.tap", "report.junit.xml")
+
+
+def _clear_results(results: Path, kernels: list[str], log: Log) -> None:
+    """Start from an empty results directory: no earlier run's summary can speak for this one."""
+    import shutil
+    removed = 0
+    for name in kernels:
+        if (results / name).exists():
+            shutil.rmtree(results / name)
+            removed += 1
+    for name in REPORT_FILES:
+        if (results / name).exists():
+            (results / name).unlink()
+            removed += 1
+    if removed:
+        log(f"[validate] removed {removed} result(s) of an earlier run from {results}")
 
 
 def _host_selftests_dir() -> Optional[Path]:
