@@ -580,6 +580,18 @@ CONTRACT: dict[int, Clause] = {c.number: c for c in (
 )}
 
 
+def markdown_table() -> str:
+    """The contract as the README shows it (a test keeps the README's copy equal to this)."""
+    names = {Shape.PAGE: "page", Shape.SPAN: "span", Shape.THP: "anon THP"}
+    lines = ["| clause | what the suite checks (BRIEF 2.2) | memory | shapes | needs |",
+             "| --- | --- | --- | --- | --- |"]
+    for n, c in sorted(CONTRACT.items()):
+        needs = ", ".join(f"`{f.name}`" if isinstance(f, Feature) else f for f in c.needs) or "-"
+        lines.append(f"| {n} | {c.text} | {', '.join(k.value for k in c.kinds)} | "
+                     f"{', '.join(names[s] for s in c.shapes)} | {needs} |")
+    return "\n".join(lines) + "\n"
+
+
 def _errno_of(call) -> Optional[int]:
     try:
         call()
