@@ -130,6 +130,52 @@ class KernelBackend(Backend):
     def write_faults(self, r: RegionRef, page: int = 0) -> int:
         return self._regions[r.index].write_faults(page)
 
+    # -- base pages of a THP region (part of a THP: kernel only) -------------------------
+
+    def base_pages(self, r: RegionRef) -> int:
+        """How many base pages a region spans (512 per PMD-sized THP page)."""
+        region = self._regions[r.index]
+        return region.length // PAGE_SIZE
+
+    def writeprotect_base(self, r: RegionRef, first: int, count: int, protect: bool, *,
+                          access_likely: bool = False, write_likely: bool = False) -> None:
+        """UFFDIO_WRITEPROTECT over base pages [first, first+count) of a region (part of a THP)."""
+        region = self._regions[r.index]
+        if not 0 <= first < first + count <= self.base_pages(r):
+            raise IndexError(f"base pages [{first}, +{count}) outside {region!r}")
+        self._need_uffd().writeprotect(region.addr + first * PAGE_SIZE, count * PAGE_SIZE, protect,
+                                       access_likely=access_likely, write_likely=write_likely)
+
+    def base_page_states(self, r: RegionRef) -> list[PteState]:
+        """pagemap of every base page of a region (present, uffd-wp, ...; young/dirty not filled in)."""
+        region = self._regions[r.index]
+        out = []
+        for entry in _pte.pagemap_entries(region.addr, self.base_pages(r)):
+            out.append(PteState(present=_pte.pagemap_bit(entry, PagemapBit.PRESENT),
+                                swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
+                                file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
+                                uffd_wp=_pte.pagemap_bit(entry, PagemapBit.UFFD_WP),
+                                exclusive=_pte.pagemap_bit(entry, PagemapBit.EXCLUSIVE),
+                                soft_dirty=_pte.pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
+                                pfn=_pte.pagemap_pfn(entry), young=None, dirty=None, source="pagemap"))
+        return out
+
+    def vma_page_counts(self, r: RegionRef) -> dict[str, int]:
+        """smaps of the region's VMA in base pages: {"rss", "referenced", "dirty"} (PTE bit or folio flag)."""
+        vma = _pte.smaps_vma(self._regions[r.index].addr)
+        kb = PAGE_SIZE // 1024
+        return {"rss": vma.get("Rss", 0) // kb, "referenced": vma.get("Referenced", 0) // kb,
+                "dirty": (vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0)) // kb}
+
+    def write_faults_base(self, r: RegionRef, page: int) -> int:
+        """:meth:`write_faults` for one base page of a region (part of a THP)."""
+        region = self._regions[r.index]
+        from harness._native import lib
+        faults = lib.harness_write_faults(region.addr + page * PAGE_SIZE, 0x5A)
+        if faults < 0:
+            raise OSError(f"getrusage(RUSAGE_THREAD) around a store to {region!r} base page {page}")
+        return int(faults)
+
     def fork_child(self) -> ForkedChild:
         return _LiveChild(self._regions)
 
