@@ -84,8 +84,8 @@ THP_PART_FIRST = 3
 THP_PART_PAGES = 5
 
 #: kinds whose PTEs map the page cache (shmem): what clause 4 is about
-SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE)
-BASE_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE)
+SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE_PRIVATE)
+BASE_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE, MemoryKind.FILE_PRIVATE)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def cases(kind: MemoryKind) -> list[Case]:
                 Case("old+dirty", ("write", "clear_young"), True, False, False),
                 Case("young+clean", ("read",), False, True, False),
                 Case("young+dirty", ("write",), False, False, False)]
-    # shmem-private: a read maps the clean page-cache page (never writable: COW);
+    # shmem-private and file-private: a read maps the clean page-cache page (never writable: COW);
     # a write makes an exclusive anonymous copy, which can be made writable
     return [Case("old+clean", ("read", "clear_young"), True, True, False),
             Case("old+dirty", ("write", "clear_young"), True, False, True),
