@@ -427,11 +427,12 @@ def observe_ptes(region: Region, first: int = 0, count: Optional[int] = None) ->
     as for every channel; :func:`read_ptes` gives the entries themselves.
     """
     count = region.npages - first if count is None else count
-    per_page = region.page_size // PAGE_SIZE
-    start = region.page_addr(first)
-    ptes = read_ptes(start, count * per_page)
-    entries = pagemap_entries(start, count * per_page)
-    return [_pte_state(entries[i * per_page], ptes[i * per_page]) for i in range(count)]
+    if region.page_size == PAGE_SIZE:
+        start = region.page_addr(first)
+        return [_pte_state(e, p) for e, p in zip(pagemap_entries(start, count), read_ptes(start, count))]
+    # one huge page is 512 lines; only its first base page's is needed
+    heads = [region.page_addr(page) for page in range(first, first + count)]
+    return [_pte_state(pagemap_entry(addr), read_ptes(addr, 1)[0]) for addr in heads]
 
 
 # -- the one-stop call ------------------------------------------------------------
@@ -505,6 +506,8 @@ class CrossCheck:
     #: idle-page tracking: accessed since marked idle; None unless the folio was marked idle
     #: (KPF_IDLE set when read first) and the bitmap is readable
     idle_young: Optional[bool]
+    #: the VMA has VM_SOFTDIRTY (smaps VmFlags "sd"): pagemap then shows every page soft-dirty
+    vma_soft_dirty: bool = False
 
     @property
     def folio_referenced(self) -> Optional[bool]:
@@ -545,11 +548,14 @@ class CrossCheck:
     def disagreements(self) -> list[str]:
         """Where channels contradict each other about what they all see (a broken channel)."""
         out = []
-        for name, bit in (("present", PagemapBit.PRESENT), ("uffd_wp", PagemapBit.UFFD_WP),
-                          ("soft_dirty", PagemapBit.SOFT_DIRTY)):
+        for name, bit in (("present", PagemapBit.PRESENT), ("uffd_wp", PagemapBit.UFFD_WP)):
             if getattr(self.pte, name) != pagemap_bit(self.pagemap, bit):
                 out.append(f"{self.addr:#x}: {name} is {getattr(self.pte, name)} in the PTE, "
                            f"{pagemap_bit(self.pagemap, bit)} in pagemap")
+        # pte_to_pagemap_entry() ORs in the VMA's VM_SOFTDIRTY
+        if pagemap_bit(self.pagemap, PagemapBit.SOFT_DIRTY) != (self.pte.soft_dirty or self.vma_soft_dirty):
+            out.append(f"{self.addr:#x}: soft-dirty is {self.pte.soft_dirty} in the PTE and {self.vma_soft_dirty} "
+                       f"on the VMA, but {pagemap_bit(self.pagemap, PagemapBit.SOFT_DIRTY)} in pagemap")
         # smaps counts pte_young / pte_dirty (smaps_pte_entry()); the idle walk
         # clears a young PTE and with it the idle flag (page_idle_clear_pte_refs_one())
         if self.pte.young and self.smaps_young is False:
@@ -575,11 +581,12 @@ def cross_check(region: Region, page: int = 0) -> CrossCheck:
     flags = kpageflags(pfn) if pfn is not None and kpageflags_available() is None else None
     pte = read_pte(addr)
     young, dirty = _smaps_young_dirty(region, page) if pagemap_bit(entry, PagemapBit.PRESENT) else (False, False)
+    vma_soft_dirty = "sd" in str(smaps_vma(addr).get("VmFlags", "")).split()
     idle_young = None
     if flags is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
         idle_young = not page_idle(pfn)
     return CrossCheck(addr=addr, pagemap=entry, pte=pte, folio_flags=flags, smaps_young=young,
-                      smaps_dirty=dirty, idle_young=idle_young)
+                      smaps_dirty=dirty, idle_young=idle_young, vma_soft_dirty=vma_soft_dirty)
 
 
 def clear_refs(value: int = abi.CLEAR_REFS_ALL, pid: str = "self") -> None:

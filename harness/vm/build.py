@@ -597,7 +597,8 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     state_file.write_text(json.dumps({"patch_key": patch_key,
                                       "touched": sorted(set(touched)),
                                       "instrumentation": instrumented}))
-    log(f"[vm] source tree ready ({len(patches)} patches, "
+    with_instr = " + vm/instrumentation" if instrumented["applied"] else ""
+    log(f"[vm] source tree ready ({len(patches)} patches{with_instr}, "
         f"{len(set(touched))} files changed) in {time.monotonic() - t0:.1f} s")
     return src
 
