@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from typing import Callable, Optional
 
 from harness.errors import HarnessError, errno_name
@@ -58,6 +59,21 @@ def describe_error(exc: BaseException) -> str:
     return text.splitlines()[0] if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)) else text
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so that guests are killed and files removed.
+
+    A BaseException, as KeyboardInterrupt is: ``except Exception`` must not swallow it.
+    """
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace,
                   prog: str = "uffd-harness") -> int:
     """Run one verb: its exit status, or one line on stderr and a status for what went wrong.
@@ -72,6 +88,11 @@ def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: 
     verb = " ".join(v for v in (getattr(args, "command", None), getattr(args, "sim_command", None),
                                 getattr(args, "vm_command", None)) if v)
     label = f"{prog} {verb}".strip()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        # What a CI system sends when it cancels a job, and what a closed terminal sends.  (SIGKILL
+        # cannot be caught: the guest runner's guard process covers that.)
+        previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         status = int(command(args) or 0)
         sys.stdout.flush()          # a reader that went away shows here, not at interpreter exit
@@ -79,6 +100,9 @@ def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: 
     except KeyboardInterrupt:
         print(f"{label}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"{label}: terminated by {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
@@ -88,6 +112,9 @@ def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: 
     except (HarnessError, OSError, ValueError) as exc:
         print(f"{label}: {describe_error(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _silence_stdout() -> None:
