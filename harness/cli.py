@@ -59,10 +59,9 @@ def describe_error(exc: BaseException) -> str:
     return text.splitlines()[0] if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)) else text
 
 
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so that guests are killed and files removed.
-
-    A BaseException, as KeyboardInterrupt is: ``except Exception`` must not swallow it.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds as Ctrl-C does, through every ``except KeyboardInterrupt``
+    that kills guests (validate's ``kill_all_guests()``, vm run's) and removes files.
     """
 
     def __init__(self, signum: int):
@@ -97,12 +96,12 @@ def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: 
         status = int(command(args) or 0)
         sys.stdout.flush()          # a reader that went away shows here, not at interpreter exit
         return status
-    except KeyboardInterrupt:
-        print(f"{label}: interrupted", file=sys.stderr)
-        return 130
     except Terminated as exc:
         print(f"{label}: terminated by {exc}", file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE

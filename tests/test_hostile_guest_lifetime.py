@@ -31,9 +31,24 @@ HARNESS = textwrap.dedent("""\
     tmp = Path(sys.argv[1])
     kernel = KernelBuild(name="fake", path=tmp / "bzImage", key="0" * 64, uapi_header=tmp / "userfaultfd.h",
                          patched=False, directory=tmp, selftests_dir=tmp)
-    def run(args):
-        return runner.run_in_guest(kernel, ["true"], timeout=120, rwdir=tmp / "rw", accel="tcg",
+    def one(rw):
+        return runner.run_in_guest(kernel, ["true"], timeout=120, rwdir=rw, accel="tcg",
                                    log=lambda _: None).returncode
+    def run(args):
+        if sys.argv[2] == "1":
+            return one(tmp / "rw")
+        # two guests in threads, as validate's _run_guests() runs the stock and the patched kernel
+        import concurrent.futures
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        try:
+            futures = [pool.submit(one, rw) for rw in (tmp / "rw", tmp / "rw2")]
+            while not all(f.done() for f in futures):
+                concurrent.futures.wait(futures, timeout=1.0)
+        except KeyboardInterrupt:
+            runner.kill_all_guests()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        return max(f.result() for f in futures)
     sys.exit(report_errors(run, argparse.Namespace(command="vm", vm_command="run")))
     """)
 
@@ -60,23 +75,25 @@ def _wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: s.name)
-def test_qemu_and_its_script_go_when_the_harness_is_killed(tmp_path, sig):
+@pytest.mark.parametrize("sig, guests", [(signal.SIGTERM, 1), (signal.SIGHUP, 1), (signal.SIGKILL, 1),
+                                         (signal.SIGKILL, 2), (signal.SIGTERM, 2)],
+                         ids=["SIGTERM", "SIGHUP", "SIGKILL", "SIGKILL-two-guests", "SIGTERM-two-guests"])
+def test_qemu_and_its_script_go_when_the_harness_is_killed(tmp_path, sig, guests):
     (tmp_path / "bzImage").write_bytes(b"")
     (tmp_path / "userfaultfd.h").write_text("")
     bzimage = tmp_path / "bzImage"
     env = {**os.environ, "UFFD_HARNESS_VNG": str(_fake_vng(tmp_path))}
-    harness = subprocess.Popen([sys.executable, "-c", HARNESS, str(tmp_path)], env=env,
+    harness = subprocess.Popen([sys.executable, "-c", HARNESS, str(tmp_path), str(guests)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_for(lambda: qemu_processes(bzimage), 20), "the stand-in QEMU never started"
-        scripts = list((tmp_path / "rw").glob(".guest-command-*.sh"))
+        assert _wait_for(lambda: len(qemu_processes(bzimage)) == guests, 20), "the stand-in QEMUs never started"
+        scripts = list(tmp_path.glob("rw*/.guest-command-*.sh"))
         assert scripts, "no guest command script while the guest runs (the test would prove nothing)"
         harness.send_signal(sig)
         harness.wait(timeout=20)
         gone = _wait_for(lambda: not qemu_processes(bzimage), 5)
         assert gone, f"QEMU {qemu_processes(bzimage)} outlived the harness killed by {sig.name}"
-        assert _wait_for(lambda: not list((tmp_path / "rw").glob(".guest-command-*.sh")), 5), \
+        assert _wait_for(lambda: not list(tmp_path.glob("rw*/.guest-command-*.sh")), 5), \
             f"the guest command script stayed after {sig.name}"
         if sig != signal.SIGKILL:
             assert harness.returncode == 128 + sig, harness.returncode

@@ -191,9 +191,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            env=env, memory=args.memory, cpus=args.cpus,
                            hugepages=args.hugepages, accel=args.accel,
                            show_console=args.console, append=args.append)
-    except KeyboardInterrupt:
-        print("\nvm run: interrupted; QEMU killed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:     # Ctrl-C, or SIGTERM/SIGHUP (harness.cli.Terminated)
+        signum = getattr(exc, "signum", 2)
+        print(f"\nvm run: {'interrupted' if signum == 2 else f'terminated by {exc}'}; QEMU killed",
+              file=sys.stderr)
+        return 128 + signum
     print(f"[vm] {kernel.name} ({res.accel}): exit {res.returncode} "
           f"after {res.elapsed:.1f} s", file=sys.stderr)
     return res.returncode
