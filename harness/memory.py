@@ -330,7 +330,7 @@ class Region:
 
     def page_addr(self, page: int) -> int:
         """The address of ``page``; raises if the region is closed or the page outside it."""
-        self._check_open("access")
+        self._check_open("Region access")
         _check_index("page", page)
         if not 0 <= page < self.npages:
             raise IndexError(f"page {page} outside a region of {self.npages} pages")
@@ -338,7 +338,7 @@ class Region:
 
     def span(self, first: int = 0, count: Optional[int] = None) -> tuple[int, int]:
         """(start, length) of pages [first, first+count); raises if closed or outside the region."""
-        self._check_open("access")
+        self._check_open("Region access")
         _check_index("first", first)
         count = self.npages - first if count is None else count
         _check_index("count", count)

@@ -192,7 +192,7 @@ def test_bench_checks_its_output_paths_before_the_run(capsys, option):
 
 def test_bench_output_path_that_is_a_directory(tmp_path, capsys):
     status, _, err = run_cli(["bench", "--json", str(tmp_path), "--no-pin"], capsys)
-    assert_one_line_error(status, err, "--json", "is a directory")
+    assert_one_line_error(status, err, "--json", "a directory")
 
 
 # -- broken pipes ------------------------------------------------------------------------------

@@ -64,14 +64,14 @@ def check_writable(path: str, option: str) -> None:
     """
     target = Path(path)
     if target.is_dir():
-        raise InvalidArgument("bench", option, f"{path} is a directory; give a file name")
+        raise InvalidArgument(option, path, "a directory; give a file name")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
             pass
     except OSError as exc:
-        raise InvalidArgument("bench", option, f"cannot write {path}: {errno_name(exc.errno)} "
-                                               f"({os.strerror(exc.errno)})") from None
+        raise InvalidArgument(option, path, f"cannot write it: {errno_name(exc.errno)} "
+                                            f"({os.strerror(exc.errno)})") from None
 
 
 def _bench(args: argparse.Namespace) -> int:
