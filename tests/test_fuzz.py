@@ -31,7 +31,6 @@ from harness.timing import bench, documents
 from harness.uffd import Userfaultfd
 from harness.vm import build as vmbuild
 from harness.vm.documents import load_build_info
-from harness.vm.errors import VmError
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
