@@ -148,3 +148,38 @@ def test_document_error_is_a_value_error_naming_the_file(tmp_path):
     with pytest.raises(DocumentError) as info:
         load_build_info(tmp_path / "build.json")
     assert isinstance(info.value, ValueError) and str(tmp_path / "build.json") in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["[]", "{", "null", json.dumps({"key": 5, "patched": False})])
+def test_a_corrupt_build_json_means_rebuild_not_a_traceback(kernel_dir, content):
+    """build_kernel's cache check (_is_current) reads build.json too: a corrupt one is "not current"."""
+    (kernel_dir / "build.json").write_text(content)
+    (kernel_dir / "uapi").mkdir()
+    kb = vmbuild.KernelBuild(name="k", path=kernel_dir / "bzImage", key="0" * 64,
+                             uapi_header=kernel_dir / "bzImage", patched=False, directory=kernel_dir,
+                             selftests_dir=kernel_dir)
+    for tool in vmbuild.SELFTESTS:
+        (kernel_dir / tool).write_text("")
+    assert vmbuild._is_current(kb) is False
+
+
+@pytest.mark.parametrize("content", ["[]", "{", "null", "\"x\""])
+def test_a_corrupt_kvm_probe_cache_is_probed_again(tmp_path, monkeypatch, content):
+    from harness.vm import runner
+    monkeypatch.setattr(runner, "BUILD_DIR", tmp_path)
+    monkeypatch.setattr(runner.os.path, "exists", lambda p: True)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "kvm-probe.json").write_text(content)
+    probed = []
+
+    class NoQemu(Exception):
+        pass
+
+    def popen(*a, **k):
+        probed.append(a)
+        raise NoQemu
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    monkeypatch.setattr(runner, "_probe_cache_key", lambda: "k")
+    with pytest.raises(NoQemu):
+        runner.probe_kvm(tmp_path / "bzImage")
+    assert probed, "the corrupt cache was not ignored"

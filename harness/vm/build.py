@@ -572,6 +572,8 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
             old_state = json.loads(state_file.read_text())
         except ValueError:
             old_state = {}
+        if not isinstance(old_state, dict):
+            old_state = {}      # corrupt: treated as no previous tree, so every file is re-linked
     if src.is_dir() and old_state.get("patch_key") == patch_key:
         return src
     ref = src
@@ -693,9 +695,10 @@ def _is_current(kb: KernelBuild) -> bool:
         return False
     if not all((kb.selftests_dir / t).exists() for t in SELFTESTS):
         return False
+    from .documents import load_build_info
     try:
-        return json.loads(info_path.read_text()).get("key") == kb.key
-    except ValueError:
+        return load_build_info(info_path)["key"] == kb.key
+    except ValueError:          # DocumentError: a corrupt build.json is rebuilt over
         return False
 
 
@@ -825,9 +828,11 @@ def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
     if (kb.directory / "obj").exists():
         return None                      # not the first build: incremental anyway
     seed = kb.directory.parent / seed_from
+    from .documents import load_build_info
     try:
-        info = json.loads((seed / "build.json").read_text())
-        json.loads((seed / "src-state.json").read_text())
+        info = load_build_info(seed / "build.json")
+        if not isinstance(json.loads((seed / "src-state.json").read_text()), dict):
+            raise ValueError("src-state.json is not an object")
     except (OSError, ValueError):
         log(f"[vm] {kb.name}: not seeding from '{seed_from}': it is not built")
         return None

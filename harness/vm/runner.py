@@ -138,8 +138,8 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
     try:
         data = json.loads(cache.read_text())
         if data.get("key") == key:
-            return bool(data["kvm"]), data["reason"] + " (cached)"
-    except (OSError, ValueError, KeyError):
+            return bool(data["kvm"]), str(data["reason"]) + " (cached)"
+    except (OSError, ValueError, KeyError, AttributeError):     # absent or corrupt: probe again
         pass
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
            "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
