@@ -32,6 +32,9 @@ from harness.uffd import Userfaultfd
 from harness.vm import build as vmbuild
 from harness.vm.documents import load_build_info
 
+#: the same on any kernel (files, command lines): guest suites deselect host_only
+host_only = pytest.mark.host_only
+
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -118,6 +121,7 @@ READERS = {"bench": documents.load_bench, "calibration": documents.load_calibrat
            "summary": reports.load_summary, "report": reports.load_report}
 
 
+@host_only
 @pytest.mark.parametrize("family", sorted(READERS))
 def test_every_reader_answers_a_document_or_a_document_error(family):
     @FUZZ
@@ -157,6 +161,7 @@ def _assert_clean(status: int, err: str, allowed=(0, 2)) -> None:
         assert len(lines) == 1, err
 
 
+@host_only
 @FUZZ
 @given(a=file_contents("bench"), b=file_contents("bench"))
 def test_compare_of_generated_files(a, b):
@@ -171,6 +176,7 @@ def test_compare_of_generated_files(a, b):
         pb.unlink()
 
 
+@host_only
 @FUZZ
 @given(content=file_contents("calibration"), hints=st.sampled_from(["", "A", "W", "AW"]))
 def test_sim_run_of_generated_calibrations(content, hints):
@@ -182,6 +188,7 @@ def test_sim_run_of_generated_calibrations(content, hints):
         path.unlink()
 
 
+@host_only
 def test_vm_info_and_run_of_generated_build_json(monkeypatch, tmp_path):
     monkeypatch.setattr(vmbuild, "BUILD_DIR", tmp_path)
     kdir = tmp_path / "kernels" / "k"
@@ -217,6 +224,7 @@ VERBS = {
 }
 
 
+@host_only
 @settings(FUZZ, max_examples=120)
 @given(verb=st.sampled_from(sorted(VERBS)), data=st.data())
 def test_generated_argv_at_every_safe_verb(verb, data):

@@ -19,6 +19,9 @@ from harness.cli import main
 from harness.sim.cost import CostModel
 from harness.timing.documents import BENCH_SCHEMA, CALIBRATION_SCHEMA
 
+#: the same on any kernel; second interpreters (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
 SCENARIO = "first_touch.old_clean.write"
 
 

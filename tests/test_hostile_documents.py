@@ -13,6 +13,9 @@ from harness.errors import DocumentError
 from harness.timing import documents
 from harness.vm.documents import load_build_info
 
+#: file formats, the same on any kernel; a second interpreter (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
 
 @pytest.fixture(scope="module")
 def written_summary(tmp_path_factory):

@@ -18,6 +18,9 @@ import pytest
 
 from harness.vm.runner import qemu_processes
 
+#: the host side of a guest; second interpreters (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
 #: the stand-in QEMU runs this long unless someone ends it
 FAKE_QEMU_SECONDS = 60
 

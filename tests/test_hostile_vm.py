@@ -15,6 +15,9 @@ from harness.errors import DocumentError
 from harness.vm import build as vmbuild
 from harness.vm.errors import KernelNotBuilt, PatchApplyError, VmError
 
+#: no kernel of its own to check: stand-ins in tmp_path (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
 
 def run_cli(argv, capsys):
     try:
