@@ -5,7 +5,6 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
 
 from harness.validate import report as render, run
 from harness.validate.outcome import KernelOutcome
