@@ -225,7 +225,7 @@ VERBS = {
 
 
 @host_only
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=80)
 @given(verb=st.sampled_from(sorted(VERBS)), data=st.data())
 def test_generated_argv_at_every_safe_verb(verb, data):
     """No traceback and bounded time, whatever follows a verb (verbs that build or boot are kept from doing so)."""
@@ -262,7 +262,7 @@ def _api_fuzz():
     """Runs in a forked child: a crash is a test failure naming the signal, not the end of the test run."""
     from hypothesis import given as given_, settings as settings_
 
-    @settings_(max_examples=150, deadline=None, derandomize=True, database=None)
+    @settings_(max_examples=100, deadline=None, derandomize=True, database=None)
     @given_(features=FEATURES, calls=st.lists(st.tuples(OPS, OFFSETS, LENGTHS, MODES, st.booleans()), max_size=6))
     def check(features, calls):
         with Region.create(MemoryKind.ANON, 4) as region:
