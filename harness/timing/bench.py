@@ -211,23 +211,31 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
     updates the model instead of truncating it.
     """
     medians: dict[str, float] = {}
+    intervals: dict[str, list[float]] = {}
     absent: dict[str, str] = {}
     if previous and previous.get("schema") == CALIBRATION_SCHEMA and all(
             previous.get(k) == getattr(cal, k) for k in ("cpu_model", "kernel", "hypervisor_vendor", "tcg")):
         medians.update(previous.get("medians", {}))
+        intervals.update(previous.get("intervals", {}))
         absent.update(previous.get("absent", {}))
     for name, r in results.items():
         if r.ok:
             medians[name] = r.summary.median
+            intervals[name] = [r.summary.ci_lo, r.summary.ci_hi]
             absent.pop(name, None)
         else:
             absent[name] = r.status
             medians.pop(name, None)
+            intervals.pop(name, None)
     return {"schema": CALIBRATION_SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **cal.to_dict(),
             "medians": medians,
             "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
+            # the 95% interval of each median, net: what a projection from this model carries
+            "net_intervals": {n: [lo - cal.empty_cycles, hi - cal.empty_cycles]
+                              for n, (lo, hi) in intervals.items()},
+            "intervals": intervals,
             "absent": absent}
 
 
