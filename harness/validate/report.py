@@ -212,13 +212,18 @@ def render_terminal(report: dict, results: Path) -> str:
     out = ["", tabulate(rows, headers=["clause", "what"] + names), ""]
     out += [f"problem: {p}" for p in report["problems"]]
     out += _terminal_bench(report)
-    out += [f"report: {results / 'report.md'} (also report.json, report.tap, report.junit.xml)",
+    out += [f"report: {results / 'report.md'} (also report.json, report.tap, report.junit.xml, report.kcidb.json)",
             f"total time: {report['seconds']:.0f} s", "", report["verdict"]["line"]]
     return "\n".join(out)
 
 
 def write_report(report: dict, results: Path) -> None:
+    """report.json, .md, .tap, .junit.xml and .kcidb.json (origin from UFFD_HARNESS_KCIDB_ORIGIN)."""
+    from harness.validate import kcidb
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    # KCIDB from the document as written (JSON keys are strings), so report.json alone reproduces it
+    (results / "report.kcidb.json").write_text(
+        json.dumps(kcidb.document(json.loads((results / "report.json").read_text())), indent=1) + "\n")
     (results / "report.md").write_text(render_markdown(report))
     (results / "report.tap").write_text(render_tap(report))
     (results / "report.junit.xml").write_text(render_junit(report))
