@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "harness.sim.cli",
     "harness.timing.cli",
     "harness.validate.cli",
+    "harness.lava",
 )
 
 
