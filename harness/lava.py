@@ -96,30 +96,43 @@ def _load(path: Path) -> Optional[dict]:
         return None
 
 
-def emit(cases: list[dict], run: Callable = subprocess.run) -> int:
-    """Report ``cases`` to LAVA with its shell helpers (lava-test-set, lava-test-case); the number reported."""
-    current = None
+def case_commands(cases: list[dict]) -> list[list[str]]:
+    """The LAVA shell-helper calls (lava-test-set, lava-test-case) that report ``cases``, in order."""
+    commands, current = [], None
     for case in cases:
         if case["set"] != current:
             if current is not None:
-                run(["lava-test-set", "stop", current], check=False)
+                commands.append(["lava-test-set", "stop", current])
             current = case["set"]
-            run(["lava-test-set", "start", current], check=False)
+            commands.append(["lava-test-set", "start", current])
         argv = ["lava-test-case", case["name"], "--result", case["result"]]
         if "measurement" in case:
             argv += ["--measurement", f"{case['measurement']:.1f}", "--units", case["units"]]
-        run(argv, check=False)
+        commands.append(argv)
     if current is not None:
-        run(["lava-test-set", "stop", current], check=False)
+        commands.append(["lava-test-set", "stop", current])
+    return commands
+
+
+def emit(cases: list[dict], run: Callable = subprocess.run) -> int:
+    """Report ``cases`` to LAVA with its shell helpers; the number of cases reported."""
+    for argv in case_commands(cases):
+        run(argv, check=False)
     return len(cases)
 
 
 # -- on the host: the job and the bundle ------------------------------------------------------
 
 def job_definition(name: str, build: dict, *, kernel_url: str, ramdisk_url: str, bundle_url: str,
-                   ramdisk_compression: Optional[str] = "gz", no_kvm: bool = False, memory_mb: int = 2048,
+                   ramdisk_compression: Optional[str] = None, no_kvm: bool = False, memory_mb: int = 2048,
                    cpus: int = 2, job_minutes: int = 90) -> dict:
-    """The LAVA job (a dict; YAML when written) for kernel ``name`` with its build.json ``build``."""
+    """The LAVA job (a dict; YAML when written) for kernel ``name`` with its build.json ``build``.
+
+    The ramdisk is uncompressed by default: the project's kernel config has
+    no CONFIG_RD_GZIP, and LAVA recompresses the ramdisk after adding its
+    overlays with the compression named here ("Initramfs unpacking failed:
+    compression method gzip not configured" otherwise).
+    """
     patches = build.get("patches") or []
     description = (f"Debian linux-source-6.12 {build.get('source_version', '?')}"
                    + (f" with {len(patches)} patch(es)" if patches else ", no patches"))
@@ -230,8 +243,8 @@ def register(subparsers) -> None:
     p.add_argument("--kernel", required=True, metavar="NAME", help="a kernel built by `make kernel KERNEL=NAME`")
     p.add_argument("--out", metavar="FILE", help="the job's YAML (default build/results/lava/NAME.yaml); the bundle "
                                                  "goes beside it as NAME-bundle.tar.gz")
-    p.add_argument("--ramdisk-url", metavar="URL", help="cpio.newc(.gz) root file system with Python and the "
-                                                        "project's dependencies (required)")
+    p.add_argument("--ramdisk-url", metavar="URL", help="uncompressed cpio.newc root file system with Python and "
+                                                        "the project's dependencies (required)")
     p.add_argument("--kernel-url", metavar="URL", help="where the lab fetches the bzImage (default file:// of the build)")
     p.add_argument("--bundle-url", metavar="URL", help="where the lab fetches the bundle (default file:// of it)")
     p.add_argument("--no-kvm", action="store_true", help="TCG in the lab too (timings then say nothing of hardware)")

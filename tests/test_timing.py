@@ -407,6 +407,10 @@ def test_calibration_document_keys(small_run, tmp_path):
     assert doc["medians"]["first_touch.old_clean.write"] == results["first_touch.old_clean.write"].summary.median
     assert doc["net_medians"]["first_touch.old_clean.write"] == pytest.approx(
         doc["medians"]["first_touch.old_clean.write"] - doc["empty_cycles"])
+    summary = results["first_touch.old_clean.write"].summary
+    assert doc["net_intervals"]["first_touch.old_clean.write"] == pytest.approx(
+        [summary.ci_lo - doc["empty_cycles"], summary.ci_hi - doc["empty_cycles"]]), \
+        "a projection from the cost model needs each median's interval"
     path = bench.write_json(doc, tmp_path / "calibration.json")
     assert json.loads(path.read_text())["tsc_hz"] == cal.tsc_hz
 
