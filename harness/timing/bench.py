@@ -408,6 +408,21 @@ def plot_document(doc: dict, path: os.PathLike | str) -> Optional[Path]:
 
 # -- comparison ------------------------------------------------------------------------
 
+def emulated_reason(a: dict, b: dict, labels: tuple[str, str] = ("A", "B")) -> str:
+    """Why a comparison of two bench documents can have no verdict: either ran under TCG ("" when it can).
+
+    TCG sets accessed/dirty bits in its own slow path at no extra cost, so a
+    difference between two such runs is not a hardware effect.
+    """
+    sides = [name for name, doc in zip(labels, (a, b))
+             if (doc.get("calibration") or {}).get("tcg")
+             or not (doc.get("calibration") or {}).get("models_hardware_assists", True)]
+    if not sides:
+        return ""
+    return (f"emulated: {' and '.join(sides)} ran under QEMU TCG, which does not model hardware accessed/dirty "
+            "assists, so the timings give no verdict")
+
+
 @dataclass(frozen=True)
 class Comparison:
     name: str

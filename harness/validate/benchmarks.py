@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness import paths
+from harness.timing.bench import emulated_reason
 
 #: where ``make bench`` on the host leaves the calibration a projection reads
 HOST_CALIBRATION = paths.RESULTS_DIR / "calibration.json"
@@ -35,23 +36,12 @@ def scenarios_of(doc: dict) -> dict:
             "scenarios": scenarios}
 
 
-def emulated_reason(stock_doc: dict, candidate_doc: dict) -> str:
-    """Why a comparison of these two documents can have no verdict ("" when it can)."""
-    sides = [name for name, doc in (("stock", stock_doc), ("candidate", candidate_doc))
-             if (doc.get("calibration") or {}).get("tcg")
-             or not (doc.get("calibration") or {}).get("models_hardware_assists", True)]
-    if not sides:
-        return ""
-    return (f"emulated: {' and '.join(sides)} ran under QEMU TCG, which does not model hardware accessed/dirty "
-            "assists; no faster/slower verdict")
-
-
 def comparison(stock_doc: dict, candidate_doc: dict, host_calibration: Optional[Path] = None) -> dict:
     """report.json's ``bench``: rows of stock against candidate, and under TCG a projection instead of verdicts."""
     from harness.sim.projection import host_projection
     from harness.timing import bench
     rows, skipped = bench.compare_results(bench.results_of(stock_doc), bench.results_of(candidate_doc))
-    emulated = emulated_reason(stock_doc, candidate_doc)
+    emulated = emulated_reason(stock_doc, candidate_doc, ("stock", "candidate"))
     out_rows = []
     for c in rows:
         row = {"name": c.name, "a_median": c.median_a, "b_median": c.median_b, "diff": c.diff,
