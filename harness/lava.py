@@ -78,6 +78,7 @@ def lava_cases(out: Path) -> list[dict]:
                           "result": _LAVA_RESULT[case["result"]]})
         if run.get("error"):
             cases.append({"set": "selftests", "name": _case_name(test), "result": "fail"})
+    _number_repeats(cases)
     bench = _load(out / "bench.json")
     for name, s in ((bench or {}).get("scenarios") or {}).items():
         case = {"set": "bench", "name": _case_name(name)}
@@ -87,6 +88,15 @@ def lava_cases(out: Path) -> list[dict]:
             case["result"] = "skip" if str(s.get("status", "")).startswith("absent") else "fail"
         cases.append(case)
     return cases
+
+
+def _number_repeats(cases: list[dict]) -> None:
+    """Make names unique: selftests print some twice (mkdirty: "SIGSEGV generated, page not modified")."""
+    seen: dict[str, int] = {}
+    for case in cases:
+        seen[case["name"]] = seen.get(case["name"], 0) + 1
+        if seen[case["name"]] > 1:
+            case["name"] = f"{case['name']}_{seen[case['name']]}"
 
 
 def _load(path: Path) -> Optional[dict]:

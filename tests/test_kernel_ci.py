@@ -104,6 +104,20 @@ def test_kcidb_build_failure_is_miss_and_panic_is_error(tmp_path):
     assert {t["status"] for t in clauses} == {"ERROR"} and "panicked" in clauses[0]["comment"]
 
 
+def test_kcidb_of_a_host_only_validation(tmp_path):
+    """Where QEMU cannot run, the host kernel is validated: no build of ours, still a valid document."""
+    import kcidb_io
+    from harness.validate.outcome import KernelOutcome
+    stock = kernel_ci_data.outcomes(tmp_path)[0]
+    host = KernelOutcome("host", "host", stock.out, summary=stock.summary, steps=stock.steps, bench=stock.bench)
+    report = build_report([host], None, False, 1.0, qemu_reason="no qemu-system-x86_64")
+    doc = kcidb.document(json.loads(json.dumps(report, default=str)))
+    kcidb_io.schema.LATEST.validate(doc)
+    assert [b["comment"] for b in doc["builds"]] == [f"the host's running kernel {report['kernels']['host']['release']} "
+                                                     "(not built here)"]
+    assert {t["status"] for t in doc["tests"] if ".contract." in t["path"]} <= {"PASS", "SKIP", "FAIL"}
+
+
 def test_kcidb_origin_is_configurable_and_checked(tmp_path, monkeypatch):
     report = json.loads(json.dumps(_report(tmp_path), default=str))
     monkeypatch.setenv(kcidb.ENV_ORIGIN, "my_lab")
@@ -157,7 +171,8 @@ def test_tcg_comparison_has_no_verdict_and_projects_from_the_host_calibration(tm
         low = text.lower()
         assert "faster" not in low and "slower" not in low and "no difference detected" not in low, \
             f"{fmt} prints a timing verdict for a TCG comparison"
-    assert "Projection for this host's CPU" in outputs["markdown"] and "| free-unprotect-write |" in outputs["markdown"]
+    projected = outputs["markdown"].split("### Projection for this host's CPU")[1]
+    assert "| free-unprotect-write " in projected and "W " in projected
     assert "[634, 648]" in outputs["markdown"], "the projection carries its interval"
     assert "saves 640 cycles" in outputs["terminal"] and "2026-11-26" in outputs["terminal"]
 
@@ -277,5 +292,6 @@ def test_guest_results_become_lava_test_cases(tmp_path):
     calls = []
     assert lava.emit(cases, run=lambda argv, check: calls.append(argv)) == len(cases)
     assert calls[0] == ["lava-test-set", "start", "contract"] and calls[-1][:2] == ["lava-test-set", "stop"]
-    assert all(" " not in argv[1] for argv in calls if argv[0] == "lava-test-case"), \
-        "lava-test-case takes one word as the name"
+    names = [argv[1] for argv in calls if argv[0] == "lava-test-case"]
+    assert all(" " not in n for n in names), "lava-test-case takes one word as the name"
+    assert len(set(names)) == len(names), "each case once (mkdirty prints one name twice)"

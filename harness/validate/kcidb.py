@@ -97,15 +97,17 @@ def _checkout(origin: str, name: str, k: dict, base: dict) -> dict:
                 "comment": f"the host's running kernel {k['release']}, not built by uffd-harness",
                 "valid": True}
     hashes = [p["sha256"] for p in build.get("patches", [])]
-    version = build.get("source_version") or base.get("source_version") or "unknown"
+    # build.json's source_version is "<package> <version>" (dpkg's words for the tarball's package)
+    package, _, version = (build.get("source_version") or base.get("source_version") or "unknown").rpartition(" ")
+    package = package or "linux-source-6.12"
     pset = patchset_hash(hashes)
-    checkout = {"id": f"{origin}:linux-source-6.12-{_segment(version)}"
-                      + (f"+{pset[:16]}" if pset else ("" if build else f"+{_segment(name)}")),
-                "origin": origin, "tree_name": "debian-linux-source-6.12",
-                "comment": f"Debian linux-source-6.12 {version}"
+    checkout = {"id": f"{origin}:{package}={version}"
+                      + (f"+{pset[:16]}" if pset else ("" if build else f"+{name}")),
+                "origin": origin, "tree_name": f"debian-{package}",
+                "comment": f"Debian {package} {version}"
                            + (f" with {len(hashes)} patch(es) from {build.get('patches_dir')}" if hashes else "")
                            + ("" if build else f" with the series of kernel '{name}' (its build failed)"),
-                "misc": {"source_package": "linux-source-6.12", "source_version": version,
+                "misc": {"source_package": package, "source_version": version,
                          "kernel_version": build.get("kernel_version"),
                          "patches": build.get("patches", [])}}
     if build:
@@ -155,8 +157,13 @@ def _tests(origin: str, run: str, name: str, k: dict, build_id: str, report: dic
                    "misc": {"where": k["where"], "accel": k["accel"], "kernel_release": k["release"]}}
     ran = _kernel_ran(k)
     tests = []
+    seen: dict[str, int] = {}
 
     def add(path: str, status: str, comment: str = "", **extra) -> None:
+        # selftests print some case names twice (mkdirty: "SIGSEGV generated, page not modified"): number repeats
+        seen[path] = seen.get(path, 0) + 1
+        if seen[path] > 1:
+            path = f"{path}_{seen[path]}"
         test = {"id": f"{prefix}:{path}", "origin": origin, "build_id": build_id, "path": path,
                 "status": status, "environment": environment, **extra}
         if comment:
