@@ -68,6 +68,7 @@ def observation_channels() -> dict[str, str]:
     channels["pagemap_pfn"] = "ok" if pte.pfn_visible() else "hidden (needs CAP_SYS_ADMIN)"
     channels["idle-page"] = pte.idle_page_tracking_available() or "ok"
     channels["kpageflags"] = pte.kpageflags_available() or "ok"
+    channels["pte"] = pte.pte_channel_available() or "ok"
     with Region.create(MemoryKind.ANON, 1) as region:
         region.write()
         try:

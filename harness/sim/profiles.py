@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 from harness import abi
 from harness.abi import Feature
+from harness.sim.pgtable import pte_mkdirty
 
 #: hint names, as passed to ``uffd_wp_resolve``
 ACCESS_LIKELY = "access_likely"
@@ -81,7 +82,6 @@ def hints_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> No
     A clean shared PTE is never made writable (can_change_pte_writable()
     returns pte_dirty() for VM_SHARED), so it is never dirtied here either.
     """
-    from harness.sim.model import pte_mkdirty
     if hints:
         if ACCESS_LIKELY in hints:
             pte.young = True
@@ -101,7 +101,6 @@ def young_only_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) 
 
 def dirty_shared_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
     """A deliberately broken patch: WRITE_LIKELY dirties and write-enables every PTE, shared or not."""
-    from harness.sim.model import pte_mkdirty
     if ACCESS_LIKELY in hints:
         pte.young = True
     if WRITE_LIKELY in hints and vma.vm_write:
@@ -158,10 +157,11 @@ YOUNG_ONLY = register(Profile(
     broken=True, expected_failures=frozenset({3})))
 DIRTY_SHARED = register(Profile(
     name="access-hints-dirty-shared",
-    description="BROKEN example: WRITE_LIKELY dirties clean shared PTEs and soft-dirty-tracked PTEs (fails 3, 4, 8)",
+    description="BROKEN example: WRITE_LIKELY dirties (and makes writable) clean shared PTEs and "
+                "soft-dirty-tracked PTEs (fails 2 with both hints, 3, 4, 8)",
     release="6.12.0-dirty-shared-sim", features=_HINT_FEATURES,
     check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=dirty_shared_uffd_wp_resolve,
-    broken=True, expected_failures=frozenset({3, 4, 8})))
+    broken=True, expected_failures=frozenset({2, 3, 4, 8})))
 IGNORED = register(Profile(
     name="access-hints-ignored",
     description="BROKEN example: accepts the hints and does nothing with them, as 6.12 would (fails 2, 3)",

@@ -12,9 +12,10 @@ Layout (all under the repository's git-ignored ``build/``)::
     build/kernels/<name>/build.json      key, inputs, times
     build/kernels/<name>/build.log       full make output
 
-The cache key hashes the source version, the patch contents, the config
-fragment and the compiler version.  Same key and a bzImage present: done in
-well under a second.  patch(1) writes a new file for each file it changes,
+The cache key hashes the source version, the patch contents, the
+instrumentation patches (vm/instrumentation, applied after the series to
+every kernel), the config fragment and the compiler version.  Same key and
+a bzImage present: done in well under a second.  patch(1) writes a new file for each file it changes,
 which breaks the hard link, so the pristine tree is never modified.
 """
 from __future__ import annotations
@@ -43,6 +44,12 @@ BUILDER_VERSION = 1
 
 VM_DIR = REPO_ROOT / "vm"
 DEFAULT_PATCHES = VM_DIR / "patches"
+#: the uffd-harness instrumentation (a debugfs view of the caller's PTEs),
+#: applied after the series under test to every kernel; not part of any series
+INSTRUMENTATION_DIR = VM_DIR / "instrumentation"
+#: what the instrumentation adds to the guest, and the object that proves it was built
+PTE_DEBUGFS = "/sys/kernel/debug/uffd_harness/pte"
+PTE_OBJECT = "mm/uffd_harness_pte.o"
 DEFAULT_FRAGMENT = VM_DIR / "kernel.config"
 
 SOURCE_PACKAGE = "linux-source-6.12"
@@ -97,6 +104,13 @@ class KernelBuild:
     def info(self) -> dict:
         """The contents of build.json."""
         return json.loads((self.directory / "build.json").read_text())
+
+    @property
+    def pte_channel(self) -> dict:
+        """build.json's "pte_channel": {"available": bool, "debugfs": path, "reason": why not or None}."""
+        return self.info.get("pte_channel") or {
+            "available": False, "debugfs": PTE_DEBUGFS,
+            "reason": "built before vm/instrumentation existed: rebuild it"}
 
 
 # --------------------------------------------------------------------------
@@ -197,7 +211,8 @@ def source_version(tarball: Path = SOURCE_TARBALL) -> str:
 
 
 def cache_key(src_version: str, patches: Sequence[tuple[str, str]],
-              fragment_sha: str, gcc: str) -> str:
+              fragment_sha: str, gcc: str,
+              instrumentation: Sequence[tuple[str, str]] = ()) -> str:
     """sha256 over everything that determines the outputs."""
     blob = json.dumps({
         "builder": BUILDER_VERSION,
@@ -205,6 +220,7 @@ def cache_key(src_version: str, patches: Sequence[tuple[str, str]],
         "patches": list(patches),
         "config": fragment_sha,
         "gcc": gcc,
+        "instrumentation": [list(i) for i in instrumentation],
     }, sort_keys=True).encode()
     return _sha256(blob)
 
@@ -491,7 +507,8 @@ def _tree_version(tree: Path) -> str:
 
 
 def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
-                    patch_key: str, log: Log, seed: Path | None = None) -> Path:
+                    patch_key: str, log: Log, seed: Path | None = None,
+                    instrumentation: Sequence[Path] = ()) -> Path:
     """build/kernels/<name>/src = hard-linked pristine + the series.
 
     Reused as is when the series is unchanged.  When it changed, every file
@@ -504,6 +521,12 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     ``seed`` (a sibling kernel's directory, when this kernel has no tree
     yet and its objects are seeded from the sibling's): the sibling's tree
     and series play the part of the old tree.
+
+    ``instrumentation`` (vm/instrumentation) is applied after the series.
+    Where it does not apply (another base tree, or a series that changes
+    the same lines) the tree is made again with the series alone, and
+    src-state.json says why (:func:`instrumentation_state`): the kernel
+    still builds, without the PTE channel.  ``patch_key`` must cover it.
     """
     src = kdir / "src"
     state_file = kdir / "src-state.json"
@@ -526,8 +549,25 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
                    timeout=TIMEOUT_UNPACK)
     (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
+    instrumented: dict = {"applied": False, "reason": "no instrumentation series given"}
     try:
         touched = apply_series(tmp, patches, warn=log) if patches else []
+        if instrumentation:
+            try:
+                touched += apply_series(tmp, instrumentation, warn=log)
+                instrumented = {"applied": True, "reason": None}
+            except PatchApplyError as exc:
+                # patch(1) may have applied earlier patches of the
+                # instrumentation: start again from pristine, series only.
+                first_line = str(exc).splitlines()[0]
+                instrumented = {"applied": False,
+                                "reason": f"vm/instrumentation does not apply after this series: {first_line}"}
+                log(f"[vm] warning: {instrumented['reason']}; building without the PTE channel")
+                shutil.rmtree(tmp)
+                subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
+                               timeout=TIMEOUT_UNPACK)
+                (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
+                touched = apply_series(tmp, patches, warn=log) if patches else []
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -554,10 +594,35 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     shutil.rmtree(src, ignore_errors=True)
     os.rename(tmp, src)
     state_file.write_text(json.dumps({"patch_key": patch_key,
-                                      "touched": sorted(set(touched))}))
-    log(f"[vm] source tree ready ({len(patches)} patches, "
+                                      "touched": sorted(set(touched)),
+                                      "instrumentation": instrumented}))
+    with_instr = " + vm/instrumentation" if instrumented["applied"] else ""
+    log(f"[vm] source tree ready ({len(patches)} patches{with_instr}, "
         f"{len(set(touched))} files changed) in {time.monotonic() - t0:.1f} s")
     return src
+
+
+def instrumentation_state(kdir: Path) -> dict:
+    """{"applied": bool, "reason": why not or None} for kernel directory ``kdir``'s tree."""
+    try:
+        state = json.loads((kdir / "src-state.json").read_text())
+    except (OSError, ValueError):
+        return {"applied": False, "reason": f"{kdir / 'src-state.json'} is missing: the tree was never prepared"}
+    return state.get("instrumentation") or {
+        "applied": False, "reason": "the tree was prepared by a builder without vm/instrumentation"}
+
+
+def pte_channel_status(instrumented: dict, obj: Path) -> dict:
+    """Whether the guest will have the PTE channel (build.json's "pte_channel")."""
+    if not instrumented.get("applied"):
+        return {"available": False, "debugfs": PTE_DEBUGFS, "reason": instrumented.get("reason")}
+    if parse_config((obj / ".config").read_text()).get("CONFIG_DEBUG_FS") != "y":
+        return {"available": False, "debugfs": PTE_DEBUGFS,
+                "reason": "CONFIG_DEBUG_FS is not set in the final .config: the instrumentation is not built"}
+    if not (obj / PTE_OBJECT).exists():
+        return {"available": False, "debugfs": PTE_DEBUGFS,
+                "reason": f"{PTE_OBJECT} was not built although vm/instrumentation applied"}
+    return {"available": True, "debugfs": PTE_DEBUGFS, "reason": None}
 
 
 def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
@@ -602,10 +667,13 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     if patches_dir is not None and not patches:
         raise VmError(f"{patches_dir}: no series file and no *.patch")
     patch_hashes = [(p.name, _sha256(p.read_bytes())) for p in patches]
+    instrumentation = read_series(INSTRUMENTATION_DIR)
+    instr_hashes = [(p.name, _sha256(p.read_bytes())) for p in instrumentation]
     fragment_text = fragment_path.read_text()
     gcc = gcc_version()
     src_version = source_version()
-    key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc)
+    key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc,
+                    instrumentation=instr_hashes)
 
     kdir = BUILD_DIR / "kernels" / name
     if seed_from == "auto":
@@ -625,7 +693,7 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
             return dataclasses.replace(result, cached=True)
         return _build_locked(result, patches, patch_hashes, fragment_path,
                              fragment_text, gcc, src_version, jobs, log,
-                             progress, seed_from)
+                             progress, seed_from, instrumentation, instr_hashes)
 
 
 def _is_current(kb: KernelBuild) -> bool:
@@ -644,7 +712,9 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
                   patch_hashes: list[tuple[str, str]], fragment_path: Path,
                   fragment_text: str, gcc: str, src_version: str, jobs: int,
                   log: Log, progress: bool,
-                  seed_from: str | None = None) -> KernelBuild:
+                  seed_from: str | None = None,
+                  instrumentation: Sequence[Path] = (),
+                  instr_hashes: Sequence[tuple[str, str]] = ()) -> KernelBuild:
     t_start = time.monotonic()
     kdir = kb.directory
     kdir.mkdir(parents=True, exist_ok=True)
@@ -652,12 +722,13 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     pristine = ensure_pristine(log, locked=True)
     # unpacking the tarball (first build from this cache only) is part of total_seconds
     source_secs = time.monotonic() - t_start
-    patch_key = _sha256(json.dumps(patch_hashes).encode())
+    patch_key = _sha256(json.dumps([patch_hashes, instr_hashes]).encode())
     seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log)
     # A series that does not apply fails here and leaves the previous
     # build (tree, objects, build.json) as it was.
     try:
-        src = _prepare_source(pristine, kdir, patches, patch_key, log, seed)
+        src = _prepare_source(pristine, kdir, patches, patch_key, log, seed,
+                              instrumentation=instrumentation)
     except BaseException:
         if not any(kdir.iterdir()):
             kdir.rmdir()
@@ -725,6 +796,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
                     log_file=lf, step="selftests", log_path=log_path,
                     timeout=TIMEOUT_SELFTESTS, env=env, progress=False)
 
+    instrumented = instrumentation_state(kdir)
     shutil.copy2(obj / "arch/x86/boot/bzImage", kb.path)
     kb.uapi_header.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "include/uapi/linux/userfaultfd.h", kb.uapi_header)
@@ -736,6 +808,11 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         "patched": kb.patched,
         "patches": [{"file": n, "sha256": h} for n, h in patch_hashes],
         "patches_dir": str(patches[0].parent) if patches else None,
+        # vm/instrumentation: applied after the series, not part of it
+        "instrumentation": [{"file": n, "sha256": h} for n, h in instr_hashes],
+        "instrumentation_dir": str(INSTRUMENTATION_DIR),
+        "instrumentation_applied": bool(instrumented.get("applied")),
+        "pte_channel": pte_channel_status(instrumented, obj),
         "config_fragment": str(fragment_path),
         "config_fragment_sha256": _sha256(fragment_text.encode()),
         "config_missing": missing,

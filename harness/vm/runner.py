@@ -256,13 +256,35 @@ def guest_environment(kernel: KernelBuild, rwdir: Path, accel: str,
     return env
 
 
+#: zram swap in the guest, so MADV_PAGEOUT swaps anonymous pages out
+#: (harness.backends.kernel.kernel_swap(); vm/kernel.config has SWAP and ZRAM)
+GUEST_SWAP_SIZE = "256M"
+
+#: What the guest gets before the command, as root: debugfs (the pte channel
+#: of vm/instrumentation lives there, and virtme-ng's init does not mount it)
+#: and a zram swap device.  A step that fails says so on stderr and the
+#: command runs anyway: the tests that need it then name what is missing.
+GUEST_SETUP = f"""\
+export PATH="$PATH:/sbin:/usr/sbin"
+grep -qs ' /sys/kernel/debug debugfs ' /proc/mounts || mount -t debugfs debugfs /sys/kernel/debug \
+  || echo "uffd-harness guest set-up: cannot mount debugfs at /sys/kernel/debug" >&2
+if [ -e /sys/block/zram0/disksize ]; then
+  grep -qs '^/dev/zram0 ' /proc/swaps || {{ echo {GUEST_SWAP_SIZE} > /sys/block/zram0/disksize \
+    && mkswap /dev/zram0 >/dev/null && swapon /dev/zram0; }} \
+  || echo "uffd-harness guest set-up: no swap: zram0 ({GUEST_SWAP_SIZE}) could not be set up" >&2
+else
+  echo "uffd-harness guest set-up: no swap: the kernel has no zram0 (CONFIG_ZRAM)" >&2
+fi
+"""
+
+
 def guest_script(argv: Sequence[str], env: Mapping[str, str]) -> str:
-    """A sh script that sets ``env`` and execs ``argv``.
+    """A sh script that sets ``env``, does :data:`GUEST_SETUP` and execs ``argv``.
 
     vng passes --exec on the kernel command line (base64, limited to 2 KiB
     with everything else), so long commands go through a script in rwdir.
     """
-    lines = ["#!/bin/sh"]
+    lines = ["#!/bin/sh", GUEST_SETUP.rstrip("\n")]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     lines.append("exec " + shlex.join(argv))
     return "\n".join(lines) + "\n"
