@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.backends.contract import CONTRACT
+from harness.reports import REPORT_SCHEMA
 from harness.selftests import SELFTESTS, regressions
 from harness.validate.outcome import KernelOutcome
 
@@ -94,6 +95,7 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                     problems.append(f"selftest {name}: regressions on '{candidate.name}': {', '.join(regs)}")
     kind, line = _verdict(outcomes, candidate, problems)
     report = {
+        "schema": REPORT_SCHEMA,
         "verdict": {"kind": kind, "line": line},
         "ok": kind == HOLDS and not problems,
         "problems": problems,
