@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
     if patches is not None and not patches.is_dir():
         print(f"uffd-harness validate: --patches {args.patches}: not a directory", file=sys.stderr)
         return 2
-    return validate(patches, args.quick)
+    return validate(patches, args.quick, fresh_control=args.fresh_control)
 
 
 def run_suite(args: argparse.Namespace) -> int:
@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--patches", metavar="DIR", help="validate this patch series (a series file or *.patch) "
                                                     "instead of the project's hint patch")
     p.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
+    p.add_argument("--fresh-control", action="store_true",
+                   help="boot the control (stock) again even if its stored guest results still fit "
+                        "(same kernel build, harness code and tests, --quick, guest settings)")
     p.set_defaults(func=run)
     s = subparsers.add_parser("suite", help="run the pytest suite inside a guest of one kernel (make vm-test)")
     s.add_argument("--kernel", default="patched", help="kernel name: patched, stock, or one built with --patches")

@@ -23,6 +23,8 @@ class KernelOutcome:
     steps: dict = field(default_factory=dict)
     summary: Optional[dict] = None     #: the pytest plugin's summary.json
     bench: Optional[dict] = None
+    #: set when these are a control's stored guest results given again (control_cache): when made, key, where
+    reused: Optional[dict] = None
 
     def load(self) -> None:
         for attr, filename in (("steps", "steps.json"), ("summary", "summary.json"), ("bench", "bench.json")):
