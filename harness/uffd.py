@@ -22,7 +22,6 @@ _wp_ioctl = lib.harness_uffd_writeprotect  # bound once: the hot path of every W
 _wp_issue = lib.harness_wp_request_issue   # a prepared request: the one-argument call
 _wp_many = lib.harness_uffd_writeprotect_many
 _MODE_WP = abi.WRITEPROTECT_MODE_WP
-_MODE_DONTWAKE = abi.WRITEPROTECT_MODE_DONTWAKE
 
 
 @dataclass(frozen=True)
@@ -367,7 +366,8 @@ class PreparedRanges:
     page once, so each range's result is its own).  Raises
     :class:`InvalidRanges` naming the range.  Alignment, emptiness and
     registration are the kernel's to judge: such a range gets its own EINVAL
-    or ENOENT from :meth:`Userfaultfd.writeprotect_many`.
+    or ENOENT from :meth:`Userfaultfd.writeprotect_many`.  One call at a
+    time may use a PreparedRanges: it holds the per-range errno of the last.
     """
 
     __slots__ = ("array", "errs", "count")

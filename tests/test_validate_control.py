@@ -205,3 +205,20 @@ def test_phases_are_in_report_json_and_printed_one_line_each(machine, capsys):
     assert again["phases"]["suite"]["reused"] == ["stock"]
     assert again["phases"]["suite"]["kernels"]["stock"] == 40.0, "a reused kernel shows when its run took"
     assert "stock 40 reused" in "\n".join(render_phases(again["phases"]))
+
+
+def test_without_qemu_the_phases_are_the_host_steps(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(paths, "BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr(run, "qemu_unavailable", lambda: "no qemu-system-x86_64")
+
+    def steps(out, selftests_dir, quick, log):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "steps.json").write_text(json.dumps({"pytest": {"returncode": 0, "seconds": 12.0},
+                                                    "bench": {"returncode": 0, "seconds": 3.0}}))
+    monkeypatch.setattr(run, "run_steps", steps)
+    run.validate(results=tmp_path / "results", log=lambda msg: None)
+    phases = json.loads((tmp_path / "results" / "report.json").read_text())["phases"]
+    assert "boot" not in phases and "build_control" not in phases, "nothing was built or booted"
+    assert phases["suite"]["kernels"] == {"host": 12.0} and phases["benchmarks"]["seconds"] == 3.0
+    assert "control" not in json.loads((tmp_path / "results" / "report.json").read_text())
+    assert "  suite" in capsys.readouterr().out
