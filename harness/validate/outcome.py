@@ -25,9 +25,12 @@ class KernelOutcome:
     bench: Optional[dict] = None
     #: set when these are a control's stored guest results given again (control_cache): when made, key, where
     reused: Optional[dict] = None
+    #: host wall-clock seconds of the guest's phases (phases.json; boot, suite, selftests, benchmarks)
+    host_phases: dict = field(default_factory=dict)
 
     def load(self) -> None:
-        for attr, filename in (("steps", "steps.json"), ("summary", "summary.json"), ("bench", "bench.json")):
+        for attr, filename in (("steps", "steps.json"), ("summary", "summary.json"), ("bench", "bench.json"),
+                               ("host_phases", "phases.json")):
             path = self.out / filename
             if path.exists():
                 try:

@@ -1,9 +1,13 @@
 """Where the time of a validation went: one entry per phase, for report.json and the last lines printed.
 
-Host-side phases are timed here (:class:`PhaseClock`); the in-guest ones
-come from each kernel's ``steps.json`` (written by
-:mod:`harness.validate.guest`), and a guest's boot is what its run took
-beyond its steps (QEMU start, kernel boot, Python start, power-off).  Guests
+Host-side phases are timed here (:class:`PhaseClock`), and so are the
+guests': the host notes when each of the guest's step lines
+(:data:`harness.validate.guest.STEP_LINES`) reaches its console
+(:class:`GuestTimer`), because a TCG guest's own clock runs slow on a
+loaded host (3 Dec: a suite that took about 500 s of host time measured
+155 s in the guest).  Boot is from QEMU's start to the first step line,
+benchmarks end when the guest is gone.  The guest's ``steps.json``
+seconds are the fallback (the host path, where they are wall clock).  Guests
 run in parallel, so a guest phase's ``seconds`` is its longest kernel's and
 ``kernels`` has each; a kernel whose results were reused
 (:mod:`harness.validate.control_cache`) shows the seconds they took when
@@ -12,9 +16,12 @@ they were made, marked ``reused``.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from pathlib import Path
 from typing import Iterator, Optional
 
+from harness.validate.guest import STEP_LINES
 from harness.validate.outcome import KernelOutcome
 
 #: (key in report.json, label printed), in the order a validation runs them
@@ -44,8 +51,49 @@ class PhaseClock:
                 self.kernels.setdefault(phase, {})[kernel] = dt
 
 
+#: guest.py's step names -> the phase each starts
+_STEP_PHASES = {"pytest": "suite", "selftests": "selftests", "bench": "benchmarks"}
+
+
+class GuestTimer:
+    """Host wall-clock times of one guest's phases, from its console lines as they arrive."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.marks: dict[str, float] = {}
+
+    def on_line(self, text: str) -> None:
+        """For run_in_guest(on_line=...): note when each step's first progress line came."""
+        if not text.startswith("[validate] "):
+            return
+        for step, words in STEP_LINES.items():
+            phase = _STEP_PHASES[step]
+            if phase not in self.marks and f": {words}" in text:
+                self.marks[phase] = time.monotonic()
+
+    def seconds(self, end: Optional[float] = None) -> dict[str, float]:
+        """Boot (to the first step line) and each step (to the next one, the last to ``end``)."""
+        end = time.monotonic() if end is None else end
+        order = sorted(self.marks.items(), key=lambda kv: kv[1])
+        if not order:
+            return {}
+        out = {"boot": round(order[0][1] - self.start, 1)}
+        for (phase, t), nxt in zip(order, [t for _, t in order[1:]] + [end]):
+            out[phase] = round(nxt - t, 1)
+        return out
+
+    def write(self, out_dir: Path, end: Optional[float] = None) -> dict[str, float]:
+        """Save :meth:`seconds` as ``phases.json`` next to the guest's results (kept with a reused control)."""
+        secs = self.seconds(end)
+        if secs:
+            (out_dir / "phases.json").write_text(json.dumps(secs) + "\n")
+        return secs
+
+
 def guest_seconds(outcome: KernelOutcome) -> dict[str, float]:
-    """One kernel's boot, suite, selftests and benchmarks seconds, from its steps.json and run time."""
+    """One kernel's boot, suite, selftests and benchmarks seconds: host-timed if it was a guest."""
+    if outcome.host_phases:
+        return {k: float(v) for k, v in outcome.host_phases.items()}
     steps = outcome.steps or {}
     suite = float(steps.get("pytest", {}).get("seconds") or 0.0)
     selftests = sum(float(run.get("seconds") or 0.0) for run in steps.get("selftests", {}).values())

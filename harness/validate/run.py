@@ -33,7 +33,7 @@ from harness.validate.guest import (GUEST_MARKERS, PYTEST_TIMEOUT, SELFTEST_TIME
                                     guest_environment, run_steps)
 from harness.validate import control_cache
 from harness.validate.outcome import KernelOutcome
-from harness.validate.phases import PhaseClock, phases_document, render_phases
+from harness.validate.phases import GuestTimer, PhaseClock, phases_document, render_phases
 from harness.validate.report import render_terminal, write_report
 from harness.validate.verdict import build_report
 
@@ -88,19 +88,22 @@ def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) 
     from harness.vm import runner
     from harness.vm.build import load_kernel
     t0 = time.monotonic()
+    timer = GuestTimer()
     argv = [sys.executable, "-m", "harness.validate.guest", str(outcome.out)]
     if quick:
         argv.append("--quick")
     try:
         result = runner.run_in_guest(load_kernel(outcome.name), argv, timeout=GUEST_TIMEOUT, rwdir=outcome.out,
                                      memory=f"{GUEST_MEMORY_MB}M", cpus=cpus, capture=True,
-                                     console_log=outcome.out / "console.log", log=log)
+                                     console_log=outcome.out / "console.log", log=log, on_line=timer.on_line)
         outcome.accel = result.accel
         if result.returncode != 0:
             outcome.error = f"guest command exited {result.returncode}"
     except Exception as exc:  # noqa: BLE001 - GuestPanic, GuestTimeout, ...: reported
         outcome.error = f"guest failed: {exc}"
     outcome.seconds = time.monotonic() - t0
+    (outcome.out / "phases.json").unlink(missing_ok=True)
+    timer.write(outcome.out)
     outcome.load()
     return outcome
 
