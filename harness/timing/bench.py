@@ -338,8 +338,10 @@ def derived_lines(d: dict) -> list[str]:
                 f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
                 f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle")
         if "cffi_raw_ratio" in wp:
+            extra = wp["method_overhead_cycles"]
             line += (f"; the bare cffi call is {wp['cffi_raw_ratio']:.2f}x, the method "
-                     f"{wp['method_overhead_cycles']:.0f} cycles/toggle more")
+                     + (f"{extra:.0f} cycles/toggle more" if extra >= 0 else
+                        f"{-extra:.0f} cycles/toggle less (it issues a prepared one-argument request)"))
         lines.append(line)
         if "per_call_overhead_cycles" in wp:
             lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
