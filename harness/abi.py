@@ -279,6 +279,21 @@ def hint_abi() -> HintAbi:
     return _active_hint_abi
 
 
+def writeprotect_mode(protect: bool, *, dontwake: bool = False, access_likely: bool = False,
+                      write_likely: bool = False) -> int:
+    """The ``UFFDIO_WRITEPROTECT`` mode word: MODE_WP when protecting, DONTWAKE, and the hint bits in force.
+
+    The one place a write-protect mode word is composed (the binding, its
+    batched path and the simulator all call it), so a hint bit taken from a
+    kernel tree's header (:func:`use_uapi_header`) reaches every caller.
+    """
+    mode = (WRITEPROTECT_MODE_WP if protect else 0) | (WRITEPROTECT_MODE_DONTWAKE if dontwake else 0)
+    if access_likely or write_likely:
+        hints = hint_abi()
+        mode |= (hints.access_likely if access_likely else 0) | (hints.write_likely if write_likely else 0)
+    return mode
+
+
 class PagemapBit(enum.IntEnum):
     """Bits of a ``/proc/PID/pagemap`` entry.
 

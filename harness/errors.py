@@ -116,3 +116,43 @@ class ObservationUnavailable(HarnessError):
 
 class ThpUnavailable(HarnessError):
     """A transparent huge page could not be had here; the message names what is missing."""
+
+
+class InvalidRanges(HarnessError, ValueError):
+    """A list of ranges cannot be a batch: says which range (or which two) and why.
+
+    ``index`` is the offending range's position in the list given, ``other``
+    the second one when two overlap.
+    """
+
+    def __init__(self, message: str, index: int, other: Optional[int] = None):
+        super().__init__(message)
+        self.index = index
+        self.other = other
+
+
+class WriteProtectBatchError(UffdError):
+    """Some ranges of a batched ``UFFDIO_WRITEPROTECT`` failed; every other range was done.
+
+    ``results`` has one entry per range, in the order given: None where the
+    range was done, that range's own :class:`UffdError` (its range, errno and
+    advice) where it failed.  ``failures`` lists the ``(index, error)`` pairs;
+    ``errno``, ``start`` and ``length`` are those of the first failure.
+    """
+
+    #: failures spelled out in the message; the rest are counted
+    SHOWN = 3
+
+    def __init__(self, results: list):
+        self.results = list(results)
+        self.failures = [(i, e) for i, e in enumerate(self.results) if e is not None]
+        if not self.failures:
+            raise ValueError("WriteProtectBatchError needs at least one failed range")
+        first = self.failures[0][1]
+        shown = "; ".join(f"#{i}{format_range(e.start, e.length)} {errno_name(e.errno)}"
+                          + (f": {e.advice}" if e.advice else "") for i, e in self.failures[:self.SHOWN])
+        more = len(self.failures) - self.SHOWN
+        advice = (f"{len(self.failures)} of {len(self.results)} ranges failed, the others were done: {shown}"
+                  + (f"; and {more} more (see .failures)" if more > 0 else ""))
+        super().__init__(first.op, first.errno, advice=advice)
+        self.start, self.length = first.start, first.length

@@ -169,7 +169,7 @@ def test_compare_of_generated_files(a, b):
     try:
         t0 = time.monotonic()
         status, err = _run(["compare", str(pa), str(pb)])
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 30, "compare hung (or the machine is badly overloaded)"
         _assert_clean(status, err)
     finally:
         pa.unlink()

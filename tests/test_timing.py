@@ -552,3 +552,28 @@ def test_compare_json_and_no_verdict_under_tcg(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "emulated: B ran under QEMU TCG" in out and "faster" not in out and "slower" not in out
     assert "no difference detected" not in out, "under TCG no verdict at all is printed"
+
+
+def test_target_ratios_are_derived_side_by_side_with_intervals_and_verdicts():
+    """The batch and single-call targets come out of one run as ratios of medians, each with its interval."""
+    results = {name: _synthetic(name, center, seed=i) for i, (name, center) in enumerate((
+        ("binding.wp_toggle.c", 4000), ("binding.wp_toggle.batch", 4200),
+        ("binding.wp_toggle.cffi_floor", 5000), ("binding.wp_toggle.python", 6000)))}
+    d = bench.derived(results)
+    batch, single = d["wp_batch"], d["wp_single_vs_floor"]
+    assert batch["reference"] == "binding.wp_toggle.c" and batch["target"] == bench.WP_BATCH_TARGET_RATIO
+    assert batch["ci95"][0] <= batch["ratio"] <= batch["ci95"][1] and 1.0 < batch["ratio"] < 1.1
+    assert batch["within_target"] is True
+    assert single["reference"] == "binding.wp_toggle.cffi_floor" and single["within_target"] is False, \
+        "6000 against 5000 is 1.2x, over the 1.15x target"
+    assert "wp_batch_list" not in d, "a scenario that did not run has no ratio"
+    lines = "\n".join(bench.derived_lines(d))
+    assert f"binding.wp_toggle.batch vs binding.wp_toggle.c: {batch['ratio']:.2f}x (95% CI" in lines
+    assert "within the 1.1x target" in lines
+    assert "OVER the 1.15x target" in lines
+
+
+def test_batch_scenarios_are_in_the_table_with_their_reason_when_absent():
+    for name in ("binding.wp_toggle.batch", "binding.wp_toggle.batch_list"):
+        s = scenarios.BY_NAME[name]
+        assert s.group == "binding" and s.absent(Context(uffd_absent="absent: no uffd")) == "absent: no uffd"

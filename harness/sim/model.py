@@ -466,9 +466,8 @@ class Mm:
         """userfaultfd_writeprotect() -> mwriteprotect_range() -> uffd_wp_range() -> change_pte_range()."""
         op = "UFFDIO_WRITEPROTECT"
         if raw_mode is None:
-            mode = (abi.WRITEPROTECT_MODE_WP if protect else 0) | (abi.WRITEPROTECT_MODE_DONTWAKE if dontwake else 0)
-            hints_abi = abi.hint_abi()
-            mode |= (hints_abi.access_likely if access_likely else 0) | (hints_abi.write_likely if write_likely else 0)
+            mode = abi.writeprotect_mode(protect, dontwake=dontwake, access_likely=access_likely,
+                                         write_likely=write_likely)
         else:
             mode = raw_mode
         self._validate_range(op, start, length)

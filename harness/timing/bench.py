@@ -35,6 +35,18 @@ DEFAULT_CALIBRATION = RESULTS_DIR / "calibration.json"
 
 #: the binding's goal: a toggle through Userfaultfd.writeprotect within this factor of the C loop
 WP_TOGGLE_TARGET_RATIO = 1.5
+#: the batched path: a toggle per range through Userfaultfd.writeprotect_many within this factor of the C loop
+WP_BATCH_TARGET_RATIO = 1.1
+#: the single call: Userfaultfd.writeprotect within this factor of the cheapest cffi call (cffi_floor)
+WP_SINGLE_VS_FLOOR_TARGET_RATIO = 1.15
+
+#: (key in derived, scenario, reference scenario, target): ratios of medians, each with its interval
+TARGET_RATIOS = (
+    ("wp_batch", "binding.wp_toggle.batch", "binding.wp_toggle.c", WP_BATCH_TARGET_RATIO),
+    ("wp_batch_list", "binding.wp_toggle.batch_list", "binding.wp_toggle.c", None),
+    ("wp_single_vs_floor", "binding.wp_toggle.python", "binding.wp_toggle.cffi_floor",
+     WP_SINGLE_VS_FLOOR_TARGET_RATIO),
+)
 
 OK = "ok"
 
@@ -172,6 +184,15 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
                 entry["noop_ioctl_cffi_raw_cycles"] = noop_raw.summary.median
                 entry["per_call_method_cycles"] = noop_py.summary.median - noop_raw.summary.median
         out["wp_toggle"] = entry
+    for key, name, ref_name, target in TARGET_RATIOS:
+        res, ref = results.get(name), results.get(ref_name)
+        if res and ref and res.ok and ref.ok:
+            lo, hi = stats.bootstrap_ratio_ci(ref.samples, res.samples, seed=seed,
+                                              batches_a=ref.batches, batches_b=res.batches)
+            ratio = res.summary.median / ref.summary.median
+            out[key] = {"scenario": name, "reference": ref_name, "ratio": ratio, "ci95": [lo, hi],
+                        "median_cycles": res.summary.median, "reference_median_cycles": ref.summary.median,
+                        "target": target, "within_target": None if target is None else ratio <= target}
     for key, name, (before, after), threads in (
             ("rfc_loop", "rfc.mprotect_loop", RFC_COVER_LETTER_CYCLES, "one thread"),
             ("rfc_loop_two_threads", "rfc.mprotect_loop.two_threads", RFC_COVER_LETTER_CYCLES_TWO_THREADS,
@@ -311,8 +332,10 @@ def derived_lines(d: dict) -> list[str]:
                 f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
                 f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle")
         if "cffi_raw_ratio" in wp:
+            extra = wp["method_overhead_cycles"]
             line += (f"; the bare cffi call is {wp['cffi_raw_ratio']:.2f}x, the method "
-                     f"{wp['method_overhead_cycles']:.0f} cycles/toggle more")
+                     + (f"{extra:.0f} cycles/toggle more" if extra >= 0 else
+                        f"{-extra:.0f} cycles/toggle less (it issues a prepared one-argument request)"))
         lines.append(line)
         if "per_call_overhead_cycles" in wp:
             lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
@@ -335,6 +358,14 @@ def derived_lines(d: dict) -> list[str]:
         if wp.get("python_vs_c_working_set_ratio"):
             lines.append(f"  against that C caller, Userfaultfd.writeprotect is "
                          f"{wp['python_vs_c_working_set_ratio']:.2f}x")
+    for key, _, _, _ in TARGET_RATIOS:
+        t = d.get(key)
+        if t:
+            verdict = ("" if t["target"] is None else
+                       f", {'within' if t['within_target'] else 'OVER'} the {t['target']}x target")
+            lines.append(f"{t['scenario']} vs {t['reference']}: {t['ratio']:.2f}x "
+                         f"(95% CI {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}){verdict}; "
+                         f"{t['median_cycles']:.0f} vs {t['reference_median_cycles']:.0f} cycles")
     for key in ("rfc_loop", "rfc_loop_two_threads"):
         rfc = d.get(key)
         if rfc:

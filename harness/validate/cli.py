@@ -22,10 +22,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"uffd-harness validate: {exc}", file=sys.stderr)
             return 2
     if not args.json:
-        return validate(patches, args.quick)
+        return validate(patches, args.quick, fresh_control=args.fresh_control)
     from harness import paths
     with contextlib.redirect_stdout(sys.stderr):  # the table and progress, for a person
-        status = validate(patches, args.quick)
+        status = validate(patches, args.quick, fresh_control=args.fresh_control)
     report = paths.RESULTS_DIR / "report.json"
     if report.exists():
         print(report.read_text(), end="")
@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print report.json on stdout (the table goes to stderr)")
     p.add_argument("--kcidb-origin", metavar="NAME", help="KCIDB origin (CI system name) in report.kcidb.json "
                    "(default $UFFD_HARNESS_KCIDB_ORIGIN or uffd_harness)")
+    p.add_argument("--fresh-control", action="store_true",
+                   help="boot the control (stock) again even if its stored guest results still fit "
+                        "(same kernel build, harness code and tests, --quick, guest settings)")
     p.set_defaults(func=run)
     s = subparsers.add_parser("suite", help="run the pytest suite inside a guest of one kernel (make vm-test)")
     s.add_argument("--kernel", default="patched", help="kernel name: patched, stock, or one built with --patches")

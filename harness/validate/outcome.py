@@ -24,6 +24,10 @@ class KernelOutcome:
     steps: dict = field(default_factory=dict)
     summary: Optional[dict] = None     #: the pytest plugin's summary.json
     bench: Optional[dict] = None
+    #: set when these are a control's stored guest results given again (control_cache): when made, key, where
+    reused: Optional[dict] = None
+    #: host wall-clock seconds of the guest's phases (phases.json; boot, suite, selftests, benchmarks)
+    host_phases: dict = field(default_factory=dict)
 
     def load(self) -> None:
         """Read what the guest wrote, each document checked against its schema; a bad one is this
@@ -31,7 +35,8 @@ class KernelOutcome:
         from harness.reports import load_summary
         from harness.timing.documents import load_bench
         for attr, filename, reader in (("steps", "steps.json", _load_json), ("summary", "summary.json", load_summary),
-                                       ("bench", "bench.json", load_bench)):
+                                       ("bench", "bench.json", load_bench),
+                                       ("host_phases", "phases.json", _load_json)):
             path = self.out / filename
             if path.exists():
                 try:

@@ -18,6 +18,11 @@ def render_markdown(report: dict) -> str:
                   "cannot run came from the simulator.", ""]
     if report["problems"]:
         lines += ["Problems:", ""] + [f"- {p}" for p in report["problems"]] + [""]
+    control = report.get("control") or {}
+    if control.get("reused"):
+        lines += [f"The control's ({control['kernel']}) guest results were reused from {control['created']}: "
+                  "its kernel build, the harness code and tests, `--quick` and the guest settings are unchanged "
+                  "(`--fresh-control` boots it again).", ""]
     lines += ["## Contract", ""]
     rows = []
     for n, clause in report["clauses"].items():

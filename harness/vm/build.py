@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, REPO_ROOT
+from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, ENV_CANDIDATES_MAX_MB, ENV_KEEP_CANDIDATES, REPO_ROOT
 from harness.selftests import SELFTESTS
 
 from .errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
@@ -199,9 +199,6 @@ def read_series(patches_dir: Path) -> list[Path]:
     return sorted(patches_dir.glob("*.patch"))
 
 
-_PATCH_TARGET = re.compile(r"^(?:\+\+\+|---) (?:[ab]/)?(\S+)", re.MULTILINE)
-
-
 def check_series(patches_dir: str | os.PathLike) -> list[Path]:
     """The series of ``patches_dir``, checked to apply before anything is built or booted.
 
@@ -220,7 +217,7 @@ def check_series(patches_dir: str | os.PathLike) -> list[Path]:
             text = p.read_bytes().decode("utf-8", errors="replace")
         except OSError as exc:
             raise VmError(f"{p}: cannot read: {exc.strerror}") from None
-        found = {t for t in _PATCH_TARGET.findall(text) if t != "/dev/null"}
+        found = set(series_targets([p])) if text else set()
         if not found:
             raise VmError(f"{p}: not a patch (no '--- a/FILE' / '+++ b/FILE' lines)")
         targets |= found
@@ -703,9 +700,11 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     the two series do differently.  Ignored, with a message, when the
     sibling is not built or was built from another config fragment,
     compiler or source version.  The outputs are the same as a cold build's.
-    The default, "auto", seeds from whichever of stock and patched is
-    built (so only the first kernel on a machine is a cold build); None
-    never seeds.
+    The default, "auto", seeds from the built kernel whose applied tree
+    differs least from this one (:func:`closest_seed`: fewest differing
+    files, headers weighing most), earlier ``candidate-*`` builds included,
+    so only the first kernel on a machine is a cold build; None never seeds.
+    A new ``candidate-*`` build prunes older ones (:func:`prune_candidates`).
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise VmError(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
@@ -736,9 +735,6 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
                     instrumentation=instr_hashes)
 
     kdir = BUILD_DIR / "kernels" / name
-    if seed_from == "auto":
-        seed_from = next((sibling for sibling in ("stock", "patched")
-                          if sibling != name and (kdir.parent / sibling / "build.json").exists()), None)
     result = KernelBuild(
         name=name, path=kdir / "bzImage", key=key,
         uapi_header=kdir / "uapi" / "linux" / "userfaultfd.h",
@@ -751,9 +747,12 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     with _BuildLock(BUILD_DIR / "cache" / "build.lock", log):
         if _is_current(result):       # built while we waited for the lock
             return dataclasses.replace(result, cached=True)
-        return _build_locked(result, patches, patch_hashes, fragment_path,
-                             fragment_text, gcc, src_version, jobs, log,
-                             progress, seed_from, instrumentation, instr_hashes)
+        built = _build_locked(result, patches, patch_hashes, fragment_path,
+                              fragment_text, gcc, src_version, jobs, log,
+                              progress, seed_from, instrumentation, instr_hashes)
+        if name.startswith(CANDIDATE_PREFIX):
+            prune_candidates(kdir.parent, keep_name=name, log=log)
+        return built
 
 
 def _is_current(kb: KernelBuild) -> bool:
@@ -784,7 +783,8 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     # unpacking the tarball (first build from this cache only) is part of total_seconds
     source_secs = time.monotonic() - t_start
     patch_key = _sha256(json.dumps([patch_hashes, instr_hashes]).encode())
-    seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log)
+    seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log,
+                        patches=patches, pristine=pristine)
     # A series that does not apply fails here and leaves the previous
     # build (tree, objects, build.json) as it was.
     try:
@@ -897,34 +897,237 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
 
 
 def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
-                 gcc: str, src_version: str, log: Log) -> Path | None:
-    """The sibling kernel directory to seed ``kb``'s first build from, or None."""
+                 gcc: str, src_version: str, log: Log, *,
+                 patches: Sequence[Path] = (), pristine: Path | None = None) -> Path | None:
+    """The sibling kernel directory to seed ``kb``'s first build from, or None.
+
+    ``seed_from`` "auto": the closest built sibling (:func:`closest_seed`).
+    """
     if not seed_from or seed_from == kb.name:
         return None
     if (kb.directory / "obj").exists():
         return None                      # not the first build: incremental anyway
+    if seed_from == "auto":
+        return _closest_sibling(kb, patches, pristine, fragment_text, gcc, src_version, log)
     seed = kb.directory.parent / seed_from
     from .documents import load_build_info
     try:
-        info = load_build_info(seed / "build.json")
+        load_build_info(seed / "build.json")
         if not isinstance(json.loads((seed / "src-state.json").read_text()), dict):
             raise ValueError("src-state.json is not an object")
     except (OSError, ValueError):
         log(f"[vm] {kb.name}: not seeding from '{seed_from}': it is not built")
         return None
-    why = None
-    if not ((seed / "obj").is_dir() and (seed / "src").is_dir()):
-        why = "its src/ or obj/ is missing"
-    elif info.get("config_fragment_sha256") != _sha256(fragment_text.encode()):
-        why = "it was built from another config fragment"
-    elif info.get("gcc") != gcc:
-        why = f"it was built with {info.get('gcc')}"
-    elif info.get("source_version") != src_version:
-        why = f"it was built from {info.get('source_version')}"
+    why = _seed_unfit(seed, fragment_text, gcc, src_version)
     if why:
         log(f"[vm] {kb.name}: not seeding from '{seed_from}': {why}; cold build")
         return None
     return seed
+
+
+def _seed_unfit(seed: Path, fragment_text: str, gcc: str, src_version: str) -> str | None:
+    """Why the built kernel in ``seed`` cannot seed a build with these inputs, or None if it can."""
+    try:
+        info = json.loads((seed / "build.json").read_text())
+        json.loads((seed / "src-state.json").read_text())
+    except (OSError, ValueError):
+        return "it is not built"
+    if not ((seed / "obj").is_dir() and (seed / "src").is_dir()):
+        return "its src/ or obj/ is missing"
+    if info.get("config_fragment_sha256") != _sha256(fragment_text.encode()):
+        return "it was built from another config fragment"
+    if info.get("gcc") != gcc:
+        return f"it was built with {info.get('gcc')}"
+    if info.get("source_version") != src_version:
+        return f"it was built from {info.get('source_version')}"
+    return None
+
+
+# --------------------------------------------------------------------------
+# the closest seed, and pruning old candidates
+
+#: a differing header counts as this many differing files when choosing a
+#: seed: a header is included by many objects, a .c file makes one
+HEADER_WEIGHT = 10
+#: the builds ``validate --patches`` makes (run.candidate_name)
+CANDIDATE_PREFIX = "candidate"
+#: candidate builds kept by default, the newest included
+DEFAULT_KEEP_CANDIDATES = 3
+
+_PATCH_TARGET = re.compile(r"^(?:---|\+\+\+) (\S+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedChoice:
+    """How a built sibling's applied tree differs from the tree about to be built."""
+
+    name: str
+    directory: Path
+    differing: tuple[str, ...]   #: relative paths whose contents differ
+
+    @property
+    def weight(self) -> int:
+        return sum(HEADER_WEIGHT if f.endswith(".h") else 1 for f in self.differing)
+
+
+def series_targets(patches: Iterable[Path]) -> list[str]:
+    """The files a series names (``-p1``: the first path component dropped), in order, once each."""
+    seen: dict[str, None] = {}
+    for p in patches:
+        for line in Path(p).read_text(errors="replace").splitlines():
+            m = _PATCH_TARGET.match(line)
+            if m and m.group(1) != "/dev/null" and "/" in m.group(1):
+                seen.setdefault(m.group(1).split("/", 1)[1], None)
+    return list(seen)
+
+
+def series_contents(pristine: Path, patches: Sequence[Path], scratch: Path) -> dict[str, bytes | None]:
+    """What the series makes of each file it touches (None: removed), applied to copies in ``scratch``.
+
+    Only the files the series names are copied, so this takes a fraction of
+    a second instead of a whole tree's copy.  Raises PatchApplyError as
+    :func:`apply_series` does.
+    """
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        for rel in series_targets(patches):
+            f = pristine / rel
+            if f.is_file():
+                (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, scratch / rel)
+        touched = apply_series(scratch, patches, warn=lambda msg: None) if patches else []
+        return {rel: (scratch / rel).read_bytes() if (scratch / rel).is_file() else None
+                for rel in sorted(set(touched))}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def tree_difference(new: dict[str, bytes | None], sibling: Path, pristine: Path) -> tuple[str, ...]:
+    """The files whose contents differ between the new tree and a built sibling's ``src/``.
+
+    Both trees are the pristine tree plus their own series: only files that
+    either series touched (``new``'s keys; the sibling's src-state.json
+    ``touched``) can differ, and for those the contents are compared.
+    """
+    state = json.loads((sibling / "src-state.json").read_text())
+    differing = []
+    for rel in sorted(set(new) | set(state.get("touched", []))):
+        mine = new[rel] if rel in new else _read_or_none(pristine / rel)
+        if mine != _read_or_none(sibling / "src" / rel):
+            differing.append(rel)
+    return tuple(differing)
+
+
+def closest_seed(new: dict[str, bytes | None], siblings: dict[str, Path],
+                 pristine: Path) -> tuple[SeedChoice | None, list[SeedChoice]]:
+    """The sibling whose tree differs least from ``new`` (weight, then files, then newest), and all of them."""
+    choices = [SeedChoice(name, d, tree_difference(new, d, pristine)) for name, d in sorted(siblings.items())]
+
+    def built_at(c: SeedChoice) -> str:
+        try:
+            return json.loads((c.directory / "build.json").read_text()).get("built_at", "")
+        except (OSError, ValueError):
+            return ""
+    newest_first = sorted(choices, key=built_at, reverse=True)
+    ranked = sorted(newest_first, key=lambda c: (c.weight, len(c.differing)))
+    return (ranked[0] if ranked else None), ranked
+
+
+def _closest_sibling(kb: KernelBuild, patches: Sequence[Path], pristine: Path | None,
+                     fragment_text: str, gcc: str, src_version: str, log: Log) -> Path | None:
+    """The "auto" seed: the closest fit built sibling, said in one progress line."""
+    kernels = kb.directory.parent
+    siblings = {d.name: d for d in sorted(kernels.iterdir()) if d.is_dir() and d.name != kb.name
+                and not _seed_unfit(d, fragment_text, gcc, src_version)} if kernels.is_dir() else {}
+    if not siblings or pristine is None:
+        return None
+    try:
+        new = series_contents(pristine, patches, kb.directory / "seed-scratch")
+    except (VmError, OSError) as exc:
+        # the real apply reports a series that does not apply; seed from the control meanwhile
+        fallback = next((n for n in ("stock", "patched") if n in siblings), None)
+        log(f"[vm] {kb.name}: could not compare trees ({str(exc).splitlines()[0]}); "
+            + (f"seeding from '{fallback}'" if fallback else "cold build"))
+        return siblings[fallback] if fallback else None
+    best, ranked = closest_seed(new, siblings, pristine)
+    others = ", ".join(f"{c.name} {len(c.differing)}" for c in ranked[1:4])
+    log(f"[vm] {kb.name}: seeding from '{best.name}', the closest of {len(ranked)} built kernel(s): "
+        f"{len(best.differing)} file(s) differ"
+        + (f" ({', '.join(best.differing[:3])}{', ...' if len(best.differing) > 3 else ''})"
+           if best.differing else "")
+        + (f"; files differing from the next: {others}" if others else ""))
+    return best.directory
+
+
+def _disk_bytes(d: Path) -> int:
+    """Bytes of ``d``'s files not hard-linked elsewhere (its src/ is mostly links to the pristine tree)."""
+    total = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(root, f))
+            except OSError:
+                continue
+            if st.st_nlink == 1:
+                total += st.st_blocks * 512
+    return total
+
+
+def _keep_limits() -> tuple[int, int | None]:
+    """(candidate builds to keep, MB they may take, or None) from the environment."""
+    keep = int(os.environ.get(ENV_KEEP_CANDIDATES) or DEFAULT_KEEP_CANDIDATES)
+    max_mb = os.environ.get(ENV_CANDIDATES_MAX_MB)
+    return max(1, keep), (int(max_mb) if max_mb else None)
+
+
+def prune_candidates(kernels: Path, *, keep_name: str | None = None, keep: int | None = None,
+                     max_mb: int | None = None, log: Log = _eprint) -> list[str]:
+    """Remove old ``candidate-*`` builds beyond ``keep`` builds or ``max_mb`` MB; returns the names removed.
+
+    Defaults from ``$UFFD_HARNESS_KEEP_CANDIDATES`` (3) and
+    ``$UFFD_HARNESS_CANDIDATES_MAX_MB`` (no size limit).  Oldest first by
+    build time; never the newest, never ``keep_name`` (the build just made),
+    never any kernel not named ``candidate*`` (stock, patched, the tests').
+    """
+    env_keep, env_max = _keep_limits()
+    keep = max(1, keep if keep is not None else env_keep)
+    max_mb = max_mb if max_mb is not None else env_max
+
+    def built_at(d: Path) -> str:
+        try:
+            return json.loads((d / "build.json").read_text()).get("built_at", "")
+        except (OSError, ValueError):
+            return ""
+    candidates = sorted((d for d in kernels.iterdir() if d.is_dir() and d.name.startswith(CANDIDATE_PREFIX)),
+                        key=lambda d: (built_at(d), d.stat().st_mtime), reverse=True) if kernels.is_dir() else []
+    protected = {c.name for c in candidates[:1]} | ({keep_name} if keep_name else set())
+    doomed = [c for c in candidates[keep:] if c.name not in protected]
+    if max_mb is not None:
+        kept = [c for c in candidates if c not in doomed]
+        sizes = {c: _disk_bytes(c) for c in kept}
+        total = sum(sizes.values())
+        for c in reversed(kept):               # oldest first
+            if total <= max_mb * 2**20:
+                break
+            if c.name in protected:
+                continue
+            doomed.append(c)
+            total -= sizes[c]
+    for c in doomed:
+        shutil.rmtree(c, ignore_errors=True)
+        log(f"[vm] removed the old build '{c.name}' (built {built_at(c) or 'at an unknown time'}): "
+            f"keeping the newest {keep} candidate build(s)"
+            + (f" within {max_mb} MB" if max_mb is not None else "")
+            + f" (${ENV_KEEP_CANDIDATES}, ${ENV_CANDIDATES_MAX_MB})")
+    return [c.name for c in doomed]
 
 
 def _seed_objects(seed: Path, kdir: Path, log: Log) -> None:

@@ -376,12 +376,15 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                  cwd: str | os.PathLike | None = None,
                  capture: bool = False, show_console: bool = False,
                  append: Sequence[str] = (), log=None,
-                 console_log: str | os.PathLike | None = None) -> GuestResult:
+                 console_log: str | os.PathLike | None = None,
+                 on_line=None) -> GuestResult:
     """Boot ``kernel`` and run ``argv`` in it; return its exit status.
 
     With ``console_log``, every console line (kernel log and the command's
     stderr) is also written to that file, kept even when the guest panics
-    or times out.
+    or times out.  ``on_line`` (a callable) gets each console line as it
+    arrives, so the host can time what the guest reports (a guest's own
+    clock runs slow under a loaded TCG host).
 
     The command's stdout/stderr are streamed to ours (or, with
     ``capture=True``, stdout is returned in ``GuestResult.output``).  The
@@ -478,6 +481,8 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
             console.append(text)
             if console_file is not None:
                 console_file.write(text + "\n")
+            if on_line is not None:
+                on_line(text)
             if halted and QEMU_STOPPED.match(text):
                 continue
             if show_console or not _is_console_line(text):
