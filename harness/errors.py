@@ -66,8 +66,8 @@ class FeatureUnavailable(UffdError):
         self.missing = frozenset(missing)
         self.offered = frozenset(offered)
         names = ", ".join(sorted(f.name for f in self.missing))
-        super().__init__("UFFDIO_API", _errno.EINVAL,
-                         advice=f"kernel {os.uname().release} lacks UFFD_FEATURE_{names.replace(', ', ', UFFD_FEATURE_')}")
+        features = "UFFD_FEATURE_" + names.replace(", ", ", UFFD_FEATURE_")
+        super().__init__("UFFDIO_API", _errno.EINVAL, advice=f"kernel {os.uname().release} lacks {features}")
 
 
 class MappingError(OperationError):

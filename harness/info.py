@@ -172,7 +172,7 @@ def collect() -> dict[str, Any]:
 def render(info: dict[str, Any]) -> str:
     k, api = info["kernel"], info["api"]
     lines = [f"kernel      {k['release']} ({k['machine']})",
-             f"open        " + ", ".join(f"{key}={value}" for key, value in info["open"].items()),
+             "open        " + ", ".join(f"{key}={value}" for key, value in info["open"].items()),
              f"features    {' '.join(api['features'])}",
              f"ioctls      {' '.join(api['ioctls'])}"]
     hints = api["access_hints"]

@@ -41,7 +41,7 @@ from typing import Optional
 
 from harness import abi
 from harness._native import ffi, lib
-from harness.abi import KPageFlag, PagemapBit, PageCategory
+from harness.abi import KPageFlag, PageCategory, PagemapBit
 from harness.errors import HarnessError, ObservationUnavailable, UffdError
 from harness.memory import PAGE_SIZE, Region
 
@@ -429,7 +429,7 @@ def observe_ptes(region: Region, first: int = 0, count: Optional[int] = None) ->
     count = region.npages - first if count is None else count
     if region.page_size == PAGE_SIZE:
         start = region.page_addr(first)
-        return [_pte_state(e, p) for e, p in zip(pagemap_entries(start, count), read_ptes(start, count))]
+        return [_pte_state(e, p) for e, p in zip(pagemap_entries(start, count), read_ptes(start, count), strict=False)]
     # one huge page is 512 lines; only its first base page's is needed
     heads = [region.page_addr(page) for page in range(first, first + count)]
     return [_pte_state(pagemap_entry(addr), read_ptes(addr, 1)[0]) for addr in heads]

@@ -39,8 +39,6 @@ import pytest
 from harness.abi import Feature
 from harness.backends.contract import CONTRACT, SOFT_DIRTY, SWAP
 
-
-
 CLAUSES = tuple(sorted(CONTRACT))
 #: what each clause needs from the kernel (BRIEF 2.2: on a stock kernel 2-4 and 6-8 cannot run)
 CLAUSE_NEEDS = {n: clause.needs for n, clause in CONTRACT.items()}

@@ -14,10 +14,10 @@ from typing import Iterable, Optional
 
 from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
+from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
 from harness.events import FaultHandler, PageFault
 from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, PteState
-from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
 
 
 @lru_cache(maxsize=1)
@@ -270,15 +270,15 @@ class KernelBackend(Backend):
         regions = [self._regions[r.index] for r, _ in pages]
         counts = _smaps_counts({region.addr for region in regions})
         out = []
-        for region, (_r, page) in zip(regions, pages):
+        for region, (_r, page) in zip(regions, pages, strict=True):
             entry = _pte.pagemap_entry(region.page_addr(page))
             present = _pte.pagemap_bit(entry, PagemapBit.PRESENT)
             referenced, dirty, rss = counts.get(region.addr, (0, 0, 0))
 
-            def verdict(count_kb: int) -> Optional[bool]:
-                if not present or count_kb == 0:
+            def verdict(count_kb: int) -> Optional[bool]:  # called at once, in this iteration
+                if not present or count_kb == 0:  # noqa: B023
                     return False
-                return True if count_kb == rss or region.npages == 1 else None
+                return True if count_kb == rss or region.npages == 1 else None  # noqa: B023
             out.append(PteState(
                 present=present, swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
                 file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
@@ -297,7 +297,8 @@ class KernelBackend(Backend):
         seen: dict[tuple[int, int], PteState] = {}
         for index, plist in wanted.items():
             lo, hi = min(plist), max(plist)
-            for page, state in zip(range(lo, hi + 1), _pte.observe_ptes(self._regions[index], lo, hi - lo + 1)):
+            states = _pte.observe_ptes(self._regions[index], lo, hi - lo + 1)
+            for page, state in zip(range(lo, hi + 1), states, strict=False):
                 seen[index, page] = state
         return [seen[r.index, page] for r, page in pages]
 
@@ -396,6 +397,7 @@ class _LiveChild(ForkedChild):
 
     def __init__(self, regions: list[Region]):
         import select  # noqa: F401 - imported before the fork, used by the child too
+
         from harness._native import lib
         self._regions = regions
         req_r, self._req_w = os.pipe()

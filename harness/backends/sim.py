@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from harness.abi import Feature, RegisterMode
+from harness.backends.base import SIM, SIMULATOR, Backend, FaultEvent, ForkedChild, RegionRef
 from harness.memory import PAGE_SIZE, MemoryKind
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, SMAPS, PteState
 from harness.sim import profiles
 from harness.sim.model import Mm
-from harness.backends.base import SIM, SIMULATOR, Backend, FaultEvent, ForkedChild, RegionRef
 
 
 class SimBackend(Backend):

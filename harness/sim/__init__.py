@@ -7,6 +7,7 @@ first-touch costs from a calibration file; ``scenarios`` names a few
 sequences for ``uffd-harness sim run``; ``bench`` measures the simulator's speed.
 """
 from harness.sim.model import Folio, Mm, Pte, Vma
-from harness.sim.profiles import PROFILES, Profile, get as get_profile
+from harness.sim.profiles import PROFILES, Profile
+from harness.sim.profiles import get as get_profile
 
 __all__ = ["Folio", "Mm", "Pte", "Vma", "PROFILES", "Profile", "get_profile"]

@@ -77,9 +77,11 @@ class CostModel:
             if have("first_touch.young_dirty.read"):
                 values["tlb_walk"] = max(0.0, net["first_touch.young_dirty.read"] - values["base_access"])
         if have("first_touch.old_dirty.read", "first_touch.young_dirty.read"):
-            values["accessed_assist"] = max(0.0, net["first_touch.old_dirty.read"] - net["first_touch.young_dirty.read"])
+            values["accessed_assist"] = max(0.0, net["first_touch.old_dirty.read"]
+                                            - net["first_touch.young_dirty.read"])
         if have("first_touch.young_clean.write", "first_touch.young_dirty.write"):
-            values["dirty_assist"] = max(0.0, net["first_touch.young_clean.write"] - net["first_touch.young_dirty.write"])
+            values["dirty_assist"] = max(0.0, net["first_touch.young_clean.write"]
+                                         - net["first_touch.young_dirty.write"])
         for key in ("uffd.missing_roundtrip.py_handler", "uffd.missing_roundtrip.c_handler"):
             if have(key):
                 values["uffd_round_trip"] = net[key]

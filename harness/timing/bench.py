@@ -22,8 +22,7 @@ from typing import Callable, Optional, Sequence
 from harness.errors import HarnessError
 from harness.timing import stats
 from harness.timing.calibrate import Calibration
-from harness.timing.scenarios import (RFC_COVER_LETTER_CYCLES, RFC_COVER_LETTER_CYCLES_TWO_THREADS, Context,
-                                      Scenario)
+from harness.timing.scenarios import RFC_COVER_LETTER_CYCLES, RFC_COVER_LETTER_CYCLES_TWO_THREADS, Context, Scenario
 
 BENCH_SCHEMA = "uffd-harness/bench/1"
 CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
@@ -297,7 +296,8 @@ def calibration_lines(cal: Calibration, pinned: Optional[int] = None) -> list[st
         + (f"; pinned to CPU {pinned}" if pinned is not None else ""),
         f"TSC: {cal.tsc_hz / 1e6:.1f} MHz against CLOCK_MONOTONIC; invariant: {'yes' if cal.invariant_tsc else 'NO'}; "
         f"resolution {cal.resolution_cycles} cycles; back-to-back read {cal.tsc_read_cycles} cycles",
-        f"empty timed section: median {cal.empty_cycles:.0f} cycles (p10 {cal.empty_p10:.0f}, p90 {cal.empty_p90:.0f}); "
+        f"empty timed section: median {cal.empty_cycles:.0f} cycles "
+        f"(p10 {cal.empty_p10:.0f}, p90 {cal.empty_p90:.0f}); "
         "'net' = median - empty",
         f"hypervisor: {cal.hypervisor_vendor or ('yes, unknown' if cal.hypervisor else 'none')}; "
         f"TCG: {'YES' if cal.tcg else 'no'} ({cal.tcg_evidence})",
@@ -323,7 +323,8 @@ def derived_lines(d: dict) -> list[str]:
         if "per_call_overhead_cycles" in wp:
             lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
                          f"{wp['noop_ioctl_python_cycles']:.0f} through the method, so the public API adds "
-                         f"{wp['per_call_overhead_cycles']:.0f} cycles per call ({2 * wp['per_call_overhead_cycles']:.0f} "
+                         f"{wp['per_call_overhead_cycles']:.0f} cycles per call "
+                         f"({2 * wp['per_call_overhead_cycles']:.0f} "
                          "per toggle"
                          + (f", of which the method body {wp['per_call_method_cycles']:.0f} and the cffi call "
                             f"{wp['noop_ioctl_cffi_raw_cycles'] - wp['noop_ioctl_c_cycles']:.0f}"

@@ -36,8 +36,7 @@ from typing import Callable, Iterable, Sequence
 
 from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, REPO_ROOT
 from harness.selftests import SELFTESTS
-
-from .errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
+from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
 BUILDER_VERSION = 1
@@ -289,7 +288,7 @@ def parse_patch_failure(output: str) -> tuple[str | None, str | None]:
 
 def patched_files(output: str) -> list[str]:
     return [m.group(1) for m in map(_PATCHING_FILE.match,
-                                    (l.strip() for l in output.splitlines()))
+                                    (line.strip() for line in output.splitlines()))
             if m]
 
 
@@ -929,7 +928,7 @@ def load_kernel(name: str) -> KernelBuild:
     kdir = BUILD_DIR / "kernels" / name
     info_path = kdir / "build.json"
     if not info_path.exists() or not (kdir / "bzImage").exists():
-        from .errors import KernelNotBuilt
+        from harness.vm.errors import KernelNotBuilt
         raise KernelNotBuilt(
             f"kernel '{name}' is not built ({kdir / 'bzImage'} missing): "
             f"run `python -m harness.vm build --kernel {name}` "
