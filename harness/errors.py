@@ -28,6 +28,10 @@ class OperationError(HarnessError, OSError):
     answer, and ``advice`` what the caller can do about it.
     """
 
+    # never None here (OSError's may be): __init__ always passes the code and the message
+    errno: int
+    strerror: str
+
     def __init__(self, op: str, code: int, start: Optional[int] = None,
                  length: Optional[int] = None, advice: str = ""):
         self.op = op

@@ -471,7 +471,7 @@ class AdjacentRegions:
                            lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
         if reserve == ffi.cast("void *", -1):
             raise MappingError("mmap(reserve for adjacent regions)", ffi.errno, None, reserve_len)
-        self._reserve = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
+        self._reserve: Optional[tuple[int, int]] = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
         boundary = (self._reserve[0] + PAGE_SIZE + pmd + pmd - 1) // pmd * pmd
         self.addr = boundary - boundary_page * PAGE_SIZE
         self.regions: list[Region] = []

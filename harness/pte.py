@@ -382,7 +382,7 @@ def read_ptes(addr: int, npages: int = 1) -> list[PteEntry]:
             os.write(fd, f"{addr:#x} {npages}".encode())
         except OSError as exc:
             raise HarnessError(
-                f"{PTE_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno, exc.errno)}: "
+                f"{PTE_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno or 0, exc.errno)}: "
                 "the range must be page-aligned and inside the user address space") from None
         chunks = []
         want = npages * _PTE_LINE_MAX
@@ -583,7 +583,7 @@ def cross_check(region: Region, page: int = 0) -> CrossCheck:
     young, dirty = _smaps_young_dirty(region, page) if pagemap_bit(entry, PagemapBit.PRESENT) else (False, False)
     vma_soft_dirty = "sd" in str(smaps_vma(addr).get("VmFlags", "")).split()
     idle_young = None
-    if flags is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
+    if flags is not None and pfn is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
         idle_young = not page_idle(pfn)
     return CrossCheck(addr=addr, pagemap=entry, pte=pte, folio_flags=flags, smaps_young=young,
                       smaps_dirty=dirty, idle_young=idle_young, vma_soft_dirty=vma_soft_dirty)
@@ -665,7 +665,7 @@ def thp_mapping(region: Region) -> ThpMapping:
             head = pfns[0]
             # one THP: all present, one run of PFNs from an aligned head, THP on head and tail
             if head is None or head % per_thp or pfns != list(range(head, head + per_thp)) \
-                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, pfns[-1])):
+                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, head + per_thp - 1)):
                 thp_folio = False
                 break
     return ThpMapping(size_kb=region.length // 1024, rss_kb=vma.get("Rss", 0),

@@ -199,7 +199,7 @@ def backend(request):
         channel = channel or b.channels()[0]
         used.add(channel)
         return real_observe(r, page, channel)
-    b.observe = observe
+    b.observe = observe  # type: ignore[method-assign]  # this backend, for this test: record the channels read
     item.user_properties.extend([(_BACKEND_KEY, b.name), ("profile", b.profile),
                                  ("kernel_release", b.kernel_release)])
     if fallback:
@@ -381,7 +381,7 @@ def build_summary(results: _Results, config) -> dict:
     from harness import abi
     offered = _kernel_features()
     negotiated: set = set()
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
     clause_entries = defaultdict(list)
     for entry in results.tests.values():
         if entry["outcome"]:
@@ -396,9 +396,9 @@ def build_summary(results: _Results, config) -> dict:
         entries = clause_entries.get(n, [])
         caps = _kernel_capabilities()
         kernel_has = all((f in offered) if isinstance(f, Feature) else caps.get(f, False) for f in CLAUSE_NEEDS[n])
-        channels = defaultdict(set)
-        memory = defaultdict(set)
-        backends = Counter()
+        channels: defaultdict[str, set[str]] = defaultdict(set)
+        memory: defaultdict[str, set[str]] = defaultdict(set)
+        backends: Counter[str] = Counter()
         for e in entries:
             name = e["props"].get(_BACKEND_KEY)
             if name and e["outcome"] in ("passed", "failed"):

@@ -307,4 +307,5 @@ def open_any(features: Optional[Iterable[Feature]] = ()) -> Userfaultfd:
 def probe_features() -> ApiInfo:
     """The features and ioctls this kernel offers (a throw-away fd asks for none)."""
     with open_any(features=()) as uffd:
+        assert uffd._api is not None, "open() with features=() made the UFFDIO_API handshake"
         return uffd._api

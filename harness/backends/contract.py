@@ -335,6 +335,9 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
     smaps must count exactly the pages the clause makes young (dirty), and
     every page of the part that the un-protect made writable takes no fault.
     """
+    from harness.backends.kernel import KernelBackend
+    if not isinstance(b, KernelBackend):
+        raise TypeError(f"part of a THP is checked on the kernel backend only, not {type(b).__name__}")
     hints = {2: ("ACCESS_LIKELY", True, False), 3: ("WRITE_LIKELY", False, True), 5: ("no hints", False, False)}[n]
     label, access, write = hints
     _open(b, (Feature.ACCESS_HINTS,) if access or write else ())

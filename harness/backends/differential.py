@@ -126,7 +126,10 @@ def apply(b: Backend, regions: list[RegionRef], op: tuple):
         if name in ("read", "write"):
             sig = (b.read if name == "read" else b.write)(regions[op[1]])
             return ("signal", sig) if sig else 0
-        r = regions[op[1]] if len(op) > 1 and name not in ("clear_refs",) else None
+        if len(op) > 1 and name != "clear_refs":
+            r = regions[op[1]]
+        elif name not in ("fork", "clear_refs"):     # the two operations that name no region
+            raise ValueError(f"operation {op!r} names no region")
         if name == "protect":
             b.protect(r)
         elif name == "unprotect":

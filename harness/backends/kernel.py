@@ -10,7 +10,7 @@ import os
 import platform
 import warnings
 from functools import lru_cache
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
@@ -18,6 +18,9 @@ from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, Regi
 from harness.events import FaultHandler, PageFault
 from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, PteState
+
+if TYPE_CHECKING:
+    from harness.uffd import Userfaultfd
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +37,7 @@ def offered_features() -> frozenset:
 def kernel_soft_dirty() -> bool:
     """CONFIG_MEM_SOFT_DIRTY: a new VMA carries VM_SOFTDIRTY, which smaps shows as "sd"."""
     with Region.create(MemoryKind.ANON, 1) as region:
-        flags = _pte.smaps_vma(region.addr).get("VmFlags", "")
+        flags = str(_pte.smaps_vma(region.addr).get("VmFlags", ""))
     return "sd" in flags.split()
 
 
@@ -60,13 +63,13 @@ class KernelBackend(Backend):
         self.kernel_release = platform.release()
         self.profile = kernel_profile_name(offered_features())
         self._channels = list(channels) if channels is not None else available_channels()
-        self._affinity = None
+        self._affinity: Optional[set[int]] = None
         self._drain_region: Optional[Region] = None
         if IDLE_PAGE in self._channels:
             self._pin()
         self._regions: list[Region] = []
         self._adjacent: list[AdjacentRegions] = []
-        self._uffd = None
+        self._uffd: Optional[Userfaultfd] = None
         self._handler: Optional[FaultHandler] = None
         self._seen = 0
 

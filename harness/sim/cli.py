@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 def _profiles(args) -> int:
     from harness.sim import profiles
     profiles.load_user_profiles()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in profiles.PROFILES.values():
         rows.append({"name": p.name, "access_hints": p.offers_access_hints, "broken": p.broken,
                      "expected_failures": sorted(p.expected_failures), "description": p.description})

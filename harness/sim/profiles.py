@@ -187,6 +187,8 @@ def load_user_profiles() -> None:
     for spec in filter(None, (part.strip() for part in os.environ.get(USER_PROFILES_ENV, "").split(","))):
         if spec.endswith(".py"):
             mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
+            if mod_spec is None or mod_spec.loader is None:
+                raise ValueError(f"${USER_PROFILES_ENV}: {spec} cannot be loaded as a Python file")
             module = importlib.util.module_from_spec(mod_spec)
             mod_spec.loader.exec_module(module)
         else:

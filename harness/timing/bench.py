@@ -59,6 +59,13 @@ class ScenarioResult:
         return self.status == OK and len(self.samples) >= 2
 
     @property
+    def median(self) -> float:
+        """The median of an ok result (run() and from_dict() give it its summary)."""
+        if self.summary is None:
+            raise HarnessError(f"scenario {self.name}: no summary ({self.status})")
+        return self.median
+
+    @property
     def batches(self) -> Optional[list[list[float]]]:
         return stats.split_batches(self.samples, self.batch_sizes)
 
@@ -142,33 +149,33 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
     if c and py and c.ok and py.ok:
         lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed,
                                           batches_a=c.batches, batches_b=py.batches)
-        ratio = py.summary.median / c.summary.median
+        ratio = py.median / c.median
         entry = {"ratio": ratio, "ci95": [lo, hi], "target": WP_TOGGLE_TARGET_RATIO,
                  "within_target": ratio <= WP_TOGGLE_TARGET_RATIO,
-                 "c_median_cycles": c.summary.median, "python_median_cycles": py.summary.median}
+                 "c_median_cycles": c.median, "python_median_cycles": py.median}
         if raw and raw.ok:
-            entry["cffi_raw_median_cycles"] = raw.summary.median
-            entry["cffi_raw_ratio"] = raw.summary.median / c.summary.median
-            entry["method_overhead_cycles"] = py.summary.median - raw.summary.median
+            entry["cffi_raw_median_cycles"] = raw.median
+            entry["cffi_raw_ratio"] = raw.median / c.median
+            entry["method_overhead_cycles"] = py.median - raw.median
         # what no binding of this shape can beat: the cheapest cffi call, and Python's own ioctl
         for key, name in (("cffi_floor", "binding.wp_toggle.cffi_floor"), ("fcntl", "binding.wp_toggle.fcntl")):
             other = results.get(name)
             if other and other.ok:
-                entry[f"{key}_median_cycles"] = other.summary.median
-                entry[f"{key}_ratio"] = other.summary.median / c.summary.median
+                entry[f"{key}_median_cycles"] = other.median
+                entry[f"{key}_ratio"] = other.median / c.median
         if with_ws and ws_only and with_ws.ok and ws_only.ok:
             # what the toggle costs a C caller that, like an interpreter, has a working set to find again
-            cost = with_ws.summary.median - ws_only.summary.median
+            cost = with_ws.median - ws_only.median
             entry["c_working_set_toggle_cycles"] = cost
-            entry["c_working_set_ratio"] = cost / c.summary.median
-            entry["python_vs_c_working_set_ratio"] = py.summary.median / cost if cost > 0 else None
+            entry["c_working_set_ratio"] = cost / c.median
+            entry["python_vs_c_working_set_ratio"] = py.median / cost if cost > 0 else None
         if noop_c and noop_py and noop_c.ok and noop_py.ok:
-            entry["noop_ioctl_c_cycles"] = noop_c.summary.median
-            entry["noop_ioctl_python_cycles"] = noop_py.summary.median
-            entry["per_call_overhead_cycles"] = noop_py.summary.median - noop_c.summary.median
+            entry["noop_ioctl_c_cycles"] = noop_c.median
+            entry["noop_ioctl_python_cycles"] = noop_py.median
+            entry["per_call_overhead_cycles"] = noop_py.median - noop_c.median
             if noop_raw and noop_raw.ok:
-                entry["noop_ioctl_cffi_raw_cycles"] = noop_raw.summary.median
-                entry["per_call_method_cycles"] = noop_py.summary.median - noop_raw.summary.median
+                entry["noop_ioctl_cffi_raw_cycles"] = noop_raw.median
+                entry["per_call_method_cycles"] = noop_py.median - noop_raw.median
         out["wp_toggle"] = entry
     for key, name, (before, after), threads in (
             ("rfc_loop", "rfc.mprotect_loop", RFC_COVER_LETTER_CYCLES, "one thread"),
@@ -176,7 +183,7 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
              "two threads")):
         rfc = results.get(name)
         if rfc and rfc.ok:
-            out[key] = {"median_cycles": rfc.summary.median, "cover_letter_before": before,
+            out[key] = {"median_cycles": rfc.median, "cover_letter_before": before,
                         "cover_letter_after": after, "cover_letter_setup": f"Haswell, bare metal, {threads}"}
     return out
 
@@ -217,7 +224,7 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
         absent.update(previous.get("absent", {}))
     for name, r in results.items():
         if r.ok:
-            medians[name] = r.summary.median
+            medians[name] = r.median
             absent.pop(name, None)
         else:
             absent[name] = r.status
@@ -271,13 +278,15 @@ def _fmt(x: Optional[float]) -> str:
     return f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}"
 
 
-def table_rows(results: dict[str, ScenarioResult], cal: Calibration) -> list[list[str]]:
-    rows = []
+def table_rows(results: dict[str, ScenarioResult], cal: Calibration) -> list[list[object]]:
+    rows: list[list[object]] = []
     for name, r in results.items():
         if not r.ok:
             rows.append([name, "-", "-", "-", "-", "-", "-", "-", "-", r.status])
             continue
         s = r.summary
+        if s is None:
+            raise HarnessError(f"scenario {name}: no summary ({r.status})")
         notes = [f"state mismatch: {e}" for e in sorted(set(r.state_errors))]
         if r.fault_free and r.faults:
             notes.append(f"{r.faults} faults in timed touches of present PTEs")

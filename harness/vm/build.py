@@ -764,7 +764,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         _run_logged(make + [f"-j{jobs}", "olddefconfig"], log_file=lf, step="olddefconfig",
                     log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
                     progress=False)
-        if old_cfg is not None and cfg.read_bytes() == old_cfg:
+        if old_cfg is not None and old_stat is not None and cfg.read_bytes() == old_cfg:
             os.utime(cfg, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
         final_cfg = parse_config(cfg.read_text())
         missing = config_mismatches(parse_config(fragment_text), final_cfg)
