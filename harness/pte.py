@@ -473,12 +473,6 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     raise ValueError(f"unknown observation channel {channel!r}; use one of {', '.join(CHANNELS)}")
 
 
-def observe_all(region: Region, channel: str = SMAPS) -> list[PteState]:
-    if channel == PTE:
-        return observe_ptes(region)
-    return [observe(region, page, channel) for page in range(region.npages)]
-
-
 # -- cross-check: the PTE against what folio flags can explain ----------------------
 
 @dataclass(frozen=True)

@@ -491,17 +491,6 @@ def available_channels() -> list[str]:
     return channels
 
 
-def unavailable_channels() -> dict[str, str]:
-    """Why each missing channel is missing (for skip messages and reports)."""
-    reasons = {}
-    for channel, check in ((PTE, _pte.pte_channel_available), (IDLE_PAGE, _pte.idle_page_tracking_available),
-                           (KPAGEFLAGS, _pte.kpageflags_available)):
-        reason = check()
-        if reason:
-            reasons[channel] = reason
-    return reasons
-
-
 _ZERO_SRC: Optional[bytearray] = None
 
 
