@@ -78,6 +78,42 @@ class MappingError(OperationError):
     """A mapping call (mmap, madvise, mprotect, ...) failed."""
 
 
+class RegionClosedError(MappingError):
+    """A :class:`~harness.memory.Region` was used after :meth:`~harness.memory.Region.close`.
+
+    Raised before any address reaches C: a closed region's memory is gone.
+    """
+
+    def __init__(self, op: str, region: str):
+        super().__init__(op, _errno.EBADF, advice=f"{region} is closed")
+
+
+class InvalidArgument(HarnessError, ValueError):
+    """An argument the kernel would never see: out of range, of the wrong type, or not a known name.
+
+    ``op`` is the call, ``argument`` the parameter's name; the message says
+    what was given and what is allowed.
+    """
+
+    def __init__(self, op: str, argument: str, message: str):
+        self.op = op
+        self.argument = argument
+        super().__init__(f"{op}: {argument}: {message}")
+
+
+class DocumentError(HarnessError, ValueError):
+    """A file the harness reads is missing, unreadable, not JSON, or not of the expected schema.
+
+    ``path`` is the file; the message names it, says what is wrong and, where
+    it can, which command writes a good one.
+    """
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
 class ObservationUnavailable(HarnessError):
     """A PTE observation channel cannot answer here (and why)."""
 

@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 from harness import abi
 from harness._native import ffi, lib
 from harness.abi import Feature, Ioctl, RegisterMode
-from harness.errors import FeatureUnavailable, UffdClosedError, UffdError
+from harness.errors import FeatureUnavailable, InvalidArgument, UffdClosedError, UffdError
 from harness.events import UffdEvent, decode_events
 
 _wp_ioctl = lib.harness_uffd_writeprotect  # bound once: the hot path of every WP test
@@ -133,6 +133,9 @@ class Userfaultfd:
     def _advice(self, op: str, code: int, start, length, mode: int) -> str:
         """Say what a failure most likely means, from what we know of this fd."""
         page = os.sysconf("SC_PAGE_SIZE")
+        if code == errno.EINVAL and op != "UFFDIO_API" and self._api is None:
+            # userfaultfd_ioctl() refuses every ioctl but UFFDIO_API on an fd not yet initialized
+            return "UFFDIO_API was not done on this fd: Userfaultfd.open(features) does it, unless features=None"
         if code == errno.EINVAL:
             if start is not None and (start % page or (length is not None and length % page)):
                 return f"start and length must be multiples of the page size ({page})"
@@ -150,6 +153,8 @@ class Userfaultfd:
             return "the range is not (fully) registered with this userfaultfd"
         if code == errno.EEXIST:
             return "a page is already mapped there"
+        if code == errno.EBUSY and op == "UFFDIO_REGISTER":
+            return "part of the range is registered with another userfaultfd: unregister it there first"
         if code == errno.EAGAIN:
             return "the mm changed under the ioctl (retry), or the range is partly done"
         if code == errno.EPERM and op == "UFFDIO_API":
@@ -164,7 +169,7 @@ class Userfaultfd:
         A feature the kernel lacks raises :class:`FeatureUnavailable` naming it.
         """
         fd = self._check("UFFDIO_API")
-        wanted = frozenset(features)
+        wanted = frozenset(abi.as_feature(f) for f in features)
         feats = ffi.new("uint64_t *")
         ioctls = ffi.new("uint64_t *")
         r = lib.harness_uffd_api(fd, abi.feature_bits(wanted), feats, ioctls)
@@ -193,24 +198,39 @@ class Userfaultfd:
         """``UFFDIO_REGISTER``; returns the ioctls the range now supports."""
         fd = self._check("UFFDIO_REGISTER")
         ioctls = ffi.new("uint64_t *")
-        r = lib.harness_uffd_register(fd, start, length, int(mode), ioctls)
+        try:
+            r = lib.harness_uffd_register(fd, start, length, int(mode), ioctls)
+        except (OverflowError, TypeError):
+            raise _bad_range("UFFDIO_REGISTER", start=start, length=length, mode=mode) from None
         if r < 0:
             raise self._fail("UFFDIO_REGISTER", -r, start, length)
         return abi.ioctls_from_mask(ioctls[0])
 
     def unregister(self, start: int, length: int) -> None:
-        r = lib.harness_uffd_unregister(self._check("UFFDIO_UNREGISTER"), start, length)
+        fd = self._check("UFFDIO_UNREGISTER")
+        try:
+            r = lib.harness_uffd_unregister(fd, start, length)
+        except (OverflowError, TypeError):
+            raise _bad_range("UFFDIO_UNREGISTER", start=start, length=length) from None
         if r < 0:
             raise self._fail("UFFDIO_UNREGISTER", -r, start, length)
 
     def wake(self, start: int, length: int) -> None:
-        r = lib.harness_uffd_wake(self._check("UFFDIO_WAKE"), start, length)
+        fd = self._check("UFFDIO_WAKE")
+        try:
+            r = lib.harness_uffd_wake(fd, start, length)
+        except (OverflowError, TypeError):
+            raise _bad_range("UFFDIO_WAKE", start=start, length=length) from None
         if r < 0:
             raise self._fail("UFFDIO_WAKE", -r, start, length)
 
     def _result_ioctl(self, op: str, call, start: int, length: int, *args) -> int:
         out = ffi.new("int64_t *")
-        r = call(self._check(op), *args, out)
+        fd = self._check(op)
+        try:
+            r = call(fd, *args, out)
+        except (OverflowError, TypeError):
+            raise _bad_range(op, start=start, length=length, arguments=args) from None
         if r < 0:
             raise self._fail(op, -r, start, length, result=out[0])
         return out[0]
@@ -259,7 +279,10 @@ class Userfaultfd:
             if access_likely or write_likely:
                 hints = abi.hint_abi()
                 mode |= (hints.access_likely if access_likely else 0) | (hints.write_likely if write_likely else 0)
-        r = _wp_ioctl(self._fd, start, length, mode)
+        try:
+            r = _wp_ioctl(self._fd, start, length, mode)
+        except (OverflowError, TypeError):      # off the hot path: a try costs nothing until it raises
+            raise _bad_range("UFFDIO_WRITEPROTECT", start=start, length=length, mode=mode) from None
         if r:
             if self._fd < 0:
                 raise UffdClosedError("UFFDIO_WRITEPROTECT")
@@ -285,6 +308,18 @@ class Userfaultfd:
         return child
 
 
+def _bad_range(op: str, **values) -> InvalidArgument:
+    """The argument that is no unsigned 64-bit integer (cffi would say only OverflowError or TypeError)."""
+    flat = dict(values)
+    for i, value in enumerate(flat.pop("arguments", ()) or ()):
+        flat.setdefault(f"argument {i + 1}", value)
+    for name, value in flat.items():
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
+        if not ok:
+            return InvalidArgument(op, name, f"{value!r} is not an integer in 0..2**64-1")
+    return InvalidArgument(op, "arguments", f"not unsigned 64-bit integers: {values!r}")
+
+
 def open_any(features: Optional[Iterable[Feature]] = ()) -> Userfaultfd:
     """Open a userfaultfd whichever way this process is allowed to.
 
@@ -297,7 +332,9 @@ def open_any(features: Optional[Iterable[Feature]] = ()) -> Userfaultfd:
         try:
             return Userfaultfd.open(features, via=via, user_mode_only=user_mode_only)
         except UffdError as exc:
-            if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOENT):
+            # Only a refused open is a reason to try the next way: an fd that opened and then failed
+            # UFFDIO_API (EPERM for EVENT_FORK without CAP_SYS_PTRACE) would fail the same way.
+            if exc.op == "UFFDIO_API" or exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOENT):
                 raise
             last = exc
     assert last is not None

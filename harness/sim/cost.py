@@ -27,13 +27,13 @@ cycles) and, for faults, are rough assumptions (``assumed`` lists them).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from harness.memory import PAGE_SIZE
+from harness.timing.documents import load_calibration
 
 DEFAULT_CALIBRATION = Path("build/results/calibration.json")
 
@@ -58,12 +58,17 @@ class CostModel:
 
     @classmethod
     def load(cls, path: os.PathLike | str | None = None) -> "CostModel":
-        """From a calibration file (default ``build/results/calibration.json``); defaults if absent."""
-        path = Path(path) if path is not None else DEFAULT_CALIBRATION
-        if not path.exists():
-            return cls()
-        with open(path) as f:
-            return cls.from_calibration(json.load(f), source=str(path))
+        """From a calibration file; the defaults when none is named and the default file does not exist.
+
+        A file that is named must exist and be a calibration document
+        (:mod:`harness.timing.documents`): a model that names a file as its
+        source while holding the defaults would be a wrong answer.
+        """
+        if path is None:
+            if not DEFAULT_CALIBRATION.exists():
+                return cls()
+            path = DEFAULT_CALIBRATION
+        return cls.from_calibration(load_calibration(path), source=str(path))
 
     @classmethod
     def from_calibration(cls, doc: dict, source: str = "calibration") -> "CostModel":
@@ -72,8 +77,9 @@ class CostModel:
 
         def have(*keys):
             return all(isinstance(net.get(k), (int, float)) for k in keys)
+        # A net median below zero is a cheap access under the timer's noise (the empty section varies): zero.
         if have("first_touch.young_dirty.read.warm_tlb"):
-            values["base_access"] = net["first_touch.young_dirty.read.warm_tlb"]
+            values["base_access"] = max(0.0, net["first_touch.young_dirty.read.warm_tlb"])
             if have("first_touch.young_dirty.read"):
                 values["tlb_walk"] = max(0.0, net["first_touch.young_dirty.read"] - values["base_access"])
         if have("first_touch.old_dirty.read", "first_touch.young_dirty.read"):
@@ -84,7 +90,7 @@ class CostModel:
                                          - net["first_touch.young_dirty.write"])
         for key in ("uffd.missing_roundtrip.py_handler", "uffd.missing_roundtrip.c_handler"):
             if have(key):
-                values["uffd_round_trip"] = net[key]
+                values["uffd_round_trip"] = max(0.0, net[key])
                 break
         for key, value in (doc.get("cost_model") or {}).items():
             if key in _FIELDS:

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 from harness import abi
 from harness.abi import Feature
+from harness.errors import InvalidArgument
 from harness.sim.pgtable import pte_mkdirty
 
 #: hint names, as passed to ``uffd_wp_resolve``
@@ -185,22 +186,36 @@ def load_user_profiles() -> None:
     import importlib.util
     import os
     for spec in filter(None, (part.strip() for part in os.environ.get(USER_PROFILES_ENV, "").split(","))):
-        if spec.endswith(".py"):
-            mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
-            if mod_spec is None or mod_spec.loader is None:
-                raise ValueError(f"${USER_PROFILES_ENV}: {spec} cannot be loaded as a Python file")
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            importlib.import_module(spec)
+        # What names no loadable module is bad input; an error raised by the module's own code is its
+        # author's to see, with the traceback.
+        try:
+            if spec.endswith(".py"):
+                mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
+                if mod_spec is None or mod_spec.loader is None:
+                    raise ValueError(f"{spec} cannot be loaded as a Python file")
+                module = importlib.util.module_from_spec(mod_spec)
+                mod_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except (ImportError, OSError, SyntaxError, ValueError) as exc:
+            raise InvalidArgument(f"${USER_PROFILES_ENV}", repr(spec),
+                                  f"cannot load it ({type(exc).__name__}: {exc}); give comma-separated module "
+                                  "names on sys.path or paths of .py files") from exc
+
+
+class UnknownProfile(InvalidArgument, KeyError):
+    """No profile of that name (a KeyError too, for callers that look profiles up like a dict)."""
+
+    __str__ = InvalidArgument.__str__
 
 
 def get(name: str) -> Profile:
     load_user_profiles()
     try:
         return PROFILES[name]
-    except KeyError:
-        raise KeyError(f"no simulator profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+    except (KeyError, TypeError):
+        raise UnknownProfile("simulator", "profile", f"no profile {name!r}; known: {', '.join(sorted(PROFILES))}") \
+            from None
 
 
 def for_kernel(offers_access_hints: bool) -> Profile:

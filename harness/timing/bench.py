@@ -22,10 +22,14 @@ from typing import Callable, Optional, Sequence
 from harness.errors import HarnessError
 from harness.timing import stats
 from harness.timing.calibrate import Calibration
+from harness.timing.documents import (  # noqa: F401 - re-exported; bench --calibration uses the last
+    BENCH_SCHEMA,
+    CALIBRATION_SCHEMA,
+    load_bench,
+    load_previous_calibration,
+)
 from harness.timing.scenarios import RFC_COVER_LETTER_CYCLES, RFC_COVER_LETTER_CYCLES_TWO_THREADS, Context, Scenario
 
-BENCH_SCHEMA = "uffd-harness/bench/1"
-CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
 RESULTS_DIR = Path("build/results")
 DEFAULT_JSON = RESULTS_DIR / "bench.json"
 DEFAULT_PLOT = RESULTS_DIR / "bench.png"
@@ -63,7 +67,7 @@ class ScenarioResult:
         """The median of an ok result (run() and from_dict() give it its summary)."""
         if self.summary is None:
             raise HarnessError(f"scenario {self.name}: no summary ({self.status})")
-        return self.median
+        return self.summary.median
 
     @property
     def batches(self) -> Optional[list[list[float]]]:
@@ -237,24 +241,9 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
             "absent": absent}
 
 
-def load_previous_calibration(path: os.PathLike | str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def load_document(path: os.PathLike | str) -> dict:
-    """A bench JSON file, checked against the schema this module writes."""
-    with open(path) as f:
-        doc = json.load(f)
-    if doc.get("schema") != BENCH_SCHEMA:
-        raise HarnessError(f"{path}: schema {doc.get('schema')!r}, expected {BENCH_SCHEMA!r}")
-    for key in ("calibration", "scenarios", "config"):
-        if key not in doc:
-            raise HarnessError(f"{path}: no {key!r} section")
-    return doc
+    """A bench JSON file, checked against the schema this module writes (:mod:`harness.timing.documents`)."""
+    return load_bench(path)
 
 
 def results_of(doc: dict) -> dict[str, ScenarioResult]:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InvalidArgument, errno_name
 from harness.timing import bench, selftest, stats
 from harness.timing.calibrate import Calibration, calibrate, pin_to_one_cpu
 from harness.timing.scenarios import SCENARIOS, Context, select
@@ -54,10 +57,30 @@ def register(subparsers) -> None:
     c.set_defaults(func=_compare)
 
 
+def check_writable(path: str, option: str) -> None:
+    """Fail now, not after a run of minutes, if ``path`` cannot be written: create its directory and a scratch file.
+
+    A permission check alone would pass as root on /proc; trying is the only answer.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidArgument(option, path, "a directory; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InvalidArgument(option, path, f"cannot write it: {errno_name(exc.errno or 0)} "
+                                            f"({os.strerror(exc.errno or 0)})") from None
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.list:
         print(tabulate([[s.name, s.describe] for s in SCENARIOS], headers=["scenario", "what is timed"]))
         return 0
+    for option in ("json", "plot", "calibration"):
+        if getattr(args, option):
+            check_writable(getattr(args, option), f"--{option}")
     pinned = None if args.no_pin else pin_to_one_cpu()
     cal = calibrate()
     print("\n".join(bench.calibration_lines(cal, pinned)))
@@ -127,11 +150,11 @@ def _self_test(cal: Calibration) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    try:
-        a, b = bench.load_document(args.a), bench.load_document(args.b)
-    except (OSError, ValueError, HarnessError) as exc:
-        print(f"uffd-harness compare: {exc}", file=sys.stderr)
-        return 2
+    a, b = bench.load_document(args.a), bench.load_document(args.b)
+    common = set(a["scenarios"]) & set(b["scenarios"])
+    if not common:
+        raise HarnessError(f"{args.a} and {args.b} have no scenario in common (A has {len(a['scenarios'])}, "
+                           f"B {len(b['scenarios'])}): compare two runs of 'uffd-harness bench' with the same --only")
     ca, cb = a["calibration"], b["calibration"]
     for key in ("cpu_model", "kernel", "hypervisor_vendor", "tcg"):
         if ca.get(key) != cb.get(key):

@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -101,8 +102,9 @@ class KernelBuild:
 
     @property
     def info(self) -> dict:
-        """The contents of build.json."""
-        return json.loads((self.directory / "build.json").read_text())
+        """The contents of build.json (checked: :mod:`harness.vm.documents`)."""
+        from harness.vm.documents import load_build_info
+        return load_build_info(self.directory / "build.json")
 
     @property
     def pte_channel(self) -> dict:
@@ -167,12 +169,23 @@ def read_series(patches_dir: Path) -> list[Path]:
     comments) if it exists, else every ``*.patch`` sorted by name.
     """
     patches_dir = Path(patches_dir)
+    if patches_dir.exists() and not patches_dir.is_dir():
+        raise VmError(f"--patches {patches_dir}: a file, not a directory: give the directory that holds "
+                      "the series file (or the *.patch files)")
     if not patches_dir.is_dir():
         raise VmError(f"patch directory {patches_dir} does not exist")
     series = patches_dir / "series"
     if series.exists():
+        if not series.is_file():
+            raise VmError(f"{series}: not a file: a quilt series lists one patch file name a line")
+        try:
+            text = series.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)") from None
+        if "\0" in text:
+            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)")
         out = []
-        for line in series.read_text().splitlines():
+        for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -183,6 +196,51 @@ def read_series(patches_dir: Path) -> list[Path]:
             out.append(path)
         return out
     return sorted(patches_dir.glob("*.patch"))
+
+
+_PATCH_TARGET = re.compile(r"^(?:\+\+\+|---) (?:[ab]/)?(\S+)", re.MULTILINE)
+
+
+def check_series(patches_dir: str | os.PathLike) -> list[Path]:
+    """The series of ``patches_dir``, checked to apply before anything is built or booted.
+
+    Each patch must be a diff, and the whole series must apply in order to a
+    scratch tree holding only the files it touches, copied from the pristine
+    source (build/cache/src) or, before the first build, extracted from the
+    tarball.  Raises VmError (PatchApplyError for a patch that does not
+    apply) with a one-line summary; returns the patches.
+    """
+    patches = read_series(Path(patches_dir))
+    if not patches:
+        raise VmError(f"{patches_dir}: no series file and no *.patch")
+    targets: set[str] = set()
+    for p in patches:
+        try:
+            text = p.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise VmError(f"{p}: cannot read: {exc.strerror}") from None
+        found = {t for t in _PATCH_TARGET.findall(text) if t != "/dev/null"}
+        if not found:
+            raise VmError(f"{p}: not a patch (no '--- a/FILE' / '+++ b/FILE' lines)")
+        targets |= found
+    with tempfile.TemporaryDirectory(prefix="uffd-harness-series-") as scratch:
+        tree = Path(scratch) / SOURCE_DIRNAME
+        tree.mkdir()
+        pristine = BUILD_DIR / "cache" / "src" / SOURCE_DIRNAME
+        if (pristine / ".uffd-harness-pristine").exists():
+            for t in targets:
+                if (pristine / t).is_file():
+                    (tree / t).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(pristine / t, tree / t)
+        elif SOURCE_TARBALL.exists():
+            # Members that the tarball lacks are files the series creates: tar says so and goes on.
+            subprocess.run(["tar", "-xf", str(SOURCE_TARBALL), "-C", scratch, "--ignore-failed-read",
+                            *[f"{SOURCE_DIRNAME}/{t}" for t in sorted(targets)]],
+                           capture_output=True, timeout=TIMEOUT_UNPACK)
+        else:
+            return patches      # nothing to apply it to yet; the build checks it once the source is there
+        apply_series(tree, patches, warn=lambda _: None)
+    return patches
 
 
 def _sha256(data: bytes) -> str:
@@ -535,6 +593,8 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
             old_state = json.loads(state_file.read_text())
         except ValueError:
             old_state = {}
+        if not isinstance(old_state, dict):
+            old_state = {}      # corrupt: treated as no previous tree, so every file is re-linked
     if src.is_dir() and old_state.get("patch_key") == patch_key:
         return src
     ref = src
@@ -701,9 +761,10 @@ def _is_current(kb: KernelBuild) -> bool:
         return False
     if not all((kb.selftests_dir / t).exists() for t in SELFTESTS):
         return False
+    from harness.vm.documents import load_build_info
     try:
-        return json.loads(info_path.read_text()).get("key") == kb.key
-    except ValueError:
+        return load_build_info(info_path)["key"] == kb.key
+    except ValueError:          # DocumentError: a corrupt build.json is rebuilt over
         return False
 
 
@@ -842,9 +903,11 @@ def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
     if (kb.directory / "obj").exists():
         return None                      # not the first build: incremental anyway
     seed = kb.directory.parent / seed_from
+    from harness.vm.documents import load_build_info
     try:
-        info = json.loads((seed / "build.json").read_text())
-        json.loads((seed / "src-state.json").read_text())
+        info = load_build_info(seed / "build.json")
+        if not isinstance(json.loads((seed / "src-state.json").read_text()), dict):
+            raise ValueError("src-state.json is not an object")
     except (OSError, ValueError):
         log(f"[vm] {kb.name}: not seeding from '{seed_from}': it is not built")
         return None
@@ -933,7 +996,14 @@ def load_kernel(name: str) -> KernelBuild:
             f"kernel '{name}' is not built ({kdir / 'bzImage'} missing): "
             f"run `python -m harness.vm build --kernel {name}` "
             f"or `make kernel KERNEL={name}`")
-    info = json.loads(info_path.read_text())
+    from harness.errors import DocumentError
+    from harness.vm.documents import load_build_info
+    try:
+        info = load_build_info(info_path)
+    except DocumentError as exc:
+        from harness.vm.errors import KernelNotBuilt
+        raise KernelNotBuilt(f"kernel '{name}': {exc}; rebuild it: `uffd-harness vm build --kernel {name}`") \
+            from None
     return KernelBuild(name=name, path=kdir / "bzImage", key=info["key"],
                        uapi_header=kdir / "uapi/linux/userfaultfd.h",
                        patched=bool(info.get("patched")), directory=kdir,

@@ -138,8 +138,8 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
     try:
         data = json.loads(cache.read_text())
         if data.get("key") == key:
-            return bool(data["kvm"]), data["reason"] + " (cached)"
-    except (OSError, ValueError, KeyError):
+            return bool(data["kvm"]), str(data["reason"]) + " (cached)"
+    except (OSError, ValueError, KeyError, AttributeError):     # absent or corrupt: probe again
         pass
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
            "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
@@ -230,6 +230,65 @@ def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
+
+
+#: The guard: a shell in its own session, deaf to the signals that end the harness, reading a pipe
+#: only the harness can write.  Line 1 is vng's process group; "done" means QEMU is gone.  End of
+#: file without "done" means the harness died, however (SIGKILL included): then it ends the guest's
+#: whole process group, as _kill_group() would, and removes the guest's command script.
+_GUARD_SCRIPT = r"""
+trap '' TERM HUP INT QUIT
+# (dash: kill takes no "--" before a negative process group id)
+pgid=
+while IFS= read -r line; do
+    [ "$line" = done ] && exit 0
+    pgid=$line
+done
+rm -f -- "$1"
+[ -n "$pgid" ] || exit 0
+kill -TERM "-$pgid" 2>/dev/null
+i=0
+while kill -0 "-$pgid" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+kill -KILL "-$pgid" 2>/dev/null
+exit 0
+"""
+
+
+class _Guard:
+    """Ends a guest's process group and removes its script if this process dies before it has.
+
+    A parent-death signal would not do: it goes to vng, and QEMU, vng's
+    child, would stay; and it fires when the *thread* that started vng ends.
+    The guard sees this process's end as the end of a pipe instead, which no
+    signal can keep from happening.
+    """
+
+    def __init__(self, script: Path):
+        read_end, self._write_end = os.pipe()      # both close-on-exec: no other child holds the write end
+        try:
+            self._proc = subprocess.Popen(["sh", "-c", _GUARD_SCRIPT, "uffd-harness-guard", str(script)],
+                                          stdin=read_end, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(self._write_end)
+            raise
+        finally:
+            os.close(read_end)
+
+    def watch(self, pgid: int) -> None:
+        os.write(self._write_end, f"{pgid}\n".encode())
+
+    def stand_down(self) -> None:
+        """QEMU is gone and the script removed: the guard exits without touching anything."""
+        try:
+            os.write(self._write_end, b"done\n")
+        except OSError:
+            pass
+        os.close(self._write_end)
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
 
 
 def _pump(stream: BinaryIO, name: str, q: "queue.Queue") -> None:
@@ -346,7 +405,12 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
     accel = accel or choose_accel(kernel.path, log)
     guest_env = guest_environment(kernel, rw, accel, env)
     script = rw / f".guest-command-{os.getpid()}-{threading.get_ident()}.sh"
-    script.write_text(guest_script(argv, guest_env))
+    guard = _Guard(script)          # before the script exists: whatever exists after this is guarded
+    try:
+        script.write_text(guest_script(argv, guest_env))
+    except BaseException:
+        guard.stand_down()
+        raise
     cmd = vng_command(kernel, f"sh {shlex.quote(str(script))}", rwdir=rw,
                       env=guest_env, accel=accel,
                       cwd=Path(cwd or REPO_ROOT).resolve(), memory=memory,
@@ -370,7 +434,9 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         if console_file is not None:
             console_file.close()
         script.unlink(missing_ok=True)
+        guard.stand_down()
         raise
+    guard.watch(proc.pid)
     _live_guests.add(proc)
     readers = [threading.Thread(target=_pump, args=(s, n, q), daemon=True)
                for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
@@ -447,6 +513,9 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         _live_guests.discard(proc)
         if console_file is not None:
             console_file.close()
+        if proc.poll() is None:     # not reaped: make sure, or the guard would stand down with QEMU alive
+            _kill_group(proc)
+        guard.stand_down()
     elapsed = time.monotonic() - t0
     if rc == 255 and any("cannot find script I/O ports" in c for c in console):
         raise GuestError("vng could not find its virtio-serial ports, so the "
