@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "harness.sim.cli",
     "harness.timing.cli",
     "harness.validate.cli",
+    "harness.lava",
 )
 
 

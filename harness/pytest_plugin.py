@@ -427,8 +427,10 @@ def build_summary(results: _Results, config) -> dict:
             "memory": {name: sorted(kinds) for name, kinds in memory.items()},
         }
     hints = abi.hint_abi()
+    from harness.reports import SUMMARY_SCHEMA
     from harness.sim import profiles
     return {
+        "schema": SUMMARY_SCHEMA,
         "kernel_release": platform.release(),
         "patched": Feature.ACCESS_HINTS in offered,
         "features": {"offered": sorted(f.name for f in offered), "negotiated": sorted(negotiated)},

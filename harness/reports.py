@@ -20,11 +20,16 @@ _COUNTS = Obj(optional=dict.fromkeys(("passed", "failed", "skipped", "total"), N
 SUMMARY_CLAUSE = Obj(
     required={"result": str},
     optional={"needs": ListOf(str), "kernel_has_needs": bool, "tests": _COUNTS, "backends": MapOf(NUMBER),
-              "channels": MapOf(ListOf(str)), "memory": MapOf(ListOf(str))})
+              "channels": MapOf(ListOf(str)), "memory": MapOf(ListOf(str)), "gaps": ListOf(str),
+              "coverage": MapOf(dict)})
+
+#: the version each document carries in its "schema" field
+SUMMARY_SCHEMA = "uffd-harness/summary/1"
+REPORT_SCHEMA = "uffd-harness/report/1"
 
 SUMMARY = Obj(
     required={"kernel_release": str, "patched": bool, "tests": _COUNTS, "clauses": MapOf(SUMMARY_CLAUSE)},
-    optional={"features": Obj(optional={"offered": ListOf(str), "negotiated": ListOf(str)}),
+    optional={"schema": str, "features": Obj(optional={"offered": ListOf(str), "negotiated": ListOf(str)}),
               "hint_abi": Obj(optional={"feature": NUMBER, "access_likely": NUMBER, "write_likely": NUMBER,
                                         "source": str}),
               "backend_option": Maybe(str), "sim_profile": Maybe(str), "backends": MapOf(NUMBER),
@@ -33,7 +38,7 @@ SUMMARY = Obj(
 REPORT = Obj(
     required={"verdict": Obj(required={"kind": str, "line": str}), "ok": bool, "problems": ListOf(str),
               "kernels": MapOf(dict), "clauses": MapOf(dict)},
-    optional={"qemu": str, "quick": bool, "seconds": NUMBER, "selftest_regressions": MapOf(ListOf(str)),
+    optional={"schema": str, "qemu": str, "quick": bool, "seconds": NUMBER, "selftest_regressions": MapOf(ListOf(str)),
               "bench": Maybe(dict), "reproduce": dict})
 
 

@@ -184,7 +184,7 @@ def test_negative_net_medians_do_not_make_negative_costs():
 
 # -- bench -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("option", ["--json", "--plot", "--calibration"])
+@pytest.mark.parametrize("option", ["--json-out", "--plot", "--calibration"])
 def test_bench_checks_its_output_paths_before_the_run(capsys, option):
     t0 = time.monotonic()
     status, out, err = run_cli(["bench", "--rounds", "50", option, "/proc/nope/b.json", "--no-pin"], capsys)
@@ -194,8 +194,8 @@ def test_bench_checks_its_output_paths_before_the_run(capsys, option):
 
 
 def test_bench_output_path_that_is_a_directory(tmp_path, capsys):
-    status, _, err = run_cli(["bench", "--json", str(tmp_path), "--no-pin"], capsys)
-    assert_one_line_error(status, err, "--json", "a directory")
+    status, _, err = run_cli(["bench", "--json-out", str(tmp_path), "--no-pin"], capsys)
+    assert_one_line_error(status, err, "--json-out", "a directory")
 
 
 # -- broken pipes ------------------------------------------------------------------------------

@@ -71,26 +71,46 @@ class CostModel:
         return cls.from_calibration(load_calibration(path), source=str(path))
 
     @classmethod
-    def from_calibration(cls, doc: dict, source: str = "calibration") -> "CostModel":
+    def from_calibration(cls, doc: dict, source: str = "calibration", bound: str = "median") -> "CostModel":
+        """The model of a calibration document.
+
+        ``bound`` picks which figures: ``"median"`` (the point estimate), or
+        ``"low"`` / ``"high"``, the ends of each derived cost's 95% interval,
+        from the document's ``net_intervals`` by interval arithmetic (a
+        difference ``a - b`` spans ``[a.lo - b.hi, a.hi - b.lo]``): the models
+        whose predictions bound a projection.  A bound that the document has
+        no interval for raises KeyError (calibrations before ``net_intervals``).
+        """
+        if bound not in ("median", "low", "high"):
+            raise ValueError(f"bound must be median, low or high, not {bound!r}")
         net = doc.get("net_medians") or {}
-        values: dict = {}
+        intervals = doc.get("net_intervals") or {}
 
         def have(*keys):
             return all(isinstance(net.get(k), (int, float)) for k in keys)
-        # A net median below zero is a cheap access under the timer's noise (the empty section varies): zero.
+
+        def term(key: str, sign: int) -> float:
+            """One term of a derived figure, at the end of its interval that moves the figure towards ``bound``."""
+            if bound == "median":
+                return net[key]
+            lo, hi = intervals[key]
+            return lo if (bound == "low") == (sign > 0) else hi
+
+        def diff(a: str, b: str) -> float:
+            return max(0.0, term(a, +1) - term(b, -1))
+        values: dict = {}
         if have("first_touch.young_dirty.read.warm_tlb"):
-            values["base_access"] = max(0.0, net["first_touch.young_dirty.read.warm_tlb"])
+            # a net figure below zero is a cheap access under the timer's noise (the empty section varies): zero
+            values["base_access"] = max(0.0, term("first_touch.young_dirty.read.warm_tlb", +1))
             if have("first_touch.young_dirty.read"):
-                values["tlb_walk"] = max(0.0, net["first_touch.young_dirty.read"] - values["base_access"])
+                values["tlb_walk"] = diff("first_touch.young_dirty.read", "first_touch.young_dirty.read.warm_tlb")
         if have("first_touch.old_dirty.read", "first_touch.young_dirty.read"):
-            values["accessed_assist"] = max(0.0, net["first_touch.old_dirty.read"]
-                                            - net["first_touch.young_dirty.read"])
+            values["accessed_assist"] = diff("first_touch.old_dirty.read", "first_touch.young_dirty.read")
         if have("first_touch.young_clean.write", "first_touch.young_dirty.write"):
-            values["dirty_assist"] = max(0.0, net["first_touch.young_clean.write"]
-                                         - net["first_touch.young_dirty.write"])
+            values["dirty_assist"] = diff("first_touch.young_clean.write", "first_touch.young_dirty.write")
         for key in ("uffd.missing_roundtrip.py_handler", "uffd.missing_roundtrip.c_handler"):
             if have(key):
-                values["uffd_round_trip"] = max(0.0, net[key])
+                values["uffd_round_trip"] = max(0.0, term(key, +1))
                 break
         for key, value in (doc.get("cost_model") or {}).items():
             if key in _FIELDS:

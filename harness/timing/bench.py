@@ -221,23 +221,32 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
     updates the model instead of truncating it.
     """
     medians: dict[str, float] = {}
+    intervals: dict[str, list[float]] = {}
     absent: dict[str, str] = {}
     if previous and previous.get("schema") == CALIBRATION_SCHEMA and all(
             previous.get(k) == getattr(cal, k) for k in ("cpu_model", "kernel", "hypervisor_vendor", "tcg")):
         medians.update(previous.get("medians", {}))
+        intervals.update(previous.get("intervals", {}))
         absent.update(previous.get("absent", {}))
     for name, r in results.items():
         if r.ok:
             medians[name] = r.median
+            assert r.summary is not None, "r.median has checked it"
+            intervals[name] = [r.summary.ci_lo, r.summary.ci_hi]
             absent.pop(name, None)
         else:
             absent[name] = r.status
             medians.pop(name, None)
+            intervals.pop(name, None)
     return {"schema": CALIBRATION_SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **cal.to_dict(),
             "medians": medians,
             "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
+            # the 95% interval of each median, net: what a projection from this model carries
+            "net_intervals": {n: [lo - cal.empty_cycles, hi - cal.empty_cycles]
+                              for n, (lo, hi) in intervals.items()},
+            "intervals": intervals,
             "absent": absent}
 
 
@@ -398,6 +407,21 @@ def plot_document(doc: dict, path: os.PathLike | str) -> Optional[Path]:
 
 
 # -- comparison ------------------------------------------------------------------------
+
+def emulated_reason(a: dict, b: dict, labels: tuple[str, str] = ("A", "B")) -> str:
+    """Why a comparison of two bench documents can have no verdict: either ran under TCG ("" when it can).
+
+    TCG sets accessed/dirty bits in its own slow path at no extra cost, so a
+    difference between two such runs is not a hardware effect.
+    """
+    sides = [name for name, doc in zip(labels, (a, b), strict=True)
+             if (doc.get("calibration") or {}).get("tcg")
+             or not (doc.get("calibration") or {}).get("models_hardware_assists", True)]
+    if not sides:
+        return ""
+    return (f"emulated: {' and '.join(sides)} ran under QEMU TCG, which does not model hardware accessed/dirty "
+            "assists, so the timings give no verdict")
+
 
 @dataclass(frozen=True)
 class Comparison:

@@ -110,7 +110,7 @@ def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
     log(f"[validate] {_where()}: first-touch benchmarks")
     # No plot here: the host draws it from bench.json (_plot_benches), since under TCG matplotlib's
     # text rendering alone takes about a minute.
-    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json", str(out / "bench.json"),
+    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json-out", str(out / "bench.json"),
                  "--plot", "", "--calibration", str(out / "calibration.json")]
     if quick or paths.in_guest():  # TCG: fewer, smaller rounds
         bench_cmd += ["--rounds", "3", "--pages", "64"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -174,6 +173,11 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     """The main job; returns the exit status (0: the contract holds and nothing failed)."""
     t0 = time.monotonic()
     results.mkdir(parents=True, exist_ok=True)
+    if patches is not None:
+        problem = _series_problem(patches, log)
+        if problem:
+            log(f"uffd-harness validate: --patches {patches}: {problem}")
+            return 2
     candidate = "patched" if patches is None else candidate_name(patches)
     _clear_results(results, ["host", "stock", candidate], log)
     reason = qemu_unavailable()
@@ -202,6 +206,26 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     write_report(report, results)
     print(render_terminal(report, results))
     return 0 if report["ok"] else 1
+
+
+def _series_problem(patches: Path, log: Log) -> Optional[str]:
+    """Why ``patches`` cannot be validated (one line), found before any kernel is built; None if it applies.
+
+    The series is applied to a scratch tree of the files it touches
+    (:func:`harness.vm.build.check_series`): a directory without patches, a
+    series naming a missing file or a patch that does not apply are reported
+    in seconds, not after a stock build and boot.  The host tools come first:
+    the check needs the source tarball.
+    """
+    from harness.vm import build as vm_build
+    from harness.vm.errors import VmError
+    try:
+        vm_build.check_host(log=log)
+        patches_found = vm_build.check_series(patches)
+    except VmError as exc:
+        return str(exc).splitlines()[0]
+    log(f"[validate] --patches {patches}: {len(patches_found)} patch(es) apply to {vm_build.SOURCE_DIRNAME}")
+    return None
 
 
 #: what a validation writes at the top of the results directory (calibration.json and bench.json of
@@ -268,9 +292,10 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
 
 def _guest_timeline(summary: Path) -> str:
     """One line on how long the guest took to get to its tests, from summary.json ("" without one)."""
+    from harness.reports import load_summary
     try:
-        t = json.loads(summary.read_text())["timeline"]
-    except (OSError, ValueError, KeyError):
+        t = load_summary(summary)["timeline"]
+    except (HarnessError, OSError, ValueError, KeyError):
         return ""
     first = "no test ran" if t["first_test"] is None else f"the first test at {t['first_test']:.1f} s"
     return (f"guest timeline, in seconds since its kernel booted: pytest's Python started at "
