@@ -12,8 +12,14 @@ The public facade.  The rooms behind it:
 - :mod:`harness.vm`      kernel builds and the QEMU guest
 """
 from harness.abi import Feature, Ioctl, RegisterMode, hint_abi, use_uapi_header
-from harness.errors import (FeatureUnavailable, HarnessError, InvalidRanges, UffdClosedError, UffdError,
-                            WriteProtectBatchError)
+from harness.errors import (
+                            FeatureUnavailable,
+                            HarnessError,
+                            InvalidRanges,
+                            UffdClosedError,
+                            UffdError,
+                            WriteProtectBatchError,
+)
 from harness.events import FaultHandler, PageFault
 from harness.memory import MemoryKind, Region
 from harness.pte import PteState, clear_refs, observe

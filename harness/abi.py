@@ -219,7 +219,8 @@ def parse_uapi_header(path: os.PathLike | str) -> HintAbi:
     missing = sorted(_HINT_NAMES[f] for f in _HINT_NAMES if f not in values)
     if missing:
         raise ValueError(f"{path}: defines some access hints but not {', '.join(missing)}")
-    return HintAbi(**values, source=str(path))
+    return HintAbi(feature=values["feature"], access_likely=values["access_likely"],
+                   write_likely=values["write_likely"], source=str(path))
 
 
 def check_hint_abi(hints: HintAbi) -> None:
@@ -273,9 +274,8 @@ def set_hint_abi(hints: HintAbi) -> HintAbi:
 
 def hint_abi() -> HintAbi:
     """The hint values in force: from ``$UFFD_HARNESS_UAPI_HEADER`` if set, else the defaults."""
-    global _active_hint_abi
     if _active_hint_abi is None:
-        use_uapi_header(os.environ.get(UAPI_HEADER_ENV) or None)
+        return use_uapi_header(os.environ.get(UAPI_HEADER_ENV) or None)
     return _active_hint_abi
 
 

@@ -28,6 +28,10 @@ class OperationError(HarnessError, OSError):
     answer, and ``advice`` what the caller can do about it.
     """
 
+    # never None here (OSError's may be): __init__ always passes the code and the message
+    errno: int
+    strerror: str
+
     def __init__(self, op: str, code: int, start: Optional[int] = None,
                  length: Optional[int] = None, advice: str = ""):
         self.op = op
@@ -66,8 +70,8 @@ class FeatureUnavailable(UffdError):
         self.missing = frozenset(missing)
         self.offered = frozenset(offered)
         names = ", ".join(sorted(f.name for f in self.missing))
-        super().__init__("UFFDIO_API", _errno.EINVAL,
-                         advice=f"kernel {os.uname().release} lacks UFFD_FEATURE_{names.replace(', ', ', UFFD_FEATURE_')}")
+        features = "UFFD_FEATURE_" + names.replace(", ", ", UFFD_FEATURE_")
+        super().__init__("UFFDIO_API", _errno.EINVAL, advice=f"kernel {os.uname().release} lacks {features}")
 
 
 class MappingError(OperationError):

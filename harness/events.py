@@ -194,7 +194,7 @@ class FaultHandler:
         # page sizes, and as a last resort unregister the page (the retried
         # fault is then an ordinary one).
         spans = [(event.address & ~(size - 1), size) for size in (PAGE_SIZE, default_hugepage_size())]
-        attempts: list[Callable[[], object]] = []
+        attempts: list[Callable[..., object]] = []   # called with no arguments
         for start, size in spans:
             if event.wp:
                 attempts.append(lambda s=start, n=size: self.uffd.writeprotect(s, n, protect=False))

@@ -52,6 +52,7 @@ def _register_modes_for(kind: MemoryKind) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with Region.create(kind, 1) as region:
         for mode in RegisterMode:
+            assert mode.name is not None, "iterating a Flag yields its named members only"
             with open_any(features=[]) as uffd:
                 try:
                     ioctls = uffd.register(region.addr, region.length, mode)

@@ -255,7 +255,8 @@ def register(subparsers) -> None:
                                                  "goes beside it as NAME-bundle.tar.gz")
     p.add_argument("--ramdisk-url", metavar="URL", help="uncompressed cpio.newc root file system with Python and "
                                                         "the project's dependencies (required)")
-    p.add_argument("--kernel-url", metavar="URL", help="where the lab fetches the bzImage (default file:// of the build)")
+    p.add_argument("--kernel-url", metavar="URL",
+                   help="where the lab fetches the bzImage (default file:// of the build)")
     p.add_argument("--bundle-url", metavar="URL", help="where the lab fetches the bundle (default file:// of it)")
     p.add_argument("--no-kvm", action="store_true", help="TCG in the lab too (timings then say nothing of hardware)")
     p.set_defaults(func=_lava_job)

@@ -492,7 +492,7 @@ def _ftruncate(fd: int, length: int, kind: MemoryKind) -> None:
     try:
         os.ftruncate(fd, length)
     except OSError as exc:
-        raise MappingError(f"ftruncate({kind.value} file)", exc.errno, None, length) from None
+        raise MappingError(f"ftruncate({kind.value} file)", exc.errno or 0, None, length) from None
 
 
 def _map_between_guards(length: int, align: int, prot: int, flags: int, fd: int, what: str) -> int:
@@ -557,7 +557,7 @@ class AdjacentRegions:
                            lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
         if reserve == ffi.cast("void *", -1):
             raise MappingError("mmap(reserve for adjacent regions)", ffi.errno, None, reserve_len)
-        self._reserve = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
+        self._reserve: Optional[tuple[int, int]] = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
         boundary = (self._reserve[0] + PAGE_SIZE + pmd + pmd - 1) // pmd * pmd
         self.addr = boundary - boundary_page * PAGE_SIZE
         self.regions: list[Region] = []

@@ -41,7 +41,7 @@ from typing import Optional
 
 from harness import abi
 from harness._native import ffi, lib
-from harness.abi import KPageFlag, PagemapBit, PageCategory
+from harness.abi import KPageFlag, PageCategory, PagemapBit
 from harness.errors import HarnessError, ObservationUnavailable, UffdError
 from harness.memory import PAGE_SIZE, Region
 
@@ -382,7 +382,7 @@ def read_ptes(addr: int, npages: int = 1) -> list[PteEntry]:
             os.write(fd, f"{addr:#x} {npages}".encode())
         except OSError as exc:
             raise HarnessError(
-                f"{PTE_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno, exc.errno)}: "
+                f"{PTE_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno or 0, exc.errno)}: "
                 "the range must be page-aligned and inside the user address space") from None
         chunks = []
         want = npages * _PTE_LINE_MAX
@@ -429,7 +429,7 @@ def observe_ptes(region: Region, first: int = 0, count: Optional[int] = None) ->
     count = region.npages - first if count is None else count
     if region.page_size == PAGE_SIZE:
         start = region.page_addr(first)
-        return [_pte_state(e, p) for e, p in zip(pagemap_entries(start, count), read_ptes(start, count))]
+        return [_pte_state(e, p) for e, p in zip(pagemap_entries(start, count), read_ptes(start, count), strict=False)]
     # one huge page is 512 lines; only its first base page's is needed
     heads = [region.page_addr(page) for page in range(first, first + count)]
     return [_pte_state(pagemap_entry(addr), read_ptes(addr, 1)[0]) for addr in heads]
@@ -471,12 +471,6 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
         flags = kpageflags(pfn)
         return replace(state, young=KPageFlag.REFERENCED in flags, dirty=KPageFlag.DIRTY in flags)
     raise ValueError(f"unknown observation channel {channel!r}; use one of {', '.join(CHANNELS)}")
-
-
-def observe_all(region: Region, channel: str = SMAPS) -> list[PteState]:
-    if channel == PTE:
-        return observe_ptes(region)
-    return [observe(region, page, channel) for page in range(region.npages)]
 
 
 # -- cross-check: the PTE against what folio flags can explain ----------------------
@@ -583,7 +577,7 @@ def cross_check(region: Region, page: int = 0) -> CrossCheck:
     young, dirty = _smaps_young_dirty(region, page) if pagemap_bit(entry, PagemapBit.PRESENT) else (False, False)
     vma_soft_dirty = "sd" in str(smaps_vma(addr).get("VmFlags", "")).split()
     idle_young = None
-    if flags is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
+    if flags is not None and pfn is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
         idle_young = not page_idle(pfn)
     return CrossCheck(addr=addr, pagemap=entry, pte=pte, folio_flags=flags, smaps_young=young,
                       smaps_dirty=dirty, idle_young=idle_young, vma_soft_dirty=vma_soft_dirty)
@@ -665,7 +659,7 @@ def thp_mapping(region: Region) -> ThpMapping:
             head = pfns[0]
             # one THP: all present, one run of PFNs from an aligned head, THP on head and tail
             if head is None or head % per_thp or pfns != list(range(head, head + per_thp)) \
-                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, pfns[-1])):
+                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, head + per_thp - 1)):
                 thp_folio = False
                 break
     return ThpMapping(size_kb=region.length // 1024, rss_kb=vma.get("Rss", 0),

@@ -15,7 +15,7 @@ from typing import Any
 from harness import schema
 from harness.schema import NUMBER, ListOf, MapOf, Maybe, Obj
 
-_COUNTS = Obj(optional={k: NUMBER for k in ("passed", "failed", "skipped", "total")})
+_COUNTS = Obj(optional=dict.fromkeys(("passed", "failed", "skipped", "total"), NUMBER))
 
 SUMMARY_CLAUSE = Obj(
     required={"result": str},

@@ -137,7 +137,7 @@ def read_json(path: os.PathLike | str, what: str, writer: str = "") -> Any:
     except IsADirectoryError:
         raise DocumentError(path, f"is a directory, not {what}{hint}") from None
     except OSError as exc:
-        raise DocumentError(path, f"cannot read {what}: {errno_name(exc.errno)} ({exc.strerror}){hint}") from None
+        raise DocumentError(path, f"cannot read {what}: {errno_name(exc.errno or 0)} ({exc.strerror}){hint}") from None
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -15,8 +15,14 @@ from typing import Iterable, Optional, Union
 from harness import abi
 from harness._native import ffi, lib
 from harness.abi import Feature, Ioctl, RegisterMode
-from harness.errors import (FeatureUnavailable, InvalidArgument, InvalidRanges, UffdClosedError, UffdError,
-                            WriteProtectBatchError)
+from harness.errors import (
+    FeatureUnavailable,
+    InvalidArgument,
+    InvalidRanges,
+    UffdClosedError,
+    UffdError,
+    WriteProtectBatchError,
+)
 from harness.events import UffdEvent, decode_events
 
 _wp_ioctl = lib.harness_uffd_writeprotect  # bound once: the hot path of every WP test
@@ -355,7 +361,7 @@ class Userfaultfd:
                                      write_likely=write_likely)
         results: list[Optional[UffdError]] = [None] * n
         if _wp_many(fd, batch.array, n, mode, batch.errs):
-            for i, (code, r) in enumerate(zip(batch.errs, batch.array)):
+            for i, (code, r) in enumerate(zip(batch.errs, batch.array, strict=False)):
                 if code:
                     results[i] = self._fail("UFFDIO_WRITEPROTECT", code, r.start, r.len, mode)
             if check:
@@ -481,4 +487,5 @@ def open_any(features: Optional[Iterable[Feature]] = ()) -> Userfaultfd:
 def probe_features() -> ApiInfo:
     """The features and ioctls this kernel offers (a throw-away fd asks for none)."""
     with open_any(features=()) as uffd:
+        assert uffd._api is not None, "open() with features=() made the UFFDIO_API handshake"
         return uffd._api

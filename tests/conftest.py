@@ -6,13 +6,13 @@ set-up, not a reason to pass.
 """
 from __future__ import annotations
 
-pytest_plugins = ["harness.pytest_plugin", "pytester"]
-
 import os
 
 import pytest
 
 from harness.memory import MemoryKind, Region, free_hugepages
+
+pytest_plugins = ["harness.pytest_plugin", "pytester"]
 
 
 def pytest_addoption(parser):
@@ -54,11 +54,13 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     import platform
+
     from harness import abi
     hints = abi.hint_abi()
     return [f"kernel: {platform.release()}  euid: {os.geteuid()}  "
             f"hint ABI: {hints.source}  no-skip: {_no_skip(config)}  "
-            f"guest_kernel tests: {'run (harness guest)' if _in_harness_guest() else 'deselected (not in a harness guest)'}"]
+            "guest_kernel tests: "
+            + ("run (harness guest)" if _in_harness_guest() else "deselected (not in a harness guest)")]
 
 
 def require_kind(kind: MemoryKind) -> None:

@@ -3,8 +3,8 @@
 ``tests/data/validate/<kernel>/`` holds, for ``stock`` and ``patched``, what
 one cold ``make validate`` on the development machine (3 Dec 2026, TCG
 guests) left in ``build/results/<kernel>/`` (``summary.json``,
-``steps.json``, ``bench.json``, unchanged) and the kernel's ``build.json``.  :func:`outcomes` turns them into the objects the verdict
-reads, as ``run.validate`` does after the guests exit.
+``steps.json``, ``bench.json``, unchanged) and the kernel's ``build.json``.  :func:`outcomes` turns
+them into the objects the verdict reads, as ``run.validate`` does after the guests exit.
 """
 from __future__ import annotations
 

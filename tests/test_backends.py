@@ -13,7 +13,6 @@ from harness.backends import make_backend
 from harness.memory import MemoryKind
 
 
-
 def _kernel_reason():
     return pytest_plugin._kernel_has_uffd()
 

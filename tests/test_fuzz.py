@@ -260,7 +260,8 @@ OPS = st.sampled_from(["register", "unregister", "wake", "writeprotect", "zeropa
 
 def _api_fuzz():
     """Runs in a forked child: a crash is a test failure naming the signal, not the end of the test run."""
-    from hypothesis import given as given_, settings as settings_
+    from hypothesis import given as given_
+    from hypothesis import settings as settings_
 
     @settings_(max_examples=100, deadline=None, derandomize=True, database=None)
     @given_(features=FEATURES, calls=st.lists(st.tuples(OPS, OFFSETS, LENGTHS, MODES, st.booleans()), max_size=6))

@@ -18,7 +18,8 @@ import pytest
 
 import kernel_ci_data
 from harness import lava
-from harness.validate import benchmarks, kcidb, report as render
+from harness.validate import benchmarks, kcidb
+from harness.validate import report as render
 from harness.validate.verdict import build_report
 
 #: what the LAVA schema check needs on the host: Debian's lava-common, for the system python3
@@ -87,8 +88,8 @@ def test_kcidb_statuses_follow_report_json(tmp_path):
 
 def test_kcidb_build_failure_is_miss_and_panic_is_error(tmp_path):
     import kcidb_io
-    failed = build_report(kernel_ci_data.outcomes(tmp_path / "a", errors={"patched": "build failed: 0002 does not apply"}),
-                          None, False, 1.0)
+    errors = {"patched": "build failed: 0002 does not apply"}
+    failed = build_report(kernel_ci_data.outcomes(tmp_path / "a", errors=errors), None, False, 1.0)
     doc = kcidb.document(json.loads(json.dumps(failed, default=str)))
     kcidb_io.schema.LATEST.validate(doc)
     patched = [t for t in doc["tests"] if ":patched:" in t["id"]]
@@ -107,14 +108,15 @@ def test_kcidb_build_failure_is_miss_and_panic_is_error(tmp_path):
 def test_kcidb_of_a_host_only_validation(tmp_path):
     """Where QEMU cannot run, the host kernel is validated: no build of ours, still a valid document."""
     import kcidb_io
+
     from harness.validate.outcome import KernelOutcome
     stock = kernel_ci_data.outcomes(tmp_path)[0]
     host = KernelOutcome("host", "host", stock.out, summary=stock.summary, steps=stock.steps, bench=stock.bench)
     report = build_report([host], None, False, 1.0, qemu_reason="no qemu-system-x86_64")
     doc = kcidb.document(json.loads(json.dumps(report, default=str)))
     kcidb_io.schema.LATEST.validate(doc)
-    assert [b["comment"] for b in doc["builds"]] == [f"the host's running kernel {report['kernels']['host']['release']} "
-                                                     "(not built here)"]
+    release = report["kernels"]["host"]["release"]
+    assert [b["comment"] for b in doc["builds"]] == [f"the host's running kernel {release} (not built here)"]
     assert {t["status"] for t in doc["tests"] if ".contract." in t["path"]} <= {"PASS", "SKIP", "FAIL"}
 
 
@@ -244,6 +246,7 @@ def test_lava_job_passes_lavas_schema(tmp_path, built_kernel, lava_schema):
     checked = lava_schema(out)
     assert checked.returncode == 0, f"LAVA's schema rejects the job: {checked.stderr[-2000:]}"
     import tarfile
+
     import yaml
     job = yaml.safe_load(out.read_text())
     deploy = job["actions"][0]["deploy"]

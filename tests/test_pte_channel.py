@@ -223,7 +223,8 @@ def test_cross_check_names_a_folio_referenced_behind_an_old_pte(make_region):
 # -- the guest set-up ----------------------------------------------------------------------
 
 def test_the_guest_has_swap():
-    assert kernel_swap(), f"no active swap in /proc/swaps: the runner's guest set-up should add zram0 ({GUEST_SWAP_SIZE})"
+    assert kernel_swap(), \
+        f"no active swap in /proc/swaps: the runner's guest set-up should add zram0 ({GUEST_SWAP_SIZE})"
 
 
 def test_the_guest_has_the_huge_pages_its_command_line_reserves():

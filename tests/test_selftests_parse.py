@@ -4,8 +4,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from harness.selftests import (CaseResult, SelftestRun, parse_ktap, parse_uffd_unit_tests, regressions,
-                               run_selftest)
+from harness.selftests import CaseResult, SelftestRun, parse_ktap, parse_uffd_unit_tests, regressions, run_selftest
 
 UFFD_OUTPUT = """\
 Testing UFFDIO_API (with syscall)... done

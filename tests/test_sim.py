@@ -282,7 +282,7 @@ def test_hint_bits_without_feature_are_einval_on_every_profile(hints):
         r = b.create(ANON)
         b.write(r)
         b.protect(r)
-        assert errno_of(lambda: b.unprotect(r, **hints)) == errno.EINVAL, name
+        assert errno_of(lambda: b.unprotect(r, **hints)) == errno.EINVAL, name  # noqa: B023 - called at once
         assert raw(b, r).uffd_wp, f"{name}: a rejected un-protect changed the PTE"
 
 

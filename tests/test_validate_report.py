@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.validate import report as render, run
+from harness.validate import report as render
+from harness.validate import run
 from harness.validate.outcome import KernelOutcome
 from harness.validate.verdict import build_report
 
@@ -38,7 +39,7 @@ def _outcome(tmp_path: Path, name: str, patched: bool, clauses: dict[int, str], 
 
 
 STOCK = {1: "pass", 2: "absent", 3: "absent", 4: "absent", 5: "pass", 6: "absent", 7: "absent", 8: "absent"}
-ALL_PASS = {n: "pass" for n in range(1, 9)}
+ALL_PASS = dict.fromkeys(range(1, 9), "pass")
 
 
 def test_patched_keeping_every_clause_holds(tmp_path):

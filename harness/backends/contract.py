@@ -58,8 +58,8 @@ from typing import Callable, Optional
 
 from harness import abi
 from harness.abi import Feature, RegisterMode
-from harness.memory import MemoryKind
 from harness.backends.base import CHANNEL_FIELDS, Backend, RegionRef
+from harness.memory import MemoryKind
 from harness.pte import PTE
 
 #: capabilities a clause may need besides userfaultfd features (the simulator models both)
@@ -166,7 +166,8 @@ class Subject:
             return ""
         index = self.pages().index((r, page))
         vma = self.refs.index(r) + 1
-        return f" page {index}{' (after the PMD boundary)' if self.target.shape is Shape.SPAN and index >= SPAN_BOUNDARY else ''}, VMA {vma}"
+        after = self.target.shape is Shape.SPAN and index >= SPAN_BOUNDARY
+        return f" page {index}{' (after the PMD boundary)' if after else ''}, VMA {vma}"
 
 
 def _make(b: Backend, target: Target, setup: tuple, name: str) -> Subject:
@@ -265,7 +266,7 @@ def _expect(label: str, s: Subject, views: dict, **want) -> list[str]:
     pages = s.pages()
     for channel, states in views.items():
         fields = CHANNEL_FIELDS[channel]
-        for (r, page), state in zip(pages, states):
+        for (r, page), state in zip(pages, states, strict=False):
             where = s.where(r, page)
             for field, value in want.items():
                 if field in ("young", "dirty", "writable") and field not in fields:
@@ -334,6 +335,9 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
     smaps must count exactly the pages the clause makes young (dirty), and
     every page of the part that the un-protect made writable takes no fault.
     """
+    from harness.backends.kernel import KernelBackend
+    if not isinstance(b, KernelBackend):
+        raise TypeError(f"part of a THP is checked on the kernel backend only, not {type(b).__name__}")
     hints = {2: ("ACCESS_LIKELY", True, False), 3: ("WRITE_LIKELY", False, True), 5: ("no hints", False, False)}[n]
     label, access, write = hints
     _open(b, (Feature.ACCESS_HINTS,) if access or write else ())
@@ -407,11 +411,12 @@ def check_1(b: Backend, target: Target) -> list[str]:
                         ("both", hints.access_likely | hints.write_likely)):
         for extra, extra_label in ((0, ""), (abi.WRITEPROTECT_MODE_WP, " + MODE_WP"),
                                    (abi.WRITEPROTECT_MODE_DONTWAKE, " + DONTWAKE")):
-            code = _errno_of(lambda: _wp(b, s, bool(extra & abi.WRITEPROTECT_MODE_WP), raw_mode=mode | extra))
+            code = _errno_of(lambda: _wp(b, s, bool(extra & abi.WRITEPROTECT_MODE_WP),  # noqa: B023 - called at once
+                                         raw_mode=mode | extra))  # noqa: B023
             if code != errno.EINVAL:
                 problems.append(f"{what}: {label}{extra_label} without the feature: "
                                 f"got {_errname(code)}, expected EINVAL")
-    views = {ch: states for ch, states in _views(b, s, destructive=False).items()}
+    views = _views(b, s, destructive=False)
     if views:
         problems += _expect(f"{what}: after the rejected calls", s, views, present=True, uffd_wp=True)
     else:
@@ -502,7 +507,7 @@ def _cow_after_fork(b: Backend, target: Target) -> list[str]:
         problems += _expect(text, s, _views(b, s), present=True, uffd_wp=False, writable=False)
         problems += _write_probe(b, s, text, writable=False)
         after = [child.checksum(r, page) for r, page in s.pages()]
-        for (r, page), x, y in zip(s.pages(), before, after):
+        for (r, page), x, y in zip(s.pages(), before, after, strict=True):
             if x is not None and x != y:
                 problems.append(f"{text}:{s.where(r, page)} the parent's store changed the child's page "
                                 "(copy-on-write broken)")
@@ -567,7 +572,7 @@ def check_6(b: Backend, target: Target) -> list[str]:
     hints = abi.hint_abi()
     for label, access, write in HINTS:
         mode = abi.WRITEPROTECT_MODE_WP | (hints.access_likely if access else 0) | (hints.write_likely if write else 0)
-        code = _errno_of(lambda: _wp(b, s, True, raw_mode=mode))
+        code = _errno_of(lambda: _wp(b, s, True, raw_mode=mode))  # noqa: B023 - called at once
         if code != errno.EINVAL:
             problems.append(f"{what}: MODE_WP + {label}: got {_errname(code)}, expected EINVAL")
     views = _views(b, s, destructive=False)
@@ -597,7 +602,7 @@ def check_7(b: Backend, target: Target) -> list[str]:
         for label, access, write in HINTS:
             _, hinted_states, hinted_map = run(name, setup, access, write)
             text = f"{target.label} {name}, un-protect {label}"
-            for (r, page), p, h in zip(s.pages(), plain, hinted_states):
+            for (r, page), p, h in zip(s.pages(), plain, hinted_states, strict=False):
                 if h.present and not p.present:
                     problems.append(f"{text}:{s.where(r, page)} the page was populated")
                 for field in ("present", "swapped", "uffd_wp"):

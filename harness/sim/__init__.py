@@ -9,6 +9,7 @@ without hints from a host calibration (what a TCG validation reports instead
 of timing verdicts); ``bench`` measures the simulator's speed.
 """
 from harness.sim.model import Folio, Mm, Pte, Vma
-from harness.sim.profiles import PROFILES, Profile, get as get_profile
+from harness.sim.profiles import PROFILES, Profile
+from harness.sim.profiles import get as get_profile
 
 __all__ = ["Folio", "Mm", "Pte", "Vma", "PROFILES", "Profile", "get_profile"]

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import sys
+from typing import Any
 
 #: the longest ``sim bench`` run accepted: a typo such as 1e9 should not occupy a core for ever
 MAX_BENCH_SECONDS = 3600.0
@@ -60,17 +61,17 @@ def register(subparsers) -> None:
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)),
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def _profiles(args) -> int:
     from harness.sim import profiles
     profiles.load_user_profiles()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in profiles.PROFILES.values():
         rows.append({"name": p.name, "access_hints": p.offers_access_hints, "broken": p.broken,
                      "expected_failures": sorted(p.expected_failures), "description": p.description})

@@ -88,6 +88,13 @@ class Vma:
     def registered(self) -> bool:
         return self.uffd_missing or self.uffd_wp or self.uffd_minor
 
+    @property
+    def page_cache(self) -> dict[int, Folio]:
+        """The shmem file's page cache (vma->vm_file->f_mapping); an anonymous VMA has none."""
+        if self.file is None:
+            raise TypeError(f"{self!r} is anonymous: it has no page cache")
+        return self.file.cache
+
     def __repr__(self) -> str:
         return f"<Vma {self.kind.value} {self.start:#x}+{self.npages}p>"
 
@@ -268,6 +275,7 @@ class Mm:
                 self._deliver(vma, i, WP, True)
                 return 0
         folio = pte.folio
+        assert folio is not None, "do_wp_page() is called for a present PTE only"
         if vma.shared:
             self.wp_page_reuse(vma, pte)     # wp_page_shared(): shmem has no page_mkwrite
             folio.dirty = True               # fault_dirty_shared_page()
@@ -288,6 +296,7 @@ class Mm:
 
     def wp_page_copy(self, vma: Vma, i: int, pte: Pte) -> None:
         """wp_page_copy(): a new exclusive anonymous page, young, dirty, writable."""
+        assert pte.folio is not None, "wp_page_copy() is called for a present PTE only"
         if not pte.folio.zero:
             pte.folio.mapcount -= 1
         vma.has_anon_vma = True
@@ -318,11 +327,12 @@ class Mm:
                 self._deliver(vma, i, MISSING, True)
                 return 0
             vma.has_anon_vma = True
-            pte = Pte(Folio(anon=True), young=True)
+            folio = Folio(anon=True)
+            pte = Pte(folio, young=True)
             if vma.vm_write:
                 pte_mkdirty(pte)
                 pte.write = True
-            pte.folio.mapcount = 1
+            folio.mapcount = 1
         if orig_uffd_wp:                     # vmf_orig_pte_uffd_wp()
             pte_mkuffd_wp(pte)
         vma.ptes[i] = pte
@@ -330,7 +340,7 @@ class Mm:
 
     def shmem_fault(self, vma: Vma, i: int, write: bool) -> Optional[Folio]:
         """shmem_fault() -> shmem_get_folio_gfp(): the page-cache folio, or None after a uffd event."""
-        cache = vma.file.cache
+        cache = vma.page_cache
         folio = cache.get(i)
         if folio is not None and folio.swapped:
             folio.swapped = False            # shmem_swapin_folio(): back in memory, dirty
@@ -370,6 +380,7 @@ class Mm:
         folio stays in the swap cache, clean (seen on the guest with zram swap).
         """
         folio = pte.swap
+        assert folio is not None, "do_swap_page() is called for a swap entry only"
         folio.swapped = False
         if write:
             folio.dirty = True
@@ -588,13 +599,13 @@ class Mm:
 
     def _shmem_mfill(self, vma: Vma, i: int, wp: bool) -> int:
         """shmem_mfill_atomic_pte(): a new page-cache page; EEXIST if the file has one there."""
-        if i in vma.file.cache:
+        if i in vma.page_cache:
             return errno.EEXIST
         pte = vma.ptes[i]
         if pte is not None and not pte.marker:
             return errno.EEXIST
         folio = Folio(anon=False)
-        vma.file.cache[i] = folio
+        vma.page_cache[i] = folio
         vma.ptes[i] = self._install_mfill(vma, folio, wp, page_in_cache=True)
         return 0
 
@@ -616,7 +627,7 @@ class Mm:
         first = (dst - vma.start) // PAGE_SIZE
         done = 0
         for i in range(first, first + length // PAGE_SIZE):
-            folio = vma.file.cache.get(i)
+            folio = vma.page_cache.get(i)
             pte = vma.ptes[i]
             if folio is None:
                 raise UffdError(op, errno.EFAULT, dst, length, advice="no page-cache page there", result=done)
@@ -734,6 +745,7 @@ class Mm:
             vma.ptes[i] = None
             return
         folio = pte.folio
+        assert folio is not None, "a PTE that is neither a marker nor a swap entry maps a folio"
         if folio.zero:
             return
         if folio.dirty:
@@ -808,7 +820,7 @@ class Mm:
         if folio.mapcount == 0 and self.swap_config and folio.dirty:
             folio.swapped = True
         elif folio.mapcount == 0 and not folio.dirty:
-            vma.file.cache.pop(i, None)      # a clean shmem page is simply dropped
+            vma.page_cache.pop(i, None)      # a clean shmem page is simply dropped
 
     # -- mprotect (mm/mprotect.c) ----------------------------------------------------------------
 

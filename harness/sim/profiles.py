@@ -191,6 +191,8 @@ def load_user_profiles() -> None:
         try:
             if spec.endswith(".py"):
                 mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
+                if mod_spec is None or mod_spec.loader is None:
+                    raise ValueError(f"{spec} cannot be loaded as a Python file")
                 module = importlib.util.module_from_spec(mod_spec)
                 mod_spec.loader.exec_module(module)
             else:

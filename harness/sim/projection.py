@@ -50,6 +50,8 @@ def project(calibration: dict, source: str) -> dict:
     ``saved_lo``/``saved_hi`` are None when the calibration carries no intervals.
     """
     point = CostModel.from_calibration(calibration, source=source)
+    low: Optional[CostModel]
+    high: Optional[CostModel]
     try:
         low = CostModel.from_calibration(calibration, source=source, bound="low")
         high = CostModel.from_calibration(calibration, source=source, bound="high")
@@ -63,7 +65,7 @@ def project(calibration: dict, source: str) -> dict:
         without, with_ = _touch_cycles(name, "", point), _touch_cycles(name, hints, point)
         row = {"scenario": name, "hints": hints, "bench": list(BENCH_COUNTERPARTS.get(name, ())),
                "without": without, "with": with_, "saved": without - with_, "saved_lo": None, "saved_hi": None}
-        if low is not None:
+        if low is not None and high is not None:     # both or neither
             ends = [_touch_cycles(name, "", m) - _touch_cycles(name, hints, m) for m in (low, high)]
             row["saved_lo"], row["saved_hi"] = min(ends), max(ends)
         rows.append(row)

@@ -42,7 +42,8 @@ the cost model a simulator reads; every number is in TSC cycles unless named oth
 
 ``bench.json`` (``"schema": "uffd-harness/bench/1"``) holds ``config``, ``calibration`` (the
 fields above, without medians), ``scenarios`` (name -> ``status``, ``summary`` {n, median, p10,
-p90, ci_lo, ci_hi, min, max}, ``round_medians``, ``batch_sizes``, ``faults``, ``state_errors``, raw ``samples`` in batch order;
+p90, ci_lo, ci_hi, min, max}, ``round_medians``, ``batch_sizes``, ``faults``, ``state_errors``,
+raw ``samples`` in batch order;
 ``ci_lo``/``ci_hi`` come from a two-level bootstrap over batches, then samples)
 and ``derived`` (``wp_toggle`` ratio, ``rfc_loop`` beside the cover letter).
 ``uffd-harness compare A.json B.json`` reads two of them.

@@ -81,8 +81,8 @@ def check_writable(path: str, option: str) -> None:
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
             pass
     except OSError as exc:
-        raise InvalidArgument(option, path, f"cannot write it: {errno_name(exc.errno)} "
-                                            f"({os.strerror(exc.errno)})") from None
+        raise InvalidArgument(option, path, f"cannot write it: {errno_name(exc.errno or 0)} "
+                                            f"({os.strerror(exc.errno or 0)})") from None
 
 
 def _bench_verb(args: argparse.Namespace) -> int:

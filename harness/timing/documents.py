@@ -23,7 +23,7 @@ _CALIBRATION_FACTS = Obj(required={"tsc_hz": FINITE},
                          optional={"cpu_model": Maybe(str), "kernel": Maybe(str), "hypervisor_vendor": Maybe(str),
                                    "tcg": Maybe(bool), "empty_cycles": Maybe(NUMBER), "note": Maybe(str)})
 
-SUMMARY = Obj(required={k: NUMBER for k in ("n", "median", "p10", "p90", "ci_lo", "ci_hi", "min", "max")})
+SUMMARY = Obj(required=dict.fromkeys(("n", "median", "p10", "p90", "ci_lo", "ci_hi", "min", "max"), NUMBER))
 
 SCENARIO = Obj(
     required={"group": str, "describe": str, "unit": str, "status": str, "samples": ListOf(FINITE),

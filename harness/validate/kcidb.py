@@ -28,7 +28,7 @@ import json
 import os
 import re
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import Any, Optional
 
 #: the environment variable and the default of KCIDB's ``origin`` (the CI system's name)
 ENV_ORIGIN = "UFFD_HARNESS_KCIDB_ORIGIN"
@@ -101,7 +101,7 @@ def _checkout(origin: str, name: str, k: dict, base: dict) -> dict:
     package, _, version = (build.get("source_version") or base.get("source_version") or "unknown").rpartition(" ")
     package = package or "linux-source-6.12"
     pset = patchset_hash(hashes)
-    checkout = {"id": f"{origin}:{package}={version}"
+    checkout: dict[str, Any] = {"id": f"{origin}:{package}={version}"
                       + (f"+{pset[:16]}" if pset else ("" if build else f"+{name}")),
                 "origin": origin, "tree_name": f"debian-{package}",
                 "comment": f"Debian {package} {version}"
@@ -125,7 +125,7 @@ def _build(origin: str, name: str, k: dict, checkout_id: str) -> dict:
         return {"id": f"{checkout_id}:running", "origin": origin, "checkout_id": checkout_id,
                 "architecture": "x86_64", "status": "PASS",
                 "comment": f"the host's running kernel {k['release']} (not built here)"}
-    out = {"id": f"{origin}:{build['key']}" if build.get("key") else f"{checkout_id}:{_segment(name)}",
+    out: dict[str, Any] = {"id": f"{origin}:{build['key']}" if build.get("key") else f"{checkout_id}:{_segment(name)}",
            "origin": origin, "checkout_id": checkout_id, "architecture": "x86_64",
            "comment": f"kernel '{name}'"}
     if build:

@@ -78,7 +78,7 @@ class GuestTimer:
         if not order:
             return {}
         out = {"boot": round(order[0][1] - self.start, 1)}
-        for (phase, t), nxt in zip(order, [t for _, t in order[1:]] + [end]):
+        for (phase, t), nxt in zip(order, [t for _, t in order[1:]] + [end], strict=False):
             out[phase] = round(nxt - t, 1)
         return out
 

@@ -29,9 +29,17 @@ from typing import Optional
 from harness import paths
 from harness.errors import HarnessError
 from harness.selftests import SELFTESTS
-from harness.validate.guest import (GUEST_MARKERS, PYTEST_TIMEOUT, SELFTEST_TIMEOUT, BENCH_TIMEOUT, Log, _log,
-                                    guest_environment, run_steps)
 from harness.validate import control_cache
+from harness.validate.guest import (
+    BENCH_TIMEOUT,
+    GUEST_MARKERS,
+    PYTEST_TIMEOUT,
+    SELFTEST_TIMEOUT,
+    Log,
+    _log,
+    guest_environment,
+    run_steps,
+)
 from harness.validate.outcome import KernelOutcome
 from harness.validate.phases import GuestTimer, PhaseClock, phases_document, render_phases
 from harness.validate.report import render_terminal, write_report
@@ -337,7 +345,8 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("junit.xml", "summary.json", "console.log"):
         (out / stale).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "pytest", str(paths.REPO_ROOT / "tests"), "--ignore", str(paths.REPO_ROOT / "tests" / "vm"),
+    argv = [sys.executable, "-m", "pytest", str(paths.REPO_ROOT / "tests"),
+            "--ignore", str(paths.REPO_ROOT / "tests" / "vm"),
             "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
             "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *pytest_args]
     env = {**guest_environment(out), "CI": os.environ.get("CI", "")}

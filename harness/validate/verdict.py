@@ -165,7 +165,8 @@ def _qemu_version() -> str:
 def _reproduce(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool) -> dict:
     qemu = _qemu_version()
     return {
-        "command": "uffd-harness validate" + (f" --patches {patches}" if patches else "") + (" --quick" if quick else ""),
+        "command": ("uffd-harness validate" + (f" --patches {patches}" if patches else "")
+                    + (" --quick" if quick else "")),
         "host_kernel": platform.release(),
         "qemu": qemu,
         "python": platform.python_version(),

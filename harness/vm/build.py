@@ -37,8 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, ENV_CANDIDATES_MAX_MB, ENV_KEEP_CANDIDATES, REPO_ROOT
 from harness.selftests import SELFTESTS
-
-from .errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
+from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
 BUILDER_VERSION = 1
@@ -104,7 +103,7 @@ class KernelBuild:
     @property
     def info(self) -> dict:
         """The contents of build.json (checked: :mod:`harness.vm.documents`)."""
-        from .documents import load_build_info
+        from harness.vm.documents import load_build_info
         return load_build_info(self.directory / "build.json")
 
     @property
@@ -344,7 +343,7 @@ def parse_patch_failure(output: str) -> tuple[str | None, str | None]:
 
 def patched_files(output: str) -> list[str]:
     return [m.group(1) for m in map(_PATCHING_FILE.match,
-                                    (l.strip() for l in output.splitlines()))
+                                    (line.strip() for line in output.splitlines()))
             if m]
 
 
@@ -761,7 +760,7 @@ def _is_current(kb: KernelBuild) -> bool:
         return False
     if not all((kb.selftests_dir / t).exists() for t in SELFTESTS):
         return False
-    from .documents import load_build_info
+    from harness.vm.documents import load_build_info
     try:
         return load_build_info(info_path)["key"] == kb.key
     except ValueError:          # DocumentError: a corrupt build.json is rebuilt over
@@ -826,7 +825,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         _run_logged(make + [f"-j{jobs}", "olddefconfig"], log_file=lf, step="olddefconfig",
                     log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
                     progress=False)
-        if old_cfg is not None and cfg.read_bytes() == old_cfg:
+        if old_cfg is not None and old_stat is not None and cfg.read_bytes() == old_cfg:
             os.utime(cfg, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
         final_cfg = parse_config(cfg.read_text())
         missing = config_mismatches(parse_config(fragment_text), final_cfg)
@@ -910,7 +909,7 @@ def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
     if seed_from == "auto":
         return _closest_sibling(kb, patches, pristine, fragment_text, gcc, src_version, log)
     seed = kb.directory.parent / seed_from
-    from .documents import load_build_info
+    from harness.vm.documents import load_build_info
     try:
         load_build_info(seed / "build.json")
         if not isinstance(json.loads((seed / "src-state.json").read_text()), dict):
@@ -1058,6 +1057,8 @@ def _closest_sibling(kb: KernelBuild, patches: Sequence[Path], pristine: Path | 
             + (f"seeding from '{fallback}'" if fallback else "cold build"))
         return siblings[fallback] if fallback else None
     best, ranked = closest_seed(new, siblings, pristine)
+    if best is None:
+        return None
     others = ", ".join(f"{c.name} {len(c.differing)}" for c in ranked[1:4])
     log(f"[vm] {kb.name}: seeding from '{best.name}', the closest of {len(ranked)} built kernel(s): "
         f"{len(best.differing)} file(s) differ"
@@ -1195,17 +1196,17 @@ def load_kernel(name: str) -> KernelBuild:
     kdir = BUILD_DIR / "kernels" / name
     info_path = kdir / "build.json"
     if not info_path.exists() or not (kdir / "bzImage").exists():
-        from .errors import KernelNotBuilt
+        from harness.vm.errors import KernelNotBuilt
         raise KernelNotBuilt(
             f"kernel '{name}' is not built ({kdir / 'bzImage'} missing): "
             f"run `python -m harness.vm build --kernel {name}` "
             f"or `make kernel KERNEL={name}`")
-    from .documents import load_build_info
-    from ..errors import DocumentError
+    from harness.errors import DocumentError
+    from harness.vm.documents import load_build_info
     try:
         info = load_build_info(info_path)
     except DocumentError as exc:
-        from .errors import KernelNotBuilt
+        from harness.vm.errors import KernelNotBuilt
         raise KernelNotBuilt(f"kernel '{name}': {exc}; rebuild it: `uffd-harness vm build --kernel {name}`") \
             from None
     return KernelBuild(name=name, path=kdir / "bzImage", key=info["key"],

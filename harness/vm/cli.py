@@ -17,7 +17,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from .errors import VmError
+from harness.vm.errors import VmError
 
 
 def _reporting_errors(command):
@@ -134,8 +134,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_kernel
     import time
+
+    from harness.vm.build import build_kernel
     t0 = time.monotonic()
     k = build_kernel(args.kernel, patches_dir=args.patches, jobs=args.jobs,
                      fragment=args.config)
@@ -158,9 +159,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .build import load_kernel
-    from .runner import (choose_accel, guest_environment, run_in_guest,
-                         vng_command)
+    from harness.vm.build import load_kernel
+    from harness.vm.runner import choose_accel, guest_environment, run_in_guest, vng_command
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -177,7 +177,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     kernel = load_kernel(args.kernel)
     if args.dry_run:
         from pathlib import Path
-        from .build import BUILD_DIR, REPO_ROOT
+
+        from harness.vm.build import BUILD_DIR, REPO_ROOT
         accel = args.accel or choose_accel(kernel.path)
         rw = Path(args.rwdir or BUILD_DIR / "results" / kernel.name)
         cmd = vng_command(kernel, argv, accel=accel, cwd=REPO_ROOT, rwdir=rw,
@@ -202,14 +203,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .build import load_kernel
+    from harness.vm.build import load_kernel
     print(json.dumps(load_kernel(args.kernel).info, indent=2))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch parsed arguments through the command line's one error boundary (harness.cli.report_errors)."""
-    from ..cli import report_errors
+    from harness.cli import report_errors
     return report_errors(args.func, args, prog="python -m harness.vm")
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import DocumentError
-from ..schema import NUMBER, ListOf, MapOf, Maybe, Obj, read_json, check
+from harness.errors import DocumentError
+from harness.schema import NUMBER, ListOf, MapOf, Maybe, Obj, check, read_json
 
 BUILD_INFO = Obj(
     required={"key": str, "patched": bool},

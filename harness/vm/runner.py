@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Mapping, NamedTuple, Sequence
 
-from .build import BUILD_DIR, REPO_ROOT, KernelBuild, check_host, load_kernel
-from .errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
+from harness.vm.build import BUILD_DIR, REPO_ROOT, KernelBuild, check_host, load_kernel
+from harness.vm.errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
 
 #: huge pages reserved on the guest command line, for the hugetlb cases
 DEFAULT_HUGEPAGES = 32
@@ -158,7 +158,7 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
     else:
         text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|.)", "",
                       out.decode(errors="replace"))
-        lines = [l for l in text.splitlines() if l.strip()]
+        lines = [line for line in text.splitlines() if line.strip()]
         last = lines[-1][:200] if lines else "no kernel output"
         ok, reason = False, (f"KVM could not boot a test kernel within "
                              f"{timeout:.0f} s (last output: {last})")

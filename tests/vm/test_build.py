@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from harness.vm import PatchApplyError
-from harness.vm.errors import KernelNotBuilt, VmError
 from harness.vm import build as vb
+from harness.vm.errors import KernelNotBuilt, VmError
 
 
 def _tree(root, files: dict[str, str]):
@@ -180,6 +180,7 @@ def test_built_kernel_outputs():
 
 def test_cli_register_adds_vm_build_and_run():
     import argparse
+
     from harness.vm import cli
     parser = argparse.ArgumentParser(prog="uffd-harness")
     cli.register(parser.add_subparsers(dest="command"))
@@ -224,7 +225,10 @@ def test_unchanged_files_keep_their_mtime_across_series_changes(tmp_path):
     (pdir / "0001.patch").write_text(_diff(GOOD["mm/a.c"], a_new, "mm/a.c"))
     kdir = tmp_path / "kernels" / "k"
     kdir.mkdir(parents=True)
-    quiet = lambda m: None
+
+    def quiet(m):
+        return None
+
     src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=quiet)
     old_ns = 1_000_000_000_000_000_000
     os.utime(src / "mm/a.c", ns=(old_ns, old_ns))

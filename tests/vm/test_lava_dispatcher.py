@@ -130,7 +130,7 @@ def test_lava_dispatcher_runs_the_job_and_reads_every_result(dispatcher, kernel,
     assert by_name["userfaultfd-sysctl"]["result"] == "pass", "the booted kernel has no userfaultfd"
     reported = [r for r in got if r["case"] not in ("bundle-unpacked", "userfaultfd-sysctl")]
     assert len(reported) == len(cases), f"LAVA read {len(reported)} results, the harness reported {len(cases)}"
-    for case, r in zip(cases, reported):
+    for case, r in zip(cases, reported, strict=True):
         assert (r["case"], r["result"]) == (case["name"], case["result"])
         if "measurement" in case:
             assert r["measurement"] == pytest.approx(case["measurement"], abs=0.06)
