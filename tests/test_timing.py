@@ -488,6 +488,7 @@ def test_compare_verdicts_on_synthetic_data():
     assert any(s.startswith("gone:") for s in skipped) and any(s.startswith("only_a: only in A") for s in skipped)
 
 
+@pytest.mark.host_only     # compares timings: under TCG (a guest) compare gives no verdict, by design
 def test_compare_cli(tmp_path, capsys):
     from harness.cli import main
     cal = calibrate.calibrate(window_ns=5_000_000)
@@ -535,6 +536,7 @@ def test_bench_json_prints_the_document_and_the_old_spelling_still_writes_a_file
     assert bench.load_document(old)["scenarios"] and "TSC:" in captured.out
 
 
+@pytest.mark.host_only     # its first half wants a verdict, which only a run outside TCG gives
 def test_compare_json_and_no_verdict_under_tcg(tmp_path, capsys):
     from harness.cli import main
     a = tmp_path / "a.json"

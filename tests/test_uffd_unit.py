@@ -70,9 +70,9 @@ MEM_ALL = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE,
 #: pages per region (the selftest uses 32 MB); even, so halves are exact
 _NPAGES = {False: 32, True: 4}   # keyed by kind.hugetlb
 #: every wait of this module (workers, handshakes) gives up after this many seconds
-_WAIT = 10.0
+_WAIT = 30.0    # generous: a TCG guest on a loaded 2-core host runs a fork + 8 MiB hugetlb mremap slowly
 #: a worker's own children give up sooner, so that the worker can still report
-_WAIT_CHILD = 8.0
+_WAIT_CHILD = 25.0
 #: huge pages the module reserves when it can (see :func:`hugepages_reserved`)
 _HUGEPAGES_WANTED = 16
 _NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
