@@ -279,8 +279,9 @@ PTE_LEVELS = ("none", "pud", "pmd", "pte")
 #: what a non-present, non-empty entry is ("swap" column); None for present or empty entries
 SWAP_KINDS = ("swap", "marker", "migration", "hwpoison", "other")
 _PTE_FLAGS = ("present", "writable", "young", "dirty", "uffd_wp", "soft_dirty")
-#: bytes per line, generously (mm/uffd_harness_pte.c: UH_PTE_LINE_MAX)
+#: bytes per line at most, and per read at most (mm/uffd_harness_pte.c: UH_PTE_LINE_MAX, UH_PTE_READ_MAX)
 _PTE_LINE_MAX = 192
+_PTE_READ_MAX = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -385,7 +386,7 @@ def read_ptes(addr: int, npages: int = 1) -> list[PteEntry]:
                 f"{PTE_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno or 0, exc.errno)}: "
                 "the range must be page-aligned and inside the user address space") from None
         chunks = []
-        want = npages * _PTE_LINE_MAX
+        want = min(npages * _PTE_LINE_MAX, _PTE_READ_MAX)
         while True:
             chunk = os.read(fd, want)
             if not chunk:

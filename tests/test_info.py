@@ -67,6 +67,11 @@ def test_info_json_matches_what_the_kernel_says(capsys):
     idle = info["observation"]["idle-page"]
     assert (idle == "ok") == os.path.exists("/sys/kernel/mm/page_idle/bitmap")
     assert (info["observation"]["pagemap_pfn"] == "ok") == _pagemap_shows_pfns()
+    # the pte channel: "ok" exactly where its debugfs file answers, else why not
+    assert (info["observation"]["pte"] == "ok") == os.access(pte.PTE_DEBUGFS, os.R_OK | os.W_OK)
+    if pte.kernel_instrumented() is False:
+        assert info["observation"]["pte"] == \
+            "kernel lacks the uffd-harness instrumentation patch (vm/instrumentation)"
 
 
 def test_info_register_table_reflects_the_kernel():

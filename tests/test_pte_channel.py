@@ -164,6 +164,29 @@ def test_a_hugetlb_page_shows_its_pmd_leaf(make_region, kind):
     assert [e.pfn for e in entries] == list(range(entries[0].pfn, entries[0].pfn + per_page))
 
 
+def test_a_hugetlb_uffd_wp_marker_is_a_non_present_pmd_entry(make_region, wp_uffd):
+    """hugetlb_change_protection() puts a uffd-wp marker into an empty huge PTE (a PMD on x86)."""
+    if Feature.WP_HUGETLBFS_SHMEM not in probe_features().offered:
+        pytest.skip("kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM")
+    region = make_region(MemoryKind.HUGETLB)
+    wp_uffd.register(region.addr, region.length, RegisterMode.WP)
+    wp_uffd.writeprotect(region.addr, region.length, protect=True)
+    entries = pte.read_ptes(region.addr, region.page_size // PAGE_SIZE)
+    assert {(e.level, e.present, e.uffd_wp, e.swap) for e in entries} == {("pmd", False, True, "marker")}, \
+        f"a hugetlb uffd-wp marker: {entries[0]}"
+
+
+def test_a_range_longer_than_one_read_comes_back_whole(make_region):
+    """4096 pages (16 MiB: several PMDs, more lines than one 256 KiB read): every other page written."""
+    npages = 4096
+    region = make_region(MemoryKind.ANON, npages)
+    for page in range(0, npages, 2):
+        region.write(page, 1)
+    entries = pte.read_ptes(region.addr, npages)
+    assert [e.addr for e in entries] == [region.addr + i * PAGE_SIZE for i in range(npages)]
+    assert [e.present for e in entries] == [i % 2 == 0 for i in range(npages)]
+
+
 # -- the backend, and the cross-check -------------------------------------------------------
 
 def test_kernel_backend_puts_the_pte_channel_first_and_batches_it():

@@ -174,6 +174,11 @@ def test_built_kernel_outputs():
         for t in vb.SELFTESTS:
             assert os.access(kdir / "selftests" / t, os.X_OK), f"{kdir.name}: {t} not built"
         assert not info["config_missing"], f"{kdir.name}: {info['config_missing']}"
+        if kdir.name in ("stock", "patched") and "pte_channel" in info:
+            # vm/instrumentation applies to the project's own kernels
+            assert info["instrumentation_applied"] and info["pte_channel"]["available"], info["pte_channel"]
+            assert [i["file"] for i in info["instrumentation"]] == \
+                [p.name for p in vb.read_series(vb.INSTRUMENTATION_DIR)]
         if "source_unpack_seconds" in info:      # build.json of this session on
             assert 0 <= info["source_unpack_seconds"] <= info["total_seconds"] - info["kernel_build_seconds"]
 
