@@ -218,3 +218,16 @@ def test_a_bad_series_is_refused_before_anything_is_built(tmp_path, monkeypatch,
     assert run.validate(series, results=results, log=lines.append) == 2
     assert len(lines) == 1 and expect in lines[0] and "--patches" in lines[0], lines
     assert (results / "stock" / "summary.json").exists(), "a refused series must lose nothing"
+
+
+def test_the_report_names_the_pte_channel_and_its_patch_by_hash(tmp_path):
+    patched = _outcome(tmp_path, "patched", True, ALL_PASS)
+    patched.build = {"pte_channel": {"available": True},
+                     "instrumentation": [{"file": "0001-mm-uffd-harness.patch", "sha256": "ab" * 32}]}
+    stock = _outcome(tmp_path, "stock", False, STOCK)
+    stock.build = {"pte_channel": {"available": False, "reason": "vm/instrumentation does not apply"}}
+    report = build_report([stock, patched], None, False, 1.0)
+    assert report["kernels"]["patched"]["pte_channel"] == "yes: 0001-mm-uffd-harness.patch (sha256 abababababab)"
+    assert report["kernels"]["stock"]["pte_channel"] == "no: vm/instrumentation does not apply"
+    md = render.render_markdown(report)
+    assert "sha256 abababababab" in md and "vm/instrumentation does not apply" in md

@@ -23,8 +23,8 @@ from harness import paths
 from harness.selftests import SELFTESTS, SelftestRun, run_selftest
 
 #: the kernel-facing tests a validation runs in each guest (``make vm-test`` runs the whole suite)
-VALIDATION_TESTS = ("tests/contract", "tests/test_pte_semantics.py", "tests/test_bad_input.py",
-                    "tests/test_uffd_unit.py", "tests/test_differential.py")
+VALIDATION_TESTS = ("tests/contract", "tests/test_pte_semantics.py", "tests/test_pte_channel.py",
+                    "tests/test_bad_input.py", "tests/test_uffd_unit.py", "tests/test_differential.py")
 
 #: per-step time limits inside the guest (seconds); TCG is slow, a hang is not
 PYTEST_TIMEOUT = 1500

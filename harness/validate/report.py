@@ -40,9 +40,10 @@ def render_markdown(report: dict) -> str:
         krows.append([name, k["release"], k["where"] + (f" ({k['accel']})" if k["accel"] else ""),
                       "yes" if k["patched"] else "no" if k["patched"] is not None else "?",
                       f"{t.get('passed', 0)}/{t.get('failed', 0)}/{t.get('skipped', 0)}",
-                      ", ".join(f"{b} {c}" for b, c in k["backends"].items()), k["error"] or ""])
-    lines += [tabulate(krows, headers=["kernel", "release", "where", "hints", "pass/fail/skip", "backends", "error"],
-                       tablefmt="github"), ""]
+                      ", ".join(f"{b} {c}" for b, c in k["backends"].items()), k.get("pte_channel", "?"),
+                      k["error"] or ""])
+    lines += [tabulate(krows, headers=["kernel", "release", "where", "hints", "pass/fail/skip", "backends",
+                                       "pte channel", "error"], tablefmt="github"), ""]
     lines += ["## Kernel selftests", ""]
     srows = []
     for name, k in report["kernels"].items():

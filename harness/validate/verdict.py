@@ -128,7 +128,21 @@ def _kernel_entry(o: KernelOutcome) -> dict:
         "selftests": {name: run.to_dict() for name, run in o.selftest_runs().items()},
         "results_dir": str(o.out),
         "build": o.build,
+        "pte_channel": _pte_channel(o),
     }
+
+
+def _pte_channel(o: KernelOutcome) -> str:
+    """Whether this kernel had the pte channel (vm/instrumentation, named by hash), or why not."""
+    build = o.build or {}
+    status = build.get("pte_channel") or {}
+    if status.get("available"):
+        files = ", ".join(f"{i['file']} (sha256 {i['sha256'][:12]})" for i in build.get("instrumentation", [])
+                          if isinstance(i, dict))
+        return f"yes: {files or 'vm/instrumentation'}"
+    if o.where == "host":
+        return "no: the host kernel lacks the uffd-harness instrumentation patch (vm/instrumentation)"
+    return f"no: {status.get('reason') or 'no build.json says'}"
 
 
 def _per_backend(outcomes: list[KernelOutcome], n: int, field: str) -> dict:
