@@ -49,6 +49,7 @@ void harness_write_pages(uintptr_t addr, size_t npages, size_t page_size,
 			 uint8_t value);
 int harness_probe_access(uintptr_t addr, int write, uint8_t value);
 uint64_t harness_checksum(uintptr_t addr, size_t len);
+long harness_write_faults(uintptr_t addr, uint8_t value);
 
 #include "timing.h"
 

@@ -7,6 +7,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "harness_native.h"
 
@@ -73,4 +74,27 @@ int harness_probe_access(uintptr_t addr, int write, uint8_t value)
 	sigaction(SIGBUS, &old_bus, NULL);
 	sigaction(SIGSEGV, &old_segv, NULL);
 	return sig;
+}
+
+/*
+ * One store, and the page faults this thread took for it (minor + major,
+ * from getrusage(RUSAGE_THREAD) around the store): 0 means the PTE was
+ * present and writable, so the store completed in hardware (the CPU may
+ * still set the accessed/dirty bits itself).  A PTE that is not writable
+ * (write-protected, COW-shared, clean shared needing writenotify, soft-dirty
+ * armed) takes a write fault: do_wp_page() or a uffd-wp fault.  Measured in
+ * C so that nothing but the store lies between the two readings.
+ * Returns -1 (errno set) when getrusage fails.
+ */
+long harness_write_faults(uintptr_t addr, uint8_t value)
+{
+	struct rusage before, after;
+
+	if (getrusage(RUSAGE_THREAD, &before) != 0)
+		return -1;
+	*(volatile uint8_t *)addr = value;
+	if (getrusage(RUSAGE_THREAD, &after) != 0)
+		return -1;
+	return (after.ru_minflt - before.ru_minflt) +
+	       (after.ru_majflt - before.ru_majflt);
 }

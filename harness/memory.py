@@ -28,6 +28,7 @@ class MemoryKind(enum.Enum):
     SHMEM = "shmem"                      # memfd, MAP_SHARED
     SHMEM_PRIVATE = "shmem-private"      # memfd, MAP_PRIVATE
     FILE = "file"                        # a tmpfs file, MAP_SHARED
+    FILE_PRIVATE = "file-private"        # a tmpfs file, MAP_PRIVATE
     HUGETLB = "hugetlb"                  # memfd MFD_HUGETLB, MAP_SHARED
     HUGETLB_PRIVATE = "hugetlb-private"  # memfd MFD_HUGETLB, MAP_PRIVATE
 
@@ -161,7 +162,7 @@ class Region:
 
     @classmethod
     def create(cls, kind: MemoryKind = MemoryKind.ANON, npages: int = 1, *, prot: int = PROT_RW,
-               thp: bool = False) -> "Region":
+               thp: bool = False, at: Optional[int] = None) -> "Region":
         """``npages`` pages of ``kind`` in one VMA between guard pages.
 
         ``thp=True`` (anonymous only): ``npages`` PMD-sized pages (2 MiB on
@@ -169,6 +170,10 @@ class Region:
         first write to each makes it a PMD-mapped THP where the kernel finds
         a free 2 MiB block, which :meth:`check_thp` verifies.  Raises
         :class:`~harness.errors.ThpUnavailable` when the THP settings forbid it.
+
+        ``at``: map exactly there (``MAP_FIXED``), over address space the caller
+        reserved and keeps (no guard pages): how :func:`adjacent_regions` lays
+        VMAs side by side.
         """
         if npages <= 0:
             raise ValueError(f"a region needs at least one page, not {npages}")
@@ -182,11 +187,11 @@ class Region:
         fd = -1
         if kind is MemoryKind.ANON:
             flags, map_fd = lib.MAP_PRIVATE | lib.MAP_ANONYMOUS, -1
-        elif kind is MemoryKind.FILE:
+        elif kind in (MemoryKind.FILE, MemoryKind.FILE_PRIVATE):
             fd, path = tempfile.mkstemp(prefix="uffd-harness-", dir=_tmpfs_dir())
             os.unlink(path)
             os.ftruncate(fd, length)
-            flags, map_fd = lib.MAP_SHARED, fd
+            flags, map_fd = (lib.MAP_SHARED if kind is MemoryKind.FILE else lib.MAP_PRIVATE), fd
         else:
             memfd_flags = os.MFD_CLOEXEC | (os.MFD_HUGETLB if kind.hugetlb else 0)
             fd = os.memfd_create(f"uffd-harness-{kind.value}", memfd_flags)
@@ -194,12 +199,15 @@ class Region:
             flags = lib.MAP_SHARED if kind.shared else lib.MAP_PRIVATE
             map_fd = fd
         try:
-            addr = _map_between_guards(length, page_size, prot, flags, map_fd, kind.value)
+            if at is None:
+                addr = _map_between_guards(length, page_size, prot, flags, map_fd, kind.value)
+            else:
+                addr = _map_fixed(at, length, prot, flags, map_fd, kind.value)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             raise
-        return cls(kind, addr, npages, page_size, fd, prot, guarded=True)
+        return cls(kind, addr, npages, page_size, fd, prot, guarded=at is None)
 
     @classmethod
     def _create_thp(cls, kind: MemoryKind, npages: int, prot: int) -> "Region":
@@ -302,6 +310,13 @@ class Region:
     def probe(self, page: int = 0, write: bool = False, value: int = 0x5A) -> int:
         """One access that may fault with a signal: 0 if it completed, else the signal number."""
         return lib.harness_probe_access(self.page_addr(page), int(write), value & 0xFF)
+
+    def write_faults(self, page: int = 0, value: int = 0x5A) -> int:
+        """Store to a page and return how many page faults the store took: 0 means the PTE was writable."""
+        faults = lib.harness_write_faults(self.page_addr(page), value & 0xFF)
+        if faults < 0:
+            raise OSError(ffi.errno, f"getrusage(RUSAGE_THREAD) around a store to {self!r} page {page}")
+        return int(faults)
 
     def data(self, page: int = 0, length: Optional[int] = None) -> bytes:
         """A copy of the bytes of a page (this reads the page)."""
@@ -422,6 +437,68 @@ def _map_between_guards(length: int, align: int, prot: int, flags: int, fd: int,
     if tail_len:
         lib.munmap(ffi.cast("void *", tail_start), tail_len)
     return addr
+
+
+def _map_fixed(addr: int, length: int, prot: int, flags: int, fd: int, what: str) -> int:
+    """Map ``length`` bytes exactly at ``addr`` (over the caller's own reservation)."""
+    ptr = lib.mmap(ffi.cast("void *", addr), length, prot, flags | lib.MAP_FIXED, fd, 0)
+    if ptr == ffi.cast("void *", -1):
+        raise MappingError(f"mmap({what}, MAP_FIXED)", ffi.errno, addr, length)
+    return addr
+
+
+class AdjacentRegions:
+    """Regions of one kind mapped side by side, one VMA each, inside one reservation.
+
+    ``boundary_page``: the index (counted over all the regions' pages) of the
+    first page after a PMD boundary, so that one range over all of them
+    crosses a page-table boundary inside a VMA *and* a VMA boundary: the two
+    places where a page-table walk restarts (change_pmd_range() calls
+    change_pte_range() once per PMD; mwriteprotect_range() walks each VMA).
+    The VMAs do not merge: file-backed kinds each have their own file, and
+    anonymous ones differ in VM_DONTDUMP (MADV_DONTDUMP on every second one).
+    """
+
+    def __init__(self, kind: MemoryKind, pages: tuple[int, ...], boundary_page: int):
+        if kind.hugetlb:
+            raise HarnessError("adjacent hugetlb regions are not laid out here: each huge page is its own PMD")
+        if not 0 < boundary_page < sum(pages):
+            raise ValueError(f"the PMD boundary must fall inside the {sum(pages)} pages, not at {boundary_page}")
+        pmd = thp_pmd_size()
+        total = sum(pages) * PAGE_SIZE
+        reserve_len = total + 2 * pmd + 2 * PAGE_SIZE
+        reserve = lib.mmap(ffi.NULL, reserve_len, PROT_NONE,
+                           lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
+        if reserve == ffi.cast("void *", -1):
+            raise MappingError("mmap(reserve for adjacent regions)", ffi.errno, None, reserve_len)
+        self._reserve = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
+        boundary = (self._reserve[0] + PAGE_SIZE + pmd + pmd - 1) // pmd * pmd
+        self.addr = boundary - boundary_page * PAGE_SIZE
+        self.regions: list[Region] = []
+        try:
+            at = self.addr
+            for i, n in enumerate(pages):
+                region = Region.create(kind, n, at=at)
+                self.regions.append(region)
+                if kind is MemoryKind.ANON and i % 2:
+                    region.madvise(lib.MADV_DONTDUMP)
+                at += n * PAGE_SIZE
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def length(self) -> int:
+        return sum(r.length for r in self.regions)
+
+    def close(self) -> None:
+        for region in self.regions:
+            region.close()
+        self.regions = []
+        if self._reserve:
+            start, length = self._reserve
+            lib.munmap(ffi.cast("void *", start), length)   # what the regions did not cover
+            self._reserve = None
 
 
 def _advice_name(advice: int) -> str:

@@ -37,12 +37,13 @@ from typing import Optional
 import pytest
 
 from harness.abi import Feature
+from harness.backends.contract import CONTRACT, SOFT_DIRTY, SWAP
 
-CLAUSES = tuple(range(1, 9))
+
+
+CLAUSES = tuple(sorted(CONTRACT))
 #: what each clause needs from the kernel (BRIEF 2.2: on a stock kernel 2-4 and 6-8 cannot run)
-CLAUSE_NEEDS = {1: (), 2: (Feature.ACCESS_HINTS,), 3: (Feature.ACCESS_HINTS,), 4: (Feature.ACCESS_HINTS,),
-                5: (), 6: (Feature.ACCESS_HINTS,), 7: (Feature.ACCESS_HINTS,),
-                8: (Feature.ACCESS_HINTS, "soft-dirty")}
+CLAUSE_NEEDS = {n: clause.needs for n, clause in CONTRACT.items()}
 
 _BACKEND_KEY = "backend"
 
@@ -83,10 +84,6 @@ def _kernel_has_uffd() -> Optional[str]:
         return f"userfaultfd unavailable: {exc}"
     return None
 
-
-#: needs that are not userfaultfd features (the simulator models both)
-SOFT_DIRTY = "soft-dirty"
-SWAP = "swap"
 
 
 def _kernel_capabilities() -> dict:
@@ -286,7 +283,7 @@ class _Results:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report):
-        entry = self.tests.setdefault(report.nodeid, {"outcome": None, "props": {}})
+        entry = self.tests.setdefault(report.nodeid, {"outcome": None, "props": {}, "nodeid": report.nodeid})
         for key, value in report.user_properties:
             entry["props"][key] = value
         if report.when == "call" or (report.when == "setup" and not report.passed):
@@ -319,21 +316,41 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"contract clauses: {clauses}")
 
 
-def clause_result(entries: list[dict], kernel_has: bool = False) -> str:
-    """pass / fail / absent for one clause, from the results of its tests.
+#: clause results: the kernel keeps it / breaks it / lacks what it needs / had it but did not show it
+PASS, FAIL, ABSENT, NOT_SHOWN = "pass", "fail", "absent", "not shown"
 
-    fail: any test of the clause failed, on either backend.  pass: at least
-    one ran on the kernel and passed.  absent: the kernel lacks what the
-    clause needs (its tests ran only on the simulator, or were skipped for
-    that), or no test of the clause ran at all.  ``kernel_has`` (whether the
-    kernel offers what the clause needs) is reported beside the result; a
-    clause whose kernel tests were all skipped is absent either way.
+
+def clause_result(entries: list[dict], kernel_has: bool = False) -> str:
+    """pass / fail / absent / not shown for one clause, from the results of its tests.
+
+    fail: any test of the clause failed, on either backend.  absent: the
+    kernel lacks what the clause needs (``kernel_has`` false): its tests ran on
+    the simulator, or not at all.  pass: the kernel has what the clause needs,
+    and *every* test of the clause ran on the kernel and passed.  not shown:
+    the kernel has what it needs but some test was skipped, ran on the
+    simulator, or none ran: a clause is never ``pass`` on partial evidence.
     """
     if any(e["outcome"] == "failed" for e in entries):
-        return "fail"
-    if any(e["outcome"] == "passed" and e["props"].get(_BACKEND_KEY) == "kernel" for e in entries):
-        return "pass"
-    return "absent"
+        return FAIL
+    if not kernel_has:
+        return ABSENT
+    if entries and all(e["outcome"] == "passed" and e["props"].get(_BACKEND_KEY) == "kernel" for e in entries):
+        return PASS
+    return NOT_SHOWN
+
+
+def _clause_gaps(entries: list[dict]) -> list[str]:
+    """What kept a clause from being shown: each test that did not pass on the kernel, and why."""
+    gaps = []
+    for e in entries:
+        where = e["props"].get("memory") or e.get("nodeid", "?")
+        if e["outcome"] == "skipped":
+            gaps.append(f"{where}: skipped ({e.get('skip', 'no reason given')})")
+        elif e["outcome"] == "passed" and e["props"].get(_BACKEND_KEY) != "kernel":
+            gaps.append(f"{where}: ran on the {e['props'].get(_BACKEND_KEY) or 'no'} backend, not the kernel")
+        elif e["outcome"] is None:
+            gaps.append(f"{where}: did not run")
+    return gaps
 
 
 def build_summary(results: _Results, config) -> dict:
@@ -391,8 +408,19 @@ def build_summary(results: _Results, config) -> dict:
                 channels[name].update(c for c in e["props"].get("channels", "").split(",") if c)
                 if e["props"].get("memory"):
                     memory[name].add(e["props"]["memory"])
+        result = clause_result(entries, kernel_has)
+        coverage = {}
+        for e in entries:
+            props = e["props"]
+            label = props.get("memory")
+            if label:
+                coverage[label] = {"outcome": e["outcome"], "backend": props.get(_BACKEND_KEY),
+                                   "shape": props.get("shape", "page"),
+                                   "channels": sorted(c for c in props.get("channels", "").split(",") if c)}
         clauses[str(n)] = {
-            "result": clause_result(entries, kernel_has),
+            "result": result,
+            "gaps": _clause_gaps(entries) if result == NOT_SHOWN or not entries else [],
+            "coverage": coverage,
             "needs": [_need_name(f) for f in CLAUSE_NEEDS[n]],
             "kernel_has_needs": kernel_has,
             "tests": {k: sum(1 for e in entries if e["outcome"] == k) for k in ("passed", "failed", "skipped")},

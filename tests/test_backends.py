@@ -110,11 +110,16 @@ def test_clause_result_rules():
     s_pass = {"outcome": "passed", "props": {"backend": "sim"}}
     s_fail = {"outcome": "failed", "props": {"backend": "sim"}}
     skipped = {"outcome": "skipped", "props": {}}
-    assert pytest_plugin.clause_result([k_pass, s_pass], True) == "pass"
+    k_skip = {"outcome": "skipped", "props": {"backend": "kernel"}}
+    assert pytest_plugin.clause_result([k_pass, k_pass], True) == "pass"
+    assert pytest_plugin.clause_result([k_pass, s_pass], True) == "not shown", \
+        "a case that fell back to the simulator on a kernel that has the feature leaves the clause unshown"
+    assert pytest_plugin.clause_result([k_pass, k_skip], True) == "not shown", "a skipped case is not a pass"
     assert pytest_plugin.clause_result([s_pass], False) == "absent", "simulator-only is not a pass"
     assert pytest_plugin.clause_result([skipped], False) == "absent"
     assert pytest_plugin.clause_result([k_pass, s_fail], True) == "fail"
-    assert pytest_plugin.clause_result([], True) == "absent"
+    assert pytest_plugin.clause_result([], True) == "not shown", "no test at all shows nothing"
+    assert pytest_plugin.clause_result([], False) == "absent"
 
 
 # -- reporting, end to end --------------------------------------------------------------
@@ -170,7 +175,9 @@ def test_summary_json_and_terminal_counts(tmp_path, pytester):
         assert summary["clauses"]["2"]["result"] == "absent"
         assert summary["clauses"]["4"]["result"] == "absent" and summary["clauses"]["4"]["tests"]["skipped"] == 1
         assert summary["backends"] == {"kernel": 1, "sim": 2}
-    assert summary["clauses"]["5"]["result"] == "absent" and summary["clauses"]["5"]["tests"]["passed"] == 0
+    # the kernel has what clause 5 needs, and no test of it ran: not shown, never pass or absent
+    assert summary["clauses"]["5"]["result"] == "not shown" and summary["clauses"]["5"]["tests"]["passed"] == 0
+    assert summary["clauses"]["1"]["coverage"]["anon-thp"]["backend"] == "kernel"
     assert summary["tests"]["failed"] == 1 and summary["tests"]["total"] == 4
     assert set(summary) >= {"kernel_release", "patched", "features", "tests", "backends", "clauses", "hint_abi",
                             "timeline"}

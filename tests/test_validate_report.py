@@ -137,3 +137,62 @@ def test_each_user_series_gets_its_own_build_name(tmp_path):
     assert names[one] != names[two], "two different series would rebuild each other in one build directory"
     assert run.candidate_name(one) == names[one], "the same series must find its cached build again"
     assert names[empty] == "candidate"
+
+
+# -- verdict integrity: the headline and the exit status agree ---------------------------
+
+def test_evidence_outside_the_clauses_makes_the_verdict_not_shown(tmp_path):
+    """Every clause passed, but another test of the suite failed (pytest exit 1): never "holds" with exit 1."""
+    patched = _outcome(tmp_path, "patched", True, ALL_PASS)
+    patched.steps["pytest"] = {"returncode": 1}
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK), patched], None, False, 1.0)
+    assert report["verdict"]["kind"] == "not shown" and not report["ok"], report["verdict"]
+    assert "pytest suite exited 1" in report["verdict"]["line"]
+
+
+def test_a_failing_selftest_of_the_candidate_is_not_a_hold(tmp_path):
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "patched", True, ALL_PASS, fail_case=True)], None, False, 1.0)
+    assert report["verdict"]["kind"] == "not shown" and not report["ok"], report["verdict"]
+    assert "selftest uffd-unit-tests" in report["verdict"]["line"]
+
+
+def test_a_guest_that_failed_after_writing_its_summary_is_an_error(tmp_path):
+    """A summary on disk (from this run) does not outweigh a crash: the verdict is error, not holds."""
+    patched = _outcome(tmp_path, "patched", True, ALL_PASS)
+    patched.error = "guest failed: kernel 'patched' panicked while running 'python ...'"
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK), patched], None, False, 1.0)
+    assert report["verdict"]["kind"] == "error" and not report["ok"]
+    assert "panicked" in report["verdict"]["line"]
+
+
+def test_a_clause_not_shown_names_what_is_missing(tmp_path):
+    patched = _outcome(tmp_path, "patched", True, {**ALL_PASS, 2: "not shown"})
+    patched.summary["clauses"]["2"]["gaps"] = ["anon-thp: skipped (no free 2 MiB block)"]
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK), patched], None, False, 1.0)
+    assert report["verdict"]["kind"] == "not shown" and not report["ok"]
+    assert "clause 2: anon-thp: skipped (no free 2 MiB block)" in report["verdict"]["line"]
+    assert "no free 2 MiB block" in render.render_markdown(report)
+
+
+def test_a_missing_clause_is_not_shown(tmp_path):
+    partial = {n: r for n, r in ALL_PASS.items() if n != 7}
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK),
+                           _outcome(tmp_path, "patched", True, partial)], None, False, 1.0)
+    assert report["verdict"]["kind"] == "not shown" and "clause 7" in report["verdict"]["line"]
+
+
+def test_a_validation_starts_from_an_empty_results_directory(tmp_path):
+    """An earlier run's summary.json and report must be gone before a new run writes anything."""
+    old = tmp_path / "patched"
+    old.mkdir()
+    (old / "summary.json").write_text(json.dumps(_summary(True, ALL_PASS)))
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "calibration.json").write_text("{}")      # the host's `make bench`: not a validation result
+    run._clear_results(tmp_path, ["stock", "patched"], lambda msg: None)
+    assert not old.exists() and not (tmp_path / "report.json").exists()
+    assert (tmp_path / "calibration.json").exists()
+    outcome = KernelOutcome("patched", "guest", old, error="guest failed: timed out")
+    outcome.load()
+    report = build_report([_outcome(tmp_path, "stock", False, STOCK), outcome], None, False, 1.0)
+    assert report["verdict"]["kind"] == "error" and "timed out" in report["verdict"]["line"]

@@ -27,7 +27,7 @@ SIM = "sim"
 #: which PteState fields each channel reports *about the PTE* (kpageflags
 #: reports folio flags, idle-page's dirty comes from kpageflags: neither is a PTE view)
 CHANNEL_FIELDS = {
-    SIM: ("young", "dirty"),
+    SIM: ("young", "dirty", "writable"),
     SMAPS: ("young", "dirty"),
     IDLE_PAGE: ("young",),
     KPAGEFLAGS: (),
@@ -60,6 +60,18 @@ class RegionRef:
     register: Optional[RegisterMode]
     #: a THP region: each "page" is a PMD-sized transparent huge page (kernel backend only)
     thp: bool = False
+
+
+class ForkedChild(abc.ABC):
+    """A child made by :meth:`Backend.fork_child`: it can say what its copy of a page holds."""
+
+    @abc.abstractmethod
+    def checksum(self, r: RegionRef, page: int = 0) -> Optional[int]:
+        """The child's view of a page (None where the backend cannot tell)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the child (and reap it)."""
 
 
 class Backend(abc.ABC):
@@ -186,6 +198,36 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- ranges over several VMAs, writability, fork ------------------------------------
+
+    def create_adjacent(self, kind: MemoryKind, pages: tuple[int, ...], boundary_page: int,
+                        register: Optional[RegisterMode] = RegisterMode.WP) -> list[RegionRef]:
+        """Regions of ``kind`` side by side, one VMA each, whose joint range crosses a PMD boundary
+        before page ``boundary_page`` (see :class:`harness.memory.AdjacentRegions`).
+
+        The simulator has no page tables above the PTE: there they are just regions.
+        """
+        return [self.create(kind, n, register) for n in pages]
+
+    def writeprotect_adjacent(self, refs: list[RegionRef], protect: bool, *, access_likely: bool = False,
+                              write_likely: bool = False, raw_mode: Optional[int] = None) -> None:
+        """UFFDIO_WRITEPROTECT over regions made by :meth:`create_adjacent`: one ioctl on the kernel."""
+        for r in refs:
+            self.writeprotect(r, protect, access_likely=access_likely, write_likely=write_likely,
+                              raw_mode=raw_mode)
+
+    @abc.abstractmethod
+    def write_faults(self, r: RegionRef, page: int = 0) -> int:
+        """Store to a page; the page faults the store took (0: its PTE was present and writable)."""
+
+    @abc.abstractmethod
+    def fork_child(self) -> "ForkedChild":
+        """Fork a child that stays alive, sharing this address space copy-on-write, until closed."""
+
+    def reopen(self) -> None:
+        """Close the userfaultfd and every region, so that the next :meth:`api` negotiates anew."""
+        raise NotImplementedError(f"the {self.name} backend cannot reopen its userfaultfd")
 
     def observe_channels(self, r: RegionRef, page: int = 0) -> dict[str, PteState]:
         """The page seen through every available channel (destructive ones last)."""

@@ -1,39 +1,57 @@
-"""The contract of BRIEF 2.2, clause by clause, as checks that run on any backend.
+"""The contract of BRIEF 2.2: one table of clauses, and the checks that run them on any backend.
 
-Each ``clause_N(backend, kind)`` sets up one-page regions of ``kind`` on a
-backend whose userfaultfd is not yet open, drives them, and returns the
-list of violations it saw (empty: the clause holds).  A violation names the
-case, the channel and what was expected, so a failing test says why.  The
-same functions are run against deliberately broken simulator profiles to
-show that they can fail.
+:data:`CONTRACT` is the one place that says, for each clause, its text, its
+check, the memory it is checked on, the range shapes, and what it needs from
+the kernel, as ``uffd_tests[]`` does in the kernel's ``uffd-unit-tests.c``.
+The suite (tests/contract), the pytest plugin (what a clause needs, whether
+it passed), ``validate`` (the verdict and the report) and the README's table
+all read it.
 
-What each channel can say (``CHANNEL_FIELDS`` in :mod:`harness.backends.base`):
-smaps sees young/dirty per one-page VMA (PTE bit or folio flag); idle-page
-sees "accessed since marked idle", i.e. PTE young; kpageflags sees folio
-flags only, so it checks nothing here.  Only the simulator sees
-``writable``; on the kernel the cases are built so that the kernel's own
-rules (``can_change_pte_writable()``) say whether the PTE is made writable.
+A check ``check(backend, target)`` makes regions of ``target.kind`` laid out
+as ``target.shape`` on a backend whose userfaultfd is not open yet, drives
+them, and returns the violations it saw (empty: the clause holds there).
+A violation names the memory, the case, the page, the channel and what was
+expected, so a failing test says why.  The same checks run on deliberately
+broken simulator profiles (tests/contract/test_validator.py) and on broken
+kernels (the mutants) to show that they can fail.
+
+Shapes (:class:`Shape`):
+
+``page``
+    one page in its own VMA: smaps' per-VMA counts are per-PTE there.
+``span``
+    :data:`SPAN_PAGES` pages in two adjacent VMAs whose range crosses a PMD
+    boundary inside the first VMA (:class:`harness.memory.AdjacentRegions`),
+    un-protected with **one** ioctl: a kernel that honours a hint only on the
+    first PTE of a page-table walk, or only in the first VMA, is caught.
+    Every page is checked (smaps per VMA: all pages or none).
+``thp``
+    one PMD-mapped anonymous 2 MiB THP (MADV_HUGEPAGE); each un-protect must
+    leave it PMD-mapped.  Kernel only: the simulator does not model THP.
+``thp-part``
+    the same THP, write-protected whole, then un-protected over
+    :data:`THP_PART_PAGES` base pages from :data:`THP_PART_FIRST`: the kernel
+    splits the PMD (change_pmd_range()) and the PTE path resolves the part.
+    Every base page is checked through pagemap (uffd-wp), and young/dirty
+    through smaps' page counts of the VMA (exactly the part, no more, no less).
+
+What each channel can see (``CHANNEL_FIELDS`` in :mod:`harness.backends.base`):
+smaps and idle-page see young (and smaps dirty), folio flags included;
+kpageflags only folio flags, so it checks nothing here; the simulator sees
+its modelled PTE.  Writability is seen by the **write probe** on every
+backend: after everything else is observed, one store per page, counting the
+page faults the store took (:meth:`harness.memory.Region.write_faults`): a
+PTE that was made writable takes none.
 
 Ways to get an old and clean PTE: ``MADV_FREE`` for anonymous pages (the PTE
 stays present and writable); a read fault of a never-written shmem page (a
 clean page-cache page) and ``clear_refs`` 1 for shmem.  Shmem pages once
 written stay dirty in the page cache, so a clean shmem PTE is a read-only
 mapping of a page that was never written.
-
-Transparent huge pages (``thp=True``, anonymous only, clauses in
-``THP_CLAUSES``): the region is one PMD-sized page with MADV_HUGEPAGE, and
-the same starting states are made on the PMD (a write fault maps a young,
-dirty THP; MADV_FREE over the whole PMD makes it old and clean without
-splitting it; clear_refs 1 clears PMD young).  The set-up checks that the
-region really is PMD-mapped (:meth:`harness.memory.Region.check_thp`, a
-:class:`~harness.errors.ThpUnavailable` when not), and every un-protect is
-followed by a check that the PMD was not split.  Clause 7 looks at all 512
-base pages of a never-populated PMD range.  Clause 4 is about shared
-page-cache PTEs, so it has no anonymous THP case; shmem THP is not covered.
-Only the kernel backend has THP regions: the simulator does not model them.
 """
 from __future__ import annotations
 
+import enum
 import errno
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -43,15 +61,57 @@ from harness.abi import Feature, RegisterMode
 from harness.memory import MemoryKind
 from harness.backends.base import CHANNEL_FIELDS, Backend, RegionRef
 
-KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE)
-SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE)  # page-cache PTEs
-#: the clauses that apply to an anonymous PMD-mapped THP (4 is about shared page-cache PTEs)
-THP_CLAUSES = (1, 2, 3, 5, 6, 7, 8)
+#: capabilities a clause may need besides userfaultfd features (the simulator models both)
+SOFT_DIRTY = "soft-dirty"
+SWAP = "swap"
+
+
+class Shape(enum.Enum):
+    """How the range under test is laid out (module doc)."""
+
+    PAGE = "page"
+    SPAN = "span"
+    THP = "thp"
+    THP_PART = "thp-part"
+
+
+#: pages of each VMA of a span, and the index of the first page after the PMD boundary
+SPAN_PAGES = (4, 2)
+SPAN_BOUNDARY = 2
+
+#: kinds checked as spans: the page-table walk (change_pte_range(), mwriteprotect_range()'s VMA loop) is
+#: the same code for every kind; anonymous and shmem memory differ in whether un-protect makes PTEs writable
+SPAN_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE)
+
+#: the part of a THP un-protected by the thp-part shape (base pages, not at the start of the PMD)
+THP_PART_FIRST = 3
+THP_PART_PAGES = 5
+
+#: kinds whose PTEs map the page cache (shmem): what clause 4 is about
+SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE_PRIVATE)
+BASE_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE, MemoryKind.FILE_PRIVATE)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The memory a check runs on: a kind, laid out as a shape."""
+
+    kind: MemoryKind
+    shape: Shape = Shape.PAGE
+
+    @property
+    def label(self) -> str:
+        """How test ids, summaries and reports name it: "anon", "shmem-span", "anon-thp"."""
+        return self.kind.value if self.shape is Shape.PAGE else f"{self.kind.value}-{self.shape.value}"
+
+    @property
+    def kernel_only(self) -> bool:
+        return self.shape in (Shape.THP, Shape.THP_PART)
 
 
 def memory_label(kind: MemoryKind, thp: bool = False) -> str:
-    """"anon", "shmem", ... or "anon-thp": how test ids and results name the memory."""
-    return f"{kind.value}-thp" if thp else kind.value
+    """"anon", "shmem", ... or "anon-thp" (kept for callers that think in kind + THP)."""
+    return Target(kind, Shape.THP if thp else Shape.PAGE).label
 
 
 @dataclass(frozen=True)
@@ -66,20 +126,20 @@ class Case:
 
 
 def cases(kind: MemoryKind) -> list[Case]:
-    """The starting states that can be made for ``kind`` (one page each)."""
+    """The starting states that can be made for ``kind``."""
     if kind is MemoryKind.ANON:
         return [Case("old+clean", ("write", "free"), True, True, True),
                 Case("old+dirty", ("write", "clear_young"), True, False, True),
                 Case("young+clean", ("write", "free", "read"), False, True, True),
                 Case("young+dirty", ("write",), False, False, True)]
-    if kind is MemoryKind.SHMEM:
+    if kind in (MemoryKind.SHMEM, MemoryKind.FILE):
         # 6.12 never write-upgrades a shmem PTE on un-protect, dirty or not
         # (vma_wants_manual_pte_write_upgrade() is false for shmem), so WRITE_LIKELY has nothing to dirty
         return [Case("old+clean", ("read", "clear_young"), True, True, False),
                 Case("old+dirty", ("write", "clear_young"), True, False, False),
                 Case("young+clean", ("read",), False, True, False),
                 Case("young+dirty", ("write",), False, False, False)]
-    # shmem-private: a read maps the clean page-cache page (never writable: COW);
+    # shmem-private and file-private: a read maps the clean page-cache page (never writable: COW);
     # a write makes an exclusive anonymous copy, which can be made writable
     return [Case("old+clean", ("read", "clear_young"), True, True, False),
             Case("old+dirty", ("write", "clear_young"), True, False, True),
@@ -87,49 +147,90 @@ def cases(kind: MemoryKind) -> list[Case]:
             Case("young+dirty", ("write",), False, False, True)]
 
 
-def _apply(b: Backend, r: RegionRef, op: str) -> None:
-    if op == "read":
-        _check_access(b.read(r), "read")
-    elif op == "write":
-        _check_access(b.write(r), "write")
-    elif op == "free":
-        b.madvise(r, "free")
-        b.mark_idle(r)
-    elif op == "clear_young":
+# -- the subject of a case: one contiguous range over one or more regions --------------
+
+@dataclass
+class Subject:
+    """The regions of one case, in address order; one ioctl covers them all."""
+
+    target: Target
+    refs: list[RegionRef]
+
+    def pages(self) -> list[tuple[RegionRef, int]]:
+        return [(r, p) for r in self.refs for p in range(r.npages)]
+
+    def where(self, r: RegionRef, page: int) -> str:
+        """"page 3 (VMA 2)": which page of the range a violation is about."""
+        if len(self.pages()) == 1:
+            return ""
+        index = self.pages().index((r, page))
+        vma = self.refs.index(r) + 1
+        return f" page {index}{' (after the PMD boundary)' if self.target.shape is Shape.SPAN and index >= SPAN_BOUNDARY else ''}, VMA {vma}"
+
+
+def _make(b: Backend, target: Target, setup: tuple, name: str) -> Subject:
+    """WP-registered regions of ``target`` after ``setup`` (applied to every page)."""
+    if target.shape is Shape.THP:
+        if target.kind is not MemoryKind.ANON:
+            raise ValueError(f"THP checks are for anonymous memory, not {target.kind.value}")
+        subject = Subject(target, [b.create(target.kind, 1, RegisterMode.WP, thp=True)])
+    elif target.shape is Shape.SPAN:
+        subject = Subject(target, b.create_adjacent(target.kind, SPAN_PAGES, SPAN_BOUNDARY, RegisterMode.WP))
+    else:
+        subject = Subject(target, [b.create(target.kind, 1, RegisterMode.WP)])
+    for op in setup:
+        _apply(b, subject, op)
+    if target.shape is Shape.THP and setup:
+        b.check_thp(subject.refs[0], f"after set-up {name} ({', '.join(setup)})")   # ThpUnavailable: no verdict
+    return subject
+
+
+def _apply(b: Backend, s: Subject, op: str) -> None:
+    if op == "clear_young":
         b.clear_refs(abi.CLEAR_REFS_ALL)
-        b.mark_idle(r)
     elif op == "clear_soft_dirty":
         b.clear_refs(abi.CLEAR_REFS_SOFT_DIRTY)
+        return
+    elif op == "protect":
+        _wp(b, s, True)
+        return
+    for r in s.refs:
+        if op == "read" or op == "write":
+            for page in range(r.npages):
+                sig = b.read(r, page) if op == "read" else b.write(r, page)
+                if sig:
+                    raise AssertionError(f"set-up {op} of {s.target.label} page {page} got signal {sig}")
+        elif op == "free":
+            b.madvise(r, "free")
+        elif op == "pageout":
+            b.madvise(r, "pageout")
+        elif op != "clear_young":
+            raise ValueError(op)
+        if op in ("free", "clear_young"):
+            for page in range(r.npages):
+                b.mark_idle(r, page)
+
+
+def _wp(b: Backend, s: Subject, protect: bool, *, access_likely: bool = False, write_likely: bool = False,
+        dontwake: bool = False, raw_mode: Optional[int] = None) -> None:
+    """One UFFDIO_WRITEPROTECT over the whole subject."""
+    if raw_mode is None and dontwake:
+        hints = abi.hint_abi()
+        raw_mode = ((abi.WRITEPROTECT_MODE_WP if protect else 0) | abi.WRITEPROTECT_MODE_DONTWAKE
+                    | (hints.access_likely if access_likely else 0) | (hints.write_likely if write_likely else 0))
+    if len(s.refs) == 1:
+        b.writeprotect(s.refs[0], protect, access_likely=access_likely, write_likely=write_likely,
+                       raw_mode=raw_mode)
     else:
-        raise ValueError(op)
+        b.writeprotect_adjacent(s.refs, protect, access_likely=access_likely, write_likely=write_likely,
+                                raw_mode=raw_mode)
 
 
-def _check_access(sig: int, what: str) -> None:
-    if sig:
-        raise AssertionError(f"set-up {what} got signal {sig}")
-
-
-def _make(b: Backend, kind: MemoryKind, case: Case, thp: bool = False) -> RegionRef:
-    return _region(b, kind, case.setup, thp, case.name)
-
-
-def _region(b: Backend, kind: MemoryKind, setup: tuple, thp: bool, name: str) -> RegionRef:
-    """A WP-registered one-page region of ``kind`` (one PMD-sized THP if ``thp``) after ``setup``."""
-    if thp and kind is not MemoryKind.ANON:
-        raise ValueError(f"THP checks are for anonymous memory, not {kind.value}")
-    r = b.create(kind, 1, RegisterMode.WP, thp=thp)
-    for op in setup:
-        _apply(b, r, op)
-    if thp and setup:
-        b.check_thp(r, f"after set-up {name} ({', '.join(setup)})")   # ThpUnavailable: not a violation
-    return r
-
-
-def _still_pmd_mapped(b: Backend, r: RegionRef, label: str) -> list[str]:
-    """For a THP region: the un-protect must leave it PMD-mapped, and the channels must agree on that."""
-    if not r.thp:
+def _still_pmd_mapped(b: Backend, s: Subject, label: str) -> list[str]:
+    """For a THP subject: the un-protect must leave it PMD-mapped, and the channels must agree on that."""
+    if s.target.shape is not Shape.THP:
         return []
-    mapping = b.thp_mapping(r)
+    mapping = b.thp_mapping(s.refs[0])
     problem = mapping.disagreement()
     if problem:
         return [f"{label}: {problem}"]
@@ -138,237 +239,434 @@ def _still_pmd_mapped(b: Backend, r: RegionRef, label: str) -> list[str]:
     return []
 
 
-def _views(b: Backend, r: RegionRef, destructive: bool = True) -> dict:
-    """{channel: PteState} through every channel (idle-page only when ``destructive``)."""
+# -- observing and judging -------------------------------------------------------------
+
+def _views(b: Backend, s: Subject, destructive: bool = True) -> dict:
+    """{channel: [PteState per page of the subject]} through every channel that sees the PTE."""
     out = {}
     for channel in b.channels():
         if not CHANNEL_FIELDS.get(channel):
             continue
         if channel == "idle-page" and not destructive:
             continue
-        out[channel] = b.observe(r, 0, channel)
+        out[channel] = b.observe_pages(s.pages(), channel)
     return out
 
 
-def _agree(label: str, views: dict) -> list[str]:
-    """Every channel that can tell must give the same young (and dirty) as the others."""
+def _expect(label: str, s: Subject, views: dict, **want) -> list[str]:
+    """Every page, through every channel that can tell, has the wanted bits; and the channels agree.
+
+    A channel that sees a field but answers None for a present page of a
+    multi-page VMA (smaps: some pages of the VMA counted, not all) is a
+    violation: every page of a case starts alike and must end alike.
+    """
     problems = []
-    for field in ("young", "dirty"):
-        seen = {ch: getattr(st, field) for ch, st in views.items() if field in CHANNEL_FIELDS[ch]}
-        if len(set(seen.values())) > 1:
-            problems.append(f"{label}: channels disagree on {field}: {seen}")
+    pages = s.pages()
+    for channel, states in views.items():
+        fields = CHANNEL_FIELDS[channel]
+        for (r, page), state in zip(pages, states):
+            where = s.where(r, page)
+            for field, value in want.items():
+                if field in ("young", "dirty", "writable") and field not in fields:
+                    continue
+                got = getattr(state, field)
+                if got is None:
+                    if field in ("young", "dirty") and state.present and r.npages > 1 \
+                            and not r.kind.hugetlb:
+                        problems.append(f"{label}:{where} {field} differs between the pages of one VMA "
+                                        f"(seen through {channel}), expected {value} for all")
+                    continue
+                if got != value:
+                    problems.append(f"{label}:{where} {field} is {got} through {channel}, expected {value}")
+    return _dedupe(problems + _agree(label, s, views))
+
+
+def _agree(label: str, s: Subject, views: dict) -> list[str]:
+    """Every channel that can tell must give the same young (and dirty) as the others, page by page."""
+    problems = []
+    for i, (r, page) in enumerate(s.pages()):
+        for field in ("young", "dirty", "writable"):
+            seen = {ch: getattr(states[i], field) for ch, states in views.items()
+                    if field in CHANNEL_FIELDS[ch] and getattr(states[i], field) is not None}
+            if len(set(seen.values())) > 1:
+                problems.append(f"{label}:{s.where(r, page)} channels disagree on {field}: {seen}")
     return problems
 
 
-def _expect(label: str, views: dict, **want) -> list[str]:
+def _write_probe(b: Backend, s: Subject, label: str, writable: bool) -> list[str]:
+    """Store to every page; a PTE that was made writable takes no fault, one that was not takes one.
+
+    Run last: the store itself makes the PTE young, dirty and writable.
+    """
     problems = []
-    for channel, state in views.items():
-        for field, value in want.items():
-            if field in ("young", "dirty") and field not in CHANNEL_FIELDS[channel]:
-                continue
-            got = getattr(state, field)
-            if got is None:
-                continue
-            if got != value:
-                problems.append(f"{label}: {field} is {got} through {channel}, expected {value}")
-    return problems + _agree(label, views)
+    for r, page in s.pages():
+        faults = b.write_faults(r, page)
+        if writable and faults:
+            problems.append(f"{label}:{s.where(r, page)} not writable: a store took {faults} fault(s) "
+                            "(write probe), expected the un-protect to make it writable")
+        if not writable and not faults:
+            problems.append(f"{label}:{s.where(r, page)} made writable: a store took no fault (write probe), "
+                            "expected a write fault")
+    return problems
+
+
+def _dedupe(problems: list[str]) -> list[str]:
+    return list(dict.fromkeys(problems))
 
 
 def _open(b: Backend, features=()) -> None:
     b.api(tuple(features))
 
 
+#: the hint combinations a clause is checked with: (label, access_likely, write_likely)
+HINTS = (("ACCESS_LIKELY", True, False), ("WRITE_LIKELY", False, True), ("both", True, True))
+
+
 # -- the clauses ----------------------------------------------------------------------
 
-def clause_1(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
-    """Without ACCESS_HINTS negotiated, any hint bit is rejected with EINVAL."""
+def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
+    """Clauses 2, 3 and 5 on part of a PMD-mapped THP (the ``thp-part`` shape, kernel only).
+
+    Old+clean THP (write, MADV_FREE) and young+dirty THP; protect the whole
+    PMD; un-protect :data:`THP_PART_PAGES` base pages with the clause's hint.
+    The part must come back un-protected, everything else still protected;
+    smaps must count exactly the pages the clause makes young (dirty), and
+    every page of the part that the un-protect made writable takes no fault.
+    """
+    hints = {2: ("ACCESS_LIKELY", True, False), 3: ("WRITE_LIKELY", False, True), 5: ("no hints", False, False)}[n]
+    label, access, write = hints
+    _open(b, (Feature.ACCESS_HINTS,) if access or write else ())
+    problems = []
+    part = range(THP_PART_FIRST, THP_PART_FIRST + THP_PART_PAGES)
+    for case in cases(MemoryKind.ANON):
+        s = _make(b, Target(MemoryKind.ANON, Shape.THP), case.setup, case.name)
+        r = s.refs[0]
+        _wp(b, s, True)
+        before = b.vma_page_counts(r)
+        b.writeprotect_base(r, THP_PART_FIRST, THP_PART_PAGES, False, access_likely=access, write_likely=write)
+        text = f"{target.label} {case.name}, un-protect {label} of base pages {part.start}-{part.stop - 1}"
+        states = b.base_page_states(r)
+        total = len(states)
+        for i, st in enumerate(states):
+            if not st.present:
+                problems.append(f"{text}: base page {i} is no longer present")
+            elif st.uffd_wp != (i not in part):
+                problems.append(f"{text}: base page {i} uffd-wp is {st.uffd_wp}, expected {i not in part}")
+        after = b.vma_page_counts(r)
+        young_before = before["referenced"]
+        dirty_before = before["dirty"]
+        want_young = young_before if n == 5 or not case.old else young_before + THP_PART_PAGES
+        want_dirty = dirty_before if n != 3 or not case.clean else dirty_before + THP_PART_PAGES
+        if after["rss"] != total:
+            problems.append(f"{text}: smaps Rss {after['rss']} pages, expected all {total}")
+        if after["referenced"] != want_young:
+            problems.append(f"{text}: smaps counts {after['referenced']} young (referenced) pages, expected "
+                            f"{want_young} ({young_before} before the un-protect)")
+        if after["dirty"] != want_dirty:
+            problems.append(f"{text}: smaps counts {after['dirty']} dirty pages, expected {want_dirty} "
+                            f"({dirty_before} before the un-protect)")
+        for i in part:
+            faults = b.write_faults_base(r, i)
+            if faults:
+                problems.append(f"{text}: base page {i} not writable after the un-protect (a store took "
+                                f"{faults} fault(s))")
+    return problems
+
+
+def check_1(b: Backend, target: Target) -> list[str]:
+    """Without ACCESS_HINTS negotiated, any hint bit is rejected with EINVAL (alone, with WP, with DONTWAKE)."""
     _open(b, ())
     problems = []
     hints = abi.hint_abi()
-    what = memory_label(kind, thp)
-    r = _make(b, kind, Case("young+dirty", ("write",), False, False, True), thp)
-    b.protect(r)
+    what = target.label
+    s = _make(b, target, ("write",), "young+dirty")
+    _wp(b, s, True)
     for label, mode in (("ACCESS_LIKELY", hints.access_likely), ("WRITE_LIKELY", hints.write_likely),
                         ("both", hints.access_likely | hints.write_likely)):
-        for wp in (False, True):
-            raw = mode | (abi.WRITEPROTECT_MODE_WP if wp else 0)
-            code = _errno_of(lambda: b.writeprotect(r, not wp, raw_mode=raw))
+        for extra, extra_label in ((0, ""), (abi.WRITEPROTECT_MODE_WP, " + MODE_WP"),
+                                   (abi.WRITEPROTECT_MODE_DONTWAKE, " + DONTWAKE")):
+            code = _errno_of(lambda: _wp(b, s, bool(extra & abi.WRITEPROTECT_MODE_WP), raw_mode=mode | extra))
             if code != errno.EINVAL:
-                problems.append(f"{what}: {label}{' + MODE_WP' if wp else ''} without the feature: "
+                problems.append(f"{what}: {label}{extra_label} without the feature: "
                                 f"got {_errname(code)}, expected EINVAL")
-    state = b.observe(r, 0, b.channels()[0])
-    if not state.uffd_wp:
-        problems.append(f"{what}: a rejected un-protect still cleared uffd-wp")
-    return problems + _still_pmd_mapped(b, r, f"{what}: after the rejected calls")
-
-
-def clause_2(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
-    """Un-protect with ACCESS_LIKELY: every present PTE it resolves is young."""
-    _open(b, (Feature.ACCESS_HINTS,))
-    problems = []
-    for case in cases(kind):
-        r = _make(b, kind, case, thp)
-        b.protect(r)
-        b.unprotect(r, access_likely=True)
-        label = f"{memory_label(kind, thp)} {case.name}, un-protect ACCESS_LIKELY"
-        problems += _expect(label, _views(b, r), present=True, uffd_wp=False, young=True)
-        problems += _still_pmd_mapped(b, r, label)
+    views = {ch: states for ch, states in _views(b, s, destructive=False).items()}
+    if views:
+        problems += _expect(f"{what}: after the rejected calls", s, views, present=True, uffd_wp=True)
+    else:
+        state = b.observe(s.refs[0], 0, b.channels()[0])
+        if not state.uffd_wp:
+            problems.append(f"{what}: a rejected un-protect still cleared uffd-wp")
+    problems += _still_pmd_mapped(b, s, f"{what}: after the rejected calls")
+    # the uffd-wp fault the probe raises is resolved by the backend's handler (un-protect, no hints)
+    problems += _write_probe(b, s, f"{what}: after the rejected calls (still write-protected)", writable=False)
+    b.events()
     return problems
 
 
-def clause_3(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
-    """Un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young."""
+def _decode_variants(target: Target) -> bool:
+    """Whether a target also gets the mode-decoding variants (DONTWAKE, negotiation): they exercise
+    userfaultfd_writeprotect()'s decoding, which does not depend on the memory, so one target has them."""
+    return target == Target(MemoryKind.ANON, Shape.PAGE)
+
+
+def check_2(b: Backend, target: Target) -> list[str]:
+    """Un-protect with ACCESS_LIKELY (alone, with WRITE_LIKELY, with DONTWAKE): every present PTE is young.
+
+    Its negative space: ACCESS_LIKELY alone leaves dirty as it was, and makes
+    writable exactly what an un-protect without hints makes writable.
+    """
+    if target.shape is Shape.THP_PART:
+        return _thp_part(b, target, 2)
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
-    for case in cases(kind):
-        r = _make(b, kind, case, thp)
-        b.protect(r)
-        b.unprotect(r, write_likely=True)
-        views = _views(b, r)
-        label = f"{memory_label(kind, thp)} {case.name}, un-protect WRITE_LIKELY"
-        writable = [st.writable for st in views.values() if st.writable is not None]
-        made_writable = writable[0] if writable else case.writable_on_unprotect
-        if writable and writable[0] != case.writable_on_unprotect:
-            problems.append(f"{label}: writable is {writable[0]}, the kernel's rule says "
-                            f"{case.writable_on_unprotect}")
-        if made_writable:
-            problems += _expect(label, views, present=True, young=True, dirty=True)
-        problems += _still_pmd_mapped(b, r, label)
+    for case in cases(target.kind):
+        variants = [("ACCESS_LIKELY", True, False, False), ("both", True, True, False)]
+        if _decode_variants(target):
+            variants.append(("ACCESS_LIKELY + DONTWAKE", True, False, True))
+        for label, access, write, dontwake in variants:
+            s = _make(b, target, case.setup, case.name)
+            _wp(b, s, True)
+            _wp(b, s, False, access_likely=access, write_likely=write, dontwake=dontwake)
+            text = f"{target.label} {case.name}, un-protect {label}"
+            want = dict(present=True, uffd_wp=False, young=True)
+            if not write:
+                want["dirty"] = not case.clean
+            problems += _expect(text, s, _views(b, s), **want)
+            problems += _still_pmd_mapped(b, s, text)
+            problems += _write_probe(b, s, text, writable=case.writable_on_unprotect)
     return problems
 
 
-def clause_4(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
+def check_3(b: Backend, target: Target) -> list[str]:
+    """Un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young; it makes writable
+    exactly what an un-protect without hints would, and never a COW-shared anonymous page."""
+    if target.shape is Shape.THP_PART:
+        return _thp_part(b, target, 3)
+    _open(b, (Feature.ACCESS_HINTS,))
+    problems = []
+    for case in cases(target.kind):
+        variants = [("WRITE_LIKELY", False)] + ([("WRITE_LIKELY + DONTWAKE", True)] if _decode_variants(target) else [])
+        for label, dontwake in variants:
+            s = _make(b, target, case.setup, case.name)
+            _wp(b, s, True)
+            _wp(b, s, False, write_likely=True, dontwake=dontwake)
+            text = f"{target.label} {case.name}, un-protect {label}"
+            views = _views(b, s)
+            if case.writable_on_unprotect:
+                problems += _expect(text, s, views, present=True, uffd_wp=False, young=True, dirty=True,
+                                    writable=True)
+            else:
+                # not made writable: WRITE_LIKELY has nothing to dirty, and young/dirty stay as they were
+                problems += _expect(text, s, views, present=True, uffd_wp=False, young=not case.old,
+                                    dirty=not case.clean, writable=False)
+            problems += _still_pmd_mapped(b, s, text)
+            problems += _write_probe(b, s, text, writable=case.writable_on_unprotect)
+    if target.kind is MemoryKind.ANON:
+        problems += _cow_after_fork(b, target)
+    return problems
+
+
+def _cow_after_fork(b: Backend, target: Target) -> list[str]:
+    """A page shared with a child by fork() is COW: WRITE_LIKELY must not make it writable, and the
+    parent's store after the un-protect must not reach the child's memory."""
+    s = _make(b, target, ("write",), "young+dirty")
+    child = b.fork_child()
+    problems = []
+    try:
+        before = [child.checksum(r, page) for r, page in s.pages()]
+        _wp(b, s, True)
+        _wp(b, s, False, access_likely=True, write_likely=True)
+        text = f"{target.label} COW-shared with a live child after fork(), un-protect both hints"
+        problems += _expect(text, s, _views(b, s), present=True, uffd_wp=False, writable=False)
+        problems += _write_probe(b, s, text, writable=False)
+        after = [child.checksum(r, page) for r, page in s.pages()]
+        for (r, page), x, y in zip(s.pages(), before, after):
+            if x is not None and x != y:
+                problems.append(f"{text}:{s.where(r, page)} the parent's store changed the child's page "
+                                "(copy-on-write broken)")
+    finally:
+        child.close()
+    return problems
+
+
+def check_4(b: Backend, target: Target) -> list[str]:
     """Hints never make a clean shared (shmem / page-cache) PTE writable or dirty."""
-    if thp:
-        raise ValueError("clause 4 is about shared page-cache PTEs: no anonymous THP case (shmem THP not covered)")
+    if target.shape is Shape.THP:
+        raise ValueError("clause 4 is about shared page-cache PTEs: no anonymous THP case")
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
-    for case in cases(kind):
+    for case in cases(target.kind):
         if not case.clean:
             continue
-        for hint in ("access_likely", "write_likely", "both"):
-            r = _make(b, kind, case)
-            b.protect(r)
-            b.unprotect(r, access_likely=hint in ("access_likely", "both"),
-                        write_likely=hint in ("write_likely", "both"))
-            label = f"{kind.value} {case.name} page-cache PTE, un-protect {hint}"
-            views = _views(b, r)
-            problems += _expect(label, views, present=True, dirty=False)
-            for channel, st in views.items():
-                if st.writable:
-                    problems.append(f"{label}: made writable (seen through {channel})")
+        for label, access, write in HINTS:
+            s = _make(b, target, case.setup, case.name)
+            _wp(b, s, True)
+            _wp(b, s, False, access_likely=access, write_likely=write)
+            text = f"{target.label} {case.name} page-cache PTE, un-protect {label}"
+            problems += _expect(text, s, _views(b, s), present=True, dirty=False, writable=False)
+            problems += _write_probe(b, s, text, writable=False)
     return problems
 
 
-def clause_5(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
-    """Un-protect without hints leaves young and dirty as they were."""
-    _open(b, ())
+def check_5(b: Backend, target: Target) -> list[str]:
+    """Un-protect without hints leaves young and dirty as they were: with ACCESS_HINTS negotiated where
+    the kernel offers it; on anonymous pages also without it, and with DONTWAKE."""
+    if target.shape is Shape.THP_PART:
+        return _thp_part(b, target, 5)
     problems = []
-    for case in cases(kind):
-        r = _make(b, kind, case, thp)
-        before = _views(b, r, destructive=False)
-        b.protect(r)
-        b.unprotect(r)
-        label = f"{memory_label(kind, thp)} {case.name}, un-protect without hints"
-        want = {"young": not case.old, "dirty": not case.clean}
-        problems += _expect(label + " (before)", before, **want)
-        problems += _expect(label, _views(b, r), present=True, uffd_wp=False, **want)
-        problems += _still_pmd_mapped(b, r, label)
+    matrix = _decode_variants(target)
+    for negotiated in (False, True) if matrix else (b.has_feature(Feature.ACCESS_HINTS),):
+        if negotiated and not b.has_feature(Feature.ACCESS_HINTS):
+            continue
+        _open(b, (Feature.ACCESS_HINTS,) if negotiated else ())
+        for case in cases(target.kind):
+            for dontwake in (False, True) if matrix else (False,):
+                s = _make(b, target, case.setup, case.name)
+                before = _views(b, s, destructive=False)
+                _wp(b, s, True)
+                _wp(b, s, False, dontwake=dontwake)
+                text = (f"{target.label} {case.name}, un-protect without hints"
+                        f"{' + DONTWAKE' if dontwake else ''}, ACCESS_HINTS {'' if negotiated else 'not '}negotiated")
+                want = {"young": not case.old, "dirty": not case.clean}
+                problems += _expect(text + " (before)", s, before, **want)
+                problems += _expect(text, s, _views(b, s), present=True, uffd_wp=False, **want)
+                problems += _still_pmd_mapped(b, s, text)
+                problems += _write_probe(b, s, text, writable=case.writable_on_unprotect)
+        b.reopen()
     return problems
 
 
-def clause_6(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
-    """Hints together with MODE_WP (protecting) are rejected with EINVAL."""
+def check_6(b: Backend, target: Target) -> list[str]:
+    """Hints together with MODE_WP (protecting) are rejected with EINVAL, with and without DONTWAKE."""
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
-    what = memory_label(kind, thp)
-    r = _make(b, kind, Case("young+dirty", ("write",), False, False, True), thp)
-    for label, kwargs in (("ACCESS_LIKELY", dict(access_likely=True)), ("WRITE_LIKELY", dict(write_likely=True)),
-                          ("both", dict(access_likely=True, write_likely=True))):
-        hints = abi.hint_abi()
-        raw = abi.WRITEPROTECT_MODE_WP | (hints.access_likely if kwargs.get("access_likely") else 0) \
-            | (hints.write_likely if kwargs.get("write_likely") else 0)
-        code = _errno_of(lambda: b.writeprotect(r, True, raw_mode=raw))
+    what = target.label
+    s = _make(b, target, ("write",), "young+dirty")
+    hints = abi.hint_abi()
+    for label, access, write in HINTS:
+        mode = abi.WRITEPROTECT_MODE_WP | (hints.access_likely if access else 0) | (hints.write_likely if write else 0)
+        code = _errno_of(lambda: _wp(b, s, True, raw_mode=mode))
         if code != errno.EINVAL:
             problems.append(f"{what}: MODE_WP + {label}: got {_errname(code)}, expected EINVAL")
-    state = b.observe(r, 0, b.channels()[0])
-    if state.uffd_wp:
-        problems.append(f"{what}: a rejected protect still set uffd-wp")
-    return problems + _still_pmd_mapped(b, r, f"{what}: after the rejected calls")
+    views = _views(b, s, destructive=False)
+    problems += _expect(f"{what}: after the rejected protects", s, views, present=True, uffd_wp=False)
+    problems += _still_pmd_mapped(b, s, f"{what}: after the rejected calls")
+    return problems + _write_probe(b, s, f"{what}: after the rejected protects (never protected)", writable=True)
 
 
-def clause_7(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
-    """Hints populate nothing: empty PTEs and uffd-wp markers end as un-protect without hints leaves them."""
-    features = (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED)
-    _open(b, features)
+def check_7(b: Backend, target: Target) -> list[str]:
+    """Hints populate nothing: empty PTEs, uffd-wp markers and swap entries end as an un-protect
+    without hints leaves them, page by page."""
+    _open(b, (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED))
     problems = []
     starts = [("empty", ()), ("uffd-wp marker", ("protect",))]
-    if kind is MemoryKind.ANON and b.swap and not thp:   # swapping a THP out splits it: not a PMD case
-        starts.append(("swapped", ("write", "pageout")))
+    if target.kind is MemoryKind.ANON and b.swap and target.shape is not Shape.THP:
+        starts.append(("swapped", ("write", "pageout")))     # swapping a THP out splits it: not a PMD case
+    def run(name: str, setup: tuple, access: bool, write: bool):
+        s = _make(b, target, (), name)
+        for op in setup:
+            _apply(b, s, op)
+        _wp(b, s, False, access_likely=access, write_likely=write)
+        mapping = b.thp_mapping(s.refs[0]) if target.shape is Shape.THP else None
+        return s, b.observe_pages(s.pages(), b.channels()[0]), mapping
+
     for name, setup in starts:
-        pair = []
-        mappings = []
-        for hinted in (False, True):
-            r = _region(b, kind, (), thp, name)
-            for op in setup:
-                if op == "protect":
-                    b.protect(r)
-                elif op == "pageout":
-                    b.madvise(r, "pageout")
-                else:
-                    _apply(b, r, op)
-            b.unprotect(r, access_likely=hinted, write_likely=hinted)
-            pair.append(b.observe(r, 0, b.channels()[0]))
-            if thp:
-                mappings.append(b.thp_mapping(r))
-        plain, hinted_state = pair
-        label = f"{memory_label(kind, thp)} {name}, un-protect with both hints"
-        if hinted_state.present:
-            problems.append(f"{label}: the page was populated")
-        if thp:
-            # every base page of the PMD range, not only the first
-            plain_map, hinted_map = mappings
-            if hinted_map.populated:
-                problems.append(f"{label}: the PMD range was populated: {hinted_map}")
-            if (plain_map.present, plain_map.uffd_wp) != (hinted_map.present, hinted_map.uffd_wp):
-                problems.append(f"{label}: {hinted_map.present} present and {hinted_map.uffd_wp} uffd-wp base "
-                                f"pages, without hints {plain_map.present} and {plain_map.uffd_wp}")
-        for field in ("present", "swapped", "uffd_wp"):
-            if getattr(plain, field) != getattr(hinted_state, field):
-                problems.append(f"{label}: {field} is {getattr(hinted_state, field)}, "
-                                f"without hints {getattr(plain, field)}")
-    return problems
+        s, plain, plain_map = run(name, setup, False, False)      # the baseline: no hints
+        for label, access, write in HINTS:
+            _, hinted_states, hinted_map = run(name, setup, access, write)
+            text = f"{target.label} {name}, un-protect {label}"
+            for (r, page), p, h in zip(s.pages(), plain, hinted_states):
+                if h.present and not p.present:
+                    problems.append(f"{text}:{s.where(r, page)} the page was populated")
+                for field in ("present", "swapped", "uffd_wp"):
+                    if getattr(p, field) != getattr(h, field):
+                        problems.append(f"{text}:{s.where(r, page)} {field} is {getattr(h, field)}, "
+                                        f"without hints {getattr(p, field)}")
+            if target.shape is Shape.THP:              # every base page of the PMD range, not only the first
+                if hinted_map.populated:
+                    problems.append(f"{text}: the PMD range was populated: {hinted_map}")
+                if (plain_map.present, plain_map.uffd_wp) != (hinted_map.present, hinted_map.uffd_wp):
+                    problems.append(f"{text}: {hinted_map.present} present and {hinted_map.uffd_wp} uffd-wp base "
+                                    f"pages, without hints {plain_map.present} and {plain_map.uffd_wp}")
+    return _dedupe(problems)
 
 
-def clause_8(b: Backend, kind: MemoryKind, thp: bool = False) -> list[str]:
+def check_8(b: Backend, target: Target) -> list[str]:
     """Where soft-dirty tracking needs the write fault, the PTE is not made writable, so not dirtied."""
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
-    setup = ("write", "free", "clear_soft_dirty") if kind is MemoryKind.ANON else ("read", "clear_soft_dirty")
-    for hint in ("write_likely", "both"):
-        r = _region(b, kind, setup, thp, "clean, soft-dirty armed")
-        b.protect(r)
-        b.unprotect(r, access_likely=hint == "both", write_likely=True)
-        label = f"{memory_label(kind, thp)} clean, soft-dirty tracking armed, un-protect {hint}"
-        views = _views(b, r)
-        problems += _expect(label, views, present=True, dirty=False, soft_dirty=False)
-        for channel, st in views.items():
-            if st.writable:
-                problems.append(f"{label}: made writable (seen through {channel})")
-        problems += _still_pmd_mapped(b, r, label)
+    setup = ("write", "free", "clear_soft_dirty") if target.kind is MemoryKind.ANON else ("read", "clear_soft_dirty")
+    for label, access, write in (("WRITE_LIKELY", False, True), ("both", True, True)):
+        s = _make(b, target, setup, "clean, soft-dirty armed")
+        _wp(b, s, True)
+        _wp(b, s, False, access_likely=access, write_likely=write)
+        text = f"{target.label} clean, soft-dirty tracking armed, un-protect {label}"
+        problems += _expect(text, s, _views(b, s), present=True, dirty=False, soft_dirty=False, writable=False)
+        problems += _still_pmd_mapped(b, s, text)
+        problems += _write_probe(b, s, text, writable=False)
     return problems
 
 
-CLAUSES: dict[int, Callable[..., list[str]]] = {
-    1: clause_1, 2: clause_2, 3: clause_3, 4: clause_4, 5: clause_5, 6: clause_6, 7: clause_7, 8: clause_8,
-}
-#: the memory kinds each clause is about
-CLAUSE_KINDS = {n: KINDS for n in CLAUSES}
-CLAUSE_KINDS[4] = SHARED_KINDS
+# -- the table --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Clause:
+    """One clause of the contract (BRIEF 2.2): everything the suite, the plugin and the report need."""
+
+    number: int
+    text: str
+    check: Callable[[Backend, Target], list[str]]
+    #: the memory kinds it is checked on (each in every shape of ``shapes``)
+    kinds: tuple[MemoryKind, ...]
+    #: the range shapes; THP applies to anonymous memory only
+    shapes: tuple[Shape, ...]
+    #: Feature members and capability names (SOFT_DIRTY, SWAP) the kernel must have for a kernel result
+    needs: tuple = ()
+
+    def targets(self, thp: bool = True) -> list[Target]:
+        out = []
+        for shape in self.shapes:
+            if shape in (Shape.THP, Shape.THP_PART):
+                if thp:
+                    out.append(Target(MemoryKind.ANON, shape))
+                continue
+            out += [Target(kind, shape) for kind in self.kinds if shape is not Shape.SPAN or kind in SPAN_KINDS]
+        return out
 
 
-def clause_needs_soft_dirty(n: int) -> bool:
-    return n == 8
+_ALL_SHAPES = (Shape.PAGE, Shape.SPAN, Shape.THP)
+_HINTS = (Feature.ACCESS_HINTS,)
+
+CONTRACT: dict[int, Clause] = {c.number: c for c in (
+    Clause(1, "hint bits without UFFD_FEATURE_ACCESS_HINTS negotiated are rejected with EINVAL",
+           check_1, BASE_KINDS, _ALL_SHAPES),
+    Clause(2, "un-protect with ACCESS_LIKELY: every present PTE it resolves is young",
+           check_2, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
+    Clause(3, "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
+           check_3, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
+    Clause(4, "hints never make a clean shared (shmem / page-cache) PTE writable or dirty",
+           check_4, SHARED_KINDS, (Shape.PAGE, Shape.SPAN), _HINTS),
+    Clause(5, "un-protect without hints leaves young and dirty as they were",
+           check_5, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,)),
+    Clause(6, "hints together with MODE_WP are rejected with EINVAL",
+           check_6, BASE_KINDS, _ALL_SHAPES, _HINTS),
+    Clause(7, "hints populate nothing: empty PTEs and uffd-wp markers stay",
+           check_7, BASE_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED)),
+    Clause(8, "where soft-dirty tracking needs the write fault, the PTE is not made writable, so not dirtied",
+           check_8, BASE_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, SOFT_DIRTY)),
+)}
+
+
+def markdown_table() -> str:
+    """The contract as the README shows it (a test keeps the README's copy equal to this)."""
+    names = {Shape.PAGE: "page", Shape.SPAN: "span", Shape.THP: "anon THP", Shape.THP_PART: "part of an anon THP"}
+    lines = ["| clause | what the suite checks (BRIEF 2.2) | memory | shapes | needs |",
+             "| --- | --- | --- | --- | --- |"]
+    for n, c in sorted(CONTRACT.items()):
+        needs = ", ".join(f"`{f.name}`" if isinstance(f, Feature) else f for f in c.needs) or "-"
+        lines.append(f"| {n} | {c.text} | {', '.join(k.value for k in c.kinds)} | "
+                     f"{', '.join(names[s] for s in c.shapes)} | {needs} |")
+    return "\n".join(lines) + "\n"
 
 
 def _errno_of(call) -> Optional[int]:
@@ -383,13 +681,34 @@ def _errname(code: Optional[int]) -> str:
     return "success" if not code else errno.errorcode.get(code, str(code))
 
 
-def run_clause(n: int, make_backend: Callable[[], Backend]) -> dict[str, list[str]]:
-    """Run clause ``n`` on each of its kinds, each on a fresh backend; {kind: violations}."""
+# -- the older call style, kept for the tests of the checks themselves -------------------
+
+def _by_kind(n: int) -> Callable[..., list[str]]:
+    def check(b: Backend, kind: MemoryKind, thp: bool = False, shape: Shape = Shape.PAGE) -> list[str]:
+        return CONTRACT[n].check(b, Target(kind, Shape.THP if thp else shape))
+    check.__name__ = f"clause_{n}"
+    check.__doc__ = CONTRACT[n].check.__doc__
+    return check
+
+
+clause_1, clause_2, clause_3, clause_4, clause_5, clause_6, clause_7, clause_8 = (_by_kind(n) for n in CONTRACT)
+CLAUSES: dict[int, Callable[..., list[str]]] = {n: _by_kind(n) for n in CONTRACT}
+#: the clauses with an anonymous THP case
+THP_CLAUSES = tuple(n for n, c in CONTRACT.items() if Shape.THP in c.shapes)
+#: the memory kinds each clause is about
+CLAUSE_KINDS = {n: c.kinds for n, c in CONTRACT.items()}
+
+
+def run_clause(n: int, make_backend: Callable[[], Backend], shapes: tuple = (Shape.PAGE, Shape.SPAN)) \
+        -> dict[str, list[str]]:
+    """Run clause ``n`` on each of its targets of ``shapes``, each on a fresh backend; {target label: violations}."""
     out = {}
-    for kind in CLAUSE_KINDS[n]:
+    for target in CONTRACT[n].targets(thp=False):
+        if target.shape not in shapes:
+            continue
         b = make_backend()
         try:
-            out[kind.value] = CLAUSES[n](b, kind)
+            out[target.label] = CONTRACT[n].check(b, target)
         finally:
             b.close()
     return out

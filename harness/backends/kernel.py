@@ -15,9 +15,9 @@ from typing import Iterable, Optional
 from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
 from harness.events import FaultHandler, PageFault
-from harness.memory import PAGE_SIZE, MemoryKind, Region
+from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, SMAPS, PteState
-from harness.backends.base import KERNEL, Backend, FaultEvent, RegionRef
+from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
 
 
 @lru_cache(maxsize=1)
@@ -65,6 +65,7 @@ class KernelBackend(Backend):
         if IDLE_PAGE in self._channels:
             self._pin()
         self._regions: list[Region] = []
+        self._adjacent: list[AdjacentRegions] = []
         self._uffd = None
         self._handler: Optional[FaultHandler] = None
         self._seen = 0
@@ -106,6 +107,91 @@ class KernelBackend(Backend):
         if register is not None:
             self._need_uffd().register(region.addr, region.length, register)
         return ref
+
+    def create_adjacent(self, kind: MemoryKind, pages: tuple[int, ...], boundary_page: int,
+                        register: Optional[RegisterMode] = RegisterMode.WP) -> list[RegionRef]:
+        group = AdjacentRegions(kind, pages, boundary_page)
+        self._adjacent.append(group)
+        refs = []
+        for region in group.regions:
+            self._regions.append(region)
+            refs.append(RegionRef(len(self._regions) - 1, kind, region.npages, register))
+        if register is not None:
+            self._need_uffd().register(group.addr, group.length, register)
+        return refs
+
+    def writeprotect_adjacent(self, refs: list[RegionRef], protect: bool, *, access_likely: bool = False,
+                              write_likely: bool = False, raw_mode: Optional[int] = None) -> None:
+        """One ioctl from the first region's start to the last one's end (they are contiguous)."""
+        first, last = self._regions[refs[0].index], self._regions[refs[-1].index]
+        self._need_uffd().writeprotect(first.addr, last.end - first.addr, protect, access_likely=access_likely,
+                                       write_likely=write_likely, raw_mode=raw_mode)
+
+    def write_faults(self, r: RegionRef, page: int = 0) -> int:
+        return self._regions[r.index].write_faults(page)
+
+    # -- base pages of a THP region (part of a THP: kernel only) -------------------------
+
+    def base_pages(self, r: RegionRef) -> int:
+        """How many base pages a region spans (512 per PMD-sized THP page)."""
+        region = self._regions[r.index]
+        return region.length // PAGE_SIZE
+
+    def writeprotect_base(self, r: RegionRef, first: int, count: int, protect: bool, *,
+                          access_likely: bool = False, write_likely: bool = False) -> None:
+        """UFFDIO_WRITEPROTECT over base pages [first, first+count) of a region (part of a THP)."""
+        region = self._regions[r.index]
+        if not 0 <= first < first + count <= self.base_pages(r):
+            raise IndexError(f"base pages [{first}, +{count}) outside {region!r}")
+        self._need_uffd().writeprotect(region.addr + first * PAGE_SIZE, count * PAGE_SIZE, protect,
+                                       access_likely=access_likely, write_likely=write_likely)
+
+    def base_page_states(self, r: RegionRef) -> list[PteState]:
+        """pagemap of every base page of a region (present, uffd-wp, ...; young/dirty not filled in)."""
+        region = self._regions[r.index]
+        out = []
+        for entry in _pte.pagemap_entries(region.addr, self.base_pages(r)):
+            out.append(PteState(present=_pte.pagemap_bit(entry, PagemapBit.PRESENT),
+                                swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
+                                file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
+                                uffd_wp=_pte.pagemap_bit(entry, PagemapBit.UFFD_WP),
+                                exclusive=_pte.pagemap_bit(entry, PagemapBit.EXCLUSIVE),
+                                soft_dirty=_pte.pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
+                                pfn=_pte.pagemap_pfn(entry), young=None, dirty=None, source="pagemap"))
+        return out
+
+    def vma_page_counts(self, r: RegionRef) -> dict[str, int]:
+        """smaps of the region's VMA in base pages: {"rss", "referenced", "dirty"} (PTE bit or folio flag)."""
+        vma = _pte.smaps_vma(self._regions[r.index].addr)
+        kb = PAGE_SIZE // 1024
+        return {"rss": vma.get("Rss", 0) // kb, "referenced": vma.get("Referenced", 0) // kb,
+                "dirty": (vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0)) // kb}
+
+    def write_faults_base(self, r: RegionRef, page: int) -> int:
+        """:meth:`write_faults` for one base page of a region (part of a THP)."""
+        region = self._regions[r.index]
+        from harness._native import lib
+        faults = lib.harness_write_faults(region.addr + page * PAGE_SIZE, 0x5A)
+        if faults < 0:
+            raise OSError(f"getrusage(RUSAGE_THREAD) around a store to {region!r} base page {page}")
+        return int(faults)
+
+    def fork_child(self) -> ForkedChild:
+        return _LiveChild(self._regions)
+
+    def reopen(self) -> None:
+        """Close the fault handler, the userfaultfd and the regions; keep the CPU pinning."""
+        if self._handler is not None:
+            self._handler.stop()
+            self._handler = None
+        for region in self._regions:
+            region.close()
+        for group in self._adjacent:
+            group.close()
+        self._regions, self._adjacent, self._seen = [], [], 0
+        if self._uffd is not None:
+            self._uffd.close()
+            self._uffd = None
 
     def region(self, r: RegionRef) -> Region:
         """The real :class:`Region` behind a reference (kernel backend only)."""
@@ -170,24 +256,34 @@ class KernelBackend(Backend):
         return _pte.observe(self._regions[r.index], page, channel)
 
     def observe_pages(self, pages: list[tuple[RegionRef, int]], channel: str = SMAPS) -> list[PteState]:
-        """Like :meth:`observe` per page, but reading /proc/self/smaps once (one-page regions only)."""
-        if channel != SMAPS or any(r.npages != 1 or r.thp for r, _ in pages):
+        """Like :meth:`observe` per page, but reading /proc/self/smaps once for all of them.
+
+        In a VMA of several pages smaps counts pages: young (dirty) is True when
+        every present page counts, False when none does, None when some do
+        (which pages, smaps cannot say).  THP and hugetlb regions go page by page.
+        """
+        if channel != SMAPS or any(r.thp or r.kind.hugetlb for r, _ in pages):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
         counts = _smaps_counts({region.addr for region in regions})
         out = []
-        for region in regions:
-            entry = _pte.pagemap_entry(region.addr)
+        for region, (_r, page) in zip(regions, pages):
+            entry = _pte.pagemap_entry(region.page_addr(page))
             present = _pte.pagemap_bit(entry, PagemapBit.PRESENT)
-            referenced, dirty = counts.get(region.addr, (0, 0))
+            referenced, dirty, rss = counts.get(region.addr, (0, 0, 0))
+
+            def verdict(count_kb: int) -> Optional[bool]:
+                if not present or count_kb == 0:
+                    return False
+                return True if count_kb == rss or region.npages == 1 else None
             out.append(PteState(
                 present=present, swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
                 file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
                 uffd_wp=_pte.pagemap_bit(entry, PagemapBit.UFFD_WP),
                 exclusive=_pte.pagemap_bit(entry, PagemapBit.EXCLUSIVE),
                 soft_dirty=_pte.pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-                pfn=_pte.pagemap_pfn(entry), young=bool(present and referenced),
-                dirty=bool(present and dirty), source=SMAPS))
+                pfn=_pte.pagemap_pfn(entry), young=verdict(referenced),
+                dirty=verdict(dirty), source=SMAPS))
         return out
 
     def thp_mapping(self, r: RegionRef) -> _pte.ThpMapping:
@@ -241,7 +337,9 @@ class KernelBackend(Backend):
             self._handler = None
         for region in self._regions:
             region.close()
-        self._regions = []
+        for group in self._adjacent:
+            group.close()
+        self._regions, self._adjacent = [], []
         if self._drain_region is not None:
             self._drain_region.close()
             self._drain_region = None
@@ -256,8 +354,72 @@ class KernelBackend(Backend):
             self._affinity = None
 
 
-def _smaps_counts(starts: set) -> dict[int, tuple[int, int]]:
-    """{VMA start: (Referenced kB, Private_Dirty + Shared_Dirty kB)} for the VMAs starting at ``starts``.
+class _LiveChild(ForkedChild):
+    """A forked child that keeps its copy-on-write view of the parent's memory until closed.
+
+    It answers checksum requests (an address in, the FNV-1a sum of that page
+    out) over two pipes, so a test can see whether a store by the parent
+    reached the child's page.  The child runs only the pipe loop and exits
+    with os._exit: nothing of the parent's threads (the fault handler) runs
+    in it, and without UFFD_FEATURE_EVENT_FORK its VMAs are not registered.
+    """
+
+    #: seconds to wait for the child's answer; a child that does not answer is killed
+    TIMEOUT = 30.0
+
+    def __init__(self, regions: list[Region]):
+        import select  # noqa: F401 - imported before the fork, used by the child too
+        from harness._native import lib
+        self._regions = regions
+        req_r, self._req_w = os.pipe()
+        self._ans_r, ans_w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # fork with the handler thread running
+            self.pid = os.fork()
+        if self.pid == 0:                                          # the child
+            try:
+                os.close(self._req_w)
+                os.close(self._ans_r)
+                while True:
+                    data = os.read(req_r, 8)
+                    if len(data) < 8 or data == b"\0" * 8:
+                        break
+                    addr = int.from_bytes(data, "little")
+                    os.write(ans_w, int(lib.harness_checksum(addr, PAGE_SIZE)).to_bytes(8, "little"))
+            finally:
+                os._exit(0)
+        os.close(req_r)
+        os.close(ans_w)
+
+    def checksum(self, r, page: int = 0) -> Optional[int]:
+        import select
+        os.write(self._req_w, self._regions[r.index].page_addr(page).to_bytes(8, "little"))
+        ready, _, _ = select.select([self._ans_r], [], [], self.TIMEOUT)
+        if not ready:
+            self.close()
+            raise TimeoutError(f"forked child {self.pid} did not answer within {self.TIMEOUT:.0f} s")
+        data = os.read(self._ans_r, 8)
+        if len(data) < 8:
+            raise ChildProcessError(f"forked child {self.pid} died before answering")
+        return int.from_bytes(data, "little")
+
+    def close(self) -> None:
+        if self.pid <= 0:
+            return
+        for fd in (self._req_w, self._ans_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.waitpid(self.pid, 0)                     # EOF on its pipe ends the child's loop
+        except ChildProcessError:
+            pass
+        self.pid = 0
+
+
+def _smaps_counts(starts: set) -> dict[int, tuple[int, int, int]]:
+    """{VMA start: (Referenced kB, Private_Dirty + Shared_Dirty kB, Rss kB)} for the VMAs starting at ``starts``.
 
     The file is read once and searched for each VMA's header line (parsing
     every line of a few thousand is what made per-page observation slow).
@@ -272,14 +434,16 @@ def _smaps_counts(starts: set) -> dict[int, tuple[int, int]]:
         if at < 0:
             continue
         stop = text.find("VmFlags:", at)
-        referenced = dirty = 0
+        referenced = dirty = rss = 0
         for line in text[at:stop].splitlines()[1:]:
             key, _, value = line.partition(":")
             if key == "Referenced":
                 referenced = int(value.split()[0])
             elif key in ("Private_Dirty", "Shared_Dirty"):
                 dirty += int(value.split()[0])
-        out[addr] = (referenced, dirty)
+            elif key == "Rss":
+                rss = int(value.split()[0])
+        out[addr] = (referenced, dirty, rss)
     return out
 
 

@@ -13,7 +13,7 @@ from harness.memory import PAGE_SIZE, MemoryKind
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, SMAPS, PteState
 from harness.sim import profiles
 from harness.sim.model import Mm
-from harness.backends.base import SIM, SIMULATOR, Backend, FaultEvent, RegionRef
+from harness.backends.base import SIM, SIMULATOR, Backend, FaultEvent, ForkedChild, RegionRef
 
 
 class SimBackend(Backend):
@@ -104,6 +104,27 @@ class SimBackend(Backend):
     def fork(self) -> None:
         self.mm.fork()
 
+    def fork_child(self) -> ForkedChild:
+        """copy_present_ptes() as for a child that stays: the model keeps no child memory to read."""
+        self.mm.fork()
+        return _ModelChild()
+
+    def write_faults(self, r: RegionRef, page: int = 0) -> int:
+        """The model's PTE says whether the store faults: present, writable and not uffd-wp takes none."""
+        pte = self._vmas[r.index].ptes[page]
+        faults = 0 if pte is not None and pte.folio is not None and pte.write and not pte.uffd_wp else 1
+        sig = self.write(r, page)
+        if sig:
+            raise AssertionError(f"a store to {r} page {page} got signal {sig}")
+        return faults
+
+    def reopen(self) -> None:
+        """A new address space on the same profile: regions and the userfaultfd go with the old one."""
+        self.close()
+        self.mm = Mm(self._profile, soft_dirty=self.mm.soft_dirty_config, swap=self.mm.swap_config)
+        self._vmas = []
+        self._seen = 0
+
     def clear_refs(self, value: int) -> None:
         self.mm.clear_refs(value)
 
@@ -163,3 +184,13 @@ class SimBackend(Backend):
         for vma in self._vmas:
             if vma in self.mm.vmas:
                 self.mm.munmap(vma)
+
+
+class _ModelChild(ForkedChild):
+    """The simulator's forked child: it exists only as the parent's lost exclusivity."""
+
+    def checksum(self, r: RegionRef, page: int = 0) -> None:
+        return None
+
+    def close(self) -> None:
+        pass

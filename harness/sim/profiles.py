@@ -158,10 +158,11 @@ YOUNG_ONLY = register(Profile(
     broken=True, expected_failures=frozenset({3})))
 DIRTY_SHARED = register(Profile(
     name="access-hints-dirty-shared",
-    description="BROKEN example: WRITE_LIKELY dirties clean shared PTEs and soft-dirty-tracked PTEs (fails 3, 4, 8)",
+    description="BROKEN example: WRITE_LIKELY dirties (and makes writable) clean shared PTEs and "
+                "soft-dirty-tracked PTEs (fails 2 with both hints, 3, 4, 8)",
     release="6.12.0-dirty-shared-sim", features=_HINT_FEATURES,
     check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=dirty_shared_uffd_wp_resolve,
-    broken=True, expected_failures=frozenset({3, 4, 8})))
+    broken=True, expected_failures=frozenset({2, 3, 4, 8})))
 IGNORED = register(Profile(
     name="access-hints-ignored",
     description="BROKEN example: accepts the hints and does nothing with them, as 6.12 would (fails 2, 3)",

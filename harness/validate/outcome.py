@@ -39,6 +39,12 @@ class KernelOutcome:
             return {}
         return {int(n): c["result"] for n, c in self.summary.get("clauses", {}).items()}
 
+    def clause_gaps(self) -> dict[int, list[str]]:
+        """{clause: what kept it from being shown} from the summary (empty lists where nothing did)."""
+        if not self.summary:
+            return {}
+        return {int(n): list(c.get("gaps", [])) for n, c in self.summary.get("clauses", {}).items()}
+
     def selftest_runs(self) -> dict[str, SelftestRun]:
         runs = {}
         for name, d in self.steps.get("selftests", {}).items():

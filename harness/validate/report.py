@@ -23,6 +23,7 @@ def render_markdown(report: dict) -> str:
             for b, ch in v.items()) for k, v in clause["observed_via"].items() if v)
         rows.append([n, clause["text"]] + [clause.get(k, "") for k in names] + [via])
     lines += [tabulate(rows, headers=["clause", "what"] + names + ["observed via"], tablefmt="github"), ""]
+    lines += _coverage_markdown(report)
     lines += ["## Kernels", ""]
     krows = []
     for name, k in report["kernels"].items():
@@ -65,6 +66,28 @@ def render_markdown(report: dict) -> str:
     lines += ["## Reproduce", "", "```", json.dumps(report["reproduce"], indent=2), "```", "",
               f"Total time: {report['seconds']} s"]
     return "\n".join(lines) + "\n"
+
+
+def _coverage_markdown(report: dict) -> list[str]:
+    """Per clause and kernel: each memory target (kind x shape) it ran on, the backend and the channels."""
+    from tabulate import tabulate
+    rows = []
+    for n, clause in report["clauses"].items():
+        for kernel, targets in clause.get("coverage", {}).items():
+            for label, c in sorted(targets.items()):
+                rows.append([n, kernel, label, c.get("outcome") or "-", c.get("backend") or "-",
+                             ", ".join(c.get("channels", [])) or "-"])
+        for kernel, gaps in clause.get("gaps", {}).items():
+            for gap in gaps:
+                rows.append([n, kernel, "not shown", gap, "", ""])
+    if not rows:
+        return []
+    return ["## Coverage", "",
+            "Each clause's cases: memory kind and range shape (`-span`: several pages over two VMAs across a "
+            "PMD boundary, one ioctl; `-thp`: a PMD-mapped THP), where they ran, and the channels that "
+            "observed them (the write probe sees writability on every backend).", "",
+            tabulate(rows, headers=["clause", "kernel", "memory", "outcome", "backend", "channels"],
+                     tablefmt="github"), ""]
 
 
 def _fmt_interval(lo, hi) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness import paths
+from harness.errors import HarnessError
 from harness.selftests import SELFTESTS
 from harness.validate.guest import (GUEST_MARKERS, PYTEST_TIMEOUT, SELFTEST_TIMEOUT, BENCH_TIMEOUT, Log, _log,
                                     guest_environment, run_steps)
@@ -67,7 +68,7 @@ def qemu_unavailable() -> Optional[str]:
         check_runner_host()
     except ImportError as exc:
         return f"the vm room is not installed ({exc})"
-    except Exception as exc:  # noqa: BLE001 - MissingToolError and friends, all with a message
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # MissingToolError and friends
         return str(exc).splitlines()[0]
     return None
 
@@ -77,7 +78,7 @@ def _build(name: str, patches: Optional[Path], out: Path, log: Log) -> KernelOut
     outcome = KernelOutcome(name, "guest", out)
     try:
         outcome.build = vm_build.build_kernel(name, patches, log=log).info
-    except Exception as exc:  # noqa: BLE001 - reported, and the other kernel still runs
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # reported; the other kernel still runs
         outcome.error = f"build failed: {exc}"
     return outcome
 
@@ -96,7 +97,7 @@ def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) 
         outcome.accel = result.accel
         if result.returncode != 0:
             outcome.error = f"guest command exited {result.returncode}"
-    except Exception as exc:  # noqa: BLE001 - GuestPanic, GuestTimeout, ...: reported
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # GuestPanic, GuestTimeout, ...
         outcome.error = f"guest failed: {exc}"
     outcome.seconds = time.monotonic() - t0
     outcome.load()
@@ -131,7 +132,7 @@ def _plot_benches(outcomes: list[KernelOutcome], log: Log) -> None:
         if o.bench:
             try:
                 bench.plot_document(o.bench, o.out / "bench.png")
-            except Exception as exc:  # noqa: BLE001 - a plot is never worth failing the validation
+            except (ImportError, OSError, ValueError, RuntimeError) as exc:   # a plot never fails a validation
                 log(f"[validate] {o.name}: no plot ({exc})")
 
 
@@ -166,6 +167,7 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     t0 = time.monotonic()
     results.mkdir(parents=True, exist_ok=True)
     candidate = "patched" if patches is None else candidate_name(patches)
+    _clear_results(results, ["host", "stock", candidate], log)
     reason = qemu_unavailable()
     outcomes: list[KernelOutcome] = []
     if reason:
@@ -192,6 +194,27 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     write_report(report, results)
     print(render_terminal(report, results))
     return 0 if report["ok"] else 1
+
+
+#: what a validation writes at the top of the results directory (calibration.json and bench.json of
+#: `make bench` on the host stay: they are the host's, not this run's)
+REPORT_FILES = ("report.md", "report.json", "report.tap", "report.junit.xml")
+
+
+def _clear_results(results: Path, kernels: list[str], log: Log) -> None:
+    """Start from an empty results directory: no earlier run's summary can speak for this one."""
+    import shutil
+    removed = 0
+    for name in kernels:
+        if (results / name).exists():
+            shutil.rmtree(results / name)
+            removed += 1
+    for name in REPORT_FILES:
+        if (results / name).exists():
+            (results / name).unlink()
+            removed += 1
+    if removed:
+        log(f"[validate] removed {removed} result(s) of an earlier run from {results}")
 
 
 def _host_selftests_dir() -> Optional[Path]:

@@ -11,44 +11,53 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from harness.backends.contract import CONTRACT
 from harness.selftests import SELFTESTS, regressions
 from harness.validate.outcome import KernelOutcome
 
-#: what each contract clause says (BRIEF 2.2), for the report
-CLAUSES = {
-    1: "hint bits without UFFD_FEATURE_ACCESS_HINTS negotiated are rejected with EINVAL",
-    2: "un-protect with ACCESS_LIKELY: every present PTE it resolves is young",
-    3: "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
-    4: "hints never make a clean shared (shmem / page-cache) PTE writable or dirty",
-    5: "un-protect without hints leaves young and dirty as they were",
-    6: "hints together with MODE_WP are rejected with EINVAL",
-    7: "hints populate nothing: empty PTEs and uffd-wp markers stay",
-    8: "where soft-dirty tracking needs the write fault, the PTE is not made writable, so not dirtied",
-}
+#: what each contract clause says (BRIEF 2.2), from the one table
+CLAUSES = {n: clause.text for n, clause in CONTRACT.items()}
+
+#: verdict kinds; only HOLDS exits 0
+HOLDS, BROKEN, NOT_SHOWN, ABSENT, ERROR = "holds", "broken", "not shown", "absent", "error"
 
 
-def _verdict(outcomes: list[KernelOutcome], candidate: Optional[KernelOutcome]) -> tuple[str, str]:
-    """(kind, line): kind is holds, broken, absent or error."""
+def _verdict(outcomes: list[KernelOutcome], candidate: Optional[KernelOutcome],
+             evidence: list[str]) -> tuple[str, str]:
+    """(kind, line): kind is holds, broken, not shown, absent or error.
+
+    ``evidence``: problems seen by checks other than the contract tests (the
+    suite's other tests, the selftests, the benchmarks' state checks, a
+    crashed or timed-out step).  Evidence against the contract that maps to
+    no clause can never leave the verdict at "holds": it makes it "not
+    shown", so the headline and the exit status always agree.
+    """
     if candidate is None:
         host = outcomes[0] if outcomes else None
         if host and host.summary and host.summary.get("patched"):
             candidate = host
         else:
-            return "absent", (f"feature absent: kernel {platform.release()} does not offer "
-                              "UFFD_FEATURE_ACCESS_HINTS; clauses 2-4 and 6-8 ran on the simulator only")
-    if candidate.error and not candidate.summary:
-        return "error", f"error: kernel '{candidate.name}': {candidate.error.splitlines()[0]}"
-    if not candidate.summary:
-        return "error", f"error: kernel '{candidate.name}' produced no test summary"
+            return ABSENT, (f"feature absent: kernel {platform.release()} does not offer "
+                            "UFFD_FEATURE_ACCESS_HINTS; clauses 2-4 and 6-8 ran on the simulator only")
     failed = [n for n, r in sorted(candidate.clauses.items()) if r == "fail"]
     if failed:
-        return "broken", "contract broken: " + "; ".join(f"clause {n} ({CLAUSES[n]})" for n in failed)
+        return BROKEN, "contract broken: " + "; ".join(f"clause {n} ({CLAUSES[n]})" for n in failed)
+    if candidate.error:
+        return ERROR, f"error: kernel '{candidate.name}': {candidate.error.splitlines()[0]}"
+    if not candidate.summary:
+        return ERROR, f"error: kernel '{candidate.name}' produced no test summary"
     if not candidate.summary.get("patched"):
-        return "absent", f"feature absent: kernel '{candidate.name}' does not offer UFFD_FEATURE_ACCESS_HINTS"
-    not_passed = [n for n, r in sorted(candidate.clauses.items()) if r != "pass"]
+        return ABSENT, f"feature absent: kernel '{candidate.name}' does not offer UFFD_FEATURE_ACCESS_HINTS"
+    missing = [n for n in CLAUSES if n not in candidate.clauses]
+    not_passed = [n for n, r in sorted(candidate.clauses.items()) if r != "pass"] + missing
     if not_passed:
-        return "broken", "contract not shown: clauses " + ", ".join(map(str, not_passed)) + " did not run on the kernel"
-    return "holds", f"contract holds: kernel '{candidate.name}' keeps all {len(CLAUSES)} clauses"
+        gaps = candidate.clause_gaps()
+        detail = "; ".join(f"clause {n}: " + (", ".join(gaps.get(n, [])[:2]) or candidate.clauses.get(n, "did not run"))
+                           for n in sorted(not_passed))
+        return NOT_SHOWN, f"contract not shown: {detail}"
+    if evidence:
+        return NOT_SHOWN, f"contract not shown: every clause passed, but {evidence[0]}"
+    return HOLDS, f"contract holds: kernel '{candidate.name}' keeps all {len(CLAUSES)} clauses"
 
 
 def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool, seconds: float,
@@ -57,7 +66,6 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
     stock = by_name.get("stock")
     # The kernel under validation: any guest kernel that is not the stock control.
     candidate = next((o for o in outcomes if o.where == "guest" and o.name != "stock"), None)
-    kind, line = _verdict(outcomes, candidate)
     problems = []
     for o in outcomes:
         if o.error:
@@ -84,9 +92,10 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                 if regs:
                     selftest_regressions[name] = regs
                     problems.append(f"selftest {name}: regressions on '{candidate.name}': {', '.join(regs)}")
+    kind, line = _verdict(outcomes, candidate, problems)
     report = {
         "verdict": {"kind": kind, "line": line},
-        "ok": kind == "holds" and not problems,
+        "ok": kind == HOLDS and not problems,
         "problems": problems,
         "qemu": qemu_reason or "ok",
         "quick": quick,
@@ -95,7 +104,10 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
         "clauses": {n: {"text": CLAUSES[n], **{o.name: o.clauses.get(n, "error" if o.error else "absent")
                                                for o in outcomes},
                         "observed_via": _per_backend(outcomes, n, "channels"),
-                        "memory": _per_backend(outcomes, n, "memory")} for n in CLAUSES},
+                        "memory": _per_backend(outcomes, n, "memory"),
+                        "coverage": _per_backend(outcomes, n, "coverage"),
+                        "gaps": {o.name: o.clause_gaps().get(n, []) for o in outcomes if o.clause_gaps().get(n)}}
+                    for n in CLAUSES},
         "selftest_regressions": selftest_regressions,
         "bench": _bench_comparison(stock, candidate),
         "reproduce": _reproduce(outcomes, patches, quick),

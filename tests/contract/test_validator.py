@@ -54,3 +54,11 @@ def test_stock_profile_cannot_negotiate_hints(n):
 def test_stock_profile_passes_clauses_1_and_5(n):
     results = run_clause(n, lambda: SimBackend("linux-6.12"))
     assert not any(results.values()), results
+
+
+def test_readme_shows_the_contract_table():
+    """The README's contract table is the one in the code (CONTRACT), not a copy that drifts."""
+    from pathlib import Path
+    from harness.backends.contract import markdown_table
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme, "README.md's contract table differs from harness.backends.contract.CONTRACT"
