@@ -107,6 +107,9 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
                    help="guests at a time (default 2; builds run one at a time meanwhile)")
     m.add_argument("--timeout", type=float, default=900.0, metavar="S",
                    help="kill a guest after S seconds (default 900)")
+    m.add_argument("--its-clauses", action="store_true",
+                   help="run only the clauses the mutant must or may break (faster; the others are "
+                   "then 'not shown', so 'breaks nothing else' is not checked)")
     m.add_argument("--json", action="store_true", help="with --list: the table as JSON")
     m.add_argument("--markdown", action="store_true",
                    help="with --list: the table as Markdown (as vm/mutants/README.md shows it)")
@@ -222,7 +225,7 @@ def _cmd_mutant(args: argparse.Namespace) -> int:
             print(mutants.generate(m))
         return 0
     status = 0
-    for r in mutants.run_many(chosen, workers=args.parallel, timeout=args.timeout):
+    for r in mutants.run_many(chosen, workers=args.parallel, timeout=args.timeout, its_clauses=args.its_clauses):
         m = r.mutant
         if r.error or not r.summary:
             print(f"{m.name}: NOT SHOWN: {r.error or f'the guest wrote no summary.json (exit {r.returncode})'}; "
@@ -230,7 +233,7 @@ def _cmd_mutant(args: argparse.Namespace) -> int:
             status = 1
             continue
         missed = [n for n in m.clauses if n not in r.caught()]
-        extra = r.unexpected()
+        extra = r.unexpected()   # a clause outside the selection fails only if its tests ran
         results = " ".join(f"{n}:{v}" for n, v in r.results().items())
         if missed or extra:
             status = 1

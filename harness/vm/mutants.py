@@ -296,6 +296,7 @@ class MutantRun:
     guest_seconds: float
     console_tail: Sequence[str] = ()
     error: Optional[str] = None    # the build or the guest failed: why (then ``summary`` is None)
+    full: bool = True              # the whole contract ran (else only the mutant's clauses)
 
     def results(self) -> dict[str, str]:
         """{clause number: pass / fail / ...} from the guest's summary.json ({} without one)."""
@@ -321,15 +322,26 @@ def build(m: Mutant, *, log=None, progress: bool = False):
     return build_kernel(m.kernel_name, generate(m), seed_from=SEED, progress=progress, **kwargs)
 
 
-def contract_argv(summary: Path) -> list[str]:
-    """The guest command: the contract suite, with its per-clause summary written to ``summary``."""
-    return [sys.executable, "-m", "pytest", "tests/contract", "-p", "no:cacheprovider",
+def contract_argv(summary: Path, clauses: Optional[Sequence[int]] = None) -> list[str]:
+    """The guest command: the contract suite, with its per-clause summary written to ``summary``.
+
+    ``clauses``: run only those clauses' cases (``test_contract_clause[clauseN-...]``); the others
+    then come out "not shown" in the summary, so only the full suite says a mutant breaks nothing else.
+    """
+    argv = [sys.executable, "-m", "pytest", "tests/contract", "-p", "no:cacheprovider",
             "-q", "-rfE", "--summary-json", str(summary)]
+    if clauses:
+        argv += ["-k", "test_contract_clause and (" + " or ".join(f"clause{n}-" for n in sorted(set(clauses))) + ")"]
+    return argv
 
 
 def run_guest(m: Mutant, kernel, rwdir: Path, *, timeout: float = GUEST_TIMEOUT,
-              build_seconds: float = 0.0, cpus: int = 2, log=None) -> MutantRun:
-    """Boot ``kernel`` (``m``'s build) and run the contract suite in it; results land in ``rwdir``."""
+              build_seconds: float = 0.0, cpus: int = 2, its_clauses: bool = False, log=None) -> MutantRun:
+    """Boot ``kernel`` (``m``'s build) and run the contract suite in it; results land in ``rwdir``.
+
+    ``its_clauses``: only the clauses the mutant must or may break (a third of the guest time or
+    less), instead of the whole contract.
+    """
     from .runner import run_in_guest
     rwdir = Path(rwdir)
     rwdir.mkdir(parents=True, exist_ok=True)
@@ -338,13 +350,14 @@ def run_guest(m: Mutant, kernel, rwdir: Path, *, timeout: float = GUEST_TIMEOUT,
     summary_path = rwdir / "summary.json"
     t0 = time.monotonic()
     kwargs = {"log": log} if log is not None else {}
-    res = run_in_guest(kernel, contract_argv(summary_path), timeout=timeout, rwdir=rwdir,
+    clauses = tuple(m.clauses) + tuple(m.also) if its_clauses else None
+    res = run_in_guest(kernel, contract_argv(summary_path, clauses), timeout=timeout, rwdir=rwdir,
                        env={"PYTHONDONTWRITEBYTECODE": "1"}, capture=True, cpus=cpus,
                        console_log=rwdir / "console.log", **kwargs)
     (rwdir / "pytest-output.txt").write_text(res.output)
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return MutantRun(m, kernel, res.returncode, res.output, summary, rwdir, build_seconds,
-                     time.monotonic() - t0, tuple(res.console_tail or ()))
+                     time.monotonic() - t0, tuple(res.console_tail or ()), full=not its_clauses)
 
 
 def results_dir(m: Mutant) -> Path:
@@ -353,7 +366,7 @@ def results_dir(m: Mutant) -> Path:
 
 
 def run_many(ms: Sequence[Mutant], *, workers: int = 2, timeout: float = GUEST_TIMEOUT,
-             rwdir_of: Callable[[Mutant], Path] = results_dir,
+             its_clauses: bool = False, rwdir_of: Callable[[Mutant], Path] = results_dir,
              log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
              ) -> Iterator[MutantRun]:
     """Build each mutant (one build at a time) and run its guest, ``workers`` guests at a time.
@@ -387,21 +400,25 @@ def run_many(ms: Sequence[Mutant], *, workers: int = 2, timeout: float = GUEST_T
             build_secs = time.monotonic() - t0
             log(f"[mutant] {m.name}: kernel {'reused' if kernel.cached else 'built'} in {build_secs:.0f} s; "
                 "guest queued")
-            futures.append(pool.submit(_guarded_guest, m, kernel, rwdir_of(m), timeout, build_secs, cpus, log))
+            futures.append(pool.submit(_guarded_guest, m, kernel, rwdir_of(m), timeout, build_secs, cpus,
+                                       its_clauses, log))
         for fut in futures:
             yield fut.result()
-    except KeyboardInterrupt:
-        log(f"[mutant] interrupted: killed {kill_all_guests()} guest(s)")
+    except (KeyboardInterrupt, GeneratorExit):
+        for fut in futures:          # first, so that no queued guest starts when a killed one returns
+            fut.cancel()
+        log(f"[mutant] stopped: killed {kill_all_guests()} guest(s)")
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 
 
 def _guarded_guest(m: Mutant, kernel, rwdir: Path, timeout: float, build_secs: float, cpus: int,
-                   log) -> MutantRun:
+                   its_clauses: bool, log) -> MutantRun:
     t0 = time.monotonic()
     try:
-        r = run_guest(m, kernel, rwdir, timeout=timeout, build_seconds=build_secs, cpus=cpus, log=log)
+        r = run_guest(m, kernel, rwdir, timeout=timeout, build_seconds=build_secs, cpus=cpus,
+                      its_clauses=its_clauses, log=log)
     except VmError as exc:       # GuestPanic, GuestTimeout, ...
         return MutantRun(m, kernel, -1, "", None, Path(rwdir), build_secs, time.monotonic() - t0,
                          tuple(getattr(exc, "console_tail", ()) or ()), error=f"guest failed: {exc}")
@@ -410,8 +427,9 @@ def _guarded_guest(m: Mutant, kernel, rwdir: Path, timeout: float, build_secs: f
     return r
 
 
-def run(m: Mutant, rwdir: Optional[Path] = None, *, timeout: float = GUEST_TIMEOUT, log=None) -> MutantRun:
+def run(m: Mutant, rwdir: Optional[Path] = None, *, timeout: float = GUEST_TIMEOUT, its_clauses: bool = False,
+        log=None) -> MutantRun:
     """Build ``m`` and run the contract in a guest of it (results in build/results/mutant-<name>/)."""
     kwargs = {"log": log} if log is not None else {}
-    return next(run_many([m], workers=1, timeout=timeout,
+    return next(run_many([m], workers=1, timeout=timeout, its_clauses=its_clauses,
                          rwdir_of=lambda _m: Path(rwdir) if rwdir is not None else results_dir(_m), **kwargs))
