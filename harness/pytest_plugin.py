@@ -430,7 +430,9 @@ def build_summary(results: _Results, config) -> dict:
         }
     hints = abi.hint_abi()
     from harness.sim import profiles
+    from harness.reports import SUMMARY_SCHEMA
     return {
+        "schema": SUMMARY_SCHEMA,
         "kernel_release": platform.release(),
         "patched": Feature.ACCESS_HINTS in offered,
         "features": {"offered": sorted(f.name for f in offered), "negotiated": sorted(negotiated)},

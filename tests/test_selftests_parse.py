@@ -1,7 +1,6 @@
 """Parsing the kernel selftests' output, and running one with a timeout."""
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 

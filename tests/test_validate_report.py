@@ -196,3 +196,24 @@ def test_a_validation_starts_from_an_empty_results_directory(tmp_path):
     outcome.load()
     report = build_report([_outcome(tmp_path, "stock", False, STOCK), outcome], None, False, 1.0)
     assert report["verdict"]["kind"] == "error" and "timed out" in report["verdict"]["line"]
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda d: None, "no series file and no *.patch"),
+    (lambda d: (d / "series").write_text("0001-not-here.patch\n"), "0001-not-here.patch"),
+])
+def test_a_bad_series_is_refused_before_anything_is_built(tmp_path, monkeypatch, capsys, make, expect):
+    """validate --patches checks the series first: one line, exit 2, no build, no results touched."""
+    from harness.vm import build as vm_build
+    series = tmp_path / "series-dir"
+    series.mkdir()
+    make(series)
+    monkeypatch.setattr(vm_build, "check_host", lambda **kwargs: None)
+    monkeypatch.setattr(vm_build, "build_kernel", lambda *a, **k: pytest.fail("validate built a kernel"))
+    results = tmp_path / "results"
+    (results / "stock").mkdir(parents=True)
+    (results / "stock" / "summary.json").write_text("{}")
+    lines = []
+    assert run.validate(series, results=results, log=lines.append) == 2
+    assert len(lines) == 1 and expect in lines[0] and "--patches" in lines[0], lines
+    assert (results / "stock" / "summary.json").exists(), "a refused series must lose nothing"

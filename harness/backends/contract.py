@@ -60,6 +60,7 @@ from harness import abi
 from harness.abi import Feature, RegisterMode
 from harness.memory import MemoryKind
 from harness.backends.base import CHANNEL_FIELDS, Backend, RegionRef
+from harness.pte import PTE
 
 #: capabilities a clause may need besides userfaultfd features (the simulator models both)
 SOFT_DIRTY = "soft-dirty"
@@ -365,11 +366,32 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
         if after["dirty"] != want_dirty:
             problems.append(f"{text}: smaps counts {after['dirty']} dirty pages, expected {want_dirty} "
                             f"({dirty_before} before the un-protect)")
+        if PTE in b.channels():
+            problems += _thp_part_ptes(b.pte_entries(r), part, case, n, text)
         for i in part:
             faults = b.write_faults_base(r, i)
             if faults:
                 problems.append(f"{text}: base page {i} not writable after the un-protect (a store took "
                                 f"{faults} fault(s))")
+    return problems
+
+
+def _thp_part_ptes(entries: list, part: range, case: Case, n: int, text: str) -> list[str]:
+    """Part of a THP through the pte channel, base page by base page: after the split every PTE has the
+    PMD's young and dirty (__split_huge_pmd_locked()); the part gets what the hint adds, and is writable."""
+    problems = []
+    for i, e in enumerate(entries):
+        in_part = i in part
+        want = {"young": (not case.old) or (in_part and n in (2, 3)),
+                "dirty": (not case.clean) or (in_part and n == 3),
+                "writable": in_part, "uffd_wp": not in_part}
+        for field, value in want.items():
+            if getattr(e, field) != value:
+                problems.append(f"{text}: base page {i} {field} is {getattr(e, field)} through {PTE} "
+                                f"(level {e.level}), expected {value}")
+        if len(problems) > 8:
+            problems.append(f"{text}: more base pages differ (first ones above)")
+            break
     return problems
 
 

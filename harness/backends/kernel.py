@@ -16,7 +16,7 @@ from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
 from harness.events import FaultHandler, PageFault
 from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
-from harness.pte import IDLE_PAGE, KPAGEFLAGS, SMAPS, PteState
+from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, PteState
 from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
 
 
@@ -256,12 +256,15 @@ class KernelBackend(Backend):
         return _pte.observe(self._regions[r.index], page, channel)
 
     def observe_pages(self, pages: list[tuple[RegionRef, int]], channel: str = SMAPS) -> list[PteState]:
-        """Like :meth:`observe` per page, but reading /proc/self/smaps once for all of them.
+        """Like :meth:`observe` per page, but reading /proc/self/smaps once for all of them, or the pte
+        channel once per region.
 
         In a VMA of several pages smaps counts pages: young (dirty) is True when
         every present page counts, False when none does, None when some do
         (which pages, smaps cannot say).  THP and hugetlb regions go page by page.
         """
+        if channel == PTE:
+            return self.observe_ptes(pages)
         if channel != SMAPS or any(r.thp or r.kind.hugetlb for r, _ in pages):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
@@ -285,6 +288,30 @@ class KernelBackend(Backend):
                 pfn=_pte.pagemap_pfn(entry), young=verdict(referenced),
                 dirty=verdict(dirty), source=SMAPS))
         return out
+
+    def observe_ptes(self, pages: list[tuple[RegionRef, int]]) -> list[PteState]:
+        """Many pages through the pte channel: one write + read per region (covering its pages asked for)."""
+        wanted: dict[int, list[int]] = {}
+        for r, page in pages:
+            wanted.setdefault(r.index, []).append(page)
+        seen: dict[tuple[int, int], PteState] = {}
+        for index, plist in wanted.items():
+            lo, hi = min(plist), max(plist)
+            for page, state in zip(range(lo, hi + 1), _pte.observe_ptes(self._regions[index], lo, hi - lo + 1)):
+                seen[index, page] = state
+        return [seen[r.index, page] for r, page in pages]
+
+    def pte_entries(self, r: RegionRef, first: int = 0, count: Optional[int] = None) -> list[_pte.PteEntry]:
+        """The base-page entries of pages [first, first+count) (512 per THP page), from the pte channel."""
+        region = self._regions[r.index]
+        start, length = region.span(first, count)
+        return _pte.read_ptes(start, length // PAGE_SIZE)
+
+    def cross_check(self, r: RegionRef, page: int = 0) -> _pte.CrossCheck:
+        """kpageflags, pte, smaps and idle-page of one page, read in that order (:func:`harness.pte.cross_check`)."""
+        if IDLE_PAGE in self._channels:
+            self._drain_lru()
+        return _pte.cross_check(self._regions[r.index], page)
 
     def thp_mapping(self, r: RegionRef) -> _pte.ThpMapping:
         return _pte.thp_mapping(self._regions[r.index])
@@ -448,8 +475,10 @@ def _smaps_counts(starts: set) -> dict[int, tuple[int, int, int]]:
 
 
 def available_channels() -> list[str]:
-    """smaps always; idle-page and kpageflags when this process may use them."""
-    channels = [SMAPS]
+    """pte first where the kernel has the instrumentation; smaps always; idle-page and kpageflags
+    when this process may use them."""
+    channels = [PTE] if _pte.pte_channel_available() is None else []
+    channels.append(SMAPS)
     if _pte.idle_page_tracking_available() is None and _pte.pfn_visible():
         channels.append(IDLE_PAGE)
     if _pte.kpageflags_available() is None and _pte.pfn_visible():
@@ -460,7 +489,8 @@ def available_channels() -> list[str]:
 def unavailable_channels() -> dict[str, str]:
     """Why each missing channel is missing (for skip messages and reports)."""
     reasons = {}
-    for channel, check in ((IDLE_PAGE, _pte.idle_page_tracking_available), (KPAGEFLAGS, _pte.kpageflags_available)):
+    for channel, check in ((PTE, _pte.pte_channel_available), (IDLE_PAGE, _pte.idle_page_tracking_available),
+                           (KPAGEFLAGS, _pte.kpageflags_available)):
         reason = check()
         if reason:
             reasons[channel] = reason

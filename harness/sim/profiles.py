@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 from harness import abi
 from harness.abi import Feature
+from harness.errors import InvalidArgument
+from harness.sim.pgtable import pte_mkdirty
 
 #: hint names, as passed to ``uffd_wp_resolve``
 ACCESS_LIKELY = "access_likely"
@@ -81,7 +83,6 @@ def hints_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> No
     A clean shared PTE is never made writable (can_change_pte_writable()
     returns pte_dirty() for VM_SHARED), so it is never dirtied here either.
     """
-    from harness.sim.model import pte_mkdirty
     if hints:
         if ACCESS_LIKELY in hints:
             pte.young = True
@@ -101,7 +102,6 @@ def young_only_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) 
 
 def dirty_shared_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
     """A deliberately broken patch: WRITE_LIKELY dirties and write-enables every PTE, shared or not."""
-    from harness.sim.model import pte_mkdirty
     if ACCESS_LIKELY in hints:
         pte.young = True
     if WRITE_LIKELY in hints and vma.vm_write:
@@ -186,20 +186,34 @@ def load_user_profiles() -> None:
     import importlib.util
     import os
     for spec in filter(None, (part.strip() for part in os.environ.get(USER_PROFILES_ENV, "").split(","))):
-        if spec.endswith(".py"):
-            mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            importlib.import_module(spec)
+        # What names no loadable module is bad input; an error raised by the module's own code is its
+        # author's to see, with the traceback.
+        try:
+            if spec.endswith(".py"):
+                mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
+                module = importlib.util.module_from_spec(mod_spec)
+                mod_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except (ImportError, OSError, SyntaxError, ValueError) as exc:
+            raise InvalidArgument(f"${USER_PROFILES_ENV}", repr(spec),
+                                  f"cannot load it ({type(exc).__name__}: {exc}); give comma-separated module "
+                                  "names on sys.path or paths of .py files") from exc
+
+
+class UnknownProfile(InvalidArgument, KeyError):
+    """No profile of that name (a KeyError too, for callers that look profiles up like a dict)."""
+
+    __str__ = InvalidArgument.__str__
 
 
 def get(name: str) -> Profile:
     load_user_profiles()
     try:
         return PROFILES[name]
-    except KeyError:
-        raise KeyError(f"no simulator profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+    except (KeyError, TypeError):
+        raise UnknownProfile("simulator", "profile", f"no profile {name!r}; known: {', '.join(sorted(PROFILES))}") \
+            from None
 
 
 def for_kernel(offers_access_hints: bool) -> Profile:

@@ -36,6 +36,8 @@ the cost model a simulator reads; every number is in TSC cycles unless named oth
                             ``first_touch.<young|old>_<dirty|clean>.<read|write>`` with a cold TLB,
                             ``...warm_tlb`` with a warm one)
 ``net_medians``             object: the same keys, ``median - empty_cycles``
+``intervals``, ``net_intervals``  object: the same keys -> ``[lo, hi]``, the 95% interval of the median
+                            (raw, and net); a projection from the cost model carries it
 ``absent``                  object: scenario name -> why it has no figure ("absent: kernel lacks ...")
 
 ``bench.json`` (``"schema": "uffd-harness/bench/1"``) holds ``config``, ``calibration`` (the

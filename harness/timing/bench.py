@@ -25,8 +25,9 @@ from harness.timing.calibrate import Calibration
 from harness.timing.scenarios import (RFC_COVER_LETTER_CYCLES, RFC_COVER_LETTER_CYCLES_TWO_THREADS, Context,
                                       Scenario)
 
-BENCH_SCHEMA = "uffd-harness/bench/1"
-CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
+from harness.timing.documents import BENCH_SCHEMA, CALIBRATION_SCHEMA, load_bench  # noqa: F401 - re-exported
+from harness.timing.documents import load_previous_calibration  # noqa: F401 - bench --calibration uses it
+
 RESULTS_DIR = Path("build/results")
 DEFAULT_JSON = RESULTS_DIR / "bench.json"
 DEFAULT_PLOT = RESULTS_DIR / "bench.png"
@@ -34,6 +35,18 @@ DEFAULT_CALIBRATION = RESULTS_DIR / "calibration.json"
 
 #: the binding's goal: a toggle through Userfaultfd.writeprotect within this factor of the C loop
 WP_TOGGLE_TARGET_RATIO = 1.5
+#: the batched path: a toggle per range through Userfaultfd.writeprotect_many within this factor of the C loop
+WP_BATCH_TARGET_RATIO = 1.1
+#: the single call: Userfaultfd.writeprotect within this factor of the cheapest cffi call (cffi_floor)
+WP_SINGLE_VS_FLOOR_TARGET_RATIO = 1.15
+
+#: (key in derived, scenario, reference scenario, target): ratios of medians, each with its interval
+TARGET_RATIOS = (
+    ("wp_batch", "binding.wp_toggle.batch", "binding.wp_toggle.c", WP_BATCH_TARGET_RATIO),
+    ("wp_batch_list", "binding.wp_toggle.batch_list", "binding.wp_toggle.c", None),
+    ("wp_single_vs_floor", "binding.wp_toggle.python", "binding.wp_toggle.cffi_floor",
+     WP_SINGLE_VS_FLOOR_TARGET_RATIO),
+)
 
 OK = "ok"
 
@@ -171,6 +184,15 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
                 entry["noop_ioctl_cffi_raw_cycles"] = noop_raw.summary.median
                 entry["per_call_method_cycles"] = noop_py.summary.median - noop_raw.summary.median
         out["wp_toggle"] = entry
+    for key, name, ref_name, target in TARGET_RATIOS:
+        res, ref = results.get(name), results.get(ref_name)
+        if res and ref and res.ok and ref.ok:
+            lo, hi = stats.bootstrap_ratio_ci(ref.samples, res.samples, seed=seed,
+                                              batches_a=ref.batches, batches_b=res.batches)
+            ratio = res.summary.median / ref.summary.median
+            out[key] = {"scenario": name, "reference": ref_name, "ratio": ratio, "ci95": [lo, hi],
+                        "median_cycles": res.summary.median, "reference_median_cycles": ref.summary.median,
+                        "target": target, "within_target": None if target is None else ratio <= target}
     for key, name, (before, after), threads in (
             ("rfc_loop", "rfc.mprotect_loop", RFC_COVER_LETTER_CYCLES, "one thread"),
             ("rfc_loop_two_threads", "rfc.mprotect_loop.two_threads", RFC_COVER_LETTER_CYCLES_TWO_THREADS,
@@ -211,44 +233,37 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
     updates the model instead of truncating it.
     """
     medians: dict[str, float] = {}
+    intervals: dict[str, list[float]] = {}
     absent: dict[str, str] = {}
     if previous and previous.get("schema") == CALIBRATION_SCHEMA and all(
             previous.get(k) == getattr(cal, k) for k in ("cpu_model", "kernel", "hypervisor_vendor", "tcg")):
         medians.update(previous.get("medians", {}))
+        intervals.update(previous.get("intervals", {}))
         absent.update(previous.get("absent", {}))
     for name, r in results.items():
         if r.ok:
             medians[name] = r.summary.median
+            intervals[name] = [r.summary.ci_lo, r.summary.ci_hi]
             absent.pop(name, None)
         else:
             absent[name] = r.status
             medians.pop(name, None)
+            intervals.pop(name, None)
     return {"schema": CALIBRATION_SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **cal.to_dict(),
             "medians": medians,
             "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
+            # the 95% interval of each median, net: what a projection from this model carries
+            "net_intervals": {n: [lo - cal.empty_cycles, hi - cal.empty_cycles]
+                              for n, (lo, hi) in intervals.items()},
+            "intervals": intervals,
             "absent": absent}
 
 
-def load_previous_calibration(path: os.PathLike | str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def load_document(path: os.PathLike | str) -> dict:
-    """A bench JSON file, checked against the schema this module writes."""
-    with open(path) as f:
-        doc = json.load(f)
-    if doc.get("schema") != BENCH_SCHEMA:
-        raise HarnessError(f"{path}: schema {doc.get('schema')!r}, expected {BENCH_SCHEMA!r}")
-    for key in ("calibration", "scenarios", "config"):
-        if key not in doc:
-            raise HarnessError(f"{path}: no {key!r} section")
-    return doc
+    """A bench JSON file, checked against the schema this module writes (:mod:`harness.timing.documents`)."""
+    return load_bench(path)
 
 
 def results_of(doc: dict) -> dict[str, ScenarioResult]:
@@ -317,8 +332,10 @@ def derived_lines(d: dict) -> list[str]:
                 f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
                 f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle")
         if "cffi_raw_ratio" in wp:
+            extra = wp["method_overhead_cycles"]
             line += (f"; the bare cffi call is {wp['cffi_raw_ratio']:.2f}x, the method "
-                     f"{wp['method_overhead_cycles']:.0f} cycles/toggle more")
+                     + (f"{extra:.0f} cycles/toggle more" if extra >= 0 else
+                        f"{-extra:.0f} cycles/toggle less (it issues a prepared one-argument request)"))
         lines.append(line)
         if "per_call_overhead_cycles" in wp:
             lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
@@ -341,6 +358,14 @@ def derived_lines(d: dict) -> list[str]:
         if wp.get("python_vs_c_working_set_ratio"):
             lines.append(f"  against that C caller, Userfaultfd.writeprotect is "
                          f"{wp['python_vs_c_working_set_ratio']:.2f}x")
+    for key, _, _, _ in TARGET_RATIOS:
+        t = d.get(key)
+        if t:
+            verdict = ("" if t["target"] is None else
+                       f", {'within' if t['within_target'] else 'OVER'} the {t['target']}x target")
+            lines.append(f"{t['scenario']} vs {t['reference']}: {t['ratio']:.2f}x "
+                         f"(95% CI {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}){verdict}; "
+                         f"{t['median_cycles']:.0f} vs {t['reference_median_cycles']:.0f} cycles")
     for key in ("rfc_loop", "rfc_loop_two_threads"):
         rfc = d.get(key)
         if rfc:
@@ -399,6 +424,21 @@ def plot_document(doc: dict, path: os.PathLike | str) -> Optional[Path]:
 
 
 # -- comparison ------------------------------------------------------------------------
+
+def emulated_reason(a: dict, b: dict, labels: tuple[str, str] = ("A", "B")) -> str:
+    """Why a comparison of two bench documents can have no verdict: either ran under TCG ("" when it can).
+
+    TCG sets accessed/dirty bits in its own slow path at no extra cost, so a
+    difference between two such runs is not a hardware effect.
+    """
+    sides = [name for name, doc in zip(labels, (a, b))
+             if (doc.get("calibration") or {}).get("tcg")
+             or not (doc.get("calibration") or {}).get("models_hardware_assists", True)]
+    if not sides:
+        return ""
+    return (f"emulated: {' and '.join(sides)} ran under QEMU TCG, which does not model hardware accessed/dirty "
+            "assists, so the timings give no verdict")
+
 
 @dataclass(frozen=True)
 class Comparison:

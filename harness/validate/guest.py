@@ -58,6 +58,8 @@ def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
 
 #: the steps run_steps() knows, in order
 STEPS = ("pytest", "selftests", "bench")
+#: what each step's progress line says after "[validate] <kernel>: " (the host times guests by these lines)
+STEP_LINES = {"pytest": "pytest suite", "selftests": "selftest ", "bench": "first-touch benchmarks"}
 
 
 def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log: Log = _log,
@@ -85,7 +87,7 @@ def _where() -> str:
 
 
 def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
-    log(f"[validate] {_where()}: pytest suite")
+    log(f"[validate] {_where()}: {STEP_LINES['pytest']}")
     pytest_cmd = [sys.executable, "-m", "pytest", *(str(paths.REPO_ROOT / t) for t in VALIDATION_TESTS),
                   "-p", "no:cacheprovider", "-q", "-rfE", "--junitxml", str(out / "junit.xml"),
                   "--summary-json", str(out / "summary.json")]
@@ -96,7 +98,7 @@ def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
 def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
     selftests: dict[str, Any] = {}
     for name in SELFTESTS:
-        log(f"[validate] {_where()}: selftest {name}")
+        log(f"[validate] {_where()}: {STEP_LINES['selftests']}{name}")
         if selftests_dir is None:
             selftests[name] = SelftestRun(name, None, 0.0, error="no selftests built for this kernel").to_dict()
             continue
@@ -107,10 +109,10 @@ def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
 
 
 def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
-    log(f"[validate] {_where()}: first-touch benchmarks")
+    log(f"[validate] {_where()}: {STEP_LINES['bench']}")
     # No plot here: the host draws it from bench.json (_plot_benches), since under TCG matplotlib's
     # text rendering alone takes about a minute.
-    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json", str(out / "bench.json"),
+    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json-out", str(out / "bench.json"),
                  "--plot", "", "--calibration", str(out / "calibration.json")]
     if quick or paths.in_guest():  # TCG: fewer, smaller rounds
         bench_cmd += ["--rounds", "3", "--pages", "64"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.backends.contract import CONTRACT
+from harness.reports import REPORT_SCHEMA
 from harness.selftests import SELFTESTS, regressions
 from harness.validate.outcome import KernelOutcome
 
@@ -94,6 +95,7 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                     problems.append(f"selftest {name}: regressions on '{candidate.name}': {', '.join(regs)}")
     kind, line = _verdict(outcomes, candidate, problems)
     report = {
+        "schema": REPORT_SCHEMA,
         "verdict": {"kind": kind, "line": line},
         "ok": kind == HOLDS and not problems,
         "problems": problems,
@@ -110,6 +112,7 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                     for n in CLAUSES},
         "selftest_regressions": selftest_regressions,
         "bench": _bench_comparison(stock, candidate),
+        "benchmarks": {o.name: _bench_scenarios(o.bench) for o in outcomes if o.bench},
         "reproduce": _reproduce(outcomes, patches, quick),
     }
     return report
@@ -137,16 +140,17 @@ def _per_backend(outcomes: list[KernelOutcome], n: int, field: str) -> dict:
     return out
 
 
+def _bench_scenarios(doc: dict) -> dict:
+    from harness.validate.benchmarks import scenarios_of
+    return scenarios_of(doc)
+
+
 def _bench_comparison(stock: Optional[KernelOutcome], candidate: Optional[KernelOutcome]) -> dict:
+    """Stock against candidate; under TCG no verdicts, a projection instead (harness.validate.benchmarks)."""
     if not (stock and candidate and stock.bench and candidate.bench):
         return {}
-    from harness.timing import bench
-    rows, skipped = bench.compare_results(bench.results_of(stock.bench), bench.results_of(candidate.bench))
-    return {"rows": [{"name": c.name, "a_median": c.median_a, "b_median": c.median_b, "diff": c.diff,
-                      "diff_lo": c.ci_lo, "diff_hi": c.ci_hi, "verdict": c.verdict} for c in rows],
-            "not_compared": skipped,
-            "stock_calibration": stock.bench.get("calibration"),
-            "candidate_calibration": candidate.bench.get("calibration")}
+    from harness.validate import benchmarks
+    return benchmarks.comparison(stock.bench, candidate.bench)
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,6 +15,9 @@ from harness.backends.contract import CLAUSES, run_clause
 from harness.backends.sim import SimBackend
 from harness.sim import profiles
 
+# The simulator gives the same answers on any kernel: no need to repeat them in a TCG guest (~25 s there).
+pytestmark = pytest.mark.host_only
+
 
 def _failing_clauses(profile: str) -> set:
     failing = set()
