@@ -6,6 +6,9 @@
 #   make vm-test KERNEL=patched       the pytest suite inside a guest of that kernel;
 #                                     results in build/results/<KERNEL>/
 #   make vm-selftest                  tests/vm: the builder and runner themselves
+#   make mutant NAME=young-only       build a mutant (vm/mutants/), boot it, run the contract: caught?
+#   make mutant                       the table of mutants
+#   make mutants                      every mutant, two guests at a time
 #
 # Everything is cached under build/kernels/<name>/; an unchanged rebuild takes
 # about a second.
@@ -20,7 +23,7 @@ JOBS ?= 2
 TIMEOUT ?= 600
 CMD ?= uname -a
 
-.PHONY: kernel kernels vm-run vm-test vm-selftest
+.PHONY: kernel kernels vm-run vm-test vm-selftest mutant mutants
 
 kernel: | $(VM_SETUP)
 	$(VM_PYTHON) -m harness.vm build --kernel $(KERNEL) --jobs $(JOBS) \
@@ -38,3 +41,9 @@ vm-test: setup
 
 vm-selftest: setup
 	$(PY) -m pytest -m vm tests/vm $(PYTEST_ARGS)
+
+mutant: | $(VM_SETUP)
+	$(VM_PYTHON) -m harness.vm mutant $(if $(NAME),$(NAME),--list)
+
+mutants: | $(VM_SETUP)
+	$(VM_PYTHON) -m harness.vm mutant --all

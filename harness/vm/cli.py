@@ -3,6 +3,9 @@
     python -m harness.vm build --kernel patched|stock|NAME [--patches DIR] [--jobs N]
     python -m harness.vm run --kernel K [--timeout S] [--rwdir DIR] -- CMD...
     python -m harness.vm info --kernel K             # build.json, as JSON
+    python -m harness.vm mutant --list               # the mutants of vm/mutants/mutants.py
+    python -m harness.vm mutant NAME [NAME...]       # build, boot, run the contract: caught?
+    python -m harness.vm mutant NAME --series        # only write build/mutants/NAME/ (for validate --patches)
 
 The main CLI mounts the same commands under ``vm`` via ``register()``.
 """
@@ -123,12 +126,36 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
     i.add_argument("--kernel", default="patched", metavar="K")
     i.set_defaults(func=_reporting_errors(_cmd_info))
 
+    m = sub.add_parser(
+        "mutant", help="deliberately broken variants of the series: list, generate, check they are caught",
+        description="Each mutant (vm/mutants/mutants.py) is vm/patches with a few substitutions that "
+        "break named contract clauses. NAME: generate its series under build/mutants/NAME/, build it "
+        "(seeded from the patched kernel's objects), boot it and run tests/contract; exit 0 if every "
+        "clause it must break came out 'fail' and no other clause did, 1 if not.")
+    m.add_argument("names", nargs="*", metavar="NAME", help="mutants to run (see --list)")
+    m.add_argument("--list", action="store_true", help="print the table of mutants and exit")
+    m.add_argument("--all", action="store_true", help="run every mutant")
+    m.add_argument("--series", action="store_true",
+                   help="only generate the series and print its directory "
+                   "(then: uffd-harness validate --patches DIR)")
+    m.add_argument("--parallel", type=int, default=2, metavar="N",
+                   help="guests at a time (default 2; builds run one at a time meanwhile)")
+    m.add_argument("--timeout", type=float, default=900.0, metavar="S",
+                   help="kill a guest after S seconds (default 900)")
+    m.add_argument("--its-clauses", action="store_true",
+                   help="run only the clauses the mutant must or may break (faster; the others are "
+                   "then 'not shown', so 'breaks nothing else' is not checked)")
+    m.add_argument("--json", action="store_true", help="with --list: the table as JSON")
+    m.add_argument("--markdown", action="store_true",
+                   help="with --list: the table as Markdown (as vm/mutants/README.md shows it)")
+    m.set_defaults(func=_reporting_errors(_cmd_mutant))
+
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Add ``vm build|run|info`` to the main command line."""
     p = subparsers.add_parser("vm", help="guest kernels: build, run",
                               description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="vm_command", metavar="{build,run,info}")
+    sub = p.add_subparsers(dest="vm_command", metavar="{build,run,info,mutant}")
     sub.required = True
     _add_commands(sub)
 
@@ -208,6 +235,58 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mutant(args: argparse.Namespace) -> int:
+    from harness.vm import mutants
+    if args.list:
+        table = mutants.all_mutants()
+        if args.json:
+            print(json.dumps([{"name": m.name, "breaks": m.breaks, "clauses": list(m.clauses),
+                               "also": list(m.also), "functions": list(m.functions),
+                               "exposed_by": dict(m.exposed_by), "exposure": m.exposure,
+                               "pending": m.pending} for m in table], indent=2))
+            return 0
+        if args.markdown:
+            print(mutants.markdown_table(), end="")
+            return 0
+        from tabulate import tabulate
+        rows = [(m.name, ",".join(map(str, m.clauses)) + (f" (+{','.join(map(str, m.also))})" if m.also else ""),
+                 ", ".join(m.functions), m.breaks) for m in table]
+        print(tabulate(rows, headers=("mutant", "clauses", "changes", "what it breaks"),
+                       maxcolwidths=[None, None, 28, 70]))
+        return 0
+    chosen = list(mutants.all_mutants()) if args.all else [mutants.get(n) for n in args.names]
+    if not chosen:
+        print("vm mutant: name a mutant (or --all, --list)", file=sys.stderr)
+        return 2
+    if args.series:
+        for m in chosen:
+            print(mutants.generate(m))
+        return 0
+    status = 0
+    for r in mutants.run_many(chosen, workers=args.parallel, timeout=args.timeout, its_clauses=args.its_clauses):
+        m = r.mutant
+        if r.error or not r.summary:
+            print(f"{m.name}: NOT SHOWN: {r.error or f'the guest wrote no summary.json (exit {r.returncode})'}; "
+                  f"see {r.rwdir}")
+            status = 1
+            continue
+        missed = [n for n in m.clauses if n not in r.caught()]
+        extra = r.unexpected()   # a clause outside the selection fails only if its tests ran
+        results = " ".join(f"{n}:{v}" for n, v in r.results().items())
+        if missed or extra:
+            status = 1
+            why = []
+            if missed:
+                why.append(f"clause(s) {','.join(map(str, missed))} not 'fail'")
+            if extra:
+                why.append(f"clause(s) {','.join(map(str, extra))} failed, which it should not break")
+            print(f"{m.name}: NOT CAUGHT as the table says ({'; '.join(why)}): {results}; see {r.rwdir}")
+        else:
+            print(f"{m.name}: caught: clause(s) {','.join(map(str, m.clauses))} fail ({results}); "
+                  f"build {r.build_seconds:.0f} s, guest {r.guest_seconds:.0f} s")
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch parsed arguments through the command line's one error boundary (harness.cli.report_errors)."""
     from harness.cli import report_errors
@@ -219,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m harness.vm",
         description="Build the patched/stock guest kernels and run commands "
         "in them under QEMU.")
-    sub = parser.add_subparsers(dest="vm_command", metavar="{build,run,info}")
+    sub = parser.add_subparsers(dest="vm_command", metavar="{build,run,info,mutant}")
     sub.required = True
     _add_commands(sub)
     return run(parser.parse_args(argv))
