@@ -375,8 +375,8 @@ def run_many(ms: Sequence[Mutant], *, workers: int = 2, timeout: float = GUEST_T
     MutantRun in table order; a build or guest failure is a MutantRun with
     ``error`` set, and the other mutants still run.
     """
-    from harness.vm.runner import kill_all_guests
     from harness.validate.run import compile_for_guests
+    from harness.vm.runner import kill_all_guests
     compile_for_guests(log)      # bytecode and rewritten tests: saves each guest ~40 s of TCG time
     cpus = max(1, (os.cpu_count() or 1) // max(1, workers))
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
