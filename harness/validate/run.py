@@ -72,11 +72,12 @@ def qemu_unavailable() -> Optional[str]:
     return None
 
 
-def _build(name: str, patches: Optional[Path], out: Path, log: Log) -> KernelOutcome:
+def _build(name: str, patches: Optional[Path], out: Path, log: Log, source=None,
+           seed_from: Optional[str] = "auto") -> KernelOutcome:
     from harness.vm import build as vm_build
     outcome = KernelOutcome(name, "guest", out)
     try:
-        outcome.build = vm_build.build_kernel(name, patches, log=log).info
+        outcome.build = vm_build.build_kernel(name, patches, log=log, source=source, seed_from=seed_from).info
     except Exception as exc:  # noqa: BLE001 - reported, and the other kernel still runs
         outcome.error = f"build failed: {exc}"
     return outcome
@@ -161,12 +162,35 @@ def candidate_name(patches: Path) -> str:
 
 
 def validate(patches: Optional[Path] = None, quick: bool = False, results: Path = paths.RESULTS_DIR,
-             log: Log = _log) -> int:
-    """The main job; returns the exit status (0: the contract holds and nothing failed)."""
+             log: Log = _log, *, source=None, tree=None) -> int:
+    """The main job; returns the exit status (0: the contract holds and nothing failed).
+
+    ``source`` (harness.vm.sources: None for 6.12, "6.1", a path) is the tree
+    both kernels are built from; ``tree`` (a :class:`harness.validate.tree.TreePlan`)
+    replaces both: its base is the control, its head the candidate.
+    """
+    from harness.vm import sources
     t0 = time.monotonic()
     results.mkdir(parents=True, exist_ok=True)
-    candidate = "patched" if patches is None else candidate_name(patches)
-    _clear_results(results, ["host", "stock", candidate], log)
+    if tree is not None:
+        src = tree.source
+        control, candidate = tree.control, tree.candidate
+        # the head is the base's archive plus the commits: seeded from the base, it compiles what they change
+        plan = [(control, None, None), (candidate, tree.series, control)]
+        origin = {"kind": "git", **tree.describe()}
+        for note in tree.notes:
+            log(f"[validate] {note}")
+    else:
+        src = sources.resolve(source)
+        control = src.kernel_name("stock")
+        if patches is None and src.default_series is None:
+            raise sources.SourceError(f"--source {source}: no hint series of the project's for this tree; "
+                                      "give --patches DIR")
+        candidate = src.kernel_name("patched") if patches is None else (
+            candidate_name(patches) + ("" if control == "stock" else f"-{src.label}"))
+        plan = [(control, None, "auto"), (candidate, patches, "auto")]
+        origin = {"kind": src.kind, "source": src.label, "identity": src.identity}
+    _clear_results(results, ["host", control, candidate], log)
     reason = qemu_unavailable()
     outcomes: list[KernelOutcome] = []
     if reason:
@@ -179,17 +203,17 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         host.load()
         outcomes.append(host)
     else:
-        plan = [("stock", None), (candidate, patches)]
-        for name, series in plan:
-            log(f"[validate] building kernel '{name}'")
-            outcomes.append(_build(name, series, results / name, log))
+        for name, series, seed in plan:
+            log(f"[validate] building kernel '{name}' from {src.label}")
+            outcomes.append(_build(name, series, results / name, log, source=src, seed_from=seed))
         runnable = [o for o in outcomes if not o.error]
         compile_for_guests(log)
         workers = _parallel_guests()
         log(f"[validate] booting {len(runnable)} guest(s), {workers} at a time")
         _run_guests(runnable, workers, quick, log)
     _plot_benches(outcomes, log)
-    report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason)
+    report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason,
+                          control=control, origin=origin)
     write_report(report, results)
     print(render_terminal(report, results))
     return 0 if report["ok"] else 1
@@ -223,7 +247,8 @@ def _host_selftests_dir() -> Optional[Path]:
 
 
 def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[str, ...] = (),
-                timeout: float = PYTEST_TIMEOUT + 120, results: Path = paths.RESULTS_DIR, log: Log = _log) -> int:
+                timeout: float = PYTEST_TIMEOUT + 120, results: Path = paths.RESULTS_DIR, log: Log = _log,
+                source=None) -> int:
     """Build ``kernel``, boot it, run the pytest suite in it as root; return pytest's exit status.
 
     Leaves ``junit.xml``, ``summary.json`` and ``console.log`` in ``results/<kernel>/``.
@@ -240,7 +265,7 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
             "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *pytest_args]
     env = {**guest_environment(out), "CI": os.environ.get("CI", "")}
     try:
-        kb = vm_build.build_kernel(kernel, patches, log=log)
+        kb = vm_build.build_kernel(kernel, patches, log=log, source=source)
         compile_for_guests(log)
         log(f"[vm-test] kernel '{kernel}': running the suite in the guest (timeout {timeout:.0f} s)")
         result = runner.run_in_guest(kb, argv, timeout=timeout, rwdir=out, env=env,

@@ -86,6 +86,8 @@ class Source:
         """The build name of ``role`` ("stock" or "patched") on this source: 6.12 keeps the bare names."""
         if self.kind == "debian" and self.version == DEFAULT_VERSION:
             return role
+        if self.kind == "git" and role == "stock":
+            return self.label                  # a commit as it is: git-<commit>
         return f"{role}-{self.label}"
 
     def ensure(self, log: Log, cache: Path = CACHE_DIR) -> Path:
