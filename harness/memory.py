@@ -28,6 +28,7 @@ class MemoryKind(enum.Enum):
     SHMEM = "shmem"                      # memfd, MAP_SHARED
     SHMEM_PRIVATE = "shmem-private"      # memfd, MAP_PRIVATE
     FILE = "file"                        # a tmpfs file, MAP_SHARED
+    FILE_PRIVATE = "file-private"        # a tmpfs file, MAP_PRIVATE
     HUGETLB = "hugetlb"                  # memfd MFD_HUGETLB, MAP_SHARED
     HUGETLB_PRIVATE = "hugetlb-private"  # memfd MFD_HUGETLB, MAP_PRIVATE
 
@@ -186,11 +187,11 @@ class Region:
         fd = -1
         if kind is MemoryKind.ANON:
             flags, map_fd = lib.MAP_PRIVATE | lib.MAP_ANONYMOUS, -1
-        elif kind is MemoryKind.FILE:
+        elif kind in (MemoryKind.FILE, MemoryKind.FILE_PRIVATE):
             fd, path = tempfile.mkstemp(prefix="uffd-harness-", dir=_tmpfs_dir())
             os.unlink(path)
             os.ftruncate(fd, length)
-            flags, map_fd = lib.MAP_SHARED, fd
+            flags, map_fd = (lib.MAP_SHARED if kind is MemoryKind.FILE else lib.MAP_PRIVATE), fd
         else:
             memfd_flags = os.MFD_CLOEXEC | (os.MFD_HUGETLB if kind.hugetlb else 0)
             fd = os.memfd_create(f"uffd-harness-{kind.value}", memfd_flags)

@@ -28,6 +28,12 @@ Shapes (:class:`Shape`):
 ``thp``
     one PMD-mapped anonymous 2 MiB THP (MADV_HUGEPAGE); each un-protect must
     leave it PMD-mapped.  Kernel only: the simulator does not model THP.
+``thp-part``
+    the same THP, write-protected whole, then un-protected over
+    :data:`THP_PART_PAGES` base pages from :data:`THP_PART_FIRST`: the kernel
+    splits the PMD (change_pmd_range()) and the PTE path resolves the part.
+    Every base page is checked through pagemap (uffd-wp), and young/dirty
+    through smaps' page counts of the VMA (exactly the part, no more, no less).
 
 What each channel can see (``CHANNEL_FIELDS`` in :mod:`harness.backends.base`):
 smaps and idle-page see young (and smaps dirty), folio flags included;
@@ -66,15 +72,20 @@ class Shape(enum.Enum):
     PAGE = "page"
     SPAN = "span"
     THP = "thp"
+    THP_PART = "thp-part"
 
 
 #: pages of each VMA of a span, and the index of the first page after the PMD boundary
 SPAN_PAGES = (4, 2)
 SPAN_BOUNDARY = 2
 
+#: the part of a THP un-protected by the thp-part shape (base pages, not at the start of the PMD)
+THP_PART_FIRST = 3
+THP_PART_PAGES = 5
+
 #: kinds whose PTEs map the page cache (shmem): what clause 4 is about
-SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE)
-BASE_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE)
+SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE_PRIVATE)
+BASE_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE, MemoryKind.FILE_PRIVATE)
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ class Target:
 
     @property
     def kernel_only(self) -> bool:
-        return self.shape is Shape.THP
+        return self.shape in (Shape.THP, Shape.THP_PART)
 
 
 def memory_label(kind: MemoryKind, thp: bool = False) -> str:
@@ -124,7 +135,7 @@ def cases(kind: MemoryKind) -> list[Case]:
                 Case("old+dirty", ("write", "clear_young"), True, False, False),
                 Case("young+clean", ("read",), False, True, False),
                 Case("young+dirty", ("write",), False, False, False)]
-    # shmem-private: a read maps the clean page-cache page (never writable: COW);
+    # shmem-private and file-private: a read maps the clean page-cache page (never writable: COW);
     # a write makes an exclusive anonymous copy, which can be made writable
     return [Case("old+clean", ("read", "clear_young"), True, True, False),
             Case("old+dirty", ("write", "clear_young"), True, False, True),
@@ -309,6 +320,55 @@ HINTS = (("ACCESS_LIKELY", True, False), ("WRITE_LIKELY", False, True), ("both",
 
 # -- the clauses ----------------------------------------------------------------------
 
+def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
+    """Clauses 2, 3 and 5 on part of a PMD-mapped THP (the ``thp-part`` shape, kernel only).
+
+    Old+clean THP (write, MADV_FREE) and young+dirty THP; protect the whole
+    PMD; un-protect :data:`THP_PART_PAGES` base pages with the clause's hint.
+    The part must come back un-protected, everything else still protected;
+    smaps must count exactly the pages the clause makes young (dirty), and
+    every page of the part that the un-protect made writable takes no fault.
+    """
+    hints = {2: ("ACCESS_LIKELY", True, False), 3: ("WRITE_LIKELY", False, True), 5: ("no hints", False, False)}[n]
+    label, access, write = hints
+    _open(b, (Feature.ACCESS_HINTS,) if access or write else ())
+    problems = []
+    part = range(THP_PART_FIRST, THP_PART_FIRST + THP_PART_PAGES)
+    for case in cases(MemoryKind.ANON):
+        s = _make(b, Target(MemoryKind.ANON, Shape.THP), case.setup, case.name)
+        r = s.refs[0]
+        _wp(b, s, True)
+        before = b.vma_page_counts(r)
+        b.writeprotect_base(r, THP_PART_FIRST, THP_PART_PAGES, False, access_likely=access, write_likely=write)
+        text = f"{target.label} {case.name}, un-protect {label} of base pages {part.start}-{part.stop - 1}"
+        states = b.base_page_states(r)
+        total = len(states)
+        for i, st in enumerate(states):
+            if not st.present:
+                problems.append(f"{text}: base page {i} is no longer present")
+            elif st.uffd_wp != (i not in part):
+                problems.append(f"{text}: base page {i} uffd-wp is {st.uffd_wp}, expected {i not in part}")
+        after = b.vma_page_counts(r)
+        young_before = before["referenced"]
+        dirty_before = before["dirty"]
+        want_young = young_before if n == 5 or not case.old else young_before + THP_PART_PAGES
+        want_dirty = dirty_before if n != 3 or not case.clean else dirty_before + THP_PART_PAGES
+        if after["rss"] != total:
+            problems.append(f"{text}: smaps Rss {after['rss']} pages, expected all {total}")
+        if after["referenced"] != want_young:
+            problems.append(f"{text}: smaps counts {after['referenced']} young (referenced) pages, expected "
+                            f"{want_young} ({young_before} before the un-protect)")
+        if after["dirty"] != want_dirty:
+            problems.append(f"{text}: smaps counts {after['dirty']} dirty pages, expected {want_dirty} "
+                            f"({dirty_before} before the un-protect)")
+        for i in part:
+            faults = b.write_faults_base(r, i)
+            if faults:
+                problems.append(f"{text}: base page {i} not writable after the un-protect (a store took "
+                                f"{faults} fault(s))")
+    return problems
+
+
 def check_1(b: Backend, target: Target) -> list[str]:
     """Without ACCESS_HINTS negotiated, any hint bit is rejected with EINVAL (alone, with WP, with DONTWAKE)."""
     _open(b, ())
@@ -345,6 +405,8 @@ def check_2(b: Backend, target: Target) -> list[str]:
     Its negative space: ACCESS_LIKELY alone leaves dirty as it was, and makes
     writable exactly what an un-protect without hints makes writable.
     """
+    if target.shape is Shape.THP_PART:
+        return _thp_part(b, target, 2)
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
     for case in cases(target.kind):
@@ -367,6 +429,8 @@ def check_2(b: Backend, target: Target) -> list[str]:
 def check_3(b: Backend, target: Target) -> list[str]:
     """Un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young; it makes writable
     exactly what an un-protect without hints would, and never a COW-shared anonymous page."""
+    if target.shape is Shape.THP_PART:
+        return _thp_part(b, target, 3)
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
     for case in cases(target.kind):
@@ -435,6 +499,8 @@ def check_4(b: Backend, target: Target) -> list[str]:
 def check_5(b: Backend, target: Target) -> list[str]:
     """Un-protect without hints leaves young and dirty as they were, with and without ACCESS_HINTS
     negotiated, and with DONTWAKE."""
+    if target.shape is Shape.THP_PART:
+        return _thp_part(b, target, 5)
     problems = []
     for negotiated in (False, True):
         if negotiated and not b.has_feature(Feature.ACCESS_HINTS):
@@ -549,9 +615,9 @@ class Clause:
     def targets(self, thp: bool = True) -> list[Target]:
         out = []
         for shape in self.shapes:
-            if shape is Shape.THP:
+            if shape in (Shape.THP, Shape.THP_PART):
                 if thp:
-                    out.append(Target(MemoryKind.ANON, Shape.THP))
+                    out.append(Target(MemoryKind.ANON, shape))
                 continue
             out += [Target(kind, shape) for kind in self.kinds]
         return out
@@ -564,13 +630,13 @@ CONTRACT: dict[int, Clause] = {c.number: c for c in (
     Clause(1, "hint bits without UFFD_FEATURE_ACCESS_HINTS negotiated are rejected with EINVAL",
            check_1, BASE_KINDS, _ALL_SHAPES),
     Clause(2, "un-protect with ACCESS_LIKELY: every present PTE it resolves is young",
-           check_2, BASE_KINDS, _ALL_SHAPES, _HINTS),
+           check_2, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
     Clause(3, "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
-           check_3, BASE_KINDS, _ALL_SHAPES, _HINTS),
+           check_3, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
     Clause(4, "hints never make a clean shared (shmem / page-cache) PTE writable or dirty",
            check_4, SHARED_KINDS, (Shape.PAGE, Shape.SPAN), _HINTS),
     Clause(5, "un-protect without hints leaves young and dirty as they were",
-           check_5, BASE_KINDS, _ALL_SHAPES),
+           check_5, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,)),
     Clause(6, "hints together with MODE_WP are rejected with EINVAL",
            check_6, BASE_KINDS, _ALL_SHAPES, _HINTS),
     Clause(7, "hints populate nothing: empty PTEs and uffd-wp markers stay",
@@ -582,7 +648,7 @@ CONTRACT: dict[int, Clause] = {c.number: c for c in (
 
 def markdown_table() -> str:
     """The contract as the README shows it (a test keeps the README's copy equal to this)."""
-    names = {Shape.PAGE: "page", Shape.SPAN: "span", Shape.THP: "anon THP"}
+    names = {Shape.PAGE: "page", Shape.SPAN: "span", Shape.THP: "anon THP", Shape.THP_PART: "part of an anon THP"}
     lines = ["| clause | what the suite checks (BRIEF 2.2) | memory | shapes | needs |",
              "| --- | --- | --- | --- | --- |"]
     for n, c in sorted(CONTRACT.items()):

@@ -130,6 +130,52 @@ class KernelBackend(Backend):
     def write_faults(self, r: RegionRef, page: int = 0) -> int:
         return self._regions[r.index].write_faults(page)
 
+    # -- base pages of a THP region (part of a THP: kernel only) -------------------------
+
+    def base_pages(self, r: RegionRef) -> int:
+        """How many base pages a region spans (512 per PMD-sized THP page)."""
+        region = self._regions[r.index]
+        return region.length // PAGE_SIZE
+
+    def writeprotect_base(self, r: RegionRef, first: int, count: int, protect: bool, *,
+                          access_likely: bool = False, write_likely: bool = False) -> None:
+        """UFFDIO_WRITEPROTECT over base pages [first, first+count) of a region (part of a THP)."""
+        region = self._regions[r.index]
+        if not 0 <= first < first + count <= self.base_pages(r):
+            raise IndexError(f"base pages [{first}, +{count}) outside {region!r}")
+        self._need_uffd().writeprotect(region.addr + first * PAGE_SIZE, count * PAGE_SIZE, protect,
+                                       access_likely=access_likely, write_likely=write_likely)
+
+    def base_page_states(self, r: RegionRef) -> list[PteState]:
+        """pagemap of every base page of a region (present, uffd-wp, ...; young/dirty not filled in)."""
+        region = self._regions[r.index]
+        out = []
+        for entry in _pte.pagemap_entries(region.addr, self.base_pages(r)):
+            out.append(PteState(present=_pte.pagemap_bit(entry, PagemapBit.PRESENT),
+                                swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
+                                file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
+                                uffd_wp=_pte.pagemap_bit(entry, PagemapBit.UFFD_WP),
+                                exclusive=_pte.pagemap_bit(entry, PagemapBit.EXCLUSIVE),
+                                soft_dirty=_pte.pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
+                                pfn=_pte.pagemap_pfn(entry), young=None, dirty=None, source="pagemap"))
+        return out
+
+    def vma_page_counts(self, r: RegionRef) -> dict[str, int]:
+        """smaps of the region's VMA in base pages: {"rss", "referenced", "dirty"} (PTE bit or folio flag)."""
+        vma = _pte.smaps_vma(self._regions[r.index].addr)
+        kb = PAGE_SIZE // 1024
+        return {"rss": vma.get("Rss", 0) // kb, "referenced": vma.get("Referenced", 0) // kb,
+                "dirty": (vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0)) // kb}
+
+    def write_faults_base(self, r: RegionRef, page: int) -> int:
+        """:meth:`write_faults` for one base page of a region (part of a THP)."""
+        region = self._regions[r.index]
+        from harness._native import lib
+        faults = lib.harness_write_faults(region.addr + page * PAGE_SIZE, 0x5A)
+        if faults < 0:
+            raise OSError(f"getrusage(RUSAGE_THREAD) around a store to {region!r} base page {page}")
+        return int(faults)
+
     def fork_child(self) -> ForkedChild:
         return _LiveChild(self._regions)
 
@@ -210,24 +256,34 @@ class KernelBackend(Backend):
         return _pte.observe(self._regions[r.index], page, channel)
 
     def observe_pages(self, pages: list[tuple[RegionRef, int]], channel: str = SMAPS) -> list[PteState]:
-        """Like :meth:`observe` per page, but reading /proc/self/smaps once (one-page regions only)."""
-        if channel != SMAPS or any(r.npages != 1 or r.thp for r, _ in pages):
+        """Like :meth:`observe` per page, but reading /proc/self/smaps once for all of them.
+
+        In a VMA of several pages smaps counts pages: young (dirty) is True when
+        every present page counts, False when none does, None when some do
+        (which pages, smaps cannot say).  THP and hugetlb regions go page by page.
+        """
+        if channel != SMAPS or any(r.thp or r.kind.hugetlb for r, _ in pages):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
         counts = _smaps_counts({region.addr for region in regions})
         out = []
-        for region in regions:
-            entry = _pte.pagemap_entry(region.addr)
+        for region, (_r, page) in zip(regions, pages):
+            entry = _pte.pagemap_entry(region.page_addr(page))
             present = _pte.pagemap_bit(entry, PagemapBit.PRESENT)
-            referenced, dirty = counts.get(region.addr, (0, 0))
+            referenced, dirty, rss = counts.get(region.addr, (0, 0, 0))
+
+            def verdict(count_kb: int) -> Optional[bool]:
+                if not present or count_kb == 0:
+                    return False
+                return True if count_kb == rss or region.npages == 1 else None
             out.append(PteState(
                 present=present, swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
                 file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
                 uffd_wp=_pte.pagemap_bit(entry, PagemapBit.UFFD_WP),
                 exclusive=_pte.pagemap_bit(entry, PagemapBit.EXCLUSIVE),
                 soft_dirty=_pte.pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-                pfn=_pte.pagemap_pfn(entry), young=bool(present and referenced),
-                dirty=bool(present and dirty), source=SMAPS))
+                pfn=_pte.pagemap_pfn(entry), young=verdict(referenced),
+                dirty=verdict(dirty), source=SMAPS))
         return out
 
     def thp_mapping(self, r: RegionRef) -> _pte.ThpMapping:
@@ -362,8 +418,8 @@ class _LiveChild(ForkedChild):
         self.pid = 0
 
 
-def _smaps_counts(starts: set) -> dict[int, tuple[int, int]]:
-    """{VMA start: (Referenced kB, Private_Dirty + Shared_Dirty kB)} for the VMAs starting at ``starts``.
+def _smaps_counts(starts: set) -> dict[int, tuple[int, int, int]]:
+    """{VMA start: (Referenced kB, Private_Dirty + Shared_Dirty kB, Rss kB)} for the VMAs starting at ``starts``.
 
     The file is read once and searched for each VMA's header line (parsing
     every line of a few thousand is what made per-page observation slow).
@@ -378,14 +434,16 @@ def _smaps_counts(starts: set) -> dict[int, tuple[int, int]]:
         if at < 0:
             continue
         stop = text.find("VmFlags:", at)
-        referenced = dirty = 0
+        referenced = dirty = rss = 0
         for line in text[at:stop].splitlines()[1:]:
             key, _, value = line.partition(":")
             if key == "Referenced":
                 referenced = int(value.split()[0])
             elif key in ("Private_Dirty", "Shared_Dirty"):
                 dirty += int(value.split()[0])
-        out[addr] = (referenced, dirty)
+            elif key == "Rss":
+                rss = int(value.split()[0])
+        out[addr] = (referenced, dirty, rss)
     return out
 
 

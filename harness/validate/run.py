@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness import paths
+from harness.errors import HarnessError
 from harness.selftests import SELFTESTS
 from harness.validate.guest import (GUEST_MARKERS, PYTEST_TIMEOUT, SELFTEST_TIMEOUT, BENCH_TIMEOUT, Log, _log,
                                     guest_environment, run_steps)
@@ -67,7 +68,7 @@ def qemu_unavailable() -> Optional[str]:
         check_runner_host()
     except ImportError as exc:
         return f"the vm room is not installed ({exc})"
-    except Exception as exc:  # noqa: BLE001 - MissingToolError and friends, all with a message
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # MissingToolError and friends
         return str(exc).splitlines()[0]
     return None
 
@@ -78,7 +79,7 @@ def _build(name: str, patches: Optional[Path], out: Path, log: Log, source=None,
     outcome = KernelOutcome(name, "guest", out)
     try:
         outcome.build = vm_build.build_kernel(name, patches, log=log, source=source, seed_from=seed_from).info
-    except Exception as exc:  # noqa: BLE001 - reported, and the other kernel still runs
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # reported; the other kernel still runs
         outcome.error = f"build failed: {exc}"
     return outcome
 
@@ -97,7 +98,7 @@ def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) 
         outcome.accel = result.accel
         if result.returncode != 0:
             outcome.error = f"guest command exited {result.returncode}"
-    except Exception as exc:  # noqa: BLE001 - GuestPanic, GuestTimeout, ...: reported
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # GuestPanic, GuestTimeout, ...
         outcome.error = f"guest failed: {exc}"
     outcome.seconds = time.monotonic() - t0
     outcome.load()
@@ -132,7 +133,7 @@ def _plot_benches(outcomes: list[KernelOutcome], log: Log) -> None:
         if o.bench:
             try:
                 bench.plot_document(o.bench, o.out / "bench.png")
-            except Exception as exc:  # noqa: BLE001 - a plot is never worth failing the validation
+            except (ImportError, OSError, ValueError, RuntimeError) as exc:   # a plot never fails a validation
                 log(f"[validate] {o.name}: no plot ({exc})")
 
 

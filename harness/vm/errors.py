@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from harness.errors import HarnessError
 
-class VmError(Exception):
-    """Base class of everything `harness.vm` raises on purpose."""
+
+class VmError(HarnessError):
+    """Base class of everything `harness.vm` raises on purpose (one family with the rest: HarnessError)."""
 
     #: process exit status the command line uses for this error
     exit_status = 1

@@ -289,3 +289,42 @@ def test_clause7_thp_catches_population(thp_ok):
     with MisbehavingKernel(hints="populate") as b:
         violations = clause_7(b, MemoryKind.ANON, thp=True)
     assert any("anon-thp empty" in v and "populated" in v for v in violations), violations
+
+
+# -- part of a THP ---------------------------------------------------------------------------
+
+class PartialHintKernel(KernelBackend):
+    """This kernel, with ACCESS_LIKELY on part of a THP emulated in user space (a read of each base
+    page after the un-protect), over the first ``honoured`` pages of the part only (None: all)."""
+
+    def __init__(self, honoured: Optional[int] = None):
+        super().__init__()
+        self.honoured = honoured
+
+    def has_feature(self, feature: Feature) -> bool:
+        return feature is Feature.ACCESS_HINTS or super().has_feature(feature)
+
+    def api(self, features=()):
+        return super().api(tuple(f for f in features if f is not Feature.ACCESS_HINTS))
+
+    def writeprotect_base(self, r, first, count, protect, *, access_likely=False, write_likely=False):
+        super().writeprotect_base(r, first, count, protect)
+        if access_likely:
+            from harness._native import lib
+            pages = count if self.honoured is None else self.honoured
+            lib.harness_read_pages(self.region(r).addr + first * PAGE_SIZE, pages, PAGE_SIZE)
+
+
+def test_thp_part_passes_when_every_page_of_the_part_is_made_young(thp_ok):
+    from harness.backends.contract import Shape, Target, _thp_part
+    with PartialHintKernel() as b:
+        assert _thp_part(b, Target(MemoryKind.ANON, Shape.THP_PART), 2) == []
+
+
+def test_thp_part_catches_a_hint_honoured_on_the_first_pte_only(thp_ok):
+    """A kernel that makes only the first PTE of the split THP's part young: smaps counts 1 page, not 5."""
+    from harness.backends.contract import THP_PART_PAGES, Shape, Target, _thp_part
+    with PartialHintKernel(honoured=1) as b:
+        violations = _thp_part(b, Target(MemoryKind.ANON, Shape.THP_PART), 2)
+    assert any(f"smaps counts 1 young (referenced) pages, expected {THP_PART_PAGES}" in v for v in violations), \
+        violations

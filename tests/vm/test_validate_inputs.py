@@ -18,11 +18,23 @@ PATCHES = Path(__file__).resolve().parents[2] / "vm" / "patches"
 
 @pytest.fixture
 def stock_outcome(tmp_path):
-    if not (vmbuild.BUILD_DIR / "kernels" / "stock" / "build.json").exists():
-        pytest.skip("kernel 'stock' not built (make kernel KERNEL=stock)")
+    """A synthetic control outcome: these tests are about the candidate's build, not about stock's."""
     o = KernelOutcome("stock", "guest", tmp_path / "stock")
     o.summary = {"kernel_release": "6.12", "patched": False, "clauses": {}, "tests": {"passed": 1}}
     return o
+
+
+@pytest.fixture(autouse=True)
+def scratch_build_dir(tmp_path, monkeypatch):
+    """Builds go to a scratch build directory, never the real build/kernels; the unpacked source
+    tree (read-only to a build) is shared with the real cache when it is there."""
+    real_src = vmbuild.BUILD_DIR / "cache" / "src"
+    scratch = tmp_path / "build"
+    (scratch / "cache").mkdir(parents=True)
+    if real_src.is_dir():
+        (scratch / "cache" / "src").symlink_to(real_src)
+    monkeypatch.setattr(vmbuild, "BUILD_DIR", scratch)
+    return scratch
 
 
 def _candidate(tmp_path: Path, series_dir: Path) -> KernelOutcome:
@@ -62,6 +74,6 @@ def test_a_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, stock_o
     assert "does not apply" in outcome.error
     assert "0002-userfaultfd" in outcome.error and "fs/userfaultfd.c" in outcome.error and "hunk" in outcome.error
     kdir = vmbuild.BUILD_DIR / "kernels" / "bad-series-test"
+    assert str(kdir).startswith(str(tmp_path)), "the test must not build into the real build/kernels"
     assert not (kdir / "build.json").exists(), "no half-built kernel is left looking built"
     assert not (kdir / "src").exists() or not any((kdir / "src").glob("**/*.rej")), "no half-patched tree left"
-    shutil.rmtree(kdir, ignore_errors=True)
