@@ -50,6 +50,12 @@ def hints_tree() -> Path:
     src = sources.debian_source("6.12")
     if not src.tarball.exists():
         pytest.skip(f"{src.tarball} missing: apt-get install -y linux-source-6.12")
+    return make_hints_tree()
+
+
+def make_hints_tree() -> Path:
+    """The tree, made once per (tarball version, series) and then reused."""
+    src = sources.debian_source("6.12")
     digest = hashlib.sha256(src.identity.encode())
     for patch in vmbuild.read_series(SERIES):
         digest.update(patch.name.encode() + patch.read_bytes())
