@@ -658,7 +658,7 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
 
     kdir = BUILD_DIR / "kernels" / name
     if seed_from == "auto":
-        seed_from = next((sibling for sibling in ("stock", "patched")
+        seed_from = next((sibling for sibling in (stock_name, patched_name)   # this source's own pair
                           if sibling != name and (kdir.parent / sibling / "build.json").exists()), None)
     result = KernelBuild(
         name=name, path=kdir / "bzImage", key=key,
