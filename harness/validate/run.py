@@ -30,7 +30,7 @@ from typing import Optional
 from harness import paths
 from harness.errors import HarnessError
 from harness.selftests import SELFTESTS
-from harness.validate.guest import (GUEST_MARKERS, PYTEST_TIMEOUT, SELFTEST_TIMEOUT, BENCH_TIMEOUT, Log, _log,
+from harness.validate.guest import (DESELECT_6_1, GUEST_MARKERS, deselect_args, PYTEST_TIMEOUT, SELFTEST_TIMEOUT, BENCH_TIMEOUT, Log, _log,
                                     guest_environment, run_steps)
 from harness.validate.outcome import KernelOutcome
 from harness.validate.report import render_terminal, write_report
@@ -247,47 +247,12 @@ def _host_selftests_dir() -> Optional[Path]:
     return d if d.is_dir() else None
 
 
-#: what a guest suite on Linux 6.1 leaves out, and why.  Measured on stock-6.1 (`make vm-test KERNEL=stock
-#: SOURCE=6.1`, 3 Dec 2026): each entry failed or skipped there, for a feature 6.1 lacks or a 6.12 rule the
-#: test hard-wires.  Under CI=true a skip is a failure, so these are deselected and printed, never skipped.
-#: (pytest's --deselect takes node-id prefixes.)
-DESELECT_6_1: dict[str, str] = {
-    "tests/contract/test_spans.py": "6.1's UFFDIO_WRITEPROTECT takes one VMA only (ENOENT across two: "
-                                    "mwriteprotect_range() uses find_dst_vma())",
-    "tests/contract/test_contract.py::test_contract_clause[clause1-": "span cases: one VMA only on 6.1 (as above)",
-    "tests/contract/test_contract.py::test_contract_clause[clause5-": "the contract's writable_on_unprotect rule is "
-        "6.12's (exclusive anon made writable); 6.1's un-protect never upgrades a private PTE and makes a "
-        "shared one writable from vm_flags",
-    "tests/contract/test_thp.py": "needs WP_UNPOPULATED (clause 7) and 6.12's write-upgrade of a PMD on un-protect",
-    "tests/test_timing.py::test_first_touch_batches_are_plausible_and_fault_free": "assumes 6.12's un-protect "
-        "write-upgrade (no fault on the first store)",
-    "tests/test_timing.py::test_missing_roundtrip_serves_every_page": "6.1 resolves these touches without the "
-        "handler (not investigated)",
-    "tests/test_uffd_unit.py::test_uffd_unit[move-": "6.1 lacks UFFD_FEATURE_MOVE",
-    "tests/test_uffd_unit.py::test_uffd_unit[poison-": "6.1 lacks UFFD_FEATURE_POISON",
-    "tests/test_uffd_unit.py::test_uffd_unit[wp-unpopulated-": "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
-    "tests/test_uffd_unit.py::test_uffd_unit[minor-wp-": "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
-    "tests/test_uffd_unit.py::test_uffd_unit[wp-fork-hugetlb-private]": "6.1 keeps the uffd-wp bit of a private "
-        "hugetlb PTE in a fork()ed child without EVENT_FORK (a 6.1 behaviour the test reports)",
-    "tests/test_differential.py::test_known_sequences_agree[young-after-clear-refs-without-flush]":
-        "the sequence negotiates WP_UNPOPULATED, which 6.1 lacks",
-    "tests/test_differential.py::test_known_sequences_agree[free-drops-swap-entry]": "needs WP_UNPOPULATED",
-    "tests/test_differential.py::test_known_sequences_agree[poison-markers]": "needs WP_UNPOPULATED and POISON",
-    "tests/test_differential.py::test_known_sequences_agree[move-": "needs WP_UNPOPULATED and MOVE",
-    "tests/test_differential.py::test_known_sequences_agree[pageout-keeps-redirtied-lazyfree-folio]":
-        "6.1's MADV_PAGEOUT leaves an anon PTE old where the linux-6.1 profile keeps it young (not modelled yet)",
-    "tests/test_differential.py::test_known_sequences_agree[swap-keeps-uffd-wp]": "as above (pageout on 6.1)",
-    "tests/test_differential.py::test_known_sequences_agree[swap-in-write]": "as above (pageout on 6.1)",
-    "tests/test_backends.py::test_summary_json_and_terminal_counts": "asserts that the kernel offers WP_UNPOPULATED",
-}
-
-
 def _deselect_for(source) -> list[str]:
     """pytest arguments that leave out what a 6.1 guest cannot run (each printed with its reason)."""
     from harness.vm import sources
     if source is None or sources.resolve(source).version != "6.1":
         return []
-    return [arg for nodeid in DESELECT_6_1 for arg in ("--deselect", nodeid)]
+    return deselect_args("6.1")
 
 
 def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[str, ...] = (),
