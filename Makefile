@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-host validate bench clean distclean
+.PHONY: setup lint test test-host validate bench clean distclean
 
 setup: $(STAMP)
 
@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml setup.py harness/_ffi_build.py $(wildcard cbits/*)
 	$(PY) -m pip install --quiet -e '.[test,vm,bench]'
 	@touch $@
 
-# The tests: the host suite first (fast), then the two kernels, the tests of
-# the builder and runner (they boot guests), and the whole suite again inside
+# One style: ruff's lint and mypy's types, with the settings in pyproject.toml (seconds).
+lint: setup
+	$(PY) -m ruff check harness tests
+	$(PY) -m mypy
+
+# The tests: lint first, the host suite (fast), then the two kernels, the tests
+# of the builder and runner (they boot guests), and the whole suite again inside
 # a guest of each kernel, and of stock Linux 6.1 (built here if it is not).
 # Under CI=true a skip is a failure.
-test: setup
+test: setup lint
 	$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory kernels
 	$(PY) -m pytest -m vm tests/vm $(PYTEST_ARGS)
@@ -43,7 +48,7 @@ include vm/kernel.mk
 include bench.mk
 
 clean:
-	rm -rf build/results .pytest_cache .hypothesis
+	rm -rf build/results .pytest_cache .hypothesis .mypy_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean

@@ -246,11 +246,6 @@ int harness_time_wp_repeat(int uffd, uintptr_t addr, size_t len, uint64_t mode,
 	return 0;
 }
 
-int harness_wp_request_issue(const struct harness_wp_request *req)
-{
-	return writeprotect(req->fd, req->start, req->len, req->mode);
-}
-
 /*
  * A second thread of this mm, reading the page on @cpu until told to stop:
  * while it runs there, every PTE change must shoot down that CPU's TLB.

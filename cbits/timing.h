@@ -42,18 +42,6 @@ int harness_time_wp_repeat(int uffd, uintptr_t addr, size_t len, uint64_t mode,
 			   size_t iters, uint64_t *cycles);
 
 /*
- * A UFFDIO_WRITEPROTECT prepared once and issued by a one-argument call: the
- * cheapest call cffi can generate (no argument tuple, one pointer to
- * convert), so what any CFFI binding pays at least per ioctl.  Benchmark
- * instrument, not API: it returns -errno and raises nothing.
- */
-struct harness_wp_request {
-	int fd;
-	uint64_t start, len, mode;
-};
-int harness_wp_request_issue(const struct harness_wp_request *req);
-
-/*
  * The RFC cover letter's loop: mprotect(READ), mprotect(READ|WRITE), store.
  * @spinner_cpu >= 0: a second thread reads the page on that CPU meanwhile.
  */

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -95,6 +96,87 @@ int harness_uffd_writeprotect(int fd, uint64_t start, uint64_t len,
 	struct uffdio_writeprotect wp = {
 		.range = { .start = start, .len = len }, .mode = mode };
 	return RET(ioctl(fd, UFFDIO_WRITEPROTECT, &wp));
+}
+
+int harness_wp_request_issue(const struct harness_wp_request *req)
+{
+	return harness_uffd_writeprotect(req->fd, req->start, req->len,
+					 req->mode);
+}
+
+struct span {
+	uint64_t start, end;
+	size_t index;
+};
+
+static int span_cmp(const void *a, const void *b)
+{
+	const struct span *x = a, *y = b;
+
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/*
+ * Find two non-empty ranges that overlap: 1 with their indices in *@first
+ * and *@second (in the caller's order), 0 if none, -ENOMEM.  Sorts a copy
+ * by start and sweeps with the furthest end seen so far, so a long range
+ * that covers several later ones is caught whatever lies between.  An end
+ * past 2^64 counts as 2^64 - 1 (the kernel rejects such a range anyway).
+ */
+int harness_wp_ranges_overlap(const struct harness_wp_range *ranges, size_t n,
+			      size_t *first, size_t *second)
+{
+	struct span *spans = malloc((n ? n : 1) * sizeof(*spans));
+	size_t m = 0;
+	int found = 0;
+
+	if (!spans)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t start = ranges[i].start, len = ranges[i].len;
+
+		if (!len)
+			continue;
+		spans[m].start = start;
+		spans[m].end = len > UINT64_MAX - start ? UINT64_MAX : start + len;
+		spans[m].index = i;
+		m++;
+	}
+	qsort(spans, m, sizeof(*spans), span_cmp);
+	for (size_t i = 1, reach = 0; i < m; i++) {
+		if (spans[reach].end > spans[i].start) {
+			size_t a = spans[reach].index, b = spans[i].index;
+
+			*first = a < b ? a : b;
+			*second = a < b ? b : a;
+			found = 1;
+			break;
+		}
+		if (spans[i].end > spans[reach].end)
+			reach = i;
+	}
+	free(spans);
+	return found;
+}
+
+/*
+ * The batched path: one call from Python for @n ranges, the loop here.
+ * Ranges are independent (userfaultfd_writeprotect() takes and drops the
+ * mmap lock per ioctl), so a failed range does not stop the others: each
+ * gets its own errno and the caller sees which were done.
+ */
+size_t harness_uffd_writeprotect_many(int fd,
+				      const struct harness_wp_range *ranges,
+				      size_t n, uint64_t mode, int32_t *errs)
+{
+	size_t failed = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		errs[i] = -harness_uffd_writeprotect(fd, ranges[i].start,
+						     ranges[i].len, mode);
+		failed += errs[i] != 0;
+	}
+	return failed;
 }
 
 int harness_uffd_continue(int fd, uint64_t start, uint64_t len, uint64_t mode,

@@ -12,17 +12,24 @@ The public facade.  The rooms behind it:
 - :mod:`harness.vm`      kernel builds and the QEMU guest
 """
 from harness.abi import Feature, Ioctl, RegisterMode, hint_abi, use_uapi_header
-from harness.errors import FeatureUnavailable, HarnessError, UffdClosedError, UffdError
+from harness.errors import (
+                            FeatureUnavailable,
+                            HarnessError,
+                            InvalidRanges,
+                            UffdClosedError,
+                            UffdError,
+                            WriteProtectBatchError,
+)
 from harness.events import FaultHandler, PageFault
 from harness.memory import MemoryKind, Region
 from harness.pte import PteState, clear_refs, observe
-from harness.uffd import Userfaultfd, open_any, probe_features
+from harness.uffd import PreparedRanges, Userfaultfd, open_any, probe_features
 
 __all__ = [
     "Feature", "Ioctl", "RegisterMode", "hint_abi", "use_uapi_header",
-    "FeatureUnavailable", "HarnessError", "UffdClosedError", "UffdError",
+    "FeatureUnavailable", "HarnessError", "InvalidRanges", "UffdClosedError", "UffdError", "WriteProtectBatchError",
     "FaultHandler", "PageFault",
     "MemoryKind", "Region",
     "PteState", "clear_refs", "observe",
-    "Userfaultfd", "open_any", "probe_features",
+    "PreparedRanges", "Userfaultfd", "open_any", "probe_features",
 ]

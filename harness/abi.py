@@ -58,10 +58,25 @@ class Feature(enum.Enum):
         return getattr(lib, "UFFD_FEATURE_" + self.value)
 
 
+def as_feature(feature, op: str = "UFFDIO_API") -> Feature:
+    """``feature`` as a :class:`Feature`: one already, or its name ("EVENT_FORK", "UFFD_FEATURE_EVENT_FORK").
+
+    Anything else raises :class:`~harness.errors.InvalidArgument` listing the names.
+    """
+    if isinstance(feature, Feature):
+        return feature
+    if isinstance(feature, str):
+        name = feature.strip().upper().removeprefix("UFFD_FEATURE_")
+        if name in Feature.__members__:
+            return Feature[name]
+    from harness.errors import InvalidArgument
+    raise InvalidArgument(op, "features", f"{feature!r} is not a feature; known: {', '.join(Feature.__members__)}")
+
+
 def feature_bits(features: Iterable[Feature]) -> int:
     bits = 0
     for feature in features:
-        bits |= feature.bit
+        bits |= as_feature(feature).bit
     return bits
 
 
@@ -204,13 +219,49 @@ def parse_uapi_header(path: os.PathLike | str) -> HintAbi:
     missing = sorted(_HINT_NAMES[f] for f in _HINT_NAMES if f not in values)
     if missing:
         raise ValueError(f"{path}: defines some access hints but not {', '.join(missing)}")
-    return HintAbi(**values, source=str(path))
+    return HintAbi(feature=values["feature"], access_likely=values["access_likely"],
+                   write_likely=values["write_likely"], source=str(path))
+
+
+def check_hint_abi(hints: HintAbi) -> None:
+    """Raise ValueError unless the hint values can be told apart from every bit they share a word with.
+
+    Each mode hint must be one bit, distinct from the other hint and from
+    ``MODE_WP`` and ``MODE_DONTWAKE`` (a hint on the WP bit would turn an
+    un-protect into a protect); the feature must be one bit that no named
+    feature uses, and not bit 31 (internal to fs/userfaultfd.c).
+    """
+    where = hints.source
+    taken = {"UFFDIO_WRITEPROTECT_MODE_WP": WRITEPROTECT_MODE_WP,
+             "UFFDIO_WRITEPROTECT_MODE_DONTWAKE": WRITEPROTECT_MODE_DONTWAKE}
+    for field_name in ("access_likely", "write_likely"):
+        name, value = _HINT_NAMES[field_name], getattr(hints, field_name)
+        if value <= 0 or value & (value - 1) or value >= 1 << 64:
+            raise ValueError(f"{where}: {name} = {value:#x} is not a single bit of a 64-bit mode word")
+        for other, bit in taken.items():
+            if value == bit:
+                raise ValueError(f"{where}: {name} = {value:#x} is the bit of {other}")
+        taken[name] = value
+    feature = hints.feature
+    if feature <= 0 or feature & (feature - 1) or feature >= 1 << 31:
+        raise ValueError(f"{where}: UFFD_FEATURE_ACCESS_HINTS = {feature:#x} is not one of bits 0..30 "
+                         "(ctx->features is an unsigned int, and bit 31 is internal)")
+    for known in Feature:
+        if known is not Feature.ACCESS_HINTS and known.bit == feature:
+            raise ValueError(f"{where}: UFFD_FEATURE_ACCESS_HINTS = {feature:#x} is the bit of "
+                             f"UFFD_FEATURE_{known.value}")
 
 
 def use_uapi_header(path: os.PathLike | str | None) -> HintAbi:
-    """Drive the kernel with the hint values of ``path`` (None: back to the defaults)."""
+    """Drive the kernel with the hint values of ``path`` (None: back to the defaults).
+
+    Values that collide with another bit of the same word raise ValueError
+    naming the header, and the hints in force stay as they were.
+    """
     global _active_hint_abi
-    _active_hint_abi = _DEFAULT_HINT_ABI if path is None else parse_uapi_header(path)
+    hints = _DEFAULT_HINT_ABI if path is None else parse_uapi_header(path)
+    check_hint_abi(hints)
+    _active_hint_abi = hints
     return _active_hint_abi
 
 
@@ -223,10 +274,24 @@ def set_hint_abi(hints: HintAbi) -> HintAbi:
 
 def hint_abi() -> HintAbi:
     """The hint values in force: from ``$UFFD_HARNESS_UAPI_HEADER`` if set, else the defaults."""
-    global _active_hint_abi
     if _active_hint_abi is None:
-        use_uapi_header(os.environ.get(UAPI_HEADER_ENV) or None)
+        return use_uapi_header(os.environ.get(UAPI_HEADER_ENV) or None)
     return _active_hint_abi
+
+
+def writeprotect_mode(protect: bool, *, dontwake: bool = False, access_likely: bool = False,
+                      write_likely: bool = False) -> int:
+    """The ``UFFDIO_WRITEPROTECT`` mode word: MODE_WP when protecting, DONTWAKE, and the hint bits in force.
+
+    The one place a write-protect mode word is composed (the binding, its
+    batched path and the simulator all call it), so a hint bit taken from a
+    kernel tree's header (:func:`use_uapi_header`) reaches every caller.
+    """
+    mode = (WRITEPROTECT_MODE_WP if protect else 0) | (WRITEPROTECT_MODE_DONTWAKE if dontwake else 0)
+    if access_likely or write_likely:
+        hints = hint_abi()
+        mode |= (hints.access_likely if access_likely else 0) | (hints.write_likely if write_likely else 0)
+    return mode
 
 
 class PagemapBit(enum.IntEnum):

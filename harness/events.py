@@ -85,7 +85,7 @@ def decode_events(buf, count: int, adopt_fd: Callable[[int], "Userfaultfd"]) -> 
 
 
 class HandlerError(HarnessError):
-    """The fault handler's callback raised; the original exception is the cause."""
+    """The fault handler's callback raised, or its serve loop failed; the original exception is the cause."""
 
 
 class FaultHandler:
@@ -94,7 +94,12 @@ class FaultHandler:
     ``callback(uffd, event)`` runs once per event.  If it raises, the handler
     resolves that fault the simplest way it can (un-protect, continue, or
     map a zero page) so the faulting thread does not hang, keeps serving,
-    and :meth:`stop` re-raises the first exception in the calling thread::
+    and :meth:`stop` re-raises the first exception in the calling thread.
+    If the serve loop itself fails (reading events, e.g. because the
+    userfaultfd was closed under it), the handler closes the userfaultfd,
+    which wakes every thread blocked on one of its faults
+    (``userfaultfd_release()`` in fs/userfaultfd.c), and :meth:`wait_for`
+    and :meth:`stop` raise :class:`HandlerError` saying why::
 
         with FaultHandler(uffd, lambda u, ev: u.zeropage(page_of(ev), PAGE)):
             region.read()
@@ -107,6 +112,8 @@ class FaultHandler:
         self.events: list[UffdEvent] = []
         self._poll_interval = poll_interval
         self._error: Optional[BaseException] = None
+        #: why the serve loop ended other than by stop() (None while it serves)
+        self._serve_failure: Optional[BaseException] = None
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._serve, name="uffd-fault-handler", daemon=True)
 
@@ -132,6 +139,8 @@ class FaultHandler:
             if fd >= 0:
                 os.close(fd)
         self._stop_r = self._stop_w = -1
+        if raise_errors and self._serve_failure is not None:
+            raise HandlerError(f"fault handler stopped serving: {self._serve_failure!r}") from self._serve_failure
         if raise_errors and self._error is not None:
             raise HandlerError(f"fault handler callback failed: {self._error!r}") from self._error
 
@@ -139,12 +148,26 @@ class FaultHandler:
         """Wait until ``count`` events have been handled; raise after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while len(self.events) < count:
+            if self._serve_failure is not None:
+                raise HandlerError(f"fault handler stopped serving after {len(self.events)} of {count} events: "
+                                   f"{self._serve_failure!r}") from self._serve_failure
             if time.monotonic() > deadline:
                 raise HarnessError(f"expected {count} userfaultfd events within {timeout} s, got {len(self.events)}")
             time.sleep(0.005)
         return list(self.events)
 
     def _serve(self) -> None:
+        try:
+            self._serve_loop()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop() and wait_for(), not on stderr
+            self._serve_failure = exc
+            # Nobody reads this fd's faults any more: closing it wakes the threads blocked on them.
+            try:
+                self.uffd.close()
+            except OSError:
+                pass
+
+    def _serve_loop(self) -> None:
         poller = select.poll()
         poller.register(self.uffd.fileno(), select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
@@ -171,7 +194,7 @@ class FaultHandler:
         # page sizes, and as a last resort unregister the page (the retried
         # fault is then an ordinary one).
         spans = [(event.address & ~(size - 1), size) for size in (PAGE_SIZE, default_hugepage_size())]
-        attempts: list[Callable[[], object]] = []
+        attempts: list[Callable[..., object]] = []   # called with no arguments
         for start, size in spans:
             if event.wp:
                 attempts.append(lambda s=start, n=size: self.uffd.writeprotect(s, n, protect=False))

@@ -52,6 +52,7 @@ def _register_modes_for(kind: MemoryKind) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with Region.create(kind, 1) as region:
         for mode in RegisterMode:
+            assert mode.name is not None, "iterating a Flag yields its named members only"
             with open_any(features=[]) as uffd:
                 try:
                     ioctls = uffd.register(region.addr, region.length, mode)
@@ -68,6 +69,7 @@ def observation_channels() -> dict[str, str]:
     channels["pagemap_pfn"] = "ok" if pte.pfn_visible() else "hidden (needs CAP_SYS_ADMIN)"
     channels["idle-page"] = pte.idle_page_tracking_available() or "ok"
     channels["kpageflags"] = pte.kpageflags_available() or "ok"
+    channels["pte"] = pte.pte_channel_available() or "ok"
     with Region.create(MemoryKind.ANON, 1) as region:
         region.write()
         try:
@@ -171,7 +173,7 @@ def collect() -> dict[str, Any]:
 def render(info: dict[str, Any]) -> str:
     k, api = info["kernel"], info["api"]
     lines = [f"kernel      {k['release']} ({k['machine']})",
-             f"open        " + ", ".join(f"{key}={value}" for key, value in info["open"].items()),
+             "open        " + ", ".join(f"{key}={value}" for key, value in info["open"].items()),
              f"features    {' '.join(api['features'])}",
              f"ioctls      {' '.join(api['ioctls'])}"]
     hints = api["access_hints"]

@@ -6,13 +6,15 @@ a "read" never writes and a "write" never reads first.
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import re
 import tempfile
+import weakref
 from typing import Optional
 
 from harness._native import ffi, lib
-from harness.errors import HarnessError, MappingError, ThpUnavailable
+from harness.errors import HarnessError, InvalidArgument, MappingError, RegionClosedError, ThpUnavailable
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PROT_NONE = lib.PROT_NONE
@@ -133,10 +135,38 @@ def _tmpfs_dir() -> str:
     raise HarnessError("no writable tmpfs mount (/dev/shm, /run, /tmp) for a tmpfs-file region")
 
 
+class _Owned:
+    """The mapping (guards included) and fd a Region owns, released once.
+
+    Kept apart from the Region so that the finalizer of a Region dropped
+    without :meth:`Region.close` can release them without a reference to it.
+    """
+
+    __slots__ = ("start", "length", "fd")
+
+    def __init__(self, start: int, length: int, fd: int):
+        self.start, self.length, self.fd = start, length, fd
+
+    def release(self) -> None:
+        start, length, fd = self.start, self.length, self.fd
+        self.start = self.length = 0
+        self.fd = -1
+        try:
+            if length and lib.munmap(ffi.cast("void *", start), length) != 0:
+                raise MappingError("munmap", ffi.errno, start, length)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
 class Region:
     """``npages`` pages of one memory kind, mapped as one VMA.
 
-    Pages are numbered from 0; ``count=None`` means "to the end".
+    Pages are numbered from 0; ``count=None`` means "to the end".  Every
+    access checks its pages against the region and the region against
+    :meth:`close` before an address reaches C, so a closed region or a range
+    past the end raises instead of crashing the interpreter.  A region
+    dropped without :meth:`close` is unmapped by a finalizer.
     """
 
     def __init__(self, kind: MemoryKind, addr: int, npages: int, page_size: int, fd: int = -1,
@@ -151,6 +181,21 @@ class Region:
         self.page_size = page_size
         self.fd = fd
         self.prot = prot
+        self._owned = _Owned(0, 0, fd)
+        self._set_owned_range()
+        self._finalizer = weakref.finalize(self, self._owned.release)
+
+    def _set_owned_range(self) -> None:
+        guard = self.page_size if self._guarded else 0
+        self._owned.start, self._owned.length = self.addr - guard, self.length + 2 * guard
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def _check_open(self, op: str) -> None:
+        if not self._finalizer.alive:
+            raise RegionClosedError(op, f"{self.kind.value} region of {self.npages} pages")
 
     @property
     def length(self) -> int:
@@ -175,8 +220,15 @@ class Region:
         reserved and keeps (no guard pages): how :func:`adjacent_regions` lays
         VMAs side by side.
         """
+        if isinstance(npages, bool) or not isinstance(npages, int):
+            raise InvalidArgument("Region.create", "npages", f"a number of pages, not {npages!r}")
         if npages <= 0:
-            raise ValueError(f"a region needs at least one page, not {npages}")
+            raise InvalidArgument("Region.create", "npages", f"a region needs at least one page, not {npages}")
+        # mmap takes a size_t and the reservation adds guards: say so here, not with an OverflowError from C
+        if (npages + 3) * (thp_pmd_size() if thp else default_hugepage_size() if kind.hugetlb else PAGE_SIZE) \
+                > _MAX_MAPPING:
+            raise InvalidArgument("Region.create", "npages",
+                                  f"{npages} pages do not fit in an address space ({_MAX_MAPPING + 1:#x} bytes)")
         if thp:
             return cls._create_thp(kind, npages, prot)
         page_size = default_hugepage_size() if kind.hugetlb else PAGE_SIZE
@@ -185,20 +237,20 @@ class Region:
                                "(reserve some: sysctl vm.nr_hugepages=N, as root)")
         length = npages * page_size
         fd = -1
-        if kind is MemoryKind.ANON:
-            flags, map_fd = lib.MAP_PRIVATE | lib.MAP_ANONYMOUS, -1
-        elif kind in (MemoryKind.FILE, MemoryKind.FILE_PRIVATE):
-            fd, path = tempfile.mkstemp(prefix="uffd-harness-", dir=_tmpfs_dir())
-            os.unlink(path)
-            os.ftruncate(fd, length)
-            flags, map_fd = (lib.MAP_SHARED if kind is MemoryKind.FILE else lib.MAP_PRIVATE), fd
-        else:
-            memfd_flags = os.MFD_CLOEXEC | (os.MFD_HUGETLB if kind.hugetlb else 0)
-            fd = os.memfd_create(f"uffd-harness-{kind.value}", memfd_flags)
-            os.ftruncate(fd, length)
-            flags = lib.MAP_SHARED if kind.shared else lib.MAP_PRIVATE
-            map_fd = fd
         try:
+            if kind is MemoryKind.ANON:
+                flags, map_fd = lib.MAP_PRIVATE | lib.MAP_ANONYMOUS, -1
+            elif kind in (MemoryKind.FILE, MemoryKind.FILE_PRIVATE):
+                fd, path = tempfile.mkstemp(prefix="uffd-harness-", dir=_tmpfs_dir())
+                os.unlink(path)
+                _ftruncate(fd, length, kind)
+                flags, map_fd = (lib.MAP_SHARED if kind is MemoryKind.FILE else lib.MAP_PRIVATE), fd
+            else:
+                memfd_flags = os.MFD_CLOEXEC | (os.MFD_HUGETLB if kind.hugetlb else 0)
+                fd = os.memfd_create(f"uffd-harness-{kind.value}", memfd_flags)
+                _ftruncate(fd, length, kind)
+                flags = lib.MAP_SHARED if kind.shared else lib.MAP_PRIVATE
+                map_fd = fd
             if at is None:
                 addr = _map_between_guards(length, page_size, prot, flags, map_fd, kind.value)
             else:
@@ -274,6 +326,7 @@ class Region:
 
     def alias(self, prot: int = PROT_RW) -> "Region":
         """A second MAP_SHARED mapping of the same file (for MINOR faults and page-cache tests)."""
+        self._check_open("mmap(alias)")
         if self.fd < 0:
             raise HarnessError(f"{self.kind.value} region has no file to map twice")
         ptr = lib.mmap(ffi.NULL, self.length, prot, lib.MAP_SHARED, self.fd, 0)
@@ -284,13 +337,19 @@ class Region:
     # -- addresses ----------------------------------------------------------
 
     def page_addr(self, page: int) -> int:
+        """The address of ``page``; raises if the region is closed or the page outside it."""
+        self._check_open("Region access")
+        _check_index("page", page)
         if not 0 <= page < self.npages:
             raise IndexError(f"page {page} outside a region of {self.npages} pages")
         return self.addr + page * self.page_size
 
     def span(self, first: int = 0, count: Optional[int] = None) -> tuple[int, int]:
-        """(start, length) of pages [first, first+count)."""
+        """(start, length) of pages [first, first+count); raises if closed or outside the region."""
+        self._check_open("Region access")
+        _check_index("first", first)
         count = self.npages - first if count is None else count
+        _check_index("count", count)
         if count < 0 or first < 0 or first + count > self.npages:
             raise IndexError(f"pages [{first}, +{count}) outside a region of {self.npages} pages")
         return self.addr + first * self.page_size, count * self.page_size
@@ -320,18 +379,24 @@ class Region:
 
     def data(self, page: int = 0, length: Optional[int] = None) -> bytes:
         """A copy of the bytes of a page (this reads the page)."""
+        start = self.page_addr(page)
         length = self.page_size if length is None else length
+        _check_index("length", length)
+        if not 0 <= length <= self.end - start:
+            raise IndexError(f"{length} bytes from page {page} run past the end of a region of {self.npages} pages")
         # memcpy through lib, not ffi.buffer: cffi drops the GIL around lib
         # calls, so a fault served by a FaultHandler thread cannot deadlock.
         out = ffi.new("char[]", length)
-        lib.memcpy(out, ffi.cast("void *", self.page_addr(page)), length)
+        lib.memcpy(out, ffi.cast("void *", start), length)
         return ffi.buffer(out)[:]
 
     def fill(self, page: int, data: bytes) -> None:
         """Write ``data`` at the start of ``page`` (a write access)."""
-        if len(data) > self.length - page * self.page_size:
-            raise ValueError("data runs past the end of the region")
-        lib.memcpy(ffi.cast("void *", self.page_addr(page)), ffi.from_buffer(data), len(data))
+        start = self.page_addr(page)
+        if len(data) > self.end - start:
+            raise IndexError(f"{len(data)} bytes from page {page} run past the end of a region of "
+                             f"{self.npages} pages")
+        lib.memcpy(ffi.cast("void *", start), ffi.from_buffer(data), len(data))
 
     def checksum(self, first: int = 0, count: Optional[int] = None) -> int:
         start, length = self.span(first, count)
@@ -369,7 +434,11 @@ class Region:
         MREMAP_FIXED onto a fresh reservation.  The old guards are given back.
         A userfaultfd with EVENT_REMAP sees one REMAP event.
         """
+        self._check_open("mremap")
         npages = self.npages if npages is None else npages
+        _check_index("npages", npages)
+        if npages <= 0:
+            raise InvalidArgument("Region.mremap", "npages", f"at least one page, not {npages}")
         new_length = npages * self.page_size
         guard = self.page_size
         spot = _map_between_guards(new_length, guard, PROT_NONE,
@@ -384,20 +453,17 @@ class Region:
             lib.munmap(ffi.cast("void *", self.addr - guard), guard)
             lib.munmap(ffi.cast("void *", self.addr + self.length), guard)
         self.addr, self.npages, self._guarded = spot, npages, True
+        self._set_owned_range()
         return self.addr
 
     # -- life cycle ---------------------------------------------------------
 
     def close(self) -> None:
-        if self.addr:
-            guard = self.page_size if self._guarded else 0
-            start, length = self.addr - guard, self.length + 2 * guard
-            if lib.munmap(ffi.cast("void *", start), length) != 0:
-                raise MappingError("munmap", ffi.errno, start, length)
-            self.addr = 0
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Unmap the region and close its file; every later access raises :class:`RegionClosedError`."""
+        if self._finalizer.detach() is None:
+            return                              # already closed
+        self.fd = -1
+        self._owned.release()
 
     def __enter__(self) -> "Region":
         return self
@@ -406,7 +472,27 @@ class Region:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Region {self.kind.value}{' THP' if self.thp else ''} {self.addr:#x} {self.npages}x{self.page_size}>"
+        where = "closed" if self.closed else f"{self.addr:#x}"
+        return f"<Region {self.kind.value}{' THP' if self.thp else ''} {where} {self.npages}x{self.page_size}>"
+
+
+#: the largest mapping (guards included) asked of mmap: its length is a size_t, and past 2^63 an ssize_t fails
+_MAX_MAPPING = (1 << 63) - 1
+
+
+def _check_index(name: str, value) -> None:
+    """Page numbers and lengths are ints: a float or a str would reach C as garbage or an OverflowError."""
+    try:
+        operator.index(value)
+    except TypeError:
+        raise InvalidArgument("Region", name, f"an int, not {value!r}") from None
+
+
+def _ftruncate(fd: int, length: int, kind: MemoryKind) -> None:
+    try:
+        os.ftruncate(fd, length)
+    except OSError as exc:
+        raise MappingError(f"ftruncate({kind.value} file)", exc.errno or 0, None, length) from None
 
 
 def _map_between_guards(length: int, align: int, prot: int, flags: int, fd: int, what: str) -> int:
@@ -471,7 +557,7 @@ class AdjacentRegions:
                            lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
         if reserve == ffi.cast("void *", -1):
             raise MappingError("mmap(reserve for adjacent regions)", ffi.errno, None, reserve_len)
-        self._reserve = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
+        self._reserve: Optional[tuple[int, int]] = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
         boundary = (self._reserve[0] + PAGE_SIZE + pmd + pmd - 1) // pmd * pmd
         self.addr = boundary - boundary_page * PAGE_SIZE
         self.regions: list[Region] = []

@@ -19,6 +19,8 @@ ENV_ACCEL = "UFFD_HARNESS_ACCEL"                #: force QEMU's accelerator (kvm
 ENV_VNG = "UFFD_HARNESS_VNG"                    #: the vng executable (tests use a stand-in)
 ENV_RWDIR = "UFFD_HARNESS_RWDIR"                #: set in a guest: its writable results directory
 ENV_SIM_PROFILES = "UFFD_HARNESS_SIM_PROFILES"  #: extra simulator profiles (module:NAME, comma-separated)
+ENV_KEEP_CANDIDATES = "UFFD_HARNESS_KEEP_CANDIDATES"    #: candidate-* kernel builds kept (default 3)
+ENV_CANDIDATES_MAX_MB = "UFFD_HARNESS_CANDIDATES_MAX_MB"  #: MB the kept candidate-* builds may take (default: no limit)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = Path(os.environ.get(ENV_BUILD_DIR) or REPO_ROOT / "build").resolve()

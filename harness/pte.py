@@ -2,6 +2,14 @@
 
 Channels (``PteState.source`` names the one that answered young/dirty):
 
+``pte``
+    ``/sys/kernel/debug/uffd_harness/pte`` (root, debugfs, and a kernel with
+    the uffd-harness instrumentation patch, ``vm/instrumentation``: every
+    guest kernel the harness builds has it, no distribution kernel does).
+    The page-table entry itself: present, writable, young, dirty, uffd-wp,
+    soft-dirty, the level (pte / pmd / pud) and, for a non-present entry,
+    what its swap entry is.  No folio flag enters it, nothing is cleared by
+    reading it.  :func:`read_ptes` reads a range in one write + read.
 ``smaps``
     ``/proc/self/smaps`` per VMA: ``Referenced`` counts pages whose PTE is
     young *or* whose folio is referenced; ``Private_Dirty``/``Shared_Dirty``
@@ -28,19 +36,24 @@ import errno
 import os
 import struct
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Optional
 
 from harness import abi
 from harness._native import ffi, lib
-from harness.abi import KPageFlag, PagemapBit, PageCategory
+from harness.abi import KPageFlag, PageCategory, PagemapBit
 from harness.errors import HarnessError, ObservationUnavailable, UffdError
 from harness.memory import PAGE_SIZE, Region
 
+PTE = "pte"
 SMAPS = "smaps"
 IDLE_PAGE = "idle-page"
 KPAGEFLAGS = "kpageflags"
-CHANNELS = (SMAPS, IDLE_PAGE, KPAGEFLAGS)
+CHANNELS = (PTE, SMAPS, IDLE_PAGE, KPAGEFLAGS)
 
+#: the instrumentation's debugfs file (vm/instrumentation, mm/uffd_harness_pte.c)
+PTE_DEBUGFS = "/sys/kernel/debug/uffd_harness/pte"
+_DEBUGFS = "/sys/kernel/debug"
 _IDLE_BITMAP = "/sys/kernel/mm/page_idle/bitmap"
 _KPAGEFLAGS = "/proc/kpageflags"
 
@@ -61,9 +74,9 @@ class PteState:
     young: Optional[bool]
     #: dirty bit; None when the channel cannot tell
     dirty: Optional[bool]
-    #: which channel answered young/dirty: smaps, idle-page, kpageflags, or sim
+    #: which channel answered young/dirty: pte, smaps, idle-page, kpageflags, or sim
     source: str
-    #: writable in the page table; only the simulator can see this
+    #: writable in the page table: the pte channel and the simulator see it, None elsewhere
     writable: Optional[bool] = None
 
     def bits(self) -> dict[str, Optional[bool]]:
@@ -259,6 +272,169 @@ def kpageflags(pfn: int) -> frozenset[KPageFlag]:
     return frozenset(flag for flag in KPageFlag if word >> flag & 1)
 
 
+# -- the pte channel (vm/instrumentation) -------------------------------------------
+
+#: the levels a line of the pte file names: where the kernel's walk ended
+PTE_LEVELS = ("none", "pud", "pmd", "pte")
+#: what a non-present, non-empty entry is ("swap" column); None for present or empty entries
+SWAP_KINDS = ("swap", "marker", "migration", "hwpoison", "other")
+_PTE_FLAGS = ("present", "writable", "young", "dirty", "uffd_wp", "soft_dirty")
+#: bytes per line, generously (mm/uffd_harness_pte.c: UH_PTE_LINE_MAX)
+_PTE_LINE_MAX = 192
+
+
+@dataclass(frozen=True)
+class PteEntry:
+    """One base page's page-table entry as the kernel's own walk reads it (the pte channel).
+
+    For a PMD leaf (THP, hugetlb) every base page it covers reports the
+    PMD's bits, with ``level`` "pmd" and its own ``pfn``.
+    """
+
+    addr: int
+    #: "none" (no page table down to the PTE), "pud", "pmd" (a leaf or non-present entry there), "pte"
+    level: str
+    present: bool
+    writable: bool
+    young: bool
+    dirty: bool
+    uffd_wp: bool
+    soft_dirty: bool
+    #: non-present, non-empty entries: "swap", "marker" (a PTE marker, e.g. uffd-wp's), "migration",
+    #: "hwpoison" or "other"; None for present and empty entries
+    swap: Optional[str]
+    #: page frame of this base page, None when not present
+    pfn: Optional[int]
+    #: the raw entry (the PMD's or PUD's for leaves there); 0 when empty or when level is "none"
+    entry: int
+
+    @property
+    def empty(self) -> bool:
+        """Nothing in the entry: no page, no swap entry, no marker."""
+        return not self.present and self.swap is None
+
+
+_LACKS_INSTRUMENTATION = "kernel lacks the uffd-harness instrumentation patch (vm/instrumentation)"
+
+
+def pte_channel_available() -> Optional[str]:
+    """None if the pte channel works here, else why not."""
+    if os.access(PTE_DEBUGFS, os.R_OK | os.W_OK):
+        return None
+    if kernel_instrumented() is False:
+        return _LACKS_INSTRUMENTATION
+    if not os.path.isdir(_DEBUGFS):
+        return "kernel lacks CONFIG_DEBUG_FS (no /sys/kernel/debug)"
+    if not os.access(_DEBUGFS, os.R_OK | os.X_OK):
+        return "not root (debugfs at /sys/kernel/debug needs root)"
+    if not os.path.ismount(_DEBUGFS):
+        return "debugfs is not mounted (mount -t debugfs none /sys/kernel/debug)"
+    if not os.path.exists(PTE_DEBUGFS):
+        return _LACKS_INSTRUMENTATION
+    return f"not root ({PTE_DEBUGFS} is mode 0600)"
+
+
+@lru_cache(maxsize=1)
+def kernel_instrumented() -> Optional[bool]:
+    """Whether the running kernel was built with vm/instrumentation: its read handler
+    ``uh_pte_read`` is in /proc/kallsyms (CONFIG_KALLSYMS; names are shown to anyone).
+    None when /proc/kallsyms cannot tell."""
+    try:
+        with open("/proc/kallsyms") as f:
+            return any(line.endswith(" uh_pte_read\n") for line in f)
+    except OSError:
+        return None
+
+
+def parse_pte_line(line: str) -> PteEntry:
+    """One line of the pte file (format: vm/README.md, "The instrumentation patch")."""
+    parts = line.split()
+    try:
+        fields = dict(part.split("=", 1) for part in parts[2:])
+        flags = {name: fields[name] == "1" for name in _PTE_FLAGS}
+        entry = PteEntry(addr=int(parts[0], 16), level=parts[1], **flags,
+                         swap=None if fields["swap"] == "-" else fields["swap"],
+                         pfn=None if fields["pfn"] == "-" else int(fields["pfn"], 16),
+                         entry=int(fields["entry"], 16))
+    except (IndexError, KeyError, ValueError) as exc:
+        raise HarnessError(f"{PTE_DEBUGFS}: cannot parse line {line!r} ({exc!r}): does the kernel's "
+                           "vm/instrumentation match harness/pte.py?") from None
+    if entry.level not in PTE_LEVELS or (entry.swap is not None and entry.swap not in SWAP_KINDS):
+        raise HarnessError(f"{PTE_DEBUGFS}: unknown level or swap kind in {line!r}: does the kernel's "
+                           "vm/instrumentation match harness/pte.py?")
+    return entry
+
+
+def read_ptes(addr: int, npages: int = 1) -> list[PteEntry]:
+    """The page-table entries of ``npages`` base pages from ``addr``, in this process.
+
+    One write ("ADDR NPAGES") and one read: the kernel walks the whole range
+    under one ``mmap_read_lock()``, so the result is one snapshot as long as
+    it fits in one read (about 1900 lines: the kernel formats at most
+    256 KiB per read; longer ranges take several reads, each a snapshot).
+    """
+    _require(pte_channel_available())
+    if addr % PAGE_SIZE or npages < 1:
+        raise ValueError(f"read_ptes({addr:#x}, {npages}): the address must be page-aligned, npages >= 1")
+    fd = os.open(PTE_DEBUGFS, os.O_RDWR)
+    try:
+        try:
+            os.write(fd, f"{addr:#x} {npages}".encode())
+        except OSError as exc:
+            raise HarnessError(
+                f"{PTE_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno or 0, exc.errno)}: "
+                "the range must be page-aligned and inside the user address space") from None
+        chunks = []
+        want = npages * _PTE_LINE_MAX
+        while True:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    entries = [parse_pte_line(line) for line in b"".join(chunks).decode().splitlines()]
+    if len(entries) != npages:
+        raise HarnessError(f"{PTE_DEBUGFS}: asked for {npages} pages from {addr:#x}, got {len(entries)} lines")
+    return entries
+
+
+def read_pte(addr: int) -> PteEntry:
+    """One base page's entry (see :func:`read_ptes`)."""
+    return read_ptes(addr & ~(PAGE_SIZE - 1), 1)[0]
+
+
+def _pte_state(entry: int, pte: PteEntry) -> PteState:
+    """A PteState from pagemap (as for the other channels) and the pte channel's young/dirty/writable."""
+    present = pagemap_bit(entry, PagemapBit.PRESENT)
+    return PteState(
+        present=present,
+        swapped=pagemap_bit(entry, PagemapBit.SWAPPED),
+        file_shared=pagemap_bit(entry, PagemapBit.FILE),
+        uffd_wp=pagemap_bit(entry, PagemapBit.UFFD_WP),
+        exclusive=pagemap_bit(entry, PagemapBit.EXCLUSIVE),
+        soft_dirty=pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
+        pfn=pagemap_pfn(entry),
+        young=pte.present and pte.young, dirty=pte.present and pte.dirty,
+        writable=pte.present and pte.writable, source=PTE)
+
+
+def observe_ptes(region: Region, first: int = 0, count: Optional[int] = None) -> list[PteState]:
+    """Pages [first, first+count) of ``region`` through the pte channel: one read for all of them.
+
+    A page of a THP or hugetlb region is its first base page's entry (the
+    PMD's bits).  Presence, swap, uffd-wp and soft-dirty come from pagemap,
+    as for every channel; :func:`read_ptes` gives the entries themselves.
+    """
+    count = region.npages - first if count is None else count
+    if region.page_size == PAGE_SIZE:
+        start = region.page_addr(first)
+        return [_pte_state(e, p) for e, p in zip(pagemap_entries(start, count), read_ptes(start, count), strict=False)]
+    # one huge page is 512 lines; only its first base page's is needed
+    heads = [region.page_addr(page) for page in range(first, first + count)]
+    return [_pte_state(pagemap_entry(addr), read_ptes(addr, 1)[0]) for addr in heads]
+
+
 # -- the one-stop call ------------------------------------------------------------
 
 def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
@@ -279,6 +455,8 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
         pfn=pagemap_pfn(entry),
         young=None, dirty=None, source=channel,
     )
+    if channel == PTE:
+        return observe_ptes(region, page, 1)[0]
     if not present:
         return replace(state, young=False, dirty=False)
     if channel == SMAPS:
@@ -295,8 +473,114 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     raise ValueError(f"unknown observation channel {channel!r}; use one of {', '.join(CHANNELS)}")
 
 
-def observe_all(region: Region, channel: str = SMAPS) -> list[PteState]:
-    return [observe(region, page, channel) for page in range(region.npages)]
+# -- cross-check: the PTE against what folio flags can explain ----------------------
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """One page through every channel that works here, read in an order that keeps each honest.
+
+    kpageflags first (folio flags, no rmap walk), then the pte channel,
+    smaps (reads PTEs and folio flags, clears nothing), and idle-page
+    tracking last: reading its bitmap walks the reverse map and
+    test-and-clears the young bits of every PTE that maps the folio
+    (``page_idle_clear_pte_refs()``), so nothing read after it would be
+    true.  ``None`` wherever a channel cannot answer.
+    """
+
+    addr: int
+    #: the raw pagemap entry (present, swap, uffd-wp, soft-dirty bits)
+    pagemap: int
+    #: the pte channel's entry
+    pte: PteEntry
+    #: kpageflags of the page, read before any rmap walk; None when not present, hidden, or unavailable
+    folio_flags: Optional[frozenset]
+    #: smaps Referenced / *_Dirty of the VMA (exact for one-page VMAs; None for hugetlb or when ambiguous)
+    smaps_young: Optional[bool]
+    smaps_dirty: Optional[bool]
+    #: idle-page tracking: accessed since marked idle; None unless the folio was marked idle
+    #: (KPF_IDLE set when read first) and the bitmap is readable
+    idle_young: Optional[bool]
+    #: the VMA has VM_SOFTDIRTY (smaps VmFlags "sd"): pagemap then shows every page soft-dirty
+    vma_soft_dirty: bool = False
+
+    @property
+    def folio_referenced(self) -> Optional[bool]:
+        return None if self.folio_flags is None else KPageFlag.REFERENCED in self.folio_flags
+
+    @property
+    def folio_dirty(self) -> Optional[bool]:
+        return None if self.folio_flags is None else KPageFlag.DIRTY in self.folio_flags
+
+    @property
+    def young_from_folio_only(self) -> bool:
+        """A channel says young while the PTE is old: only folio state (PG_referenced, PG_young,
+        ``folio_mark_accessed()`` clearing the idle flag) or another mapping can say so."""
+        return self.pte.present and not self.pte.young and bool(self.smaps_young or self.idle_young)
+
+    @property
+    def dirty_from_folio_only(self) -> bool:
+        """smaps says dirty while the PTE is clean: only the folio's PG_dirty can say so."""
+        return self.pte.present and not self.pte.dirty and bool(self.smaps_dirty)
+
+    def folio_only(self) -> list[str]:
+        """Each young/dirty reading that folio flags alone explain, with the flags seen."""
+        out = []
+        flags = "kpageflags hidden" if self.folio_flags is None else \
+            f"folio referenced={self.folio_referenced} dirty={self.folio_dirty}"
+        if self.pte.present and not self.pte.young:
+            if self.smaps_young:
+                out.append(f"{self.addr:#x}: smaps Referenced counts it while the PTE is old ({flags}; "
+                           "smaps_account() also counts PG_referenced and PG_young)")
+            if self.idle_young:
+                out.append(f"{self.addr:#x}: idle-page tracking says accessed while the PTE is old ({flags}; "
+                           "folio_mark_accessed() clears the idle flag too)")
+        if self.dirty_from_folio_only:
+            out.append(f"{self.addr:#x}: smaps *_Dirty counts it while the PTE is clean ({flags}; "
+                       "smaps_account() also counts PG_dirty)")
+        return out
+
+    def disagreements(self) -> list[str]:
+        """Where channels contradict each other about what they all see (a broken channel)."""
+        out = []
+        for name, bit in (("present", PagemapBit.PRESENT), ("uffd_wp", PagemapBit.UFFD_WP)):
+            if getattr(self.pte, name) != pagemap_bit(self.pagemap, bit):
+                out.append(f"{self.addr:#x}: {name} is {getattr(self.pte, name)} in the PTE, "
+                           f"{pagemap_bit(self.pagemap, bit)} in pagemap")
+        # pte_to_pagemap_entry() ORs in the VMA's VM_SOFTDIRTY
+        if pagemap_bit(self.pagemap, PagemapBit.SOFT_DIRTY) != (self.pte.soft_dirty or self.vma_soft_dirty):
+            out.append(f"{self.addr:#x}: soft-dirty is {self.pte.soft_dirty} in the PTE and {self.vma_soft_dirty} "
+                       f"on the VMA, but {pagemap_bit(self.pagemap, PagemapBit.SOFT_DIRTY)} in pagemap")
+        # smaps counts pte_young / pte_dirty (smaps_pte_entry()); the idle walk
+        # clears a young PTE and with it the idle flag (page_idle_clear_pte_refs_one())
+        if self.pte.young and self.smaps_young is False:
+            out.append(f"{self.addr:#x}: the PTE is young but smaps Referenced is 0")
+        if self.pte.dirty and self.smaps_dirty is False:
+            out.append(f"{self.addr:#x}: the PTE is dirty but smaps *_Dirty is 0")
+        if self.pte.young and self.idle_young is False:
+            out.append(f"{self.addr:#x}: the PTE is young but idle-page tracking says idle")
+        return out
+
+
+def cross_check(region: Region, page: int = 0) -> CrossCheck:
+    """Page ``page`` of ``region`` through kpageflags, the pte channel, smaps and idle-page tracking.
+
+    Needs the pte channel (root, an instrumented kernel); kpageflags and
+    idle-page tracking answer where they can (None otherwise).  The reading
+    order is the point: see :class:`CrossCheck`.
+    """
+    _require(pte_channel_available())
+    addr = region.page_addr(page)
+    entry = pagemap_entry(addr)
+    pfn = pagemap_pfn(entry)
+    flags = kpageflags(pfn) if pfn is not None and kpageflags_available() is None else None
+    pte = read_pte(addr)
+    young, dirty = _smaps_young_dirty(region, page) if pagemap_bit(entry, PagemapBit.PRESENT) else (False, False)
+    vma_soft_dirty = "sd" in str(smaps_vma(addr).get("VmFlags", "")).split()
+    idle_young = None
+    if flags is not None and pfn is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
+        idle_young = not page_idle(pfn)
+    return CrossCheck(addr=addr, pagemap=entry, pte=pte, folio_flags=flags, smaps_young=young,
+                      smaps_dirty=dirty, idle_young=idle_young, vma_soft_dirty=vma_soft_dirty)
 
 
 def clear_refs(value: int = abi.CLEAR_REFS_ALL, pid: str = "self") -> None:
@@ -375,7 +659,7 @@ def thp_mapping(region: Region) -> ThpMapping:
             head = pfns[0]
             # one THP: all present, one run of PFNs from an aligned head, THP on head and tail
             if head is None or head % per_thp or pfns != list(range(head, head + per_thp)) \
-                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, pfns[-1])):
+                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, head + per_thp - 1)):
                 thp_folio = False
                 break
     return ThpMapping(size_kb=region.length // 1024, rss_kb=vma.get("Rss", 0),

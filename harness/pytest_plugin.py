@@ -39,8 +39,6 @@ import pytest
 from harness.abi import Feature
 from harness.backends.contract import CONTRACT, SOFT_DIRTY, SWAP
 
-
-
 CLAUSES = tuple(sorted(CONTRACT))
 #: what each clause needs from the kernel (BRIEF 2.2: on a stock kernel 2-4 and 6-8 cannot run)
 CLAUSE_NEEDS = {n: clause.needs for n, clause in CONTRACT.items()}
@@ -201,7 +199,7 @@ def backend(request):
         channel = channel or b.channels()[0]
         used.add(channel)
         return real_observe(r, page, channel)
-    b.observe = observe
+    b.observe = observe  # type: ignore[method-assign]  # this backend, for this test: record the channels read
     item.user_properties.extend([(_BACKEND_KEY, b.name), ("profile", b.profile),
                                  ("kernel_release", b.kernel_release)])
     if fallback:
@@ -383,7 +381,7 @@ def build_summary(results: _Results, config) -> dict:
     from harness import abi
     offered = _kernel_features()
     negotiated: set = set()
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
     clause_entries = defaultdict(list)
     for entry in results.tests.values():
         if entry["outcome"]:
@@ -398,9 +396,9 @@ def build_summary(results: _Results, config) -> dict:
         entries = clause_entries.get(n, [])
         caps = _kernel_capabilities()
         kernel_has = all((f in offered) if isinstance(f, Feature) else caps.get(f, False) for f in CLAUSE_NEEDS[n])
-        channels = defaultdict(set)
-        memory = defaultdict(set)
-        backends = Counter()
+        channels: defaultdict[str, set[str]] = defaultdict(set)
+        memory: defaultdict[str, set[str]] = defaultdict(set)
+        backends: Counter[str] = Counter()
         for e in entries:
             name = e["props"].get(_BACKEND_KEY)
             if name and e["outcome"] in ("passed", "failed"):
@@ -429,8 +427,10 @@ def build_summary(results: _Results, config) -> dict:
             "memory": {name: sorted(kinds) for name, kinds in memory.items()},
         }
     hints = abi.hint_abi()
+    from harness.reports import SUMMARY_SCHEMA
     from harness.sim import profiles
     return {
+        "schema": SUMMARY_SCHEMA,
         "kernel_release": platform.release(),
         "patched": Feature.ACCESS_HINTS in offered,
         "features": {"offered": sorted(f.name for f in offered), "negotiated": sorted(negotiated)},

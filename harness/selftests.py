@@ -36,7 +36,8 @@ KSFT_SKIP = 4
 
 _UFFD_START = re.compile(r"Testing (?P<name>.+?)\.\.\. ")
 _UFFD_RESULT = re.compile(r"(?P<word>done|skipped|failed)(?: \[reason: (?P<reason>.*)\])?$")
-_TAP = re.compile(r"^(?P<not>not )?ok (?P<num>\d+) ?-? ?(?P<desc>[^#]*?)\s*(?:#\s*(?P<directive>SKIP|TODO|XFAIL)\S*\s*(?P<reason>.*))?$",
+_TAP = re.compile(r"^(?P<not>not )?ok (?P<num>\d+) ?-? ?(?P<desc>[^#]*?)\s*"
+                  r"(?:#\s*(?P<directive>SKIP|TODO|XFAIL)\S*\s*(?P<reason>.*))?$",
                   re.IGNORECASE)
 
 

@@ -7,19 +7,28 @@ copied, mapped, moved; the ioctls a range supports) and raises
 from __future__ import annotations
 
 import errno
+import operator
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 from harness import abi
 from harness._native import ffi, lib
 from harness.abi import Feature, Ioctl, RegisterMode
-from harness.errors import FeatureUnavailable, UffdClosedError, UffdError
+from harness.errors import (
+    FeatureUnavailable,
+    InvalidArgument,
+    InvalidRanges,
+    UffdClosedError,
+    UffdError,
+    WriteProtectBatchError,
+)
 from harness.events import UffdEvent, decode_events
 
 _wp_ioctl = lib.harness_uffd_writeprotect  # bound once: the hot path of every WP test
+_wp_issue = lib.harness_wp_request_issue   # a prepared request: the one-argument call
+_wp_many = lib.harness_uffd_writeprotect_many
 _MODE_WP = abi.WRITEPROTECT_MODE_WP
-_MODE_DONTWAKE = abi.WRITEPROTECT_MODE_DONTWAKE
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,13 @@ class Userfaultfd:
         self._fd = fd
         self._features_bits = 0
         self._api: Optional[ApiInfo] = None
+        # The range writeprotect() issues as prepared requests (None: none), its protect and
+        # un-protect requests, and the last range it was given.  Four attributes, not a tuple:
+        # fewer bytecodes on the hot path.
+        self._wp_start: Optional[int] = None
+        self._wp_length: Optional[int] = None
+        self._wp_on = self._wp_off = None
+        self._wp_seen: Optional[tuple[int, int]] = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -101,6 +117,7 @@ class Userfaultfd:
 
     def close(self) -> None:
         if self._fd >= 0:
+            self._wp_start = self._wp_length = None  # its prepared requests name this fd
             fd, self._fd = self._fd, -1
             os.close(fd)
 
@@ -133,6 +150,9 @@ class Userfaultfd:
     def _advice(self, op: str, code: int, start, length, mode: int) -> str:
         """Say what a failure most likely means, from what we know of this fd."""
         page = os.sysconf("SC_PAGE_SIZE")
+        if code == errno.EINVAL and op != "UFFDIO_API" and self._api is None:
+            # userfaultfd_ioctl() refuses every ioctl but UFFDIO_API on an fd not yet initialized
+            return "UFFDIO_API was not done on this fd: Userfaultfd.open(features) does it, unless features=None"
         if code == errno.EINVAL:
             if start is not None and (start % page or (length is not None and length % page)):
                 return f"start and length must be multiples of the page size ({page})"
@@ -150,6 +170,8 @@ class Userfaultfd:
             return "the range is not (fully) registered with this userfaultfd"
         if code == errno.EEXIST:
             return "a page is already mapped there"
+        if code == errno.EBUSY and op == "UFFDIO_REGISTER":
+            return "part of the range is registered with another userfaultfd: unregister it there first"
         if code == errno.EAGAIN:
             return "the mm changed under the ioctl (retry), or the range is partly done"
         if code == errno.EPERM and op == "UFFDIO_API":
@@ -164,7 +186,7 @@ class Userfaultfd:
         A feature the kernel lacks raises :class:`FeatureUnavailable` naming it.
         """
         fd = self._check("UFFDIO_API")
-        wanted = frozenset(features)
+        wanted = frozenset(abi.as_feature(f) for f in features)
         feats = ffi.new("uint64_t *")
         ioctls = ffi.new("uint64_t *")
         r = lib.harness_uffd_api(fd, abi.feature_bits(wanted), feats, ioctls)
@@ -193,24 +215,39 @@ class Userfaultfd:
         """``UFFDIO_REGISTER``; returns the ioctls the range now supports."""
         fd = self._check("UFFDIO_REGISTER")
         ioctls = ffi.new("uint64_t *")
-        r = lib.harness_uffd_register(fd, start, length, int(mode), ioctls)
+        try:
+            r = lib.harness_uffd_register(fd, start, length, int(mode), ioctls)
+        except (OverflowError, TypeError):
+            raise _bad_range("UFFDIO_REGISTER", start=start, length=length, mode=mode) from None
         if r < 0:
             raise self._fail("UFFDIO_REGISTER", -r, start, length)
         return abi.ioctls_from_mask(ioctls[0])
 
     def unregister(self, start: int, length: int) -> None:
-        r = lib.harness_uffd_unregister(self._check("UFFDIO_UNREGISTER"), start, length)
+        fd = self._check("UFFDIO_UNREGISTER")
+        try:
+            r = lib.harness_uffd_unregister(fd, start, length)
+        except (OverflowError, TypeError):
+            raise _bad_range("UFFDIO_UNREGISTER", start=start, length=length) from None
         if r < 0:
             raise self._fail("UFFDIO_UNREGISTER", -r, start, length)
 
     def wake(self, start: int, length: int) -> None:
-        r = lib.harness_uffd_wake(self._check("UFFDIO_WAKE"), start, length)
+        fd = self._check("UFFDIO_WAKE")
+        try:
+            r = lib.harness_uffd_wake(fd, start, length)
+        except (OverflowError, TypeError):
+            raise _bad_range("UFFDIO_WAKE", start=start, length=length) from None
         if r < 0:
             raise self._fail("UFFDIO_WAKE", -r, start, length)
 
     def _result_ioctl(self, op: str, call, start: int, length: int, *args) -> int:
         out = ffi.new("int64_t *")
-        r = call(self._check(op), *args, out)
+        fd = self._check(op)
+        try:
+            r = call(fd, *args, out)
+        except (OverflowError, TypeError):
+            raise _bad_range(op, start=start, length=length, arguments=args) from None
         if r < 0:
             raise self._fail(op, -r, start, length, result=out[0])
         return out[0]
@@ -241,29 +278,95 @@ class Userfaultfd:
         mode = (abi.MOVE_MODE_DONTWAKE if dontwake else 0) | (abi.MOVE_MODE_ALLOW_SRC_HOLES if allow_src_holes else 0)
         return self._result_ioctl("UFFDIO_MOVE", lib.harness_uffd_move, dst, length, dst, src, length, mode)
 
-    def writeprotect(self, start: int, length: int, protect: bool = True, *, dontwake: bool = False,
+    def writeprotect(self, start: int, length: int, protect: bool = True, dontwake: bool = False,
                      access_likely: bool = False, write_likely: bool = False,
                      raw_mode: Optional[int] = None) -> None:
         """``UFFDIO_WRITEPROTECT``: protect, or (``protect=False``) un-protect a range.
 
         ``access_likely`` / ``write_likely`` are the hints of the patch under
         test (only with ``protect=False`` and the ACCESS_HINTS feature).
-        ``raw_mode`` sends a mode word as is, for testing invalid bits.
+        ``raw_mode`` sends a mode word as is, for testing invalid bits.  Pass
+        these by keyword: they are not keyword-only because CPython 3.11
+        specialises no call to a function that has keyword-only parameters,
+        which cost this method about a tenth of a one-page toggle.
+
+        The hot path of every write-protect test and benchmark: a plain
+        call (no option) on the range of the previous plain call prepares
+        that range's two requests, and later plain calls on it with the same
+        ``start`` and ``length`` objects issue one with a one-argument C call
+        (``binding.wp_toggle.python`` against ``.cffi_floor`` in ``bench``).
+        Many ranges at once: :meth:`writeprotect_many`.
         """
-        if raw_mode is not None:
-            mode = raw_mode
+        if start is self._wp_start and length is self._wp_length \
+                and not (dontwake or access_likely or write_likely or raw_mode is not None):
+            r = _wp_issue(self._wp_on if protect else self._wp_off)
         else:
-            mode = _MODE_WP if protect else 0
-            if dontwake:
-                mode |= _MODE_DONTWAKE
-            if access_likely or write_likely:
-                hints = abi.hint_abi()
-                mode |= (hints.access_likely if access_likely else 0) | (hints.write_likely if write_likely else 0)
-        r = _wp_ioctl(self._fd, start, length, mode)
+            r = self._writeprotect_unprepared(start, length, protect, dontwake, access_likely, write_likely,
+                                              raw_mode)
         if r:
+            mode = raw_mode if raw_mode is not None else abi.writeprotect_mode(
+                protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely)
             if self._fd < 0:
                 raise UffdClosedError("UFFDIO_WRITEPROTECT")
             raise self._fail("UFFDIO_WRITEPROTECT", -r, start, length, mode)
+
+    def _writeprotect_unprepared(self, start: int, length: int, protect: bool, dontwake: bool,
+                                 access_likely: bool, write_likely: bool, raw_mode: Optional[int]) -> int:
+        """Issue with all four arguments; prepare a plain call's range seen twice in a row.  0 or -errno."""
+        plain = raw_mode is None and not (dontwake or access_likely or write_likely)
+        mode = raw_mode if raw_mode is not None else abi.writeprotect_mode(
+            protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely)
+        try:
+            r = _wp_ioctl(self._fd, start, length, mode)
+        except (OverflowError, TypeError):      # off the hot path: a try costs nothing until it raises
+            raise _bad_range("UFFDIO_WRITEPROTECT", start=start, length=length, mode=mode) from None
+        if plain and not r:
+            if start == self._wp_start and length == self._wp_length:
+                # the prepared range in other int objects: keep its requests, match these next time
+                self._wp_start, self._wp_length = start, length
+            elif (start, length) == self._wp_seen:
+                self._wp_on, self._wp_off = (
+                    ffi.new("struct harness_wp_request *", {"fd": self._fd, "start": start, "len": length,
+                                                             "mode": m}) for m in (_MODE_WP, 0))
+                self._wp_start, self._wp_length = start, length
+            else:
+                self._wp_seen = (start, length)
+        return r
+
+    def writeprotect_many(self, ranges: Union[Iterable[tuple[int, int]], "PreparedRanges"], protect: bool = True,
+                          *, dontwake: bool = False, access_likely: bool = False, write_likely: bool = False,
+                          check: bool = True) -> list[Optional[UffdError]]:
+        """``UFFDIO_WRITEPROTECT`` on many ranges in one call: the loop runs in C.
+
+        ``ranges`` are ``(start, length)`` pairs, or a :class:`PreparedRanges`
+        made once and given again (no conversion per call); all get the same
+        mode, composed as :meth:`writeprotect` composes it.  Every range is
+        tried, in order, whatever happened to the others (each ioctl takes
+        and drops the mmap lock on its own).  Returns one entry per range, in
+        the order given: None where it was done, its own :class:`UffdError`
+        (range, errno, advice) where it failed.  With ``check`` (the default)
+        a failure raises :class:`WriteProtectBatchError` carrying them all,
+        after every range was tried.  No ranges: ``[]``, and no ioctl.
+
+        Overlapping ranges and ranges that are not pairs of integers in
+        [0, 2**64) raise :class:`InvalidRanges` before any ioctl; alignment
+        and registration are the kernel's to judge, range by range.
+        """
+        fd = self._check("UFFDIO_WRITEPROTECT")
+        batch = ranges if isinstance(ranges, PreparedRanges) else PreparedRanges(ranges)
+        n = batch.count
+        if not n:
+            return []
+        mode = abi.writeprotect_mode(protect, dontwake=dontwake, access_likely=access_likely,
+                                     write_likely=write_likely)
+        results: list[Optional[UffdError]] = [None] * n
+        if _wp_many(fd, batch.array, n, mode, batch.errs):
+            for i, (code, r) in enumerate(zip(batch.errs, batch.array, strict=False)):
+                if code:
+                    results[i] = self._fail("UFFDIO_WRITEPROTECT", code, r.start, r.len, mode)
+            if check:
+                raise WriteProtectBatchError(results)
+        return results
 
     # -- events -------------------------------------------------------------
 
@@ -285,6 +388,81 @@ class Userfaultfd:
         return child
 
 
+def _bad_range(op: str, **values) -> InvalidArgument:
+    """The argument that is no unsigned 64-bit integer (cffi would say only OverflowError or TypeError)."""
+    flat = dict(values)
+    for i, value in enumerate(flat.pop("arguments", ()) or ()):
+        flat.setdefault(f"argument {i + 1}", value)
+    for name, value in flat.items():
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
+        if not ok:
+            return InvalidArgument(op, name, f"{value!r} is not an integer in 0..2**64-1")
+    return InvalidArgument(op, "arguments", f"not unsigned 64-bit integers: {values!r}")
+
+
+class PreparedRanges:
+    """``(start, length)`` pairs checked once and held as a C array, for :meth:`Userfaultfd.writeprotect_many`.
+
+    Checked here, before any ioctl: every range is a pair of integers in
+    [0, 2**64), and no two non-empty ranges overlap (a batch names each
+    page once, so each range's result is its own).  Raises
+    :class:`InvalidRanges` naming the range.  Alignment, emptiness and
+    registration are the kernel's to judge: such a range gets its own EINVAL
+    or ENOENT from :meth:`Userfaultfd.writeprotect_many`.  One call at a
+    time may use a PreparedRanges: it holds the per-range errno of the last.
+    """
+
+    __slots__ = ("array", "errs", "count")
+
+    def __init__(self, ranges: Iterable[tuple[int, int]]):
+        pairs = ranges if isinstance(ranges, (list, tuple)) else list(ranges)
+        self.count = len(pairs)
+        try:
+            # cffi fills each two-field struct from a pair, in C, and refuses longer items; shorter
+            # ones it would pad with zeros, hence the len() check
+            if pairs and min(map(len, pairs)) < 2:
+                raise ValueError("a range with fewer than two items")
+            self.array = ffi.new("struct harness_wp_range[]", pairs)
+        except (TypeError, ValueError, OverflowError):
+            _name_bad_range(pairs)  # raises, naming the range
+            raise
+        #: each range's errno after writeprotect_many (0: done)
+        self.errs = ffi.new("int32_t[]", self.count)
+        if self.count > 1:
+            first, second = ffi.new("size_t *"), ffi.new("size_t *")
+            r = lib.harness_wp_ranges_overlap(self.array, self.count, first, second)
+            if r < 0:
+                raise MemoryError(f"checking {self.count} ranges for overlaps: {errno.errorcode.get(-r, -r)}")
+            if r:
+                a, b = first[0], second[0]
+                raise InvalidRanges(
+                    f"ranges #{a} [{pairs[a][0]:#x}, +{pairs[a][1]}) and #{b} [{pairs[b][0]:#x}, +{pairs[b][1]}) "
+                    "overlap: name each page once, so that each range's result is its own", a, b)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.array[i].start, self.array[i].len
+
+    def __repr__(self) -> str:
+        return f"<PreparedRanges {self.count} ranges>"
+
+
+def _name_bad_range(pairs) -> None:
+    """Raise InvalidRanges for the first item of ``pairs`` that is not a (start, length) pair in [0, 2**64)."""
+    for i, item in enumerate(pairs):
+        try:
+            start, length = item
+            start, length = operator.index(start), operator.index(length)
+        except (TypeError, ValueError):
+            raise InvalidRanges(f"range #{i}: expected a (start, length) pair of integers, got {item!r}", i) from None
+        if not (0 <= start < 1 << 64 and 0 <= length < 1 << 64):
+            raise InvalidRanges(f"range #{i} [{start:#x}, +{length}): start and length must lie in [0, 2**64)", i)
+
+
 def open_any(features: Optional[Iterable[Feature]] = ()) -> Userfaultfd:
     """Open a userfaultfd whichever way this process is allowed to.
 
@@ -297,7 +475,9 @@ def open_any(features: Optional[Iterable[Feature]] = ()) -> Userfaultfd:
         try:
             return Userfaultfd.open(features, via=via, user_mode_only=user_mode_only)
         except UffdError as exc:
-            if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOENT):
+            # Only a refused open is a reason to try the next way: an fd that opened and then failed
+            # UFFDIO_API (EPERM for EVENT_FORK without CAP_SYS_PTRACE) would fail the same way.
+            if exc.op == "UFFDIO_API" or exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOENT):
                 raise
             last = exc
     assert last is not None
@@ -307,4 +487,5 @@ def open_any(features: Optional[Iterable[Feature]] = ()) -> Userfaultfd:
 def probe_features() -> ApiInfo:
     """The features and ioctls this kernel offers (a throw-away fd asks for none)."""
     with open_any(features=()) as uffd:
+        assert uffd._api is not None, "open() with features=() made the UFFDIO_API handshake"
         return uffd._api

@@ -7,7 +7,7 @@ import pytest
 
 from harness.abi import Feature, RegisterMode
 from harness.errors import FeatureUnavailable, UffdClosedError, UffdError
-from harness.memory import MemoryKind, PAGE_SIZE
+from harness.memory import PAGE_SIZE, MemoryKind
 from harness.uffd import Userfaultfd
 
 

@@ -17,7 +17,8 @@ import os
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness.abi import Feature
 from harness.backends.differential import Disagreement, Setup, run_both
@@ -135,13 +136,16 @@ KNOWN = [
                  id="young-after-clear-refs-without-flush"),
     pytest.param(Setup(("shmem",), ("wp",), ()), [("write", 0), ("protect", 0), ("unprotect", 0, ""), ("write", 0)],
                  id="shmem-unprotect-no-write-upgrade"),
-    pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
+    pytest.param(Setup(("anon",), ("wp",), ()),
+                 [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
                  id="swap-keeps-uffd-wp"),
     pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("pageout", 0), ("write", 0), ("clear_refs", 4)],
                  id="swap-in-write"),
-    pytest.param(Setup(("shmem",), ("wp",), ()), [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
+    pytest.param(Setup(("shmem",), ("wp",), ()),
+                 [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
                  id="shmem-pageout-marker"),
-    pytest.param(Setup(("anon",), ("wp",), ("WP_UNPOPULATED",)), [("write", 0), ("pageout", 0), ("free", 0), ("read", 0)],
+    pytest.param(Setup(("anon",), ("wp",), ("WP_UNPOPULATED",)),
+                 [("write", 0), ("pageout", 0), ("free", 0), ("read", 0)],
                  id="free-drops-swap-entry"),
     pytest.param(Setup(("anon",), ("wp",), ()), [("write", 0), ("clear_refs", 4), ("protect", 0), ("unprotect", 0, "W"),
                                                    ("write", 0)], id="soft-dirty-armed-unprotect"),

@@ -37,7 +37,7 @@ def test_no_fd_mapping_or_thread_leak():
         for kind in kinds:
             _cycle(kind)
     after = _snapshot()
-    fds, maps, threads = (a - b for a, b in zip(after, before))
+    fds, maps, threads = (a - b for a, b in zip(after, before, strict=True))
     assert fds == 0, f"{fds} file descriptors leaked over 200 cycles"
     assert threads == 0, f"{threads} handler threads left running"
     # Each cycle maps at least two VMAs (region, guards): a leak would add

@@ -1,12 +1,10 @@
 """Parsing the kernel selftests' output, and running one with a timeout."""
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
-from harness.selftests import (CaseResult, SelftestRun, parse_ktap, parse_uffd_unit_tests, regressions,
-                               run_selftest)
+from harness.selftests import CaseResult, SelftestRun, parse_ktap, parse_uffd_unit_tests, regressions, run_selftest
 
 UFFD_OUTPUT = """\
 Testing UFFDIO_API (with syscall)... done

@@ -282,7 +282,7 @@ def test_hint_bits_without_feature_are_einval_on_every_profile(hints):
         r = b.create(ANON)
         b.write(r)
         b.protect(r)
-        assert errno_of(lambda: b.unprotect(r, **hints)) == errno.EINVAL, name
+        assert errno_of(lambda: b.unprotect(r, **hints)) == errno.EINVAL, name  # noqa: B023 - called at once
         assert raw(b, r).uffd_wp, f"{name}: a rejected un-protect changed the PTE"
 
 
@@ -371,9 +371,16 @@ def test_cost_model_derives_parameters_from_calibration():
     assert over.minor_fault == 1234 and over.assumed == ()
 
 
-def test_cost_model_defaults_when_no_file(tmp_path):
-    m = CostModel.load(tmp_path / "missing.json")
+def test_cost_model_defaults_when_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)             # no build/results/calibration.json here
+    m = CostModel.load()
     assert m.source.startswith("defaults") and m.base_access + m.tlb_walk == 52
+
+
+def test_cost_model_of_a_named_missing_file_is_an_error_not_the_defaults(tmp_path):
+    from harness.errors import DocumentError
+    with pytest.raises(DocumentError, match="missing.json: cannot read a calibration JSON: ENOENT"):
+        CostModel.load(tmp_path / "missing.json")
 
 
 def test_predicted_costs_follow_the_pte_state():

@@ -407,6 +407,10 @@ def test_calibration_document_keys(small_run, tmp_path):
     assert doc["medians"]["first_touch.old_clean.write"] == results["first_touch.old_clean.write"].summary.median
     assert doc["net_medians"]["first_touch.old_clean.write"] == pytest.approx(
         doc["medians"]["first_touch.old_clean.write"] - doc["empty_cycles"])
+    summary = results["first_touch.old_clean.write"].summary
+    assert doc["net_intervals"]["first_touch.old_clean.write"] == pytest.approx(
+        [summary.ci_lo - doc["empty_cycles"], summary.ci_hi - doc["empty_cycles"]]), \
+        "a projection from the cost model needs each median's interval"
     path = bench.write_json(doc, tmp_path / "calibration.json")
     assert json.loads(path.read_text())["tsc_hz"] == cal.tsc_hz
 
@@ -428,7 +432,7 @@ def test_bench_cli_writes_json_and_calibration(tmp_path, capsys):
     paths = {k: tmp_path / f"{k}" for k in ("bench.json", "calibration.json")}
     # Not the RFC loops: their two-thread variant spins, which TCG guests emulate very slowly.
     rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old",
-               "--json", str(paths["bench.json"]), "--calibration", str(paths["calibration.json"]),
+               "--json-out", str(paths["bench.json"]), "--calibration", str(paths["calibration.json"]),
                "--plot", "", "--no-pin"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -447,7 +451,7 @@ def test_bench_cli_plots_next_to_its_json_and_calibration(tmp_path, capsys):
     from harness.cli import main
     png = tmp_path / "bench.png"
     rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old_clean",
-               "--json", str(tmp_path / "bench.json"), "--calibration", str(tmp_path / "calibration.json"),
+               "--json-out", str(tmp_path / "bench.json"), "--calibration", str(tmp_path / "calibration.json"),
                "--plot", str(png), "--no-pin"])
     assert rc == 0
     assert f"plot: {png}" in capsys.readouterr().out
@@ -510,3 +514,66 @@ def test_selftest_verdict_logic():
     bad = selftest.SelfTest(ok.separations, [selftest.Agreement("b", 700, 800, 100 / 700, False)])
     assert not bad.passed and "FAILED" in selftest.report_lines(bad)[-1]
     assert not selftest.SelfTest().passed, "a self-test that checked nothing must not pass"
+
+
+def test_bench_json_prints_the_document_and_the_old_spelling_still_writes_a_file(tmp_path, capsys):
+    from harness.cli import main
+    common = ["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old_clean", "--calibration", "",
+              "--plot", "", "--no-pin"]
+    assert main(common + ["--json", "--json-out", ""]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # stdout is JSON and nothing else
+    assert doc["schema"] == bench.BENCH_SCHEMA and "first_touch.old_clean.write" in doc["scenarios"]
+    assert "TSC:" in captured.err, "with --json the tables go to stderr"
+    assert not list(tmp_path.iterdir()), "--json-out '' writes nothing"
+
+    old = tmp_path / "old.json"
+    assert main(common + ["--json", str(old)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "deprecated" in line]
+    assert len(warnings) == 1 and f"--json-out {old}" in warnings[0], "one line naming the new spelling"
+    assert bench.load_document(old)["scenarios"] and "TSC:" in captured.out
+
+
+def test_compare_json_and_no_verdict_under_tcg(tmp_path, capsys):
+    from harness.cli import main
+    a = tmp_path / "a.json"
+    assert main(["bench", "--rounds", "2", "--pages", "4", "--only", "first_touch.old_clean.write",
+                 "--json-out", str(a), "--calibration", "", "--plot", "", "--no-pin"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(a), str(a), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["emulated"] == "" and doc["rows"][0]["name"] == "first_touch.old_clean.write"
+    tcg = json.loads(a.read_text())
+    tcg["calibration"].update(tcg=True, models_hardware_assists=False)
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(tcg))
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "emulated: B ran under QEMU TCG" in out and "faster" not in out and "slower" not in out
+    assert "no difference detected" not in out, "under TCG no verdict at all is printed"
+
+
+def test_target_ratios_are_derived_side_by_side_with_intervals_and_verdicts():
+    """The batch and single-call targets come out of one run as ratios of medians, each with its interval."""
+    results = {name: _synthetic(name, center, seed=i) for i, (name, center) in enumerate((
+        ("binding.wp_toggle.c", 4000), ("binding.wp_toggle.batch", 4200),
+        ("binding.wp_toggle.cffi_floor", 5000), ("binding.wp_toggle.python", 6000)))}
+    d = bench.derived(results)
+    batch, single = d["wp_batch"], d["wp_single_vs_floor"]
+    assert batch["reference"] == "binding.wp_toggle.c" and batch["target"] == bench.WP_BATCH_TARGET_RATIO
+    assert batch["ci95"][0] <= batch["ratio"] <= batch["ci95"][1] and 1.0 < batch["ratio"] < 1.1
+    assert batch["within_target"] is True
+    assert single["reference"] == "binding.wp_toggle.cffi_floor" and single["within_target"] is False, \
+        "6000 against 5000 is 1.2x, over the 1.15x target"
+    assert "wp_batch_list" not in d, "a scenario that did not run has no ratio"
+    lines = "\n".join(bench.derived_lines(d))
+    assert f"binding.wp_toggle.batch vs binding.wp_toggle.c: {batch['ratio']:.2f}x (95% CI" in lines
+    assert "within the 1.1x target" in lines
+    assert "OVER the 1.15x target" in lines
+
+
+def test_batch_scenarios_are_in_the_table_with_their_reason_when_absent():
+    for name in ("binding.wp_toggle.batch", "binding.wp_toggle.batch_list"):
+        s = scenarios.BY_NAME[name]
+        assert s.group == "binding" and s.absent(Context(uffd_absent="absent: no uffd")) == "absent: no uffd"

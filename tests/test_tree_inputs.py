@@ -26,8 +26,9 @@ KERNEL_FILES = {
 
 def _git(repo: Path, *args: str) -> str:
     # GIT_OPTIONAL_LOCKS=0: the test's own `git status` must not refresh the index it watches
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo.parent)}
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_NOSYSTEM": "1",
+           "HOME": str(repo.parent)}
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
                           env=env).stdout.strip()
 
@@ -60,7 +61,8 @@ def _snapshot(repo: Path) -> dict:
     return {
         "status": _git(repo, "status", "--porcelain"),
         "refs": _git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
-        "worktrees": sorted(p.name for p in (git_dir / "worktrees").iterdir()) if (git_dir / "worktrees").exists() else [],
+        "worktrees": (sorted(p.name for p in (git_dir / "worktrees").iterdir())
+                      if (git_dir / "worktrees").exists() else []),
         "mtimes": {str(p.relative_to(repo)): p.stat().st_mtime_ns
                    for p in [repo, git_dir, git_dir / "index", *repo.rglob("*")]
                    if ".git/objects" not in str(p) and p.exists()},

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.validate import report as render, run
+from harness.validate import report as render
+from harness.validate import run
 from harness.validate.outcome import KernelOutcome
 from harness.validate.verdict import build_report
 
@@ -38,7 +39,7 @@ def _outcome(tmp_path: Path, name: str, patched: bool, clauses: dict[int, str], 
 
 
 STOCK = {1: "pass", 2: "absent", 3: "absent", 4: "absent", 5: "pass", 6: "absent", 7: "absent", 8: "absent"}
-ALL_PASS = {n: "pass" for n in range(1, 9)}
+ALL_PASS = dict.fromkeys(range(1, 9), "pass")
 
 
 def test_patched_keeping_every_clause_holds(tmp_path):
@@ -196,3 +197,24 @@ def test_a_validation_starts_from_an_empty_results_directory(tmp_path):
     outcome.load()
     report = build_report([_outcome(tmp_path, "stock", False, STOCK), outcome], None, False, 1.0)
     assert report["verdict"]["kind"] == "error" and "timed out" in report["verdict"]["line"]
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda d: None, "no series file and no *.patch"),
+    (lambda d: (d / "series").write_text("0001-not-here.patch\n"), "0001-not-here.patch"),
+])
+def test_a_bad_series_is_refused_before_anything_is_built(tmp_path, monkeypatch, capsys, make, expect):
+    """validate --patches checks the series first: one line, exit 2, no build, no results touched."""
+    from harness.vm import build as vm_build
+    series = tmp_path / "series-dir"
+    series.mkdir()
+    make(series)
+    monkeypatch.setattr(vm_build, "check_host", lambda **kwargs: None)
+    monkeypatch.setattr(vm_build, "build_kernel", lambda *a, **k: pytest.fail("validate built a kernel"))
+    results = tmp_path / "results"
+    (results / "stock").mkdir(parents=True)
+    (results / "stock" / "summary.json").write_text("{}")
+    lines = []
+    assert run.validate(series, results=results, log=lines.append) == 2
+    assert len(lines) == 1 and expect in lines[0] and "--patches" in lines[0], lines
+    assert (results / "stock" / "summary.json").exists(), "a refused series must lose nothing"

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from harness.abi import Feature, RegisterMode
-from harness.memory import PROT_READ, PROT_RW, MemoryKind
 from harness.backends.base import Backend, RegionRef
+from harness.memory import PROT_READ, PROT_RW, MemoryKind
 
 FIELDS = ("present", "swapped", "uffd_wp", "young", "dirty", "exclusive", "file_shared")
 
@@ -116,7 +116,7 @@ def _result_name(result) -> str:
 
 def start(b: Backend, setup: Setup) -> list[RegionRef]:
     b.api(tuple(Feature[name] for name in setup.features))
-    return [b.create(MemoryKind(kind), 1, mode) for kind, mode in zip(setup.kinds, setup.modes())]
+    return [b.create(MemoryKind(kind), 1, mode) for kind, mode in zip(setup.kinds, setup.modes(), strict=False)]
 
 
 def apply(b: Backend, regions: list[RegionRef], op: tuple):
@@ -126,7 +126,10 @@ def apply(b: Backend, regions: list[RegionRef], op: tuple):
         if name in ("read", "write"):
             sig = (b.read if name == "read" else b.write)(regions[op[1]])
             return ("signal", sig) if sig else 0
-        r = regions[op[1]] if len(op) > 1 and name not in ("clear_refs",) else None
+        if len(op) > 1 and name != "clear_refs":
+            r = regions[op[1]]
+        elif name not in ("fork", "clear_refs"):     # the two operations that name no region
+            raise ValueError(f"operation {op!r} names no region")
         if name == "protect":
             b.protect(r)
         elif name == "unprotect":
@@ -179,13 +182,13 @@ def run(b: Backend, setup: Setup, ops: list, soft_dirty: bool) -> list[Step]:
 
 def compare(setup: Setup, ops: list, kernel_steps: list[Step], sim_steps: list[Step],
             profile: str) -> Optional[Disagreement]:
-    for i, (k, s) in enumerate(zip(kernel_steps, sim_steps)):
+    for i, (k, s) in enumerate(zip(kernel_steps, sim_steps, strict=False)):
         details = []
         if k.result != s.result:
             details.append(f"result {_result_name(k.result)} != {_result_name(s.result)}")
         if k.events != s.events:
             details.append(f"events {[str(e) for e in k.events]} != {[str(e) for e in s.events]}")
-        for r, (ks, ss) in enumerate(zip(k.states, s.states)):
+        for r, (ks, ss) in enumerate(zip(k.states, s.states, strict=False)):
             unsure = s.uncertain[r] if r < len(s.uncertain) else ()
             for f in ks:
                 if ks[f] != ss[f] and f not in unsure:

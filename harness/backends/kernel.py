@@ -10,14 +10,17 @@ import os
 import platform
 import warnings
 from functools import lru_cache
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
+from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
 from harness.events import FaultHandler, PageFault
 from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
-from harness.pte import IDLE_PAGE, KPAGEFLAGS, SMAPS, PteState
-from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
+from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, PteState
+
+if TYPE_CHECKING:
+    from harness.uffd import Userfaultfd
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +37,7 @@ def offered_features() -> frozenset:
 def kernel_soft_dirty() -> bool:
     """CONFIG_MEM_SOFT_DIRTY: a new VMA carries VM_SOFTDIRTY, which smaps shows as "sd"."""
     with Region.create(MemoryKind.ANON, 1) as region:
-        flags = _pte.smaps_vma(region.addr).get("VmFlags", "")
+        flags = str(_pte.smaps_vma(region.addr).get("VmFlags", ""))
     return "sd" in flags.split()
 
 
@@ -60,13 +63,13 @@ class KernelBackend(Backend):
         self.kernel_release = platform.release()
         self.profile = kernel_profile_name(offered_features())
         self._channels = list(channels) if channels is not None else available_channels()
-        self._affinity = None
+        self._affinity: Optional[set[int]] = None
         self._drain_region: Optional[Region] = None
         if IDLE_PAGE in self._channels:
             self._pin()
         self._regions: list[Region] = []
         self._adjacent: list[AdjacentRegions] = []
-        self._uffd = None
+        self._uffd: Optional[Userfaultfd] = None
         self._handler: Optional[FaultHandler] = None
         self._seen = 0
 
@@ -256,26 +259,29 @@ class KernelBackend(Backend):
         return _pte.observe(self._regions[r.index], page, channel)
 
     def observe_pages(self, pages: list[tuple[RegionRef, int]], channel: str = SMAPS) -> list[PteState]:
-        """Like :meth:`observe` per page, but reading /proc/self/smaps once for all of them.
+        """Like :meth:`observe` per page, but reading /proc/self/smaps once for all of them, or the pte
+        channel once per region.
 
         In a VMA of several pages smaps counts pages: young (dirty) is True when
         every present page counts, False when none does, None when some do
         (which pages, smaps cannot say).  THP and hugetlb regions go page by page.
         """
+        if channel == PTE:
+            return self.observe_ptes(pages)
         if channel != SMAPS or any(r.thp or r.kind.hugetlb for r, _ in pages):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
         counts = _smaps_counts({region.addr for region in regions})
         out = []
-        for region, (_r, page) in zip(regions, pages):
+        for region, (_r, page) in zip(regions, pages, strict=True):
             entry = _pte.pagemap_entry(region.page_addr(page))
             present = _pte.pagemap_bit(entry, PagemapBit.PRESENT)
             referenced, dirty, rss = counts.get(region.addr, (0, 0, 0))
 
-            def verdict(count_kb: int) -> Optional[bool]:
-                if not present or count_kb == 0:
+            def verdict(count_kb: int) -> Optional[bool]:  # called at once, in this iteration
+                if not present or count_kb == 0:  # noqa: B023
                     return False
-                return True if count_kb == rss or region.npages == 1 else None
+                return True if count_kb == rss or region.npages == 1 else None  # noqa: B023
             out.append(PteState(
                 present=present, swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
                 file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
@@ -285,6 +291,31 @@ class KernelBackend(Backend):
                 pfn=_pte.pagemap_pfn(entry), young=verdict(referenced),
                 dirty=verdict(dirty), source=SMAPS))
         return out
+
+    def observe_ptes(self, pages: list[tuple[RegionRef, int]]) -> list[PteState]:
+        """Many pages through the pte channel: one write + read per region (covering its pages asked for)."""
+        wanted: dict[int, list[int]] = {}
+        for r, page in pages:
+            wanted.setdefault(r.index, []).append(page)
+        seen: dict[tuple[int, int], PteState] = {}
+        for index, plist in wanted.items():
+            lo, hi = min(plist), max(plist)
+            states = _pte.observe_ptes(self._regions[index], lo, hi - lo + 1)
+            for page, state in zip(range(lo, hi + 1), states, strict=False):
+                seen[index, page] = state
+        return [seen[r.index, page] for r, page in pages]
+
+    def pte_entries(self, r: RegionRef, first: int = 0, count: Optional[int] = None) -> list[_pte.PteEntry]:
+        """The base-page entries of pages [first, first+count) (512 per THP page), from the pte channel."""
+        region = self._regions[r.index]
+        start, length = region.span(first, count)
+        return _pte.read_ptes(start, length // PAGE_SIZE)
+
+    def cross_check(self, r: RegionRef, page: int = 0) -> _pte.CrossCheck:
+        """kpageflags, pte, smaps and idle-page of one page, read in that order (:func:`harness.pte.cross_check`)."""
+        if IDLE_PAGE in self._channels:
+            self._drain_lru()
+        return _pte.cross_check(self._regions[r.index], page)
 
     def thp_mapping(self, r: RegionRef) -> _pte.ThpMapping:
         return _pte.thp_mapping(self._regions[r.index])
@@ -369,6 +400,7 @@ class _LiveChild(ForkedChild):
 
     def __init__(self, regions: list[Region]):
         import select  # noqa: F401 - imported before the fork, used by the child too
+
         from harness._native import lib
         self._regions = regions
         req_r, self._req_w = os.pipe()
@@ -448,23 +480,15 @@ def _smaps_counts(starts: set) -> dict[int, tuple[int, int, int]]:
 
 
 def available_channels() -> list[str]:
-    """smaps always; idle-page and kpageflags when this process may use them."""
-    channels = [SMAPS]
+    """pte first where the kernel has the instrumentation; smaps always; idle-page and kpageflags
+    when this process may use them."""
+    channels = [PTE] if _pte.pte_channel_available() is None else []
+    channels.append(SMAPS)
     if _pte.idle_page_tracking_available() is None and _pte.pfn_visible():
         channels.append(IDLE_PAGE)
     if _pte.kpageflags_available() is None and _pte.pfn_visible():
         channels.append(KPAGEFLAGS)
     return channels
-
-
-def unavailable_channels() -> dict[str, str]:
-    """Why each missing channel is missing (for skip messages and reports)."""
-    reasons = {}
-    for channel, check in ((IDLE_PAGE, _pte.idle_page_tracking_available), (KPAGEFLAGS, _pte.kpageflags_available)):
-        reason = check()
-        if reason:
-            reasons[channel] = reason
-    return reasons
 
 
 _ZERO_SRC: Optional[bytearray] = None

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from harness.abi import Feature, RegisterMode
+from harness.backends.base import SIM, SIMULATOR, Backend, FaultEvent, ForkedChild, RegionRef
 from harness.memory import PAGE_SIZE, MemoryKind
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, SMAPS, PteState
 from harness.sim import profiles
-from harness.sim.model import Mm
-from harness.backends.base import SIM, SIMULATOR, Backend, FaultEvent, ForkedChild, RegionRef
+from harness.sim.model import Mm, Vma
 
 
 class SimBackend(Backend):
@@ -25,7 +25,7 @@ class SimBackend(Backend):
         self.mm = Mm(self._profile, soft_dirty=soft_dirty, swap=swap)
         self.kernel_release = self._profile.release
         self.profile = self._profile.name
-        self._vmas = []
+        self._vmas: list[Vma] = []
         self._seen = 0
 
     def has_feature(self, feature: Feature) -> bool:
@@ -134,20 +134,20 @@ class SimBackend(Backend):
     def observe(self, r: RegionRef, page: int = 0, channel: str = SIM) -> PteState:
         vma = self._vmas[r.index]
         bits = self.mm.pagemap_bits(vma, page)
-        pte = vma.ptes[page]
         present = bits["present"]
-        writable = bool(present and pte.write)
+        pte = vma.ptes[page] if present else None     # pagemap says present only for a PTE that maps a folio
+        writable = bool(pte is not None and pte.write)
         if channel == SIM:
-            young = bool(present and pte.young)
-            dirty = bool(present and pte.dirty)
+            young = bool(pte is not None and pte.young)
+            dirty = bool(pte is not None and pte.dirty)
         elif channel == SMAPS:
             young, dirty = self.mm.smaps_young_dirty(vma, page) if present else (False, False)
         elif channel == IDLE_PAGE:
             young = bool(present and not self.mm.read_idle(vma, page))
-            folio = pte.folio if present else None
+            folio = pte.folio if pte is not None else None
             dirty = bool(folio is not None and folio.dirty)     # kpageflags' PG_dirty
         elif channel == KPAGEFLAGS:
-            folio = pte.folio if present else None
+            folio = pte.folio if pte is not None else None
             young = bool(folio is not None and folio.referenced)
             dirty = bool(folio is not None and folio.dirty)
         else:

@@ -46,6 +46,8 @@ def one_round(mm: Mm) -> None:
 
 def measure(profile: str = "access-hints", npages: int = 512, seconds: float = 1.0) -> dict:
     """Run rounds for about ``seconds``; returns page ops, seconds and ops per second."""
+    if not 0 < seconds < float("inf"):     # NaN fails too: the loop below would never end
+        raise ValueError(f"sim bench: seconds must be a finite number above 0, not {seconds}")
     warm = Mm(profile)
     setup(warm, 16)
     one_round(warm)

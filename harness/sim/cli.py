@@ -9,8 +9,25 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
+from typing import Any
+
+#: the longest ``sim bench`` run accepted: a typo such as 1e9 should not occupy a core for ever
+MAX_BENCH_SECONDS = 3600.0
+
+
+def _bench_seconds(text: str) -> float:
+    """A duration for ``sim bench``: a finite number of seconds, more than 0 and at most an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_BENCH_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_BENCH_SECONDS:.0f}, not {text}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -36,24 +53,25 @@ def register(subparsers) -> None:
     q.set_defaults(func=_run)
 
     q = sub.add_parser("bench", help="measure the simulator's page operations per second")
-    q.add_argument("--seconds", type=float, default=1.0, help="how long to run (default 1)")
+    q.add_argument("--seconds", type=_bench_seconds, default=1.0,
+                   help=f"how long to run (default 1, at most {MAX_BENCH_SECONDS:.0f})")
     q.add_argument("--profile", default="access-hints")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_bench)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)),
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def _profiles(args) -> int:
     from harness.sim import profiles
     profiles.load_user_profiles()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in profiles.PROFILES.values():
         rows.append({"name": p.name, "access_hints": p.offers_access_hints, "broken": p.broken,
                      "expected_failures": sorted(p.expected_failures), "description": p.description})
@@ -122,7 +140,8 @@ def _run(args) -> int:
 
 
 def _bench(args) -> int:
-    from harness.sim import bench
+    from harness.sim import bench, profiles
+    profiles.get(args.profile)              # an unknown name is bad input, said before any work
     result = bench.measure(args.profile, seconds=args.seconds)
     if args.json:
         print(json.dumps(result, indent=2))

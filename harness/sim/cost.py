@@ -27,13 +27,13 @@ cycles) and, for faults, are rough assumptions (``assumed`` lists them).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from harness.memory import PAGE_SIZE
+from harness.timing.documents import load_calibration
 
 DEFAULT_CALIBRATION = Path("build/results/calibration.json")
 
@@ -58,31 +58,59 @@ class CostModel:
 
     @classmethod
     def load(cls, path: os.PathLike | str | None = None) -> "CostModel":
-        """From a calibration file (default ``build/results/calibration.json``); defaults if absent."""
-        path = Path(path) if path is not None else DEFAULT_CALIBRATION
-        if not path.exists():
-            return cls()
-        with open(path) as f:
-            return cls.from_calibration(json.load(f), source=str(path))
+        """From a calibration file; the defaults when none is named and the default file does not exist.
+
+        A file that is named must exist and be a calibration document
+        (:mod:`harness.timing.documents`): a model that names a file as its
+        source while holding the defaults would be a wrong answer.
+        """
+        if path is None:
+            if not DEFAULT_CALIBRATION.exists():
+                return cls()
+            path = DEFAULT_CALIBRATION
+        return cls.from_calibration(load_calibration(path), source=str(path))
 
     @classmethod
-    def from_calibration(cls, doc: dict, source: str = "calibration") -> "CostModel":
+    def from_calibration(cls, doc: dict, source: str = "calibration", bound: str = "median") -> "CostModel":
+        """The model of a calibration document.
+
+        ``bound`` picks which figures: ``"median"`` (the point estimate), or
+        ``"low"`` / ``"high"``, the ends of each derived cost's 95% interval,
+        from the document's ``net_intervals`` by interval arithmetic (a
+        difference ``a - b`` spans ``[a.lo - b.hi, a.hi - b.lo]``): the models
+        whose predictions bound a projection.  A bound that the document has
+        no interval for raises KeyError (calibrations before ``net_intervals``).
+        """
+        if bound not in ("median", "low", "high"):
+            raise ValueError(f"bound must be median, low or high, not {bound!r}")
         net = doc.get("net_medians") or {}
-        values: dict = {}
+        intervals = doc.get("net_intervals") or {}
 
         def have(*keys):
             return all(isinstance(net.get(k), (int, float)) for k in keys)
+
+        def term(key: str, sign: int) -> float:
+            """One term of a derived figure, at the end of its interval that moves the figure towards ``bound``."""
+            if bound == "median":
+                return net[key]
+            lo, hi = intervals[key]
+            return lo if (bound == "low") == (sign > 0) else hi
+
+        def diff(a: str, b: str) -> float:
+            return max(0.0, term(a, +1) - term(b, -1))
+        values: dict = {}
         if have("first_touch.young_dirty.read.warm_tlb"):
-            values["base_access"] = net["first_touch.young_dirty.read.warm_tlb"]
+            # a net figure below zero is a cheap access under the timer's noise (the empty section varies): zero
+            values["base_access"] = max(0.0, term("first_touch.young_dirty.read.warm_tlb", +1))
             if have("first_touch.young_dirty.read"):
-                values["tlb_walk"] = max(0.0, net["first_touch.young_dirty.read"] - values["base_access"])
+                values["tlb_walk"] = diff("first_touch.young_dirty.read", "first_touch.young_dirty.read.warm_tlb")
         if have("first_touch.old_dirty.read", "first_touch.young_dirty.read"):
-            values["accessed_assist"] = max(0.0, net["first_touch.old_dirty.read"] - net["first_touch.young_dirty.read"])
+            values["accessed_assist"] = diff("first_touch.old_dirty.read", "first_touch.young_dirty.read")
         if have("first_touch.young_clean.write", "first_touch.young_dirty.write"):
-            values["dirty_assist"] = max(0.0, net["first_touch.young_clean.write"] - net["first_touch.young_dirty.write"])
+            values["dirty_assist"] = diff("first_touch.young_clean.write", "first_touch.young_dirty.write")
         for key in ("uffd.missing_roundtrip.py_handler", "uffd.missing_roundtrip.c_handler"):
             if have(key):
-                values["uffd_round_trip"] = net[key]
+                values["uffd_round_trip"] = max(0.0, term(key, +1))
                 break
         for key, value in (doc.get("cost_model") or {}).items():
             if key in _FIELDS:

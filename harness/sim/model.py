@@ -38,6 +38,7 @@ from harness.abi import Feature, RegisterMode
 from harness.errors import MappingError, UffdError
 from harness.memory import PAGE_SIZE, MemoryKind
 from harness.sim import profiles as _profiles
+from harness.sim.pgtable import ZERO_FOLIO, Folio, Pte, pte_mkdirty, pte_mkuffd_wp  # noqa: F401 - also the model's public names
 from harness.sim.profiles import Profile
 
 # Fault kinds, as the events list names them.
@@ -46,83 +47,6 @@ WP = "wp"
 MINOR = "minor"
 
 _RETRY_LIMIT = 8
-
-
-class Folio:
-    __slots__ = ("anon", "zero", "dirty", "referenced", "idle", "anon_exclusive", "mapcount", "swapped",
-                 "lazyfree")
-
-    def __init__(self, anon: bool, zero: bool = False, dirty: bool = False):
-        self.anon = anon
-        self.zero = zero
-        self.dirty = dirty               # PG_dirty
-        self.referenced = False          # PG_referenced
-        self.idle = False                # PG_idle (idle-page tracking)
-        self.anon_exclusive = anon and not zero
-        self.mapcount = 0
-        self.swapped = False             # a shmem page-cache entry that is in swap
-        self.lazyfree = False            # MADV_FREE'd: !PG_swapbacked, reclaim may drop it if clean
-
-    def __repr__(self) -> str:
-        kind = "zero" if self.zero else "anon" if self.anon else "cache"
-        flags = "".join(c for c, on in (("D", self.dirty), ("R", self.referenced), ("X", self.anon_exclusive)) if on)
-        return f"<Folio {kind} {flags or '-'}>"
-
-
-ZERO_FOLIO = Folio(anon=False, zero=True)
-
-
-class Pte:
-    """A non-none page-table entry."""
-
-    __slots__ = ("folio", "write", "young", "dirty", "uffd_wp", "soft_dirty", "swap", "marker", "exclusive",
-                 "tlb", "young_unknown", "poison")
-
-    def __init__(self, folio: Optional[Folio] = None, *, write: bool = False, young: bool = True,
-                 dirty: bool = False, uffd_wp: bool = False, soft_dirty: bool = False,
-                 swap: Optional[Folio] = None, marker: bool = False, exclusive: bool = False):
-        self.folio = folio               # present when not None
-        self.write = write
-        self.young = young
-        self.dirty = dirty
-        self.uffd_wp = uffd_wp
-        self.soft_dirty = soft_dirty
-        self.swap = swap                 # a swap entry: the swapped-out folio
-        self.marker = marker             # a PTE marker: PTE_MARKER_UFFD_WP, or POISONED with ``poison``
-        self.poison = False              # PTE_MARKER_POISONED (UFFDIO_POISON): accesses get SIGBUS
-        self.exclusive = exclusive       # pte_swp_exclusive()
-        #: a translation of this PTE may be cached in a TLB (no flush since the last access)
-        self.tlb = False
-        #: the accessed bit may or may not have been set: an access could have gone
-        #: through a cached translation after young was cleared without a flush
-        self.young_unknown = False
-
-    @property
-    def present(self) -> bool:
-        return self.folio is not None
-
-    def __repr__(self) -> str:
-        if self.marker:
-            return "<Pte marker poisoned>" if self.poison else "<Pte marker uffd-wp>"
-        if self.swap is not None:
-            return f"<Pte swap{' uffd-wp' if self.uffd_wp else ''}>"
-        bits = "".join(c for c, on in (("W", self.write), ("Y", self.young), ("D", self.dirty),
-                                       ("U", self.uffd_wp), ("S", self.soft_dirty)) if on)
-        return f"<Pte {bits or '-'} {self.folio!r}>"
-
-
-def pte_mkdirty(pte: Pte) -> Pte:
-    """x86 pte_mkdirty(): the dirty bit and the soft-dirty bit (when soft-dirty is compiled in)."""
-    pte.dirty = True
-    pte.soft_dirty = True
-    return pte
-
-
-def pte_mkuffd_wp(pte: Pte) -> Pte:
-    """x86 pte_mkuffd_wp(): sets _PAGE_UFFD_WP and write-protects."""
-    pte.uffd_wp = True
-    pte.write = False
-    return pte
 
 
 class ShmemFile:
@@ -163,6 +87,13 @@ class Vma:
     @property
     def registered(self) -> bool:
         return self.uffd_missing or self.uffd_wp or self.uffd_minor
+
+    @property
+    def page_cache(self) -> dict[int, Folio]:
+        """The shmem file's page cache (vma->vm_file->f_mapping); an anonymous VMA has none."""
+        if self.file is None:
+            raise TypeError(f"{self!r} is anonymous: it has no page cache")
+        return self.file.cache
 
     def __repr__(self) -> str:
         return f"<Vma {self.kind.value} {self.start:#x}+{self.npages}p>"
@@ -346,6 +277,7 @@ class Mm:
                 self._deliver(vma, i, WP, True)
                 return 0
         folio = pte.folio
+        assert folio is not None, "do_wp_page() is called for a present PTE only"
         if vma.shared:
             self.wp_page_reuse(vma, pte)     # wp_page_shared(): shmem has no page_mkwrite
             folio.dirty = True               # fault_dirty_shared_page()
@@ -366,6 +298,7 @@ class Mm:
 
     def wp_page_copy(self, vma: Vma, i: int, pte: Pte) -> None:
         """wp_page_copy(): a new exclusive anonymous page, young, dirty, writable."""
+        assert pte.folio is not None, "wp_page_copy() is called for a present PTE only"
         if not pte.folio.zero:
             pte.folio.mapcount -= 1
         vma.has_anon_vma = True
@@ -396,11 +329,12 @@ class Mm:
                 self._deliver(vma, i, MISSING, True)
                 return 0
             vma.has_anon_vma = True
-            pte = Pte(Folio(anon=True), young=True)
+            folio = Folio(anon=True)
+            pte = Pte(folio, young=True)
             if vma.vm_write:
                 pte_mkdirty(pte)
                 pte.write = True
-            pte.folio.mapcount = 1
+            folio.mapcount = 1
         if orig_uffd_wp:                     # vmf_orig_pte_uffd_wp()
             pte_mkuffd_wp(pte)
         vma.ptes[i] = pte
@@ -408,7 +342,7 @@ class Mm:
 
     def shmem_fault(self, vma: Vma, i: int, write: bool) -> Optional[Folio]:
         """shmem_fault() -> shmem_get_folio_gfp(): the page-cache folio, or None after a uffd event."""
-        cache = vma.file.cache
+        cache = vma.page_cache
         folio = cache.get(i)
         if folio is not None and folio.swapped:
             folio.swapped = False            # shmem_swapin_folio(): back in memory, dirty
@@ -448,6 +382,7 @@ class Mm:
         folio stays in the swap cache, clean (seen on the guest with zram swap).
         """
         folio = pte.swap
+        assert folio is not None, "do_swap_page() is called for a swap entry only"
         folio.swapped = False
         if write:
             folio.dirty = True
@@ -544,9 +479,8 @@ class Mm:
         """userfaultfd_writeprotect() -> mwriteprotect_range() -> uffd_wp_range() -> change_pte_range()."""
         op = "UFFDIO_WRITEPROTECT"
         if raw_mode is None:
-            mode = (abi.WRITEPROTECT_MODE_WP if protect else 0) | (abi.WRITEPROTECT_MODE_DONTWAKE if dontwake else 0)
-            hints_abi = abi.hint_abi()
-            mode |= (hints_abi.access_likely if access_likely else 0) | (hints_abi.write_likely if write_likely else 0)
+            mode = abi.writeprotect_mode(protect, dontwake=dontwake, access_likely=access_likely,
+                                         write_likely=write_likely)
         else:
             mode = raw_mode
         self._validate_range(op, start, length)
@@ -671,13 +605,13 @@ class Mm:
 
     def _shmem_mfill(self, vma: Vma, i: int, wp: bool) -> int:
         """shmem_mfill_atomic_pte(): a new page-cache page; EEXIST if the file has one there."""
-        if i in vma.file.cache:
+        if i in vma.page_cache:
             return errno.EEXIST
         pte = vma.ptes[i]
         if pte is not None and not pte.marker:
             return errno.EEXIST
         folio = Folio(anon=False)
-        vma.file.cache[i] = folio
+        vma.page_cache[i] = folio
         vma.ptes[i] = self._install_mfill(vma, folio, wp, page_in_cache=True)
         return 0
 
@@ -699,7 +633,7 @@ class Mm:
         first = (dst - vma.start) // PAGE_SIZE
         done = 0
         for i in range(first, first + length // PAGE_SIZE):
-            folio = vma.file.cache.get(i)
+            folio = vma.page_cache.get(i)
             pte = vma.ptes[i]
             if folio is None:
                 raise UffdError(op, errno.EFAULT, dst, length, advice="no page-cache page there", result=done)
@@ -821,6 +755,7 @@ class Mm:
             vma.ptes[i] = None
             return
         folio = pte.folio
+        assert folio is not None, "a PTE that is neither a marker nor a swap entry maps a folio"
         if folio.zero:
             return
         if folio.dirty:
@@ -895,7 +830,7 @@ class Mm:
         if folio.mapcount == 0 and self.swap_config and folio.dirty:
             folio.swapped = True
         elif folio.mapcount == 0 and not folio.dirty:
-            vma.file.cache.pop(i, None)      # a clean shmem page is simply dropped
+            vma.page_cache.pop(i, None)      # a clean shmem page is simply dropped
 
     # -- mprotect (mm/mprotect.c) ----------------------------------------------------------------
 

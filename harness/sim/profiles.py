@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 from harness import abi
 from harness.abi import Feature
+from harness.errors import InvalidArgument
+from harness.sim.pgtable import pte_mkdirty
 
 #: hint names, as passed to ``uffd_wp_resolve``
 ACCESS_LIKELY = "access_likely"
@@ -81,7 +83,6 @@ def hints_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> No
     A clean shared PTE is never made writable (can_change_pte_writable()
     returns pte_dirty() for VM_SHARED), so it is never dirtied here either.
     """
-    from harness.sim.model import pte_mkdirty
     if hints:
         if ACCESS_LIKELY in hints:
             pte.young = True
@@ -116,7 +117,6 @@ def hints_61_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) ->
 
 def dirty_shared_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
     """A deliberately broken patch: WRITE_LIKELY dirties and write-enables every PTE, shared or not."""
-    from harness.sim.model import pte_mkdirty
     if ACCESS_LIKELY in hints:
         pte.young = True
     if WRITE_LIKELY in hints and vma.vm_write:
@@ -176,19 +176,21 @@ ACCESS_HINTS = register(Profile(
     description="6.12 + the access-hints patch (BRIEF 2.2): hints make PTEs young / dirty+young",
     release="6.12.0-access-hints-sim", features=_HINT_FEATURES,
     check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_uffd_wp_resolve))
-_LINUX_6_1 = dict(uffd_try_change_writable=False, uffd_newprot_from_vm_flags=True, upgrade_needs_dirty=True,
-                  lacks_ioctls=frozenset({"UFFDIO_POISON", "UFFDIO_MOVE"}))
+#: what 6.1 does differently from 6.12 (see Profile's fields)
+_LINUX_6_1_LACKS = frozenset({"UFFDIO_POISON", "UFFDIO_MOVE"})
 STOCK_6_1 = register(Profile(
     name="linux-6.1",
     description="stock Linux 6.1 (Debian linux-source-6.1): no WP_UNPOPULATED, POISON, WP_ASYNC, MOVE; "
                 "un-protect takes vm_get_page_prot(vm_flags) and never upgrades through can_change_pte_writable()",
-    release="6.1.0-sim", features=FEATURES_6_1, **_LINUX_6_1))
+    release="6.1.0-sim", features=FEATURES_6_1, uffd_try_change_writable=False, uffd_newprot_from_vm_flags=True,
+    upgrade_needs_dirty=True, lacks_ioctls=_LINUX_6_1_LACKS))
 ACCESS_HINTS_6_1 = register(Profile(
     name="access-hints-6.1",
     description="6.1 + vm/patches-6.1: the hints on 6.1's un-protect (ACCESS_LIKELY young; WRITE_LIKELY young "
                 "where newprot left a dirty PTE writable)",
     release="6.1.0-access-hints-sim", features=FEATURES_6_1 | {Feature.ACCESS_HINTS},
-    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_61_uffd_wp_resolve, **_LINUX_6_1))
+    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_61_uffd_wp_resolve, uffd_try_change_writable=False,
+    uffd_newprot_from_vm_flags=True, upgrade_needs_dirty=True, lacks_ioctls=_LINUX_6_1_LACKS))
 YOUNG_ONLY = register(Profile(
     name="access-hints-young-only",
     description="BROKEN example: WRITE_LIKELY sets young but not dirty (fails clause 3)",
@@ -225,20 +227,36 @@ def load_user_profiles() -> None:
     import importlib.util
     import os
     for spec in filter(None, (part.strip() for part in os.environ.get(USER_PROFILES_ENV, "").split(","))):
-        if spec.endswith(".py"):
-            mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            importlib.import_module(spec)
+        # What names no loadable module is bad input; an error raised by the module's own code is its
+        # author's to see, with the traceback.
+        try:
+            if spec.endswith(".py"):
+                mod_spec = importlib.util.spec_from_file_location(f"uffd_harness_user_profile_{len(PROFILES)}", spec)
+                if mod_spec is None or mod_spec.loader is None:
+                    raise ValueError(f"{spec} cannot be loaded as a Python file")
+                module = importlib.util.module_from_spec(mod_spec)
+                mod_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except (ImportError, OSError, SyntaxError, ValueError) as exc:
+            raise InvalidArgument(f"${USER_PROFILES_ENV}", repr(spec),
+                                  f"cannot load it ({type(exc).__name__}: {exc}); give comma-separated module "
+                                  "names on sys.path or paths of .py files") from exc
+
+
+class UnknownProfile(InvalidArgument, KeyError):
+    """No profile of that name (a KeyError too, for callers that look profiles up like a dict)."""
+
+    __str__ = InvalidArgument.__str__
 
 
 def get(name: str) -> Profile:
     load_user_profiles()
     try:
         return PROFILES[name]
-    except KeyError:
-        raise KeyError(f"no simulator profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+    except (KeyError, TypeError):
+        raise UnknownProfile("simulator", "profile", f"no profile {name!r}; known: {', '.join(sorted(PROFILES))}") \
+            from None
 
 
 def for_kernel(offers_access_hints: bool, release: Optional[str] = None) -> Profile:

@@ -46,7 +46,8 @@ SCENARIOS = {s.name: s for s in (
              (("write", 0), ("protect", 0), ("touch", 0, "write"))),
     Scenario("rfc-loop",
              "the RFC cover letter's single-thread loop, with uffd-wp for mprotect: protect, un-protect, write; "
-             "after the first write the PTE stays young and dirty, so hints change little (as the RFC's 1-thread figures)",
+             "after the first write the PTE stays young and dirty, so hints change little "
+             "(as the RFC's 1-thread figures)",
              Setup(("anon",), ("wp",)),
              (("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "write")),
              repeat=3, prologue=(("write", 0),)),

@@ -36,11 +36,14 @@ the cost model a simulator reads; every number is in TSC cycles unless named oth
                             ``first_touch.<young|old>_<dirty|clean>.<read|write>`` with a cold TLB,
                             ``...warm_tlb`` with a warm one)
 ``net_medians``             object: the same keys, ``median - empty_cycles``
+``intervals``, ``net_intervals``  object: the same keys -> ``[lo, hi]``, the 95% interval of the median
+                            (raw, and net); a projection from the cost model carries it
 ``absent``                  object: scenario name -> why it has no figure ("absent: kernel lacks ...")
 
 ``bench.json`` (``"schema": "uffd-harness/bench/1"``) holds ``config``, ``calibration`` (the
 fields above, without medians), ``scenarios`` (name -> ``status``, ``summary`` {n, median, p10,
-p90, ci_lo, ci_hi, min, max}, ``round_medians``, ``batch_sizes``, ``faults``, ``state_errors``, raw ``samples`` in batch order;
+p90, ci_lo, ci_hi, min, max}, ``round_medians``, ``batch_sizes``, ``faults``, ``state_errors``,
+raw ``samples`` in batch order;
 ``ci_lo``/``ci_hi`` come from a two-level bootstrap over batches, then samples)
 and ``derived`` (``wp_toggle`` ratio, ``rfc_loop`` beside the cover letter).
 ``uffd-harness compare A.json B.json`` reads two of them.

@@ -22,11 +22,14 @@ from typing import Callable, Optional, Sequence
 from harness.errors import HarnessError
 from harness.timing import stats
 from harness.timing.calibrate import Calibration
-from harness.timing.scenarios import (RFC_COVER_LETTER_CYCLES, RFC_COVER_LETTER_CYCLES_TWO_THREADS, Context,
-                                      Scenario)
+from harness.timing.documents import (  # noqa: F401 - re-exported; bench --calibration uses the last
+    BENCH_SCHEMA,
+    CALIBRATION_SCHEMA,
+    load_bench,
+    load_previous_calibration,
+)
+from harness.timing.scenarios import RFC_COVER_LETTER_CYCLES, RFC_COVER_LETTER_CYCLES_TWO_THREADS, Context, Scenario
 
-BENCH_SCHEMA = "uffd-harness/bench/1"
-CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
 RESULTS_DIR = Path("build/results")
 DEFAULT_JSON = RESULTS_DIR / "bench.json"
 DEFAULT_PLOT = RESULTS_DIR / "bench.png"
@@ -34,6 +37,18 @@ DEFAULT_CALIBRATION = RESULTS_DIR / "calibration.json"
 
 #: the binding's goal: a toggle through Userfaultfd.writeprotect within this factor of the C loop
 WP_TOGGLE_TARGET_RATIO = 1.5
+#: the batched path: a toggle per range through Userfaultfd.writeprotect_many within this factor of the C loop
+WP_BATCH_TARGET_RATIO = 1.1
+#: the single call: Userfaultfd.writeprotect within this factor of the cheapest cffi call (cffi_floor)
+WP_SINGLE_VS_FLOOR_TARGET_RATIO = 1.15
+
+#: (key in derived, scenario, reference scenario, target): ratios of medians, each with its interval
+TARGET_RATIOS = (
+    ("wp_batch", "binding.wp_toggle.batch", "binding.wp_toggle.c", WP_BATCH_TARGET_RATIO),
+    ("wp_batch_list", "binding.wp_toggle.batch_list", "binding.wp_toggle.c", None),
+    ("wp_single_vs_floor", "binding.wp_toggle.python", "binding.wp_toggle.cffi_floor",
+     WP_SINGLE_VS_FLOOR_TARGET_RATIO),
+)
 
 OK = "ok"
 
@@ -58,6 +73,13 @@ class ScenarioResult:
     @property
     def ok(self) -> bool:
         return self.status == OK and len(self.samples) >= 2
+
+    @property
+    def median(self) -> float:
+        """The median of an ok result (run() and from_dict() give it its summary)."""
+        if self.summary is None:
+            raise HarnessError(f"scenario {self.name}: no summary ({self.status})")
+        return self.summary.median
 
     @property
     def batches(self) -> Optional[list[list[float]]]:
@@ -143,41 +165,50 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
     if c and py and c.ok and py.ok:
         lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed,
                                           batches_a=c.batches, batches_b=py.batches)
-        ratio = py.summary.median / c.summary.median
+        ratio = py.median / c.median
         entry = {"ratio": ratio, "ci95": [lo, hi], "target": WP_TOGGLE_TARGET_RATIO,
                  "within_target": ratio <= WP_TOGGLE_TARGET_RATIO,
-                 "c_median_cycles": c.summary.median, "python_median_cycles": py.summary.median}
+                 "c_median_cycles": c.median, "python_median_cycles": py.median}
         if raw and raw.ok:
-            entry["cffi_raw_median_cycles"] = raw.summary.median
-            entry["cffi_raw_ratio"] = raw.summary.median / c.summary.median
-            entry["method_overhead_cycles"] = py.summary.median - raw.summary.median
+            entry["cffi_raw_median_cycles"] = raw.median
+            entry["cffi_raw_ratio"] = raw.median / c.median
+            entry["method_overhead_cycles"] = py.median - raw.median
         # what no binding of this shape can beat: the cheapest cffi call, and Python's own ioctl
         for key, name in (("cffi_floor", "binding.wp_toggle.cffi_floor"), ("fcntl", "binding.wp_toggle.fcntl")):
             other = results.get(name)
             if other and other.ok:
-                entry[f"{key}_median_cycles"] = other.summary.median
-                entry[f"{key}_ratio"] = other.summary.median / c.summary.median
+                entry[f"{key}_median_cycles"] = other.median
+                entry[f"{key}_ratio"] = other.median / c.median
         if with_ws and ws_only and with_ws.ok and ws_only.ok:
             # what the toggle costs a C caller that, like an interpreter, has a working set to find again
-            cost = with_ws.summary.median - ws_only.summary.median
+            cost = with_ws.median - ws_only.median
             entry["c_working_set_toggle_cycles"] = cost
-            entry["c_working_set_ratio"] = cost / c.summary.median
-            entry["python_vs_c_working_set_ratio"] = py.summary.median / cost if cost > 0 else None
+            entry["c_working_set_ratio"] = cost / c.median
+            entry["python_vs_c_working_set_ratio"] = py.median / cost if cost > 0 else None
         if noop_c and noop_py and noop_c.ok and noop_py.ok:
-            entry["noop_ioctl_c_cycles"] = noop_c.summary.median
-            entry["noop_ioctl_python_cycles"] = noop_py.summary.median
-            entry["per_call_overhead_cycles"] = noop_py.summary.median - noop_c.summary.median
+            entry["noop_ioctl_c_cycles"] = noop_c.median
+            entry["noop_ioctl_python_cycles"] = noop_py.median
+            entry["per_call_overhead_cycles"] = noop_py.median - noop_c.median
             if noop_raw and noop_raw.ok:
-                entry["noop_ioctl_cffi_raw_cycles"] = noop_raw.summary.median
-                entry["per_call_method_cycles"] = noop_py.summary.median - noop_raw.summary.median
+                entry["noop_ioctl_cffi_raw_cycles"] = noop_raw.median
+                entry["per_call_method_cycles"] = noop_py.median - noop_raw.median
         out["wp_toggle"] = entry
+    for key, name, ref_name, target in TARGET_RATIOS:
+        res, ref = results.get(name), results.get(ref_name)
+        if res and ref and res.ok and ref.ok:
+            lo, hi = stats.bootstrap_ratio_ci(ref.samples, res.samples, seed=seed,
+                                              batches_a=ref.batches, batches_b=res.batches)
+            ratio = res.median / ref.median
+            out[key] = {"scenario": name, "reference": ref_name, "ratio": ratio, "ci95": [lo, hi],
+                        "median_cycles": res.median, "reference_median_cycles": ref.median,
+                        "target": target, "within_target": None if target is None else ratio <= target}
     for key, name, (before, after), threads in (
             ("rfc_loop", "rfc.mprotect_loop", RFC_COVER_LETTER_CYCLES, "one thread"),
             ("rfc_loop_two_threads", "rfc.mprotect_loop.two_threads", RFC_COVER_LETTER_CYCLES_TWO_THREADS,
              "two threads")):
         rfc = results.get(name)
         if rfc and rfc.ok:
-            out[key] = {"median_cycles": rfc.summary.median, "cover_letter_before": before,
+            out[key] = {"median_cycles": rfc.median, "cover_letter_before": before,
                         "cover_letter_after": after, "cover_letter_setup": f"Haswell, bare metal, {threads}"}
     return out
 
@@ -211,44 +242,38 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
     updates the model instead of truncating it.
     """
     medians: dict[str, float] = {}
+    intervals: dict[str, list[float]] = {}
     absent: dict[str, str] = {}
     if previous and previous.get("schema") == CALIBRATION_SCHEMA and all(
             previous.get(k) == getattr(cal, k) for k in ("cpu_model", "kernel", "hypervisor_vendor", "tcg")):
         medians.update(previous.get("medians", {}))
+        intervals.update(previous.get("intervals", {}))
         absent.update(previous.get("absent", {}))
     for name, r in results.items():
         if r.ok:
-            medians[name] = r.summary.median
+            medians[name] = r.median
+            assert r.summary is not None, "r.median has checked it"
+            intervals[name] = [r.summary.ci_lo, r.summary.ci_hi]
             absent.pop(name, None)
         else:
             absent[name] = r.status
             medians.pop(name, None)
+            intervals.pop(name, None)
     return {"schema": CALIBRATION_SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **cal.to_dict(),
             "medians": medians,
             "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
+            # the 95% interval of each median, net: what a projection from this model carries
+            "net_intervals": {n: [lo - cal.empty_cycles, hi - cal.empty_cycles]
+                              for n, (lo, hi) in intervals.items()},
+            "intervals": intervals,
             "absent": absent}
 
 
-def load_previous_calibration(path: os.PathLike | str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def load_document(path: os.PathLike | str) -> dict:
-    """A bench JSON file, checked against the schema this module writes."""
-    with open(path) as f:
-        doc = json.load(f)
-    if doc.get("schema") != BENCH_SCHEMA:
-        raise HarnessError(f"{path}: schema {doc.get('schema')!r}, expected {BENCH_SCHEMA!r}")
-    for key in ("calibration", "scenarios", "config"):
-        if key not in doc:
-            raise HarnessError(f"{path}: no {key!r} section")
-    return doc
+    """A bench JSON file, checked against the schema this module writes (:mod:`harness.timing.documents`)."""
+    return load_bench(path)
 
 
 def results_of(doc: dict) -> dict[str, ScenarioResult]:
@@ -272,13 +297,15 @@ def _fmt(x: Optional[float]) -> str:
     return f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}"
 
 
-def table_rows(results: dict[str, ScenarioResult], cal: Calibration) -> list[list[str]]:
-    rows = []
+def table_rows(results: dict[str, ScenarioResult], cal: Calibration) -> list[list[object]]:
+    rows: list[list[object]] = []
     for name, r in results.items():
         if not r.ok:
             rows.append([name, "-", "-", "-", "-", "-", "-", "-", "-", r.status])
             continue
         s = r.summary
+        if s is None:
+            raise HarnessError(f"scenario {name}: no summary ({r.status})")
         notes = [f"state mismatch: {e}" for e in sorted(set(r.state_errors))]
         if r.fault_free and r.faults:
             notes.append(f"{r.faults} faults in timed touches of present PTEs")
@@ -297,7 +324,8 @@ def calibration_lines(cal: Calibration, pinned: Optional[int] = None) -> list[st
         + (f"; pinned to CPU {pinned}" if pinned is not None else ""),
         f"TSC: {cal.tsc_hz / 1e6:.1f} MHz against CLOCK_MONOTONIC; invariant: {'yes' if cal.invariant_tsc else 'NO'}; "
         f"resolution {cal.resolution_cycles} cycles; back-to-back read {cal.tsc_read_cycles} cycles",
-        f"empty timed section: median {cal.empty_cycles:.0f} cycles (p10 {cal.empty_p10:.0f}, p90 {cal.empty_p90:.0f}); "
+        f"empty timed section: median {cal.empty_cycles:.0f} cycles "
+        f"(p10 {cal.empty_p10:.0f}, p90 {cal.empty_p90:.0f}); "
         "'net' = median - empty",
         f"hypervisor: {cal.hypervisor_vendor or ('yes, unknown' if cal.hypervisor else 'none')}; "
         f"TCG: {'YES' if cal.tcg else 'no'} ({cal.tcg_evidence})",
@@ -317,13 +345,16 @@ def derived_lines(d: dict) -> list[str]:
                 f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
                 f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle")
         if "cffi_raw_ratio" in wp:
+            extra = wp["method_overhead_cycles"]
             line += (f"; the bare cffi call is {wp['cffi_raw_ratio']:.2f}x, the method "
-                     f"{wp['method_overhead_cycles']:.0f} cycles/toggle more")
+                     + (f"{extra:.0f} cycles/toggle more" if extra >= 0 else
+                        f"{-extra:.0f} cycles/toggle less (it issues a prepared one-argument request)"))
         lines.append(line)
         if "per_call_overhead_cycles" in wp:
             lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
                          f"{wp['noop_ioctl_python_cycles']:.0f} through the method, so the public API adds "
-                         f"{wp['per_call_overhead_cycles']:.0f} cycles per call ({2 * wp['per_call_overhead_cycles']:.0f} "
+                         f"{wp['per_call_overhead_cycles']:.0f} cycles per call "
+                         f"({2 * wp['per_call_overhead_cycles']:.0f} "
                          "per toggle"
                          + (f", of which the method body {wp['per_call_method_cycles']:.0f} and the cffi call "
                             f"{wp['noop_ioctl_cffi_raw_cycles'] - wp['noop_ioctl_c_cycles']:.0f}"
@@ -341,6 +372,14 @@ def derived_lines(d: dict) -> list[str]:
         if wp.get("python_vs_c_working_set_ratio"):
             lines.append(f"  against that C caller, Userfaultfd.writeprotect is "
                          f"{wp['python_vs_c_working_set_ratio']:.2f}x")
+    for key, _, _, _ in TARGET_RATIOS:
+        t = d.get(key)
+        if t:
+            verdict = ("" if t["target"] is None else
+                       f", {'within' if t['within_target'] else 'OVER'} the {t['target']}x target")
+            lines.append(f"{t['scenario']} vs {t['reference']}: {t['ratio']:.2f}x "
+                         f"(95% CI {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}){verdict}; "
+                         f"{t['median_cycles']:.0f} vs {t['reference_median_cycles']:.0f} cycles")
     for key in ("rfc_loop", "rfc_loop_two_threads"):
         rfc = d.get(key)
         if rfc:
@@ -399,6 +438,21 @@ def plot_document(doc: dict, path: os.PathLike | str) -> Optional[Path]:
 
 
 # -- comparison ------------------------------------------------------------------------
+
+def emulated_reason(a: dict, b: dict, labels: tuple[str, str] = ("A", "B")) -> str:
+    """Why a comparison of two bench documents can have no verdict: either ran under TCG ("" when it can).
+
+    TCG sets accessed/dirty bits in its own slow path at no extra cost, so a
+    difference between two such runs is not a hardware effect.
+    """
+    sides = [name for name, doc in zip(labels, (a, b), strict=True)
+             if (doc.get("calibration") or {}).get("tcg")
+             or not (doc.get("calibration") or {}).get("models_hardware_assists", True)]
+    if not sides:
+        return ""
+    return (f"emulated: {' and '.join(sides)} ran under QEMU TCG, which does not model hardware accessed/dirty "
+            "assists, so the timings give no verdict")
+
 
 @dataclass(frozen=True)
 class Comparison:

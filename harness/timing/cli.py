@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InvalidArgument, errno_name
 from harness.timing import bench, selftest, stats
 from harness.timing.calibrate import Calibration, calibrate, pin_to_one_cpu
 from harness.timing.scenarios import SCENARIOS, Context, select
@@ -18,6 +24,10 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+#: ``bench --json`` given alone: print to stdout
+_STDOUT = "-"
 
 
 def register(subparsers) -> None:
@@ -31,8 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--only", action="append", metavar="PREFIX",
                    help="run scenarios whose name starts with PREFIX (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the round order and the bootstrap")
-    p.add_argument("--json", default=str(bench.DEFAULT_JSON), metavar="PATH",
-                   help=f"write results here (default {bench.DEFAULT_JSON})")
+    p.add_argument("--json", nargs="?", const=_STDOUT, default=None, metavar="PATH",
+                   help="print the results as JSON on stdout (the tables go to stderr); "
+                        "'--json PATH' is the old spelling of --json-out PATH (deprecated)")
+    p.add_argument("--json-out", default=str(bench.DEFAULT_JSON), metavar="FILE",
+                   help=f"write the results' JSON here (default {bench.DEFAULT_JSON}); '' for none")
     p.add_argument("--plot", default=str(bench.DEFAULT_PLOT), metavar="PATH",
                    help=f"PNG of the distributions (default {bench.DEFAULT_PLOT}); '' for none")
     p.add_argument("--calibration", default=str(bench.DEFAULT_CALIBRATION), metavar="PATH",
@@ -43,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--self-test", action="store_true",
                    help="check that the benchmark separates young+dirty from old+clean and repeats")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench_verb)
 
     c = subparsers.add_parser("compare", help="compare two bench JSON files (B against A)",
                               description="Side by side medians, the difference B - A with a bootstrap "
@@ -51,13 +64,50 @@ def register(subparsers) -> None:
     c.add_argument("a", metavar="A.json")
     c.add_argument("b", metavar="B.json")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.set_defaults(func=_compare)
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail now, not after a run of minutes, if ``path`` cannot be written: create its directory and a scratch file.
+
+    A permission check alone would pass as root on /proc; trying is the only answer.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidArgument(option, path, "a directory; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InvalidArgument(option, path, f"cannot write it: {errno_name(exc.errno or 0)} "
+                                            f"({os.strerror(exc.errno or 0)})") from None
+
+
+def _bench_verb(args: argparse.Namespace) -> int:
+    """``bench``, with ``--json`` printing the document on stdout and the old ``--json PATH`` still accepted."""
+    if args.json not in (None, _STDOUT):
+        print(f"uffd-harness bench: --json PATH is deprecated and will be removed in the next release; "
+              f"use --json-out {args.json}", file=sys.stderr)
+        args.json_out, args.json = args.json, None
+    if args.json != _STDOUT:
+        return _bench(args)
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # the tables and progress, for a person
+        status = _bench(args)
+    if getattr(args, "document", None) is not None:
+        print(json.dumps(args.document, indent=1), file=stdout)
+    return status
 
 
 def _bench(args: argparse.Namespace) -> int:
     if args.list:
         print(tabulate([[s.name, s.describe] for s in SCENARIOS], headers=["scenario", "what is timed"]))
         return 0
+    for option in ("json_out", "plot", "calibration"):
+        if getattr(args, option, None):
+            check_writable(getattr(args, option), "--" + option.replace("_", "-"))
     pinned = None if args.no_pin else pin_to_one_cpu()
     cal = calibrate()
     print("\n".join(bench.calibration_lines(cal, pinned)))
@@ -90,8 +140,9 @@ def _bench(args: argparse.Namespace) -> int:
           f"{args.rounds} interleaved rounds in {elapsed:.1f} s; load average {load}")
     for line in bench.derived_lines(doc["derived"]):
         print(line)
-    if args.json:
-        print(f"JSON: {bench.write_json(doc, args.json)}")
+    args.document = doc
+    if args.json_out:
+        print(f"JSON: {bench.write_json(doc, args.json_out)}")
     if args.calibration:
         previous = bench.load_previous_calibration(args.calibration)
         cal_doc = bench.calibration_document(results, cal, previous)
@@ -127,25 +178,35 @@ def _self_test(cal: Calibration) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    try:
-        a, b = bench.load_document(args.a), bench.load_document(args.b)
-    except (OSError, ValueError, HarnessError) as exc:
-        print(f"uffd-harness compare: {exc}", file=sys.stderr)
-        return 2
+    a, b = bench.load_document(args.a), bench.load_document(args.b)
+    common = set(a["scenarios"]) & set(b["scenarios"])
+    if not common:
+        raise HarnessError(f"{args.a} and {args.b} have no scenario in common (A has {len(a['scenarios'])}, "
+                           f"B {len(b['scenarios'])}): compare two runs of 'uffd-harness bench' with the same --only")
     ca, cb = a["calibration"], b["calibration"]
     for key in ("cpu_model", "kernel", "hypervisor_vendor", "tcg"):
         if ca.get(key) != cb.get(key):
-            print(f"warning: {key} differs: A {ca.get(key)!r}, B {cb.get(key)!r}")
+            print(f"warning: {key} differs: A {ca.get(key)!r}, B {cb.get(key)!r}", file=sys.stderr)
     if abs(ca["tsc_hz"] - cb["tsc_hz"]) > 0.01 * ca["tsc_hz"]:
         print(f"warning: TSC rates differ ({ca['tsc_hz'] / 1e6:.0f} vs {cb['tsc_hz'] / 1e6:.0f} MHz): "
-              "cycles are not comparable")
+              "cycles are not comparable", file=sys.stderr)
     rows, skipped = bench.compare_results(bench.results_of(a), bench.results_of(b), seed=args.seed)
+    if args.json:
+        emulated = bench.emulated_reason(a, b)
+        print(json.dumps({"a": args.a, "b": args.b, "emulated": emulated,
+                          "rows": [{**dataclasses.asdict(r), **({"verdict": "emulated"} if emulated else {})}
+                                   for r in rows], "not_compared": skipped}, indent=1))
+        return 0
+    emulated = bench.emulated_reason(a, b)  # under TCG a difference is not a hardware effect: no verdict
     table = [[r.name, f"{r.median_a:.0f}", f"{r.median_b:.0f}", f"{r.diff:+.0f}",
               f"[{r.ci_lo:+.0f}, {r.ci_hi:+.0f}]", f"{r.ratio:.2f}" if r.ratio else "-",
-              r.verdict if r.verdict == stats.NO_DIFFERENCE else f"B {r.verdict}"] for r in rows]
+              "emulated" if emulated else r.verdict if r.verdict == stats.NO_DIFFERENCE else f"B {r.verdict}"]
+             for r in rows]
     print(f"A: {args.a} ({a['created']})\nB: {args.b} ({b['created']})")
     print(tabulate(table, headers=["scenario", "median A", "median B", "B - A", "95% CI", "B/A", "verdict"],
                    colalign=("left", "right", "right", "right", "right", "right", "left")))
     for line in skipped:
         print(f"not compared: {line}")
+    if emulated:
+        print(emulated)
     return 0

@@ -48,7 +48,7 @@ from harness.abi import Feature, RegisterMode
 from harness.errors import HarnessError, UffdError
 from harness.events import FaultHandler, PageFault
 from harness.memory import PAGE_SIZE, PROT_READ, PROT_RW, MemoryKind, Region
-from harness.uffd import Userfaultfd, open_any, probe_features
+from harness.uffd import PreparedRanges, Userfaultfd, open_any, probe_features
 
 STATES = ("young_dirty", "young_clean", "old_dirty", "old_clean")
 ACCESSES = ("read", "write")
@@ -439,6 +439,38 @@ def _loop_fcntl(uffd: Userfaultfd, region: Region, second: int) -> Callable[[ran
     return loop
 
 
+#: one-page ranges per Userfaultfd.writeprotect_many call in the batch scenarios
+BATCH_RANGES = 64
+
+
+def _wp_toggle_batch(ctx: Context, prepared: bool = True) -> Batch:
+    """Protect then un-protect BATCH_RANGES one-page ranges, two writeprotect_many calls; per range.
+
+    Each range is its own page of one region, so every ioctl of the batch
+    changes a PTE, as each of the C loop's does (``binding.wp_toggle.c``).
+    ``prepared``: the ranges are a PreparedRanges made once (else a list of
+    pairs converted and checked on every call).
+    """
+    region = _region(BATCH_RANGES)
+    uffd = open_any([])
+    try:
+        region.write()
+        uffd.register(region.addr, region.length, RegisterMode.WP)
+        pairs = [(region.addr + i * region.page_size, region.page_size) for i in range(BATCH_RANGES)]
+        ranges = PreparedRanges(pairs) if prepared else pairs
+        many, rdtsc = uffd.writeprotect_many, lib.harness_rdtsc
+        samples = []
+        for _ in range(max(2, ctx.pages // 8)):
+            t0 = rdtsc()
+            many(ranges, True)
+            many(ranges, False)
+            samples.append((rdtsc() - t0) / BATCH_RANGES)
+        return Batch(samples)
+    finally:
+        uffd.close()
+        region.close()
+
+
 def _other_cpu() -> Optional[int]:
     """A CPU this process may use other than the one it runs on now, or None."""
     import os
@@ -495,8 +527,17 @@ def _other_scenarios() -> list[Scenario]:
         Scenario("binding.wp_toggle.fcntl", "binding",
                  "the same toggle through Python's fcntl.ioctl on two prepared buffers (no cffi)",
                  lambda ctx: _python_pairs(ctx, _loop_fcntl), _uffd_absent),
+        Scenario("binding.wp_toggle.batch", "binding",
+                 f"the same toggle of {BATCH_RANGES} one-page ranges, one Userfaultfd.writeprotect_many call "
+                 "each way on PreparedRanges (loop in C); per range",
+                 _wp_toggle_batch, _uffd_absent),
+        Scenario("binding.wp_toggle.batch_list", "binding",
+                 "the batched toggle given a list of (start, length) pairs, converted and checked on every "
+                 "call; per range",
+                 lambda ctx: _wp_toggle_batch(ctx, prepared=False), _uffd_absent),
         Scenario("binding.wp_noop.c", "binding",
-                 "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop", _wp_noop_c, _uffd_absent),
+                 "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop",
+                 _wp_noop_c, _uffd_absent),
         Scenario("binding.wp_noop.python", "binding",
                  "the same no-op ioctl through Userfaultfd.writeprotect: the per-call overhead",
                  lambda ctx: _python_pairs(ctx, _loop_method, toggle=False), _uffd_absent),

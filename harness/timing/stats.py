@@ -161,7 +161,7 @@ def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: flo
                       batches_b: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``median(b) - median(a)`` (independent runs; batches as above)."""
     ma, mb = _two_sample_medians(a, b, resamples, seed, batches_a, batches_b)
-    return _percentile_interval([y - x for x, y in zip(ma, mb)], confidence)
+    return _percentile_interval([y - x for x, y in zip(ma, mb, strict=True)], confidence)
 
 
 def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
@@ -172,7 +172,7 @@ def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, confidence: fl
     ma, mb = _two_sample_medians(a, b, resamples, seed, batches_a, batches_b)
     if any(x == 0 for x in ma):
         raise ValueError("median of A resamples to zero: no ratio")
-    return _percentile_interval([y / x for x, y in zip(ma, mb)], confidence)
+    return _percentile_interval([y / x for x, y in zip(ma, mb, strict=True)], confidence)
 
 
 def verdict(diff_lo: float, diff_hi: float) -> str:

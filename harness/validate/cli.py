@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +20,12 @@ def run(args: argparse.Namespace) -> int:
     patches = Path(args.patches).resolve() if args.patches else None
     if patches is not None and not patches.is_dir():
         return _bad(f"--patches {args.patches}: not a directory")
+    from harness.validate import kcidb
+    if args.kcidb_origin:
+        try:
+            os.environ[kcidb.ENV_ORIGIN] = kcidb.check_origin(args.kcidb_origin)
+        except ValueError as exc:
+            return _bad(str(exc))
     tree = None
     if args.tree is None and (args.base or args.head or args.dirty):
         return _bad("--base, --head and --dirty go with --tree PATH (a git tree to validate)")
@@ -27,9 +35,18 @@ def run(args: argparse.Namespace) -> int:
                 return _bad("--tree brings its own commits: drop --source and --patches")
             from harness.validate.tree import plan_tree
             tree = plan_tree(Path(args.tree), base=args.base, head=args.head, dirty=args.dirty)
-        return validate(patches, args.quick, source=args.source, tree=tree)
+        if not args.json:
+            return validate(patches, args.quick, fresh_control=args.fresh_control, source=args.source, tree=tree)
+        from harness import paths
+        with contextlib.redirect_stdout(sys.stderr):  # the table and progress, for a person
+            status = validate(patches, args.quick, fresh_control=args.fresh_control, source=args.source,
+                              tree=tree)
     except SourceError as exc:
         return _bad(str(exc))
+    report = paths.RESULTS_DIR / "report.json"
+    if report.exists():
+        print(report.read_text(), end="")
+    return status
 
 
 def run_suite(args: argparse.Namespace) -> int:
@@ -60,6 +77,12 @@ def register(subparsers) -> None:
     p.add_argument("--dirty", action="store_true", help="with --tree: include uncommitted changes to tracked "
                                                         "files (default: left out, and said so)")
     p.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout (the table goes to stderr)")
+    p.add_argument("--kcidb-origin", metavar="NAME", help="KCIDB origin (CI system name) in report.kcidb.json "
+                   "(default $UFFD_HARNESS_KCIDB_ORIGIN or uffd_harness)")
+    p.add_argument("--fresh-control", action="store_true",
+                   help="boot the control (stock) again even if its stored guest results still fit "
+                        "(same kernel build, harness code and tests, --quick, guest settings)")
     p.set_defaults(func=run)
     s = subparsers.add_parser("suite", help="run the pytest suite inside a guest of one kernel (make vm-test)")
     s.add_argument("--kernel", default="patched", help="kernel name: patched, stock, or one built with --patches")

@@ -56,8 +56,9 @@ def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
     return env
 
 
-#: what a guest suite (make vm-test, and validate's own tests) on Linux 6.1 leaves out, and why.  Measured on stock-6.1 (`make vm-test KERNEL=stock
-#: SOURCE=6.1`, 3 Dec 2026): each entry failed or skipped there, for a feature 6.1 lacks or a 6.12 rule the
+#: what a guest suite (make vm-test, and validate's own tests) on Linux 6.1 leaves out, and why.
+#: Measured on stock-6.1 (`make vm-test KERNEL=stock SOURCE=6.1`, 3 Dec 2026): each entry failed or
+#: skipped there, for a feature 6.1 lacks or a 6.12 rule the
 #: test hard-wires.  Under CI=true a skip is a failure, so these are deselected and printed, never skipped.
 #: (pytest's --deselect takes node-id prefixes.)
 DESELECT_6_1: dict[str, str] = {
@@ -112,6 +113,8 @@ def _kernel_base_version() -> Optional[str]:
 
 #: the steps run_steps() knows, in order
 STEPS = ("pytest", "selftests", "bench")
+#: what each step's progress line says after "[validate] <kernel>: " (the host times guests by these lines)
+STEP_LINES = {"pytest": "pytest suite", "selftests": "selftest ", "bench": "first-touch benchmarks"}
 
 
 def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log: Log = _log,
@@ -139,7 +142,7 @@ def _where() -> str:
 
 
 def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
-    log(f"[validate] {_where()}: pytest suite")
+    log(f"[validate] {_where()}: {STEP_LINES['pytest']}")
     pytest_cmd = [sys.executable, "-m", "pytest", *(str(paths.REPO_ROOT / t) for t in VALIDATION_TESTS),
                   "-p", "no:cacheprovider", "-q", "-rfE", "--junitxml", str(out / "junit.xml"),
                   "--summary-json", str(out / "summary.json")]
@@ -159,7 +162,7 @@ def _selftests_built(selftests_dir: Optional[Path]) -> tuple[str, ...]:
 def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
     selftests: dict[str, Any] = {}
     for name in _selftests_built(selftests_dir):
-        log(f"[validate] {_where()}: selftest {name}")
+        log(f"[validate] {_where()}: {STEP_LINES['selftests']}{name}")
         if selftests_dir is None:
             selftests[name] = SelftestRun(name, None, 0.0, error="no selftests built for this kernel").to_dict()
             continue
@@ -172,10 +175,10 @@ def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
 
 
 def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
-    log(f"[validate] {_where()}: first-touch benchmarks")
+    log(f"[validate] {_where()}: {STEP_LINES['bench']}")
     # No plot here: the host draws it from bench.json (_plot_benches), since under TCG matplotlib's
     # text rendering alone takes about a minute.
-    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json", str(out / "bench.json"),
+    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json-out", str(out / "bench.json"),
                  "--plot", "", "--calibration", str(out / "calibration.json")]
     if quick or paths.in_guest():  # TCG: fewer, smaller rounds
         bench_cmd += ["--rounds", "3", "--pages", "64"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from harness.errors import DocumentError
 from harness.selftests import CaseResult, SelftestRun
 
 
@@ -23,14 +24,24 @@ class KernelOutcome:
     steps: dict = field(default_factory=dict)
     summary: Optional[dict] = None     #: the pytest plugin's summary.json
     bench: Optional[dict] = None
+    #: set when these are a control's stored guest results given again (control_cache): when made, key, where
+    reused: Optional[dict] = None
+    #: host wall-clock seconds of the guest's phases (phases.json; boot, suite, selftests, benchmarks)
+    host_phases: dict = field(default_factory=dict)
 
     def load(self) -> None:
-        for attr, filename in (("steps", "steps.json"), ("summary", "summary.json"), ("bench", "bench.json")):
+        """Read what the guest wrote, each document checked against its schema; a bad one is this
+        kernel's error (naming the file), never a half-read verdict."""
+        from harness.reports import load_summary
+        from harness.timing.documents import load_bench
+        for attr, filename, reader in (("steps", "steps.json", _load_json), ("summary", "summary.json", load_summary),
+                                       ("bench", "bench.json", load_bench),
+                                       ("host_phases", "phases.json", _load_json)):
             path = self.out / filename
             if path.exists():
                 try:
-                    setattr(self, attr, json.loads(path.read_text()))
-                except json.JSONDecodeError as exc:
+                    setattr(self, attr, reader(path))
+                except (DocumentError, OSError, ValueError) as exc:
                     self.error = self.error or f"{path}: unreadable ({exc})"
 
     @property
@@ -52,3 +63,11 @@ class KernelOutcome:
                               d.get("error", ""))
             runs[name] = run
         return runs
+
+
+def _load_json(path: Path) -> dict:
+    """steps.json: written by harness.validate.guest in the same run (no schema of its own yet)."""
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -30,9 +29,21 @@ from typing import Optional
 from harness import paths
 from harness.errors import HarnessError
 from harness.selftests import SELFTESTS
-from harness.validate.guest import (DESELECT_6_1, GUEST_MARKERS, deselect_args, PYTEST_TIMEOUT, SELFTEST_TIMEOUT, BENCH_TIMEOUT, Log, _log,
-                                    guest_environment, run_steps)
+from harness.validate import control_cache
+from harness.validate.guest import (
+    BENCH_TIMEOUT,
+    DESELECT_6_1,
+    GUEST_MARKERS,
+    PYTEST_TIMEOUT,
+    SELFTEST_TIMEOUT,
+    Log,
+    _log,
+    deselect_args,
+    guest_environment,
+    run_steps,
+)
 from harness.validate.outcome import KernelOutcome
+from harness.validate.phases import GuestTimer, PhaseClock, phases_document, render_phases
 from harness.validate.report import render_terminal, write_report
 from harness.validate.verdict import build_report
 
@@ -88,19 +99,22 @@ def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) 
     from harness.vm import runner
     from harness.vm.build import load_kernel
     t0 = time.monotonic()
+    timer = GuestTimer()
     argv = [sys.executable, "-m", "harness.validate.guest", str(outcome.out)]
     if quick:
         argv.append("--quick")
     try:
         result = runner.run_in_guest(load_kernel(outcome.name), argv, timeout=GUEST_TIMEOUT, rwdir=outcome.out,
                                      memory=f"{GUEST_MEMORY_MB}M", cpus=cpus, capture=True,
-                                     console_log=outcome.out / "console.log", log=log)
+                                     console_log=outcome.out / "console.log", log=log, on_line=timer.on_line)
         outcome.accel = result.accel
         if result.returncode != 0:
             outcome.error = f"guest command exited {result.returncode}"
     except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # GuestPanic, GuestTimeout, ...
         outcome.error = f"guest failed: {exc}"
     outcome.seconds = time.monotonic() - t0
+    (outcome.out / "phases.json").unlink(missing_ok=True)
+    timer.write(outcome.out)
     outcome.load()
     return outcome
 
@@ -163,8 +177,12 @@ def candidate_name(patches: Path) -> str:
 
 
 def validate(patches: Optional[Path] = None, quick: bool = False, results: Path = paths.RESULTS_DIR,
-             log: Log = _log, *, source=None, tree=None) -> int:
+             log: Log = _log, fresh_control: bool = False, *, source=None, tree=None) -> int:
     """The main job; returns the exit status (0: the contract holds and nothing failed).
+
+    The control's guest results are reused when nothing that made them
+    changed (:mod:`harness.validate.control_cache`; ``fresh_control`` runs it
+    again), and the candidate then boots alone, with every core.
 
     ``source`` (harness.vm.sources: None for 6.12, "6.1", a path) is the tree
     both kernels are built from; ``tree`` (a :class:`harness.validate.tree.TreePlan`)
@@ -172,28 +190,38 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     """
     from harness.vm import sources
     t0 = time.monotonic()
+    clock = PhaseClock()
     results.mkdir(parents=True, exist_ok=True)
+    if patches is not None:
+        with clock("check"):
+            problem = _series_problem(patches, log)
+        if problem:
+            log(f"uffd-harness validate: --patches {patches}: {problem}")
+            return 2
     if tree is not None:
         src = tree.source
-        control, candidate = tree.control, tree.candidate
+        control_name, candidate = tree.control, tree.candidate
         # the head is the base's archive plus the commits: seeded from the base, it compiles what they change
-        plan = [(control, None, None), (candidate, tree.series, control)]
+        plan = [(control_name, None, None), (candidate, tree.series, control_name)]
         origin = {"kind": "git", **tree.describe()}
         for note in tree.notes:
             log(f"[validate] {note}")
     else:
         src = sources.resolve(source)
-        control = src.kernel_name("stock")
+        control_name = src.kernel_name("stock")
         if patches is None and src.default_series is None:
             raise sources.SourceError(f"--source {source}: no hint series of the project's for this tree; "
                                       "give --patches DIR")
         candidate = src.kernel_name("patched") if patches is None else (
-            candidate_name(patches) + ("" if control == "stock" else f"-{src.label}"))
-        plan = [(control, None, "auto"), (candidate, patches, "auto")]
+            candidate_name(patches) + ("" if control_name == "stock" else f"-{src.label}"))
+        plan = [(control_name, None, "auto"), (candidate, patches, "auto")]
         origin = {"kind": src.kind, "source": src.label, "identity": src.identity}
-    _clear_results(results, ["host", control, candidate], log)
-    reason = qemu_unavailable()
+    _clear_results(results, ["host", control_name, candidate], log)
+    with clock("check"):
+        reason = qemu_unavailable()
     outcomes: list[KernelOutcome] = []
+    control: dict = {}
+    guests_wall, workers = None, 1
     if reason:
         log(f"[validate] QEMU cannot run here ({reason}): validating on the host kernel "
             f"{platform.release()} and the simulator")
@@ -206,18 +234,54 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     else:
         for name, series, seed in plan:
             log(f"[validate] building kernel '{name}' from {src.label}")
-            outcomes.append(_build(name, series, results / name, log, source=src, seed_from=seed))
+            with clock("build_control" if name == control_name else "build_candidate", name):
+                outcomes.append(_build(name, series, results / name, log, source=src, seed_from=seed))
+        with clock("check"):
+            compile_for_guests(log)
         runnable = [o for o in outcomes if not o.error]
-        compile_for_guests(log)
-        workers = _parallel_guests()
+        parallel = _parallel_guests()
+        control = _reuse_control(outcomes[0], runnable, parallel, quick, fresh_control, log)
+        runnable = [o for o in runnable if not o.reused]
+        workers = min(parallel, max(1, len(runnable)))
         log(f"[validate] booting {len(runnable)} guest(s), {workers} at a time")
+        t_guests = time.monotonic()
         _run_guests(runnable, workers, quick, log)
-    _plot_benches(outcomes, log)
-    report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason,
-                          control=control, origin=origin)
+        guests_wall = time.monotonic() - t_guests
+        _store_control(outcomes[0], control, log)
+    with clock("report"):
+        _plot_benches(outcomes, log)
+        report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason,
+                              control_kernel=control_name, origin=origin)
+    if control:
+        report["control"] = {k: v for k, v in control.items() if k != "inputs"}
+    report["phases"] = phases_document(clock, outcomes, time.monotonic() - t0, guests_wall, workers)
     write_report(report, results)
     print(render_terminal(report, results))
+    if control.get("reused"):
+        print(f"control '{control['kernel']}': guest results reused from {control['created']} "
+              "(same kernel build, harness code and tests, --quick and guest settings; --fresh-control reruns it)")
+    print("\n".join(render_phases(report["phases"])))
     return 0 if report["ok"] else 1
+
+
+def _series_problem(patches: Path, log: Log) -> Optional[str]:
+    """Why ``patches`` cannot be validated (one line), found before any kernel is built; None if it applies.
+
+    The series is applied to a scratch tree of the files it touches
+    (:func:`harness.vm.build.check_series`): a directory without patches, a
+    series naming a missing file or a patch that does not apply are reported
+    in seconds, not after a stock build and boot.  The host tools come first:
+    the check needs the source tarball.
+    """
+    from harness.vm import build as vm_build
+    from harness.vm.errors import VmError
+    try:
+        vm_build.check_host(log=log)
+        patches_found = vm_build.check_series(patches)
+    except VmError as exc:
+        return str(exc).splitlines()[0]
+    log(f"[validate] --patches {patches}: {len(patches_found)} patch(es) apply to {vm_build.SOURCE_DIRNAME}")
+    return None
 
 
 #: what a validation writes at the top of the results directory (calibration.json and bench.json of
@@ -239,6 +303,52 @@ def _clear_results(results: Path, kernels: list[str], log: Log) -> None:
             removed += 1
     if removed:
         log(f"[validate] removed {removed} result(s) of an earlier run from {results}")
+
+
+def _guest_timeouts() -> dict[str, float]:
+    return {"guest": GUEST_TIMEOUT, "pytest": PYTEST_TIMEOUT, "selftest": SELFTEST_TIMEOUT, "bench": BENCH_TIMEOUT}
+
+
+def _reuse_control(stock: KernelOutcome, runnable: list[KernelOutcome], parallel: int, quick: bool,
+                   fresh: bool, log: Log) -> dict:
+    """Give the control its stored guest results when its inputs are unchanged; {} when it cannot run.
+
+    The key includes the cores the control gets when it does run: the
+    machine's, shared among the guests that would run together.
+    """
+    if stock not in runnable or not stock.build or not stock.build.get("key"):
+        return {}
+    cpus = max(1, (os.cpu_count() or 1) // min(parallel, len(runnable)))
+    inp = control_cache.inputs(stock.build["key"], quick=quick, memory_mb=GUEST_MEMORY_MB, cpus=cpus,
+                               timeouts=_guest_timeouts())
+    note = {"kernel": stock.name, "inputs": inp, "key": control_cache.key_of(inp), "reused": False,
+            "fresh_control": fresh}
+    if fresh:
+        log(f"[validate] control '{stock.name}': --fresh-control: running it again")
+        return {**note, "why_run": "--fresh-control"}
+    entry = control_cache.lookup(inp)
+    if entry is None:
+        why = control_cache.why_not(inp)
+        log(f"[validate] control '{stock.name}': running it ({why})")
+        return {**note, "why_run": why}
+    entry.restore(stock)
+    log(f"[validate] control '{stock.name}': reusing its guest results of {entry.created} (same kernel build, "
+        "harness code and tests, --quick and guest settings); --fresh-control runs it again")
+    return {**note, "reused": True, "created": entry.created, "results_from": str(entry.path)}
+
+
+def _store_control(stock: KernelOutcome, control: dict, log: Log) -> None:
+    """Keep the control's results of a clean guest run for the next validation."""
+    if not control or control.get("reused"):
+        return
+    why = control_cache.cacheable(stock)
+    if why:
+        control["stored"] = False
+        log(f"[validate] control '{stock.name}': results not kept for reuse: {why}")
+        return
+    entry = control_cache.store(stock, control["inputs"])
+    control["stored"] = True
+    log(f"[validate] control '{stock.name}': results kept for reuse in {entry.path}")
 
 
 def _host_selftests_dir() -> Optional[Path]:
@@ -269,7 +379,8 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("junit.xml", "summary.json", "console.log"):
         (out / stale).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "pytest", str(paths.REPO_ROOT / "tests"), "--ignore", str(paths.REPO_ROOT / "tests" / "vm"),
+    argv = [sys.executable, "-m", "pytest", str(paths.REPO_ROOT / "tests"),
+            "--ignore", str(paths.REPO_ROOT / "tests" / "vm"),
             "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
             "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *_deselect_for(source), *pytest_args]
     if _deselect_for(source):
@@ -296,9 +407,10 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
 
 def _guest_timeline(summary: Path) -> str:
     """One line on how long the guest took to get to its tests, from summary.json ("" without one)."""
+    from harness.reports import load_summary
     try:
-        t = json.loads(summary.read_text())["timeline"]
-    except (OSError, ValueError, KeyError):
+        t = load_summary(summary)["timeline"]
+    except (HarnessError, OSError, ValueError, KeyError):
         return ""
     first = "no test ran" if t["first_test"] is None else f"the first test at {t['first_test']:.1f} s"
     return (f"guest timeline, in seconds since its kernel booted: pytest's Python started at "

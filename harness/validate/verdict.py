@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.backends.contract import CONTRACT
+from harness.reports import REPORT_SCHEMA
 from harness.selftests import regressions
 from harness.validate.outcome import KernelOutcome
 
@@ -61,13 +62,14 @@ def _verdict(outcomes: list[KernelOutcome], candidate: Optional[KernelOutcome],
 
 
 def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool, seconds: float,
-                 qemu_reason: Optional[str] = None, control: str = "stock", origin: Optional[dict] = None) -> dict:
-    """``control``: the name of the unpatched kernel (stock, stock-6.1, git-<base>);
+                 qemu_reason: Optional[str] = None, control_kernel: str = "stock",
+                 origin: Optional[dict] = None) -> dict:
+    """``control_kernel``: the name of the unpatched kernel (stock, stock-6.1, git-<base>);
     ``origin``: where both came from (source, or the tree and its commits), for the report."""
     by_name = {o.name: o for o in outcomes}
-    stock = by_name.get(control)
+    stock = by_name.get(control_kernel)
     # The kernel under validation: any guest kernel that is not the control.
-    candidate = next((o for o in outcomes if o.where == "guest" and o.name != control), None)
+    candidate = next((o for o in outcomes if o.where == "guest" and o.name != control_kernel), None)
     problems = []
     for o in outcomes:
         if o.error:
@@ -90,7 +92,8 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                        == (candidate.build or {}).get("source_version"))
     if stock and candidate and not same_source:
         problems.append(f"selftests of '{stock.name}' and '{candidate.name}' come from different sources "
-                        f"({(stock.build or {}).get('source_version')} vs {(candidate.build or {}).get('source_version')}): "
+                        f"({(stock.build or {}).get('source_version')} vs "
+                        f"{(candidate.build or {}).get('source_version')}): "
                         "not compared")
     if stock and candidate and same_source:
         # like with like: same-named selftests of the same source (6.1 has userfaultfd, 6.12 uffd-unit-tests)
@@ -103,6 +106,7 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                     problems.append(f"selftest {name}: regressions on '{candidate.name}': {', '.join(regs)}")
     kind, line = _verdict(outcomes, candidate, problems)
     report = {
+        "schema": REPORT_SCHEMA,
         "verdict": {"kind": kind, "line": line},
         "ok": kind == HOLDS and not problems,
         "problems": problems,
@@ -119,8 +123,9 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
                     for n in CLAUSES},
         "selftest_regressions": selftest_regressions,
         "bench": _bench_comparison(stock, candidate),
+        "benchmarks": {o.name: _bench_scenarios(o.bench) for o in outcomes if o.bench},
         "reproduce": _reproduce(outcomes, patches, quick, origin),
-        "control": control,
+        "control_kernel": control_kernel,
         "origin": origin or {},
     }
     return report
@@ -148,16 +153,17 @@ def _per_backend(outcomes: list[KernelOutcome], n: int, field: str) -> dict:
     return out
 
 
+def _bench_scenarios(doc: dict) -> dict:
+    from harness.validate.benchmarks import scenarios_of
+    return scenarios_of(doc)
+
+
 def _bench_comparison(stock: Optional[KernelOutcome], candidate: Optional[KernelOutcome]) -> dict:
+    """Stock against candidate; under TCG no verdicts, a projection instead (harness.validate.benchmarks)."""
     if not (stock and candidate and stock.bench and candidate.bench):
         return {}
-    from harness.timing import bench
-    rows, skipped = bench.compare_results(bench.results_of(stock.bench), bench.results_of(candidate.bench))
-    return {"rows": [{"name": c.name, "a_median": c.median_a, "b_median": c.median_b, "diff": c.diff,
-                      "diff_lo": c.ci_lo, "diff_hi": c.ci_hi, "verdict": c.verdict} for c in rows],
-            "not_compared": skipped,
-            "stock_calibration": stock.bench.get("calibration"),
-            "candidate_calibration": candidate.bench.get("calibration")}
+    from harness.validate import benchmarks
+    return benchmarks.comparison(stock.bench, candidate.bench)
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,8 +186,8 @@ def _reproduce(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bo
     elif origin.get("source") and origin.get("source") != "6.12":
         where = f" --source {origin['source']}"
     return {
-        "command": "uffd-harness validate" + where + (f" --patches {patches}" if patches else "")
-                   + (" --quick" if quick else ""),
+        "command": ("uffd-harness validate" + where + (f" --patches {patches}" if patches else "")
+                    + (" --quick" if quick else "")),
         "host_kernel": platform.release(),
         "qemu": qemu,
         "python": platform.python_version(),

@@ -8,10 +8,18 @@
 Command line: ``python -m harness.vm build --kernel patched`` and
 ``python -m harness.vm run --kernel patched -- CMD...``.
 """
-from .build import KernelBuild, build_kernel, load_kernel
-from .errors import (GuestError, GuestPanic, GuestTimeout, KernelBuildError,
-                     KernelNotBuilt, MissingToolError, PatchApplyError, VmError)
-from .runner import GuestResult, run_in_guest
+from harness.vm.build import KernelBuild, build_kernel, load_kernel
+from harness.vm.errors import (
+    GuestError,
+    GuestPanic,
+    GuestTimeout,
+    KernelBuildError,
+    KernelNotBuilt,
+    MissingToolError,
+    PatchApplyError,
+    VmError,
+)
+from harness.vm.runner import GuestResult, run_in_guest
 
 __all__ = [
     "KernelBuild", "build_kernel", "load_kernel",

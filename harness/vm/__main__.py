@@ -1,6 +1,6 @@
 """``python -m harness.vm build|run|info`` (see harness.vm.cli)."""
 import sys
 
-from .cli import main
+from harness.vm.cli import main
 
 sys.exit(main())

@@ -12,9 +12,10 @@ Layout (all under the repository's git-ignored ``build/``)::
     build/kernels/<name>/build.json      key, inputs, times
     build/kernels/<name>/build.log       full make output
 
-The cache key hashes the source version, the patch contents, the config
-fragment and the compiler version.  Same key and a bzImage present: done in
-well under a second.  patch(1) writes a new file for each file it changes,
+The cache key hashes the source version, the patch contents, the
+instrumentation patches (vm/instrumentation, applied after the series to
+every kernel), the config fragment and the compiler version.  Same key and
+a bzImage present: done in well under a second.  patch(1) writes a new file for each file it changes,
 which breaks the hard link, so the pristine tree is never modified.
 """
 from __future__ import annotations
@@ -29,21 +30,27 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, REPO_ROOT
-from harness.selftests import SELFTESTS, selftests_of_tree
-
-from . import sources
-from .errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
+from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, ENV_CANDIDATES_MAX_MB, ENV_KEEP_CANDIDATES, REPO_ROOT
+from harness.selftests import SELFTESTS, selftests_of_tree  # noqa: F401 - SELFTESTS: 6.12's set, re-exported
+from harness.vm import sources
+from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
 BUILDER_VERSION = 1
 
 VM_DIR = REPO_ROOT / "vm"
 DEFAULT_PATCHES = VM_DIR / "patches"
+#: the uffd-harness instrumentation (a debugfs view of the caller's PTEs),
+#: applied after the series under test to every kernel; not part of any series
+INSTRUMENTATION_DIR = VM_DIR / "instrumentation"
+#: what the instrumentation adds to the guest, and the object that proves it was built
+PTE_DEBUGFS = "/sys/kernel/debug/uffd_harness/pte"
+PTE_OBJECT = "mm/uffd_harness_pte.o"
 DEFAULT_FRAGMENT = VM_DIR / "kernel.config"
 
 SOURCE_PACKAGE = "linux-source-6.12"
@@ -96,8 +103,16 @@ class KernelBuild:
 
     @property
     def info(self) -> dict:
-        """The contents of build.json."""
-        return json.loads((self.directory / "build.json").read_text())
+        """The contents of build.json (checked: :mod:`harness.vm.documents`)."""
+        from harness.vm.documents import load_build_info
+        return load_build_info(self.directory / "build.json")
+
+    @property
+    def pte_channel(self) -> dict:
+        """build.json's "pte_channel": {"available": bool, "debugfs": path, "reason": why not or None}."""
+        return self.info.get("pte_channel") or {
+            "available": False, "debugfs": PTE_DEBUGFS,
+            "reason": "built before vm/instrumentation existed: rebuild it"}
 
 
 # --------------------------------------------------------------------------
@@ -155,12 +170,23 @@ def read_series(patches_dir: Path) -> list[Path]:
     comments) if it exists, else every ``*.patch`` sorted by name.
     """
     patches_dir = Path(patches_dir)
+    if patches_dir.exists() and not patches_dir.is_dir():
+        raise VmError(f"--patches {patches_dir}: a file, not a directory: give the directory that holds "
+                      "the series file (or the *.patch files)")
     if not patches_dir.is_dir():
         raise VmError(f"patch directory {patches_dir} does not exist")
     series = patches_dir / "series"
     if series.exists():
+        if not series.is_file():
+            raise VmError(f"{series}: not a file: a quilt series lists one patch file name a line")
+        try:
+            text = series.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)") from None
+        if "\0" in text:
+            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)")
         out = []
-        for line in series.read_text().splitlines():
+        for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -171,6 +197,48 @@ def read_series(patches_dir: Path) -> list[Path]:
             out.append(path)
         return out
     return sorted(patches_dir.glob("*.patch"))
+
+
+def check_series(patches_dir: str | os.PathLike) -> list[Path]:
+    """The series of ``patches_dir``, checked to apply before anything is built or booted.
+
+    Each patch must be a diff, and the whole series must apply in order to a
+    scratch tree holding only the files it touches, copied from the pristine
+    source (build/cache/src) or, before the first build, extracted from the
+    tarball.  Raises VmError (PatchApplyError for a patch that does not
+    apply) with a one-line summary; returns the patches.
+    """
+    patches = read_series(Path(patches_dir))
+    if not patches:
+        raise VmError(f"{patches_dir}: no series file and no *.patch")
+    targets: set[str] = set()
+    for p in patches:
+        try:
+            text = p.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise VmError(f"{p}: cannot read: {exc.strerror}") from None
+        found = set(series_targets([p])) if text else set()
+        if not found:
+            raise VmError(f"{p}: not a patch (no '--- a/FILE' / '+++ b/FILE' lines)")
+        targets |= found
+    with tempfile.TemporaryDirectory(prefix="uffd-harness-series-") as scratch:
+        tree = Path(scratch) / SOURCE_DIRNAME
+        tree.mkdir()
+        pristine = BUILD_DIR / "cache" / "src" / SOURCE_DIRNAME
+        if (pristine / ".uffd-harness-pristine").exists():
+            for t in targets:
+                if (pristine / t).is_file():
+                    (tree / t).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(pristine / t, tree / t)
+        elif SOURCE_TARBALL.exists():
+            # Members that the tarball lacks are files the series creates: tar says so and goes on.
+            subprocess.run(["tar", "-xf", str(SOURCE_TARBALL), "-C", scratch, "--ignore-failed-read",
+                            *[f"{SOURCE_DIRNAME}/{t}" for t in sorted(targets)]],
+                           capture_output=True, timeout=TIMEOUT_UNPACK)
+        else:
+            return patches      # nothing to apply it to yet; the build checks it once the source is there
+        apply_series(tree, patches, warn=lambda _: None)
+    return patches
 
 
 def _sha256(data: bytes) -> str:
@@ -198,7 +266,8 @@ def source_version(tarball: Path = SOURCE_TARBALL) -> str:
 
 
 def cache_key(src_version: str, patches: Sequence[tuple[str, str]],
-              fragment_sha: str, gcc: str) -> str:
+              fragment_sha: str, gcc: str,
+              instrumentation: Sequence[tuple[str, str]] = ()) -> str:
     """sha256 over everything that determines the outputs."""
     blob = json.dumps({
         "builder": BUILDER_VERSION,
@@ -206,6 +275,7 @@ def cache_key(src_version: str, patches: Sequence[tuple[str, str]],
         "patches": list(patches),
         "config": fragment_sha,
         "gcc": gcc,
+        "instrumentation": [list(i) for i in instrumentation],
     }, sort_keys=True).encode()
     return _sha256(blob)
 
@@ -310,7 +380,7 @@ def parse_patch_failure(output: str) -> tuple[str | None, str | None]:
 
 def patched_files(output: str) -> list[str]:
     return [m.group(1) for m in map(_PATCHING_FILE.match,
-                                    (l.strip() for l in output.splitlines()))
+                                    (line.strip() for line in output.splitlines()))
             if m]
 
 
@@ -528,7 +598,8 @@ def _tree_version(tree: Path) -> str:
 
 
 def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
-                    patch_key: str, log: Log, seed: Path | None = None) -> Path:
+                    patch_key: str, log: Log, seed: Path | None = None,
+                    instrumentation: Sequence[Path] = ()) -> Path:
     """build/kernels/<name>/src = hard-linked pristine + the series.
 
     Reused as is when the series is unchanged.  When it changed, every file
@@ -541,6 +612,12 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     ``seed`` (a sibling kernel's directory, when this kernel has no tree
     yet and its objects are seeded from the sibling's): the sibling's tree
     and series play the part of the old tree.
+
+    ``instrumentation`` (vm/instrumentation) is applied after the series.
+    Where it does not apply (another base tree, or a series that changes
+    the same lines) the tree is made again with the series alone, and
+    src-state.json says why (:func:`instrumentation_state`): the kernel
+    still builds, without the PTE channel.  ``patch_key`` must cover it.
     """
     src = kdir / "src"
     state_file = kdir / "src-state.json"
@@ -550,6 +627,8 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
             old_state = json.loads(state_file.read_text())
         except ValueError:
             old_state = {}
+        if not isinstance(old_state, dict):
+            old_state = {}      # corrupt: treated as no previous tree, so every file is re-linked
     if src.is_dir() and old_state.get("patch_key") == patch_key:
         return src
     ref = src
@@ -563,8 +642,25 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
                    timeout=TIMEOUT_UNPACK)
     (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
+    instrumented: dict = {"applied": False, "reason": "no instrumentation series given"}
     try:
         touched = apply_series(tmp, patches, warn=log) if patches else []
+        if instrumentation:
+            try:
+                touched += apply_series(tmp, instrumentation, warn=log)
+                instrumented = {"applied": True, "reason": None}
+            except PatchApplyError as exc:
+                # patch(1) may have applied earlier patches of the
+                # instrumentation: start again from pristine, series only.
+                first_line = str(exc).splitlines()[0]
+                instrumented = {"applied": False,
+                                "reason": f"vm/instrumentation does not apply after this series: {first_line}"}
+                log(f"[vm] warning: {instrumented['reason']}; building without the PTE channel")
+                shutil.rmtree(tmp)
+                subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
+                               timeout=TIMEOUT_UNPACK)
+                (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
+                touched = apply_series(tmp, patches, warn=log) if patches else []
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -591,10 +687,35 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     shutil.rmtree(src, ignore_errors=True)
     os.rename(tmp, src)
     state_file.write_text(json.dumps({"patch_key": patch_key,
-                                      "touched": sorted(set(touched))}))
-    log(f"[vm] source tree ready ({len(patches)} patches, "
+                                      "touched": sorted(set(touched)),
+                                      "instrumentation": instrumented}))
+    with_instr = " + vm/instrumentation" if instrumented["applied"] else ""
+    log(f"[vm] source tree ready ({len(patches)} patches{with_instr}, "
         f"{len(set(touched))} files changed) in {time.monotonic() - t0:.1f} s")
     return src
+
+
+def instrumentation_state(kdir: Path) -> dict:
+    """{"applied": bool, "reason": why not or None} for kernel directory ``kdir``'s tree."""
+    try:
+        state = json.loads((kdir / "src-state.json").read_text())
+    except (OSError, ValueError):
+        return {"applied": False, "reason": f"{kdir / 'src-state.json'} is missing: the tree was never prepared"}
+    return state.get("instrumentation") or {
+        "applied": False, "reason": "the tree was prepared by a builder without vm/instrumentation"}
+
+
+def pte_channel_status(instrumented: dict, obj: Path) -> dict:
+    """Whether the guest will have the PTE channel (build.json's "pte_channel")."""
+    if not instrumented.get("applied"):
+        return {"available": False, "debugfs": PTE_DEBUGFS, "reason": instrumented.get("reason")}
+    if parse_config((obj / ".config").read_text()).get("CONFIG_DEBUG_FS") != "y":
+        return {"available": False, "debugfs": PTE_DEBUGFS,
+                "reason": "CONFIG_DEBUG_FS is not set in the final .config: the instrumentation is not built"}
+    if not (obj / PTE_OBJECT).exists():
+        return {"available": False, "debugfs": PTE_DEBUGFS,
+                "reason": f"{PTE_OBJECT} was not built although vm/instrumentation applied"}
+    return {"available": True, "debugfs": PTE_DEBUGFS, "reason": None}
 
 
 def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
@@ -616,9 +737,11 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     the two series do differently.  Ignored, with a message, when the
     sibling is not built or was built from another config fragment,
     compiler or source version.  The outputs are the same as a cold build's.
-    The default, "auto", seeds from whichever of stock and patched is
-    built (so only the first kernel on a machine is a cold build); None
-    never seeds.
+    The default, "auto", seeds from the built kernel whose applied tree
+    differs least from this one (:func:`closest_seed`: fewest differing
+    files, headers weighing most), earlier ``candidate-*`` builds included,
+    so only the first kernel on a machine is a cold build; None never seeds.
+    A new ``candidate-*`` build prunes older ones (:func:`prune_candidates`).
 
     ``source`` (harness.vm.sources): None or "6.12" is Debian's
     linux-source-6.12 (names and cache keys as before); "6.1", the path of
@@ -648,18 +771,18 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     if patches_dir is not None and not patches:
         raise VmError(f"{patches_dir}: no series file and no *.patch")
     patch_hashes = [(p.name, _sha256(p.read_bytes())) for p in patches]
+    instrumentation = read_series(INSTRUMENTATION_DIR)
+    instr_hashes = [(p.name, _sha256(p.read_bytes())) for p in instrumentation]
     fragment_text = fragment_path.read_text()
     if fragment is None and src_origin.config_addendum is not None:
         # the same guest on another base: its Kconfig's own needs, merged after the fragment
         fragment_text += f"\n# --- {src_origin.config_addendum.name}\n" + src_origin.config_addendum.read_text()
     gcc = gcc_version()
     src_version = src_origin.identity
-    key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc)
+    key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc,
+                    instrumentation=instr_hashes)
 
     kdir = BUILD_DIR / "kernels" / name
-    if seed_from == "auto":
-        seed_from = next((sibling for sibling in (stock_name, patched_name)   # this source's own pair
-                          if sibling != name and (kdir.parent / sibling / "build.json").exists()), None)
     result = KernelBuild(
         name=name, path=kdir / "bzImage", key=key,
         uapi_header=kdir / "uapi" / "linux" / "userfaultfd.h",
@@ -672,18 +795,23 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     with _BuildLock(BUILD_DIR / "cache" / "build.lock", log):
         if _is_current(result):       # built while we waited for the lock
             return dataclasses.replace(result, cached=True)
-        return _build_locked(result, patches, patch_hashes, fragment_path,
-                             fragment_text, gcc, src_version, jobs, log,
-                             progress, seed_from, src_origin)
+        built = _build_locked(result, patches, patch_hashes, fragment_path,
+                              fragment_text, gcc, src_version, jobs, log,
+                              progress, seed_from, instrumentation, instr_hashes,
+                              src_origin=src_origin)
+        if name.startswith(CANDIDATE_PREFIX):
+            prune_candidates(kdir.parent, keep_name=name, log=log)
+        return built
 
 
 def _is_current(kb: KernelBuild) -> bool:
     info_path = kb.directory / "build.json"
     if not (info_path.exists() and kb.path.exists() and kb.uapi_header.exists()):
         return False
+    from harness.vm.documents import load_build_info
     try:
-        info = json.loads(info_path.read_text())
-    except ValueError:
+        info = load_build_info(info_path)
+    except ValueError:          # DocumentError: a corrupt build.json is rebuilt over
         return False
     # the selftests this tree had when it was built (6.1 has other ones than 6.12)
     return info.get("key") == kb.key and all(Path(p).exists() for p in (info.get("selftests") or {}).values())
@@ -694,6 +822,8 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
                   fragment_text: str, gcc: str, src_version: str, jobs: int,
                   log: Log, progress: bool,
                   seed_from: str | None = None,
+                  instrumentation: Sequence[Path] = (),
+                  instr_hashes: Sequence[tuple[str, str]] = (),
                   src_origin: "sources.Source | None" = None) -> KernelBuild:
     t_start = time.monotonic()
     kdir = kb.directory
@@ -703,12 +833,14 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     pristine = src_origin.ensure(log, BUILD_DIR / "cache")
     # unpacking the tarball (first build from this cache only) is part of total_seconds
     source_secs = time.monotonic() - t_start
-    patch_key = _sha256(json.dumps(patch_hashes).encode())
-    seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log)
+    patch_key = _sha256(json.dumps([patch_hashes, instr_hashes]).encode())
+    seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log,
+                        patches=patches, pristine=pristine)
     # A series that does not apply fails here and leaves the previous
     # build (tree, objects, build.json) as it was.
     try:
-        src = _prepare_source(pristine, kdir, patches, patch_key, log, seed)
+        src = _prepare_source(pristine, kdir, patches, patch_key, log, seed,
+                              instrumentation=instrumentation)
     except BaseException:
         if not any(kdir.iterdir()):
             kdir.rmdir()
@@ -745,7 +877,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         _run_logged(make + [f"-j{jobs}", "olddefconfig"], log_file=lf, step="olddefconfig",
                     log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
                     progress=False)
-        if old_cfg is not None and cfg.read_bytes() == old_cfg:
+        if old_cfg is not None and old_stat is not None and cfg.read_bytes() == old_cfg:
             os.utime(cfg, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
         final_cfg = parse_config(cfg.read_text())
         missing = config_mismatches(parse_config(fragment_text), final_cfg)
@@ -780,6 +912,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
                     log_file=lf, step="selftests", log_path=log_path,
                     timeout=TIMEOUT_SELFTESTS, env=env, progress=False)
 
+    instrumented = instrumentation_state(kdir)
     shutil.copy2(obj / "arch/x86/boot/bzImage", kb.path)
     kb.uapi_header.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "include/uapi/linux/userfaultfd.h", kb.uapi_header)
@@ -792,6 +925,11 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         "patched": kb.patched,
         "patches": [{"file": n, "sha256": h} for n, h in patch_hashes],
         "patches_dir": str(patches[0].parent) if patches else None,
+        # vm/instrumentation: applied after the series, not part of it
+        "instrumentation": [{"file": n, "sha256": h} for n, h in instr_hashes],
+        "instrumentation_dir": str(INSTRUMENTATION_DIR),
+        "instrumentation_applied": bool(instrumented.get("applied")),
+        "pte_channel": pte_channel_status(instrumented, obj),
         "config_fragment": str(fragment_path),
         "config_fragment_sha256": _sha256(fragment_text.encode()),
         "config_missing": missing,
@@ -818,32 +956,239 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
 
 
 def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
-                 gcc: str, src_version: str, log: Log) -> Path | None:
-    """The sibling kernel directory to seed ``kb``'s first build from, or None."""
+                 gcc: str, src_version: str, log: Log, *,
+                 patches: Sequence[Path] = (), pristine: Path | None = None) -> Path | None:
+    """The sibling kernel directory to seed ``kb``'s first build from, or None.
+
+    ``seed_from`` "auto": the closest built sibling (:func:`closest_seed`).
+    """
     if not seed_from or seed_from == kb.name:
         return None
     if (kb.directory / "obj").exists():
         return None                      # not the first build: incremental anyway
+    if seed_from == "auto":
+        return _closest_sibling(kb, patches, pristine, fragment_text, gcc, src_version, log)
     seed = kb.directory.parent / seed_from
+    from harness.vm.documents import load_build_info
     try:
-        info = json.loads((seed / "build.json").read_text())
-        json.loads((seed / "src-state.json").read_text())
+        load_build_info(seed / "build.json")
+        if not isinstance(json.loads((seed / "src-state.json").read_text()), dict):
+            raise ValueError("src-state.json is not an object")
     except (OSError, ValueError):
         log(f"[vm] {kb.name}: not seeding from '{seed_from}': it is not built")
         return None
-    why = None
-    if not ((seed / "obj").is_dir() and (seed / "src").is_dir()):
-        why = "its src/ or obj/ is missing"
-    elif info.get("config_fragment_sha256") != _sha256(fragment_text.encode()):
-        why = "it was built from another config fragment"
-    elif info.get("gcc") != gcc:
-        why = f"it was built with {info.get('gcc')}"
-    elif info.get("source_version") != src_version:
-        why = f"it was built from {info.get('source_version')}"
+    why = _seed_unfit(seed, fragment_text, gcc, src_version)
     if why:
         log(f"[vm] {kb.name}: not seeding from '{seed_from}': {why}; cold build")
         return None
     return seed
+
+
+def _seed_unfit(seed: Path, fragment_text: str, gcc: str, src_version: str) -> str | None:
+    """Why the built kernel in ``seed`` cannot seed a build with these inputs, or None if it can."""
+    try:
+        info = json.loads((seed / "build.json").read_text())
+        json.loads((seed / "src-state.json").read_text())
+    except (OSError, ValueError):
+        return "it is not built"
+    if not ((seed / "obj").is_dir() and (seed / "src").is_dir()):
+        return "its src/ or obj/ is missing"
+    if info.get("config_fragment_sha256") != _sha256(fragment_text.encode()):
+        return "it was built from another config fragment"
+    if info.get("gcc") != gcc:
+        return f"it was built with {info.get('gcc')}"
+    if info.get("source_version") != src_version:
+        return f"it was built from {info.get('source_version')}"
+    return None
+
+
+# --------------------------------------------------------------------------
+# the closest seed, and pruning old candidates
+
+#: a differing header counts as this many differing files when choosing a
+#: seed: a header is included by many objects, a .c file makes one
+HEADER_WEIGHT = 10
+#: the builds ``validate --patches`` makes (run.candidate_name)
+CANDIDATE_PREFIX = "candidate"
+#: candidate builds kept by default, the newest included
+DEFAULT_KEEP_CANDIDATES = 3
+
+_PATCH_TARGET = re.compile(r"^(?:---|\+\+\+) (\S+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedChoice:
+    """How a built sibling's applied tree differs from the tree about to be built."""
+
+    name: str
+    directory: Path
+    differing: tuple[str, ...]   #: relative paths whose contents differ
+
+    @property
+    def weight(self) -> int:
+        return sum(HEADER_WEIGHT if f.endswith(".h") else 1 for f in self.differing)
+
+
+def series_targets(patches: Iterable[Path]) -> list[str]:
+    """The files a series names (``-p1``: the first path component dropped), in order, once each."""
+    seen: dict[str, None] = {}
+    for p in patches:
+        for line in Path(p).read_text(errors="replace").splitlines():
+            m = _PATCH_TARGET.match(line)
+            if m and m.group(1) != "/dev/null" and "/" in m.group(1):
+                seen.setdefault(m.group(1).split("/", 1)[1], None)
+    return list(seen)
+
+
+def series_contents(pristine: Path, patches: Sequence[Path], scratch: Path) -> dict[str, bytes | None]:
+    """What the series makes of each file it touches (None: removed), applied to copies in ``scratch``.
+
+    Only the files the series names are copied, so this takes a fraction of
+    a second instead of a whole tree's copy.  Raises PatchApplyError as
+    :func:`apply_series` does.
+    """
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        for rel in series_targets(patches):
+            f = pristine / rel
+            if f.is_file():
+                (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, scratch / rel)
+        touched = apply_series(scratch, patches, warn=lambda msg: None) if patches else []
+        return {rel: (scratch / rel).read_bytes() if (scratch / rel).is_file() else None
+                for rel in sorted(set(touched))}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def tree_difference(new: dict[str, bytes | None], sibling: Path, pristine: Path) -> tuple[str, ...]:
+    """The files whose contents differ between the new tree and a built sibling's ``src/``.
+
+    Both trees are the pristine tree plus their own series: only files that
+    either series touched (``new``'s keys; the sibling's src-state.json
+    ``touched``) can differ, and for those the contents are compared.
+    """
+    state = json.loads((sibling / "src-state.json").read_text())
+    differing = []
+    for rel in sorted(set(new) | set(state.get("touched", []))):
+        mine = new[rel] if rel in new else _read_or_none(pristine / rel)
+        if mine != _read_or_none(sibling / "src" / rel):
+            differing.append(rel)
+    return tuple(differing)
+
+
+def closest_seed(new: dict[str, bytes | None], siblings: dict[str, Path],
+                 pristine: Path) -> tuple[SeedChoice | None, list[SeedChoice]]:
+    """The sibling whose tree differs least from ``new`` (weight, then files, then newest), and all of them."""
+    choices = [SeedChoice(name, d, tree_difference(new, d, pristine)) for name, d in sorted(siblings.items())]
+
+    def built_at(c: SeedChoice) -> str:
+        try:
+            return json.loads((c.directory / "build.json").read_text()).get("built_at", "")
+        except (OSError, ValueError):
+            return ""
+    newest_first = sorted(choices, key=built_at, reverse=True)
+    ranked = sorted(newest_first, key=lambda c: (c.weight, len(c.differing)))
+    return (ranked[0] if ranked else None), ranked
+
+
+def _closest_sibling(kb: KernelBuild, patches: Sequence[Path], pristine: Path | None,
+                     fragment_text: str, gcc: str, src_version: str, log: Log) -> Path | None:
+    """The "auto" seed: the closest fit built sibling, said in one progress line."""
+    kernels = kb.directory.parent
+    siblings = {d.name: d for d in sorted(kernels.iterdir()) if d.is_dir() and d.name != kb.name
+                and not _seed_unfit(d, fragment_text, gcc, src_version)} if kernels.is_dir() else {}
+    if not siblings or pristine is None:
+        return None
+    try:
+        new = series_contents(pristine, patches, kb.directory / "seed-scratch")
+    except (VmError, OSError) as exc:
+        # the real apply reports a series that does not apply; seed from the control meanwhile
+        fallback = next((n for n in ("stock", "patched") if n in siblings), None)
+        log(f"[vm] {kb.name}: could not compare trees ({str(exc).splitlines()[0]}); "
+            + (f"seeding from '{fallback}'" if fallback else "cold build"))
+        return siblings[fallback] if fallback else None
+    best, ranked = closest_seed(new, siblings, pristine)
+    if best is None:
+        return None
+    others = ", ".join(f"{c.name} {len(c.differing)}" for c in ranked[1:4])
+    log(f"[vm] {kb.name}: seeding from '{best.name}', the closest of {len(ranked)} built kernel(s): "
+        f"{len(best.differing)} file(s) differ"
+        + (f" ({', '.join(best.differing[:3])}{', ...' if len(best.differing) > 3 else ''})"
+           if best.differing else "")
+        + (f"; files differing from the next: {others}" if others else ""))
+    return best.directory
+
+
+def _disk_bytes(d: Path) -> int:
+    """Bytes of ``d``'s files not hard-linked elsewhere (its src/ is mostly links to the pristine tree)."""
+    total = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(root, f))
+            except OSError:
+                continue
+            if st.st_nlink == 1:
+                total += st.st_blocks * 512
+    return total
+
+
+def _keep_limits() -> tuple[int, int | None]:
+    """(candidate builds to keep, MB they may take, or None) from the environment."""
+    keep = int(os.environ.get(ENV_KEEP_CANDIDATES) or DEFAULT_KEEP_CANDIDATES)
+    max_mb = os.environ.get(ENV_CANDIDATES_MAX_MB)
+    return max(1, keep), (int(max_mb) if max_mb else None)
+
+
+def prune_candidates(kernels: Path, *, keep_name: str | None = None, keep: int | None = None,
+                     max_mb: int | None = None, log: Log = _eprint) -> list[str]:
+    """Remove old ``candidate-*`` builds beyond ``keep`` builds or ``max_mb`` MB; returns the names removed.
+
+    Defaults from ``$UFFD_HARNESS_KEEP_CANDIDATES`` (3) and
+    ``$UFFD_HARNESS_CANDIDATES_MAX_MB`` (no size limit).  Oldest first by
+    build time; never the newest, never ``keep_name`` (the build just made),
+    never any kernel not named ``candidate*`` (stock, patched, the tests').
+    """
+    env_keep, env_max = _keep_limits()
+    keep = max(1, keep if keep is not None else env_keep)
+    max_mb = max_mb if max_mb is not None else env_max
+
+    def built_at(d: Path) -> str:
+        try:
+            return json.loads((d / "build.json").read_text()).get("built_at", "")
+        except (OSError, ValueError):
+            return ""
+    candidates = sorted((d for d in kernels.iterdir() if d.is_dir() and d.name.startswith(CANDIDATE_PREFIX)),
+                        key=lambda d: (built_at(d), d.stat().st_mtime), reverse=True) if kernels.is_dir() else []
+    protected = {c.name for c in candidates[:1]} | ({keep_name} if keep_name else set())
+    doomed = [c for c in candidates[keep:] if c.name not in protected]
+    if max_mb is not None:
+        kept = [c for c in candidates if c not in doomed]
+        sizes = {c: _disk_bytes(c) for c in kept}
+        total = sum(sizes.values())
+        for c in reversed(kept):               # oldest first
+            if total <= max_mb * 2**20:
+                break
+            if c.name in protected:
+                continue
+            doomed.append(c)
+            total -= sizes[c]
+    for c in doomed:
+        shutil.rmtree(c, ignore_errors=True)
+        log(f"[vm] removed the old build '{c.name}' (built {built_at(c) or 'at an unknown time'}): "
+            f"keeping the newest {keep} candidate build(s)"
+            + (f" within {max_mb} MB" if max_mb is not None else "")
+            + f" (${ENV_KEEP_CANDIDATES}, ${ENV_CANDIDATES_MAX_MB})")
+    return [c.name for c in doomed]
 
 
 def _seed_objects(seed: Path, kdir: Path, log: Log) -> None:
@@ -911,12 +1256,19 @@ def load_kernel(name: str) -> KernelBuild:
     kdir = BUILD_DIR / "kernels" / name
     info_path = kdir / "build.json"
     if not info_path.exists() or not (kdir / "bzImage").exists():
-        from .errors import KernelNotBuilt
+        from harness.vm.errors import KernelNotBuilt
         raise KernelNotBuilt(
             f"kernel '{name}' is not built ({kdir / 'bzImage'} missing): "
             f"run `python -m harness.vm build --kernel {name}` "
             f"or `make kernel KERNEL={name}`")
-    info = json.loads(info_path.read_text())
+    from harness.errors import DocumentError
+    from harness.vm.documents import load_build_info
+    try:
+        info = load_build_info(info_path)
+    except DocumentError as exc:
+        from harness.vm.errors import KernelNotBuilt
+        raise KernelNotBuilt(f"kernel '{name}': {exc}; rebuild it: `uffd-harness vm build --kernel {name}`") \
+            from None
     return KernelBuild(name=name, path=kdir / "bzImage", key=info["key"],
                        uapi_header=kdir / "uapi/linux/userfaultfd.h",
                        patched=bool(info.get("patched")), directory=kdir,

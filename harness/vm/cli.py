@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
+import re
 import shlex
 import sys
 from typing import Sequence
 
-from .errors import VmError
+from harness.vm.errors import VmError
 
 
 def _reporting_errors(command):
@@ -35,6 +37,39 @@ def _reporting_errors(command):
     return reporting
 
 
+def _count(low: int, high: int):
+    """An argparse type: an integer in [low, high] (QEMU and the kernel get nothing they would reject late)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}")
+        return value
+    return parse
+
+
+_MEMORY = re.compile(r"[1-9][0-9]*[KMGT]?", re.IGNORECASE)
+
+
+def _memory(text: str) -> str:
+    """Guest memory as QEMU's -m takes it: a number with an optional K/M/G/T suffix (no suffix: MiB)."""
+    if not _MEMORY.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (examples: 2G, 512M)")
+    return text.strip()
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value
+
+
 def _add_commands(sub: "argparse._SubParsersAction") -> None:
     b = sub.add_parser(
         "build", help="build (or reuse) a guest kernel",
@@ -48,7 +83,7 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
     b.add_argument("--patches", metavar="DIR",
                    help="directory with a quilt 'series' file, or *.patch "
                    "files applied in name order")
-    b.add_argument("--jobs", "-j", type=int, metavar="N",
+    b.add_argument("--jobs", "-j", type=_count(1, 4096), metavar="N",
                    help="make -jN (default: number of CPUs)")
     b.add_argument("--config", metavar="FRAGMENT",
                    help="config fragment instead of vm/kernel.config")
@@ -67,14 +102,14 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
         "read-only over 9p, one writable directory) and run CMD; the "
         "command's exit status is this tool's.")
     r.add_argument("--kernel", default="patched", metavar="K")
-    r.add_argument("--timeout", type=float, default=600.0, metavar="S",
+    r.add_argument("--timeout", type=_seconds, default=600.0, metavar="S",
                    help="kill QEMU after S seconds (default 600)")
     r.add_argument("--rwdir", metavar="DIR",
                    help="writable directory in the guest "
                    "(default build/results/<K>)")
-    r.add_argument("--memory", default="2G", help="guest memory (default 2G)")
-    r.add_argument("--cpus", type=int, default=2, help="guest CPUs (default 2)")
-    r.add_argument("--hugepages", type=int, default=32,
+    r.add_argument("--memory", type=_memory, default="2G", help="guest memory (default 2G)")
+    r.add_argument("--cpus", type=_count(1, 256), default=2, help="guest CPUs (default 2)")
+    r.add_argument("--hugepages", type=_count(0, 1 << 20), default=32,
                    help="2 MiB huge pages reserved at boot (default 32)")
     r.add_argument("--accel", choices=("kvm", "tcg"),
                    help="skip the KVM probe and use this accelerator")
@@ -104,10 +139,11 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_kernel
     import time
+
+    from harness.vm.build import build_kernel
     t0 = time.monotonic()
-    from .sources import resolve
+    from harness.vm.sources import resolve
     source = resolve(args.source)
     name = args.kernel
     if args.source and name in ("stock", "patched"):
@@ -130,9 +166,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .build import load_kernel
-    from .runner import (choose_accel, guest_environment, run_in_guest,
-                         vng_command)
+    from harness.vm.build import load_kernel
+    from harness.vm.runner import choose_accel, guest_environment, run_in_guest, vng_command
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -149,7 +184,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     kernel = load_kernel(args.kernel)
     if args.dry_run:
         from pathlib import Path
-        from .build import BUILD_DIR, REPO_ROOT
+
+        from harness.vm.build import BUILD_DIR, REPO_ROOT
         accel = args.accel or choose_accel(kernel.path)
         rw = Path(args.rwdir or BUILD_DIR / "results" / kernel.name)
         cmd = vng_command(kernel, argv, accel=accel, cwd=REPO_ROOT, rwdir=rw,
@@ -163,9 +199,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                            env=env, memory=args.memory, cpus=args.cpus,
                            hugepages=args.hugepages, accel=args.accel,
                            show_console=args.console, append=args.append)
-    except KeyboardInterrupt:
-        print("\nvm run: interrupted; QEMU killed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:     # Ctrl-C, or SIGTERM/SIGHUP (harness.cli.Terminated)
+        signum = getattr(exc, "signum", 2)
+        print(f"\nvm run: {'interrupted' if signum == 2 else f'terminated by {exc}'}; QEMU killed",
+              file=sys.stderr)
+        return 128 + signum
     print(f"[vm] {kernel.name} ({res.accel}): exit {res.returncode} "
           f"after {res.elapsed:.1f} s", file=sys.stderr)
     return res.returncode
@@ -186,7 +224,7 @@ def _print_config_report(info: dict) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .build import load_kernel
+    from harness.vm.build import load_kernel
     info = load_kernel(args.kernel).info
     print(json.dumps(info, indent=2))
     _print_config_report(info)
@@ -194,8 +232,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch parsed arguments (each command reports its own errors)."""
-    return args.func(args)
+    """Dispatch parsed arguments through the command line's one error boundary (harness.cli.report_errors)."""
+    from harness.cli import report_errors
+    return report_errors(args.func, args, prog="python -m harness.vm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Mapping, NamedTuple, Sequence
 
-from .build import BUILD_DIR, REPO_ROOT, KernelBuild, check_host, load_kernel
-from .errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
+from harness.vm.build import BUILD_DIR, REPO_ROOT, KernelBuild, check_host, load_kernel
+from harness.vm.errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
 
 #: huge pages reserved on the guest command line, for the hugetlb cases
 DEFAULT_HUGEPAGES = 32
@@ -138,8 +138,8 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
     try:
         data = json.loads(cache.read_text())
         if data.get("key") == key:
-            return bool(data["kvm"]), data["reason"] + " (cached)"
-    except (OSError, ValueError, KeyError):
+            return bool(data["kvm"]), str(data["reason"]) + " (cached)"
+    except (OSError, ValueError, KeyError, AttributeError):     # absent or corrupt: probe again
         pass
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
            "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
@@ -158,7 +158,7 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
     else:
         text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|.)", "",
                       out.decode(errors="replace"))
-        lines = [l for l in text.splitlines() if l.strip()]
+        lines = [line for line in text.splitlines() if line.strip()]
         last = lines[-1][:200] if lines else "no kernel output"
         ok, reason = False, (f"KVM could not boot a test kernel within "
                              f"{timeout:.0f} s (last output: {last})")
@@ -232,6 +232,65 @@ def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
         pass
 
 
+#: The guard: a shell in its own session, deaf to the signals that end the harness, reading a pipe
+#: only the harness can write.  Line 1 is vng's process group; "done" means QEMU is gone.  End of
+#: file without "done" means the harness died, however (SIGKILL included): then it ends the guest's
+#: whole process group, as _kill_group() would, and removes the guest's command script.
+_GUARD_SCRIPT = r"""
+trap '' TERM HUP INT QUIT
+# (dash: kill takes no "--" before a negative process group id)
+pgid=
+while IFS= read -r line; do
+    [ "$line" = done ] && exit 0
+    pgid=$line
+done
+rm -f -- "$1"
+[ -n "$pgid" ] || exit 0
+kill -TERM "-$pgid" 2>/dev/null
+i=0
+while kill -0 "-$pgid" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+kill -KILL "-$pgid" 2>/dev/null
+exit 0
+"""
+
+
+class _Guard:
+    """Ends a guest's process group and removes its script if this process dies before it has.
+
+    A parent-death signal would not do: it goes to vng, and QEMU, vng's
+    child, would stay; and it fires when the *thread* that started vng ends.
+    The guard sees this process's end as the end of a pipe instead, which no
+    signal can keep from happening.
+    """
+
+    def __init__(self, script: Path):
+        read_end, self._write_end = os.pipe()      # both close-on-exec: no other child holds the write end
+        try:
+            self._proc = subprocess.Popen(["sh", "-c", _GUARD_SCRIPT, "uffd-harness-guard", str(script)],
+                                          stdin=read_end, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(self._write_end)
+            raise
+        finally:
+            os.close(read_end)
+
+    def watch(self, pgid: int) -> None:
+        os.write(self._write_end, f"{pgid}\n".encode())
+
+    def stand_down(self) -> None:
+        """QEMU is gone and the script removed: the guard exits without touching anything."""
+        try:
+            os.write(self._write_end, b"done\n")
+        except OSError:
+            pass
+        os.close(self._write_end)
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+
 def _pump(stream: BinaryIO, name: str, q: "queue.Queue") -> None:
     for line in iter(stream.readline, b""):
         q.put((name, line))
@@ -256,13 +315,35 @@ def guest_environment(kernel: KernelBuild, rwdir: Path, accel: str,
     return env
 
 
+#: zram swap in the guest, so MADV_PAGEOUT swaps anonymous pages out
+#: (harness.backends.kernel.kernel_swap(); vm/kernel.config has SWAP and ZRAM)
+GUEST_SWAP_SIZE = "256M"
+
+#: What the guest gets before the command, as root: debugfs (the pte channel
+#: of vm/instrumentation lives there, and virtme-ng's init does not mount it)
+#: and a zram swap device.  A step that fails says so on stderr and the
+#: command runs anyway: the tests that need it then name what is missing.
+GUEST_SETUP = f"""\
+export PATH="$PATH:/sbin:/usr/sbin"
+grep -qs ' /sys/kernel/debug debugfs ' /proc/mounts || mount -t debugfs debugfs /sys/kernel/debug \
+  || echo "uffd-harness guest set-up: cannot mount debugfs at /sys/kernel/debug" >&2
+if [ -e /sys/block/zram0/disksize ]; then
+  grep -qs '^/dev/zram0 ' /proc/swaps || {{ echo {GUEST_SWAP_SIZE} > /sys/block/zram0/disksize \
+    && mkswap /dev/zram0 >/dev/null && swapon /dev/zram0; }} \
+  || echo "uffd-harness guest set-up: no swap: zram0 ({GUEST_SWAP_SIZE}) could not be set up" >&2
+else
+  echo "uffd-harness guest set-up: no swap: the kernel has no zram0 (CONFIG_ZRAM)" >&2
+fi
+"""
+
+
 def guest_script(argv: Sequence[str], env: Mapping[str, str]) -> str:
-    """A sh script that sets ``env`` and execs ``argv``.
+    """A sh script that sets ``env``, does :data:`GUEST_SETUP` and execs ``argv``.
 
     vng passes --exec on the kernel command line (base64, limited to 2 KiB
     with everything else), so long commands go through a script in rwdir.
     """
-    lines = ["#!/bin/sh"]
+    lines = ["#!/bin/sh", GUEST_SETUP.rstrip("\n")]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     lines.append("exec " + shlex.join(argv))
     return "\n".join(lines) + "\n"
@@ -295,12 +376,15 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                  cwd: str | os.PathLike | None = None,
                  capture: bool = False, show_console: bool = False,
                  append: Sequence[str] = (), log=None,
-                 console_log: str | os.PathLike | None = None) -> GuestResult:
+                 console_log: str | os.PathLike | None = None,
+                 on_line=None) -> GuestResult:
     """Boot ``kernel`` and run ``argv`` in it; return its exit status.
 
     With ``console_log``, every console line (kernel log and the command's
     stderr) is also written to that file, kept even when the guest panics
-    or times out.
+    or times out.  ``on_line`` (a callable) gets each console line as it
+    arrives, so the host can time what the guest reports (a guest's own
+    clock runs slow under a loaded TCG host).
 
     The command's stdout/stderr are streamed to ours (or, with
     ``capture=True``, stdout is returned in ``GuestResult.output``).  The
@@ -324,7 +408,12 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
     accel = accel or choose_accel(kernel.path, log)
     guest_env = guest_environment(kernel, rw, accel, env)
     script = rw / f".guest-command-{os.getpid()}-{threading.get_ident()}.sh"
-    script.write_text(guest_script(argv, guest_env))
+    guard = _Guard(script)          # before the script exists: whatever exists after this is guarded
+    try:
+        script.write_text(guest_script(argv, guest_env))
+    except BaseException:
+        guard.stand_down()
+        raise
     cmd = vng_command(kernel, f"sh {shlex.quote(str(script))}", rwdir=rw,
                       env=guest_env, accel=accel,
                       cwd=Path(cwd or REPO_ROOT).resolve(), memory=memory,
@@ -348,7 +437,9 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         if console_file is not None:
             console_file.close()
         script.unlink(missing_ok=True)
+        guard.stand_down()
         raise
+    guard.watch(proc.pid)
     _live_guests.add(proc)
     readers = [threading.Thread(target=_pump, args=(s, n, q), daemon=True)
                for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
@@ -390,6 +481,8 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
             console.append(text)
             if console_file is not None:
                 console_file.write(text + "\n")
+            if on_line is not None:
+                on_line(text)
             if halted and QEMU_STOPPED.match(text):
                 continue
             if show_console or not _is_console_line(text):
@@ -425,6 +518,9 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         _live_guests.discard(proc)
         if console_file is not None:
             console_file.close()
+        if proc.poll() is None:     # not reaped: make sure, or the guard would stand down with QEMU alive
+            _kill_group(proc)
+        guard.stand_down()
     elapsed = time.monotonic() - t0
     if rc == 255 and any("cannot find script I/O ports" in c for c in console):
         raise GuestError("vng could not find its virtio-serial ports, so the "

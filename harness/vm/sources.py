@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from harness.paths import CACHE_DIR, REPO_ROOT
-
-from .errors import VmError
+from harness.vm.errors import VmError
 
 Log = Callable[[str], None]
 
@@ -80,7 +79,7 @@ class Source:
     @property
     def default_series(self) -> Optional[Path]:
         """The project's hint series for this base, or None (a user's tree brings its own commits)."""
-        return SERIES_DIRS.get(self.version) if self.kind == "debian" else None
+        return SERIES_DIRS.get(self.version) if self.kind == "debian" and self.version else None
 
     def kernel_name(self, role: str) -> str:
         """The build name of ``role`` ("stock" or "patched") on this source: 6.12 keeps the bare names."""

@@ -15,6 +15,9 @@ from harness.backends.contract import CLAUSES, run_clause
 from harness.backends.sim import SimBackend
 from harness.sim import profiles
 
+# The simulator gives the same answers on any kernel: no need to repeat them in a TCG guest (~25 s there).
+pytestmark = pytest.mark.host_only
+
 
 def _failing_clauses(profile: str) -> set:
     failing = set()
@@ -59,6 +62,7 @@ def test_stock_profile_passes_clauses_1_and_5(n):
 def test_readme_shows_the_contract_table():
     """The README's contract table is the one in the code (CONTRACT), not a copy that drifts."""
     from pathlib import Path
+
     from harness.backends.contract import markdown_table
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert markdown_table() in readme, "README.md's contract table differs from harness.backends.contract.CONTRACT"

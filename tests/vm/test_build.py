@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import textwrap
 
 import pytest
 
 from harness.vm import PatchApplyError
-from harness.vm.errors import KernelNotBuilt, VmError
 from harness.vm import build as vb
+from harness.vm.errors import KernelNotBuilt, VmError
 
 
 def _tree(root, files: dict[str, str]):
@@ -182,6 +180,7 @@ def test_built_kernel_outputs():
 
 def test_cli_register_adds_vm_build_and_run():
     import argparse
+
     from harness.vm import cli
     parser = argparse.ArgumentParser(prog="uffd-harness")
     cli.register(parser.add_subparsers(dest="command"))
@@ -226,7 +225,10 @@ def test_unchanged_files_keep_their_mtime_across_series_changes(tmp_path):
     (pdir / "0001.patch").write_text(_diff(GOOD["mm/a.c"], a_new, "mm/a.c"))
     kdir = tmp_path / "kernels" / "k"
     kdir.mkdir(parents=True)
-    quiet = lambda m: None
+
+    def quiet(m):
+        return None
+
     src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=quiet)
     old_ns = 1_000_000_000_000_000_000
     os.utime(src / "mm/a.c", ns=(old_ns, old_ns))
@@ -236,3 +238,87 @@ def test_unchanged_files_keep_their_mtime_across_series_changes(tmp_path):
     assert os.stat(src / "mm/a.c").st_mtime_ns == old_ns, "unchanged a.c got a new mtime"
     assert os.stat(src / "mm/b.c").st_mtime_ns > old_ns
     assert (pristine / "mm/b.c").read_text() == GOOD["mm/b.c"]
+
+
+# -- vm/instrumentation: applied after every series, never fatal -------------------------
+
+def test_cache_key_depends_on_the_instrumentation():
+    base = ("6.12", [("p", "1")], "cfg", "gcc 12")
+    assert vb.cache_key(*base, instrumentation=[("i", "1")]) != vb.cache_key(*base, instrumentation=[("i", "2")])
+    assert vb.cache_key(*base, instrumentation=[("i", "1")]) != vb.cache_key(*base)
+
+
+def _instrumentation(tmp_path, old: str, new: str, rel: str = "mm/b.c"):
+    idir = tmp_path / "instrumentation"
+    idir.mkdir()
+    (idir / "0001-instr.patch").write_text(_diff(old, new, rel))
+    return vb.read_series(idir)
+
+
+def test_instrumentation_is_applied_after_the_series(tmp_path):
+    pristine = _tree(tmp_path / "pristine", GOOD)
+    pdir = tmp_path / "series"
+    pdir.mkdir()
+    (pdir / "0001.patch").write_text(_diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
+    kdir = tmp_path / "kernels" / "k"
+    kdir.mkdir(parents=True)
+    instr = _instrumentation(tmp_path, GOOD["mm/b.c"], "one\ntwo\nthree\nfour\n")
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=lambda m: None,
+                             instrumentation=instr)
+    assert (src / "mm/a.c").read_text() == "int a;\nint B;\nint c;\n"
+    assert (src / "mm/b.c").read_text() == "one\ntwo\nthree\nfour\n"
+    assert vb.instrumentation_state(kdir) == {"applied": True, "reason": None}
+    assert (pristine / "mm/b.c").read_text() == GOOD["mm/b.c"], "pristine tree modified"
+
+
+def test_instrumentation_that_does_not_apply_leaves_the_series_built_and_says_why(tmp_path):
+    pristine = _tree(tmp_path / "pristine", GOOD)
+    pdir = tmp_path / "series"
+    pdir.mkdir()
+    (pdir / "0001.patch").write_text(_diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
+    kdir = tmp_path / "kernels" / "k"
+    kdir.mkdir(parents=True)
+    # a second patch that fails after the first applied: the tree must not keep the first
+    instr = _instrumentation(tmp_path, GOOD["mm/b.c"], "one\ntwo\nthree\nfour\n")
+    (instr[0].parent / "0002-bad.patch").write_text(_diff("x\ny\nz\n", "x\nY\nz\n", "mm/a.c"))
+    (instr[0].parent / "series").write_text("0001-instr.patch\n0002-bad.patch\n")
+    instr = vb.read_series(instr[0].parent)
+    logged = []
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=logged.append,
+                             instrumentation=instr)
+    assert (src / "mm/a.c").read_text() == "int a;\nint B;\nint c;\n", "the series is applied"
+    assert (src / "mm/b.c").read_text() == GOOD["mm/b.c"], "a half-applied instrumentation was left"
+    state = vb.instrumentation_state(kdir)
+    assert state["applied"] is False and "0002-bad.patch" in state["reason"] and "mm/a.c" in state["reason"]
+    assert any("without the PTE channel" in line for line in logged)
+    status = vb.pte_channel_status(state, tmp_path)
+    assert status == {"available": False, "debugfs": vb.PTE_DEBUGFS, "reason": state["reason"]}
+
+
+def test_pte_channel_status_needs_debugfs_and_the_object(tmp_path):
+    applied = {"applied": True, "reason": None}
+    (tmp_path / ".config").write_text("# CONFIG_DEBUG_FS is not set\n")
+    assert "CONFIG_DEBUG_FS" in vb.pte_channel_status(applied, tmp_path)["reason"]
+    (tmp_path / ".config").write_text("CONFIG_DEBUG_FS=y\n")
+    assert vb.PTE_OBJECT in vb.pte_channel_status(applied, tmp_path)["reason"]
+    (tmp_path / vb.PTE_OBJECT).parent.mkdir(parents=True)
+    (tmp_path / vb.PTE_OBJECT).write_bytes(b"")
+    assert vb.pte_channel_status(applied, tmp_path) == {"available": True, "debugfs": vb.PTE_DEBUGFS, "reason": None}
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_instrumentation_applies_after_the_project_series(tmp_path):
+    """vm/instrumentation applies to Debian's linux-source-6.12 alone (stock) and after vm/patches."""
+    if not vb.SOURCE_TARBALL.exists():
+        pytest.skip(f"{vb.SOURCE_TARBALL} missing: apt-get install -y {vb.SOURCE_PACKAGE}")
+    pristine = vb.ensure_pristine(log=lambda m: None)
+    instr = vb.read_series(vb.INSTRUMENTATION_DIR)
+    for name, patches in (("stock", []), ("patched", vb.read_series(vb.DEFAULT_PATCHES))):
+        kdir = tmp_path / name
+        kdir.mkdir()
+        src = vb._prepare_source(pristine, kdir, patches, name, log=lambda m: None, instrumentation=instr)
+        assert vb.instrumentation_state(kdir) == {"applied": True, "reason": None}, name
+        assert "uffd_harness_pte.o" in (src / "mm/Makefile").read_text()
+        assert (src / "mm/uffd_harness_pte.c").exists()
+    assert not (pristine / "mm/uffd_harness_pte.c").exists(), "patching modified the pristine tree"

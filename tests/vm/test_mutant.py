@@ -34,7 +34,6 @@ from harness.vm.build import REPO_ROOT
 from harness.vm.errors import GuestError, MissingToolError
 
 
-
 def _missing_for_guest(name: str) -> list[str]:
     """tests/vm/conftest.py's missing_for_guest() (tests/ is not a package)."""
     import importlib.util

@@ -48,13 +48,13 @@ def test_guest_environment_and_directories(guest_kernel, tmp_path):
     rw = tmp_path / "rw"
     script = (
         'set -e; '
-        'test "$UFFD_HARNESS_KERNEL" = "{name}"; '
+        f'test "$UFFD_HARNESS_KERNEL" = "{guest_kernel.name}"; '
         'grep -q UFFD_FEATURE_MOVE "$UFFD_HARNESS_UAPI_HEADER"; '
-        'test -f {repo}/harness/vm/runner.py; '
-        'touch {repo}/.uffd-harness-ro-probe 2>/dev/null || true; '
+        f'test -f {REPO_ROOT}/harness/vm/runner.py; '
+        f'touch {REPO_ROOT}/.uffd-harness-ro-probe 2>/dev/null || true; '
         'echo from-guest > "$UFFD_HARNESS_RWDIR/out.txt"; '
         'uname -r; grep HugePages_Total /proc/meminfo'
-    ).format(name=guest_kernel.name, repo=REPO_ROOT)
+    )
     res = run_in_guest(guest_kernel, ["sh", "-c", script], timeout=BOOT_TIMEOUT,
                        rwdir=rw, capture=True)
     assert res.returncode == 0, (
@@ -77,8 +77,8 @@ def test_panic_is_reported_and_qemu_killed(guest_kernel):
                      ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 1000"],
                      timeout=BOOT_TIMEOUT)
     assert time.monotonic() - t0 < BOOT_TIMEOUT, "panic was not detected before the timeout"
-    assert any("Kernel panic" in l or "sysrq" in l.lower()
-               for l in exc.value.console_tail), \
+    assert any("Kernel panic" in line or "sysrq" in line.lower()
+               for line in exc.value.console_tail), \
         "the panic report does not show the console lines of the panic"
     assert "panicked" in str(exc.value)
     _assert_no_qemu_left(guest_kernel)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.vm import GuestTimeout, run_in_guest
-from harness.vm import runner
+from harness.vm import GuestTimeout, run_in_guest, runner
 from harness.vm.build import KernelBuild
 from harness.vm.runner import qemu_processes
 

@@ -1,0 +1,89 @@
+"""Every JSON document the harness reads is checked whole before use: what its writer writes passes,
+anything else is a DocumentError naming the file and the key."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness import reports, schema
+from harness.errors import DocumentError
+from harness.timing import documents
+from harness.vm.documents import load_build_info
+
+#: file formats, the same on any kernel; a second interpreter (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
+
+@pytest.fixture(scope="module")
+def written_summary(tmp_path_factory):
+    """summary.json as the pytest plugin writes it, from a real (small) run."""
+    path = tmp_path_factory.mktemp("summary") / "summary.json"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--summary-json", str(path),
+                    "tests/test_abi.py"], check=True, capture_output=True, timeout=120)
+    return path
+
+
+def test_the_plugins_summary_passes_its_schema(written_summary):
+    doc = reports.load_summary(written_summary)
+    assert doc["tests"]["total"] > 0 and set(doc["clauses"]) == {str(n) for n in range(1, 9)}
+
+
+def test_validates_report_passes_its_schema(tmp_path):
+    from harness.validate.outcome import KernelOutcome
+    from harness.validate.report import write_report
+    from harness.validate.verdict import build_report
+    outcome = KernelOutcome("stock", "guest", tmp_path / "stock", accel="tcg")
+    outcome.summary = {"kernel_release": "6.12", "patched": False, "tests": {"passed": 1}, "clauses": {}}
+    write_report(build_report([outcome], None, False, 1.0), tmp_path)
+    assert reports.load_report(tmp_path / "report.json")["verdict"]["kind"]
+
+
+SUMMARY_DAMAGE = {
+    "list": [],
+    "no-clauses": {"kernel_release": "6.12", "patched": False, "tests": {}},
+    "clause-without-result": {"kernel_release": "6.12", "patched": False, "tests": {}, "clauses": {"1": {}}},
+    "patched-string": {"kernel_release": "6.12", "patched": "yes", "tests": {}, "clauses": {}},
+    "timeline-string": {"kernel_release": "6.12", "patched": False, "tests": {}, "clauses": {},
+                        "timeline": {"first_test": "soon"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUMMARY_DAMAGE))
+def test_a_damaged_summary_is_named(tmp_path, case):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(SUMMARY_DAMAGE[case]))
+    with pytest.raises(DocumentError) as info:
+        reports.load_summary(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("doc", [{}, [], {"verdict": "holds", "ok": True, "problems": [], "kernels": {},
+                                           "clauses": {}}], ids=["empty", "list", "verdict-string"])
+def test_a_damaged_report_is_named(tmp_path, doc):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DocumentError, match="report.json"):
+        reports.load_report(path)
+
+
+@pytest.mark.parametrize("loader", [reports.load_summary, reports.load_report, documents.load_bench,
+                                    documents.load_calibration, load_build_info],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00", b"[" * 100000, b"nul", b"1e999"],
+                         ids=["empty", "binary", "deep", "truncated", "infinity"])
+def test_every_reader_names_the_file_for_garbage(tmp_path, loader, content):
+    path = tmp_path / "doc.json"
+    path.write_bytes(content)
+    with pytest.raises(DocumentError) as info:
+        loader(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_key_paths_in_messages():
+    shape = schema.Obj(required={"a": schema.MapOf(schema.ListOf(schema.FINITE))})
+    assert schema.problem({"a": {"x": [1, 2, float("nan")]}}, shape) == "a.x[2]: expected a finite number, got nan"
+    assert schema.problem({"a": {"x": [True]}}, shape) == "a.x[0]: expected a finite number, got true"
+    assert schema.problem({}, shape) == "the document: no 'a'"

@@ -1,0 +1,255 @@
+"""validate reuses the control's guest results while nothing that made them changed, and times its phases.
+
+The kernels and guests are fakes (as in test_validate_report.py): the build
+step returns a build key, the guest writes the files the in-guest half would
+and records which kernel booted with how many cores.  What is checked is the
+host-side logic: reuse, invalidation on each input, --fresh-control, and the
+phases in report.json and on the terminal.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness import paths
+from harness.selftests import SELFTESTS
+from harness.validate import control_cache, run
+from harness.validate.outcome import KernelOutcome
+from harness.validate.phases import PHASES, render_phases
+
+STOCK_CLAUSES = {1: "pass", 2: "absent", 3: "absent", 4: "absent", 5: "pass", 6: "absent", 7: "absent",
+                 8: "absent"}
+
+
+class FakeMachine:
+    """The builds and guests of a validation, faked; ``boots`` records (kernel, cpus) per guest booted."""
+
+    def __init__(self, monkeypatch, tmp_path: Path):
+        self.keys = {"stock": "stock-key-1", "patched": "patched-key-1"}
+        self.boots: list[tuple[str, int]] = []
+        self.boot_count = 0
+        self.fail_guest: set[str] = set()
+        self.code = "code-1"
+        self.results = tmp_path / "results"
+        monkeypatch.setattr(paths, "BUILD_DIR", tmp_path / "build")
+        monkeypatch.setattr(run, "qemu_unavailable", lambda: None)
+        monkeypatch.setattr(run, "compile_for_guests", lambda log: None)
+        monkeypatch.setattr(run, "_parallel_guests", lambda free_mb=None: 2)
+        monkeypatch.setattr(run.os, "cpu_count", lambda: 4)
+        monkeypatch.setattr(run, "_build", self._build)
+        monkeypatch.setattr(control_cache, "code_hash", lambda root=None: self.code)
+        monkeypatch.setattr("harness.vm.build.load_kernel", lambda name: name)
+        monkeypatch.setattr("harness.vm.runner.run_in_guest", self._guest)
+        for var in [k for k in __import__("os").environ if k.startswith("UFFD_") or k == "CI"]:
+            monkeypatch.delenv(var)
+
+    def _build(self, name, patches, out, log):
+        return KernelOutcome(name, "guest", out, build={"name": name, "key": self.keys[name]})
+
+    def _guest(self, kernel, argv, *, timeout, rwdir, memory, cpus, capture, console_log, log, on_line=None):
+        self.boots.append((kernel, cpus))
+        for line in ("[    0.1] Linux version 6.12", f"[validate] {kernel} (6.12.57): pytest suite",
+                     f"[validate] {kernel} (6.12.57): selftest {SELFTESTS[0]}",
+                     f"[validate] {kernel} (6.12.57): first-touch benchmarks"):
+            if on_line:
+                on_line(line)
+        self.boot_count += 1
+        rwdir.mkdir(parents=True, exist_ok=True)
+        patched = kernel != "stock"
+        clauses = dict.fromkeys(range(1, 9), "pass") if patched else STOCK_CLAUSES
+        summary = {"kernel_release": "6.12.57", "patched": patched, "tests": {"passed": 3},
+                   "clauses": {str(n): {"result": r} for n, r in clauses.items()}, "booted": self.boot_count}
+        (rwdir / "summary.json").write_text(json.dumps(summary))
+        selftests = {name: {"name": name, "returncode": 0, "seconds": 2.0, "cases": [], "error": ""}
+                     for name in SELFTESTS}
+        pytest_rc = 1 if kernel in self.fail_guest else 0
+        (rwdir / "steps.json").write_text(json.dumps({
+            "pytest": {"returncode": pytest_rc, "seconds": 40.0}, "selftests": selftests,
+            "bench": {"returncode": 0, "seconds": 30.0}}))
+        console_log.write_text(f"booted {kernel}\n")
+        return SimpleNamespace(accel="tcg", returncode=0)
+
+    def validate(self, **kwargs) -> dict:
+        run.validate(results=self.results, log=lambda msg: None, **kwargs)
+        return json.loads((self.results / "report.json").read_text())
+
+    def booted(self) -> list[str]:
+        names, self.boots = [k for k, _ in self.boots], []
+        return names
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    return FakeMachine(monkeypatch, tmp_path)
+
+
+def test_an_unchanged_control_is_reused_and_only_the_candidate_boots_with_all_cores(machine, capsys):
+    first = machine.validate()
+    assert sorted(machine.boots) == [("patched", 2), ("stock", 2)], "the first run boots both, sharing 4 cores"
+    assert first["control"]["reused"] is False and first["control"]["stored"] is True
+    machine.boots = []
+
+    second = machine.validate()
+    assert machine.boots == [("patched", 4)], "only the candidate boots, with every core"
+    assert second["control"]["reused"] is True and second["control"]["created"]
+    assert second["kernels"]["stock"]["tests"] == {"passed": 3}, "the reused results are in the report"
+    assert second["verdict"]["kind"] == "holds"
+    assert json.loads((machine.results / "stock" / "summary.json").read_text())["booted"] in (1, 2), \
+        "stock's results directory holds the stored results of the first run"
+    assert (machine.results / "stock" / "console.log").read_text() == "booted stock\n"
+    out = capsys.readouterr().out
+    assert f"guest results reused from {second['control']['created']}" in out
+    assert "guest results were reused from" in (machine.results / "report.md").read_text()
+
+
+@pytest.mark.parametrize("change", ["build key", "harness code", "quick", "memory", "cores", "timeouts",
+                                    "environment"])
+def test_any_change_to_an_input_runs_the_control_again(machine, monkeypatch, change):
+    machine.validate()
+    machine.booted()
+    if change == "build key":
+        machine.keys["stock"] = "stock-key-2"
+    elif change == "harness code":
+        machine.code = "code-2"
+    elif change == "memory":
+        monkeypatch.setattr(run, "GUEST_MEMORY_MB", run.GUEST_MEMORY_MB * 2)
+    elif change == "cores":
+        monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    elif change == "timeouts":
+        monkeypatch.setattr(run, "PYTEST_TIMEOUT", run.PYTEST_TIMEOUT + 1)
+    elif change == "environment":
+        monkeypatch.setenv("UFFD_DIFF_EXAMPLES", "7")
+    report = machine.validate(quick=change == "quick")
+    assert sorted(machine.booted()) == ["patched", "stock"], f"a change of {change} must boot the control again"
+    assert report["control"]["reused"] is False and report["control"]["stored"] is True
+    assert "changed" in report["control"]["why_run"], report["control"]["why_run"]
+    # and the new results are the ones reused next time
+    again = machine.validate(quick=change == "quick")
+    assert machine.booted() == ["patched"] and again["control"]["reused"] is True
+
+
+def test_why_the_control_ran_names_the_input_that_changed(machine):
+    machine.validate()
+    machine.code = "code-2"
+    report = machine.validate()
+    assert "the harness code or tests" in report["control"]["why_run"]
+    assert "the kernel build" not in report["control"]["why_run"]
+
+
+def test_fresh_control_boots_it_again_and_replaces_what_was_stored(machine):
+    machine.validate()
+    machine.booted()
+    report = machine.validate(fresh_control=True)
+    assert sorted(machine.booted()) == ["patched", "stock"]
+    assert report["control"]["fresh_control"] is True and report["control"]["reused"] is False
+    assert len(control_cache.entries()) == 1, "the fresh results replace the stored ones under the same key"
+    reused = machine.validate()
+    assert machine.booted() == ["patched"]
+    stored = json.loads((machine.results / "stock" / "summary.json").read_text())
+    assert stored["booted"] in (3, 4), "the results given again are those of the --fresh-control run"
+    assert reused["control"]["reused"] is True
+
+
+def test_a_control_run_with_a_problem_is_not_kept(machine):
+    machine.fail_guest.add("stock")
+    report = machine.validate()
+    assert report["control"]["stored"] is False
+    machine.booted()
+    machine.fail_guest.clear()
+    machine.validate()
+    assert sorted(machine.booted()) == ["patched", "stock"], "a failed control run is never given again"
+
+
+def test_old_entries_are_pruned_to_the_newest(machine):
+    for i in range(control_cache.KEEP + 2):
+        machine.code = f"code-{i}"
+        machine.validate()
+    kept = control_cache.entries()
+    assert len(kept) == control_cache.KEEP
+    assert kept[0].inputs["code"] == f"code-{control_cache.KEEP + 1}", "the newest entry is kept"
+
+
+def test_code_hash_changes_with_any_file_under_harness_tests_cbits_and_ignores_bytecode(tmp_path):
+    for d in control_cache.CODE_DIRS:
+        (tmp_path / d / "sub").mkdir(parents=True)
+        (tmp_path / d / "sub" / "a.py").write_text("x = 1\n")
+    base = control_cache.code_hash(tmp_path)
+    (tmp_path / "harness" / "sub" / "__pycache__").mkdir()
+    (tmp_path / "harness" / "sub" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "harness" / "_native.abi3.so").write_bytes(b"\0")
+    assert control_cache.code_hash(tmp_path) == base, "bytecode and the built extension follow from the sources"
+    for d in control_cache.CODE_DIRS:
+        f = tmp_path / d / "sub" / "a.py"
+        f.write_text("x = 2\n")
+        assert control_cache.code_hash(tmp_path) != base, f"a change under {d}/ must change the hash"
+        f.write_text("x = 1\n")
+    (tmp_path / "tests" / "new.py").write_text("")
+    assert control_cache.code_hash(tmp_path) != base, "a new file changes the hash"
+
+
+def test_phases_are_in_report_json_and_printed_one_line_each(machine, capsys):
+    report = machine.validate()
+    phases = report["phases"]
+    for key in ("check", "build_control", "build_candidate", "boot", "suite", "selftests", "benchmarks",
+                "report", "total"):
+        assert key in phases and phases[key]["seconds"] >= 0, key
+    assert set(phases["suite"]["kernels"]) == {"stock", "patched"}, "guest phases are per kernel"
+    assert phases["guests_wall"]["parallel"] == 2
+    for name in ("stock", "patched"):
+        host = json.loads((machine.results / name / "phases.json").read_text())
+        assert set(host) == {"boot", "suite", "selftests", "benchmarks"}, "timed on the host, per guest"
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("where the time went (seconds, wall clock):")
+    labels = [line.split()[0] if not line.startswith("  build") else " ".join(line.split()[:2])
+              for line in out[start + 1:]]
+    assert labels[:len(PHASES)] == [label for _, label in PHASES], "one line per phase, in order"
+
+    stored = json.loads((machine.results / "stock" / "phases.json").read_text())
+    again = machine.validate()
+    assert again["phases"]["suite"]["reused"] == ["stock"]
+    assert again["phases"]["suite"]["kernels"]["stock"] == stored["suite"], \
+        "a reused kernel shows what its run took when it ran"
+    assert f"stock {stored['suite']:.0f} reused" in "\n".join(render_phases(again["phases"]))
+
+
+def test_without_qemu_the_phases_are_the_host_steps(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(paths, "BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr(run, "qemu_unavailable", lambda: "no qemu-system-x86_64")
+
+    def steps(out, selftests_dir, quick, log):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "steps.json").write_text(json.dumps({"pytest": {"returncode": 0, "seconds": 12.0},
+                                                    "bench": {"returncode": 0, "seconds": 3.0}}))
+    monkeypatch.setattr(run, "run_steps", steps)
+    run.validate(results=tmp_path / "results", log=lambda msg: None)
+    phases = json.loads((tmp_path / "results" / "report.json").read_text())["phases"]
+    assert "boot" not in phases and "build_control" not in phases, "nothing was built or booted"
+    assert phases["suite"]["kernels"] == {"host": 12.0} and phases["benchmarks"]["seconds"] == 3.0
+    assert "control" not in json.loads((tmp_path / "results" / "report.json").read_text())
+    assert "  suite" in capsys.readouterr().out
+
+
+def test_guest_phases_are_timed_on_the_host_from_the_step_lines(monkeypatch):
+    """A TCG guest's clock runs slow on a loaded host: the host times the guest by its console lines."""
+    from harness.validate import phases
+    clock = iter([100.0, 112.0, 160.0, 161.0, 190.0, 200.0])
+    monkeypatch.setattr(phases.time, "monotonic", lambda: next(clock))
+    timer = phases.GuestTimer()                                              # QEMU starts at 100
+    timer.on_line("[    1.000] Run /init as init process")                   # console: not a step
+    timer.on_line("[validate] stock (6.12.57): pytest suite")                 # 112
+    timer.on_line("[validate] stock (6.12.57): selftest uffd-unit-tests")     # 160
+    timer.on_line("[validate] stock (6.12.57): selftest mkdirty")             # not a new phase: no clock read
+    timer.on_line("[validate] stock (6.12.57): first-touch benchmarks")       # 161
+    assert timer.seconds(end=190.0) == {"boot": 12.0, "suite": 48.0, "selftests": 1.0, "benchmarks": 29.0}
+
+
+def test_without_step_lines_the_guest_clock_is_the_fallback(tmp_path):
+    from harness.validate.phases import guest_seconds
+    o = KernelOutcome("host", "host", tmp_path)
+    o.steps = {"pytest": {"seconds": 12.0}, "bench": {"seconds": 3.0}}
+    assert guest_seconds(o) == {"suite": 12.0, "selftests": 0.0, "benchmarks": 3.0}
+    o.host_phases = {"boot": 1.0, "suite": 50.0}
+    assert guest_seconds(o) == {"boot": 1.0, "suite": 50.0}
