@@ -235,7 +235,9 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         for name, series, seed in plan:
             log(f"[validate] building kernel '{name}' from {src.label}")
             with clock("build_control" if name == control_name else "build_candidate", name):
-                outcomes.append(_build(name, series, results / name, log, source=src, seed_from=seed))
+                # the default (6.12, seeded "auto") calls _build as it always has
+                extra = {} if (tree is None and source is None) else {"source": src, "seed_from": seed}
+                outcomes.append(_build(name, series, results / name, log, **extra))
         with clock("check"):
             compile_for_guests(log)
         runnable = [o for o in outcomes if not o.error]
