@@ -44,9 +44,17 @@ def sequences(draw):
     register = tuple(draw(st.sampled_from(("wp", "missing+wp") if kind == "anon" else
                                           ("wp", "missing+wp", "minor+wp", "minor")))
                      for kind in kinds)
-    features = (("WP_UNPOPULATED",) if draw(st.booleans()) else ()) + _hint_features()
-    ops = draw(st.lists(_op(n, _kernel_swap()), min_size=1, max_size=14))
+    # only what this kernel offers (6.1 has no WP_UNPOPULATED, POISON or MOVE): a sequence is about agreement
+    offered = _offered()
+    features = (("WP_UNPOPULATED",) if Feature.WP_UNPOPULATED in offered and draw(st.booleans()) else ()) \
+        + _hint_features()
+    ops = draw(st.lists(_op(n, _kernel_swap(), offered), min_size=1, max_size=14))
     return Setup(kinds, register, features), ops
+
+
+def _offered() -> frozenset:
+    from harness.backends.kernel import offered_features
+    return offered_features()
 
 
 def _kernel_swap() -> bool:
@@ -59,9 +67,16 @@ _WEIGHTED = (("read",) * 4 + ("write",) * 5 + ("protect",) * 4 + ("unprotect",) 
              + ("dontneed", "copy", "zeropage", "pageout", "mprotect", "fork", "poison") + ("clear_refs", "move") * 2)
 
 
+#: operations that need a feature: left out of the sequences on a kernel without it
+_OP_NEEDS = {"poison": Feature.POISON, "move": Feature.MOVE}
+
+
 @st.composite
-def _op(draw, n, swap=False):
-    name = draw(st.sampled_from(_WEIGHTED + (("pageout",) * 3 if swap else ())))
+def _op(draw, n, swap=False, offered=None):
+    names = _WEIGHTED + (("pageout",) * 3 if swap else ())
+    if offered is not None:
+        names = tuple(op for op in names if op not in _OP_NEEDS or _OP_NEEDS[op] in offered)
+    name = draw(st.sampled_from(names))
     if name == "fork":
         return ("fork",)
     if name == "clear_refs":

@@ -205,6 +205,8 @@ class Mm:
             return False
         if vma.uffd_wp and pte.uffd_wp:      # userfaultfd_pte_wp()
             return False
+        if self.profile.upgrade_needs_dirty and not pte.dirty:
+            return False                     # 6.1: "if (pte_protnone(pte) || !pte_dirty(pte)) return false"
         if not vma.shared:
             folio = pte.folio
             return folio is not None and folio.anon and not folio.zero and folio.anon_exclusive
@@ -507,8 +509,12 @@ class Mm:
 
     def _uffd_wp_range(self, vma: Vma, first: int, last: int, enable_wp: bool, hints: frozenset) -> None:
         """uffd_wp_range() + change_pte_range() with MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE."""
-        try_writable = not enable_wp and self.wants_manual_write_upgrade(vma)
+        try_writable = (not enable_wp and self.profile.uffd_try_change_writable
+                        and self.wants_manual_write_upgrade(vma))
         prot_write = self.page_prot_write(vma)
+        if self.profile.uffd_newprot_from_vm_flags:
+            # 6.1 uffd_wp_range(): vm_get_page_prot(vm_flags [& ~VM_WRITE]); only shared VMAs get the write bit
+            prot_write = not enable_wp and vma.shared and vma.vm_write
         resolve_hook = self.profile.uffd_wp_resolve
         ptes = vma.ptes
         self.stats["page_ops"] += last - first
@@ -640,6 +646,8 @@ class Mm:
     def poison(self, dst: int, length: int) -> int:
         """UFFDIO_POISON (mfill_atomic_pte_poison()): a POISONED marker where the PTE is none."""
         op = "UFFDIO_POISON"
+        if op in self.profile.lacks_ioctls:
+            raise UffdError(op, errno.EINVAL, dst, length, advice=f"profile {self.profile.name} has no {op}")
         vma = self._mfill_vma(op, dst, length, False)
         first = (dst - vma.start) // PAGE_SIZE
         done = 0
@@ -660,6 +668,8 @@ class Mm:
         writable, soft-dirty, dirty only if the source was; the source's uffd-wp bit is lost.
         """
         op = "UFFDIO_MOVE"
+        if op in self.profile.lacks_ioctls:
+            raise UffdError(op, errno.EINVAL, dst, length, advice=f"profile {self.profile.name} has no {op}")
         self._validate_range(op, dst, length)
         self._validate_range(op, src, length)
         dst_vma, src_vma = self.find_vma(dst), self.find_vma(src)

@@ -100,6 +100,21 @@ def young_only_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) 
             pte.young = True
 
 
+def hints_61_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+    """vm/patches-6.1 in change_pte_range(): 6.1's un-protect never upgrades a PTE through
+    can_change_pte_writable() (no MM_CP_TRY_CHANGE_WRITABLE), so ``made_writable`` is False there;
+    a shared PTE that newprot left writable and that is dirty is made young by WRITE_LIKELY."""
+    from harness.sim.model import pte_mkdirty
+    if ACCESS_LIKELY in hints:
+        pte.young = True
+    if WRITE_LIKELY in hints:
+        if made_writable:
+            pte.young = True
+            pte_mkdirty(pte)
+        elif pte.write and pte.dirty:
+            pte.young = True
+
+
 def dirty_shared_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
     """A deliberately broken patch: WRITE_LIKELY dirties and write-enables every PTE, shared or not."""
     if ACCESS_LIKELY in hints:
@@ -124,6 +139,15 @@ class Profile:
     broken: bool = False
     #: clauses of BRIEF 2.2 this profile is expected to fail (for the self-tests)
     expected_failures: frozenset = field(default_factory=frozenset)
+    #: uffd_wp_range() passes MM_CP_TRY_CHANGE_WRITABLE on un-protect (6.2+); 6.1 does not
+    uffd_try_change_writable: bool = True
+    #: un-protect's newprot is vm_get_page_prot(vm_flags) (6.1), not vma->vm_page_prot (6.2+):
+    #: a writable shared VMA gets writable PTEs back even where writenotify wants the fault
+    uffd_newprot_from_vm_flags: bool = False
+    #: can_change_pte_writable() refuses clean PTEs of private mappings too (6.1)
+    upgrade_needs_dirty: bool = False
+    #: ioctls this kernel does not know (it answers EINVAL): 6.1 predates POISON and MOVE
+    lacks_ioctls: frozenset = field(default_factory=frozenset)
 
     @property
     def offers_access_hints(self) -> bool:
@@ -131,6 +155,8 @@ class Profile:
 
 
 _HINT_FEATURES = STOCK_FEATURES | {Feature.ACCESS_HINTS}
+#: Linux 6.1 offers bits 0..12: WP_UNPOPULATED (6.4), POISON (6.6), WP_ASYNC (6.7) and MOVE (6.8) came later
+FEATURES_6_1 = STOCK_FEATURES - {Feature.WP_UNPOPULATED, Feature.POISON, Feature.WP_ASYNC, Feature.MOVE}
 
 PROFILES: dict[str, Profile] = {}
 
@@ -150,6 +176,21 @@ ACCESS_HINTS = register(Profile(
     description="6.12 + the access-hints patch (BRIEF 2.2): hints make PTEs young / dirty+young",
     release="6.12.0-access-hints-sim", features=_HINT_FEATURES,
     check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_uffd_wp_resolve))
+#: what 6.1 does differently from 6.12 (see Profile's fields)
+_LINUX_6_1_LACKS = frozenset({"UFFDIO_POISON", "UFFDIO_MOVE"})
+STOCK_6_1 = register(Profile(
+    name="linux-6.1",
+    description="stock Linux 6.1 (Debian linux-source-6.1): no WP_UNPOPULATED, POISON, WP_ASYNC, MOVE; "
+                "un-protect takes vm_get_page_prot(vm_flags) and never upgrades through can_change_pte_writable()",
+    release="6.1.0-sim", features=FEATURES_6_1, uffd_try_change_writable=False, uffd_newprot_from_vm_flags=True,
+    upgrade_needs_dirty=True, lacks_ioctls=_LINUX_6_1_LACKS))
+ACCESS_HINTS_6_1 = register(Profile(
+    name="access-hints-6.1",
+    description="6.1 + vm/patches-6.1: the hints on 6.1's un-protect (ACCESS_LIKELY young; WRITE_LIKELY young "
+                "where newprot left a dirty PTE writable)",
+    release="6.1.0-access-hints-sim", features=FEATURES_6_1 | {Feature.ACCESS_HINTS},
+    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_61_uffd_wp_resolve, uffd_try_change_writable=False,
+    uffd_newprot_from_vm_flags=True, upgrade_needs_dirty=True, lacks_ioctls=_LINUX_6_1_LACKS))
 YOUNG_ONLY = register(Profile(
     name="access-hints-young-only",
     description="BROKEN example: WRITE_LIKELY sets young but not dirty (fails clause 3)",
@@ -218,8 +259,13 @@ def get(name: str) -> Profile:
             from None
 
 
-def for_kernel(offers_access_hints: bool) -> Profile:
-    """The profile that should match a kernel: the patched one if it offers ACCESS_HINTS, else stock."""
+def for_kernel(offers_access_hints: bool, release: Optional[str] = None) -> Profile:
+    """The profile that should match a kernel: the patched one if it offers ACCESS_HINTS, else stock;
+    the 6.1 ones for a 6.1 kernel (``release``, default: the running kernel's)."""
+    import platform
+    release = platform.release() if release is None else release
+    if release.startswith("6.1.") or release == "6.1":
+        return ACCESS_HINTS_6_1 if offers_access_hints else STOCK_6_1
     return ACCESS_HINTS if offers_access_hints else STOCK
 
 

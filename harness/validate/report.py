@@ -13,6 +13,14 @@ from harness.timing import stats
 def render_markdown(report: dict) -> str:
     names = list(report["kernels"])
     lines = ["# uffd-harness validation", "", f"**{report['verdict']['line']}**", ""]
+    origin = report.get("origin") or {}
+    if origin.get("tree"):
+        lines += [f"Tree `{origin['tree']}`: control `{report.get('control_kernel')}` is base {origin['base'][:12]}, "
+                  f"the candidate is head {origin['head'][:12]}"
+                  + (" with the uncommitted changes of tracked files" if origin.get("dirty") else "")
+                  + "; both built from `git archive` of the commits.", ""]
+    elif origin.get("identity"):
+        lines += [f"Source: {origin['identity']} (control `{report.get('control_kernel')}`).", ""]
     if report["qemu"] != "ok":
         lines += [f"QEMU could not run here ({report['qemu']}); the host kernel was validated, and clauses it "
                   "cannot run came from the simulator.", ""]
@@ -35,15 +43,27 @@ def render_markdown(report: dict) -> str:
     lines += _coverage_markdown(report)
     lines += ["## Kernels", ""]
     krows = []
+    config_notes = []
     for name, k in report["kernels"].items():
         t = k["tests"]
-        krows.append([name, k["release"], k["where"] + (f" ({k['accel']})" if k["accel"] else ""),
+        build = k.get("build") or {}
+        absent, not_applied = _config_report(build)
+        krows.append([name, k["release"], _source_of(build), k["where"] + (f" ({k['accel']})" if k["accel"] else ""),
                       "yes" if k["patched"] else "no" if k["patched"] is not None else "?",
                       f"{t.get('passed', 0)}/{t.get('failed', 0)}/{t.get('skipped', 0)}",
                       ", ".join(f"{b} {c}" for b, c in k["backends"].items()), k.get("pte_channel", "?"),
-                      k["error"] or ""])
-    lines += [tabulate(krows, headers=["kernel", "release", "where", "hints", "pass/fail/skip", "backends",
-                                       "pte channel", "error"], tablefmt="github"), ""]
+                      (f"{len(absent)} absent, {len(not_applied)} not applied" if build else ""), k["error"] or ""])
+        if absent:
+            config_notes.append(f"- `{name}` ({build.get('kernel_version', '?')}): not in this version's Kconfig: "
+                                + ", ".join(f"`{o}`" for o in absent))
+        if not_applied:
+            config_notes.append(f"- `{name}` ({build.get('kernel_version', '?')}): set but did not stick "
+                                "(a dependency is missing): " + ", ".join(f"`{o}`" for o in not_applied))
+    lines += [tabulate(krows, headers=["kernel", "release", "source", "where", "hints", "pass/fail/skip", "backends",
+                                       "pte channel", "config fragment", "error"], tablefmt="github"), ""]
+    if config_notes:
+        lines += ["Options of the config fragment (vm/kernel.config) that are not as written:", ""]
+        lines += config_notes + [""]
     lines += ["## Kernel selftests", ""]
     srows = []
     for name, k in report["kernels"].items():
@@ -59,6 +79,25 @@ def render_markdown(report: dict) -> str:
     lines += ["## Reproduce", "", "```", json.dumps(report["reproduce"], indent=2), "```", "",
               f"Total time: {report['seconds']} s"]
     return "\n".join(lines) + "\n"
+
+
+def _source_of(build: dict) -> str:
+    """Where a kernel's tree came from, short: "linux-source-6.1 6.1.192-3", "git 1a2b3c4d5e6f" + series."""
+    src = build.get("source") or {}
+    if src.get("kind") == "git":
+        text = f"git {src.get('commit', '')[:12]}"
+    else:
+        text = build.get("source_version", "")
+    if build.get("patches"):
+        text += f" + {len(build['patches'])} patch(es)"
+    return text
+
+
+def _config_report(build: dict) -> tuple[list[str], list[str]]:
+    """(absent from the version's Kconfig, set but not applied); older builds list all as not applied."""
+    if "config_absent" in build or "config_not_applied" in build:
+        return list(build.get("config_absent") or []), list(build.get("config_not_applied") or [])
+    return [], list(build.get("config_missing") or [])
 
 
 def _markdown_bench(report: dict) -> list[str]:

@@ -32,11 +32,13 @@ from harness.selftests import SELFTESTS
 from harness.validate import control_cache
 from harness.validate.guest import (
     BENCH_TIMEOUT,
+    DESELECT_6_1,
     GUEST_MARKERS,
     PYTEST_TIMEOUT,
     SELFTEST_TIMEOUT,
     Log,
     _log,
+    deselect_args,
     guest_environment,
     run_steps,
 )
@@ -82,11 +84,12 @@ def qemu_unavailable() -> Optional[str]:
     return None
 
 
-def _build(name: str, patches: Optional[Path], out: Path, log: Log) -> KernelOutcome:
+def _build(name: str, patches: Optional[Path], out: Path, log: Log, source=None,
+           seed_from: Optional[str] = "auto") -> KernelOutcome:
     from harness.vm import build as vm_build
     outcome = KernelOutcome(name, "guest", out)
     try:
-        outcome.build = vm_build.build_kernel(name, patches, log=log).info
+        outcome.build = vm_build.build_kernel(name, patches, log=log, source=source, seed_from=seed_from).info
     except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # reported; the other kernel still runs
         outcome.error = f"build failed: {exc}"
     return outcome
@@ -174,13 +177,18 @@ def candidate_name(patches: Path) -> str:
 
 
 def validate(patches: Optional[Path] = None, quick: bool = False, results: Path = paths.RESULTS_DIR,
-             log: Log = _log, fresh_control: bool = False) -> int:
+             log: Log = _log, fresh_control: bool = False, *, source=None, tree=None) -> int:
     """The main job; returns the exit status (0: the contract holds and nothing failed).
 
     The control's guest results are reused when nothing that made them
     changed (:mod:`harness.validate.control_cache`; ``fresh_control`` runs it
     again), and the candidate then boots alone, with every core.
+
+    ``source`` (harness.vm.sources: None for 6.12, "6.1", a path) is the tree
+    both kernels are built from; ``tree`` (a :class:`harness.validate.tree.TreePlan`)
+    replaces both: its base is the control, its head the candidate.
     """
+    from harness.vm import sources
     t0 = time.monotonic()
     clock = PhaseClock()
     results.mkdir(parents=True, exist_ok=True)
@@ -190,8 +198,25 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         if problem:
             log(f"uffd-harness validate: --patches {patches}: {problem}")
             return 2
-    candidate = "patched" if patches is None else candidate_name(patches)
-    _clear_results(results, ["host", "stock", candidate], log)
+    if tree is not None:
+        src = tree.source
+        control_name, candidate = tree.control, tree.candidate
+        # the head is the base's archive plus the commits: seeded from the base, it compiles what they change
+        plan = [(control_name, None, None), (candidate, tree.series, control_name)]
+        origin = {"kind": "git", **tree.describe()}
+        for note in tree.notes:
+            log(f"[validate] {note}")
+    else:
+        src = sources.resolve(source)
+        control_name = src.kernel_name("stock")
+        if patches is None and src.default_series is None:
+            raise sources.SourceError(f"--source {source}: no hint series of the project's for this tree; "
+                                      "give --patches DIR")
+        candidate = src.kernel_name("patched") if patches is None else (
+            candidate_name(patches) + ("" if control_name == "stock" else f"-{src.label}"))
+        plan = [(control_name, None, "auto"), (candidate, patches, "auto")]
+        origin = {"kind": src.kind, "source": src.label, "identity": src.identity}
+    _clear_results(results, ["host", control_name, candidate], log)
     with clock("check"):
         reason = qemu_unavailable()
     outcomes: list[KernelOutcome] = []
@@ -207,11 +232,12 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         host.load()
         outcomes.append(host)
     else:
-        plan = [("stock", None), (candidate, patches)]
-        for name, series in plan:
-            log(f"[validate] building kernel '{name}'")
-            with clock("build_control" if name == "stock" else "build_candidate", name):
-                outcomes.append(_build(name, series, results / name, log))
+        for name, series, seed in plan:
+            log(f"[validate] building kernel '{name}' from {src.label}")
+            with clock("build_control" if name == control_name else "build_candidate", name):
+                # the default (6.12, seeded "auto") calls _build as it always has
+                extra = {} if (tree is None and source is None) else {"source": src, "seed_from": seed}
+                outcomes.append(_build(name, series, results / name, log, **extra))
         with clock("check"):
             compile_for_guests(log)
         runnable = [o for o in outcomes if not o.error]
@@ -226,7 +252,8 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         _store_control(outcomes[0], control, log)
     with clock("report"):
         _plot_benches(outcomes, log)
-        report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason)
+        report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason,
+                              control_kernel=control_name, origin=origin)
     if control:
         report["control"] = {k: v for k, v in control.items() if k != "inputs"}
     report["phases"] = phases_document(clock, outcomes, time.monotonic() - t0, guests_wall, workers)
@@ -332,8 +359,17 @@ def _host_selftests_dir() -> Optional[Path]:
     return d if d.is_dir() else None
 
 
+def _deselect_for(source) -> list[str]:
+    """pytest arguments that leave out what a 6.1 guest cannot run (each printed with its reason)."""
+    from harness.vm import sources
+    if source is None or sources.resolve(source).version != "6.1":
+        return []
+    return deselect_args("6.1")
+
+
 def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[str, ...] = (),
-                timeout: float = PYTEST_TIMEOUT + 120, results: Path = paths.RESULTS_DIR, log: Log = _log) -> int:
+                timeout: float = PYTEST_TIMEOUT + 120, results: Path = paths.RESULTS_DIR, log: Log = _log,
+                source=None) -> int:
     """Build ``kernel``, boot it, run the pytest suite in it as root; return pytest's exit status.
 
     Leaves ``junit.xml``, ``summary.json`` and ``console.log`` in ``results/<kernel>/``.
@@ -348,10 +384,14 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
     argv = [sys.executable, "-m", "pytest", str(paths.REPO_ROOT / "tests"),
             "--ignore", str(paths.REPO_ROOT / "tests" / "vm"),
             "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
-            "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *pytest_args]
+            "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *_deselect_for(source), *pytest_args]
+    if _deselect_for(source):
+        log(f"[vm-test] kernel '{kernel}': Linux 6.1 guest: {len(DESELECT_6_1)} test group(s) deselected:")
+        for nodeid, why in DESELECT_6_1.items():
+            log(f"[vm-test]   {nodeid}: {why}")
     env = {**guest_environment(out), "CI": os.environ.get("CI", "")}
     try:
-        kb = vm_build.build_kernel(kernel, patches, log=log)
+        kb = vm_build.build_kernel(kernel, patches, log=log, source=source)
         compile_for_guests(log)
         log(f"[vm-test] kernel '{kernel}': running the suite in the guest (timeout {timeout:.0f} s)")
         result = runner.run_in_guest(kb, argv, timeout=timeout, rwdir=out, env=env,

@@ -13,7 +13,7 @@ from typing import Optional
 
 from harness.backends.contract import CONTRACT
 from harness.reports import REPORT_SCHEMA
-from harness.selftests import SELFTESTS, regressions
+from harness.selftests import regressions
 from harness.validate.outcome import KernelOutcome
 
 #: what each contract clause says (BRIEF 2.2), from the one table
@@ -62,11 +62,14 @@ def _verdict(outcomes: list[KernelOutcome], candidate: Optional[KernelOutcome],
 
 
 def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool, seconds: float,
-                 qemu_reason: Optional[str] = None) -> dict:
+                 qemu_reason: Optional[str] = None, control_kernel: str = "stock",
+                 origin: Optional[dict] = None) -> dict:
+    """``control_kernel``: the name of the unpatched kernel (stock, stock-6.1, git-<base>);
+    ``origin``: where both came from (source, or the tree and its commits), for the report."""
     by_name = {o.name: o for o in outcomes}
-    stock = by_name.get("stock")
-    # The kernel under validation: any guest kernel that is not the stock control.
-    candidate = next((o for o in outcomes if o.where == "guest" and o.name != "stock"), None)
+    stock = by_name.get(control_kernel)
+    # The kernel under validation: any guest kernel that is not the control.
+    candidate = next((o for o in outcomes if o.where == "guest" and o.name != control_kernel), None)
     problems = []
     for o in outcomes:
         if o.error:
@@ -85,9 +88,17 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
             problems.append(f"kernel '{o.name}': benchmarks "
                             + (bench_step.get("error") or f"exited {bench_step.get('returncode')}"))
     selftest_regressions = {}
-    if stock and candidate:
+    same_source = bool(stock and candidate and (stock.build or {}).get("source_version")
+                       == (candidate.build or {}).get("source_version"))
+    if stock and candidate and not same_source:
+        problems.append(f"selftests of '{stock.name}' and '{candidate.name}' come from different sources "
+                        f"({(stock.build or {}).get('source_version')} vs "
+                        f"{(candidate.build or {}).get('source_version')}): "
+                        "not compared")
+    if stock and candidate and same_source:
+        # like with like: same-named selftests of the same source (6.1 has userfaultfd, 6.12 uffd-unit-tests)
         stock_runs, cand_runs = stock.selftest_runs(), candidate.selftest_runs()
-        for name in SELFTESTS:
+        for name in sorted(set(stock_runs) & set(cand_runs)):
             if name in stock_runs and name in cand_runs:
                 regs = regressions(stock_runs[name], cand_runs[name])
                 if regs:
@@ -113,7 +124,9 @@ def build_report(outcomes: list[KernelOutcome], patches: Optional[Path], quick: 
         "selftest_regressions": selftest_regressions,
         "bench": _bench_comparison(stock, candidate),
         "benchmarks": {o.name: _bench_scenarios(o.bench) for o in outcomes if o.bench},
-        "reproduce": _reproduce(outcomes, patches, quick),
+        "reproduce": _reproduce(outcomes, patches, quick, origin),
+        "control_kernel": control_kernel,
+        "origin": origin or {},
     }
     return report
 
@@ -176,10 +189,18 @@ def _qemu_version() -> str:
         return "not installed"
 
 
-def _reproduce(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool) -> dict:
+def _reproduce(outcomes: list[KernelOutcome], patches: Optional[Path], quick: bool,
+               origin: Optional[dict] = None) -> dict:
     qemu = _qemu_version()
+    origin = origin or {}
+    where = ""
+    if origin.get("tree"):
+        where = (f" --tree {origin['tree']} --base {origin['base']} --head {origin['head']}"
+                 + (" --dirty" if origin.get("dirty") else ""))
+    elif origin.get("source") and origin.get("source") != "6.12":
+        where = f" --source {origin['source']}"
     return {
-        "command": ("uffd-harness validate" + (f" --patches {patches}" if patches else "")
+        "command": ("uffd-harness validate" + where + (f" --patches {patches}" if patches else "")
                     + (" --quick" if quick else "")),
         "host_kernel": platform.release(),
         "qemu": qemu,

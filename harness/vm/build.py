@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, ENV_CANDIDATES_MAX_MB, ENV_KEEP_CANDIDATES, REPO_ROOT
-from harness.selftests import SELFTESTS
+from harness.selftests import SELFTESTS, selftests_of_tree  # noqa: F401 - SELFTESTS: 6.12's set, re-exported
+from harness.vm import sources
 from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
@@ -310,6 +311,42 @@ def config_mismatches(fragment: dict[str, str],
         if got != want:
             bad.append(f"{sym}={want} (got {'not set' if got == 'n' else got})")
     return bad
+
+
+_KCONFIG_SYMBOL = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$", re.MULTILINE)
+
+
+def kconfig_symbols(tree: Path) -> set[str]:
+    """Every ``CONFIG_`` symbol the tree's Kconfig files define (``config X`` / ``menuconfig X``)."""
+    out: set[str] = set()
+    for root, dirs, files in os.walk(tree):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if f.startswith("Kconfig"):
+                with open(os.path.join(root, f), errors="replace") as fh:
+                    out.update("CONFIG_" + m for m in _KCONFIG_SYMBOL.findall(fh.read()))
+    return out
+
+
+def classify_config(fragment: dict[str, str], final: dict[str, str],
+                    symbols: set[str]) -> dict[str, list[str]]:
+    """The fragment's options that did not end up as written, split by why.
+
+    ``absent``: the version's Kconfig has no such symbol (added or renamed
+    in another version).  ``not_applied``: the symbol exists but olddefconfig
+    did not keep the value (a dependency is off, or a select forces it).
+    Neither is fatal: the build goes on, and build.json and the reports say.
+    An ``is not set`` of a symbol the version lacks is listed as absent too.
+    """
+    absent, not_applied = [], []
+    for sym, want in fragment.items():
+        if sym not in symbols:
+            absent.append(f"{sym}={want}")
+            continue
+        got = final.get(sym, "n")
+        if got != want:
+            not_applied.append(f"{sym}={want} (got {'not set' if got == 'n' else got})")
+    return {"absent": absent, "not_applied": not_applied}
 
 
 # --------------------------------------------------------------------------
@@ -686,7 +723,8 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
                  fragment: str | os.PathLike | None = None,
                  log: Log = _eprint, progress: bool = True,
                  install: bool | None = None,
-                 seed_from: str | None = "auto") -> KernelBuild:
+                 seed_from: str | None = "auto",
+                 source: "str | os.PathLike | sources.Source | None" = None) -> KernelBuild:
     """Build (or reuse) kernel ``name`` and return where its pieces are.
 
     ``name`` "patched" defaults to the series in vm/patches, "stock" builds
@@ -704,22 +742,30 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     files, headers weighing most), earlier ``candidate-*`` builds included,
     so only the first kernel on a machine is a cold build; None never seeds.
     A new ``candidate-*`` build prunes older ones (:func:`prune_candidates`).
+
+    ``source`` (harness.vm.sources): None or "6.12" is Debian's
+    linux-source-6.12 (names and cache keys as before); "6.1", the path of
+    an unpacked tree, or a :class:`sources.Source` (a git commit) build
+    another tree.  On a Debian base other than 6.12 the defaults are named
+    ``stock-<version>`` and ``patched-<version>`` (vm/patches-<version>).
     """
+    src_origin = sources.resolve(source)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise VmError(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
+    stock_name, patched_name = src_origin.kernel_name("stock"), src_origin.kernel_name("patched")
     if patches_dir is None:
-        if name == "patched":
-            patches_dir = DEFAULT_PATCHES
-        elif name != "stock":
+        if name == patched_name and src_origin.default_series is not None:
+            patches_dir = src_origin.default_series
+        elif name != stock_name:
             raise VmError(f"kernel {name!r} needs --patches DIR "
-                          "(only 'patched' and 'stock' have defaults)")
-    if name == "stock" and patches_dir is not None:
+                          f"(only '{patched_name}' and '{stock_name}' have defaults)")
+    if name == stock_name and patches_dir is not None:
         raise VmError("kernel 'stock' is the unpatched control; "
                       "give a patched build another name")
     fragment_path = Path(fragment) if fragment else DEFAULT_FRAGMENT
     jobs = jobs or os.cpu_count() or 1
 
-    check_host(install=install, log=log)
+    check_host(src_origin.requirements, install=install, log=log)
 
     patches = read_series(Path(patches_dir)) if patches_dir is not None else []
     if patches_dir is not None and not patches:
@@ -728,8 +774,11 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
     instrumentation = read_series(INSTRUMENTATION_DIR)
     instr_hashes = [(p.name, _sha256(p.read_bytes())) for p in instrumentation]
     fragment_text = fragment_path.read_text()
+    if fragment is None and src_origin.config_addendum is not None:
+        # the same guest on another base: its Kconfig's own needs, merged after the fragment
+        fragment_text += f"\n# --- {src_origin.config_addendum.name}\n" + src_origin.config_addendum.read_text()
     gcc = gcc_version()
-    src_version = source_version()
+    src_version = src_origin.identity
     key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc,
                     instrumentation=instr_hashes)
 
@@ -748,7 +797,8 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
             return dataclasses.replace(result, cached=True)
         built = _build_locked(result, patches, patch_hashes, fragment_path,
                               fragment_text, gcc, src_version, jobs, log,
-                              progress, seed_from, instrumentation, instr_hashes)
+                              progress, seed_from, instrumentation, instr_hashes,
+                              src_origin=src_origin)
         if name.startswith(CANDIDATE_PREFIX):
             prune_candidates(kdir.parent, keep_name=name, log=log)
         return built
@@ -758,13 +808,13 @@ def _is_current(kb: KernelBuild) -> bool:
     info_path = kb.directory / "build.json"
     if not (info_path.exists() and kb.path.exists() and kb.uapi_header.exists()):
         return False
-    if not all((kb.selftests_dir / t).exists() for t in SELFTESTS):
-        return False
     from harness.vm.documents import load_build_info
     try:
-        return load_build_info(info_path)["key"] == kb.key
+        info = load_build_info(info_path)
     except ValueError:          # DocumentError: a corrupt build.json is rebuilt over
         return False
+    # the selftests this tree had when it was built (6.1 has other ones than 6.12)
+    return info.get("key") == kb.key and all(Path(p).exists() for p in (info.get("selftests") or {}).values())
 
 
 def _build_locked(kb: KernelBuild, patches: list[Path],
@@ -773,12 +823,14 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
                   log: Log, progress: bool,
                   seed_from: str | None = None,
                   instrumentation: Sequence[Path] = (),
-                  instr_hashes: Sequence[tuple[str, str]] = ()) -> KernelBuild:
+                  instr_hashes: Sequence[tuple[str, str]] = (),
+                  src_origin: "sources.Source | None" = None) -> KernelBuild:
     t_start = time.monotonic()
     kdir = kb.directory
     kdir.mkdir(parents=True, exist_ok=True)
     prev_steps = _previous_steps(kdir)
-    pristine = ensure_pristine(log, locked=True)
+    src_origin = src_origin or sources.resolve(None)
+    pristine = src_origin.ensure(log, BUILD_DIR / "cache")
     # unpacking the tarball (first build from this cache only) is part of total_seconds
     source_secs = time.monotonic() - t_start
     patch_key = _sha256(json.dumps([patch_hashes, instr_hashes]).encode())
@@ -829,11 +881,14 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
             os.utime(cfg, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
         final_cfg = parse_config(cfg.read_text())
         missing = config_mismatches(parse_config(fragment_text), final_cfg)
+        config_report = classify_config(parse_config(fragment_text), final_cfg, kconfig_symbols(src))
         if missing:
             log(f"[vm] {kb.name}: {len(missing)} option(s) of {fragment_path.name} "
-                "did not end up as written:")
-            for m in missing:
-                log(f"[vm]   {m}")
+                f"did not end up as written ({_tree_version(src)}):")
+            for m in config_report["absent"]:
+                log(f"[vm]   {m}: this version's Kconfig has no such symbol")
+            for m in config_report["not_applied"]:
+                log(f"[vm]   {m}: set, but did not stick (a dependency is missing)")
 
         # -- kernel, and the uapi headers the selftests build against (in the
         # same make, so that they fill the gaps of the kernel's serial steps)
@@ -848,11 +903,12 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         # -- the selftests, against this tree's uapi headers
         st_dir = kb.selftests_dir
         st_dir.mkdir(parents=True, exist_ok=True)
-        mm = src / "tools/testing/selftests/mm"
-        log(f"[vm] {kb.name}: building selftests {', '.join(SELFTESTS)}")
+        # the tree's own: tools/testing/selftests/mm (vm before 6.3), the ones it has
+        mm, tree_selftests = selftests_of_tree(src)
+        log(f"[vm] {kb.name}: building selftests {', '.join(tree_selftests)} from {mm.relative_to(src)}")
         _run_logged(["make", "-C", str(mm), f"-j{jobs}", f"OUTPUT={st_dir}",
                      f"KHDR_INCLUDES=-isystem {obj}/usr/include"]
-                    + [str(st_dir / t) for t in SELFTESTS],
+                    + [str(st_dir / t) for t in tree_selftests],
                     log_file=lf, step="selftests", log_path=log_path,
                     timeout=TIMEOUT_SELFTESTS, env=env, progress=False)
 
@@ -864,6 +920,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         "name": kb.name,
         "key": kb.key,
         "source_version": src_version,
+        "source": src_origin.describe(),
         "kernel_version": _tree_version(src),
         "patched": kb.patched,
         "patches": [{"file": n, "sha256": h} for n, h in patch_hashes],
@@ -876,12 +933,15 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         "config_fragment": str(fragment_path),
         "config_fragment_sha256": _sha256(fragment_text.encode()),
         "config_missing": missing,
+        "config_absent": config_report["absent"],
+        "config_not_applied": config_report["not_applied"],
         "gcc": gcc,
         "jobs": jobs,
         "kbuild_steps": steps if steps > prev_steps // 2 else prev_steps,
         "bzImage": str(kb.path),
         "uapi_header": str(kb.uapi_header),
-        "selftests": {t: str(st_dir / t) for t in SELFTESTS},
+        "selftests": {t: str(st_dir / t) for t in tree_selftests},
+        "selftests_dir_in_tree": str(mm.relative_to(src)),
         "source_unpack_seconds": round(source_secs, 1),
         "kernel_build_seconds": round(kernel_secs, 1),
         "total_seconds": round(time.monotonic() - t_start, 1),

@@ -90,6 +90,11 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
                    help="make -jN (default: number of CPUs)")
     b.add_argument("--config", metavar="FRAGMENT",
                    help="config fragment instead of vm/kernel.config")
+    b.add_argument("--source", metavar="6.1|6.12|PATH",
+                   help="kernel tree: Debian's linux-source-6.12 (default) or "
+                   "-6.1, or the path of an unpacked tree; on 6.1 the "
+                   "defaults are named stock-6.1 and patched-6.1 "
+                   "(vm/patches-6.1)")
     b.add_argument("--json", action="store_true",
                    help="print build.json on stdout when done")
     b.set_defaults(func=_reporting_errors(_cmd_build))
@@ -165,8 +170,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     from harness.vm.build import build_kernel
     t0 = time.monotonic()
-    k = build_kernel(args.kernel, patches_dir=args.patches, jobs=args.jobs,
-                     fragment=args.config)
+    from harness.vm.sources import resolve
+    source = resolve(args.source)
+    name = args.kernel
+    if args.source and name in ("stock", "patched"):
+        name = source.kernel_name(name)    # --kernel stock --source 6.1 -> stock-6.1
+    k = build_kernel(name, patches_dir=args.patches, jobs=args.jobs,
+                     fragment=args.config, source=source)
     dt = time.monotonic() - t0
     state = "up to date" if k.cached else "built"
     print(f"{k.name}: {state} in {dt:.1f} s\n"
@@ -176,10 +186,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
           f"  patched      {'yes' if k.patched else 'no'}\n"
           f"  key          {k.key[:16]}",
           file=sys.stderr if args.json else sys.stdout)
-    missing = k.info.get("config_missing") or []
-    if missing:
-        print(f"  config: {len(missing)} option(s) not as written: "
-              + ", ".join(missing), file=sys.stderr)
+    _print_config_report(k.info)
     if args.json:
         print(json.dumps(k.info, indent=2))
     return 0
@@ -229,9 +236,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return res.returncode
 
 
+def _print_config_report(info: dict) -> None:
+    """The fragment's options this kernel does not have as written, by why (on stderr: stdout may be JSON)."""
+    absent = info.get("config_absent")
+    not_applied = info.get("config_not_applied")
+    if absent is None and not_applied is None:     # built before the split
+        absent, not_applied = [], info.get("config_missing") or []
+    where = f"{info.get('name')} ({info.get('kernel_version')}, {info.get('source_version')})"
+    if absent:
+        print(f"  config: {where}: not in this version's Kconfig: {', '.join(absent)}", file=sys.stderr)
+    if not_applied:
+        print(f"  config: {where}: set but did not stick (dependency missing): {', '.join(not_applied)}",
+              file=sys.stderr)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from harness.vm.build import load_kernel
-    print(json.dumps(load_kernel(args.kernel).info, indent=2))
+    info = load_kernel(args.kernel).info
+    print(json.dumps(info, indent=2))
+    _print_config_report(info)
     return 0
 
 
