@@ -405,19 +405,24 @@ def read_pte(addr: int) -> PteEntry:
     return read_ptes(addr & ~(PAGE_SIZE - 1), 1)[0]
 
 
-def _pte_state(entry: int, pte: PteEntry) -> PteState:
-    """A PteState from pagemap (as for the other channels) and the pte channel's young/dirty/writable."""
-    present = pagemap_bit(entry, PagemapBit.PRESENT)
+def pagemap_state(entry: int, source: str, young: Optional[bool] = None, dirty: Optional[bool] = None,
+                  writable: Optional[bool] = None) -> PteState:
+    """A PteState from a pagemap entry (present, swapped, uffd-wp, ...) and what ``source`` says of the rest:
+    the one place a PteState is made from pagemap."""
     return PteState(
-        present=present,
+        present=pagemap_bit(entry, PagemapBit.PRESENT),
         swapped=pagemap_bit(entry, PagemapBit.SWAPPED),
         file_shared=pagemap_bit(entry, PagemapBit.FILE),
         uffd_wp=pagemap_bit(entry, PagemapBit.UFFD_WP),
         exclusive=pagemap_bit(entry, PagemapBit.EXCLUSIVE),
         soft_dirty=pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-        pfn=pagemap_pfn(entry),
-        young=pte.present and pte.young, dirty=pte.present and pte.dirty,
-        writable=pte.present and pte.writable, source=PTE)
+        pfn=pagemap_pfn(entry), young=young, dirty=dirty, writable=writable, source=source)
+
+
+def _pte_state(entry: int, pte: PteEntry) -> PteState:
+    """A PteState from pagemap (as for the other channels) and the pte channel's young/dirty/writable."""
+    return pagemap_state(entry, PTE, young=pte.present and pte.young, dirty=pte.present and pte.dirty,
+                         writable=pte.present and pte.writable)
 
 
 def observe_ptes(region: Region, first: int = 0, count: Optional[int] = None) -> list[PteState]:
@@ -445,17 +450,8 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     kpageflags; ``kpageflags`` answers from folio flags (see the module doc).
     """
     entry = pagemap_entry(region.page_addr(page))
-    present = pagemap_bit(entry, PagemapBit.PRESENT)
-    state = PteState(
-        present=present,
-        swapped=pagemap_bit(entry, PagemapBit.SWAPPED),
-        file_shared=pagemap_bit(entry, PagemapBit.FILE),
-        uffd_wp=pagemap_bit(entry, PagemapBit.UFFD_WP),
-        exclusive=pagemap_bit(entry, PagemapBit.EXCLUSIVE),
-        soft_dirty=pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-        pfn=pagemap_pfn(entry),
-        young=None, dirty=None, source=channel,
-    )
+    state = pagemap_state(entry, channel)
+    present = state.present
     if channel == PTE:
         return observe_ptes(region, page, 1)[0]
     if not present:

@@ -154,13 +154,7 @@ class KernelBackend(Backend):
         region = self._regions[r.index]
         out = []
         for entry in _pte.pagemap_entries(region.addr, self.base_pages(r)):
-            out.append(PteState(present=_pte.pagemap_bit(entry, PagemapBit.PRESENT),
-                                swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
-                                file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
-                                uffd_wp=_pte.pagemap_bit(entry, PagemapBit.UFFD_WP),
-                                exclusive=_pte.pagemap_bit(entry, PagemapBit.EXCLUSIVE),
-                                soft_dirty=_pte.pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-                                pfn=_pte.pagemap_pfn(entry), young=None, dirty=None, source="pagemap"))
+            out.append(_pte.pagemap_state(entry, "pagemap"))
         return out
 
     def vma_page_counts(self, r: RegionRef) -> dict[str, int]:
@@ -282,14 +276,7 @@ class KernelBackend(Backend):
                 if not present or count_kb == 0:  # noqa: B023
                     return False
                 return True if count_kb == rss or region.npages == 1 else None  # noqa: B023
-            out.append(PteState(
-                present=present, swapped=_pte.pagemap_bit(entry, PagemapBit.SWAPPED),
-                file_shared=_pte.pagemap_bit(entry, PagemapBit.FILE),
-                uffd_wp=_pte.pagemap_bit(entry, PagemapBit.UFFD_WP),
-                exclusive=_pte.pagemap_bit(entry, PagemapBit.EXCLUSIVE),
-                soft_dirty=_pte.pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-                pfn=_pte.pagemap_pfn(entry), young=verdict(referenced),
-                dirty=verdict(dirty), source=SMAPS))
+            out.append(_pte.pagemap_state(entry, SMAPS, young=verdict(referenced), dirty=verdict(dirty)))
         return out
 
     def observe_ptes(self, pages: list[tuple[RegionRef, int]]) -> list[PteState]:
@@ -363,20 +350,10 @@ class KernelBackend(Backend):
         return out
 
     def close(self) -> None:
-        if self._handler is not None:
-            self._handler.stop()
-            self._handler = None
-        for region in self._regions:
-            region.close()
-        for group in self._adjacent:
-            group.close()
-        self._regions, self._adjacent = [], []
+        self.reopen()                       # the handler, the regions and the userfaultfd
         if self._drain_region is not None:
             self._drain_region.close()
             self._drain_region = None
-        if self._uffd is not None:
-            self._uffd.close()
-            self._uffd = None
         if self._affinity is not None:
             try:
                 os.sched_setaffinity(0, self._affinity)
