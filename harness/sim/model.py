@@ -838,8 +838,10 @@ class Mm:
         """mprotect_fixup() -> change_protection(newprot, MM_CP_TRY_CHANGE_WRITABLE if wanted)."""
         from harness.memory import PROT_READ, PROT_WRITE
         self.stats["page_ops"] += vma.npages
-        vma.vm_read = bool(prot & (PROT_READ | PROT_WRITE))
-        vma.vm_write = bool(prot & PROT_WRITE)
+        vm_read, vm_write = bool(prot & (PROT_READ | PROT_WRITE)), bool(prot & PROT_WRITE)
+        if (vm_read, vm_write) == (vma.vm_read, vma.vm_write):
+            return                           # mprotect_fixup(): newflags == oldflags changes nothing, flushes nothing
+        vma.vm_read, vma.vm_write = vm_read, vm_write
         try_writable = self.wants_manual_write_upgrade(vma)
         prot_write = self.page_prot_write(vma) and vma.vm_read
         for pte in vma.ptes:
