@@ -40,16 +40,14 @@ def _raw_uffdio_api_features() -> int:
 
 def _pagemap_shows_pfns() -> bool:
     """Read this process's pagemap for a page it just wrote, with plain file I/O."""
-    import mmap
-    import struct
-    page = mmap.mmap(-1, 4096)
-    page[0] = 1
     import ctypes
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    import struct
+    page = ctypes.create_string_buffer(2 * 4096)
+    addr = (ctypes.addressof(page) + 4095) // 4096 * 4096     # a whole page inside the buffer
+    ctypes.memset(addr, 1, 1)                                  # written: present
     with open("/proc/self/pagemap", "rb") as f:
         f.seek(addr // 4096 * 8)
         entry = struct.unpack("Q", f.read(8))[0]
-    del addr
     return bool(entry & ((1 << 55) - 1))          # bits 0-54: the PFN, zero without CAP_SYS_ADMIN
 
 

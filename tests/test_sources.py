@@ -82,3 +82,24 @@ def test_61_userfaultfd_output_becomes_cases():
         ("shmem: uffd-wp with pagemap (pgsize=4096)", "pass"), ("shmem: UFFDIO_ZEROPAGE", "pass"),
         ("shmem: events (fork, remap, remove)", "pass"), ("shmem: minor faults", "fail")]
     assert cases[-1].reason.startswith("register failure")
+
+
+def test_a_tarball_is_unpacked_once_and_again_when_its_identity_changes(tmp_path):
+    """untar_once: the one unpacker of both the default 6.12 tree and other tarballs."""
+    import subprocess
+
+    from harness.vm import sources
+    (tmp_path / "src" / "linux-source-9.9").mkdir(parents=True)
+    (tmp_path / "src" / "linux-source-9.9" / "Makefile").write_text("VERSION = 9\n")
+    tarball = tmp_path / "t.tar.xz"
+    subprocess.run(["tar", "-cJf", str(tarball), "-C", str(tmp_path / "src"), "linux-source-9.9"], check=True)
+    lines: list[str] = []
+    tree = sources.untar_once(tarball, "linux-source-9.9", tmp_path / "cache", "v1", lines.append)
+    assert (tree / "Makefile").read_text() == "VERSION = 9\n"
+    (tree / "Makefile").write_text("changed\n")
+    assert sources.untar_once(tarball, "linux-source-9.9", tmp_path / "cache", "v1", lines.append) == tree
+    assert (tree / "Makefile").read_text() == "changed\n", "the same identity must not unpack again"
+    sources.untar_once(tarball, "linux-source-9.9", tmp_path / "cache", "v2", lines.append)
+    assert (tree / "Makefile").read_text() == "VERSION = 9\n", "a new identity unpacks afresh"
+    assert sum("unpacking" in line for line in lines) == 2
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["linux-source-9.9"], "no scratch left"

@@ -58,7 +58,7 @@ SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 SOURCE_DIRNAME = "linux-source-6.12"
 
 #: per-step timeouts in seconds; a cold build is ~4 min on 2 cores
-TIMEOUT_UNPACK = 600
+TIMEOUT_UNPACK = sources.TIMEOUT_UNPACK
 TIMEOUT_CONFIG = 300
 TIMEOUT_KERNEL = int(os.environ.get(ENV_BUILD_TIMEOUT, "5400"))
 TIMEOUT_SELFTESTS = 600
@@ -567,22 +567,7 @@ def ensure_pristine(log: Log = _eprint, *, locked: bool = False) -> Path:
     if not locked:
         with _BuildLock(BUILD_DIR / "cache" / "build.lock", log):
             return ensure_pristine(log, locked=True)
-    src_root.mkdir(parents=True, exist_ok=True)
-    tmp = src_root / f".unpack-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    log(f"[vm] unpacking {SOURCE_TARBALL} into {src_root} (once)")
-    t0 = time.monotonic()
-    try:
-        subprocess.run(["tar", "-xf", str(SOURCE_TARBALL), "-C", str(tmp)],
-                       check=True, timeout=TIMEOUT_UNPACK)
-        shutil.rmtree(tree, ignore_errors=True)
-        os.rename(tmp / SOURCE_DIRNAME, tree)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    (tree / ".uffd-harness-pristine").write_text(want)
-    log(f"[vm] unpacked in {time.monotonic() - t0:.0f} s")
-    return tree
+    return sources.untar_once(SOURCE_TARBALL, SOURCE_DIRNAME, src_root, want, log)
 
 
 def _tree_version(tree: Path) -> str:

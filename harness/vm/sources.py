@@ -255,24 +255,34 @@ _STAMP = ".uffd-harness-pristine"
 
 def _unpack_tarball(src: Source, root: Path, log: Log) -> Path:
     """Unpack a Debian tarball once into ``root/linux-source-<version>``."""
-    dirname = f"linux-source-{src.version}"
+    if src.tarball is None:
+        raise VmError(f"source {src.identity}: no tarball to unpack")
+    return untar_once(src.tarball, f"linux-source-{src.version}", root, src.identity, log)
+
+
+def untar_once(tarball: Path, dirname: str, root: Path, identity: str, log: Log) -> Path:
+    """``root/dirname`` unpacked from ``tarball``, once: a stamp inside it holds ``identity``.
+
+    The tree is unpacked beside it and renamed into place, so a tree is
+    either whole or absent; the caller holds the build lock.
+    """
     tree = root / dirname
     stamp = tree / _STAMP
-    if stamp.exists() and stamp.read_text() == src.identity:
+    if stamp.exists() and stamp.read_text() == identity:
         return tree
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".unpack-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    log(f"[vm] unpacking {src.tarball} into {root} (once)")
+    log(f"[vm] unpacking {tarball} into {root} (once)")
     t0 = time.monotonic()
     try:
-        subprocess.run(["tar", "-xf", str(src.tarball), "-C", str(tmp)], check=True, timeout=TIMEOUT_UNPACK)
+        subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp)], check=True, timeout=TIMEOUT_UNPACK)
         shutil.rmtree(tree, ignore_errors=True)
         os.rename(tmp / dirname, tree)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    stamp.write_text(src.identity)
+    stamp.write_text(identity)
     log(f"[vm] unpacked in {time.monotonic() - t0:.0f} s")
     return tree
 
