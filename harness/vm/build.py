@@ -21,6 +21,7 @@ which breaks the hard link, so the pristine tree is never modified.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fcntl
 import hashlib
 import json
@@ -820,7 +821,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     source_secs = time.monotonic() - t_start
     patch_key = _sha256(json.dumps([patch_hashes, instr_hashes]).encode())
     seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log,
-                        patches=patches, pristine=pristine)
+                        patches=patches, pristine=pristine, instrumentation=instrumentation)
     # A series that does not apply fails here and leaves the previous
     # build (tree, objects, build.json) as it was.
     try:
@@ -942,17 +943,19 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
 
 def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
                  gcc: str, src_version: str, log: Log, *,
-                 patches: Sequence[Path] = (), pristine: Path | None = None) -> Path | None:
+                 patches: Sequence[Path] = (), pristine: Path | None = None,
+                 instrumentation: Sequence[Path] = ()) -> Path | None:
     """The sibling kernel directory to seed ``kb``'s first build from, or None.
 
-    ``seed_from`` "auto": the closest built sibling (:func:`closest_seed`).
+    ``seed_from`` "auto": the closest built sibling (:func:`closest_seed`),
+    comparing trees as they will be built: the series, then ``instrumentation``.
     """
     if not seed_from or seed_from == kb.name:
         return None
     if (kb.directory / "obj").exists():
         return None                      # not the first build: incremental anyway
     if seed_from == "auto":
-        return _closest_sibling(kb, patches, pristine, fragment_text, gcc, src_version, log)
+        return _closest_sibling(kb, patches, instrumentation, pristine, fragment_text, gcc, src_version, log)
     seed = kb.directory.parent / seed_from
     from harness.vm.documents import load_build_info
     try:
@@ -1008,6 +1011,10 @@ class SeedChoice:
     name: str
     directory: Path
     differing: tuple[str, ...]   #: relative paths whose contents differ
+    #: lines added or removed across the differing files: among siblings that
+    #: differ in the same files (a one-line edit of the series against the
+    #: series itself and against a mutant of it), the one nearer in content
+    changed_lines: int = 0
 
     @property
     def weight(self) -> int:
@@ -1054,8 +1061,16 @@ def _read_or_none(path: Path) -> bytes | None:
         return None
 
 
-def tree_difference(new: dict[str, bytes | None], sibling: Path, pristine: Path) -> tuple[str, ...]:
-    """The files whose contents differ between the new tree and a built sibling's ``src/``.
+def _changed_lines(a: bytes | None, b: bytes | None) -> int:
+    """Lines added plus lines removed turning ``a`` into ``b`` (None: no file)."""
+    diff = difflib.unified_diff((a or b"").decode(errors="replace").splitlines(),
+                                (b or b"").decode(errors="replace").splitlines(), n=0, lineterm="")
+    return sum(1 for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+
+
+def tree_difference(new: dict[str, bytes | None], sibling: Path,
+                    pristine: Path) -> tuple[tuple[str, ...], int]:
+    """The files whose contents differ between the new tree and a built sibling's ``src/``, and the changed lines.
 
     Both trees are the pristine tree plus their own series: only files that
     either series touched (``new``'s keys; the sibling's src-state.json
@@ -1063,17 +1078,20 @@ def tree_difference(new: dict[str, bytes | None], sibling: Path, pristine: Path)
     """
     state = json.loads((sibling / "src-state.json").read_text())
     differing = []
+    lines = 0
     for rel in sorted(set(new) | set(state.get("touched", []))):
         mine = new[rel] if rel in new else _read_or_none(pristine / rel)
-        if mine != _read_or_none(sibling / "src" / rel):
+        theirs = _read_or_none(sibling / "src" / rel)
+        if mine != theirs:
             differing.append(rel)
-    return tuple(differing)
+            lines += _changed_lines(theirs, mine)
+    return tuple(differing), lines
 
 
 def closest_seed(new: dict[str, bytes | None], siblings: dict[str, Path],
                  pristine: Path) -> tuple[SeedChoice | None, list[SeedChoice]]:
-    """The sibling whose tree differs least from ``new`` (weight, then files, then newest), and all of them."""
-    choices = [SeedChoice(name, d, tree_difference(new, d, pristine)) for name, d in sorted(siblings.items())]
+    """The sibling whose tree differs least from ``new`` (weight, files, lines, then newest), and all of them."""
+    choices = [SeedChoice(name, d, *tree_difference(new, d, pristine)) for name, d in sorted(siblings.items())]
 
     def built_at(c: SeedChoice) -> str:
         try:
@@ -1081,20 +1099,30 @@ def closest_seed(new: dict[str, bytes | None], siblings: dict[str, Path],
         except (OSError, ValueError):
             return ""
     newest_first = sorted(choices, key=built_at, reverse=True)
-    ranked = sorted(newest_first, key=lambda c: (c.weight, len(c.differing)))
+    ranked = sorted(newest_first, key=lambda c: (c.weight, len(c.differing), c.changed_lines))
     return (ranked[0] if ranked else None), ranked
 
 
-def _closest_sibling(kb: KernelBuild, patches: Sequence[Path], pristine: Path | None,
-                     fragment_text: str, gcc: str, src_version: str, log: Log) -> Path | None:
+def _closest_sibling(kb: KernelBuild, patches: Sequence[Path], instrumentation: Sequence[Path],
+                     pristine: Path | None, fragment_text: str, gcc: str, src_version: str,
+                     log: Log) -> Path | None:
     """The "auto" seed: the closest fit built sibling, said in one progress line."""
     kernels = kb.directory.parent
     siblings = {d.name: d for d in sorted(kernels.iterdir()) if d.is_dir() and d.name != kb.name
                 and not _seed_unfit(d, fragment_text, gcc, src_version)} if kernels.is_dir() else {}
     if not siblings or pristine is None:
         return None
+    scratch = kb.directory / "seed-scratch"
     try:
-        new = series_contents(pristine, patches, kb.directory / "seed-scratch")
+        try:
+            # the siblings' trees carry vm/instrumentation too: leaving it out
+            # would count its files as differing from every one of them
+            new = series_contents(pristine, [*patches, *instrumentation], scratch)
+        except PatchApplyError:
+            if not instrumentation:
+                raise
+            # _prepare_source builds such a series without the instrumentation
+            new = series_contents(pristine, patches, scratch)
     except (VmError, OSError) as exc:
         # the real apply reports a series that does not apply; seed from the control meanwhile
         fallback = next((n for n in ("stock", "patched") if n in siblings), None)

@@ -110,6 +110,39 @@ def test_a_tie_goes_to_the_newest_build(tmp_path, pristine):
     assert best.name == "candidate-new"
 
 
+def test_among_siblings_differing_in_the_same_file_the_nearer_content_wins(tmp_path, pristine):
+    """A one-line edit of a series: the series itself beats a newer mutant of it that rewrote more lines."""
+    kernels = tmp_path / "kernels"
+    series_a = "int a;\nint HINT;\nint c;\n"
+    siblings = {"patched": _sibling(kernels, "patched", {"mm/a.c": series_a}, "2026-12-03T10:00:00Z"),
+                "mutant": _sibling(kernels, "mutant", {"mm/a.c": "int a;\nint MUT;\nint MUT2;\n"},
+                                   "2026-12-03T12:00:00Z")}
+    best, ranked = vb.closest_seed({"mm/a.c": ("/* edit */\n" + series_a).encode()}, siblings, pristine)
+    assert [c.differing for c in ranked] == [("mm/a.c",), ("mm/a.c",)], "both differ in the one file"
+    assert best.name == "patched" and best.changed_lines == 1
+    assert ranked[1].changed_lines == 5, "the mutant: two lines removed, two put back, the edit added"
+
+
+def test_auto_seed_compares_trees_with_the_instrumentation_applied(tmp_path, pristine):
+    """Every built tree carries the instrumentation series: it must not count as a difference against any."""
+    kernels = tmp_path / "kernels"
+    instr_files = {"mm/b.c": "one\ntwo\nthree\nPTE\n", "mm/pte.c": "pte\n"}
+    edit = "int a;\nint HINT;\nint c;\n"
+    _sibling(kernels, "patched", {"mm/a.c": edit, **instr_files}, "2026-12-03T10:00:00Z")
+    _sibling(kernels, "mutant", {"mm/a.c": "int a;\nint MUT;\nint c;\n", **instr_files}, "2026-12-03T12:00:00Z")
+    series = _series(tmp_path / "s", {"mm/a.c": edit + "int edit;\n"})
+    instrumentation = _series(tmp_path / "instr", instr_files)
+    kb = vb.KernelBuild(name="candidate-new", path=kernels / "candidate-new" / "bzImage", key="k",
+                        uapi_header=Path("/nonexistent"), patched=True, directory=kernels / "candidate-new",
+                        selftests_dir=kernels / "candidate-new" / "selftests")
+    kb.directory.mkdir()
+    lines = []
+    seed = vb._seed_source(kb, "auto", "CONFIG_X=y\n", "gcc 12", "v1", lines.append, patches=series,
+                           pristine=pristine, instrumentation=instrumentation)
+    assert seed == kernels / "patched", lines
+    assert "1 file(s) differ (mm/a.c)" in lines[0], lines
+
+
 def test_auto_seed_names_the_sibling_and_how_many_files_differ(tmp_path, pristine, monkeypatch):
     kernels = tmp_path / "kernels"
     fragment = "CONFIG_X=y\n"
