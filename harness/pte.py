@@ -459,6 +459,10 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     if channel == SMAPS:
         young, dirty = _smaps_young_dirty(region, page)
         return replace(state, young=young, dirty=dirty)
+    if channel == IDLE_PAGE and region.kind.hugetlb:
+        # page_idle_get_folio() takes LRU folios only, and hugetlb folios never are on an LRU:
+        # the bitmap would say "not idle" whatever the entry's young bit
+        return replace(state, young=None, dirty=None)
     pfn = _pfn_of(region, page)
     if channel == IDLE_PAGE:
         flags = kpageflags(pfn) if kpageflags_available() is None else frozenset()

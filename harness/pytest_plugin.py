@@ -133,16 +133,16 @@ def choose_backend(option: str, needs: tuple, pinned: Optional[str], sim_profile
     return "kernel", None, None, None
 
 
-def thp_clauses(option: str, clauses: tuple, kernel: Optional[tuple] = None) -> tuple:
-    """The contract clauses whose THP case exists in this run.
+def kernel_only_clauses(option: str, clauses: tuple, kernel: Optional[tuple] = None) -> tuple:
+    """The contract clauses whose kernel-only cases (THP, hugetlb) exist in this run.
 
-    The simulator does not model THP, so a THP case is only ever a kernel
-    result: it exists when the run may use the kernel (``--backend`` is not
-    ``sim``), userfaultfd works, and the kernel itself has everything the
-    clause needs (``CLAUSE_NEEDS``).  On a kernel without ACCESS_HINTS the
-    hint clauses simply have no THP case (their 4 KiB cases fall back to the
+    The simulator models neither THP nor hugetlb, so such a case is only ever
+    a kernel result: it exists when the run may use the kernel (``--backend``
+    is not ``sim``), userfaultfd works, and the kernel itself has everything
+    the clause needs (``CLAUSE_NEEDS``).  On a kernel without ACCESS_HINTS the
+    hint clauses simply have no such case (their 4 KiB cases fall back to the
     simulator and the clause stays ``absent``): nothing is skipped, and no
-    simulator result stands for a THP one.
+    simulator result stands for a THP or hugetlb one.
 
     ``kernel``: (why userfaultfd cannot be used or None, offered features,
     capabilities such as {"soft-dirty": bool}); default: this kernel's.

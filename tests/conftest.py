@@ -69,6 +69,47 @@ def require_kind(kind: MemoryKind) -> None:
         pytest.skip(f"{kind.value}: fewer than 4 free huge pages (vm.nr_hugepages)")
 
 
+#: huge pages a module that uses hugetlb reserves when it can (see :func:`hugepages_reserved`)
+HUGEPAGES_WANTED = 16
+_NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+
+
+@pytest.fixture(scope="module")
+def hugepages_reserved():
+    """Make sure the hugetlb cases find free huge pages.
+
+    As root with fewer than ``HUGEPAGES_WANTED`` free, raise vm.nr_hugepages
+    by that many for this module; afterwards take back what was added (which
+    restores the old value, and leaves alone what another process added
+    meanwhile).
+    """
+    free = free_hugepages()
+    if free >= HUGEPAGES_WANTED:
+        yield free
+        return
+    if os.geteuid() != 0:
+        if free == 0:
+            pytest.skip("not root: cannot reserve huge pages")
+        yield free
+        return
+    old = _read_int(_NR_HUGEPAGES)
+    added = 0
+    try:
+        with open(_NR_HUGEPAGES, "w") as f:
+            f.write(str(old + HUGEPAGES_WANTED))
+        added = _read_int(_NR_HUGEPAGES) - old   # the kernel may find fewer
+        yield free_hugepages()
+    finally:
+        if added > 0:
+            with open(_NR_HUGEPAGES, "w") as f:
+                f.write(str(max(_read_int(_NR_HUGEPAGES) - added, 0)))
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read())
+
+
 @pytest.fixture
 def make_region():
     """``make_region(kind, npages)``: regions unmapped at the end of the test."""

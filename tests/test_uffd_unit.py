@@ -73,9 +73,6 @@ _NPAGES = {False: 32, True: 4}   # keyed by kind.hugetlb
 _WAIT = 30.0    # generous: a TCG guest on a loaded 2-core host runs a fork + 8 MiB hugetlb mremap slowly
 #: a worker's own children give up sooner, so that the worker can still report
 _WAIT_CHILD = 25.0
-#: huge pages the module reserves when it can (see :func:`hugepages_reserved`)
-_HUGEPAGES_WANTED = 16
-_NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 #: PMD-sized chunks moved by move-pmd*, and where the kernel says how big a PMD is
 _PMD_CHUNKS = 4
 _THP_PMD_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
@@ -100,42 +97,6 @@ class UnitCase:
 def _missing_features(wanted: Iterable[Feature]) -> list[str]:
     offered = probe_features().offered_bits
     return sorted("UFFD_FEATURE_" + f.value for f in wanted if not offered & f.bit)
-
-
-@pytest.fixture(scope="module")
-def hugepages_reserved():
-    """Make sure the hugetlb cases find free huge pages.
-
-    As root with fewer than ``_HUGEPAGES_WANTED`` free, raise vm.nr_hugepages
-    by that many for this module; afterwards take back what was added (which
-    restores the old value, and leaves alone what another process added
-    meanwhile).
-    """
-    free = free_hugepages()
-    if free >= _HUGEPAGES_WANTED:
-        yield free
-        return
-    if os.geteuid() != 0:
-        if free == 0:
-            pytest.skip("not root: cannot reserve huge pages")
-        yield free
-        return
-    old = _read_int(_NR_HUGEPAGES)
-    added = 0
-    try:
-        with open(_NR_HUGEPAGES, "w") as f:
-            f.write(str(old + _HUGEPAGES_WANTED))
-        added = _read_int(_NR_HUGEPAGES) - old   # the kernel may find fewer
-        yield free_hugepages()
-    finally:
-        if added > 0:
-            with open(_NR_HUGEPAGES, "w") as f:
-                f.write(str(max(_read_int(_NR_HUGEPAGES) - added, 0)))
-
-
-def _read_int(path: str) -> int:
-    with open(path) as f:
-        return int(f.read())
 
 
 class _Env:

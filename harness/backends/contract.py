@@ -88,9 +88,14 @@ SPAN_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE)
 THP_PART_FIRST = 3
 THP_PART_PAGES = 5
 
-#: kinds whose PTEs map the page cache (shmem): what clause 4 is about
-SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE_PRIVATE)
 BASE_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE, MemoryKind.FILE_PRIVATE)
+#: hugetlbfs memory (memfd MFD_HUGETLB), one 2 MiB page per case: hugetlb_change_protection() is its own
+#: walk.  Kernel only (the simulator does not model hugetlb); no page of it can be made old (idle-page
+#: tracking and clear_refs skip hugetlb folios), so young and dirty are seen through the pte channel only
+HUGETLB_KINDS = (MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE)
+#: kinds with a clean PTE mapping a page-cache page (shmem, a file, hugetlbfs): what clause 4 is about
+SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE_PRIVATE,
+                MemoryKind.HUGETLB_PRIVATE)
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ class Target:
 
     @property
     def kernel_only(self) -> bool:
-        return self.shape in (Shape.THP, Shape.THP_PART)
+        """THP and hugetlb: the simulator models neither, so only a kernel can give their result."""
+        return self.shape in (Shape.THP, Shape.THP_PART) or self.kind.hugetlb
 
 
 def memory_label(kind: MemoryKind, thp: bool = False) -> str:
@@ -133,6 +139,14 @@ def cases(kind: MemoryKind) -> list[Case]:
                 Case("old+dirty", ("write", "clear_young"), True, False, True),
                 Case("young+clean", ("write", "free", "read"), False, True, True),
                 Case("young+dirty", ("write",), False, False, True)]
+    if kind.hugetlb:
+        # hugetlb_no_page() maps every page young; a read fault of a MAP_PRIVATE mapping maps the clean
+        # page-cache page read-only, a MAP_SHARED one maps it writable and dirty; and
+        # hugetlb_change_protection() never makes an entry writable on un-protect (the write faults)
+        if kind is MemoryKind.HUGETLB:
+            return [Case("young+dirty", ("write",), False, False, False)]
+        return [Case("young+clean", ("read",), False, True, False),
+                Case("young+dirty", ("write",), False, False, False)]
     if kind in (MemoryKind.SHMEM, MemoryKind.FILE):
         # 6.12 never write-upgrades a shmem PTE on un-protect, dirty or not
         # (vma_wants_manual_pte_write_upgrade() is false for shmem), so WRITE_LIKELY has nothing to dirty
@@ -650,15 +664,16 @@ class Clause:
     #: Feature members and capability names (SOFT_DIRTY, SWAP) the kernel must have for a kernel result
     needs: tuple = ()
 
-    def targets(self, thp: bool = True) -> list[Target]:
+    def targets(self, kernel_only: bool = True) -> list[Target]:
+        """Every kind in every shape it is laid out in; ``kernel_only``: with the THP and hugetlb targets."""
         out = []
         for shape in self.shapes:
             if shape in (Shape.THP, Shape.THP_PART):
-                if thp:
-                    out.append(Target(MemoryKind.ANON, shape))
-                continue
-            out += [Target(kind, shape) for kind in self.kinds if shape is not Shape.SPAN or kind in SPAN_KINDS]
-        return out
+                out.append(Target(MemoryKind.ANON, shape))
+            else:
+                out += [Target(kind, shape) for kind in self.kinds
+                        if shape is not Shape.SPAN or kind in SPAN_KINDS]
+        return [t for t in out if kernel_only or not t.kernel_only]
 
 
 _ALL_SHAPES = (Shape.PAGE, Shape.SPAN, Shape.THP)
@@ -666,19 +681,19 @@ _HINTS = (Feature.ACCESS_HINTS,)
 
 CONTRACT: dict[int, Clause] = {c.number: c for c in (
     Clause(1, "hint bits without UFFD_FEATURE_ACCESS_HINTS negotiated are rejected with EINVAL",
-           check_1, BASE_KINDS, _ALL_SHAPES),
+           check_1, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES),
     Clause(2, "un-protect with ACCESS_LIKELY: every present PTE it resolves is young",
-           check_2, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
+           check_2, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
     Clause(3, "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
-           check_3, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
+           check_3, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
     Clause(4, "hints never make a clean shared (shmem / page-cache) PTE writable or dirty",
            check_4, SHARED_KINDS, (Shape.PAGE, Shape.SPAN), _HINTS),
     Clause(5, "un-protect without hints leaves young and dirty as they were",
-           check_5, BASE_KINDS, _ALL_SHAPES + (Shape.THP_PART,)),
+           check_5, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,)),
     Clause(6, "hints together with MODE_WP are rejected with EINVAL",
-           check_6, BASE_KINDS, _ALL_SHAPES, _HINTS),
+           check_6, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES, _HINTS),
     Clause(7, "hints populate nothing: empty PTEs and uffd-wp markers stay",
-           check_7, BASE_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED)),
+           check_7, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED)),
     Clause(8, "where soft-dirty tracking needs the write fault, the PTE is not made writable, so not dirtied",
            check_8, BASE_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, SOFT_DIRTY)),
 )}
@@ -722,6 +737,8 @@ clause_1, clause_2, clause_3, clause_4, clause_5, clause_6, clause_7, clause_8 =
 CLAUSES: dict[int, Callable[..., list[str]]] = {n: _by_kind(n) for n in CONTRACT}
 #: the clauses with an anonymous THP case
 THP_CLAUSES = tuple(n for n, c in CONTRACT.items() if Shape.THP in c.shapes)
+#: the clauses with a target only a kernel can run (THP, hugetlb)
+KERNEL_ONLY_CLAUSES = tuple(n for n, c in CONTRACT.items() if any(t.kernel_only for t in c.targets()))
 #: the memory kinds each clause is about
 CLAUSE_KINDS = {n: c.kinds for n, c in CONTRACT.items()}
 
@@ -730,7 +747,7 @@ def run_clause(n: int, make_backend: Callable[[], Backend], shapes: tuple = (Sha
         -> dict[str, list[str]]:
     """Run clause ``n`` on each of its targets of ``shapes``, each on a fresh backend; {target label: violations}."""
     out = {}
-    for target in CONTRACT[n].targets(thp=False):
+    for target in CONTRACT[n].targets(kernel_only=False):
         if target.shape not in shapes:
             continue
         b = make_backend()

@@ -82,12 +82,18 @@ class KernelBackend(Backend):
             return self._uffd.api(features).offered   # a second UFFDIO_API: the kernel's EINVAL
         self._uffd = open_any(features=None)
         info = self._uffd.api(features)
-        self._handler = FaultHandler(self._uffd, _resolve, poll_interval=0.02).start()
+        self._handler = FaultHandler(self._uffd, self._resolve, poll_interval=0.02).start()
         return info.offered
 
     @property
     def enabled_features(self) -> frozenset:
         return self._uffd.features if self._uffd is not None else frozenset()
+
+    def _resolve(self, uffd, event) -> None:
+        """Resolve a fault in one of this backend's regions by its page size (hugetlb: a whole huge page)."""
+        address = getattr(event, "address", None)
+        region = next((r for r in self._regions if address is not None and r.addr <= address < r.end), None)
+        _resolve(uffd, event, region.page_size if region is not None else PAGE_SIZE)
 
     @property
     def soft_dirty(self) -> bool:
@@ -481,14 +487,14 @@ def _zero_page_addr() -> int:
     return (addr + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
-def _resolve(uffd, event) -> None:
-    """The fault policy of :mod:`harness.backends.base`."""
+def _resolve(uffd, event, page_size: int = PAGE_SIZE) -> None:
+    """The fault policy of :mod:`harness.backends.base`, for a page of ``page_size`` bytes."""
     if not isinstance(event, PageFault):
         return
-    start = event.address & ~(PAGE_SIZE - 1)
+    start = event.address & ~(page_size - 1)
     if event.wp:
-        uffd.writeprotect(start, PAGE_SIZE, protect=False)
+        uffd.writeprotect(start, page_size, protect=False)
     elif event.minor:
-        uffd.continue_(start, PAGE_SIZE)
+        uffd.continue_(start, page_size)
     else:
-        uffd.copy(start, _zero_page_addr(), PAGE_SIZE)
+        uffd.copy(start, _zero_page_addr(), page_size)

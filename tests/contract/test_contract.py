@@ -9,26 +9,27 @@ kernel when it offers what the clause needs, else the simulator's
 themselves live in :mod:`harness.backends.contract`; each returns the
 violations it saw, and the assertion message lists them.
 
-THP targets (``clauseN-anon-thp``) are kernel-only (the simulator does not
-model THP) and exist only where the kernel itself has what the clause needs
-(:func:`harness.pytest_plugin.thp_clauses`).  A machine that cannot give a
-THP skips them naming why, which under CI=true is a failure, and which makes
-the clause "not shown" in the summary.
+THP and hugetlb targets (``clauseN-anon-thp``, ``clauseN-hugetlb-private``)
+are kernel-only (the simulator models neither) and exist only where the
+kernel itself has what the clause needs
+(:func:`harness.pytest_plugin.kernel_only_clauses`).  A machine that cannot
+give a THP or free huge pages skips them naming why, which under CI=true is a
+failure, and which makes the clause "not shown" in the summary.
 """
 from __future__ import annotations
 
 import pytest
 
 from harness.abi import Feature
-from harness.backends.contract import CONTRACT, THP_CLAUSES, Shape
+from harness.backends.contract import CONTRACT, KERNEL_ONLY_CLAUSES, Shape
 from harness.errors import ThpUnavailable
-from harness.memory import MemoryKind
-from harness.pytest_plugin import thp_clauses
+from harness.memory import MemoryKind, free_hugepages
+from harness.pytest_plugin import kernel_only_clauses
 
 
-def _params(with_thp: tuple):
+def _params(with_kernel_only: tuple):
     for n, clause in sorted(CONTRACT.items()):
-        for target in clause.targets(thp=n in with_thp):
+        for target in clause.targets(kernel_only=n in with_kernel_only):
             marks = [pytest.mark.clause(n), pytest.mark.needs(*clause.needs)]
             if target.kernel_only:
                 marks.append(pytest.mark.backend("kernel"))
@@ -37,11 +38,19 @@ def _params(with_thp: tuple):
 
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_contract_clause":
-        with_thp = thp_clauses(metafunc.config.getoption("--backend"), THP_CLAUSES)
-        metafunc.parametrize("n, target", list(_params(with_thp)))
+        with_kernel_only = kernel_only_clauses(metafunc.config.getoption("--backend"), KERNEL_ONLY_CLAUSES)
+        metafunc.parametrize("n, target", list(_params(with_kernel_only)))
+
+
+#: huge pages a hugetlb case may hold at once: a region per variant, and a COW copy per write probe
+HUGETLB_PAGES_NEEDED = 8
 
 
 def test_contract_clause(backend, request, n, target):
+    if target.kind.hugetlb:
+        request.getfixturevalue("hugepages_reserved")     # as root, raises vm.nr_hugepages for this module
+        if free_hugepages() < HUGETLB_PAGES_NEEDED:
+            pytest.skip(f"{target.label}: fewer than {HUGETLB_PAGES_NEEDED} free huge pages (vm.nr_hugepages)")
     request.node.user_properties.append(("memory", target.label))
     request.node.user_properties.append(("shape", target.shape.value))
     try:

@@ -30,7 +30,7 @@ from harness.backends.sim import SimBackend
 from harness.errors import HarnessError, ThpUnavailable
 from harness.memory import PAGE_SIZE, MemoryKind, Region, thp_pmd_size
 from harness.pte import kpageflags_available, pfn_visible, thp_mapping
-from harness.pytest_plugin import thp_clauses
+from harness.pytest_plugin import kernel_only_clauses
 from harness.uffd import Userfaultfd
 
 
@@ -158,7 +158,7 @@ PATCHED = (None, STOCK[1] | {Feature.ACCESS_HINTS}, {"soft-dirty": True})
     ("auto", ("userfaultfd unavailable: EPERM", frozenset(), {}), ()),
 ])
 def test_thp_cases_exist_only_where_the_kernel_answers(option, kernel, expect):
-    assert thp_clauses(option, THP_CLAUSES, kernel) == expect
+    assert kernel_only_clauses(option, THP_CLAUSES, kernel) == expect
 
 
 def test_clause_4_has_no_thp_case():
