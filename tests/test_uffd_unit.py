@@ -59,7 +59,7 @@ from harness._native import ffi, lib
 from harness.abi import Feature, Ioctl, RegisterMode
 from harness.errors import HarnessError, MappingError, UffdError
 from harness.events import FaultHandler, ForkEvent, PageFault, RemapEvent, RemoveEvent, UffdEvent
-from harness.memory import PAGE_SIZE, MemoryKind, Region, free_hugepages
+from harness.memory import PAGE_SIZE, MemoryKind, Region
 from harness.process import kill_tree, reap, run_in_child
 from harness.uffd import Userfaultfd, open_any, probe_features
 
