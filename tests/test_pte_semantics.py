@@ -176,3 +176,48 @@ def test_data_and_fill_let_the_handler_run(make_region):
             region.fill(1, b"abc")
         assert len(handler.events) == 2
     assert region.data(1, 3) == b"abc"
+
+
+#: seconds to wait for a fault event and for the woken writer (generous: a loaded TCG guest)
+_WAKE_WAIT = 30.0
+
+
+def _unprotect_hint_params():
+    """No hints everywhere; each hint combination where this kernel offers ACCESS_HINTS (nothing skipped)."""
+    combos = [pytest.param(False, False, id="no-hints")]
+    if Feature.ACCESS_HINTS in probe_features().offered:
+        combos += [pytest.param(True, False, id="ACCESS_LIKELY"), pytest.param(False, True, id="WRITE_LIKELY"),
+                   pytest.param(True, True, id="both")]
+    return combos
+
+
+@pytest.mark.parametrize("access, write", _unprotect_hint_params())
+def test_an_unprotect_wakes_the_thread_blocked_on_its_write_fault(make_region, access, write):
+    """An un-protect without DONTWAKE wakes the thread that faulted on the page, hints or not: its store
+    then lands.  A kernel whose hinted un-protect forgot the wake leaves the writer blocked for ever."""
+    import select
+    import threading
+
+    region = make_region(MemoryKind.ANON)
+    region.write(value=1)
+    features = [Feature.PAGEFAULT_FLAG_WP] + ([Feature.ACCESS_HINTS] if access or write else [])
+    with Userfaultfd.open(features) as uffd:
+        uffd.register(region.addr, region.length, RegisterMode.WP)
+        uffd.writeprotect(region.addr, region.length, protect=True)
+        writer = threading.Thread(target=region.write, kwargs={"value": 2}, daemon=True)
+        writer.start()
+        try:
+            poller = select.poll()
+            poller.register(uffd.fileno(), select.POLLIN)
+            assert poller.poll(_WAKE_WAIT * 1000), f"no fault event within {_WAKE_WAIT:.0f} s of the store"
+            events = uffd.read_events()
+            assert len(events) == 1 and events[0].wp and events[0].write, events
+            uffd.writeprotect(region.addr, region.length, protect=False, access_likely=access, write_likely=write)
+            writer.join(_WAKE_WAIT)
+            woken = not writer.is_alive()
+        finally:
+            if writer.is_alive():
+                uffd.wake(region.addr, region.length)    # let the writer go before the uffd closes
+                writer.join(_WAKE_WAIT)
+        assert woken, f"the un-protect (hints: access={access}, write={write}) did not wake the faulting thread"
+    assert region.data(0, 1) == b"\x02", "the woken store did not land"

@@ -228,10 +228,12 @@ MUTANTS = [
                "a uffd-wp marker in every empty PTE of a populated page table",
         clauses=(7,),
         exposed_by={"kind": ["anon", "shmem", "shmem-private", "file", "file-private"], "hints": "both",
-                    "start": ["empty"], "shape": "page", "negotiation": "WP_UNPOPULATED for anon"},
-        exposure="an empty page whose page table exists (something else in the same PMD is mapped), "
+                    "start": ["empty", "empty beside present pages"], "shape": ["page", "span"],
+                    "negotiation": "WP_UNPOPULATED for anon"},
+        exposure="an empty page whose page table exists (something else in the same PMD is mapped: a "
+                 "one-page VMA's neighbours, or the present pages of a span between its empty ones), "
                  "un-protected with hints, gets a uffd-wp marker: pagemap shows uffd-wp.  Where no page "
-                 "table exists (the contract's spans and THP ranges) change_pmd_range() skips the PMD",
+                 "table exists (an empty span, a THP range) change_pmd_range() skips the PMD",
         subs=(
             # The none-PTE branch is not in the series either: a hunk appended, as above.
             Sub(P1, "change_pte_range()",
@@ -344,10 +346,6 @@ MUTANTS = [
                     "start": ["young+clean"], "channel": ["pte", "write probe"]},
         exposure="a MAP_PRIVATE hugetlb page mapped by a read fault (a clean page-cache page) is made "
                  "writable and dirty: the next store goes to the hugetlbfs file",
-        # Evidence: tests/vm/test_mutants.py on 3 Dec 2026 (contract of main 71bba8e): clauses 3 and 4 "pass",
-        # 16 cases, none on hugetlb memory.
-        pending="not caught until the contract runs clause 4 on hugetlb (a MAP_PRIVATE hugetlbfs page mapped "
-                "by a read fault) with the write probe or the pte channel",
         subs=(
             Sub(P1, "hugetlb_change_protection()",
                 "+\t\t\tif (uffd_wp_resolve &&\n"
