@@ -53,6 +53,8 @@ CHANNELS = (PTE, SMAPS, IDLE_PAGE, KPAGEFLAGS)
 
 #: the instrumentation's debugfs file (vm/instrumentation, mm/uffd_harness_pte.c)
 PTE_DEBUGFS = "/sys/kernel/debug/uffd_harness/pte"
+#: the instrumentation's one writer: clears the accessed bit of the caller's entries (hugetlb included)
+MKOLD_DEBUGFS = "/sys/kernel/debug/uffd_harness/mkold"
 _DEBUGFS = "/sys/kernel/debug"
 _IDLE_BITMAP = "/sys/kernel/mm/page_idle/bitmap"
 _KPAGEFLAGS = "/proc/kpageflags"
@@ -398,6 +400,33 @@ def read_ptes(addr: int, npages: int = 1) -> list[PteEntry]:
     if len(entries) != npages:
         raise HarnessError(f"{PTE_DEBUGFS}: asked for {npages} pages from {addr:#x}, got {len(entries)} lines")
     return entries
+
+
+def mkold_available() -> Optional[str]:
+    """None if :func:`make_old` works here, else why not (an instrumentation older than mkold, say)."""
+    if os.access(MKOLD_DEBUGFS, os.W_OK):
+        return None
+    return pte_channel_available() or f"{MKOLD_DEBUGFS} is missing: the kernel's vm/instrumentation predates it"
+
+
+def make_old(addr: int, npages: int = 1) -> None:
+    """Clear the accessed bit of this process's present entries mapping ``npages`` base pages from ``addr``.
+
+    The instrumentation's ``mkold`` file: a PTE or a PMD leaf (THP, hugetlb),
+    TLB flushed.  What idle-page tracking and clear_refs do for LRU pages,
+    for hugetlb too, which they skip.
+    """
+    _require(mkold_available())
+    if addr % PAGE_SIZE or npages < 1:
+        raise ValueError(f"make_old({addr:#x}, {npages}): the address must be page-aligned, npages >= 1")
+    fd = os.open(MKOLD_DEBUGFS, os.O_WRONLY)
+    try:
+        os.write(fd, f"{addr:#x} {npages}".encode())
+    except OSError as exc:
+        raise HarnessError(f"{MKOLD_DEBUGFS}: write '{addr:#x} {npages}': "
+                           f"{errno.errorcode.get(exc.errno or 0, exc.errno)}") from None
+    finally:
+        os.close(fd)
 
 
 def read_pte(addr: int) -> PteEntry:

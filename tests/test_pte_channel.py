@@ -14,6 +14,7 @@ huge pages) is a skip naming it, and under CI=true a failure.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
@@ -174,6 +175,40 @@ def test_a_hugetlb_uffd_wp_marker_is_a_non_present_pmd_entry(make_region, wp_uff
     entries = pte.read_ptes(region.addr, region.page_size // PAGE_SIZE)
     assert {(e.level, e.present, e.uffd_wp, e.swap) for e in entries} == {("pmd", False, True, "marker")}, \
         f"a hugetlb uffd-wp marker: {entries[0]}"
+
+
+@pytest.mark.parametrize("kind", [MemoryKind.ANON, MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE],
+                         ids=lambda k: k.value)
+def test_mkold_makes_the_entry_old_and_leaves_the_rest(make_region, kind):
+    """mkold clears the accessed bit of the entry itself (PTE or hugetlb PMD leaf) and nothing else;
+    a read afterwards makes it young again (the TLB entry was flushed, so the CPU walks and sets A)."""
+    if pte.mkold_available():
+        pytest.skip(f"mkold: {pte.mkold_available()}")
+    region = make_region(kind)
+    per_page = region.page_size // PAGE_SIZE
+    region.write()
+    before = pte.read_ptes(region.addr, per_page)
+    assert {e.young for e in before} == {True}, f"a written page is young: {before[0]}"
+    pte.make_old(region.addr, per_page)
+    after = pte.read_ptes(region.addr, per_page)
+    assert {(e.level, e.present, e.writable, e.young, e.dirty, e.pfn) for e in after} == \
+        {(e.level, e.present, e.writable, False, e.dirty, e.pfn) for e in before}, \
+        f"mkold changed more than young: {before[0]} -> {after[0]}"
+    region.read()
+    assert pte.read_pte(region.addr).young, "a read after mkold makes the entry young again"
+
+
+def test_mkold_refuses_a_range_that_is_not_page_aligned():
+    if pte.mkold_available():
+        pytest.skip(f"mkold: {pte.mkold_available()}")
+    fd = os.open(pte.MKOLD_DEBUGFS, os.O_WRONLY)
+    try:
+        for bad in (b"0x1001 1", b"0x1000 0", b"nonsense", b"0x1000 1 extra"):
+            with pytest.raises(OSError) as info:
+                os.write(fd, bad)
+            assert info.value.errno == errno.EINVAL, bad
+    finally:
+        os.close(fd)
 
 
 def test_a_range_longer_than_one_read_comes_back_whole(make_region):

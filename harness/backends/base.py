@@ -170,6 +170,10 @@ class Backend(abc.ABC):
     def mark_idle(self, r: RegionRef, page: int = 0) -> None:
         """Idle-page tracking: mark the page idle (clears its young bits)."""
 
+    def make_old(self, r: RegionRef, page: int = 0) -> None:
+        """Clear the young bit of the page's entry itself (the pte channel's mkold); kernel backend only."""
+        raise NotImplementedError(f"the {self.name} backend does not model hugetlb, the one user of make_old")
+
     def thp_mapping(self, r: RegionRef):
         """How a THP region is mapped now (:class:`harness.pte.ThpMapping`); kernel backend only."""
         raise NotImplementedError(f"the {self.name} backend does not model transparent huge pages")

@@ -316,6 +316,12 @@ class KernelBackend(Backend):
     def check_thp(self, r: RegionRef, what: str = "") -> None:
         self._regions[r.index].check_thp(what)
 
+    def make_old(self, r: RegionRef, page: int = 0) -> None:
+        """Make the page's entry old through the instrumentation (hugetlb: the whole huge page's)."""
+        region = self._regions[r.index]
+        start, length = region.span(page, 1)
+        _pte.make_old(start, length // PAGE_SIZE)
+
     def mark_idle(self, r: RegionRef, page: int = 0) -> None:
         if IDLE_PAGE in self._channels:
             self._drain_lru()

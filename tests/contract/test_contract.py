@@ -22,7 +22,7 @@ import pytest
 
 from harness.abi import Feature
 from harness.backends.contract import CONTRACT, KERNEL_ONLY_CLAUSES, Shape
-from harness.errors import ThpUnavailable
+from harness.errors import ObservationUnavailable, ThpUnavailable
 from harness.memory import MemoryKind, free_hugepages
 from harness.pytest_plugin import kernel_only_clauses
 
@@ -55,7 +55,7 @@ def test_contract_clause(backend, request, n, target):
     request.node.user_properties.append(("shape", target.shape.value))
     try:
         violations = CONTRACT[n].check(backend, target)
-    except ThpUnavailable as exc:
+    except (ThpUnavailable, ObservationUnavailable) as exc:
         pytest.skip(str(exc))
     assert not violations, (f"clause {n} ({CONTRACT[n].text}) violated on {backend.name} "
                             f"[{backend.profile}, {backend.kernel_release}], {target.label}:\n  "
