@@ -42,8 +42,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("n, target", list(_params(with_kernel_only)))
 
 
-#: huge pages a hugetlb case may hold at once: a region per variant, and a COW copy per write probe
-HUGETLB_PAGES_NEEDED = 8
+#: huge pages a hugetlb target may hold at once (clause 4: six regions, each with a COW copy from its write probe)
+HUGETLB_PAGES_NEEDED = 16
 
 
 def test_contract_clause(backend, request, n, target):

@@ -341,7 +341,7 @@ MUTANTS = [
         breaks="hugetlb_change_protection() makes every resolved hugetlb entry writable and dirty under "
                "WRITE_LIKELY (and ignores ACCESS_LIKELY), as if hugetlb had the PTE path's writability check",
         clauses=(4,),
-        also=(3,),
+        also=(2, 3),
         exposed_by={"kind": ["hugetlb", "hugetlb-private"], "hints": "WRITE_LIKELY",
                     "start": ["young+clean"], "channel": ["pte", "write probe"]},
         exposure="a MAP_PRIVATE hugetlb page mapped by a read fault (a clean page-cache page) is made "
@@ -354,6 +354,26 @@ MUTANTS = [
                 "+\t\t\tif (uffd_wp_resolve &&\n"
                 "+\t\t\t    (cp_flags & MM_CP_UFFD_WRITE_LIKELY))\n"
                 "+\t\t\t\tpte = huge_pte_mkdirty(huge_pte_mkwrite(pte));\n"),
+        ),
+    ),
+    Mutant(
+        name="hugetlb-access-from-write-flag",
+        breaks="hugetlb_change_protection() tests MM_CP_UFFD_WRITE_LIKELY where it means ACCESS_LIKELY "
+               "(copy-paste): ACCESS_LIKELY alone leaves a hugetlb entry old, WRITE_LIKELY alone makes it young",
+        clauses=(2, 3),
+        exposed_by={"kind": ["hugetlb", "hugetlb-private"], "hints": ["ACCESS_LIKELY", "WRITE_LIKELY"],
+                    "start": ["old+clean", "old+dirty"], "channel": "pte"},
+        exposure="an old hugetlb entry (made old by the instrumentation's mkold: no other channel can) "
+                 "un-protected with ACCESS_LIKELY stays old; with WRITE_LIKELY, which makes no hugetlb "
+                 "entry writable, it turns young",
+        subs=(
+            Sub(P1, "hugetlb_change_protection()",
+                "+\t\t\tif (uffd_wp_resolve &&\n"
+                "+\t\t\t    (cp_flags & MM_CP_UFFD_ACCESS_LIKELY))\n"
+                "+\t\t\t\tpte = pte_mkyoung(pte);\n",
+                "+\t\t\tif (uffd_wp_resolve &&\n"
+                "+\t\t\t    (cp_flags & MM_CP_UFFD_WRITE_LIKELY))\n"
+                "+\t\t\t\tpte = pte_mkyoung(pte);\n"),
         ),
     ),
 ]
