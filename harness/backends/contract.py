@@ -123,13 +123,24 @@ def memory_label(kind: MemoryKind, thp: bool = False) -> str:
 
 @dataclass(frozen=True)
 class Case:
-    """A starting PTE state and how to make it; ``writable_on_unprotect`` is the kernel's rule."""
+    """A starting PTE state and how to make it.
+
+    Whether an un-protect makes it writable is not here: that is the base
+    kernel's rule, and bases differ (6.12 write-upgrades exclusive anonymous
+    pages only; 6.1 gives a MAP_SHARED page its VMA's write permission back
+    and upgrades no anonymous page), so the checks measure it on the kernel
+    under test (:func:`_writable_without_hints`) and hold the hints to it.
+    """
 
     name: str
-    setup: tuple            # ops: "read", "write", "free", "clear_young", "clear_soft_dirty"
+    setup: tuple            # ops: "read", "write", "free", "clear_young", "clear_soft_dirty", ...
     old: bool
     clean: bool
-    writable_on_unprotect: bool
+
+    def read_only_always(self, kind: MemoryKind) -> bool:
+        """A clean page of a private file mapping is the page-cache page itself, mapped for copy-on-write:
+        no un-protect may make it writable, on any base (the store would reach the file)."""
+        return self.clean and kind.file_backed and not kind.shared
 
 
 def cases(kind: MemoryKind, b: Optional[Backend] = None) -> list[Case]:
@@ -147,34 +158,27 @@ def _can_make_old(b: Backend) -> bool:
 
 def _cases(kind: MemoryKind) -> list[Case]:
     if kind is MemoryKind.ANON:
-        return [Case("old+clean", ("write", "free"), True, True, True),
-                Case("old+dirty", ("write", "clear_young"), True, False, True),
-                Case("young+clean", ("write", "free", "read"), False, True, True),
-                Case("young+dirty", ("write",), False, False, True)]
+        return [Case("old+clean", ("write", "free"), True, True),
+                Case("old+dirty", ("write", "clear_young"), True, False),
+                Case("young+clean", ("write", "free", "read"), False, True),
+                Case("young+dirty", ("write",), False, False)]
     if kind.hugetlb:
         # hugetlb_no_page() maps every page young; only the instrumentation's mkold makes it old.  A read
         # fault of a MAP_PRIVATE mapping maps the clean page-cache page read-only, a MAP_SHARED one maps
-        # it writable and dirty; hugetlb_change_protection() never makes an entry writable on un-protect
+        # it writable and dirty (so no clean shared case)
         if kind is MemoryKind.HUGETLB:
-            return [Case("old+dirty", ("write", "make_old"), True, False, False),
-                    Case("young+dirty", ("write",), False, False, False)]
-        return [Case("old+clean", ("read", "make_old"), True, True, False),
-                Case("old+dirty", ("write", "make_old"), True, False, False),
-                Case("young+clean", ("read",), False, True, False),
-                Case("young+dirty", ("write",), False, False, False)]
-    if kind in (MemoryKind.SHMEM, MemoryKind.FILE):
-        # 6.12 never write-upgrades a shmem PTE on un-protect, dirty or not
-        # (vma_wants_manual_pte_write_upgrade() is false for shmem), so WRITE_LIKELY has nothing to dirty
-        return [Case("old+clean", ("read", "clear_young"), True, True, False),
-                Case("old+dirty", ("write", "clear_young"), True, False, False),
-                Case("young+clean", ("read",), False, True, False),
-                Case("young+dirty", ("write",), False, False, False)]
-    # shmem-private and file-private: a read maps the clean page-cache page (never writable: COW);
-    # a write makes an exclusive anonymous copy, which can be made writable
-    return [Case("old+clean", ("read", "clear_young"), True, True, False),
-            Case("old+dirty", ("write", "clear_young"), True, False, True),
-            Case("young+clean", ("read",), False, True, False),
-            Case("young+dirty", ("write",), False, False, True)]
+            return [Case("old+dirty", ("write", "make_old"), True, False),
+                    Case("young+dirty", ("write",), False, False)]
+        return [Case("old+clean", ("read", "make_old"), True, True),
+                Case("old+dirty", ("write", "make_old"), True, False),
+                Case("young+clean", ("read",), False, True),
+                Case("young+dirty", ("write",), False, False)]
+    # shmem and tmpfs files: a read maps the clean page-cache page (in a private mapping, read-only for
+    # copy-on-write), a write dirties it (in a private mapping: an exclusive anonymous copy)
+    return [Case("old+clean", ("read", "clear_young"), True, True),
+            Case("old+dirty", ("write", "clear_young"), True, False),
+            Case("young+clean", ("read",), False, True),
+            Case("young+dirty", ("write",), False, False)]
 
 
 # -- the subject of a case: one contiguous range over one or more regions --------------
@@ -353,6 +357,37 @@ def _write_probe(b: Backend, s: Subject, label: str, writable: bool) -> list[str
     return problems
 
 
+def _writable_without_hints(b: Backend, target: Target, case: Case) -> tuple[bool, list[str]]:
+    """Whether an un-protect without hints makes ``case`` of ``target`` writable on this kernel, and what
+    is wrong with that.
+
+    Hints add young and dirty, never writability, so the hinted un-protects of
+    clauses 2, 3, 4 and 8 are held to this, measured on the same kernel and
+    uffd (the write probe on a subject of its own): the base's rule, whatever
+    the base.  What no base may do is a violation here: make a clean page of
+    a private file mapping writable, or some pages of one case and not others.
+    """
+    s = _make(b, target, case.setup, case.name)
+    _wp(b, s, True)
+    _wp(b, s, False)
+    return _probe_writability(b, s, case, f"{target.label} {case.name}, un-protect without hints")
+
+
+def _probe_writability(b: Backend, s: Subject, case: Case, text: str) -> tuple[bool, list[str]]:
+    """The write probe after an un-protect without hints: whether it made the pages writable, and what
+    no base may do (:func:`_writable_without_hints`)."""
+    writable = [not b.write_faults(r, page) for r, page in s.pages()]
+    problems = []
+    if len(set(writable)) > 1:
+        problems.append(f"{text}: made {sum(writable)} of {len(writable)} pages writable (write probe); "
+                        "every page of a case starts alike and must end alike")
+    if any(writable) and case.read_only_always(s.target.kind):
+        problems.append(f"{text}: made a clean page of a private file mapping writable (write probe): "
+                        "a store would reach the page cache")
+        return False, problems
+    return all(writable), problems
+
+
 def _dedupe(problems: list[str]) -> list[str]:
     return list(dict.fromkeys(problems))
 
@@ -488,6 +523,8 @@ def check_2(b: Backend, target: Target) -> list[str]:
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
     for case in cases(target.kind, b):
+        writable, base_problems = _writable_without_hints(b, target, case)
+        problems += base_problems
         variants = [("ACCESS_LIKELY", True, False, False), ("both", True, True, False)]
         if _decode_variants(target):
             variants.append(("ACCESS_LIKELY + DONTWAKE", True, False, True))
@@ -496,12 +533,12 @@ def check_2(b: Backend, target: Target) -> list[str]:
             _wp(b, s, True)
             _wp(b, s, False, access_likely=access, write_likely=write, dontwake=dontwake)
             text = f"{target.label} {case.name}, un-protect {label}"
-            want = dict(present=True, uffd_wp=False, young=True)
+            want = dict(present=True, uffd_wp=False, young=True, writable=writable)
             if not write:
                 want["dirty"] = not case.clean
             problems += _expect(text, s, _views(b, s), **want)
             problems += _still_pmd_mapped(b, s, text)
-            problems += _write_probe(b, s, text, writable=case.writable_on_unprotect)
+            problems += _write_probe(b, s, text, writable=writable)
     return problems
 
 
@@ -513,6 +550,8 @@ def check_3(b: Backend, target: Target) -> list[str]:
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
     for case in cases(target.kind, b):
+        writable, base_problems = _writable_without_hints(b, target, case)
+        problems += base_problems
         variants = [("WRITE_LIKELY", False)] + ([("WRITE_LIKELY + DONTWAKE", True)] if _decode_variants(target) else [])
         for label, dontwake in variants:
             s = _make(b, target, case.setup, case.name)
@@ -520,7 +559,11 @@ def check_3(b: Backend, target: Target) -> list[str]:
             _wp(b, s, False, write_likely=True, dontwake=dontwake)
             text = f"{target.label} {case.name}, un-protect {label}"
             views = _views(b, s)
-            if case.writable_on_unprotect:
+            if writable and case.clean and target.kind.shared:
+                # a clean MAP_SHARED page the base makes writable (6.1 restores the VMA's write
+                # permission): clause 4 forbids dirtying it, and its first store is tracked by nobody
+                problems += _expect(text, s, views, present=True, uffd_wp=False, dirty=False, writable=True)
+            elif writable:
                 problems += _expect(text, s, views, present=True, uffd_wp=False, young=True, dirty=True,
                                     writable=True)
             else:
@@ -528,7 +571,7 @@ def check_3(b: Backend, target: Target) -> list[str]:
                 problems += _expect(text, s, views, present=True, uffd_wp=False, young=not case.old,
                                     dirty=not case.clean, writable=False)
             problems += _still_pmd_mapped(b, s, text)
-            problems += _write_probe(b, s, text, writable=case.writable_on_unprotect)
+            problems += _write_probe(b, s, text, writable=writable)
     if target.kind is MemoryKind.ANON:
         problems += _cow_after_fork(b, target)
     return problems
@@ -558,7 +601,8 @@ def _cow_after_fork(b: Backend, target: Target) -> list[str]:
 
 
 def check_4(b: Backend, target: Target) -> list[str]:
-    """Hints never make a clean shared (shmem / page-cache) PTE writable or dirty."""
+    """Hints never dirty a clean page-cache (shmem, file, hugetlbfs) PTE, nor make it writable where an
+    un-protect without hints leaves it read-only (a private mapping's: always)."""
     if target.shape is Shape.THP:
         raise ValueError("clause 4 is about shared page-cache PTEs: no anonymous THP case")
     _open(b, (Feature.ACCESS_HINTS,))
@@ -566,13 +610,15 @@ def check_4(b: Backend, target: Target) -> list[str]:
     for case in cases(target.kind, b):
         if not case.clean:
             continue
+        writable, base_problems = _writable_without_hints(b, target, case)
+        problems += base_problems
         for label, access, write in HINTS:
             s = _make(b, target, case.setup, case.name)
             _wp(b, s, True)
             _wp(b, s, False, access_likely=access, write_likely=write)
             text = f"{target.label} {case.name} page-cache PTE, un-protect {label}"
-            problems += _expect(text, s, _views(b, s), present=True, dirty=False, writable=False)
-            problems += _write_probe(b, s, text, writable=False)
+            problems += _expect(text, s, _views(b, s), present=True, dirty=False, writable=writable)
+            problems += _write_probe(b, s, text, writable=writable)
     return problems
 
 
@@ -599,7 +645,7 @@ def check_5(b: Backend, target: Target) -> list[str]:
                 problems += _expect(text + " (before)", s, before, **want)
                 problems += _expect(text, s, _views(b, s), present=True, uffd_wp=False, **want)
                 problems += _still_pmd_mapped(b, s, text)
-                problems += _write_probe(b, s, text, writable=case.writable_on_unprotect)
+                problems += _probe_writability(b, s, case, text)[1]     # which pages: the base's rule
         b.reopen()
     return problems
 
@@ -664,18 +710,21 @@ def check_7(b: Backend, target: Target) -> list[str]:
 
 
 def check_8(b: Backend, target: Target) -> list[str]:
-    """Where soft-dirty tracking needs the write fault, the PTE is not made writable, so not dirtied."""
+    """Where soft-dirty tracking needs the write fault, hints neither dirty the PTE nor make it writable
+    (where an un-protect without hints does, the base has already given the fault up: 6.1's MAP_SHARED)."""
     _open(b, (Feature.ACCESS_HINTS,))
-    problems = []
     setup = ("write", "free", "clear_soft_dirty") if target.kind is MemoryKind.ANON else ("read", "clear_soft_dirty")
+    armed = Case("clean, soft-dirty armed", setup, old=True, clean=True)
+    writable, problems = _writable_without_hints(b, target, armed)
     for label, access, write in (("WRITE_LIKELY", False, True), ("both", True, True)):
-        s = _make(b, target, setup, "clean, soft-dirty armed")
+        s = _make(b, target, setup, armed.name)
         _wp(b, s, True)
         _wp(b, s, False, access_likely=access, write_likely=write)
         text = f"{target.label} clean, soft-dirty tracking armed, un-protect {label}"
-        problems += _expect(text, s, _views(b, s), present=True, dirty=False, soft_dirty=False, writable=False)
+        problems += _expect(text, s, _views(b, s), present=True, dirty=False, soft_dirty=False,
+                            writable=writable)
         problems += _still_pmd_mapped(b, s, text)
-        problems += _write_probe(b, s, text, writable=False)
+        problems += _write_probe(b, s, text, writable=writable)
     return problems
 
 
@@ -717,7 +766,8 @@ CONTRACT: dict[int, Clause] = {c.number: c for c in (
            check_2, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
     Clause(3, "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
            check_3, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
-    Clause(4, "hints never make a clean shared (shmem / page-cache) PTE writable or dirty",
+    Clause(4, "hints never dirty a clean page-cache (shmem / file) PTE, nor make it writable where an "
+              "un-protect without hints does not",
            check_4, SHARED_KINDS, (Shape.PAGE, Shape.SPAN), _HINTS),
     Clause(5, "un-protect without hints leaves young and dirty as they were",
            check_5, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,)),
@@ -725,7 +775,8 @@ CONTRACT: dict[int, Clause] = {c.number: c for c in (
            check_6, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES, _HINTS),
     Clause(7, "hints populate nothing: empty PTEs and uffd-wp markers stay",
            check_7, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED)),
-    Clause(8, "where soft-dirty tracking needs the write fault, the PTE is not made writable, so not dirtied",
+    Clause(8, "where soft-dirty tracking needs the write fault, hints neither make the PTE writable nor "
+              "dirty it",
            check_8, BASE_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, SOFT_DIRTY)),
 )}
 
