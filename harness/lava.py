@@ -1,6 +1,7 @@
 """LAVA: a job definition that boots a built kernel on LAVA's ``qemu`` device type and runs the validation.
 
-``uffd-harness lava-job --kernel NAME`` writes two files:
+``uffd-harness lava-job --kernel NAME`` writes two files (``uffd-harness validate``
+writes them for both of its kernels, under ``build/results/lava/``):
 
 - ``<name>.yaml``, the job: deploy ``to: tmpfs`` the bzImage and a cpio
   ramdisk (your root filesystem, with LAVA's own overlay and the harness
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +45,10 @@ GUEST_RESULTS_DIR = "/tmp/uffd-harness-results"
 KERNEL_ARGS = "console=ttyS0,115200 rdinit=/sbin/init"
 #: shell prompts of the ramdisk's root shell that LAVA waits for
 PROMPTS = ["root@(.*):[/~]#", "/ #"]
+#: the ramdisk of the jobs ``validate`` writes when ``$UFFD_HARNESS_LAVA_RAMDISK_URL`` names none: the lab's
+#: root file system goes there (or the job's url is edited), see the README's LAVA section
+ENV_RAMDISK_URL = "UFFD_HARNESS_LAVA_RAMDISK_URL"
+RAMDISK_PLACEHOLDER = "file:///srv/uffd-harness/rootfs.cpio"
 #: what the guest's Python needs, beside the bundle (the project's dependencies, test extra)
 GUEST_PYTHON_NEEDS = ("python3 (the version the bundle's extension was built with)", "cffi", "psutil",
                       "tabulate", "pytest", "pytest-timeout", "hypothesis")
@@ -144,7 +150,7 @@ def job_definition(name: str, build: dict, *, kernel_url: str, ramdisk_url: str,
     compression method gzip not configured" otherwise).
     """
     patches = build.get("patches") or []
-    description = (f"Debian linux-source-6.12 {build.get('source_version', '?')}"
+    description = (f"{build.get('source_version') or 'unknown source'}"
                    + (f" with {len(patches)} patch(es)" if patches else ", no patches"))
     env = (f"UFFD_HARNESS_KERNEL={name} "
            f"UFFD_HARNESS_UAPI_HEADER={GUEST_HARNESS_DIR}/build/kernels/{name}/uapi/linux/userfaultfd.h "
@@ -214,6 +220,24 @@ def bundle(name: str, dest: Path) -> Path:
     return dest
 
 
+def write_job(name: str, out: Path, *, ramdisk_url: str, kernel_url: Optional[str] = None,
+              bundle_url: Optional[str] = None, no_kvm: bool = False) -> tuple[Path, Path]:
+    """Write kernel ``name``'s job to ``out`` and its bundle beside it (``NAME-bundle.tar.gz``); both paths.
+
+    Without ``kernel_url``/``bundle_url`` the job points at ``file://`` paths on this machine.
+    """
+    from harness.vm.build import load_kernel
+    kb = load_kernel(name)                         # VmError: not built
+    bundle_path = out.with_name(f"{out.stem}-bundle.tar.gz")
+    bundle(name, bundle_path)
+    job = job_definition(name, kb.info, kernel_url=kernel_url or kb.path.resolve().as_uri(),
+                         ramdisk_url=ramdisk_url, bundle_url=bundle_url or bundle_path.resolve().as_uri(),
+                         no_kvm=no_kvm)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_yaml(job))
+    return out, bundle_path
+
+
 def to_yaml(job: dict) -> str:
     import yaml  # PyYAML: a dependency of the [ci] extra
     return yaml.safe_dump(job, sort_keys=False, width=1000)
@@ -225,7 +249,7 @@ def _lava_job(args: argparse.Namespace) -> int:
     from harness.vm.build import load_kernel
     from harness.vm.errors import VmError
     try:
-        kb = load_kernel(args.kernel)
+        load_kernel(args.kernel)
     except VmError as exc:
         print(f"uffd-harness lava-job: {exc}", file=sys.stderr)
         return 2
@@ -234,15 +258,19 @@ def _lava_job(args: argparse.Namespace) -> int:
               f"starts a shell, with {', '.join(GUEST_PYTHON_NEEDS)}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else paths.RESULTS_DIR / "lava" / f"{args.kernel}.yaml"
-    bundle_path = out.with_name(f"{out.stem}-bundle.tar.gz")
-    bundle(args.kernel, bundle_path)
-    job = job_definition(args.kernel, kb.info, kernel_url=args.kernel_url or kb.path.resolve().as_uri(),
-                         ramdisk_url=args.ramdisk_url, bundle_url=args.bundle_url or bundle_path.resolve().as_uri(),
-                         no_kvm=args.no_kvm)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_yaml(job))
-    print(f"LAVA job: {out}\nbundle:   {bundle_path}")
+    job, bundle_path = write_job(args.kernel, out, ramdisk_url=args.ramdisk_url, kernel_url=args.kernel_url,
+                                 bundle_url=args.bundle_url, no_kvm=args.no_kvm)
+    print(f"LAVA job: {job}\nbundle:   {bundle_path}")
     return 0
+
+
+def write_validation_jobs(names: list[str], results: Path) -> list[Path]:
+    """The jobs of ``validate``: one per kernel it built, under ``results/lava/`` (an earlier run's removed),
+    with the ramdisk of ``$UFFD_HARNESS_LAVA_RAMDISK_URL`` or :data:`RAMDISK_PLACEHOLDER`."""
+    lava_dir = results / "lava"
+    shutil.rmtree(lava_dir, ignore_errors=True)
+    ramdisk = os.environ.get(ENV_RAMDISK_URL) or RAMDISK_PLACEHOLDER
+    return [write_job(name, lava_dir / f"{name}.yaml", ramdisk_url=ramdisk)[0] for name in names]
 
 
 def register(subparsers) -> None:

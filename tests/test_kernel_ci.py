@@ -276,6 +276,48 @@ def test_lava_job_names_what_it_needs(tmp_path, built_kernel):
     assert proc.returncode == 2 and "make kernel KERNEL=nosuch" in proc.stderr
 
 
+_VALIDATION_JOBS = ("import sys; from pathlib import Path; from harness.validate import run; "
+                    "run._write_lava_jobs(sys.argv[2:], Path(sys.argv[1]), print)")
+
+
+def test_validate_writes_a_lava_job_per_kernel_that_lavas_schema_accepts(tmp_path, built_kernel, lava_schema):
+    """validate leaves build/results/lava/<kernel>.yaml (and its bundle) for every kernel it built: without
+    a ramdisk URL the placeholder, which the log names; with $UFFD_HARNESS_LAVA_RAMDISK_URL that one."""
+    import yaml
+    results = tmp_path / "results"
+    (results / "lava").mkdir(parents=True)
+    (results / "lava" / "old-kernel.yaml").write_text("an earlier run's job\n")
+    env = {**os.environ, "UFFD_HARNESS_BUILD_DIR": str(built_kernel)}
+    env.pop(lava.ENV_RAMDISK_URL, None)
+    proc = subprocess.run([sys.executable, "-c", _VALIDATION_JOBS, str(results), "patched"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job_path = results / "lava" / "patched.yaml"
+    assert sorted(p.name for p in (results / "lava").iterdir()) == ["patched-bundle.tar.gz", "patched.yaml"]
+    assert lava.RAMDISK_PLACEHOLDER in proc.stdout and lava.ENV_RAMDISK_URL in proc.stdout, proc.stdout
+    job = yaml.safe_load(job_path.read_text())
+    assert job["actions"][0]["deploy"]["images"]["ramdisk"]["url"] == lava.RAMDISK_PLACEHOLDER
+    assert "linux-source-6.12" in job["job_name"], job["job_name"]
+    checked = lava_schema(job_path)
+    assert checked.returncode == 0, f"LAVA's schema rejects validate's job: {checked.stderr[-2000:]}"
+
+    env[lava.ENV_RAMDISK_URL] = "https://lab.example/rootfs.cpio"
+    proc = subprocess.run([sys.executable, "-c", _VALIDATION_JOBS, str(results), "patched"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "https://lab.example/rootfs.cpio)" in proc.stdout, proc.stdout + proc.stderr
+    job = yaml.safe_load(job_path.read_text())
+    assert job["actions"][0]["deploy"]["images"]["ramdisk"]["url"] == "https://lab.example/rootfs.cpio"
+
+
+def test_validate_says_why_it_wrote_no_lava_job(tmp_path, built_kernel):
+    """A kernel that cannot be bundled is a line in the log, never the end of the validation."""
+    env = {**os.environ, "UFFD_HARNESS_BUILD_DIR": str(built_kernel)}
+    proc = subprocess.run([sys.executable, "-c", _VALIDATION_JOBS, str(tmp_path / "results"), "nosuch"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "LAVA jobs not written" in proc.stdout and "nosuch" in proc.stdout, proc.stdout
+
+
 def test_guest_results_become_lava_test_cases(tmp_path):
     out = tmp_path / "patched"
     kernel_ci_data.outcomes(tmp_path)  # copies the real results

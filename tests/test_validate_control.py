@@ -43,6 +43,9 @@ class FakeMachine:
         monkeypatch.setattr(control_cache, "code_hash", lambda root=None: self.code)
         monkeypatch.setattr("harness.vm.build.load_kernel", lambda name: name)
         monkeypatch.setattr("harness.vm.runner.run_in_guest", self._guest)
+        #: the kernels each validation wrote LAVA jobs for (the jobs themselves: tests/test_kernel_ci.py)
+        self.lava_jobs: list[list[str]] = []
+        monkeypatch.setattr(run, "_write_lava_jobs", lambda kernels, results, log: self.lava_jobs.append(kernels))
         for var in [k for k in __import__("os").environ if k.startswith("UFFD_") or k == "CI"]:
             monkeypatch.delenv(var)
 
@@ -89,6 +92,7 @@ def machine(monkeypatch, tmp_path):
 def test_an_unchanged_control_is_reused_and_only_the_candidate_boots_with_all_cores(machine, capsys):
     first = machine.validate()
     assert sorted(machine.boots) == [("patched", 2), ("stock", 2)], "the first run boots both, sharing 4 cores"
+    assert machine.lava_jobs == [["stock", "patched"]], "a LAVA job for each kernel built"
     assert first["control"]["reused"] is False and first["control"]["stored"] is True
     machine.boots = []
 

@@ -408,8 +408,10 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
     Old+clean THP (write, MADV_FREE) and young+dirty THP; protect the whole
     PMD; un-protect :data:`THP_PART_PAGES` base pages with the clause's hint.
     The part must come back un-protected, everything else still protected;
-    smaps must count exactly the pages the clause makes young (dirty), and
-    every page of the part that the un-protect made writable takes no fault.
+    smaps must count exactly the pages the clause makes young (dirty); the
+    part is writable exactly where an un-protect of it without hints makes it
+    writable (the base's rule, measured as for the other shapes), and what
+    WRITE_LIKELY makes writable it makes dirty.
     """
     from harness.backends.kernel import KernelBackend
     if not isinstance(b, KernelBackend):
@@ -419,13 +421,31 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
     _open(b, (Feature.ACCESS_HINTS,) if access or write else ())
     problems = []
     part = range(THP_PART_FIRST, THP_PART_FIRST + THP_PART_PAGES)
-    for case in cases(MemoryKind.ANON):
+
+    def unprotect_part(case: Case, access: bool, write: bool):
         s = _make(b, Target(MemoryKind.ANON, Shape.THP), case.setup, case.name)
-        r = s.refs[0]
         _wp(b, s, True)
-        before = b.vma_page_counts(r)
-        b.writeprotect_base(r, THP_PART_FIRST, THP_PART_PAGES, False, access_likely=access, write_likely=write)
+        before = b.vma_page_counts(s.refs[0])
+        b.writeprotect_base(s.refs[0], THP_PART_FIRST, THP_PART_PAGES, False, access_likely=access,
+                            write_likely=write)
+        return s.refs[0], before
+
+    def probe(r: RegionRef, text: str) -> tuple[bool, list[str]]:
+        writable = [not b.write_faults_base(r, i) for i in part]
+        if len(set(writable)) > 1:
+            return all(writable), [f"{text}: {sum(writable)} of the {len(writable)} base pages un-protected are "
+                                   "writable (write probe); they start alike and must end alike"]
+        return all(writable), []
+
+    for case in cases(MemoryKind.ANON):
         text = f"{target.label} {case.name}, un-protect {label} of base pages {part.start}-{part.stop - 1}"
+        writable = None
+        if n != 5:
+            base_text = f"{target.label} {case.name}, un-protect without hints of base pages " \
+                        f"{part.start}-{part.stop - 1}"
+            writable, base_problems = probe(unprotect_part(case, False, False)[0], base_text)
+            problems += base_problems
+        r, before = unprotect_part(case, access, write)
         states = b.base_page_states(r)
         total = len(states)
         for i, st in enumerate(states):
@@ -436,8 +456,11 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
         after = b.vma_page_counts(r)
         young_before = before["referenced"]
         dirty_before = before["dirty"]
-        want_young = young_before if n == 5 or not case.old else young_before + THP_PART_PAGES
-        want_dirty = dirty_before if n != 3 or not case.clean else dirty_before + THP_PART_PAGES
+        # ACCESS_LIKELY makes the part young; WRITE_LIKELY makes what it makes writable young and dirty
+        made_young = n == 2 or (n == 3 and bool(writable))
+        made_dirty = n == 3 and bool(writable)
+        want_young = young_before + THP_PART_PAGES if made_young and case.old else young_before
+        want_dirty = dirty_before + THP_PART_PAGES if made_dirty and case.clean else dirty_before
         if after["rss"] != total:
             problems.append(f"{text}: smaps Rss {after['rss']} pages, expected all {total}")
         if after["referenced"] != want_young:
@@ -447,24 +470,30 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
             problems.append(f"{text}: smaps counts {after['dirty']} dirty pages, expected {want_dirty} "
                             f"({dirty_before} before the un-protect)")
         if PTE in b.channels():
-            problems += _thp_part_ptes(b.pte_entries(r), part, case, n, text)
-        for i in part:
-            faults = b.write_faults_base(r, i)
-            if faults:
-                problems.append(f"{text}: base page {i} not writable after the un-protect (a store took "
-                                f"{faults} fault(s))")
+            problems += _thp_part_ptes(b.pte_entries(r), part, case, (made_young, made_dirty, writable), text)
+        got, alike = probe(r, text)
+        problems += alike
+        if writable is not None and got != writable:
+            problems.append(f"{text}: the base pages un-protected are {'' if got else 'not '}writable (write "
+                            f"probe), and {'' if writable else 'not '}writable without hints")
     return problems
 
 
-def _thp_part_ptes(entries: list, part: range, case: Case, n: int, text: str) -> list[str]:
+def _thp_part_ptes(entries: list, part: range, case: Case, made: tuple, text: str) -> list[str]:
     """Part of a THP through the pte channel, base page by base page: after the split every PTE has the
-    PMD's young and dirty (__split_huge_pmd_locked()); the part gets what the hint adds, and is writable."""
+    PMD's young and dirty (__split_huge_pmd_locked()); the part gets what the hint adds (``made``:
+    young, dirty, and writable as without hints, None: the base's rule, not checked)."""
+    made_young, made_dirty, writable = made
     problems = []
     for i, e in enumerate(entries):
         in_part = i in part
-        want = {"young": (not case.old) or (in_part and n in (2, 3)),
-                "dirty": (not case.clean) or (in_part and n == 3),
-                "writable": in_part, "uffd_wp": not in_part}
+        want = {"young": (not case.old) or (in_part and made_young),
+                "dirty": (not case.clean) or (in_part and made_dirty),
+                "uffd_wp": not in_part}
+        if not in_part:
+            want["writable"] = False
+        elif writable is not None:
+            want["writable"] = writable
         for field, value in want.items():
             if getattr(e, field) != value:
                 problems.append(f"{text}: base page {i} {field} is {getattr(e, field)} through {PTE} "

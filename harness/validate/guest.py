@@ -56,18 +56,24 @@ def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
     return env
 
 
+def _contract_spans() -> dict[str, str]:
+    """The contract's span targets, from its table: one ioctl over two VMAs, which 6.1 refuses."""
+    from harness.backends.contract import CONTRACT, Shape
+    why = ("span: 6.1's UFFDIO_WRITEPROTECT takes one VMA only (ENOENT across two: mwriteprotect_range() "
+           "uses find_dst_vma())")
+    return {f"tests/contract/test_contract.py::test_contract_clause[clause{n}-{t.label}]": why
+            for n, c in CONTRACT.items() for t in c.targets() if t.shape is Shape.SPAN}
+
+
 #: what a guest suite (make vm-test, and validate's own tests) on Linux 6.1 leaves out, and why.
 #: Measured on stock-6.1 (`make vm-test KERNEL=stock SOURCE=6.1`, 3 Dec 2026): each entry failed or
 #: skipped there, for a feature 6.1 lacks or a 6.12 rule the
 #: test hard-wires.  Under CI=true a skip is a failure, so these are deselected and printed, never skipped.
 #: (pytest's --deselect takes node-id prefixes.)
 DESELECT_6_1: dict[str, str] = {
+    **_contract_spans(),
     "tests/contract/test_spans.py": "6.1's UFFDIO_WRITEPROTECT takes one VMA only (ENOENT across two: "
                                     "mwriteprotect_range() uses find_dst_vma())",
-    "tests/contract/test_contract.py::test_contract_clause[clause1-": "span cases: one VMA only on 6.1 (as above)",
-    "tests/contract/test_contract.py::test_contract_clause[clause5-": "the contract's writable_on_unprotect rule is "
-        "6.12's (exclusive anon made writable); 6.1's un-protect never upgrades a private PTE and makes a "
-        "shared one writable from vm_flags",
     "tests/contract/test_thp.py": "needs WP_UNPOPULATED (clause 7) and 6.12's write-upgrade of a PMD on un-protect",
     "tests/test_timing.py::test_first_touch_batches_are_plausible_and_fault_free": "assumes 6.12's un-protect "
         "write-upgrade (no fault on the first store)",
@@ -77,6 +83,8 @@ DESELECT_6_1: dict[str, str] = {
     "tests/test_uffd_unit.py::test_uffd_unit[poison-": "6.1 lacks UFFD_FEATURE_POISON",
     "tests/test_uffd_unit.py::test_uffd_unit[wp-unpopulated-": "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
     "tests/test_uffd_unit.py::test_uffd_unit[minor-wp-": "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
+    "tests/test_pte_channel.py::test_a_wp_unpopulated_marker_shows_uffd_wp_and_no_page":
+        "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
     "tests/test_uffd_unit.py::test_uffd_unit[wp-fork-hugetlb-private]": "6.1 keeps the uffd-wp bit of a private "
         "hugetlb PTE in a fork()ed child without EVENT_FORK (a 6.1 behaviour the test reports)",
     "tests/test_differential.py::test_known_sequences_agree[young-after-clear-refs-without-flush]":

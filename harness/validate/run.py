@@ -258,12 +258,29 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         report["control"] = {k: v for k, v in control.items() if k != "inputs"}
     report["phases"] = phases_document(clock, outcomes, time.monotonic() - t0, guests_wall, workers)
     write_report(report, results)
+    _write_lava_jobs([o.name for o in outcomes if o.where == "guest" and o.build], results, log)
     print(render_terminal(report, results))
     if control.get("reused"):
         print(f"control '{control['kernel']}': guest results reused from {control['created']} "
               "(same kernel build, harness code and tests, --quick and guest settings; --fresh-control reruns it)")
     print("\n".join(render_phases(report["phases"])))
     return 0 if report["ok"] else 1
+
+
+def _write_lava_jobs(kernels: list[str], results: Path, log: Log) -> None:
+    """A LAVA job per kernel built (harness.lava), for a lab to run the same validation; never fatal."""
+    from harness import lava
+    if not kernels:
+        return
+    try:
+        jobs = lava.write_validation_jobs(kernels, results)
+    except (HarnessError, OSError, ImportError) as exc:
+        log(f"[validate] LAVA jobs not written: {exc}")
+        return
+    ramdisk = os.environ.get(lava.ENV_RAMDISK_URL)
+    log(f"[validate] LAVA jobs: {', '.join(str(j) for j in jobs)} (bundles beside them; ramdisk "
+        + (f"{ramdisk})" if ramdisk else f"{lava.RAMDISK_PLACEHOLDER}: set ${lava.ENV_RAMDISK_URL} or edit the "
+                                          "job, see the README's LAVA section)"))
 
 
 def _series_problem(patches: Path, log: Log) -> Optional[str]:
@@ -295,7 +312,7 @@ def _clear_results(results: Path, kernels: list[str], log: Log) -> None:
     """Start from an empty results directory: no earlier run's summary can speak for this one."""
     import shutil
     removed = 0
-    for name in kernels:
+    for name in [*kernels, "lava"]:
         if (results / name).exists():
             shutil.rmtree(results / name)
             removed += 1
