@@ -480,15 +480,28 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
 
 
 def _thp_part_ptes(entries: list, part: range, case: Case, made: tuple, text: str) -> list[str]:
-    """Part of a THP through the pte channel, base page by base page: after the split every PTE has the
-    PMD's young and dirty (__split_huge_pmd_locked()); the part gets what the hint adds (``made``:
-    young, dirty, and writable as without hints, None: the base's rule, not checked)."""
+    """Part of a THP through the pte channel, base page by base page.
+
+    The split gives every PTE the PMD's young bit; its dirty bit is the base's
+    rule (6.12's __split_huge_pmd_locked() carries it to the PTEs, 6.1 moves it
+    to the folio), so the pages outside the part, which the un-protect leaves
+    alone, show it and must agree.  The part gets what the hint adds (``made``:
+    young, dirty; and writable as without hints, None: not checked); a clean
+    THP gives no dirty PTE.
+    """
     made_young, made_dirty, writable = made
+    outside = [e for i, e in enumerate(entries) if i not in part]
+    split_dirty = {e.dirty for e in outside}
     problems = []
+    if len(split_dirty) > 1:
+        return [f"{text}: the base pages outside the part differ in dirty through {PTE} after the split"]
+    split_dirty_bit = split_dirty.pop() if split_dirty else not case.clean
+    if case.clean and split_dirty_bit:
+        problems.append(f"{text}: the pages outside the part are dirty through {PTE}; the THP was clean")
     for i, e in enumerate(entries):
         in_part = i in part
         want = {"young": (not case.old) or (in_part and made_young),
-                "dirty": (not case.clean) or (in_part and made_dirty),
+                "dirty": split_dirty_bit or (in_part and made_dirty),
                 "uffd_wp": not in_part}
         if not in_part:
             want["writable"] = False
