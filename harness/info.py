@@ -92,7 +92,7 @@ def thp_status() -> str:
     try:
         with Region.create(MemoryKind.ANON, 1, thp=True) as region:
             region.write()
-            region.check_thp("after its first write")
+            pte.check_thp(region, "after its first write")
     except ThpUnavailable as exc:
         return str(exc)
     return "ok"

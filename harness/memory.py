@@ -98,7 +98,7 @@ def thp_unavailable() -> Optional[str]:
     """None when an anonymous MADV_HUGEPAGE mapping may get a PMD-sized THP here, else what is missing.
 
     Reads the settings only: whether a free 2 MiB block exists shows at the
-    fault (see :meth:`Region.check_thp`).
+    fault (see :func:`harness.pte.check_thp`).
     """
     if _read_text(f"{THP_SYSFS}/enabled") is None:
         return f"kernel lacks CONFIG_TRANSPARENT_HUGEPAGE (no {THP_SYSFS}/enabled)"
@@ -213,7 +213,7 @@ class Region:
         ``thp=True`` (anonymous only): ``npages`` PMD-sized pages (2 MiB on
         x86-64), PMD-aligned, with ``MADV_HUGEPAGE``, not populated; the
         first write to each makes it a PMD-mapped THP where the kernel finds
-        a free 2 MiB block, which :meth:`check_thp` verifies.  Raises
+        a free 2 MiB block, which :func:`harness.pte.check_thp` verifies.  Raises
         :class:`~harness.errors.ThpUnavailable` when the THP settings forbid it.
 
         ``at``: map exactly there (``MAP_FIXED``), over address space the caller
@@ -280,37 +280,9 @@ class Region:
             raise
         return region
 
-    def check_thp(self, what: str = "") -> None:
-        """Raise :class:`~harness.errors.ThpUnavailable` unless every page of this THP region is a PMD-mapped THP.
-
-        PMD-mapped means smaps' ``AnonHugePages`` covers the region, and
-        ``PAGEMAP_SCAN``'s HUGE category and (as root) kpageflags' THP bit
-        agree; the message says what is missing when it is not.
-        """
-        from harness.pte import thp_mapping
-        if not self.thp:
-            raise HarnessError(f"{self!r} is not a THP region (Region.create(..., thp=True))")
-        mapping = thp_mapping(self)
-        problem = mapping.disagreement()
-        if problem:
-            raise HarnessError(f"{self!r}{' ' + what if what else ''}: {problem}")
-        if mapping.pmd_mapped:
-            return
-        raise ThpUnavailable(f"{self!r}{' ' + what if what else ''} is not a PMD-mapped THP "
-                             f"({mapping}): {self._why_not_thp(mapping)}")
-
-    def _why_not_thp(self, mapping) -> str:
-        if not mapping.populated:
-            return "nothing is mapped yet (write to it first)"
-        if mapping.thp_folio:
-            return "a THP backs it, but mapped by PTEs (the PMD was split)"
-        reason = thp_unavailable()
-        if reason:
-            return reason
-        from harness.pte import smaps_vma
-        flags = str(smaps_vma(self.addr).get("VmFlags", "")).split()
-        if "hg" not in flags or "nh" in flags:
-            return f"the VMA lost MADV_HUGEPAGE (VmFlags: {' '.join(flags)})"
+    def thp_fallback_reason(self) -> str:
+        """Why the first fault of this THP region mapped 4 KiB pages, as far as /proc/vmstat and the THP
+        settings tell (:func:`harness.pte.check_thp` asks once the mapping shows no THP)."""
         block = f"{self.page_size >> 20} MiB block"
         advice = "compact memory (echo 1 > /proc/sys/vm/compact_memory) or free some"
         fallbacks = _vmstat("thp_fault_fallback")

@@ -40,9 +40,10 @@ from functools import lru_cache
 from typing import Optional
 
 from harness import abi
+from harness import memory as _memory
 from harness._native import ffi, lib
 from harness.abi import KPageFlag, PageCategory, PagemapBit
-from harness.errors import HarnessError, ObservationUnavailable, UffdError
+from harness.errors import HarnessError, ObservationUnavailable, ThpUnavailable, UffdError
 from harness.memory import PAGE_SIZE, Region
 
 PTE = "pte"
@@ -667,6 +668,40 @@ class ThpMapping:
         extra += "" if self.thp_folio is None else f", kpageflags THP={self.thp_folio}"
         return (f"AnonHugePages {self.anon_huge_kb} of {self.size_kb} kB, Rss {self.rss_kb} kB, "
                 f"{self.present} of {self.size_kb * 1024 // PAGE_SIZE} base pages present{extra}")
+
+
+def check_thp(region: Region, what: str = "") -> None:
+    """Raise :class:`~harness.errors.ThpUnavailable` unless every page of THP region ``region`` is a
+    PMD-mapped THP.
+
+    PMD-mapped means smaps' ``AnonHugePages`` covers the region, and
+    ``PAGEMAP_SCAN``'s HUGE category and (as root) kpageflags' THP bit
+    agree; the message says what is missing when it is not.
+    """
+    if not region.thp:
+        raise HarnessError(f"{region!r} is not a THP region (Region.create(..., thp=True))")
+    mapping = thp_mapping(region)
+    problem = mapping.disagreement()
+    if problem:
+        raise HarnessError(f"{region!r}{' ' + what if what else ''}: {problem}")
+    if mapping.pmd_mapped:
+        return
+    raise ThpUnavailable(f"{region!r}{' ' + what if what else ''} is not a PMD-mapped THP "
+                         f"({mapping}): {_why_not_thp(region, mapping)}")
+
+
+def _why_not_thp(region: Region, mapping: ThpMapping) -> str:
+    if not mapping.populated:
+        return "nothing is mapped yet (write to it first)"
+    if mapping.thp_folio:
+        return "a THP backs it, but mapped by PTEs (the PMD was split)"
+    reason = _memory.thp_unavailable()
+    if reason:
+        return reason
+    flags = str(smaps_vma(region.addr).get("VmFlags", "")).split()
+    if "hg" not in flags or "nh" in flags:
+        return f"the VMA lost MADV_HUGEPAGE (VmFlags: {' '.join(flags)})"
+    return region.thp_fallback_reason()
 
 
 def thp_mapping(region: Region) -> ThpMapping:

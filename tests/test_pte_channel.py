@@ -142,7 +142,7 @@ def test_a_pmd_mapped_thp_shows_level_pmd_for_every_base_page():
     with region:
         region.write()
         try:
-            region.check_thp("after its first write")
+            pte.check_thp(region, "after its first write")
         except ThpUnavailable as exc:
             pytest.skip(str(exc))
         per_pmd = thp_pmd_size() // PAGE_SIZE

@@ -314,7 +314,7 @@ class KernelBackend(Backend):
         return _pte.thp_mapping(self._regions[r.index])
 
     def check_thp(self, r: RegionRef, what: str = "") -> None:
-        self._regions[r.index].check_thp(what)
+        _pte.check_thp(self._regions[r.index], what)
 
     def make_old(self, r: RegionRef, page: int = 0) -> None:
         """Make the page's entry old through the instrumentation (hugetlb: the whole huge page's)."""

@@ -14,7 +14,7 @@ contract tests on it.
     Called by ``change_pte_range()`` (mm/mprotect.c) for every present PTE an
     un-protect visits, after the stock logic has decided whether the PTE is
     made writable; it may set ``pte.young`` / ``pte.dirty`` (use
-    :func:`harness.sim.model.pte_mkdirty` for the latter: on x86 it sets the
+    :func:`harness.sim.pgtable.pte_mkdirty` for the latter: on x86 it sets the
     soft-dirty bit too).
 """
 from __future__ import annotations
@@ -104,7 +104,6 @@ def hints_61_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) ->
     """vm/patches-6.1 in change_pte_range(): 6.1's un-protect never upgrades a PTE through
     can_change_pte_writable() (no MM_CP_TRY_CHANGE_WRITABLE), so ``made_writable`` is False there;
     a shared PTE that newprot left writable and that is dirty is made young by WRITE_LIKELY."""
-    from harness.sim.model import pte_mkdirty
     if ACCESS_LIKELY in hints:
         pte.young = True
     if WRITE_LIKELY in hints:

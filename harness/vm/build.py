@@ -822,6 +822,9 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     patch_key = _sha256(json.dumps([patch_hashes, instr_hashes]).encode())
     seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log,
                         patches=patches, pristine=pristine, instrumentation=instrumentation)
+    # a seeded build compiles only what the series changes, a fraction of a full build's steps, so a
+    # full build's count would stop the percentage near 25%: count steps without one
+    estimate = 0 if seed is not None else prev_steps
     # A series that does not apply fails here and leaves the previous
     # build (tree, objects, build.json) as it was.
     try:
@@ -883,7 +886,7 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         steps = _run_logged(make + [f"-j{jobs}", "bzImage", "headers"], log_file=lf,
                             step=f"{kb.name} bzImage", log_path=log_path,
                             timeout=TIMEOUT_KERNEL, env=env,
-                            estimate=prev_steps, progress=progress)
+                            estimate=estimate, progress=progress)
         kernel_secs = time.monotonic() - t_kernel
 
         # -- the selftests, against this tree's uapi headers

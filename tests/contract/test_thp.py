@@ -22,7 +22,7 @@ from typing import Optional
 
 import pytest
 
-from harness import abi, memory
+from harness import abi, memory, pte
 from harness.abi import Feature, RegisterMode
 from harness.backends.contract import THP_CLAUSES, clause_2, clause_3, clause_5, clause_7
 from harness.backends.kernel import KernelBackend
@@ -49,9 +49,9 @@ def test_thp_region_is_pmd_mapped_after_a_write(thp_ok):
         empty = thp_mapping(region)
         assert not empty.populated and not empty.pmd_mapped
         with pytest.raises(ThpUnavailable, match="nothing is mapped yet"):
-            region.check_thp()
+            pte.check_thp(region)
         region.write()
-        region.check_thp()
+        pte.check_thp(region)
         mapping = thp_mapping(region)
         assert mapping.pmd_mapped and mapping.anon_huge_kb == region.length // 1024
         assert mapping.present == region.length // PAGE_SIZE
@@ -66,13 +66,13 @@ def test_a_split_pmd_is_reported(thp_ok):
             Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
         uffd.register(region.addr, region.length, RegisterMode.WP)
         region.write()
-        region.check_thp()
+        pte.check_thp(region)
         uffd.writeprotect(region.addr, PAGE_SIZE, protect=True)
         mapping = thp_mapping(region)
         assert not mapping.pmd_mapped and mapping.present == region.length // PAGE_SIZE
         assert mapping.scan_huge in (False, None) and mapping.disagreement() is None
         with pytest.raises(ThpUnavailable, match="not a PMD-mapped THP") as info:
-            region.check_thp()
+            pte.check_thp(region)
         if mapping.thp_folio is not None:       # root: kpageflags still sees the THP behind the PTEs
             assert mapping.thp_folio and "the PMD was split" in str(info.value)
 
@@ -126,7 +126,7 @@ def test_no_free_huge_block_is_named(monkeypatch, thp_ok, counters, expect):
         assert not thp_mapping(region).pmd_mapped
         monkeypatch.setattr(memory, "_vmstat", lambda name: at_check)
         with pytest.raises(ThpUnavailable, match=re.escape(expect)):
-            region.check_thp()
+            pte.check_thp(region)
 
 
 def test_thp_regions_are_anonymous_only():

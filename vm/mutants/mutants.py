@@ -18,6 +18,11 @@ from harness.vm.mutants import Mutant, Sub
 P1 = "0001"     # mm: change_pte_range(), change_huge_pmd(), hugetlb_change_protection(), MM_CP_UFFD_*
 P2 = "0002"     # userfaultfd: the ABI, userfaultfd_writeprotect(), mwriteprotect_range()
 
+#: the series' ACCESS_LIKELY in hugetlb_change_protection(), which the hugetlb mutants replace
+HUGETLB_ACCESS_LIKELY = ("+\t\t\tif (uffd_wp_resolve &&\n"
+                         "+\t\t\t    (cp_flags & MM_CP_UFFD_ACCESS_LIKELY))\n"
+                         "+\t\t\t\tpte = pte_mkyoung(pte);\n")
+
 MUTANTS = [
     Mutant(
         name="young-only",
@@ -348,9 +353,7 @@ MUTANTS = [
                  "writable and dirty: the next store goes to the hugetlbfs file",
         subs=(
             Sub(P1, "hugetlb_change_protection()",
-                "+\t\t\tif (uffd_wp_resolve &&\n"
-                "+\t\t\t    (cp_flags & MM_CP_UFFD_ACCESS_LIKELY))\n"
-                "+\t\t\t\tpte = pte_mkyoung(pte);\n",
+                HUGETLB_ACCESS_LIKELY,
                 "+\t\t\tif (uffd_wp_resolve &&\n"
                 "+\t\t\t    (cp_flags & MM_CP_UFFD_WRITE_LIKELY))\n"
                 "+\t\t\t\tpte = huge_pte_mkdirty(huge_pte_mkwrite(pte));\n"),
@@ -368,9 +371,7 @@ MUTANTS = [
                  "entry writable, it turns young",
         subs=(
             Sub(P1, "hugetlb_change_protection()",
-                "+\t\t\tif (uffd_wp_resolve &&\n"
-                "+\t\t\t    (cp_flags & MM_CP_UFFD_ACCESS_LIKELY))\n"
-                "+\t\t\t\tpte = pte_mkyoung(pte);\n",
+                HUGETLB_ACCESS_LIKELY,
                 "+\t\t\tif (uffd_wp_resolve &&\n"
                 "+\t\t\t    (cp_flags & MM_CP_UFFD_WRITE_LIKELY))\n"
                 "+\t\t\t\tpte = pte_mkyoung(pte);\n"),
