@@ -25,6 +25,9 @@ ENV_CANDIDATES_MAX_MB = "UFFD_HARNESS_CANDIDATES_MAX_MB"  #: MB the kept candida
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = Path(os.environ.get(ENV_BUILD_DIR) or REPO_ROOT / "build").resolve()
 RESULTS_DIR = BUILD_DIR / "results"
+#: `make bench`'s results and the host's calibration (the cost model's input, validate's projection)
+BENCH_JSON = RESULTS_DIR / "bench.json"
+CALIBRATION_JSON = RESULTS_DIR / "calibration.json"
 KERNELS_DIR = BUILD_DIR / "kernels"
 CACHE_DIR = BUILD_DIR / "cache"
 

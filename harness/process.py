@@ -13,7 +13,8 @@ import os
 import signal
 import time
 import traceback
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 from harness.errors import HarnessError
 
@@ -30,6 +31,42 @@ class ChildFailed(HarnessError):
         if status < 0 and not message:
             message = f"killed by {signal.Signals(-status).name}"
         super().__init__(f"child failed (exit status {status}): {message or 'no message'}")
+
+
+def pin_to_one_cpu(pick: Callable[[set[int]], int] = min) -> tuple[Optional[int], Optional[set[int]]]:
+    """Pin the calling thread to one CPU of its affinity, the one ``pick`` chooses.
+
+    Returns that CPU and the affinity before (for :func:`restore_affinity`),
+    or (None, None) where affinity cannot be set.  Why pin: per-CPU LRU
+    batches (``lru_add_drain()`` drains only the local CPU's) and the TSC
+    (a read on another CPU is another clock).
+    """
+    try:
+        before = os.sched_getaffinity(0)
+        cpu = pick(before)
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):
+        return None, None
+    return cpu, before
+
+
+def restore_affinity(before: Optional[set[int]]) -> None:
+    """Give the calling thread back the affinity :func:`pin_to_one_cpu` returned (None: nothing to do)."""
+    if before is not None:
+        try:
+            os.sched_setaffinity(0, before)
+        except OSError:
+            pass
+
+
+@contextmanager
+def pinned_to_one_cpu(pick: Callable[[set[int]], int] = min) -> Iterator[Optional[int]]:
+    """:func:`pin_to_one_cpu` for a block; the CPU (None: not pinned)."""
+    cpu, before = pin_to_one_cpu(pick)
+    try:
+        yield cpu
+    finally:
+        restore_affinity(before)
 
 
 def run_in_child(fn: Callable[[], None], timeout: float = 10.0) -> None:

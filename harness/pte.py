@@ -238,7 +238,7 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
                 if kpageflags_available() is not None or KPageFlag.IDLE in kpageflags(pfn):
                     break
                 if attempt == 0:
-                    _drain_this_cpu_lru()
+                    drain_this_cpu_lru()
             else:
                 raise ObservationUnavailable(
                     f"page {page} of {region!r} (pfn {pfn:#x}) could not be marked idle: it is not on an LRU "
@@ -247,7 +247,7 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
         os.close(fd)
 
 
-def _drain_this_cpu_lru() -> None:
+def drain_this_cpu_lru() -> None:
     """Push this CPU's LRU batches to the lists: MADV_COLD calls ``lru_add_drain()`` (mm/madvise.c)."""
     with Region.create() as spare:
         spare.write()

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from harness import process
 from harness.errors import HarnessError
 from harness.process import ChildFailed, run_in_child
 
@@ -62,3 +63,17 @@ def _dead(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] == "Z"
     except (FileNotFoundError, ProcessLookupError):      # gone, possibly while /proc was being read
         return True
+
+
+def test_pinning_to_one_cpu_takes_the_cpu_asked_for_and_gives_the_affinity_back():
+    before = os.sched_getaffinity(0)
+    cpu, saved = process.pin_to_one_cpu(max)
+    try:
+        assert cpu == max(before) and saved == before and os.sched_getaffinity(0) == {cpu}
+    finally:
+        process.restore_affinity(saved)
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(RuntimeError), process.pinned_to_one_cpu() as pinned:
+        assert pinned == min(before) and os.sched_getaffinity(0) == {pinned}
+        raise RuntimeError("the block fails")
+    assert os.sched_getaffinity(0) == before, "the affinity comes back when the block raises"

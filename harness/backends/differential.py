@@ -24,9 +24,7 @@ simulator reports it in ``Step.uncertain`` (found on the TCG guest).
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import signal
 from dataclasses import dataclass, field
 from typing import Optional
@@ -34,6 +32,7 @@ from typing import Optional
 from harness.abi import Feature, RegisterMode
 from harness.backends.base import Backend, RegionRef
 from harness.memory import PROT_READ, PROT_RW, MemoryKind
+from harness.process import pinned_to_one_cpu
 
 FIELDS = ("present", "swapped", "uffd_wp", "young", "dirty", "exclusive", "file_shared")
 
@@ -207,27 +206,12 @@ def sim_for_kernel():
     return SimBackend(profile, soft_dirty=kernel_soft_dirty(), swap=kernel_swap())
 
 
-@contextlib.contextmanager
-def pinned_to_one_cpu():
-    """Run on one CPU: per-CPU LRU batches (lru_add_drain() drains only the local
-    CPU's) otherwise make reclaim of just-MADV_FREE'd pages depend on scheduling."""
-    try:
-        before = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        yield
-        return
-    cpu = min(before)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 def run_both(setup: Setup, ops: list) -> Optional[Disagreement]:
     from harness.backends.kernel import KernelBackend, kernel_soft_dirty
     soft_dirty = kernel_soft_dirty()
     sb = sim_for_kernel()
+    # per-CPU LRU batches (lru_add_drain() drains only the local CPU's) would otherwise make reclaim
+    # of just-MADV_FREE'd pages depend on scheduling
     with pinned_to_one_cpu():
         kb = KernelBackend(channels=["smaps"])
         try:

@@ -17,6 +17,7 @@ from harness.abi import Feature, PagemapBit, RegisterMode
 from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
 from harness.events import FaultHandler, PageFault
 from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
+from harness.process import pin_to_one_cpu, restore_affinity
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, PteState
 
 if TYPE_CHECKING:
@@ -64,9 +65,8 @@ class KernelBackend(Backend):
         self.profile = kernel_profile_name(offered_features())
         self._channels = list(channels) if channels is not None else available_channels()
         self._affinity: Optional[set[int]] = None
-        self._drain_region: Optional[Region] = None
         if IDLE_PAGE in self._channels:
-            self._pin()
+            self._affinity = pin_to_one_cpu()[1]
         self._regions: list[Region] = []
         self._adjacent: list[AdjacentRegions] = []
         self._uffd: Optional[Userfaultfd] = None
@@ -332,17 +332,8 @@ class KernelBackend(Backend):
     # back as "not idle".  So the backend stays on one CPU and drains that
     # CPU's batches (MADV_FREE calls lru_add_drain()) before each use.
 
-    def _pin(self) -> None:
-        try:
-            self._affinity = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {min(self._affinity)})
-        except (AttributeError, OSError):
-            self._affinity = None
-
     def _drain_lru(self) -> None:
-        if self._drain_region is None:
-            self._drain_region = Region.create(MemoryKind.ANON, 1)
-        self._drain_region.free()
+        _pte.drain_this_cpu_lru()
 
     def events(self) -> list[FaultEvent]:
         if self._handler is None:
@@ -363,15 +354,8 @@ class KernelBackend(Backend):
 
     def close(self) -> None:
         self.reopen()                       # the handler, the regions and the userfaultfd
-        if self._drain_region is not None:
-            self._drain_region.close()
-            self._drain_region = None
-        if self._affinity is not None:
-            try:
-                os.sched_setaffinity(0, self._affinity)
-            except OSError:
-                pass
-            self._affinity = None
+        restore_affinity(self._affinity)
+        self._affinity = None
 
 
 class _LiveChild(ForkedChild):

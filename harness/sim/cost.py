@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Optional
 
+from harness import paths
 from harness.memory import PAGE_SIZE
 from harness.timing.documents import load_calibration
 
-DEFAULT_CALIBRATION = Path("build/results/calibration.json")
+DEFAULT_CALIBRATION = paths.CALIBRATION_JSON
 
 _FIELDS = ("base_access", "tlb_walk", "accessed_assist", "dirty_assist", "minor_fault", "uffd_round_trip")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from harness import paths
 from harness.errors import HarnessError
 from harness.timing import stats
 from harness.timing.calibrate import Calibration
@@ -30,10 +31,9 @@ from harness.timing.documents import (  # noqa: F401 - re-exported; bench --cali
 )
 from harness.timing.scenarios import RFC_COVER_LETTER_CYCLES, RFC_COVER_LETTER_CYCLES_TWO_THREADS, Context, Scenario
 
-RESULTS_DIR = Path("build/results")
-DEFAULT_JSON = RESULTS_DIR / "bench.json"
-DEFAULT_PLOT = RESULTS_DIR / "bench.png"
-DEFAULT_CALIBRATION = RESULTS_DIR / "calibration.json"
+DEFAULT_JSON = paths.BENCH_JSON
+DEFAULT_PLOT = paths.RESULTS_DIR / "bench.png"
+DEFAULT_CALIBRATION = paths.CALIBRATION_JSON
 
 #: the binding's goal: a toggle through Userfaultfd.writeprotect within this factor of the C loop
 WP_TOGGLE_TARGET_RATIO = 1.5

@@ -7,7 +7,6 @@ deltas, the cost of an empty timed section, and the hypervisor from CPUID.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import struct
 from dataclasses import asdict, dataclass
@@ -174,17 +173,3 @@ def calibrate(*, window_ns: int = 100_000_000) -> Calibration:
         models_hardware_assists=not tcg,
         note=note,
     )
-
-
-def pin_to_one_cpu() -> Optional[int]:
-    """Pin this thread to the CPU it runs on (a TSC read on another CPU is another clock).
-
-    Returns the CPU, or None when affinity cannot be set.
-    """
-    try:
-        cpu = os.sched_getaffinity(0)
-        here = sorted(cpu)[-1]
-        os.sched_setaffinity(0, {here})
-        return here
-    except OSError:
-        return None

@@ -14,8 +14,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.errors import HarnessError, InvalidArgument, errno_name
+from harness.process import pin_to_one_cpu
 from harness.timing import bench, selftest, stats
-from harness.timing.calibrate import Calibration, calibrate, pin_to_one_cpu
+from harness.timing.calibrate import Calibration, calibrate
 from harness.timing.scenarios import SCENARIOS, Context, select
 
 
@@ -108,7 +109,8 @@ def _bench(args: argparse.Namespace) -> int:
     for option in ("json_out", "plot", "calibration"):
         if getattr(args, option, None):
             check_writable(getattr(args, option), "--" + option.replace("_", "-"))
-    pinned = None if args.no_pin else pin_to_one_cpu()
+    # the last CPU of the affinity: the TSC of one CPU, away from CPU 0's interrupts
+    pinned = None if args.no_pin else pin_to_one_cpu(max)[0]
     cal = calibrate()
     print("\n".join(bench.calibration_lines(cal, pinned)))
     if args.self_test:

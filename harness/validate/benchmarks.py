@@ -16,7 +16,7 @@ from harness import paths
 from harness.timing.bench import emulated_reason
 
 #: where ``make bench`` on the host leaves the calibration a projection reads
-HOST_CALIBRATION = paths.RESULTS_DIR / "calibration.json"
+HOST_CALIBRATION = paths.CALIBRATION_JSON
 
 #: the verdict of a row that was not judged
 EMULATED = "emulated"
