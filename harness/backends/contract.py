@@ -262,9 +262,8 @@ def _wp(b: Backend, s: Subject, protect: bool, *, access_likely: bool = False, w
         dontwake: bool = False, raw_mode: Optional[int] = None) -> None:
     """One UFFDIO_WRITEPROTECT over the whole subject."""
     if raw_mode is None and dontwake:
-        hints = abi.hint_abi()
-        raw_mode = ((abi.WRITEPROTECT_MODE_WP if protect else 0) | abi.WRITEPROTECT_MODE_DONTWAKE
-                    | (hints.access_likely if access_likely else 0) | (hints.write_likely if write_likely else 0))
+        raw_mode = abi.writeprotect_mode(protect, dontwake=True, access_likely=access_likely,
+                                         write_likely=write_likely)
     if len(s.refs) == 1:
         b.writeprotect(s.refs[0], protect, access_likely=access_likely, write_likely=write_likely,
                        raw_mode=raw_mode)
@@ -521,12 +520,11 @@ def check_1(b: Backend, target: Target) -> list[str]:
     """Without ACCESS_HINTS negotiated, any hint bit is rejected with EINVAL (alone, with WP, with DONTWAKE)."""
     _open(b, ())
     problems = []
-    hints = abi.hint_abi()
     what = target.label
     s = _make(b, target, ("write",), "young+dirty")
     _wp(b, s, True)
-    for label, mode in (("ACCESS_LIKELY", hints.access_likely), ("WRITE_LIKELY", hints.write_likely),
-                        ("both", hints.access_likely | hints.write_likely)):
+    for label, access, write in HINTS:
+        mode = abi.writeprotect_mode(False, access_likely=access, write_likely=write)
         for extra, extra_label in ((0, ""), (abi.WRITEPROTECT_MODE_WP, " + MODE_WP"),
                                    (abi.WRITEPROTECT_MODE_DONTWAKE, " + DONTWAKE")):
             code = _errno_of(lambda: _wp(b, s, bool(extra & abi.WRITEPROTECT_MODE_WP),  # noqa: B023 - called at once
@@ -698,9 +696,8 @@ def check_6(b: Backend, target: Target) -> list[str]:
     problems = []
     what = target.label
     s = _make(b, target, ("write",), "young+dirty")
-    hints = abi.hint_abi()
     for label, access, write in HINTS:
-        mode = abi.WRITEPROTECT_MODE_WP | (hints.access_likely if access else 0) | (hints.write_likely if write else 0)
+        mode = abi.writeprotect_mode(True, access_likely=access, write_likely=write)
         code = _errno_of(lambda: _wp(b, s, True, raw_mode=mode))  # noqa: B023 - called at once
         if code != errno.EINVAL:
             problems.append(f"{what}: MODE_WP + {label}: got {_errname(code)}, expected EINVAL")
