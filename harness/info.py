@@ -65,11 +65,11 @@ def _register_modes_for(kind: MemoryKind) -> dict[str, Any]:
 
 def observation_channels() -> dict[str, str]:
     """Each channel: "ok" or why it cannot answer here."""
-    channels = {"smaps": "ok", "pagemap": "ok"}
+    channels = {pte.SMAPS: "ok", "pagemap": "ok"}
     channels["pagemap_pfn"] = "ok" if pte.pfn_visible() else "hidden (needs CAP_SYS_ADMIN)"
-    channels["idle-page"] = pte.idle_page_tracking_available() or "ok"
-    channels["kpageflags"] = pte.kpageflags_available() or "ok"
-    channels["pte"] = pte.pte_channel_available() or "ok"
+    channels[pte.IDLE_PAGE] = pte.idle_page_tracking_available() or "ok"
+    channels[pte.KPAGEFLAGS] = pte.kpageflags_available() or "ok"
+    channels[pte.PTE] = pte.pte_channel_available() or "ok"
     with Region.create(MemoryKind.ANON, 1) as region:
         region.write()
         try:

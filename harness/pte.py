@@ -32,6 +32,7 @@ smaps' Referenced / Private_Dirty of its VMA are the PMD's young / dirty
 """
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import struct
@@ -46,10 +47,19 @@ from harness.abi import KPageFlag, PageCategory, PagemapBit
 from harness.errors import HarnessError, ObservationUnavailable, ThpUnavailable, UffdError
 from harness.memory import PAGE_SIZE, Region
 
-PTE = "pte"
-SMAPS = "smaps"
-IDLE_PAGE = "idle-page"
-KPAGEFLAGS = "kpageflags"
+
+class Channel(enum.StrEnum):
+    """Where a page's state is read from (a str: its value is the name reports and JSON use)."""
+
+    PTE = "pte"                  #: the page-table entry itself (the instrumentation's debugfs file)
+    SMAPS = "smaps"              #: /proc/self/smaps page counts of the VMA (folio flags too)
+    IDLE_PAGE = "idle-page"      #: idle-page tracking (folio flags too)
+    KPAGEFLAGS = "kpageflags"    #: /proc/kpageflags: folio flags only
+    SIM = "sim"                  #: the simulator's modelled PTE
+
+
+PTE, SMAPS, IDLE_PAGE, KPAGEFLAGS = Channel.PTE, Channel.SMAPS, Channel.IDLE_PAGE, Channel.KPAGEFLAGS
+#: the kernel's channels
 CHANNELS = (PTE, SMAPS, IDLE_PAGE, KPAGEFLAGS)
 
 #: the instrumentation's debugfs file (vm/instrumentation, mm/uffd_harness_pte.c)

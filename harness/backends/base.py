@@ -19,15 +19,15 @@ from typing import Iterable, Optional
 
 from harness.abi import Feature, RegisterMode
 from harness.memory import MemoryKind
-from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, PteState
+from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, Channel, PteState
 
 #: the simulator's own channel: the modelled PTE bits themselves
-SIM = "sim"
+SIM = Channel.SIM
 
 #: which PteState fields each channel reports *about the PTE* (kpageflags
 #: reports folio flags, idle-page's dirty comes from kpageflags: neither is a PTE view;
 #: smaps and idle-page count folio flags too, only the pte channel reads the entry alone)
-CHANNEL_FIELDS = {
+CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {
     PTE: ("young", "dirty", "writable"),
     SIM: ("young", "dirty", "writable"),
     SMAPS: ("young", "dirty"),

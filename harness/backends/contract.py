@@ -60,7 +60,7 @@ from harness import abi, paths
 from harness.abi import Feature, RegisterMode
 from harness.backends.base import CHANNEL_FIELDS, KERNEL, Backend, RegionRef
 from harness.memory import MemoryKind
-from harness.pte import PTE, mkold_available
+from harness.pte import IDLE_PAGE, PTE, mkold_available
 
 #: capabilities a clause may need besides userfaultfd features (the simulator models both)
 SOFT_DIRTY = "soft-dirty"
@@ -293,7 +293,7 @@ def _views(b: Backend, s: Subject, destructive: bool = True) -> dict:
     for channel in b.channels():
         if not CHANNEL_FIELDS.get(channel):
             continue
-        if channel == "idle-page" and not destructive:
+        if channel == IDLE_PAGE and not destructive:
             continue
         out[channel] = b.observe_pages(s.pages(), channel)
     return out

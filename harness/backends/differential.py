@@ -33,6 +33,7 @@ from harness.abi import Feature, RegisterMode
 from harness.backends.base import Backend, RegionRef
 from harness.memory import PROT_READ, PROT_RW, MemoryKind
 from harness.process import pinned_to_one_cpu
+from harness.pte import SMAPS
 
 FIELDS = ("present", "swapped", "uffd_wp", "young", "dirty", "exclusive", "file_shared")
 
@@ -158,7 +159,7 @@ def apply(b: Backend, regions: list[RegionRef], op: tuple):
 
 
 def observe(b: Backend, regions: list[RegionRef], soft_dirty: bool) -> tuple:
-    states = b.observe_pages([(r, 0) for r in regions], "smaps")
+    states = b.observe_pages([(r, 0) for r in regions], SMAPS)
     out = []
     for st in states:
         d = {f: bool(getattr(st, f)) for f in FIELDS}
@@ -213,7 +214,7 @@ def run_both(setup: Setup, ops: list) -> Optional[Disagreement]:
     # per-CPU LRU batches (lru_add_drain() drains only the local CPU's) would otherwise make reclaim
     # of just-MADV_FREE'd pages depend on scheduling
     with pinned_to_one_cpu():
-        kb = KernelBackend(channels=["smaps"])
+        kb = KernelBackend(channels=[SMAPS])
         try:
             k_steps = run(kb, setup, ops, soft_dirty)
         finally:

@@ -455,7 +455,7 @@ def _smaps_counts(starts: set) -> dict[int, tuple[int, int, int]]:
 def available_channels() -> list[str]:
     """pte first where the kernel has the instrumentation; smaps always; idle-page and kpageflags
     when this process may use them."""
-    channels = [PTE] if _pte.pte_channel_available() is None else []
+    channels: list[str] = [PTE] if _pte.pte_channel_available() is None else []
     channels.append(SMAPS)
     if _pte.idle_page_tracking_available() is None and _pte.pfn_visible():
         channels.append(IDLE_PAGE)
