@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from harness import paths
 from harness._native import lib
 
 UFFD_API = lib.UFFD_API
 UFFD_USER_MODE_ONLY = lib.UFFD_USER_MODE_ONLY
 
 #: environment variable naming the uapi header whose hint values to use
-UAPI_HEADER_ENV = "UFFD_HARNESS_UAPI_HEADER"
+UAPI_HEADER_ENV = paths.ENV_UAPI_HEADER
 
 
 class Feature(enum.Enum):

@@ -47,7 +47,7 @@ KERNEL_ARGS = "console=ttyS0,115200 rdinit=/sbin/init"
 PROMPTS = ["root@(.*):[/~]#", "/ #"]
 #: the ramdisk of the jobs ``validate`` writes when ``$UFFD_HARNESS_LAVA_RAMDISK_URL`` names none: the lab's
 #: root file system goes there (or the job's url is edited), see the README's LAVA section
-ENV_RAMDISK_URL = "UFFD_HARNESS_LAVA_RAMDISK_URL"
+ENV_RAMDISK_URL = paths.ENV_LAVA_RAMDISK_URL
 RAMDISK_PLACEHOLDER = "file:///srv/uffd-harness/rootfs.cpio"
 #: what the guest's Python needs, beside the bundle (the project's dependencies, test extra)
 GUEST_PYTHON_NEEDS = ("python3 (the version the bundle's extension was built with)", "cffi", "psutil",

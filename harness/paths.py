@@ -21,6 +21,9 @@ ENV_RWDIR = "UFFD_HARNESS_RWDIR"                #: set in a guest: its writable 
 ENV_SIM_PROFILES = "UFFD_HARNESS_SIM_PROFILES"  #: extra simulator profiles (module:NAME, comma-separated)
 ENV_KEEP_CANDIDATES = "UFFD_HARNESS_KEEP_CANDIDATES"    #: candidate-* kernel builds kept (default 3)
 ENV_CANDIDATES_MAX_MB = "UFFD_HARNESS_CANDIDATES_MAX_MB"  #: MB the kept candidate-* builds may take (default: no limit)
+ENV_KCIDB_ORIGIN = "UFFD_HARNESS_KCIDB_ORIGIN"  #: the KCIDB origin of report.kcidb.json (default uffd_harness)
+ENV_LAVA_RAMDISK_URL = "UFFD_HARNESS_LAVA_RAMDISK_URL"  #: the ramdisk of the LAVA jobs validate writes
+ENV_DIFF_EXAMPLES = "UFFD_DIFF_EXAMPLES"          #: sequences per differential test (host 500, guest 100)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = Path(os.environ.get(ENV_BUILD_DIR) or REPO_ROOT / "build").resolve()

@@ -23,7 +23,7 @@ import errno
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from harness import abi
+from harness import abi, paths
 from harness.abi import Feature
 from harness.errors import InvalidArgument
 from harness.sim.pgtable import pte_mkdirty
@@ -212,7 +212,7 @@ IGNORED = register(Profile(
 
 
 #: environment variable naming modules that register more profiles
-USER_PROFILES_ENV = "UFFD_HARNESS_SIM_PROFILES"
+USER_PROFILES_ENV = paths.ENV_SIM_PROFILES
 _user_loaded = False
 
 

@@ -52,7 +52,7 @@ def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
            "HYPOTHESIS_STORAGE_DIRECTORY": str(out / ".hypothesis"),
            "MPLCONFIGDIR": str(out / ".matplotlib")}
     if in_guest:
-        env["UFFD_DIFF_EXAMPLES"] = os.environ.get("UFFD_DIFF_EXAMPLES", str(GUEST_DIFF_EXAMPLES))
+        env[paths.ENV_DIFF_EXAMPLES] = os.environ.get(paths.ENV_DIFF_EXAMPLES, str(GUEST_DIFF_EXAMPLES))
     return env
 
 

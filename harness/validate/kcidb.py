@@ -30,8 +30,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
+from harness import paths
+
 #: the environment variable and the default of KCIDB's ``origin`` (the CI system's name)
-ENV_ORIGIN = "UFFD_HARNESS_KCIDB_ORIGIN"
+ENV_ORIGIN = paths.ENV_KCIDB_ORIGIN
 DEFAULT_ORIGIN = "uffd_harness"
 #: the schema version written (kcidb-io's LATEST when this was written)
 SCHEMA_VERSION = {"major": 5, "minor": 3}

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Mapping, NamedTuple, Sequence
 
+from harness import paths
 from harness.vm.build import BUILD_DIR, REPO_ROOT, KernelBuild, check_host, load_kernel
 from harness.vm.errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
 
@@ -60,9 +61,9 @@ HALT_MARKER = re.compile(r"\] reboot: .*System halted")
 QEMU_STOPPED = re.compile(r"^qemu-system-\w+: terminating on signal 15")
 
 #: environment variables the runner sets for the in-guest harness
-ENV_UAPI_HEADER = "UFFD_HARNESS_UAPI_HEADER"
-ENV_KERNEL = "UFFD_HARNESS_KERNEL"
-ENV_ACCEL = "UFFD_HARNESS_ACCEL"
+ENV_UAPI_HEADER = paths.ENV_UAPI_HEADER
+ENV_KERNEL = paths.ENV_KERNEL
+ENV_ACCEL = paths.ENV_ACCEL
 
 
 class GuestResult(NamedTuple):
@@ -80,7 +81,7 @@ class GuestResult(NamedTuple):
 
 def find_vng() -> str:
     """The vng executable: $UFFD_HARNESS_VNG, next to this Python, or $PATH."""
-    env = os.environ.get("UFFD_HARNESS_VNG")
+    env = os.environ.get(paths.ENV_VNG)
     if env:
         return env
     here = Path(sys.executable).parent / "vng"
@@ -310,7 +311,7 @@ def guest_environment(kernel: KernelBuild, rwdir: Path, accel: str,
     where to write."""
     env = {ENV_UAPI_HEADER: str(kernel.uapi_header.resolve()),
            ENV_KERNEL: kernel.name, ENV_ACCEL: accel,
-           "UFFD_HARNESS_RWDIR": str(Path(rwdir).resolve())}
+           paths.ENV_RWDIR: str(Path(rwdir).resolve())}
     env.update(extra or {})
     return env
 
