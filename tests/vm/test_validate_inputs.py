@@ -57,6 +57,8 @@ def test_series_naming_a_missing_patch(tmp_path, stock_outcome):
     (d / "series").write_text("0001-not-here.patch\n")
     outcome = _candidate(tmp_path, d)
     assert "0001-not-here.patch" in outcome.error, outcome.error
+    report = build_report([stock_outcome, outcome], d, False, 1.0)
+    assert report["verdict"]["kind"] == "error" and "0001-not-here.patch" in report["verdict"]["line"]
 
 
 def test_a_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, stock_outcome):
@@ -73,6 +75,8 @@ def test_a_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, stock_o
     outcome = _candidate(tmp_path, d)
     assert "does not apply" in outcome.error
     assert "0002-userfaultfd" in outcome.error and "fs/userfaultfd.c" in outcome.error and "hunk" in outcome.error
+    report = build_report([stock_outcome, outcome], d, False, 1.0)
+    assert report["verdict"]["kind"] == "error" and "does not apply" in report["verdict"]["line"]
     kdir = vmbuild.BUILD_DIR / "kernels" / "bad-series-test"
     assert str(kdir).startswith(str(tmp_path)), "the test must not build into the real build/kernels"
     assert not (kdir / "build.json").exists(), "no half-built kernel is left looking built"
