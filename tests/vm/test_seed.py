@@ -228,19 +228,22 @@ def test_prune_by_size_removes_the_oldest_first(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_one_line_edits_seed_from_the_closest_build_and_rebuild_little(tmp_path):
-    """Two successive one-line .c edits of vm/patches: the first seeds from 'patched', the second from the first."""
+    """Two successive edits of one .c file of vm/patches: the first seeds from 'patched', the second from the first."""
     for needed in ("stock", "patched"):
         if not (vb.BUILD_DIR / "kernels" / needed / "build.json").exists():
             pytest.skip(f"kernel '{needed}' is not built (make kernel KERNEL={needed})")
     names = []
     try:
-        for i, value in enumerate(("1", "2")):
+        for i in range(2):
             series = tmp_path / f"edit{i}"
             shutil.copytree(vb.DEFAULT_PATCHES, series)
-            # one more patch after the series: a comment line in mm/mprotect.c (one .c file differs)
+            # one more patch after the series: comment lines in mm/mprotect.c (one .c file differs); the
+            # second edit keeps the first's line and adds one, as a developer's next edit does, so the
+            # first candidate is closer to it (one changed line) than 'patched' (two)
             base = (vb.BUILD_DIR / "kernels" / "patched" / "src" / "mm" / "mprotect.c").read_text()
             lines_of = base.splitlines(True)
-            edited = "".join(lines_of[:1] + [f"/* uffd-harness seed test, edit {value} */\n"] + lines_of[1:])
+            comments = [f"/* uffd-harness seed test, edit {n} */\n" for n in range(1, i + 2)]
+            edited = "".join(lines_of[:1] + comments + lines_of[1:])
             (series / "9999-seed-test.patch").write_text(_diff("mm/mprotect.c", base, edited))
             if (series / "series").exists():
                 with open(series / "series", "a") as f:
