@@ -22,6 +22,9 @@ from harness.validate import benchmarks, kcidb
 from harness.validate import report as render
 from harness.validate.verdict import build_report
 
+#: KCIDB, LAVA and KTAP documents and their schemas: the same on any kernel (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
 #: what the LAVA schema check needs on the host: Debian's lava-common, for the system python3
 LAVA_COMMON = {"/usr/lib/python3/dist-packages/lava_common/schemas/__init__.py": "lava-common"}
 SYSTEM_PYTHON = "/usr/bin/python3"

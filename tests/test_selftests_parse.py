@@ -4,7 +4,12 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from harness.selftests import CaseResult, SelftestRun, parse_ktap, parse_uffd_unit_tests, regressions, run_selftest
+
+#: selftest output parsed from text: the same on any kernel (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
 
 UFFD_OUTPUT = """\
 Testing UFFDIO_API (with syscall)... done

@@ -8,6 +8,9 @@ from harness.selftests import parse_userfaultfd, selftests_of_tree
 from harness.vm import build as vb
 from harness.vm import sources
 
+#: kernel source trees and tarballs: the same on any kernel (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
 
 def _tree(root, files):
     for rel, text in files.items():

@@ -16,6 +16,9 @@ from harness import cli
 from harness.validate import tree as vtree
 from harness.vm.sources import SourceError
 
+#: git trees on the host: the same on any kernel (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
+
 KERNEL_FILES = {
     "Makefile": "VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 0\nEXTRAVERSION =\n",
     "Kconfig": "config USERFAULTFD\n\tbool\n",
