@@ -42,6 +42,23 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        name="write-likely-takes-write",
+        breaks="under WRITE_LIKELY change_pte_range() write-protects the PTE it has just made writable (and "
+               "dirties it): the hinted un-protect makes less writable than the one without hints",
+        clauses=(3,),
+        also=(2,),
+        exposed_by={"kind": ["anon", "shmem-private", "file-private"], "shape": ["page", "span", "thp-part"],
+                    "hints": "WRITE_LIKELY", "start": ["old+clean", "old+dirty", "young+clean", "young+dirty"],
+                    "channel": ["pte", "write probe"]},
+        exposure="a page that an un-protect without hints makes writable (measured on its twin) takes a write "
+                 "fault after the un-protect with WRITE_LIKELY (with both hints too: clause 2's writability)",
+        subs=(
+            Sub(P1, "change_pte_range()",
+                "+\t\t\t\t\tptent = pte_mkyoung(pte_mkdirty(ptent));\n",
+                "+\t\t\t\t\tptent = pte_mkyoung(pte_mkdirty(pte_wrprotect(ptent)));\n"),
+        ),
+    ),
+    Mutant(
         name="pte-write-not-young",
         breaks="WRITE_LIKELY dirties the PTE it makes writable but leaves it old (PTE path only)",
         clauses=(3,),
