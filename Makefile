@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test test-host test-trees validate bench clean distclean
+.PHONY: setup lint format test test-host test-trees validate bench clean distclean
 
 setup: $(STAMP)
 
@@ -19,10 +19,17 @@ $(STAMP): pyproject.toml setup.py harness/_ffi_build.py $(wildcard cbits/*)
 	$(PY) -m pip install --quiet -e '.[test,vm,bench]'
 	@touch $@
 
-# One style: ruff's lint and mypy's types, with the settings in pyproject.toml (seconds).
+# One style: ruff's lint and format and mypy's types, with the settings in pyproject.toml
+# (seconds).  `make format` rewrites the files that `ruff format --check` names.
+LINTED = harness tests vm/mutants setup.py
 lint: setup
-	$(PY) -m ruff check harness tests
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 	$(PY) -m mypy
+
+format: setup
+	$(PY) -m ruff format $(LINTED)
+	$(PY) -m ruff check --fix $(LINTED)
 
 # The tests: lint first, the host suite (fast), then the two kernels, the tests
 # of the builder and runner (they boot guests, mutants included), the whole suite

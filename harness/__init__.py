@@ -11,14 +11,15 @@ The public facade.  The rooms behind it:
 - :mod:`harness.timing`  first-touch benchmarks
 - :mod:`harness.vm`      kernel builds and the QEMU guest
 """
+
 from harness.abi import Feature, Ioctl, RegisterMode, hint_abi, use_uapi_header
 from harness.errors import (
-                            FeatureUnavailable,
-                            HarnessError,
-                            InvalidRanges,
-                            UffdClosedError,
-                            UffdError,
-                            WriteProtectBatchError,
+    FeatureUnavailable,
+    HarnessError,
+    InvalidRanges,
+    UffdClosedError,
+    UffdError,
+    WriteProtectBatchError,
 )
 from harness.events import FaultHandler, PageFault
 from harness.memory import MemoryKind, Region
@@ -26,10 +27,26 @@ from harness.pte import PteState, clear_refs, observe
 from harness.uffd import PreparedRanges, Userfaultfd, open_any, probe_features
 
 __all__ = [
-    "Feature", "Ioctl", "RegisterMode", "hint_abi", "use_uapi_header",
-    "FeatureUnavailable", "HarnessError", "InvalidRanges", "UffdClosedError", "UffdError", "WriteProtectBatchError",
-    "FaultHandler", "PageFault",
-    "MemoryKind", "Region",
-    "PteState", "clear_refs", "observe",
-    "PreparedRanges", "Userfaultfd", "open_any", "probe_features",
+    "Feature",
+    "Ioctl",
+    "RegisterMode",
+    "hint_abi",
+    "use_uapi_header",
+    "FeatureUnavailable",
+    "HarnessError",
+    "InvalidRanges",
+    "UffdClosedError",
+    "UffdError",
+    "WriteProtectBatchError",
+    "FaultHandler",
+    "PageFault",
+    "MemoryKind",
+    "Region",
+    "PteState",
+    "clear_refs",
+    "observe",
+    "PreparedRanges",
+    "Userfaultfd",
+    "open_any",
+    "probe_features",
 ]

@@ -6,6 +6,7 @@ them in from the real headers: no number is copied by hand here) and every
 ``*.c`` is compiled in.  A new room of C code only has to add its pair of
 files.
 """
+
 from pathlib import Path
 
 from cffi import FFI

@@ -9,6 +9,7 @@ claim the same bits, so their values can be re-read from a kernel tree's
 ``UFFD_HARNESS_UAPI_HEADER`` environment variable, which the guest runner
 sets).
 """
+
 from __future__ import annotations
 
 import ast
@@ -71,6 +72,7 @@ def as_feature(feature, op: str = "UFFDIO_API") -> Feature:
         if name in Feature.__members__:
             return Feature[name]
     from harness.errors import InvalidArgument
+
     raise InvalidArgument(op, "features", f"{feature!r} is not a feature; known: {', '.join(Feature.__members__)}")
 
 
@@ -215,13 +217,16 @@ def parse_uapi_header(path: os.PathLike | str) -> HintAbi:
         if m:
             values[field] = _eval_c_int(m.group(1))
     if not values:
-        return HintAbi(**{f: getattr(_DEFAULT_HINT_ABI, f) for f in _HINT_NAMES},
-                       source=str(path), defined=False)
+        return HintAbi(**{f: getattr(_DEFAULT_HINT_ABI, f) for f in _HINT_NAMES}, source=str(path), defined=False)
     missing = sorted(_HINT_NAMES[f] for f in _HINT_NAMES if f not in values)
     if missing:
         raise ValueError(f"{path}: defines some access hints but not {', '.join(missing)}")
-    return HintAbi(feature=values["feature"], access_likely=values["access_likely"],
-                   write_likely=values["write_likely"], source=str(path))
+    return HintAbi(
+        feature=values["feature"],
+        access_likely=values["access_likely"],
+        write_likely=values["write_likely"],
+        source=str(path),
+    )
 
 
 def check_hint_abi(hints: HintAbi) -> None:
@@ -233,8 +238,10 @@ def check_hint_abi(hints: HintAbi) -> None:
     feature uses, and not bit 31 (internal to fs/userfaultfd.c).
     """
     where = hints.source
-    taken = {"UFFDIO_WRITEPROTECT_MODE_WP": WRITEPROTECT_MODE_WP,
-             "UFFDIO_WRITEPROTECT_MODE_DONTWAKE": WRITEPROTECT_MODE_DONTWAKE}
+    taken = {
+        "UFFDIO_WRITEPROTECT_MODE_WP": WRITEPROTECT_MODE_WP,
+        "UFFDIO_WRITEPROTECT_MODE_DONTWAKE": WRITEPROTECT_MODE_DONTWAKE,
+    }
     for field_name in ("access_likely", "write_likely"):
         name, value = _HINT_NAMES[field_name], getattr(hints, field_name)
         if value <= 0 or value & (value - 1) or value >= 1 << 64:
@@ -245,12 +252,15 @@ def check_hint_abi(hints: HintAbi) -> None:
         taken[name] = value
     feature = hints.feature
     if feature <= 0 or feature & (feature - 1) or feature >= 1 << 31:
-        raise ValueError(f"{where}: UFFD_FEATURE_ACCESS_HINTS = {feature:#x} is not one of bits 0..30 "
-                         "(ctx->features is an unsigned int, and bit 31 is internal)")
+        raise ValueError(
+            f"{where}: UFFD_FEATURE_ACCESS_HINTS = {feature:#x} is not one of bits 0..30 "
+            "(ctx->features is an unsigned int, and bit 31 is internal)"
+        )
     for known in Feature:
         if known is not Feature.ACCESS_HINTS and known.bit == feature:
-            raise ValueError(f"{where}: UFFD_FEATURE_ACCESS_HINTS = {feature:#x} is the bit of "
-                             f"UFFD_FEATURE_{known.value}")
+            raise ValueError(
+                f"{where}: UFFD_FEATURE_ACCESS_HINTS = {feature:#x} is the bit of UFFD_FEATURE_{known.value}"
+            )
 
 
 def use_uapi_header(path: os.PathLike | str | None) -> HintAbi:
@@ -280,8 +290,9 @@ def hint_abi() -> HintAbi:
     return _active_hint_abi
 
 
-def writeprotect_mode(protect: bool, *, dontwake: bool = False, access_likely: bool = False,
-                      write_likely: bool = False) -> int:
+def writeprotect_mode(
+    protect: bool, *, dontwake: bool = False, access_likely: bool = False, write_likely: bool = False
+) -> int:
     """The ``UFFDIO_WRITEPROTECT`` mode word: MODE_WP when protecting, DONTWAKE, and the hint bits in force.
 
     The one place a write-protect mode word is composed (the binding, its
@@ -304,10 +315,10 @@ class PagemapBit(enum.IntEnum):
     """
 
     SOFT_DIRTY = 55
-    EXCLUSIVE = 56   # page exclusively mapped (PM_MMAP_EXCLUSIVE)
+    EXCLUSIVE = 56  # page exclusively mapped (PM_MMAP_EXCLUSIVE)
     UFFD_WP = 57
-    GUARD = 58       # guard region (6.14+)
-    FILE = 61        # file page or shared anon (PM_FILE)
+    GUARD = 58  # guard region (6.14+)
+    FILE = 61  # file page or shared anon (PM_FILE)
     SWAPPED = 62
     PRESENT = 63
 

@@ -4,6 +4,7 @@ Each room of the package that has a verb provides ``register(subparsers)``,
 which adds its sub-command and sets ``func`` to a callable taking the parsed
 arguments and returning the exit status.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="uffd-harness",
-        description="Drive userfaultfd and observe the page-table bits it leaves behind.")
+        prog="uffd-harness", description="Drive userfaultfd and observe the page-table bits it leaves behind."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -74,8 +75,9 @@ def _terminate(signum, frame) -> None:
     raise Terminated(signum)
 
 
-def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace,
-                  prog: str = "uffd-harness") -> int:
+def report_errors(
+    command: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace, prog: str = "uffd-harness"
+) -> int:
     """Run one verb: its exit status, or one line on stderr and a status for what went wrong.
 
     This is the one place where bad input stops being an exception: an
@@ -85,8 +87,12 @@ def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: 
     Anything else is a bug in the harness, and keeps its traceback.
     """
     from harness.vm.errors import VmError
-    verb = " ".join(v for v in (getattr(args, "command", None), getattr(args, "sim_command", None),
-                                getattr(args, "vm_command", None)) if v)
+
+    verb = " ".join(
+        v
+        for v in (getattr(args, "command", None), getattr(args, "sim_command", None), getattr(args, "vm_command", None))
+        if v
+    )
     label = f"{prog} {verb}".strip()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -95,7 +101,7 @@ def report_errors(command: Callable[[argparse.Namespace], Optional[int]], args: 
         previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         status = int(command(args) or 0)
-        sys.stdout.flush()          # a reader that went away shows here, not at interpreter exit
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
         return status
     except Terminated as exc:
         print(f"{label}: terminated by {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Exceptions that say which operation failed, on which range, and what to do."""
+
 from __future__ import annotations
 
 import errno as _errno
@@ -32,8 +33,7 @@ class OperationError(HarnessError, OSError):
     errno: int
     strerror: str
 
-    def __init__(self, op: str, code: int, start: Optional[int] = None,
-                 length: Optional[int] = None, advice: str = ""):
+    def __init__(self, op: str, code: int, start: Optional[int] = None, length: Optional[int] = None, advice: str = ""):
         self.op = op
         self.start = start
         self.length = length
@@ -49,8 +49,15 @@ class OperationError(HarnessError, OSError):
 class UffdError(OperationError):
     """A userfaultfd operation failed."""
 
-    def __init__(self, op: str, code: int, start: Optional[int] = None,
-                 length: Optional[int] = None, advice: str = "", result: Optional[int] = None):
+    def __init__(
+        self,
+        op: str,
+        code: int,
+        start: Optional[int] = None,
+        length: Optional[int] = None,
+        advice: str = "",
+        result: Optional[int] = None,
+    ):
         super().__init__(op, code, start, length, advice)
         #: what the kernel wrote back (bytes copied, mapped, moved) before failing
         self.result = result
@@ -153,10 +160,13 @@ class WriteProtectBatchError(UffdError):
         if not self.failures:
             raise ValueError("WriteProtectBatchError needs at least one failed range")
         first = self.failures[0][1]
-        shown = "; ".join(f"#{i}{format_range(e.start, e.length)} {errno_name(e.errno)}"
-                          + (f": {e.advice}" if e.advice else "") for i, e in self.failures[:self.SHOWN])
+        shown = "; ".join(
+            f"#{i}{format_range(e.start, e.length)} {errno_name(e.errno)}" + (f": {e.advice}" if e.advice else "")
+            for i, e in self.failures[: self.SHOWN]
+        )
         more = len(self.failures) - self.SHOWN
-        advice = (f"{len(self.failures)} of {len(self.results)} ranges failed, the others were done: {shown}"
-                  + (f"; and {more} more (see .failures)" if more > 0 else ""))
+        advice = f"{len(self.failures)} of {len(self.results)} ranges failed, the others were done: {shown}" + (
+            f"; and {more} more (see .failures)" if more > 0 else ""
+        )
         super().__init__(first.op, first.errno, advice=advice)
         self.start, self.length = first.start, first.length

@@ -1,4 +1,5 @@
 """userfaultfd events as Python objects, and a fault handler thread for tests."""
+
 from __future__ import annotations
 
 import os
@@ -105,8 +106,9 @@ class FaultHandler:
             region.read()
     """
 
-    def __init__(self, uffd: "Userfaultfd", callback: Callable[["Userfaultfd", UffdEvent], None],
-                 *, poll_interval: float = 0.05):
+    def __init__(
+        self, uffd: "Userfaultfd", callback: Callable[["Userfaultfd", UffdEvent], None], *, poll_interval: float = 0.05
+    ):
         self.uffd = uffd
         self.callback = callback
         self.events: list[UffdEvent] = []
@@ -149,8 +151,9 @@ class FaultHandler:
         deadline = time.monotonic() + timeout
         while len(self.events) < count:
             if self._serve_failure is not None:
-                raise HandlerError(f"fault handler stopped serving after {len(self.events)} of {count} events: "
-                                   f"{self._serve_failure!r}") from self._serve_failure
+                raise HandlerError(
+                    f"fault handler stopped serving after {len(self.events)} of {count} events: {self._serve_failure!r}"
+                ) from self._serve_failure
             if time.monotonic() > deadline:
                 raise HarnessError(f"expected {count} userfaultfd events within {timeout} s, got {len(self.events)}")
             time.sleep(0.005)
@@ -194,7 +197,7 @@ class FaultHandler:
         # page sizes, and as a last resort unregister the page (the retried
         # fault is then an ordinary one).
         spans = [(event.address & ~(size - 1), size) for size in (PAGE_SIZE, default_hugepage_size())]
-        attempts: list[Callable[..., object]] = []   # called with no arguments
+        attempts: list[Callable[..., object]] = []  # called with no arguments
         for start, size in spans:
             if event.wp:
                 attempts.append(lambda s=start, n=size: self.uffd.writeprotect(s, n, protect=False))

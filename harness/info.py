@@ -3,6 +3,7 @@
 Every answer is probed, not assumed: features come from UFFDIO_API, ioctls
 per memory type from UFFDIO_REGISTER, observation channels from trying them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,15 +80,16 @@ def observation_channels() -> dict[str, str]:
             channels["PAGEMAP_SCAN"] = exc.strerror
         try:
             pte.clear_soft_dirty()
-            channels["soft-dirty"] = "ok" if _soft_dirty_works(region) else \
-                "kernel lacks CONFIG_MEM_SOFT_DIRTY (pagemap bit 55 never set)"
+            channels["soft-dirty"] = (
+                "ok" if _soft_dirty_works(region) else "kernel lacks CONFIG_MEM_SOFT_DIRTY (pagemap bit 55 never set)"
+            )
         except OSError as exc:
             channels["soft-dirty"] = f"clear_refs: {exc.strerror}"
     return channels
 
 
 def thp_status() -> str:
-    """"ok" when an anonymous MADV_HUGEPAGE region gets a PMD-mapped THP
+    """ "ok" when an anonymous MADV_HUGEPAGE region gets a PMD-mapped THP
     at its first write here (the contract's THP cases need one), else why not."""
     try:
         with Region.create(MemoryKind.ANON, 1, thp=True) as region:
@@ -126,6 +128,7 @@ def tsc_facts() -> dict[str, Any]:
 def guest_acceleration() -> dict[str, Any]:
     """How a QEMU guest would run here: KVM if a bounded boot probe succeeds, else TCG."""
     import shutil
+
     try:
         from harness.vm import runner
         from harness.vm.build import BUILD_DIR
@@ -172,29 +175,41 @@ def collect() -> dict[str, Any]:
 
 def render(info: dict[str, Any]) -> str:
     k, api = info["kernel"], info["api"]
-    lines = [f"kernel      {k['release']} ({k['machine']})",
-             "open        " + ", ".join(f"{key}={value}" for key, value in info["open"].items()),
-             f"features    {' '.join(api['features'])}",
-             f"ioctls      {' '.join(api['ioctls'])}"]
+    lines = [
+        f"kernel      {k['release']} ({k['machine']})",
+        "open        " + ", ".join(f"{key}={value}" for key, value in info["open"].items()),
+        f"features    {' '.join(api['features'])}",
+        f"ioctls      {' '.join(api['ioctls'])}",
+    ]
     hints = api["access_hints"]
-    lines.append(f"hints       ACCESS_HINTS {'offered' if hints['offered'] else 'absent'} "
-                 f"(bit {hints['feature_bit']}, modes {hints['mode_access_likely']}/{hints['mode_write_likely']}, "
-                 f"from {hints['abi_source']})")
+    lines.append(
+        f"hints       ACCESS_HINTS {'offered' if hints['offered'] else 'absent'} "
+        f"(bit {hints['feature_bit']}, modes {hints['mode_access_likely']}/{hints['mode_write_likely']}, "
+        f"from {hints['abi_source']})"
+    )
     rows = []
     for kind, modes in info["register"].items():
         if "skipped" in modes:
             rows.append([kind, modes["skipped"], "", ""])
             continue
-        rows.append([kind] + [" ".join(x.removeprefix("UFFDIO_") for x in v) if isinstance(v, list) else v
-                              for v in (modes[m.name] for m in RegisterMode)])
+        rows.append(
+            [kind]
+            + [
+                " ".join(x.removeprefix("UFFDIO_") for x in v) if isinstance(v, list) else v
+                for v in (modes[m.name] for m in RegisterMode)
+            ]
+        )
     lines += ["", tabulate(rows, headers=["memory", "MISSING", "WP", "MINOR"]), ""]
     lines += [f"thp         anon {info['thp']['pmd_size'] // 1024} KiB PMD: {info['thp']['anon']}", ""]
     lines.append(tabulate(sorted(info["observation"].items()), headers=["observation", "status"]))
     tsc = info["tsc"]
-    lines += ["", f"cpu         {tsc['cpu']}",
-              f"tsc         rdtscp={tsc['rdtscp']} constant={tsc['constant_tsc']} nonstop={tsc['nonstop_tsc']} "
-              f"hypervisor={tsc['hypervisor']}",
-              "guest       " + ", ".join(f"{key}={value}" for key, value in info["guest"].items())]
+    lines += [
+        "",
+        f"cpu         {tsc['cpu']}",
+        f"tsc         rdtscp={tsc['rdtscp']} constant={tsc['constant_tsc']} nonstop={tsc['nonstop_tsc']} "
+        f"hypervisor={tsc['hypervisor']}",
+        "guest       " + ", ".join(f"{key}={value}" for key, value in info["guest"].items()),
+    ]
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 Accesses are done in C (``cbits/memory.c``), one load or store per page, so
 a "read" never writes and a "write" never reads first.
 """
+
 from __future__ import annotations
 
 import enum
@@ -27,11 +28,11 @@ class MemoryKind(enum.Enum):
     """The memory types of the kernel's uffd selftests (``mem_types`` in uffd-unit-tests.c)."""
 
     ANON = "anon"
-    SHMEM = "shmem"                      # memfd, MAP_SHARED
-    SHMEM_PRIVATE = "shmem-private"      # memfd, MAP_PRIVATE
-    FILE = "file"                        # a tmpfs file, MAP_SHARED
-    FILE_PRIVATE = "file-private"        # a tmpfs file, MAP_PRIVATE
-    HUGETLB = "hugetlb"                  # memfd MFD_HUGETLB, MAP_SHARED
+    SHMEM = "shmem"  # memfd, MAP_SHARED
+    SHMEM_PRIVATE = "shmem-private"  # memfd, MAP_PRIVATE
+    FILE = "file"  # a tmpfs file, MAP_SHARED
+    FILE_PRIVATE = "file-private"  # a tmpfs file, MAP_PRIVATE
+    HUGETLB = "hugetlb"  # memfd MFD_HUGETLB, MAP_SHARED
     HUGETLB_PRIVATE = "hugetlb-private"  # memfd MFD_HUGETLB, MAP_PRIVATE
 
     @property
@@ -104,7 +105,7 @@ def thp_unavailable() -> Optional[str]:
         return f"kernel lacks CONFIG_TRANSPARENT_HUGEPAGE (no {THP_SYSFS}/enabled)"
     enabled = _selected(_read_text(f"{THP_SYSFS}/enabled"))
     per_size_path = f"{THP_SYSFS}/hugepages-{thp_pmd_size() // 1024}kB/enabled"
-    per_size = _selected(_read_text(per_size_path))          # Linux 6.8+; "inherit" defers to enabled
+    per_size = _selected(_read_text(per_size_path))  # Linux 6.8+; "inherit" defers to enabled
     if per_size not in (None, "inherit"):
         if per_size == "never":
             return f"PMD-sized THP disabled: {per_size_path} = never (echo inherit > {per_size_path}, as root)"
@@ -169,8 +170,17 @@ class Region:
     dropped without :meth:`close` is unmapped by a finalizer.
     """
 
-    def __init__(self, kind: MemoryKind, addr: int, npages: int, page_size: int, fd: int = -1,
-                 prot: int = PROT_RW, guarded: bool = False, thp: bool = False):
+    def __init__(
+        self,
+        kind: MemoryKind,
+        addr: int,
+        npages: int,
+        page_size: int,
+        fd: int = -1,
+        prot: int = PROT_RW,
+        guarded: bool = False,
+        thp: bool = False,
+    ):
         self.kind = kind
         #: anonymous, MADV_HUGEPAGE, one "page" per PMD-sized THP (see :meth:`create`)
         self.thp = thp
@@ -206,8 +216,15 @@ class Region:
         return self.addr + self.length
 
     @classmethod
-    def create(cls, kind: MemoryKind = MemoryKind.ANON, npages: int = 1, *, prot: int = PROT_RW,
-               thp: bool = False, at: Optional[int] = None) -> "Region":
+    def create(
+        cls,
+        kind: MemoryKind = MemoryKind.ANON,
+        npages: int = 1,
+        *,
+        prot: int = PROT_RW,
+        thp: bool = False,
+        at: Optional[int] = None,
+    ) -> "Region":
         """``npages`` pages of ``kind`` in one VMA between guard pages.
 
         ``thp=True`` (anonymous only): ``npages`` PMD-sized pages (2 MiB on
@@ -225,16 +242,22 @@ class Region:
         if npages <= 0:
             raise InvalidArgument("Region.create", "npages", f"a region needs at least one page, not {npages}")
         # mmap takes a size_t and the reservation adds guards: say so here, not with an OverflowError from C
-        if (npages + 3) * (thp_pmd_size() if thp else default_hugepage_size() if kind.hugetlb else PAGE_SIZE) \
-                > _MAX_MAPPING:
-            raise InvalidArgument("Region.create", "npages",
-                                  f"{npages} pages do not fit in an address space ({_MAX_MAPPING + 1:#x} bytes)")
+        if (npages + 3) * (
+            thp_pmd_size() if thp else default_hugepage_size() if kind.hugetlb else PAGE_SIZE
+        ) > _MAX_MAPPING:
+            raise InvalidArgument(
+                "Region.create",
+                "npages",
+                f"{npages} pages do not fit in an address space ({_MAX_MAPPING + 1:#x} bytes)",
+            )
         if thp:
             return cls._create_thp(kind, npages, prot)
         page_size = default_hugepage_size() if kind.hugetlb else PAGE_SIZE
         if kind.hugetlb and free_hugepages() < npages:
-            raise HarnessError(f"{kind.value} region of {npages} pages: only {free_hugepages()} free huge pages "
-                               "(reserve some: sysctl vm.nr_hugepages=N, as root)")
+            raise HarnessError(
+                f"{kind.value} region of {npages} pages: only {free_hugepages()} free huge pages "
+                "(reserve some: sysctl vm.nr_hugepages=N, as root)"
+            )
         length = npages * page_size
         fd = -1
         try:
@@ -264,8 +287,10 @@ class Region:
     @classmethod
     def _create_thp(cls, kind: MemoryKind, npages: int, prot: int) -> "Region":
         if kind is not MemoryKind.ANON:
-            raise HarnessError(f"THP regions are anonymous only, not {kind.value} "
-                               "(shmem THP depends on shmem_enabled and is not covered)")
+            raise HarnessError(
+                f"THP regions are anonymous only, not {kind.value} "
+                "(shmem THP depends on shmem_enabled and is not covered)"
+            )
         reason = thp_unavailable()
         if reason:
             raise ThpUnavailable(f"anon THP region: {reason}")
@@ -287,14 +312,20 @@ class Region:
         advice = "compact memory (echo 1 > /proc/sys/vm/compact_memory) or free some"
         fallbacks = _vmstat("thp_fault_fallback")
         if fallbacks is None or self._thp_fallbacks is None:
-            return (f"the fault mapped 4 KiB pages, most likely for want of a free {block} (this kernel has no "
-                    f"thp_fault_fallback in /proc/vmstat to confirm it: CONFIG_VM_EVENT_COUNTERS); {advice}")
+            return (
+                f"the fault mapped 4 KiB pages, most likely for want of a free {block} (this kernel has no "
+                f"thp_fault_fallback in /proc/vmstat to confirm it: CONFIG_VM_EVENT_COUNTERS); {advice}"
+            )
         if fallbacks > self._thp_fallbacks:
-            return (f"no free {block}: the fault fell back to 4 KiB pages (/proc/vmstat thp_fault_fallback "
-                    f"{self._thp_fallbacks} -> {fallbacks}); {advice}")
+            return (
+                f"no free {block}: the fault fell back to 4 KiB pages (/proc/vmstat thp_fault_fallback "
+                f"{self._thp_fallbacks} -> {fallbacks}); {advice}"
+            )
         defrag = _selected(_read_text(f"{THP_SYSFS}/defrag"))
-        return (f"the fault mapped 4 KiB pages and the kernel did not say why (thp_fault_fallback unchanged, "
-                f"defrag = {defrag})")
+        return (
+            f"the fault mapped 4 KiB pages and the kernel did not say why (thp_fault_fallback unchanged, "
+            f"defrag = {defrag})"
+        )
 
     def alias(self, prot: int = PROT_RW) -> "Region":
         """A second MAP_SHARED mapping of the same file (for MINOR faults and page-cache tests)."""
@@ -366,8 +397,7 @@ class Region:
         """Write ``data`` at the start of ``page`` (a write access)."""
         start = self.page_addr(page)
         if len(data) > self.end - start:
-            raise IndexError(f"{len(data)} bytes from page {page} run past the end of a region of "
-                             f"{self.npages} pages")
+            raise IndexError(f"{len(data)} bytes from page {page} run past the end of a region of {self.npages} pages")
         lib.memcpy(ffi.cast("void *", start), ffi.from_buffer(data), len(data))
 
     def checksum(self, first: int = 0, count: Optional[int] = None) -> int:
@@ -413,10 +443,16 @@ class Region:
             raise InvalidArgument("Region.mremap", "npages", f"at least one page, not {npages}")
         new_length = npages * self.page_size
         guard = self.page_size
-        spot = _map_between_guards(new_length, guard, PROT_NONE,
-                                   lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, "mremap target")
-        ptr = lib.mremap(ffi.cast("void *", self.addr), self.length, new_length,
-                         lib.MREMAP_MAYMOVE | lib.MREMAP_FIXED, ffi.cast("void *", spot))
+        spot = _map_between_guards(
+            new_length, guard, PROT_NONE, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, "mremap target"
+        )
+        ptr = lib.mremap(
+            ffi.cast("void *", self.addr),
+            self.length,
+            new_length,
+            lib.MREMAP_MAYMOVE | lib.MREMAP_FIXED,
+            ffi.cast("void *", spot),
+        )
         if ptr == ffi.cast("void *", -1):
             code = ffi.errno
             lib.munmap(ffi.cast("void *", spot - guard), new_length + 2 * guard)
@@ -433,7 +469,7 @@ class Region:
     def close(self) -> None:
         """Unmap the region and close its file; every later access raises :class:`RegionClosedError`."""
         if self._finalizer.detach() is None:
-            return                              # already closed
+            return  # already closed
         self.fd = -1
         self._owned.release()
 
@@ -475,12 +511,11 @@ def _map_between_guards(length: int, align: int, prot: int, flags: int, fd: int,
     per-VMA counts are per-region counts.
     """
     reserve_len = length + 3 * align
-    reserve = lib.mmap(ffi.NULL, reserve_len, PROT_NONE,
-                       lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
+    reserve = lib.mmap(ffi.NULL, reserve_len, PROT_NONE, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
     if reserve == ffi.cast("void *", -1):
         raise MappingError(f"mmap(reserve for {what})", ffi.errno, None, reserve_len)
     base = int(ffi.cast("uintptr_t", reserve))
-    addr = (base + 2 * align - 1) // align * align          # >= base + align, aligned
+    addr = (base + 2 * align - 1) // align * align  # >= base + align, aligned
     ptr = lib.mmap(ffi.cast("void *", addr), length, prot, flags | lib.MAP_FIXED, fd, 0)
     if ptr == ffi.cast("void *", -1):
         code = ffi.errno
@@ -525,8 +560,9 @@ class AdjacentRegions:
         pmd = thp_pmd_size()
         total = sum(pages) * PAGE_SIZE
         reserve_len = total + 2 * pmd + 2 * PAGE_SIZE
-        reserve = lib.mmap(ffi.NULL, reserve_len, PROT_NONE,
-                           lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
+        reserve = lib.mmap(
+            ffi.NULL, reserve_len, PROT_NONE, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0
+        )
         if reserve == ffi.cast("void *", -1):
             raise MappingError("mmap(reserve for adjacent regions)", ffi.errno, None, reserve_len)
         self._reserve: Optional[tuple[int, int]] = (int(ffi.cast("uintptr_t", reserve)), reserve_len)
@@ -555,14 +591,20 @@ class AdjacentRegions:
         self.regions = []
         if self._reserve:
             start, length = self._reserve
-            lib.munmap(ffi.cast("void *", start), length)   # what the regions did not cover
+            lib.munmap(ffi.cast("void *", start), length)  # what the regions did not cover
             self._reserve = None
 
 
 def _advice_name(advice: int) -> str:
-    for name in ("MADV_FREE", "MADV_DONTNEED", "MADV_PAGEOUT", "MADV_HUGEPAGE", "MADV_NOHUGEPAGE",
-                 "MADV_POPULATE_READ", "MADV_POPULATE_WRITE"):
+    for name in (
+        "MADV_FREE",
+        "MADV_DONTNEED",
+        "MADV_PAGEOUT",
+        "MADV_HUGEPAGE",
+        "MADV_NOHUGEPAGE",
+        "MADV_POPULATE_READ",
+        "MADV_POPULATE_WRITE",
+    ):
         if getattr(lib, name) == advice:
             return name
     return str(advice)
-

@@ -7,6 +7,7 @@ its traceback back to the parent; a child that hangs is killed together with
 its own children, and the error says where each of them was sleeping in the
 kernel, which is what tells a lost wake-up from a slow machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -113,9 +114,10 @@ def reap(pid: int, timeout: float, context: Optional[Callable[[], str]] = None) 
         if time.monotonic() > deadline:
             where = sleeping_in(pid)
             kill_tree(pid)
-            raise HarnessError(f"child {pid} still running after {timeout} s: killed; "
-                               f"it and its children were at: {where}"
-                               + (f"; {context()}" if context else ""))
+            raise HarnessError(
+                f"child {pid} still running after {timeout} s: killed; "
+                f"it and its children were at: {where}" + (f"; {context()}" if context else "")
+            )
         time.sleep(0.002)
 
 
@@ -144,6 +146,7 @@ def children(pid: int) -> list[int]:
 
 def sleeping_in(pid: int) -> str:
     """Where ``pid`` and its children sleep in the kernel: the first stack frames (root), else wchan."""
+
     def describe(p: int) -> str:
         try:
             with open(f"/proc/{p}/stack") as f:
@@ -155,4 +158,5 @@ def sleeping_in(pid: int) -> str:
                     return f"{p}: {f.read() or '?'}"
             except OSError:
                 return f"{p}: gone"
+
     return "; ".join(describe(p) for p in [pid, *children(pid)])

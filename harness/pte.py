@@ -30,6 +30,7 @@ smaps' Referenced / Private_Dirty of its VMA are the PMD's young / dirty
 (``page_idle_clear_pte_refs_one()`` clears PMD young bits too), and
 :func:`thp_mapping` says whether it is still PMD-mapped.
 """
+
 from __future__ import annotations
 
 import enum
@@ -51,11 +52,11 @@ from harness.memory import PAGE_SIZE, Region
 class Channel(enum.StrEnum):
     """Where a page's state is read from (a str: its value is the name reports and JSON use)."""
 
-    PTE = "pte"                  #: the page-table entry itself (the instrumentation's debugfs file)
-    SMAPS = "smaps"              #: /proc/self/smaps page counts of the VMA (folio flags too)
-    IDLE_PAGE = "idle-page"      #: idle-page tracking (folio flags too)
-    KPAGEFLAGS = "kpageflags"    #: /proc/kpageflags: folio flags only
-    SIM = "sim"                  #: the simulator's modelled PTE
+    PTE = "pte"  #: the page-table entry itself (the instrumentation's debugfs file)
+    SMAPS = "smaps"  #: /proc/self/smaps page counts of the VMA (folio flags too)
+    IDLE_PAGE = "idle-page"  #: idle-page tracking (folio flags too)
+    KPAGEFLAGS = "kpageflags"  #: /proc/kpageflags: folio flags only
+    SIM = "sim"  #: the simulator's modelled PTE
 
 
 PTE, SMAPS, IDLE_PAGE, KPAGEFLAGS = Channel.PTE, Channel.SMAPS, Channel.IDLE_PAGE, Channel.KPAGEFLAGS
@@ -94,11 +95,18 @@ class PteState:
 
     def bits(self) -> dict[str, Optional[bool]]:
         """The observable bits, for comparing a kernel answer with a model's."""
-        return {"present": self.present, "swapped": self.swapped, "uffd_wp": self.uffd_wp,
-                "soft_dirty": self.soft_dirty, "young": self.young, "dirty": self.dirty}
+        return {
+            "present": self.present,
+            "swapped": self.swapped,
+            "uffd_wp": self.uffd_wp,
+            "soft_dirty": self.soft_dirty,
+            "young": self.young,
+            "dirty": self.dirty,
+        }
 
 
 # -- pagemap --------------------------------------------------------------------
+
 
 def pagemap_entries(addr: int, npages: int, pid: str = "self") -> list[int]:
     """Raw 64-bit pagemap entries of ``npages`` base pages from ``addr``."""
@@ -142,6 +150,7 @@ def is_swapped(addr: int) -> bool:
 
 # -- smaps ----------------------------------------------------------------------
 
+
 def smaps_vma(addr: int, pid: str = "self") -> dict[str, int]:
     """The smaps fields (in kB) of the VMA containing ``addr``; ``VmFlags`` as a string."""
     with open(f"/proc/{pid}/smaps") as f:
@@ -175,7 +184,8 @@ def _smaps_young_dirty(region: Region, page: int) -> tuple[Optional[bool], Optio
             return False
         if vma_pages == 1 or count == rss:
             return True  # one page in the VMA, or every present page counts
-        return None      # some pages of a larger VMA: cannot say which
+        return None  # some pages of a larger VMA: cannot say which
+
     if region.kind.hugetlb:
         # smaps accounts hugetlb pages separately (Shared/Private_Hugetlb): no young/dirty there
         return None, None
@@ -183,6 +193,7 @@ def _smaps_young_dirty(region: Region, page: int) -> tuple[Optional[bool], Optio
 
 
 # -- idle-page tracking and kpageflags (root) -------------------------------------
+
 
 def idle_page_tracking_available() -> Optional[str]:
     """None if idle-page tracking works here, else why not."""
@@ -252,7 +263,8 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
             else:
                 raise ObservationUnavailable(
                     f"page {page} of {region!r} (pfn {pfn:#x}) could not be marked idle: it is not on an LRU "
-                    "list yet (another CPU's batch); pin the process to one CPU (os.sched_setaffinity)")
+                    "list yet (another CPU's batch); pin the process to one CPU (os.sched_setaffinity)"
+                )
     finally:
         os.close(fd)
 
@@ -269,7 +281,7 @@ def page_idle(pfn: int) -> bool:
     _require(idle_page_tracking_available())
     fd = os.open(_IDLE_BITMAP, os.O_RDONLY)
     try:
-        word, = struct.unpack("<Q", os.pread(fd, 8, (pfn // 64) * 8))
+        (word,) = struct.unpack("<Q", os.pread(fd, 8, (pfn // 64) * 8))
     finally:
         os.close(fd)
     return bool(word >> (pfn % 64) & 1)
@@ -279,7 +291,7 @@ def kpageflags(pfn: int) -> frozenset[KPageFlag]:
     _require(kpageflags_available())
     fd = os.open(_KPAGEFLAGS, os.O_RDONLY)
     try:
-        word, = struct.unpack("<Q", os.pread(fd, 8, pfn * 8))
+        (word,) = struct.unpack("<Q", os.pread(fd, 8, pfn * 8))
     finally:
         os.close(fd)
     return frozenset(flag for flag in KPageFlag if word >> flag & 1)
@@ -366,16 +378,24 @@ def parse_pte_line(line: str) -> PteEntry:
     try:
         fields = dict(part.split("=", 1) for part in parts[2:])
         flags = {name: fields[name] == "1" for name in _PTE_FLAGS}
-        entry = PteEntry(addr=int(parts[0], 16), level=parts[1], **flags,
-                         swap=None if fields["swap"] == "-" else fields["swap"],
-                         pfn=None if fields["pfn"] == "-" else int(fields["pfn"], 16),
-                         entry=int(fields["entry"], 16))
+        entry = PteEntry(
+            addr=int(parts[0], 16),
+            level=parts[1],
+            **flags,
+            swap=None if fields["swap"] == "-" else fields["swap"],
+            pfn=None if fields["pfn"] == "-" else int(fields["pfn"], 16),
+            entry=int(fields["entry"], 16),
+        )
     except (IndexError, KeyError, ValueError) as exc:
-        raise HarnessError(f"{PTE_DEBUGFS}: cannot parse line {line!r} ({exc!r}): does the kernel's "
-                           "vm/instrumentation match harness/pte.py?") from None
+        raise HarnessError(
+            f"{PTE_DEBUGFS}: cannot parse line {line!r} ({exc!r}): does the kernel's "
+            "vm/instrumentation match harness/pte.py?"
+        ) from None
     if entry.level not in PTE_LEVELS or (entry.swap is not None and entry.swap not in SWAP_KINDS):
-        raise HarnessError(f"{PTE_DEBUGFS}: unknown level or swap kind in {line!r}: does the kernel's "
-                           "vm/instrumentation match harness/pte.py?")
+        raise HarnessError(
+            f"{PTE_DEBUGFS}: unknown level or swap kind in {line!r}: does the kernel's "
+            "vm/instrumentation match harness/pte.py?"
+        )
     return entry
 
 
@@ -397,7 +417,8 @@ def read_ptes(addr: int, npages: int = 1) -> list[PteEntry]:
         except OSError as exc:
             raise HarnessError(
                 f"{PTE_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno or 0, exc.errno)}: "
-                "the range must be page-aligned and inside the user address space") from None
+                "the range must be page-aligned and inside the user address space"
+            ) from None
         chunks = []
         want = min(npages * _PTE_LINE_MAX, _PTE_READ_MAX)
         while True:
@@ -434,8 +455,9 @@ def make_old(addr: int, npages: int = 1) -> None:
     try:
         os.write(fd, f"{addr:#x} {npages}".encode())
     except OSError as exc:
-        raise HarnessError(f"{MKOLD_DEBUGFS}: write '{addr:#x} {npages}': "
-                           f"{errno.errorcode.get(exc.errno or 0, exc.errno)}") from None
+        raise HarnessError(
+            f"{MKOLD_DEBUGFS}: write '{addr:#x} {npages}': {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        ) from None
     finally:
         os.close(fd)
 
@@ -445,8 +467,9 @@ def read_pte(addr: int) -> PteEntry:
     return read_ptes(addr & ~(PAGE_SIZE - 1), 1)[0]
 
 
-def pagemap_state(entry: int, source: str, young: Optional[bool] = None, dirty: Optional[bool] = None,
-                  writable: Optional[bool] = None) -> PteState:
+def pagemap_state(
+    entry: int, source: str, young: Optional[bool] = None, dirty: Optional[bool] = None, writable: Optional[bool] = None
+) -> PteState:
     """A PteState from a pagemap entry (present, swapped, uffd-wp, ...) and what ``source`` says of the rest:
     the one place a PteState is made from pagemap."""
     return PteState(
@@ -456,13 +479,23 @@ def pagemap_state(entry: int, source: str, young: Optional[bool] = None, dirty: 
         uffd_wp=pagemap_bit(entry, PagemapBit.UFFD_WP),
         exclusive=pagemap_bit(entry, PagemapBit.EXCLUSIVE),
         soft_dirty=pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-        pfn=pagemap_pfn(entry), young=young, dirty=dirty, writable=writable, source=source)
+        pfn=pagemap_pfn(entry),
+        young=young,
+        dirty=dirty,
+        writable=writable,
+        source=source,
+    )
 
 
 def _pte_state(entry: int, pte: PteEntry) -> PteState:
     """A PteState from pagemap (as for the other channels) and the pte channel's young/dirty/writable."""
-    return pagemap_state(entry, PTE, young=pte.present and pte.young, dirty=pte.present and pte.dirty,
-                         writable=pte.present and pte.writable)
+    return pagemap_state(
+        entry,
+        PTE,
+        young=pte.present and pte.young,
+        dirty=pte.present and pte.dirty,
+        writable=pte.present and pte.writable,
+    )
 
 
 def observe_ptes(region: Region, first: int = 0, count: Optional[int] = None) -> list[PteState]:
@@ -482,6 +515,7 @@ def observe_ptes(region: Region, first: int = 0, count: Optional[int] = None) ->
 
 
 # -- the one-stop call ------------------------------------------------------------
+
 
 def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     """The state of one page's PTE, young/dirty through ``channel``.
@@ -506,8 +540,7 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     pfn = _pfn_of(region, page)
     if channel == IDLE_PAGE:
         flags = kpageflags(pfn) if kpageflags_available() is None else frozenset()
-        return replace(state, young=not page_idle(pfn),
-                       dirty=(KPageFlag.DIRTY in flags) if flags else None)
+        return replace(state, young=not page_idle(pfn), dirty=(KPageFlag.DIRTY in flags) if flags else None)
     if channel == KPAGEFLAGS:
         flags = kpageflags(pfn)
         return replace(state, young=KPageFlag.REFERENCED in flags, dirty=KPageFlag.DIRTY in flags)
@@ -515,6 +548,7 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
 
 
 # -- cross-check: the PTE against what folio flags can explain ----------------------
+
 
 @dataclass(frozen=True)
 class CrossCheck:
@@ -566,18 +600,27 @@ class CrossCheck:
     def folio_only(self) -> list[str]:
         """Each young/dirty reading that folio flags alone explain, with the flags seen."""
         out = []
-        flags = "kpageflags hidden" if self.folio_flags is None else \
-            f"folio referenced={self.folio_referenced} dirty={self.folio_dirty}"
+        flags = (
+            "kpageflags hidden"
+            if self.folio_flags is None
+            else f"folio referenced={self.folio_referenced} dirty={self.folio_dirty}"
+        )
         if self.pte.present and not self.pte.young:
             if self.smaps_young:
-                out.append(f"{self.addr:#x}: smaps Referenced counts it while the PTE is old ({flags}; "
-                           "smaps_account() also counts PG_referenced and PG_young)")
+                out.append(
+                    f"{self.addr:#x}: smaps Referenced counts it while the PTE is old ({flags}; "
+                    "smaps_account() also counts PG_referenced and PG_young)"
+                )
             if self.idle_young:
-                out.append(f"{self.addr:#x}: idle-page tracking says accessed while the PTE is old ({flags}; "
-                           "folio_mark_accessed() clears the idle flag too)")
+                out.append(
+                    f"{self.addr:#x}: idle-page tracking says accessed while the PTE is old ({flags}; "
+                    "folio_mark_accessed() clears the idle flag too)"
+                )
         if self.dirty_from_folio_only:
-            out.append(f"{self.addr:#x}: smaps *_Dirty counts it while the PTE is clean ({flags}; "
-                       "smaps_account() also counts PG_dirty)")
+            out.append(
+                f"{self.addr:#x}: smaps *_Dirty counts it while the PTE is clean ({flags}; "
+                "smaps_account() also counts PG_dirty)"
+            )
         return out
 
     def disagreements(self) -> list[str]:
@@ -585,12 +628,16 @@ class CrossCheck:
         out = []
         for name, bit in (("present", PagemapBit.PRESENT), ("uffd_wp", PagemapBit.UFFD_WP)):
             if getattr(self.pte, name) != pagemap_bit(self.pagemap, bit):
-                out.append(f"{self.addr:#x}: {name} is {getattr(self.pte, name)} in the PTE, "
-                           f"{pagemap_bit(self.pagemap, bit)} in pagemap")
+                out.append(
+                    f"{self.addr:#x}: {name} is {getattr(self.pte, name)} in the PTE, "
+                    f"{pagemap_bit(self.pagemap, bit)} in pagemap"
+                )
         # pte_to_pagemap_entry() ORs in the VMA's VM_SOFTDIRTY
         if pagemap_bit(self.pagemap, PagemapBit.SOFT_DIRTY) != (self.pte.soft_dirty or self.vma_soft_dirty):
-            out.append(f"{self.addr:#x}: soft-dirty is {self.pte.soft_dirty} in the PTE and {self.vma_soft_dirty} "
-                       f"on the VMA, but {pagemap_bit(self.pagemap, PagemapBit.SOFT_DIRTY)} in pagemap")
+            out.append(
+                f"{self.addr:#x}: soft-dirty is {self.pte.soft_dirty} in the PTE and {self.vma_soft_dirty} "
+                f"on the VMA, but {pagemap_bit(self.pagemap, PagemapBit.SOFT_DIRTY)} in pagemap"
+            )
         # smaps counts pte_young / pte_dirty (smaps_pte_entry()); the idle walk
         # clears a young PTE and with it the idle flag (page_idle_clear_pte_refs_one())
         if self.pte.young and self.smaps_young is False:
@@ -620,8 +667,16 @@ def cross_check(region: Region, page: int = 0) -> CrossCheck:
     idle_young = None
     if flags is not None and pfn is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
         idle_young = not page_idle(pfn)
-    return CrossCheck(addr=addr, pagemap=entry, pte=pte, folio_flags=flags, smaps_young=young,
-                      smaps_dirty=dirty, idle_young=idle_young, vma_soft_dirty=vma_soft_dirty)
+    return CrossCheck(
+        addr=addr,
+        pagemap=entry,
+        pte=pte,
+        folio_flags=flags,
+        smaps_young=young,
+        smaps_dirty=dirty,
+        idle_young=idle_young,
+        vma_soft_dirty=vma_soft_dirty,
+    )
 
 
 def clear_refs(value: int = abi.CLEAR_REFS_ALL, pid: str = "self") -> None:
@@ -635,6 +690,7 @@ def clear_soft_dirty() -> None:
 
 
 # -- THP: PMD-mapped or not ----------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ThpMapping:
@@ -666,18 +722,23 @@ class ThpMapping:
     def disagreement(self) -> Optional[str]:
         """None when the channels agree that the region is, or is not, PMD-mapped."""
         if self.scan_huge is not None and self.scan_huge != self.pmd_mapped:
-            return (f"smaps says {'' if self.pmd_mapped else 'not '}PMD-mapped (AnonHugePages {self.anon_huge_kb} "
-                    f"of {self.size_kb} kB), PAGEMAP_SCAN says {'' if self.scan_huge else 'not '}huge")
+            return (
+                f"smaps says {'' if self.pmd_mapped else 'not '}PMD-mapped (AnonHugePages {self.anon_huge_kb} "
+                f"of {self.size_kb} kB), PAGEMAP_SCAN says {'' if self.scan_huge else 'not '}huge"
+            )
         if self.pmd_mapped and self.thp_folio is False:
-            return (f"smaps says PMD-mapped (AnonHugePages {self.anon_huge_kb} kB), kpageflags shows no THP "
-                    "folio behind it")
+            return (
+                f"smaps says PMD-mapped (AnonHugePages {self.anon_huge_kb} kB), kpageflags shows no THP folio behind it"
+            )
         return None
 
     def __str__(self) -> str:
         extra = "" if self.scan_huge is None else f", PAGEMAP_SCAN huge={self.scan_huge}"
         extra += "" if self.thp_folio is None else f", kpageflags THP={self.thp_folio}"
-        return (f"AnonHugePages {self.anon_huge_kb} of {self.size_kb} kB, Rss {self.rss_kb} kB, "
-                f"{self.present} of {self.size_kb * 1024 // PAGE_SIZE} base pages present{extra}")
+        return (
+            f"AnonHugePages {self.anon_huge_kb} of {self.size_kb} kB, Rss {self.rss_kb} kB, "
+            f"{self.present} of {self.size_kb * 1024 // PAGE_SIZE} base pages present{extra}"
+        )
 
 
 def check_thp(region: Region, what: str = "") -> None:
@@ -696,8 +757,9 @@ def check_thp(region: Region, what: str = "") -> None:
         raise HarnessError(f"{region!r}{' ' + what if what else ''}: {problem}")
     if mapping.pmd_mapped:
         return
-    raise ThpUnavailable(f"{region!r}{' ' + what if what else ''} is not a PMD-mapped THP "
-                         f"({mapping}): {_why_not_thp(region, mapping)}")
+    raise ThpUnavailable(
+        f"{region!r}{' ' + what if what else ''} is not a PMD-mapped THP ({mapping}): {_why_not_thp(region, mapping)}"
+    )
 
 
 def _why_not_thp(region: Region, mapping: ThpMapping) -> str:
@@ -730,20 +792,30 @@ def thp_mapping(region: Region) -> ThpMapping:
         per_thp = region.page_size // PAGE_SIZE
         thp_folio = True
         for first in range(0, len(entries), per_thp):
-            pfns = [pagemap_pfn(e) for e in entries[first:first + per_thp]]
+            pfns = [pagemap_pfn(e) for e in entries[first : first + per_thp]]
             head = pfns[0]
             # one THP: all present, one run of PFNs from an aligned head, THP on head and tail
-            if head is None or head % per_thp or pfns != list(range(head, head + per_thp)) \
-                    or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, head + per_thp - 1)):
+            if (
+                head is None
+                or head % per_thp
+                or pfns != list(range(head, head + per_thp))
+                or not all(KPageFlag.THP in kpageflags(pfn) for pfn in (head, head + per_thp - 1))
+            ):
                 thp_folio = False
                 break
-    return ThpMapping(size_kb=region.length // 1024, rss_kb=vma.get("Rss", 0),
-                      anon_huge_kb=vma.get("AnonHugePages", 0), present=len(present),
-                      uffd_wp=sum(pagemap_bit(e, PagemapBit.UFFD_WP) for e in entries),
-                      scan_huge=scan_huge, thp_folio=thp_folio)
+    return ThpMapping(
+        size_kb=region.length // 1024,
+        rss_kb=vma.get("Rss", 0),
+        anon_huge_kb=vma.get("AnonHugePages", 0),
+        present=len(present),
+        uffd_wp=sum(pagemap_bit(e, PagemapBit.UFFD_WP) for e in entries),
+        scan_huge=scan_huge,
+        thp_folio=thp_folio,
+    )
 
 
 # -- PAGEMAP_SCAN -----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ScanRegion:
@@ -752,9 +824,18 @@ class ScanRegion:
     categories: PageCategory
 
 
-def pagemap_scan(start: int, length: int, *, category_mask: int = 0, category_inverted: int = 0,
-                 anyof_mask: int = 0, return_mask: int = int(PageCategory(~0 & 0xFF)),
-                 flags: int = 0, max_pages: int = 0, max_regions: int = 256) -> list[ScanRegion]:
+def pagemap_scan(
+    start: int,
+    length: int,
+    *,
+    category_mask: int = 0,
+    category_inverted: int = 0,
+    anyof_mask: int = 0,
+    return_mask: int = int(PageCategory(~0 & 0xFF)),
+    flags: int = 0,
+    max_pages: int = 0,
+    max_regions: int = 256,
+) -> list[ScanRegion]:
     """The ``PAGEMAP_SCAN`` ioctl (Linux 6.7+) over [start, start+length)."""
     vec = ffi.new("struct page_region[]", max_regions)
     arg = ffi.new("struct pm_scan_arg *")
@@ -771,7 +852,11 @@ def pagemap_scan(start: int, length: int, *, category_mask: int = 0, category_in
     with open("/proc/self/pagemap", "rb", buffering=0) as f:
         n = lib.harness_pagemap_scan(f.fileno(), arg)
     if n < 0:
-        raise UffdError("PAGEMAP_SCAN", -n, start, length,
-                        advice="the kernel has no PAGEMAP_SCAN (Linux 6.7+)" if -n == errno.ENOTTY else "")
+        raise UffdError(
+            "PAGEMAP_SCAN",
+            -n,
+            start,
+            length,
+            advice="the kernel has no PAGEMAP_SCAN (Linux 6.7+)" if -n == errno.ENOTTY else "",
+        )
     return [ScanRegion(vec[i].start, vec[i].end, PageCategory(vec[i].categories)) for i in range(n)]
-

@@ -26,6 +26,7 @@ Every test that uses the ``backend`` fixture records JUnit properties
 ``backend``, ``profile``, ``kernel_release``, ``channels`` (and ``clause``,
 ``fallback`` when they apply); the terminal summary counts tests by backend.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,26 @@ _BACKEND_KEY = "backend"
 
 def pytest_addoption(parser):
     group = parser.getgroup("uffd-harness backends")
-    group.addoption("--backend", choices=("kernel", "sim", "auto"), default="auto",
-                    help="where tests run: the kernel, the simulator, or auto (kernel when it has the features)")
-    group.addoption("--sim-profile", default=None,
-                    help="simulator profile for fallback and --backend sim (default: access-hints)")
-    group.addoption("--channels", default=None,
-                    help="comma-separated observation channels for the kernel backend (default: all available)")
-    group.addoption("--summary-json", default=None, metavar="PATH",
-                    help="write a JSON summary: kernel, features, counts, per-clause results")
+    group.addoption(
+        "--backend",
+        choices=("kernel", "sim", "auto"),
+        default="auto",
+        help="where tests run: the kernel, the simulator, or auto (kernel when it has the features)",
+    )
+    group.addoption(
+        "--sim-profile", default=None, help="simulator profile for fallback and --backend sim (default: access-hints)"
+    )
+    group.addoption(
+        "--channels",
+        default=None,
+        help="comma-separated observation channels for the kernel backend (default: all available)",
+    )
+    group.addoption(
+        "--summary-json",
+        default=None,
+        metavar="PATH",
+        help="write a JSON summary: kernel, features, counts, per-clause results",
+    )
 
 
 def pytest_configure(config):
@@ -68,14 +81,17 @@ def pytest_configure(config):
 
 # -- choosing a backend ------------------------------------------------------------
 
+
 def _kernel_features() -> frozenset:
     from harness.backends.kernel import offered_features
+
     return offered_features()
 
 
 def _kernel_has_uffd() -> Optional[str]:
     """None when userfaultfd works here, else why not."""
     from harness.uffd import open_any
+
     try:
         open_any(features=None).close()
     except OSError as exc:
@@ -83,9 +99,9 @@ def _kernel_has_uffd() -> Optional[str]:
     return None
 
 
-
 def _kernel_capabilities() -> dict:
     from harness.backends.kernel import kernel_soft_dirty, kernel_swap
+
     return {SOFT_DIRTY: kernel_soft_dirty(), SWAP: kernel_swap()}
 
 
@@ -103,13 +119,18 @@ def choose_backend(option: str, needs: tuple, pinned: Optional[str], sim_profile
     ``"soft-dirty"`` and ``"swap"`` (the simulator models both).
     """
     from harness.sim import profiles
+
     profile = profiles.default_profile(sim_profile)
     choice = pinned or option
     if choice == "sim":
         missing = [f for f in needs if isinstance(f, Feature) and f not in profile.features]
         if missing:
-            return "sim", profile.name, None, (f"simulator profile {profile.name} lacks "
-                                               + ", ".join(_need_name(f) for f in missing))
+            return (
+                "sim",
+                profile.name,
+                None,
+                (f"simulator profile {profile.name} lacks " + ", ".join(_need_name(f) for f in missing)),
+            )
         return "sim", profile.name, None, None
     no_uffd = _kernel_has_uffd()
     offered = _kernel_features()
@@ -120,9 +141,16 @@ def choose_backend(option: str, needs: tuple, pinned: Optional[str], sim_profile
         if no_uffd:
             return "kernel", None, None, no_uffd
         if missing:
-            return "kernel", None, None, (f"kernel {release} lacks "
-                                          + ", ".join(_need_name(f) for f in missing)
-                                          + " (--backend auto runs this on the simulator)")
+            return (
+                "kernel",
+                None,
+                None,
+                (
+                    f"kernel {release} lacks "
+                    + ", ".join(_need_name(f) for f in missing)
+                    + " (--backend auto runs this on the simulator)"
+                ),
+            )
         return "kernel", None, None, None
     # auto
     if no_uffd or missing:
@@ -151,13 +179,15 @@ def kernel_only_clauses(option: str, clauses: tuple, kernel: Optional[tuple] = N
         return ()
     if kernel is None:
         no_uffd = _kernel_has_uffd()
-        kernel = (no_uffd, frozenset() if no_uffd else _kernel_features(),
-                  {} if no_uffd else _kernel_capabilities())
+        kernel = (no_uffd, frozenset() if no_uffd else _kernel_features(), {} if no_uffd else _kernel_capabilities())
     no_uffd, offered, caps = kernel
     if no_uffd:
         return ()
-    return tuple(n for n in clauses
-                 if all((f in offered) if isinstance(f, Feature) else caps.get(f, False) for f in CLAUSE_NEEDS[n]))
+    return tuple(
+        n
+        for n in clauses
+        if all((f in offered) if isinstance(f, Feature) else caps.get(f, False) for f in CLAUSE_NEEDS[n])
+    )
 
 
 def _marker_needs(item) -> tuple:
@@ -181,10 +211,12 @@ def _marker_backend(item) -> Optional[str]:
 def backend(request):
     """A :class:`~harness.backends.base.Backend` chosen by ``--backend`` and the test's markers."""
     from harness.backends import make_backend
+
     item = request.node
     config = request.config
-    name, profile, fallback, skip = choose_backend(config.getoption("--backend"), _marker_needs(item),
-                                                   _marker_backend(item), config.getoption("--sim-profile"))
+    name, profile, fallback, skip = choose_backend(
+        config.getoption("--backend"), _marker_needs(item), _marker_backend(item), config.getoption("--sim-profile")
+    )
     if skip:
         pytest.skip(skip)
     if name == "kernel":
@@ -199,9 +231,9 @@ def backend(request):
         channel = channel or b.channels()[0]
         used.add(channel)
         return real_observe(r, page, channel)
+
     b.observe = observe  # type: ignore[method-assign]  # this backend, for this test: record the channels read
-    item.user_properties.extend([(_BACKEND_KEY, b.name), ("profile", b.profile),
-                                 ("kernel_release", b.kernel_release)])
+    item.user_properties.extend([(_BACKEND_KEY, b.name), ("profile", b.profile), ("kernel_release", b.kernel_release)])
     if fallback:
         item.user_properties.append(("fallback", fallback))
     try:
@@ -217,6 +249,7 @@ def backend(request):
 def make_sim(request):
     """``make_sim(profile, soft_dirty=True, swap=True)``: a simulator backend on a named profile."""
     from harness.backends.sim import SimBackend
+
     made = []
 
     def make(profile="access-hints", **kwargs):
@@ -225,6 +258,7 @@ def make_sim(request):
         if (_BACKEND_KEY, "sim") not in request.node.user_properties:
             request.node.user_properties.append((_BACKEND_KEY, "sim"))
         return b
+
     yield make
     for b in made:
         b.close()
@@ -234,18 +268,21 @@ def make_sim(request):
 def kernel_backend(request):
     """The kernel backend, or a skip naming why userfaultfd cannot be used here."""
     from harness.backends.kernel import KernelBackend
+
     reason = _kernel_has_uffd()
     if reason:
         pytest.skip(reason)
     channels = request.config.getoption("--channels")
     b = KernelBackend(channels=channels.split(",") if channels else None)
-    request.node.user_properties.extend([(_BACKEND_KEY, "kernel"), ("profile", b.profile),
-                                         ("kernel_release", b.kernel_release)])
+    request.node.user_properties.extend(
+        [(_BACKEND_KEY, "kernel"), ("profile", b.profile), ("kernel_release", b.kernel_release)]
+    )
     yield b
     b.close()
 
 
 # -- reporting ----------------------------------------------------------------------
+
 
 def _uptime() -> float:
     """Seconds since this kernel booted (/proc/uptime)."""
@@ -292,8 +329,11 @@ class _Results:
             entry["skip"] = report.longrepr[2]
 
     def by_backend(self) -> Counter:
-        return Counter(e["props"].get(_BACKEND_KEY) for e in self.tests.values()
-                       if e["props"].get(_BACKEND_KEY) and e["outcome"] in ("passed", "failed"))
+        return Counter(
+            e["props"].get(_BACKEND_KEY)
+            for e in self.tests.values()
+            if e["props"].get(_BACKEND_KEY) and e["outcome"] in ("passed", "failed")
+        )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -379,6 +419,7 @@ def build_summary(results: _Results, config) -> dict:
     start and the firmware not included.
     """
     from harness import abi
+
     offered = _kernel_features()
     negotiated: set = set()
     outcomes: Counter[str] = Counter()
@@ -412,9 +453,12 @@ def build_summary(results: _Results, config) -> dict:
             props = e["props"]
             label = props.get("memory")
             if label:
-                coverage[label] = {"outcome": e["outcome"], "backend": props.get(_BACKEND_KEY),
-                                   "shape": props.get("shape", "page"),
-                                   "channels": sorted(c for c in props.get("channels", "").split(",") if c)}
+                coverage[label] = {
+                    "outcome": e["outcome"],
+                    "backend": props.get(_BACKEND_KEY),
+                    "shape": props.get("shape", "page"),
+                    "channels": sorted(c for c in props.get("channels", "").split(",") if c),
+                }
         clauses[str(n)] = {
             "result": result,
             "gaps": _clause_gaps(entries) if result == NOT_SHOWN or not entries else [],
@@ -429,20 +473,31 @@ def build_summary(results: _Results, config) -> dict:
     hints = abi.hint_abi()
     from harness.reports import SUMMARY_SCHEMA
     from harness.sim import profiles
+
     return {
         "schema": SUMMARY_SCHEMA,
         "kernel_release": platform.release(),
         "patched": Feature.ACCESS_HINTS in offered,
         "features": {"offered": sorted(f.name for f in offered), "negotiated": sorted(negotiated)},
-        "hint_abi": {"feature": hints.feature, "access_likely": hints.access_likely,
-                     "write_likely": hints.write_likely, "source": hints.source},
+        "hint_abi": {
+            "feature": hints.feature,
+            "access_likely": hints.access_likely,
+            "write_likely": hints.write_likely,
+            "source": hints.source,
+        },
         "backend_option": config.getoption("--backend"),
         "sim_profile": profiles.default_profile(config.getoption("--sim-profile")).name,
-        "tests": {"passed": outcomes["passed"], "failed": outcomes["failed"], "skipped": outcomes["skipped"],
-                  "total": sum(outcomes.values())},
+        "tests": {
+            "passed": outcomes["passed"],
+            "failed": outcomes["failed"],
+            "skipped": outcomes["skipped"],
+            "total": sum(outcomes.values()),
+        },
         "backends": dict(results.by_backend()),
         "clauses": clauses,
-        "timeline": {"process_start": round(results.process_start, 2),
-                     "first_test": None if results.first_test is None else round(results.first_test, 2),
-                     "summary": round(_uptime(), 2)},
+        "timeline": {
+            "process_start": round(results.process_start, 2),
+            "first_test": None if results.first_test is None else round(results.first_test, 2),
+            "summary": round(_uptime(), 2),
+        },
     }

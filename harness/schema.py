@@ -14,6 +14,7 @@ A document that does not fit raises :class:`~harness.errors.DocumentError`
 naming the file and the key path (``scenarios.x.samples[3]``), so a reader
 never meets a ``KeyError`` or ``TypeError`` half-way through its work.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,7 @@ def _describe(shape) -> str:
     if isinstance(shape, str):
         return f"a {shape}"
     if isinstance(shape, type):
-        return {str: "a string", bool: "true or false", dict: "an object", list: "a list"}.get(
-            shape, shape.__name__)
+        return {str: "a string", bool: "true or false", dict: "an object", list: "a list"}.get(shape, shape.__name__)
     if isinstance(shape, ListOf):
         return f"a list of {_describe(shape.item).removeprefix('a ').removeprefix('an ')}s"
     if isinstance(shape, MapOf):
@@ -75,7 +75,8 @@ def _kind(value) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def problem(value, shape, where: str = "") -> Optional[str]:
@@ -143,8 +144,9 @@ def read_json(path: os.PathLike | str, what: str, writer: str = "") -> Any:
     except UnicodeDecodeError:
         raise DocumentError(path, f"not {what}: binary data, not UTF-8 text{hint}") from None
     except json.JSONDecodeError as exc:
-        raise DocumentError(path, f"not {what}: invalid JSON at line {exc.lineno} column {exc.colno} "
-                                  f"({exc.msg}){hint}") from None
+        raise DocumentError(
+            path, f"not {what}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}){hint}"
+        ) from None
     except RecursionError:
         raise DocumentError(path, f"not {what}: nested too deeply{hint}") from None
 
@@ -155,9 +157,13 @@ def load(path: os.PathLike | str, shape, what: str, writer: str = "", schema: Op
     if schema is not None:
         found = doc.get("schema") if isinstance(doc, dict) else None
         if found != schema:
-            got = f"schema {found!r}" if found is not None else (
-                "no 'schema' field" if isinstance(doc, dict) else f"{_kind(doc)}, not an object")
-            raise DocumentError(path, f"not {what}: {got}, expected schema {schema!r}"
-                                      + (f" ({writer} writes one)" if writer else ""))
+            got = (
+                f"schema {found!r}"
+                if found is not None
+                else ("no 'schema' field" if isinstance(doc, dict) else f"{_kind(doc)}, not an object")
+            )
+            raise DocumentError(
+                path, f"not {what}: {got}, expected schema {schema!r}" + (f" ({writer} writes one)" if writer else "")
+            )
     check(doc, shape, path)
     return doc

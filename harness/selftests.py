@@ -12,6 +12,7 @@ and stops at the first "ERROR: ..." line.  All become the same list of
 Which selftests a tree has is found in the tree (:func:`selftests_of_tree`):
 tools/testing/selftests/mm, or vm before 6.3.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,15 +37,17 @@ KSFT_SKIP = 4
 
 _UFFD_START = re.compile(r"Testing (?P<name>.+?)\.\.\. ")
 _UFFD_RESULT = re.compile(r"(?P<word>done|skipped|failed)(?: \[reason: (?P<reason>.*)\])?$")
-_TAP = re.compile(r"^(?P<not>not )?ok (?P<num>\d+) ?-? ?(?P<desc>[^#]*?)\s*"
-                  r"(?:#\s*(?P<directive>SKIP|TODO|XFAIL)\S*\s*(?P<reason>.*))?$",
-                  re.IGNORECASE)
+_TAP = re.compile(
+    r"^(?P<not>not )?ok (?P<num>\d+) ?-? ?(?P<desc>[^#]*?)\s*"
+    r"(?:#\s*(?P<directive>SKIP|TODO|XFAIL)\S*\s*(?P<reason>.*))?$",
+    re.IGNORECASE,
+)
 
 
 @dataclass
 class CaseResult:
     name: str
-    result: str          #: pass, fail or skip
+    result: str  #: pass, fail or skip
     reason: str = ""
 
 
@@ -88,7 +91,7 @@ def parse_uffd_unit_tests(text: str) -> list[CaseResult]:
         start = _UFFD_START.match(line)
         if start:
             pending = start.group("name")
-            rest = line[start.end():]
+            rest = line[start.end() :]
         if pending is None:
             continue
         result = _UFFD_RESULT.match(rest.strip())
@@ -125,7 +128,7 @@ def parse_userfaultfd(text: str, prefix: str = "") -> list[CaseResult]:
                     mode = "-".join(m.group("mode").split()) or "plain"
                     pending = f"{prefix}bounce {m.group('bounce')} ({mode})"
         if line.startswith("ERROR:") or "ERROR: " in line:
-            reason = line[line.index("ERROR:") + 6:].strip()
+            reason = line[line.index("ERROR:") + 6 :].strip()
             cases.append(CaseResult(pending or f"{prefix}setup", "fail", reason))
             pending = None
     if pending is not None:
@@ -167,8 +170,9 @@ def parse_output(name: str, text: str) -> list[CaseResult]:
     return parse_ktap(text)
 
 
-def run_userfaultfd(binary: Path, timeout: float = 300.0, runs: Sequence[Sequence[str]] = USERFAULTFD_RUNS,
-                    cwd: Optional[Path] = None) -> SelftestRun:
+def run_userfaultfd(
+    binary: Path, timeout: float = 300.0, runs: Sequence[Sequence[str]] = USERFAULTFD_RUNS, cwd: Optional[Path] = None
+) -> SelftestRun:
     """6.1's monolithic ``userfaultfd``, once per memory type; one run whose cases are named "<type>: <case>".
 
     A memory type whose run fails without naming a case (usage, no huge
@@ -189,8 +193,13 @@ def run_userfaultfd(binary: Path, timeout: float = 300.0, runs: Sequence[Sequenc
             reason = (one.log.strip().splitlines() or ["exit 4"])[-1]
             cases = cases or [CaseResult(kind, "skip", reason)]
         elif one.returncode != 0 and not any(c.result == "fail" for c in cases):
-            cases.append(CaseResult(kind, "fail", one.error or f"exited {one.returncode}: "
-                                    + (one.log.strip().splitlines() or [""])[-1][:200]))
+            cases.append(
+                CaseResult(
+                    kind,
+                    "fail",
+                    one.error or f"exited {one.returncode}: " + (one.log.strip().splitlines() or [""])[-1][:200],
+                )
+            )
         total.cases += cases
         logs.append(f"$ {binary.name} {' '.join(args)}  (exit {one.returncode})\n{one.log}")
         if one.error and not total.error:
@@ -202,8 +211,9 @@ def run_userfaultfd(binary: Path, timeout: float = 300.0, runs: Sequence[Sequenc
     return total
 
 
-def run_selftest(binary: Path, timeout: float = 300.0, args: Sequence[str] = (),
-                 cwd: Optional[Path] = None) -> SelftestRun:
+def run_selftest(
+    binary: Path, timeout: float = 300.0, args: Sequence[str] = (), cwd: Optional[Path] = None
+) -> SelftestRun:
     """Run one selftest binary; a hang is killed after ``timeout`` s and reported as such.
 
     ``cwd`` must be writable (pagemap_ioctl creates its test file there);
@@ -220,14 +230,26 @@ def run_selftest(binary: Path, timeout: float = 300.0, args: Sequence[str] = (),
 
 def _run(binary: Path, name: str, args: Sequence[str], cwd: Path, timeout: float, t0: float) -> SelftestRun:
     try:
-        proc = subprocess.run([str(binary), *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.run(
+            [str(binary), *args],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
         text = proc.stdout.decode(errors="replace")
         run = SelftestRun(name, proc.returncode, time.monotonic() - t0, parse_output(name, text), log=text)
     except subprocess.TimeoutExpired as exc:
         text = (exc.stdout or b"").decode(errors="replace")
-        run = SelftestRun(name, None, time.monotonic() - t0, parse_output(name, text),
-                          error=f"timed out after {timeout:.0f} s (killed)", log=text)
+        run = SelftestRun(
+            name,
+            None,
+            time.monotonic() - t0,
+            parse_output(name, text),
+            error=f"timed out after {timeout:.0f} s (killed)",
+            log=text,
+        )
     return run
 
 

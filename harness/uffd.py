@@ -4,6 +4,7 @@ Each method maps to one ioctl, returns what the kernel returns (bytes
 copied, mapped, moved; the ioctls a range supports) and raises
 :class:`~harness.errors.UffdError` naming the ioctl, the range and the errno.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,7 +27,7 @@ from harness.errors import (
 from harness.events import UffdEvent, decode_events
 
 _wp_ioctl = lib.harness_uffd_writeprotect  # bound once: the hot path of every WP test
-_wp_issue = lib.harness_wp_request_issue   # a prepared request: the one-argument call
+_wp_issue = lib.harness_wp_request_issue  # a prepared request: the one-argument call
 _wp_many = lib.harness_uffd_writeprotect_many
 _MODE_WP = abi.WRITEPROTECT_MODE_WP
 
@@ -47,14 +48,20 @@ class ApiInfo:
 
 
 def open_flags(*, cloexec: bool = True, nonblock: bool = True, user_mode_only: bool = False) -> int:
-    return ((os.O_CLOEXEC if cloexec else 0) | (os.O_NONBLOCK if nonblock else 0)
-            | (abi.UFFD_USER_MODE_ONLY if user_mode_only else 0))
+    return (
+        (os.O_CLOEXEC if cloexec else 0)
+        | (os.O_NONBLOCK if nonblock else 0)
+        | (abi.UFFD_USER_MODE_ONLY if user_mode_only else 0)
+    )
 
 
 def _open_advice(code: int, via: str) -> str:
     if code == errno.EPERM:
-        return ("not allowed: run as root, set vm.unprivileged_userfaultfd=1, or pass user_mode_only=True"
-                if via == "syscall" else "no permission on /dev/userfaultfd")
+        return (
+            "not allowed: run as root, set vm.unprivileged_userfaultfd=1, or pass user_mode_only=True"
+            if via == "syscall"
+            else "no permission on /dev/userfaultfd"
+        )
     if code == errno.ENOSYS:
         return "the kernel was built without CONFIG_USERFAULTFD"
     if code == errno.ENOENT:
@@ -80,8 +87,15 @@ class Userfaultfd:
     # -- life cycle ---------------------------------------------------------
 
     @classmethod
-    def open(cls, features: Optional[Iterable[Feature]] = (), *, via: str = "syscall",
-             cloexec: bool = True, nonblock: bool = True, user_mode_only: bool = False) -> "Userfaultfd":
+    def open(
+        cls,
+        features: Optional[Iterable[Feature]] = (),
+        *,
+        via: str = "syscall",
+        cloexec: bool = True,
+        nonblock: bool = True,
+        user_mode_only: bool = False,
+    ) -> "Userfaultfd":
         """Open a userfaultfd by the syscall or through ``/dev/userfaultfd`` (``via="dev"``).
 
         With ``features`` not None (the default is none), the ``UFFDIO_API``
@@ -144,8 +158,7 @@ class Userfaultfd:
         return self._fd
 
     def _fail(self, op: str, code: int, start=None, length=None, mode: int = 0, result=None) -> UffdError:
-        return UffdError(op, code, start, length, advice=self._advice(op, code, start, length, mode),
-                         result=result)
+        return UffdError(op, code, start, length, advice=self._advice(op, code, start, length, mode), result=result)
 
     def _advice(self, op: str, code: int, start, length, mode: int) -> str:
         """Say what a failure most likely means, from what we know of this fd."""
@@ -272,15 +285,21 @@ class Userfaultfd:
         mode = abi.POISON_MODE_DONTWAKE if dontwake else 0
         return self._result_ioctl("UFFDIO_POISON", lib.harness_uffd_poison, start, length, start, length, mode)
 
-    def move(self, dst: int, src: int, length: int, *, dontwake: bool = False,
-             allow_src_holes: bool = False) -> int:
+    def move(self, dst: int, src: int, length: int, *, dontwake: bool = False, allow_src_holes: bool = False) -> int:
         """``UFFDIO_MOVE`` pages from ``src`` to ``dst``; returns bytes moved."""
         mode = (abi.MOVE_MODE_DONTWAKE if dontwake else 0) | (abi.MOVE_MODE_ALLOW_SRC_HOLES if allow_src_holes else 0)
         return self._result_ioctl("UFFDIO_MOVE", lib.harness_uffd_move, dst, length, dst, src, length, mode)
 
-    def writeprotect(self, start: int, length: int, protect: bool = True, dontwake: bool = False,
-                     access_likely: bool = False, write_likely: bool = False,
-                     raw_mode: Optional[int] = None) -> None:
+    def writeprotect(
+        self,
+        start: int,
+        length: int,
+        protect: bool = True,
+        dontwake: bool = False,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
         """``UFFDIO_WRITEPROTECT``: protect, or (``protect=False``) un-protect a range.
 
         ``access_likely`` / ``write_likely`` are the hints of the patch under
@@ -297,28 +316,48 @@ class Userfaultfd:
         (``binding.wp_toggle.python`` against ``.cffi_floor`` in ``bench``).
         Many ranges at once: :meth:`writeprotect_many`.
         """
-        if start is self._wp_start and length is self._wp_length \
-                and not (dontwake or access_likely or write_likely or raw_mode is not None):
+        if (
+            start is self._wp_start
+            and length is self._wp_length
+            and not (dontwake or access_likely or write_likely or raw_mode is not None)
+        ):
             r = _wp_issue(self._wp_on if protect else self._wp_off)
         else:
-            r = self._writeprotect_unprepared(start, length, protect, dontwake, access_likely, write_likely,
-                                              raw_mode)
+            r = self._writeprotect_unprepared(start, length, protect, dontwake, access_likely, write_likely, raw_mode)
         if r:
-            mode = raw_mode if raw_mode is not None else abi.writeprotect_mode(
-                protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely)
+            mode = (
+                raw_mode
+                if raw_mode is not None
+                else abi.writeprotect_mode(
+                    protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely
+                )
+            )
             if self._fd < 0:
                 raise UffdClosedError("UFFDIO_WRITEPROTECT")
             raise self._fail("UFFDIO_WRITEPROTECT", -r, start, length, mode)
 
-    def _writeprotect_unprepared(self, start: int, length: int, protect: bool, dontwake: bool,
-                                 access_likely: bool, write_likely: bool, raw_mode: Optional[int]) -> int:
+    def _writeprotect_unprepared(
+        self,
+        start: int,
+        length: int,
+        protect: bool,
+        dontwake: bool,
+        access_likely: bool,
+        write_likely: bool,
+        raw_mode: Optional[int],
+    ) -> int:
         """Issue with all four arguments; prepare a plain call's range seen twice in a row.  0 or -errno."""
         plain = raw_mode is None and not (dontwake or access_likely or write_likely)
-        mode = raw_mode if raw_mode is not None else abi.writeprotect_mode(
-            protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely)
+        mode = (
+            raw_mode
+            if raw_mode is not None
+            else abi.writeprotect_mode(
+                protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely
+            )
+        )
         try:
             r = _wp_ioctl(self._fd, start, length, mode)
-        except (OverflowError, TypeError):      # off the hot path: a try costs nothing until it raises
+        except (OverflowError, TypeError):  # off the hot path: a try costs nothing until it raises
             raise _bad_range("UFFDIO_WRITEPROTECT", start=start, length=length, mode=mode) from None
         if plain and not r:
             if start == self._wp_start and length == self._wp_length:
@@ -326,16 +365,24 @@ class Userfaultfd:
                 self._wp_start, self._wp_length = start, length
             elif (start, length) == self._wp_seen:
                 self._wp_on, self._wp_off = (
-                    ffi.new("struct harness_wp_request *", {"fd": self._fd, "start": start, "len": length,
-                                                             "mode": m}) for m in (_MODE_WP, 0))
+                    ffi.new("struct harness_wp_request *", {"fd": self._fd, "start": start, "len": length, "mode": m})
+                    for m in (_MODE_WP, 0)
+                )
                 self._wp_start, self._wp_length = start, length
             else:
                 self._wp_seen = (start, length)
         return r
 
-    def writeprotect_many(self, ranges: Union[Iterable[tuple[int, int]], "PreparedRanges"], protect: bool = True,
-                          *, dontwake: bool = False, access_likely: bool = False, write_likely: bool = False,
-                          check: bool = True) -> list[Optional[UffdError]]:
+    def writeprotect_many(
+        self,
+        ranges: Union[Iterable[tuple[int, int]], "PreparedRanges"],
+        protect: bool = True,
+        *,
+        dontwake: bool = False,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        check: bool = True,
+    ) -> list[Optional[UffdError]]:
         """``UFFDIO_WRITEPROTECT`` on many ranges in one call: the loop runs in C.
 
         ``ranges`` are ``(start, length)`` pairs, or a :class:`PreparedRanges`
@@ -357,8 +404,7 @@ class Userfaultfd:
         n = batch.count
         if not n:
             return []
-        mode = abi.writeprotect_mode(protect, dontwake=dontwake, access_likely=access_likely,
-                                     write_likely=write_likely)
+        mode = abi.writeprotect_mode(protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely)
         results: list[Optional[UffdError]] = [None] * n
         if _wp_many(fd, batch.array, n, mode, batch.errs):
             for i, (code, r) in enumerate(zip(batch.errs, batch.array, strict=False)):
@@ -437,7 +483,10 @@ class PreparedRanges:
                 a, b = first[0], second[0]
                 raise InvalidRanges(
                     f"ranges #{a} [{pairs[a][0]:#x}, +{pairs[a][1]}) and #{b} [{pairs[b][0]:#x}, +{pairs[b][1]}) "
-                    "overlap: name each page once, so that each range's result is its own", a, b)
+                    "overlap: name each page once, so that each range's result is its own",
+                    a,
+                    b,
+                )
 
     def __len__(self) -> int:
         return self.count

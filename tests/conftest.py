@@ -4,6 +4,7 @@ Under ``CI=true`` (or ``--no-skip``) every skipped test is reported as a
 failure that names what was missing: in CI a missing capability is a broken
 set-up, not a reason to pass.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ pytest_plugins = ["harness.pytest_plugin", "pytester"]
 
 
 def pytest_addoption(parser):
-    parser.addoption("--no-skip", action="store_true", default=False,
-                     help="turn skips into failures (implied by CI=true)")
+    parser.addoption(
+        "--no-skip", action="store_true", default=False, help="turn skips into failures (implied by CI=true)"
+    )
 
 
 def _no_skip(config) -> bool:
@@ -37,6 +39,7 @@ def pytest_runtest_makereport(item, call):
 def _in_harness_guest() -> bool:
     """Inside a guest booted by harness/vm/runner.py (it sets UFFD_HARNESS_KERNEL)."""
     from harness.vm.runner import ENV_KERNEL
+
     return bool(os.environ.get(ENV_KERNEL))
 
 
@@ -56,11 +59,14 @@ def pytest_report_header(config):
     import platform
 
     from harness import abi
+
     hints = abi.hint_abi()
-    return [f"kernel: {platform.release()}  euid: {os.geteuid()}  "
-            f"hint ABI: {hints.source}  no-skip: {_no_skip(config)}  "
-            "guest_kernel tests: "
-            + ("run (harness guest)" if _in_harness_guest() else "deselected (not in a harness guest)")]
+    return [
+        f"kernel: {platform.release()}  euid: {os.geteuid()}  "
+        f"hint ABI: {hints.source}  no-skip: {_no_skip(config)}  "
+        "guest_kernel tests: "
+        + ("run (harness guest)" if _in_harness_guest() else "deselected (not in a harness guest)")
+    ]
 
 
 def require_kind(kind: MemoryKind) -> None:
@@ -97,7 +103,7 @@ def hugepages_reserved():
     try:
         with open(_NR_HUGEPAGES, "w") as f:
             f.write(str(old + HUGEPAGES_WANTED))
-        added = _read_int(_NR_HUGEPAGES) - old   # the kernel may find fewer
+        added = _read_int(_NR_HUGEPAGES) - old  # the kernel may find fewer
         yield free_hugepages()
     finally:
         if added > 0:
@@ -120,6 +126,7 @@ def make_region():
         region = Region.create(kind, npages, **kwargs)
         made.append(region)
         return region
+
     yield make
     for region in made:
         region.close()

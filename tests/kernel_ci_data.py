@@ -6,6 +6,7 @@ guests) left in ``build/results/<kernel>/`` (``summary.json``,
 ``steps.json``, ``bench.json``, unchanged) and the kernel's ``build.json``.  :func:`outcomes` turns
 them into the objects the verdict reads, as ``run.validate`` does after the guests exit.
 """
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """The ABI by name: values from the compiler, hint values from a kernel tree's header."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,7 +36,8 @@ def test_hint_values_come_from_a_header(tmp_path):
         "#define UFFD_FEATURE_MOVE\t\t\t(1<<16)\n"
         "#define UFFD_FEATURE_ACCESS_HINTS\t\t(1<<19) /* another proposal took 17 */\n"
         "#define UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY\t((__u64)1<<4)\n"
-        "#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY\t((__u64)1<<5)\n")
+        "#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY\t((__u64)1<<5)\n"
+    )
     hints = abi.parse_uapi_header(header)
     assert (hints.feature, hints.access_likely, hints.write_likely) == (1 << 19, 1 << 4, 1 << 5)
     assert hints.defined and hints.source == str(header)
@@ -65,9 +67,11 @@ def test_header_expressions_are_evaluated_safely(tmp_path):
 
 def test_environment_variable_selects_the_header(tmp_path, monkeypatch):
     header = tmp_path / "userfaultfd.h"
-    header.write_text("#define UFFD_FEATURE_ACCESS_HINTS (1<<20)\n"
-                      "#define UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY ((__u64)1<<2)\n"
-                      "#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY ((__u64)1<<3)\n")
+    header.write_text(
+        "#define UFFD_FEATURE_ACCESS_HINTS (1<<20)\n"
+        "#define UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY ((__u64)1<<2)\n"
+        "#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY ((__u64)1<<3)\n"
+    )
     monkeypatch.setenv(abi.UAPI_HEADER_ENV, str(header))
     monkeypatch.setattr(abi, "_active_hint_abi", None)  # as in a fresh process
     assert abi.hint_abi().feature == 1 << 20

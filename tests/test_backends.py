@@ -1,4 +1,5 @@
 """The backend interface, the automatic fallback, and the reporting of the pytest plugin."""
+
 from __future__ import annotations
 
 import json
@@ -69,6 +70,7 @@ def test_kernel_observe_pages_matches_observe():
 
 # -- choosing a backend ---------------------------------------------------------------
 
+
 @pytest.fixture
 def stock_kernel(monkeypatch):
     monkeypatch.setattr(pytest_plugin, "_kernel_has_uffd", lambda: None)
@@ -77,8 +79,7 @@ def stock_kernel(monkeypatch):
 
 
 def test_auto_runs_on_kernel_when_it_has_what_the_test_needs(stock_kernel):
-    assert pytest_plugin.choose_backend("auto", (Feature.WP_UNPOPULATED,), None, None) == \
-        ("kernel", None, None, None)
+    assert pytest_plugin.choose_backend("auto", (Feature.WP_UNPOPULATED,), None, None) == ("kernel", None, None, None)
 
 
 def test_auto_falls_back_to_access_hints_profile(stock_kernel):
@@ -111,8 +112,9 @@ def test_clause_result_rules():
     skipped = {"outcome": "skipped", "props": {}}
     k_skip = {"outcome": "skipped", "props": {"backend": "kernel"}}
     assert pytest_plugin.clause_result([k_pass, k_pass], True) == "pass"
-    assert pytest_plugin.clause_result([k_pass, s_pass], True) == "not shown", \
+    assert pytest_plugin.clause_result([k_pass, s_pass], True) == "not shown", (
         "a case that fell back to the simulator on a kernel that has the feature leaves the clause unshown"
+    )
     assert pytest_plugin.clause_result([k_pass, k_skip], True) == "not shown", "a skipped case is not a pass"
     assert pytest_plugin.clause_result([s_pass], False) == "absent", "simulator-only is not a pass"
     assert pytest_plugin.clause_result([skipped], False) == "absent"
@@ -123,10 +125,12 @@ def test_clause_result_rules():
 
 # -- reporting, end to end --------------------------------------------------------------
 
+
 def test_summary_json_and_terminal_counts(tmp_path, pytester):
     if _kernel_reason():
         pytest.skip(_kernel_reason())
-    (tmp_path / "test_demo.py").write_text(textwrap.dedent("""
+    (tmp_path / "test_demo.py").write_text(
+        textwrap.dedent("""
         import pytest
         from harness.abi import Feature
 
@@ -152,24 +156,39 @@ def test_summary_json_and_terminal_counts(tmp_path, pytester):
         @pytest.mark.backend("kernel")
         def test_pinned_to_kernel(backend):
             pass
-    """))
+    """)
+    )
     out = tmp_path / "summary.json"
     junit = tmp_path / "junit.xml"
     # In-process (a second interpreter costs ~30 s in a TCG guest); the plugin keeps its state per config.
-    result = pytester.runpytest_inprocess("-p", "harness.pytest_plugin", "-p", "no:cacheprovider",
-                                          "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_demo.py"),
-                                          "--summary-json", str(out), "--junitxml", str(junit))
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "harness.pytest_plugin",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tmp_path),
+        "-c",
+        os.devnull,
+        str(tmp_path / "test_demo.py"),
+        "--summary-json",
+        str(out),
+        "--junitxml",
+        str(junit),
+    )
     stdout = result.stdout.str()
     summary = json.loads(out.read_text())
     from harness.backends.kernel import offered_features
+
     patched = Feature.ACCESS_HINTS in offered_features()
     assert summary["patched"] is patched
     assert summary["clauses"]["1"]["result"] == "pass"
     from harness.backends.kernel import available_channels
+
     # the kernel backend's first channel: pte in our guests (vm/instrumentation), smaps elsewhere
     assert summary["clauses"]["1"]["channels"] == {"kernel": [available_channels()[0]]}
     assert summary["clauses"]["1"]["memory"] == {"kernel": ["anon-thp"]}
-    assert summary["clauses"]["2"]["memory"] == {}    # no test of clause 2 says what memory it ran on
+    assert summary["clauses"]["2"]["memory"] == {}  # no test of clause 2 says what memory it ran on
     assert summary["clauses"]["3"]["result"] == "fail"
     if not patched:
         assert "backends: kernel 1, sim 2" in stdout, stdout
@@ -180,11 +199,20 @@ def test_summary_json_and_terminal_counts(tmp_path, pytester):
     assert summary["clauses"]["5"]["result"] == "not shown" and summary["clauses"]["5"]["tests"]["passed"] == 0
     assert summary["clauses"]["1"]["coverage"]["anon-thp"]["backend"] == "kernel"
     assert summary["tests"]["failed"] == 1 and summary["tests"]["total"] == 4
-    assert set(summary) >= {"kernel_release", "patched", "features", "tests", "backends", "clauses", "hint_abi",
-                            "timeline"}
-    timeline = summary["timeline"]    # seconds since boot; in-process, Python started with the outer pytest
+    assert set(summary) >= {
+        "kernel_release",
+        "patched",
+        "features",
+        "tests",
+        "backends",
+        "clauses",
+        "hint_abi",
+        "timeline",
+    }
+    timeline = summary["timeline"]  # seconds since boot; in-process, Python started with the outer pytest
     assert 0 < timeline["process_start"] <= timeline["first_test"] <= timeline["summary"]
     import psutil
+
     assert abs(timeline["process_start"] - (psutil.Process().create_time() - psutil.boot_time())) < 1.5
     assert "WP_UNPOPULATED" in summary["features"]["offered"] or not summary["features"]["offered"]
     xml = junit.read_text()

@@ -1,4 +1,5 @@
 """Bad input gets a typed error naming the ioctl, the range and the errno; never a crash or hang."""
+
 from __future__ import annotations
 
 import errno
@@ -68,6 +69,7 @@ def test_copy_unaligned_dst(registered):
     uffd, region = registered
     src = bytearray(PAGE_SIZE)
     from harness._native import ffi
+
     with pytest.raises(UffdError) as info:
         uffd.copy(region.addr + 1, int(ffi.cast("uintptr_t", ffi.from_buffer(src))), PAGE_SIZE)
     assert_uffd_error(info, "UFFDIO_COPY", errno.EINVAL, region.addr + 1)
@@ -98,6 +100,7 @@ def test_register_wp_on_missing_only_then_writeprotect(make_region):
     with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
         ioctls = uffd.register(region.addr, region.length, RegisterMode.MISSING)
         from harness.abi import Ioctl
+
         assert Ioctl.COPY in ioctls
         with pytest.raises(UffdError) as info:
             uffd.writeprotect(region.addr, region.length, protect=True)
@@ -120,10 +123,13 @@ def test_feature_the_kernel_lacks_is_named(tmp_path):
     patched kernels alike.
     """
     from harness import abi
+
     header = tmp_path / "userfaultfd.h"
-    header.write_text("#define UFFD_FEATURE_ACCESS_HINTS (1<<30)\n"
-                      "#define UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY ((__u64)1<<2)\n"
-                      "#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY ((__u64)1<<3)\n")
+    header.write_text(
+        "#define UFFD_FEATURE_ACCESS_HINTS (1<<30)\n"
+        "#define UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY ((__u64)1<<2)\n"
+        "#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY ((__u64)1<<3)\n"
+    )
     saved = abi.hint_abi()
     try:
         assert abi.use_uapi_header(header).feature == 1 << 30
@@ -180,7 +186,7 @@ def test_hints_with_mode_wp_named(registered, make_region):
     assert_uffd_error(info, "UFFDIO_WRITEPROTECT", errno.EINVAL, region.addr)
     assert "ACCESS_HINTS feature was not negotiated" in str(info.value), str(info.value)
     if Feature.ACCESS_HINTS not in probe_features().offered:
-        return                      # the negotiated half needs a kernel with the hints (the guests)
+        return  # the negotiated half needs a kernel with the hints (the guests)
     hinted = make_region(MemoryKind.ANON, 1)
     hinted.write()
     with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP, Feature.ACCESS_HINTS]) as u:

@@ -5,6 +5,7 @@ a VmError's own status) or a typed exception, and no fd or mapping leaked.
 Examples are bounded and derandomized, so the run is the same every time and
 all of this stays well under a minute on the host.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,31 +36,60 @@ from harness.vm.documents import load_build_info
 #: the same on any kernel (files, command lines): guest suites deselect host_only
 host_only = pytest.mark.host_only
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # -- documents ---------------------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=24)
+    max_leaves=24,
+)
 
-GOOD_SCENARIO = {"group": "first_touch", "describe": "", "unit": "cycles", "status": "ok", "fault_free": True,
-                 "summary": None, "round_medians": [100.0], "batch_sizes": [4], "faults": 0, "state_errors": [],
-                 "samples": [100.0, 101.0, 99.0, 100.0]}
+GOOD_SCENARIO = {
+    "group": "first_touch",
+    "describe": "",
+    "unit": "cycles",
+    "status": "ok",
+    "fault_free": True,
+    "summary": None,
+    "round_medians": [100.0],
+    "batch_sizes": [4],
+    "faults": 0,
+    "state_errors": [],
+    "samples": [100.0, 101.0, 99.0, 100.0],
+}
 VALID = {
-    "bench": {"schema": documents.BENCH_SCHEMA, "created": "2026-12-03T00:00:00Z", "config": {},
-              "calibration": {"tsc_hz": 3e9, "cpu_model": "x", "kernel": "k", "tcg": False},
-              "scenarios": {"first_touch.old_clean.write": GOOD_SCENARIO}, "derived": {}},
-    "calibration": {"schema": documents.CALIBRATION_SCHEMA, "tsc_hz": 3e9, "empty_cycles": 40.0,
-                    "net_medians": {"first_touch.young_dirty.read.warm_tlb": 10.0,
-                                    "first_touch.young_dirty.read": 50.0}, "cost_model": {"minor_fault": 900}},
+    "bench": {
+        "schema": documents.BENCH_SCHEMA,
+        "created": "2026-12-03T00:00:00Z",
+        "config": {},
+        "calibration": {"tsc_hz": 3e9, "cpu_model": "x", "kernel": "k", "tcg": False},
+        "scenarios": {"first_touch.old_clean.write": GOOD_SCENARIO},
+        "derived": {},
+    },
+    "calibration": {
+        "schema": documents.CALIBRATION_SCHEMA,
+        "tsc_hz": 3e9,
+        "empty_cycles": 40.0,
+        "net_medians": {"first_touch.young_dirty.read.warm_tlb": 10.0, "first_touch.young_dirty.read": 50.0},
+        "cost_model": {"minor_fault": 900},
+    },
     "build": {"key": "0" * 64, "patched": True, "config_missing": []},
-    "summary": {"kernel_release": "6.12", "patched": False, "tests": {"passed": 1}, "timeline": {"summary": 3.0},
-                "clauses": {"1": {"result": "pass", "backends": {"kernel": 1}}}},
-    "report": {"verdict": {"kind": "holds", "line": "x"}, "ok": True, "problems": [], "kernels": {},
-               "clauses": {}},
+    "summary": {
+        "kernel_release": "6.12",
+        "patched": False,
+        "tests": {"passed": 1},
+        "timeline": {"summary": 3.0},
+        "clauses": {"1": {"result": "pass", "backends": {"kernel": 1}}},
+    },
+    "report": {"verdict": {"kind": "holds", "line": "x"}, "ok": True, "problems": [], "kernels": {}, "clauses": {}},
 }
 
 
@@ -78,6 +108,7 @@ def mutated(draw, doc):
             for i, value in enumerate(node):
                 paths.append(path + [i])
                 walk(value, path + [i])
+
     walk(doc, [])
     path = draw(st.sampled_from(paths))
     parent = doc
@@ -95,7 +126,8 @@ def file_contents(family: str):
         st.binary(max_size=64),
         json_values.map(lambda v: json.dumps(v).encode()),
         mutated(VALID[family]).map(lambda v: json.dumps(v).encode()),
-        st.just(json.dumps(VALID[family]).encode()))
+        st.just(json.dumps(VALID[family]).encode()),
+    )
 
 
 def _write(content: bytes) -> Path:
@@ -117,8 +149,13 @@ def _use(family: str, doc) -> None:
         assert all(v >= 0 for v in costs.values()), costs
 
 
-READERS = {"bench": documents.load_bench, "calibration": documents.load_calibration, "build": load_build_info,
-           "summary": reports.load_summary, "report": reports.load_report}
+READERS = {
+    "bench": documents.load_bench,
+    "calibration": documents.load_calibration,
+    "build": load_build_info,
+    "summary": reports.load_summary,
+    "report": reports.load_report,
+}
 
 
 @host_only
@@ -137,10 +174,12 @@ def test_every_reader_answers_a_document_or_a_document_error(family):
             _use(family, doc)
         finally:
             path.unlink()
+
     check()
 
 
 # -- command-line verbs that read files ----------------------------------------------------------
+
 
 def _run(argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
@@ -148,7 +187,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             status = main(argv)
-        except SystemExit as exc:           # argparse
+        except SystemExit as exc:  # argparse
             status = exc.code if isinstance(exc.code, int) else 1
     return status, err.getvalue()
 
@@ -199,22 +238,47 @@ def test_vm_info_and_run_of_generated_build_json(monkeypatch, tmp_path):
     @given(content=file_contents("build"))
     def check(content):
         (kdir / "build.json").write_bytes(content)
-        for argv in (["vm", "info", "--kernel", "k"], ["vm", "run", "--kernel", "k", "--dry-run", "--accel", "tcg",
-                                                        "--", "true"]):
+        for argv in (
+            ["vm", "info", "--kernel", "k"],
+            ["vm", "run", "--kernel", "k", "--dry-run", "--accel", "tcg", "--", "true"],
+        ):
             status, err = _run(argv)
             # 6: KernelNotBuilt (rebuild); 3: vng missing on this host for a good build.json's --dry-run
             _assert_clean(status, err, allowed=(0, 2, 3, 6))
+
     check()
 
 
-GARBAGE = st.one_of(st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e999", "", "-", "--", "banana", "\x00",
-                                     "/proc/nope/x.json", "/", "access-hints", "nosuch", "A", "stock"]),
-                    st.text(max_size=8))
+GARBAGE = st.one_of(
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "0",
+            "1e999",
+            "",
+            "-",
+            "--",
+            "banana",
+            "\x00",
+            "/proc/nope/x.json",
+            "/",
+            "access-hints",
+            "nosuch",
+            "A",
+            "stock",
+        ]
+    ),
+    st.text(max_size=8),
+)
 #: verb -> the options it takes (drawn with garbage values, so most draws reach the verb's own checks)
 VERBS = {
     ("sim", "run"): ["--profile", "--calibration", "--hints", "free-unprotect-write"],
     ("sim", "bench"): ["--profile"],
-    ("sim", "profiles"): ["--json"], ("sim", "scenarios"): [],
+    ("sim", "profiles"): ["--json"],
+    ("sim", "scenarios"): [],
     ("compare",): ["--seed"],
     ("vm", "info"): ["--kernel"],
     ("vm", "run", "--dry-run"): ["--kernel", "--cpus", "--memory", "--hugepages", "--timeout", "--env", "--accel"],
@@ -234,9 +298,9 @@ def test_generated_argv_at_every_safe_verb(verb, data):
     loose = data.draw(st.lists(GARBAGE, max_size=2))
     argv = list(verb) + [word for pair in pairs for word in pair] + loose
     if verb == ("sim", "bench"):
-        argv += ["--seconds", "0.01"]        # the last --seconds wins: never a long run
+        argv += ["--seconds", "0.01"]  # the last --seconds wins: never a long run
     if verb == ("vm", "build"):
-        argv += ["--kernel", "stock", "--patches", "/nonexistent"]   # refused before anything is built
+        argv += ["--kernel", "stock", "--patches", "/nonexistent"]  # refused before anything is built
     t0 = time.monotonic()
     status, err = _run(argv)
     assert time.monotonic() - t0 < 20, f"{argv} took {time.monotonic() - t0:.0f} s"
@@ -246,16 +310,34 @@ def test_generated_argv_at_every_safe_verb(verb, data):
 
 # -- the Python API ----------------------------------------------------------------------------
 
-OFFSETS = st.one_of(st.integers(-2, 6).map(lambda n: ("page", n)), st.integers(-10, 10).map(lambda n: ("byte", n)),
-                    st.sampled_from([("abs", 0), ("abs", -1), ("abs", 2 ** 64), ("abs", 2 ** 64 - PAGE_SIZE),
-                                     ("abs", 2 ** 80), ("abs", 1 << 47), ("abs", 1.5), ("abs", None)]))
-LENGTHS = st.one_of(st.integers(-1, 5).map(lambda n: n * PAGE_SIZE), st.integers(-3, 3),
-                    st.sampled_from([2 ** 64, 2 ** 64 - PAGE_SIZE, 2 ** 63, 1.0, "4096"]))
-MODES = st.one_of(st.integers(0, 16), st.integers(-1, 2 ** 65), st.sampled_from([1 << 2, 1 << 3, 1 << 63]))
-FEATURES = st.lists(st.one_of(st.sampled_from(list(Feature)), st.sampled_from(["EVENT_FORK", "nosuch", "", 3])),
-                    max_size=3)
-OPS = st.sampled_from(["register", "unregister", "wake", "writeprotect", "zeropage", "copy", "continue_", "poison",
-                       "move", "api"])
+OFFSETS = st.one_of(
+    st.integers(-2, 6).map(lambda n: ("page", n)),
+    st.integers(-10, 10).map(lambda n: ("byte", n)),
+    st.sampled_from(
+        [
+            ("abs", 0),
+            ("abs", -1),
+            ("abs", 2**64),
+            ("abs", 2**64 - PAGE_SIZE),
+            ("abs", 2**80),
+            ("abs", 1 << 47),
+            ("abs", 1.5),
+            ("abs", None),
+        ]
+    ),
+)
+LENGTHS = st.one_of(
+    st.integers(-1, 5).map(lambda n: n * PAGE_SIZE),
+    st.integers(-3, 3),
+    st.sampled_from([2**64, 2**64 - PAGE_SIZE, 2**63, 1.0, "4096"]),
+)
+MODES = st.one_of(st.integers(0, 16), st.integers(-1, 2**65), st.sampled_from([1 << 2, 1 << 3, 1 << 63]))
+FEATURES = st.lists(
+    st.one_of(st.sampled_from(list(Feature)), st.sampled_from(["EVENT_FORK", "nosuch", "", 3])), max_size=3
+)
+OPS = st.sampled_from(
+    ["register", "unregister", "wake", "writeprotect", "zeropage", "copy", "continue_", "poison", "move", "api"]
+)
 
 
 def _api_fuzz():
@@ -274,14 +356,18 @@ def _api_fuzz():
                 return
             with uffd:
                 for op, (how, offset), length, mode, flag in calls:
-                    start = {"page": lambda: region.addr + offset * PAGE_SIZE,
-                             "byte": lambda: region.addr + offset, "abs": lambda: offset}[how]()
+                    start = {
+                        "page": lambda: region.addr + offset * PAGE_SIZE,
+                        "byte": lambda: region.addr + offset,
+                        "abs": lambda: offset,
+                    }[how]()
                     call = {
                         "register": lambda: uffd.register(start, length, RegisterMode(mode & 7) if mode >= 0 else mode),
                         "unregister": lambda: uffd.unregister(start, length),
                         "wake": lambda: uffd.wake(start, length),
-                        "writeprotect": lambda: uffd.writeprotect(start, length, protect=flag,
-                                                                  raw_mode=None if flag else mode),
+                        "writeprotect": lambda: uffd.writeprotect(
+                            start, length, protect=flag, raw_mode=None if flag else mode
+                        ),
                         "zeropage": lambda: uffd.zeropage(start, length),
                         "copy": lambda: uffd.copy(start, region.addr, length),
                         "continue_": lambda: uffd.continue_(start, length),
@@ -292,14 +378,15 @@ def _api_fuzz():
                     try:
                         call()
                     except (HarnessError, OSError):
-                        pass        # typed: UffdError, InvalidArgument, FeatureUnavailable
+                        pass  # typed: UffdError, InvalidArgument, FeatureUnavailable
                 # whatever was registered: the region must still be readable without a handler hanging
                 with contextlib.suppress(HarnessError, OSError):
                     uffd.unregister(region.addr, region.length)
+
     check()
 
 
-@host_only   # the argument checks it fuzzes are the binding's, before the kernel; under TCG 60 s is too few
+@host_only  # the argument checks it fuzzes are the binding's, before the kernel; under TCG 60 s is too few
 def test_generated_ranges_modes_and_features_at_the_uffd_api():
     proc = psutil.Process()
     before = proc.num_fds(), len(proc.memory_maps(grouped=False))
@@ -308,15 +395,18 @@ def test_generated_ranges_modes_and_features_at_the_uffd_api():
     assert after[0] == before[0] and abs(after[1] - before[1]) <= 4, f"fds/mappings {before} -> {after}"
 
 
-REGION_CALLS = st.sampled_from(["read", "write", "checksum", "data", "fill", "probe", "free", "dontneed",
-                                "mprotect", "close", "page_addr", "span"])
-INDICES = st.one_of(st.integers(-3, 6), st.none(), st.sampled_from([2 ** 64, 1.5, "1", True]))
+REGION_CALLS = st.sampled_from(
+    ["read", "write", "checksum", "data", "fill", "probe", "free", "dontneed", "mprotect", "close", "page_addr", "span"]
+)
+INDICES = st.one_of(st.integers(-3, 6), st.none(), st.sampled_from([2**64, 1.5, "1", True]))
 
 
 @FUZZ
-@given(kind=st.sampled_from([MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.FILE]),
-       npages=st.one_of(st.integers(-1, 4), st.sampled_from([2 ** 62, 2 ** 40, 1.5])),
-       calls=st.lists(st.tuples(REGION_CALLS, INDICES, INDICES), max_size=8))
+@given(
+    kind=st.sampled_from([MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.FILE]),
+    npages=st.one_of(st.integers(-1, 4), st.sampled_from([2**62, 2**40, 1.5])),
+    calls=st.lists(st.tuples(REGION_CALLS, INDICES, INDICES), max_size=8),
+)
 def test_generated_region_calls_are_typed_errors_and_leak_nothing(kind, npages, calls):
     proc = psutil.Process()
     fds = proc.num_fds()
@@ -327,14 +417,20 @@ def test_generated_region_calls_are_typed_errors_and_leak_nothing(kind, npages, 
         return
     try:
         for name, a, b in calls:
-            call = {"read": lambda: region.read(a or 0, b), "write": lambda: region.write(a or 0, b),
-                    "checksum": lambda: region.checksum(a or 0, b),
-                    "data": lambda: region.data(a or 0, b if isinstance(b, int) and b >= 0 else None),
-                    "fill": lambda: region.fill(a or 0, b"x" * (b if isinstance(b, int) and 0 <= b < 9000 else 1)),
-                    "probe": lambda: region.probe(a or 0), "free": lambda: region.free(a or 0, b),
-                    "dontneed": lambda: region.dontneed(a or 0, b), "mprotect": lambda: region.mprotect(3, a or 0, b),
-                    "close": region.close, "page_addr": lambda: region.page_addr(a),
-                    "span": lambda: region.span(a or 0, b)}[name]
+            call = {
+                "read": lambda: region.read(a or 0, b),
+                "write": lambda: region.write(a or 0, b),
+                "checksum": lambda: region.checksum(a or 0, b),
+                "data": lambda: region.data(a or 0, b if isinstance(b, int) and b >= 0 else None),
+                "fill": lambda: region.fill(a or 0, b"x" * (b if isinstance(b, int) and 0 <= b < 9000 else 1)),
+                "probe": lambda: region.probe(a or 0),
+                "free": lambda: region.free(a or 0, b),
+                "dontneed": lambda: region.dontneed(a or 0, b),
+                "mprotect": lambda: region.mprotect(3, a or 0, b),
+                "close": region.close,
+                "page_addr": lambda: region.page_addr(a),
+                "span": lambda: region.span(a or 0, b),
+            }[name]
             try:
                 call()
             except (HarnessError, OSError, IndexError, ValueError):

@@ -1,4 +1,5 @@
 """The Python API given what the kernel would never accept: typed errors with advice, never a wrong answer."""
+
 from __future__ import annotations
 
 import errno
@@ -66,21 +67,26 @@ def test_ebusy_names_the_other_userfaultfd(make_region):
 
 def _header(tmp_path, access: str, write: str, feature: str = "((__u64)1<<17)"):
     path = tmp_path / "userfaultfd.h"
-    path.write_text(f"#define UFFD_FEATURE_ACCESS_HINTS {feature}\n"
-                    f"#define UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY {access}\n"
-                    f"#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY {write}\n")
+    path.write_text(
+        f"#define UFFD_FEATURE_ACCESS_HINTS {feature}\n"
+        f"#define UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY {access}\n"
+        f"#define UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY {write}\n"
+    )
     return path
 
 
-@pytest.mark.parametrize("access, write, feature, says", [
-    ("((__u64)1<<0)", "((__u64)1<<3)", "((__u64)1<<17)", "MODE_WP"),
-    ("((__u64)1<<2)", "((__u64)1<<1)", "((__u64)1<<17)", "MODE_DONTWAKE"),
-    ("((__u64)1<<2)", "((__u64)1<<2)", "((__u64)1<<17)", "UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY"),
-    ("((__u64)3<<2)", "((__u64)1<<4)", "((__u64)1<<17)", "not a single bit"),
-    ("0", "((__u64)1<<4)", "((__u64)1<<17)", "not a single bit"),
-    ("((__u64)1<<2)", "((__u64)1<<3)", "((__u64)1<<16)", "UFFD_FEATURE_MOVE"),
-    ("((__u64)1<<2)", "((__u64)1<<3)", "((__u64)1<<31)", "bit 31 is internal"),
-])
+@pytest.mark.parametrize(
+    "access, write, feature, says",
+    [
+        ("((__u64)1<<0)", "((__u64)1<<3)", "((__u64)1<<17)", "MODE_WP"),
+        ("((__u64)1<<2)", "((__u64)1<<1)", "((__u64)1<<17)", "MODE_DONTWAKE"),
+        ("((__u64)1<<2)", "((__u64)1<<2)", "((__u64)1<<17)", "UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY"),
+        ("((__u64)3<<2)", "((__u64)1<<4)", "((__u64)1<<17)", "not a single bit"),
+        ("0", "((__u64)1<<4)", "((__u64)1<<17)", "not a single bit"),
+        ("((__u64)1<<2)", "((__u64)1<<3)", "((__u64)1<<16)", "UFFD_FEATURE_MOVE"),
+        ("((__u64)1<<2)", "((__u64)1<<3)", "((__u64)1<<31)", "bit 31 is internal"),
+    ],
+)
 def test_use_uapi_header_rejects_colliding_hint_bits(tmp_path, access, write, feature, says):
     before = abi.hint_abi()
     with pytest.raises(ValueError, match=says):
@@ -98,9 +104,10 @@ def test_a_hint_on_the_wp_bit_cannot_turn_an_unprotect_into_a_protect(tmp_path, 
             abi.use_uapi_header(_header(tmp_path, "((__u64)1<<0)", "((__u64)1<<3)"))
         with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
             uffd.register(region.addr, region.length, RegisterMode.WP)
-            with pytest.raises(UffdError):       # the stock kernel refuses the (real) hint bit
+            with pytest.raises(UffdError):  # the stock kernel refuses the (real) hint bit
                 uffd.writeprotect(region.addr, region.length, protect=False, access_likely=True)
             from harness import pte
+
             assert not pte.is_uffd_wp(region.addr), "an un-protect with a hint write-protected the page"
     finally:
         abi.set_hint_abi(before)
@@ -120,4 +127,5 @@ def test_event_fork_unprivileged_names_cap_sys_ptrace():
             assert "CAP_SYS_PTRACE" in str(exc), str(exc)
         else:
             raise AssertionError("EVENT_FORK was granted to an unprivileged user")
+
     run_in_child(child, timeout=20)

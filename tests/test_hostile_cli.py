@@ -4,6 +4,7 @@ Also: answers that used to be wrong (a NaN sample read as "no difference",
 a named calibration file silently replaced by the defaults, a negative cost)
 and checks that came too late (an unwritable --json found after the run).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,14 +47,31 @@ def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
 
 def bench_doc(samples: dict[str, list], tsc_hz=3e9) -> dict:
     """A bench JSON as ``uffd-harness bench`` writes it, with the given samples (one batch each)."""
+
     def scenario(values):
-        return {"group": "first_touch", "describe": "", "unit": "cycles", "status": "ok", "fault_free": True,
-                "summary": None, "round_medians": [], "batch_sizes": [len(values)], "faults": 0,
-                "state_errors": [], "samples": values}
-    return {"schema": BENCH_SCHEMA, "created": "2026-12-03T00:00:00Z", "config": {}, "host": {},
-            "calibration": {"tsc_hz": tsc_hz, "cpu_model": "x", "kernel": "k", "hypervisor_vendor": None,
-                            "tcg": False},
-            "scenarios": {name: scenario(values) for name, values in samples.items()}, "derived": {}}
+        return {
+            "group": "first_touch",
+            "describe": "",
+            "unit": "cycles",
+            "status": "ok",
+            "fault_free": True,
+            "summary": None,
+            "round_medians": [],
+            "batch_sizes": [len(values)],
+            "faults": 0,
+            "state_errors": [],
+            "samples": values,
+        }
+
+    return {
+        "schema": BENCH_SCHEMA,
+        "created": "2026-12-03T00:00:00Z",
+        "config": {},
+        "host": {},
+        "calibration": {"tsc_hz": tsc_hz, "cpu_model": "x", "kernel": "k", "hypervisor_vendor": None, "tcg": False},
+        "scenarios": {name: scenario(values) for name, values in samples.items()},
+        "derived": {},
+    }
 
 
 def write(tmp_path, name: str, doc) -> str:
@@ -89,9 +107,17 @@ def test_compare_rejects_a_bad_bench_file_naming_it(tmp_path, capsys, case):
 
 def test_compare_of_a_nan_sample_is_not_no_difference(tmp_path, capsys):
     a = write(tmp_path, "a.json", bench_doc({SCENARIO: GOOD}))
-    b = write(tmp_path, "b.json", bench_doc({SCENARIO: GOOD[:-1] + [math.nan]}).__repr__()
-              .replace("nan", "NaN").replace("'", '"').replace("None", "null").replace("True", "true")
-              .replace("False", "false"))
+    b = write(
+        tmp_path,
+        "b.json",
+        bench_doc({SCENARIO: GOOD[:-1] + [math.nan]})
+        .__repr__()
+        .replace("nan", "NaN")
+        .replace("'", '"')
+        .replace("None", "null")
+        .replace("True", "true")
+        .replace("False", "false"),
+    )
     status, out, err = run_cli(["compare", a, b], capsys)
     assert_one_line_error(status, err, "b.json", "samples[63]", "finite number")
 
@@ -115,12 +141,14 @@ def test_compare_of_garbage_names_the_file(tmp_path, capsys, content):
 def test_compare_of_a_directory_or_missing_file(tmp_path, capsys):
     status, _, err = run_cli(["compare", str(tmp_path), str(tmp_path / "nope.json")], capsys)
     assert_one_line_error(status, err, str(tmp_path), "directory")
-    status, _, err = run_cli(["compare", write(tmp_path, "g.json", bench_doc({SCENARIO: GOOD})),
-                              str(tmp_path / "nope.json")], capsys)
+    status, _, err = run_cli(
+        ["compare", write(tmp_path, "g.json", bench_doc({SCENARIO: GOOD})), str(tmp_path / "nope.json")], capsys
+    )
     assert_one_line_error(status, err, "nope.json", "ENOENT")
 
 
 # -- the simulator ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0", "1e9", "banana"])
 def test_sim_bench_refuses_endless_or_meaningless_durations(capsys, seconds):
@@ -137,6 +165,7 @@ def test_sim_bench_unknown_profile(capsys):
 
 def test_sim_profiles_env_naming_no_module(capsys, monkeypatch):
     from harness.sim import profiles
+
     monkeypatch.setattr(profiles, "_user_loaded", False)
     monkeypatch.setenv(profiles.USER_PROFILES_ENV, "x,/nonexistent/profile.py")
     status, _, err = run_cli(["sim", "profiles"], capsys)
@@ -175,14 +204,22 @@ def test_sim_run_calibration_directory_and_binary(tmp_path, capsys):
 
 def test_negative_net_medians_do_not_make_negative_costs():
     """A net median below zero (an access cheaper than the timer's noise) is a cost of 0, never negative."""
-    model = CostModel.from_calibration({"schema": CALIBRATION_SCHEMA, "net_medians": {
-        "first_touch.young_dirty.read.warm_tlb": -30.0, "first_touch.young_dirty.read": -4904.0,
-        "uffd.missing_roundtrip.py_handler": -1.0}})
+    model = CostModel.from_calibration(
+        {
+            "schema": CALIBRATION_SCHEMA,
+            "net_medians": {
+                "first_touch.young_dirty.read.warm_tlb": -30.0,
+                "first_touch.young_dirty.read": -4904.0,
+                "uffd.missing_roundtrip.py_handler": -1.0,
+            },
+        }
+    )
     assert min(model.base_access, model.tlb_walk, model.uffd_round_trip) >= 0
     assert "-" not in model.hardware_access(young=True, dirty=True, write=False).__repr__()
 
 
 # -- bench -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("option", ["--json-out", "--plot", "--calibration"])
 def test_bench_checks_its_output_paths_before_the_run(capsys, option):
@@ -200,15 +237,16 @@ def test_bench_output_path_that_is_a_directory(tmp_path, capsys):
 
 # -- broken pipes ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [["info", "--json"], ["sim", "profiles"], ["bench", "--list"],
-                                  ["sim", "scenarios"]])
+
+@pytest.mark.parametrize("argv", [["info", "--json"], ["sim", "profiles"], ["bench", "--list"], ["sim", "scenarios"]])
 def test_a_closed_pipe_ends_the_command_quietly(argv):
     """``uffd-harness ... | head -1``: the reader is gone before the first write (the worst case of the race)."""
     r, w = os.pipe()
     os.close(r)
     try:
-        proc = subprocess.run([sys.executable, "-m", "harness", *argv], stdout=w, stderr=subprocess.PIPE,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness", *argv], stdout=w, stderr=subprocess.PIPE, text=True, timeout=60
+        )
     finally:
         os.close(w)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -1,5 +1,6 @@
 """Every JSON document the harness reads is checked whole before use: what its writer writes passes,
 anything else is a DocumentError naming the file and the key."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,22 @@ pytestmark = pytest.mark.host_only
 def written_summary(tmp_path_factory):
     """summary.json as the pytest plugin writes it, from a real (small) run."""
     path = tmp_path_factory.mktemp("summary") / "summary.json"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--summary-json", str(path),
-                    "tests/test_abi.py"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--summary-json",
+            str(path),
+            "tests/test_abi.py",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return path
 
 
@@ -35,6 +50,7 @@ def test_validates_report_passes_its_schema(tmp_path):
     from harness.validate.outcome import KernelOutcome
     from harness.validate.report import write_report
     from harness.validate.verdict import build_report
+
     outcome = KernelOutcome("stock", "guest", tmp_path / "stock", accel="tcg")
     outcome.summary = {"kernel_release": "6.12", "patched": False, "tests": {"passed": 1}, "clauses": {}}
     write_report(build_report([outcome], None, False, 1.0), tmp_path)
@@ -46,8 +62,13 @@ SUMMARY_DAMAGE = {
     "no-clauses": {"kernel_release": "6.12", "patched": False, "tests": {}},
     "clause-without-result": {"kernel_release": "6.12", "patched": False, "tests": {}, "clauses": {"1": {}}},
     "patched-string": {"kernel_release": "6.12", "patched": "yes", "tests": {}, "clauses": {}},
-    "timeline-string": {"kernel_release": "6.12", "patched": False, "tests": {}, "clauses": {},
-                        "timeline": {"first_test": "soon"}},
+    "timeline-string": {
+        "kernel_release": "6.12",
+        "patched": False,
+        "tests": {},
+        "clauses": {},
+        "timeline": {"first_test": "soon"},
+    },
 }
 
 
@@ -60,8 +81,11 @@ def test_a_damaged_summary_is_named(tmp_path, case):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("doc", [{}, [], {"verdict": "holds", "ok": True, "problems": [], "kernels": {},
-                                           "clauses": {}}], ids=["empty", "list", "verdict-string"])
+@pytest.mark.parametrize(
+    "doc",
+    [{}, [], {"verdict": "holds", "ok": True, "problems": [], "kernels": {}, "clauses": {}}],
+    ids=["empty", "list", "verdict-string"],
+)
 def test_a_damaged_report_is_named(tmp_path, doc):
     path = tmp_path / "report.json"
     path.write_text(json.dumps(doc))
@@ -69,11 +93,16 @@ def test_a_damaged_report_is_named(tmp_path, doc):
         reports.load_report(path)
 
 
-@pytest.mark.parametrize("loader", [reports.load_summary, reports.load_report, documents.load_bench,
-                                    documents.load_calibration, load_build_info],
-                         ids=lambda f: f.__name__)
-@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00", b"[" * 100000, b"nul", b"1e999"],
-                         ids=["empty", "binary", "deep", "truncated", "infinity"])
+@pytest.mark.parametrize(
+    "loader",
+    [reports.load_summary, reports.load_report, documents.load_bench, documents.load_calibration, load_build_info],
+    ids=lambda f: f.__name__,
+)
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xff\xfe\x00", b"[" * 100000, b"nul", b"1e999"],
+    ids=["empty", "binary", "deep", "truncated", "infinity"],
+)
 def test_every_reader_names_the_file_for_garbage(tmp_path, loader, content):
     path = tmp_path / "doc.json"
     path.write_bytes(content)

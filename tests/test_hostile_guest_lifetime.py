@@ -4,6 +4,7 @@ The guest is a stand-in for vng that starts a process named like QEMU with
 the bzImage on its command line (as tests/vm/test_runner_fake_vng.py does),
 in a harness run as a separate process that the test then kills.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,13 +59,15 @@ HARNESS = textwrap.dedent("""\
 
 def _fake_vng(tmp_path: Path) -> Path:
     vng = tmp_path / "vng"
-    vng.write_text(textwrap.dedent(f"""\
+    vng.write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         # sleep, not tail -f: tail exits when the pipe it writes to loses its reader, and QEMU does not
         bash -c 'exec -a qemu-system-x86_64 timeout --foreground {FAKE_QEMU_SECONDS} sh -c "sleep {FAKE_QEMU_SECONDS}" \
                  {tmp_path}/bzImage' &
         wait $!
-        """))
+        """)
+    )
     vng.chmod(0o755)
     return vng
 
@@ -78,16 +81,23 @@ def _wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
-@pytest.mark.parametrize("sig, guests", [(signal.SIGTERM, 1), (signal.SIGHUP, 1), (signal.SIGKILL, 1),
-                                         (signal.SIGKILL, 2), (signal.SIGTERM, 2)],
-                         ids=["SIGTERM", "SIGHUP", "SIGKILL", "SIGKILL-two-guests", "SIGTERM-two-guests"])
+@pytest.mark.parametrize(
+    "sig, guests",
+    [(signal.SIGTERM, 1), (signal.SIGHUP, 1), (signal.SIGKILL, 1), (signal.SIGKILL, 2), (signal.SIGTERM, 2)],
+    ids=["SIGTERM", "SIGHUP", "SIGKILL", "SIGKILL-two-guests", "SIGTERM-two-guests"],
+)
 def test_qemu_and_its_script_go_when_the_harness_is_killed(tmp_path, sig, guests):
     (tmp_path / "bzImage").write_bytes(b"")
     (tmp_path / "userfaultfd.h").write_text("")
     bzimage = tmp_path / "bzImage"
     env = {**os.environ, "UFFD_HARNESS_VNG": str(_fake_vng(tmp_path))}
-    harness = subprocess.Popen([sys.executable, "-c", HARNESS, str(tmp_path), str(guests)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    harness = subprocess.Popen(
+        [sys.executable, "-c", HARNESS, str(tmp_path), str(guests)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert _wait_for(lambda: len(qemu_processes(bzimage)) == guests, 20), "the stand-in QEMUs never started"
         scripts = list(tmp_path.glob("rw*/.guest-command-*.sh"))
@@ -96,8 +106,9 @@ def test_qemu_and_its_script_go_when_the_harness_is_killed(tmp_path, sig, guests
         harness.wait(timeout=20)
         gone = _wait_for(lambda: not qemu_processes(bzimage), 5)
         assert gone, f"QEMU {qemu_processes(bzimage)} outlived the harness killed by {sig.name}"
-        assert _wait_for(lambda: not list(tmp_path.glob("rw*/.guest-command-*.sh")), 5), \
+        assert _wait_for(lambda: not list(tmp_path.glob("rw*/.guest-command-*.sh")), 5), (
             f"the guest command script stayed after {sig.name}"
+        )
         if sig != signal.SIGKILL:
             assert harness.returncode == 128 + sig, harness.returncode
             err = harness.stderr.read()

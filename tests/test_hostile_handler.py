@@ -1,4 +1,5 @@
 """A FaultHandler whose serve loop fails: no traceback on stderr, stop() and wait_for() say why, nobody hangs."""
+
 from __future__ import annotations
 
 import threading
@@ -18,7 +19,7 @@ def test_closing_the_uffd_under_the_handler_is_reported_by_stop(capfd):
     uffd = Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP])
     handler = FaultHandler(uffd, lambda u, e: None, poll_interval=0.01).start()
     uffd.close()
-    time.sleep(0.3)                     # the loop polls the closed fd and fails
+    time.sleep(0.3)  # the loop polls the closed fd and fails
     with pytest.raises(HandlerError, match="stopped serving") as info:
         handler.stop(timeout=5)
     assert isinstance(info.value.__cause__, (UffdClosedError, OSError))
@@ -38,6 +39,7 @@ def test_wait_for_raises_at_once_when_the_loop_has_died():
 
 def test_a_thread_blocked_on_a_fault_is_released_when_the_loop_fails():
     """Reading events fails: the handler closes the uffd, which wakes the faulting thread."""
+
     def body():
         region = Region.create(MemoryKind.ANON, 1)
         uffd = Userfaultfd.open([])
@@ -45,6 +47,7 @@ def test_a_thread_blocked_on_a_fault_is_released_when_the_loop_fails():
 
         def broken_read(max_events=16):
             raise OSError("simulated read failure")
+
         uffd.read_events = broken_read
         handler = FaultHandler(uffd, lambda u, e: None, poll_interval=0.01).start()
         toucher = threading.Thread(target=region.read, daemon=True)
@@ -53,4 +56,5 @@ def test_a_thread_blocked_on_a_fault_is_released_when_the_loop_fails():
         assert not toucher.is_alive(), "the faulting thread is still blocked 5 s after the handler died"
         with pytest.raises(HandlerError, match="simulated read failure"):
             handler.stop(timeout=5)
+
     run_in_child(body, timeout=20)

@@ -4,6 +4,7 @@ Each access runs in a forked child (harness.process.run_in_child), so a
 regression that hands C a freed address shows up as a test failure naming
 SIGSEGV instead of killing the test run.
 """
+
 from __future__ import annotations
 
 import gc
@@ -39,6 +40,7 @@ def _expect_in_child(body, exc_type, fragment: str) -> None:
             assert fragment in str(exc), f"{exc!r} does not say {fragment!r}"
             return
         raise AssertionError(f"no {exc_type.__name__} raised")
+
     run_in_child(check, timeout=20)
 
 
@@ -49,6 +51,7 @@ def test_every_access_after_close_raises_region_closed(access):
         region.write()
         region.close()
         ACCESSES[access](region)
+
     _expect_in_child(body, RegionClosedError, "is closed")
 
 
@@ -56,17 +59,27 @@ def test_data_past_the_end_is_an_index_error_not_a_crash():
     def body():
         with Region.create(MemoryKind.ANON, 2) as region:
             region.data(0, 10 * PAGE_SIZE)
+
     _expect_in_child(body, IndexError, "run past the end")
 
 
-@pytest.mark.parametrize("call", [
-    lambda r: r.data(0, -1), lambda r: r.data(1.5), lambda r: r.read(0, 2.0), lambda r: r.write("0"),
-    lambda r: r.fill(2, b"x"), lambda r: r.fill(1, b"x" * (PAGE_SIZE + 1)),
-], ids=["negative-length", "float-page", "float-count", "str-first", "page-outside", "fill-past-end"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: r.data(0, -1),
+        lambda r: r.data(1.5),
+        lambda r: r.read(0, 2.0),
+        lambda r: r.write("0"),
+        lambda r: r.fill(2, b"x"),
+        lambda r: r.fill(1, b"x" * (PAGE_SIZE + 1)),
+    ],
+    ids=["negative-length", "float-page", "float-count", "str-first", "page-outside", "fill-past-end"],
+)
 def test_bad_indices_are_typed_errors(call):
     def body():
         with Region.create(MemoryKind.ANON, 2) as region:
             call(region)
+
     _expect_in_child(body, (IndexError, InvalidArgument), "")
 
 
@@ -77,7 +90,7 @@ def test_close_twice_is_harmless(make_region):
     assert region.closed and "closed" in repr(region)
 
 
-@pytest.mark.parametrize("npages", [0, -1, 2 ** 62, 2 ** 70, 1.5, "3", True])
+@pytest.mark.parametrize("npages", [0, -1, 2**62, 2**70, 1.5, "3", True])
 def test_impossible_sizes_are_invalid_arguments(npages):
     with pytest.raises(InvalidArgument) as info:
         Region.create(MemoryKind.ANON, npages)
@@ -92,6 +105,7 @@ def test_failed_ftruncate_leaks_no_fd(monkeypatch, kind):
 
     def refuse(fd, length):
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
     proc = psutil.Process()
     before = proc.num_fds()
     monkeypatch.setattr(os, "ftruncate", refuse)
@@ -107,7 +121,7 @@ def test_the_issues_oversized_shmem_region_leaks_no_fd():
     before = proc.num_fds()
     for _ in range(20):
         with pytest.raises((InvalidArgument, MappingError)):
-            Region.create(MemoryKind.SHMEM, 2 ** 62)
+            Region.create(MemoryKind.SHMEM, 2**62)
     assert proc.num_fds() == before, f"{proc.num_fds() - before} fds leaked by 20 failed creates"
 
 

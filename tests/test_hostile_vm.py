@@ -3,6 +3,7 @@
 No kernel is built and no guest booted here: build.json and the pristine
 tree are stand-ins in tmp_path.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,18 @@ def run_cli(argv, capsys):
     return status, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--cpus", "-3"], "--cpus"), (["--cpus", "x"], "--cpus"), (["--memory", "banana"], "--memory"),
-    (["--memory", "0"], "--memory"), (["--hugepages", "-7"], "--hugepages"), (["--timeout", "nan"], "--timeout"),
-    (["--timeout", "-1"], "--timeout"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--cpus", "-3"], "--cpus"),
+        (["--cpus", "x"], "--cpus"),
+        (["--memory", "banana"], "--memory"),
+        (["--memory", "0"], "--memory"),
+        (["--hugepages", "-7"], "--hugepages"),
+        (["--timeout", "nan"], "--timeout"),
+        (["--timeout", "-1"], "--timeout"),
+    ],
+)
 def test_vm_run_refuses_values_qemu_would_choke_on(capsys, argv, says):
     status, err = run_cli(["vm", "run", "--kernel", "stock", *argv, "--dry-run", "--", "true"], capsys)
     assert status == 2 and says in err and "Traceback" not in err, err
@@ -79,6 +87,7 @@ def test_vm_build_patches_naming_a_file_says_so(tmp_path):
 
 
 # -- the series, checked before anything is built ------------------------------------------------
+
 
 @pytest.fixture
 def pristine(tmp_path, monkeypatch):
@@ -147,6 +156,7 @@ def test_check_series_refuses_a_broken_series(tmp_path, pristine, case):
 def test_document_error_is_a_value_error_naming_the_file(tmp_path):
     """What the command line's boundary relies on to print it as one line with exit status 2."""
     from harness.vm.documents import load_build_info
+
     (tmp_path / "build.json").write_text("[]")
     with pytest.raises(DocumentError) as info:
         load_build_info(tmp_path / "build.json")
@@ -158,17 +168,24 @@ def test_a_corrupt_build_json_means_rebuild_not_a_traceback(kernel_dir, content)
     """build_kernel's cache check (_is_current) reads build.json too: a corrupt one is "not current"."""
     (kernel_dir / "build.json").write_text(content)
     (kernel_dir / "uapi").mkdir()
-    kb = vmbuild.KernelBuild(name="k", path=kernel_dir / "bzImage", key="0" * 64,
-                             uapi_header=kernel_dir / "bzImage", patched=False, directory=kernel_dir,
-                             selftests_dir=kernel_dir)
+    kb = vmbuild.KernelBuild(
+        name="k",
+        path=kernel_dir / "bzImage",
+        key="0" * 64,
+        uapi_header=kernel_dir / "bzImage",
+        patched=False,
+        directory=kernel_dir,
+        selftests_dir=kernel_dir,
+    )
     for tool in vmbuild.SELFTESTS:
         (kernel_dir / tool).write_text("")
     assert vmbuild._is_current(kb) is False
 
 
-@pytest.mark.parametrize("content", ["[]", "{", "null", "\"x\""])
+@pytest.mark.parametrize("content", ["[]", "{", "null", '"x"'])
 def test_a_corrupt_kvm_probe_cache_is_probed_again(tmp_path, monkeypatch, content):
     from harness.vm import runner
+
     monkeypatch.setattr(runner, "BUILD_DIR", tmp_path)
     monkeypatch.setattr(runner.os.path, "exists", lambda p: True)
     (tmp_path / "cache").mkdir()
@@ -181,6 +198,7 @@ def test_a_corrupt_kvm_probe_cache_is_probed_again(tmp_path, monkeypatch, conten
     def popen(*a, **k):
         probed.append(a)
         raise NoQemu
+
     monkeypatch.setattr(runner.subprocess, "Popen", popen)
     monkeypatch.setattr(runner, "_probe_cache_key", lambda: "k")
     with pytest.raises(NoQemu):

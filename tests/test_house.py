@@ -6,6 +6,7 @@ function (a lazy import still runs), is an edge; an import under ``if
 TYPE_CHECKING:`` is not (it never runs: annotations only).  A cycle makes a
 module's behaviour depend on which of the two was imported first.
 """
+
 from __future__ import annotations
 
 import ast
@@ -33,8 +34,9 @@ def _resolve(name: str) -> str | None:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _runtime_imports(tree: ast.AST, module: str) -> set[str]:
@@ -52,7 +54,7 @@ def _runtime_imports(tree: ast.AST, module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
                 # "from M import N": the module M.N if there is one, else a name defined in M
@@ -108,20 +110,25 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_of_harness_is_in_an_import_cycle():
     graph = import_graph()
-    assert len(graph) > 40 and graph["harness.pte"] >= {"harness.memory", "harness.abi"}, \
+    assert len(graph) > 40 and graph["harness.pte"] >= {"harness.memory", "harness.abi"}, (
         "the reader sees the package's imports"
+    )
     found = cycles(graph)
     assert not found, "import cycles (each module imports the next, lazily or not): " + "; ".join(
-        " -> ".join(c) for c in found)
+        " -> ".join(c) for c in found
+    )
 
 
 def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
     """Not a rubber stamp: two modules that import each other, one of them inside a function, are found,
     and an import under TYPE_CHECKING is not an edge."""
-    lazy = ast.parse("import harness.abi\n"
-                     "def f():\n    from harness.pte import PTE\n"
-                     "if TYPE_CHECKING:\n    from harness.uffd import Userfaultfd\n")
+    lazy = ast.parse(
+        "import harness.abi\n"
+        "def f():\n    from harness.pte import PTE\n"
+        "if TYPE_CHECKING:\n    from harness.uffd import Userfaultfd\n"
+    )
     edges = _runtime_imports(lazy, "harness.memory")
     assert edges == {"harness.abi", "harness.pte"}
-    assert cycles({"harness.memory": edges, "harness.pte": {"harness.memory"}, "harness.abi": set()}) == \
-        [["harness.memory", "harness.pte"]]
+    assert cycles({"harness.memory": edges, "harness.pte": {"harness.memory"}, "harness.abi": set()}) == [
+        ["harness.memory", "harness.pte"]
+    ]

@@ -1,4 +1,5 @@
 """``uffd-harness info`` reports this machine truthfully."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ def _raw_uffdio_api_features() -> int:
     import ctypes
     import fcntl
     import struct
+
     assert platform.machine() == "x86_64", "the syscall number below is x86-64's"
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.syscall(323, os.O_CLOEXEC)
@@ -42,18 +44,20 @@ def _pagemap_shows_pfns() -> bool:
     """Read this process's pagemap for a page it just wrote, with plain file I/O."""
     import ctypes
     import struct
+
     page = ctypes.create_string_buffer(2 * 4096)
-    addr = (ctypes.addressof(page) + 4095) // 4096 * 4096     # a whole page inside the buffer
-    ctypes.memset(addr, 1, 1)                                  # written: present
+    addr = (ctypes.addressof(page) + 4095) // 4096 * 4096  # a whole page inside the buffer
+    ctypes.memset(addr, 1, 1)  # written: present
     with open("/proc/self/pagemap", "rb") as f:
         f.seek(addr // 4096 * 8)
         entry = struct.unpack("Q", f.read(8))[0]
-    return bool(entry & ((1 << 55) - 1))          # bits 0-54: the PFN, zero without CAP_SYS_ADMIN
+    return bool(entry & ((1 << 55) - 1))  # bits 0-54: the PFN, zero without CAP_SYS_ADMIN
 
 
 def test_info_json_matches_what_the_kernel_says(capsys):
     # In-process: a second interpreter costs ~10 s in a TCG guest; test_cli_entry_point starts one.
     from harness.cli import main
+
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kernel"]["release"] == platform.release()
@@ -68,8 +72,7 @@ def test_info_json_matches_what_the_kernel_says(capsys):
     # the pte channel: "ok" exactly where its debugfs file answers, else why not
     assert (info["observation"]["pte"] == "ok") == os.access(pte.PTE_DEBUGFS, os.R_OK | os.W_OK)
     if pte.kernel_instrumented() is False:
-        assert info["observation"]["pte"] == \
-            "kernel lacks the uffd-harness instrumentation patch (vm/instrumentation)"
+        assert info["observation"]["pte"] == "kernel lacks the uffd-harness instrumentation patch (vm/instrumentation)"
 
 
 def test_info_register_table_reflects_the_kernel():
@@ -81,9 +84,10 @@ def test_info_register_table_reflects_the_kernel():
 
 
 def test_info_thp_is_probed(monkeypatch):
-    """"ok" only where a THP really came; otherwise the reason, the same
+    """ "ok" only where a THP really came; otherwise the reason, the same
     one the THP contract cases would skip with."""
     from harness import info, memory
+
     status = info.thp_status()
     assert status == "ok" or "THP" in status, status
     if status == "ok":
@@ -96,6 +100,7 @@ def test_info_thp_is_probed(monkeypatch):
 
 def test_info_table_output(capsys):
     from harness.cli import main
+
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"kernel      {platform.release()}")
@@ -106,7 +111,8 @@ def test_info_table_output(capsys):
 @pytest.mark.host_only
 def test_cli_entry_point():
     """`python -m harness info --json` works as a program (the tests above call main() in-process)."""
-    proc = subprocess.run([sys.executable, "-m", "harness", "info", "--json"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "info", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["kernel"]["release"] == platform.release()

@@ -5,6 +5,7 @@ The inputs are the outputs of a real ``make validate`` (tests/kernel_ci_data.py)
 The KTAP check by the kernel's own parser needs the unpacked kernel tree and is in
 tests/vm/test_ktap_parser.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,15 @@ def _written(tmp_path: Path, report: dict) -> tuple[dict, dict]:
     results = tmp_path / "results"
     results.mkdir()
     render.write_report(report, results)
-    return (json.loads((results / "report.json").read_text()),
-            json.loads((results / "report.kcidb.json").read_text()))
+    return (json.loads((results / "report.json").read_text()), json.loads((results / "report.kcidb.json").read_text()))
 
 
 # -- KCIDB ------------------------------------------------------------------------------
 
+
 def test_kcidb_document_is_valid_and_counts_match_report_json(tmp_path):
     import kcidb_io
+
     report, doc = _written(tmp_path, _report(tmp_path))
     kcidb_io.schema.LATEST.validate(doc)  # raises on any schema violation
     kernels = report["kernels"]
@@ -91,6 +93,7 @@ def test_kcidb_statuses_follow_report_json(tmp_path):
 
 def test_kcidb_build_failure_is_miss_and_panic_is_error(tmp_path):
     import kcidb_io
+
     errors = {"patched": "build failed: 0002 does not apply"}
     failed = build_report(kernel_ci_data.outcomes(tmp_path / "a", errors=errors), None, False, 1.0)
     doc = kcidb.document(json.loads(json.dumps(failed, default=str)))
@@ -113,6 +116,7 @@ def test_kcidb_of_a_host_only_validation(tmp_path):
     import kcidb_io
 
     from harness.validate.outcome import KernelOutcome
+
     stock = kernel_ci_data.outcomes(tmp_path)[0]
     host = KernelOutcome("host", "host", stock.out, summary=stock.summary, steps=stock.steps, bench=stock.bench)
     report = build_report([host], None, False, 1.0, qemu_reason="no qemu-system-x86_64")
@@ -131,8 +135,12 @@ def test_kcidb_origin_is_configurable_and_checked(tmp_path, monkeypatch):
     assert all(i.startswith("my_lab:") for i in ids) and {o["origin"] for o in doc["tests"]} == {"my_lab"}
     with pytest.raises(ValueError, match=r"\[a-z0-9_\]\+"):
         kcidb.document(report, origin="My-Lab")
-    proc = subprocess.run([sys.executable, "-m", "harness", "validate", "--kcidb-origin", "Bad Origin"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "validate", "--kcidb-origin", "Bad Origin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "KCIDB origin 'Bad Origin'" in proc.stderr
 
 
@@ -141,15 +149,27 @@ def test_kcidb_origin_is_configurable_and_checked(tmp_path, monkeypatch):
 HOST_CALIBRATION = {
     # the shape `make bench` writes on a host (harness.timing.bench.calibration_document); figures from
     # the README's `make bench` of 26 Nov 2026, net of the empty section, with their intervals
-    "schema": "uffd-harness/calibration/1", "created": "2026-11-26T10:00:00Z", "tcg": False,
-    "models_hardware_assists": True, "cpu_model": "Intel(R) Xeon(R) Processor", "kernel": "6.18.44-fc-v657",
+    "schema": "uffd-harness/calibration/1",
+    "created": "2026-11-26T10:00:00Z",
+    "tcg": False,
+    "models_hardware_assists": True,
+    "cpu_model": "Intel(R) Xeon(R) Processor",
+    "kernel": "6.18.44-fc-v657",
     "hypervisor_vendor": "KVM",
-    "net_medians": {"first_touch.young_dirty.read.warm_tlb": 30, "first_touch.young_dirty.read": 78,
-                    "first_touch.old_dirty.read": 866, "first_touch.young_clean.write": 698,
-                    "first_touch.young_dirty.write": 58},
-    "net_intervals": {"first_touch.young_dirty.read.warm_tlb": [28, 32], "first_touch.young_dirty.read": [72, 98],
-                      "first_touch.old_dirty.read": [856, 880], "first_touch.young_clean.write": [694, 704],
-                      "first_touch.young_dirty.write": [56, 60]},
+    "net_medians": {
+        "first_touch.young_dirty.read.warm_tlb": 30,
+        "first_touch.young_dirty.read": 78,
+        "first_touch.old_dirty.read": 866,
+        "first_touch.young_clean.write": 698,
+        "first_touch.young_dirty.write": 58,
+    },
+    "net_intervals": {
+        "first_touch.young_dirty.read.warm_tlb": [28, 32],
+        "first_touch.young_dirty.read": [72, 98],
+        "first_touch.old_dirty.read": [856, 880],
+        "first_touch.young_clean.write": [694, 704],
+        "first_touch.young_dirty.write": [56, 60],
+    },
 }
 
 
@@ -170,12 +190,17 @@ def test_tcg_comparison_has_no_verdict_and_projects_from_the_host_calibration(tm
     assert read["saved"] == 866 - 78 and (read["saved_lo"], read["saved_hi"]) == (856 - 98, 880 - 72)
     shmem = next(r for r in projection["rows"] if r["scenario"] == "shmem-clean-unprotect-write")
     assert shmem["saved"] == 0, "hints never make a clean shared PTE writable: nothing to save"
-    outputs = {"markdown": render.render_markdown(report), "tap": render.render_tap(report),
-               "junit": render.render_junit(report), "terminal": render.render_terminal(report, tmp_path)}
+    outputs = {
+        "markdown": render.render_markdown(report),
+        "tap": render.render_tap(report),
+        "junit": render.render_junit(report),
+        "terminal": render.render_terminal(report, tmp_path),
+    }
     for fmt, text in outputs.items():
         low = text.lower()
-        assert "faster" not in low and "slower" not in low and "no difference detected" not in low, \
+        assert "faster" not in low and "slower" not in low and "no difference detected" not in low, (
             f"{fmt} prints a timing verdict for a TCG comparison"
+        )
     projected = outputs["markdown"].split("### Projection for this host's CPU")[1]
     assert "| free-unprotect-write " in projected and "W " in projected
     assert "[634, 648]" in outputs["markdown"], "the projection carries its interval"
@@ -190,8 +215,9 @@ def test_tcg_comparison_without_a_host_calibration_says_how_to_make_one(tmp_path
     tcg_host = {**HOST_CALIBRATION, "tcg": True}
     (tmp_path / "tcg.json").write_text(json.dumps(tcg_host))
     monkeypatch.setattr(benchmarks, "HOST_CALIBRATION", tmp_path / "tcg.json")
-    assert "under TCG" in _report(tmp_path / "again")["bench"]["projection"]["why"], \
+    assert "under TCG" in _report(tmp_path / "again")["bench"]["projection"]["why"], (
         "a host calibration taken under TCG cannot project hardware costs"
+    )
 
 
 def test_hardware_comparison_keeps_its_verdicts(tmp_path, monkeypatch):
@@ -207,21 +233,22 @@ def test_hardware_comparison_keeps_its_verdicts(tmp_path, monkeypatch):
 
 # -- LAVA -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def lava_schema():
     """LAVA's job validator (Debian's lava-common, system python3); installed as root like the other packages."""
     from harness.vm.build import check_host
     from harness.vm.errors import VmError
+
     try:
         check_host(LAVA_COMMON)
     except VmError as exc:
         pytest.skip(f"LAVA's job schema: {exc}")
 
     def validate(job_yaml: Path) -> subprocess.CompletedProcess:
-        code = ("import sys, yaml, lava_common.schemas as s\n"
-                "s.validate(yaml.safe_load(open(sys.argv[1])))\n")
-        return subprocess.run([SYSTEM_PYTHON, "-c", code, str(job_yaml)], capture_output=True, text=True,
-                              timeout=120)
+        code = "import sys, yaml, lava_common.schemas as s\ns.validate(yaml.safe_load(open(sys.argv[1])))\n"
+        return subprocess.run([SYSTEM_PYTHON, "-c", code, str(job_yaml)], capture_output=True, text=True, timeout=120)
+
     return validate
 
 
@@ -242,23 +269,43 @@ def built_kernel(tmp_path):
 def test_lava_job_passes_lavas_schema(tmp_path, built_kernel, lava_schema):
     out = tmp_path / "job.yaml"
     env = {**os.environ, "UFFD_HARNESS_BUILD_DIR": str(built_kernel)}
-    proc = subprocess.run([sys.executable, "-m", "harness", "lava-job", "--kernel", "patched", "--out", str(out),
-                           "--ramdisk-url", "https://lab.example/rootfs.cpio.gz"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "lava-job",
+            "--kernel",
+            "patched",
+            "--out",
+            str(out),
+            "--ramdisk-url",
+            "https://lab.example/rootfs.cpio.gz",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     checked = lava_schema(out)
     assert checked.returncode == 0, f"LAVA's schema rejects the job: {checked.stderr[-2000:]}"
     import tarfile
 
     import yaml
+
     job = yaml.safe_load(out.read_text())
     deploy = job["actions"][0]["deploy"]
     assert job["device_type"] == "qemu" and deploy["images"]["kernel"]["url"].endswith("kernels/patched/bzImage")
     bundle = Path(deploy["images"]["ramdisk"]["overlays"]["uffd-harness"]["url"].removeprefix("file://"))
     with tarfile.open(bundle) as tar:
         names = set(tar.getnames())
-    assert {"harness/validate/guest.py", "harness/lava.py", "build/kernels/patched/build.json",
-            "build/kernels/patched/selftests/uffd-unit-tests"} <= names
+    assert {
+        "harness/validate/guest.py",
+        "harness/lava.py",
+        "build/kernels/patched/build.json",
+        "build/kernels/patched/selftests/uffd-unit-tests",
+    } <= names
     steps = job["actions"][2]["test"]["definitions"][0]["repository"]["run"]["steps"]
     assert any("harness.lava cases" in s for s in steps)
     # the check is not a rubber stamp: a job without its visibility is refused
@@ -271,29 +318,47 @@ def test_lava_job_passes_lavas_schema(tmp_path, built_kernel, lava_schema):
 
 def test_lava_job_names_what_it_needs(tmp_path, built_kernel):
     env = {**os.environ, "UFFD_HARNESS_BUILD_DIR": str(built_kernel)}
-    proc = subprocess.run([sys.executable, "-m", "harness", "lava-job", "--kernel", "patched"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "lava-job", "--kernel", "patched"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--ramdisk-url is required" in proc.stderr and "pytest" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "harness", "lava-job", "--kernel", "nosuch",
-                           "--ramdisk-url", "x"], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "lava-job", "--kernel", "nosuch", "--ramdisk-url", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "make kernel KERNEL=nosuch" in proc.stderr
 
 
-_VALIDATION_JOBS = ("import sys; from pathlib import Path; from harness.validate import run; "
-                    "run._write_lava_jobs(sys.argv[2:], Path(sys.argv[1]), print)")
+_VALIDATION_JOBS = (
+    "import sys; from pathlib import Path; from harness.validate import run; "
+    "run._write_lava_jobs(sys.argv[2:], Path(sys.argv[1]), print)"
+)
 
 
 def test_validate_writes_a_lava_job_per_kernel_that_lavas_schema_accepts(tmp_path, built_kernel, lava_schema):
     """validate leaves build/results/lava/<kernel>.yaml (and its bundle) for every kernel it built: without
     a ramdisk URL the placeholder, which the log names; with $UFFD_HARNESS_LAVA_RAMDISK_URL that one."""
     import yaml
+
     results = tmp_path / "results"
     (results / "lava").mkdir(parents=True)
     (results / "lava" / "old-kernel.yaml").write_text("an earlier run's job\n")
     env = {**os.environ, "UFFD_HARNESS_BUILD_DIR": str(built_kernel)}
     env.pop(lava.ENV_RAMDISK_URL, None)
-    proc = subprocess.run([sys.executable, "-c", _VALIDATION_JOBS, str(results), "patched"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _VALIDATION_JOBS, str(results), "patched"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     job_path = results / "lava" / "patched.yaml"
     assert sorted(p.name for p in (results / "lava").iterdir()) == ["patched-bundle.tar.gz", "patched.yaml"]
@@ -305,8 +370,13 @@ def test_validate_writes_a_lava_job_per_kernel_that_lavas_schema_accepts(tmp_pat
     assert checked.returncode == 0, f"LAVA's schema rejects validate's job: {checked.stderr[-2000:]}"
 
     env[lava.ENV_RAMDISK_URL] = "https://lab.example/rootfs.cpio"
-    proc = subprocess.run([sys.executable, "-c", _VALIDATION_JOBS, str(results), "patched"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _VALIDATION_JOBS, str(results), "patched"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "https://lab.example/rootfs.cpio)" in proc.stdout, proc.stdout + proc.stderr
     job = yaml.safe_load(job_path.read_text())
     assert job["actions"][0]["deploy"]["images"]["ramdisk"]["url"] == "https://lab.example/rootfs.cpio"
@@ -315,8 +385,13 @@ def test_validate_writes_a_lava_job_per_kernel_that_lavas_schema_accepts(tmp_pat
 def test_validate_says_why_it_wrote_no_lava_job(tmp_path, built_kernel):
     """A kernel that cannot be bundled is a line in the log, never the end of the validation."""
     env = {**os.environ, "UFFD_HARNESS_BUILD_DIR": str(built_kernel)}
-    proc = subprocess.run([sys.executable, "-c", _VALIDATION_JOBS, str(tmp_path / "results"), "nosuch"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _VALIDATION_JOBS, str(tmp_path / "results"), "nosuch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "LAVA jobs not written" in proc.stdout and "nosuch" in proc.stdout, proc.stdout
 

@@ -1,4 +1,5 @@
 """Opening and closing many userfaultfds and regions leaves nothing behind."""
+
 from __future__ import annotations
 
 import psutil

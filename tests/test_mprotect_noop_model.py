@@ -5,6 +5,7 @@ cleared, no TLB flush), mprotect(rw) to rw, read.  The kernel changes nothing an
 read may go through the cached translation and leave the PTE old; the model used to re-derive the PTE's
 write bit (a flush) and predict young for certain.
 """
+
 from harness.backends.sim import SimBackend
 from harness.memory import PROT_RW, MemoryKind
 
@@ -19,5 +20,6 @@ def test_mprotect_to_the_same_protection_changes_nothing():
         b.mprotect(r, PROT_RW)
         b.read(r)
         assert b.observe(r, 0, "sim").writable == before.writable, "a no-op mprotect changed the write bit"
-        assert "young" in b.uncertain_fields(r), \
+        assert "young" in b.uncertain_fields(r), (
             "after clear_refs without a flush, a read may be served by the cached translation: young is unknown"
+        )

@@ -1,4 +1,5 @@
 """What changes for an unprivileged user: checked in a child that drops to nobody."""
+
 from __future__ import annotations
 
 import errno
@@ -25,6 +26,7 @@ def _unprivileged_sysctl() -> int:
 
 def as_nobody(check) -> None:
     """Run ``check`` as uid/gid nobody with no capabilities; fail with its traceback (ChildFailed)."""
+
     def child():
         os.setgroups([])
         os.setresgid(NOBODY, NOBODY, NOBODY)
@@ -33,6 +35,7 @@ def as_nobody(check) -> None:
         # to root; an ordinary unprivileged process is dumpable.
         lib.prctl(lib.PR_SET_DUMPABLE, 1, 0, 0, 0)
         check()
+
     run_in_child(child, timeout=20)
 
 
@@ -48,6 +51,7 @@ def test_syscall_refused_without_user_mode_only():
             assert "user_mode_only" in str(exc), str(exc)
         else:
             raise AssertionError("userfaultfd() without UFFD_USER_MODE_ONLY succeeded unprivileged")
+
     as_nobody(check)
 
 
@@ -57,10 +61,12 @@ def test_user_mode_only_works_unprivileged():
         region.write()
         with Userfaultfd.open([], via="syscall", user_mode_only=True) as uffd:
             from harness.abi import RegisterMode
+
             uffd.register(region.addr, region.length, RegisterMode.MISSING)
         with open_any([]) as uffd:
             assert not uffd.closed
         region.close()
+
     as_nobody(check)
 
 
@@ -73,6 +79,7 @@ def test_pfn_and_root_channels_hidden_unprivileged():
         state = pte.observe(region)  # smaps needs no privilege
         assert state.present and state.pfn is None and (state.young, state.dirty) == (True, True)
         region.close()
+
     as_nobody(check)
 
 

@@ -1,4 +1,5 @@
 """Forked children: success, a failure's traceback, a signal, a hang (killed with its children)."""
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ def test_a_child_that_returns_is_a_success(tmp_path):
 def test_a_child_that_raises_sends_its_traceback():
     def fails():
         raise ValueError("the PTE was old")
+
     with pytest.raises(ChildFailed) as caught:
         run_in_child(fails, timeout=10)
     assert caught.value.status == 1
@@ -50,7 +52,7 @@ def test_a_hung_child_is_killed_with_its_children(tmp_path):
         run_in_child(hangs, timeout=1.0)
     assert time.monotonic() - t0 < 10
     grandchild = int(pidfile.read_text())
-    deadline = time.monotonic() + 2        # SIGKILL lands when it is next scheduled
+    deadline = time.monotonic() + 2  # SIGKILL lands when it is next scheduled
     while not _dead(grandchild) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _dead(grandchild), f"grandchild {grandchild} outlived the hung child"
@@ -61,7 +63,7 @@ def _dead(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rpartition(")")[2].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):      # gone, possibly while /proc was being read
+    except (FileNotFoundError, ProcessLookupError):  # gone, possibly while /proc was being read
         return True
 
 

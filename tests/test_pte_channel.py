@@ -12,6 +12,7 @@ host run under CI=true does not skip them into failures.  Inside such a
 guest a missing piece (the instrumentation did not apply, no swap, no
 huge pages) is a skip naming it, and under CI=true a failure.
 """
+
 from __future__ import annotations
 
 import errno
@@ -47,13 +48,21 @@ def wp_uffd():
 
 # -- anonymous PTEs ------------------------------------------------------------------
 
+
 def test_a_written_anon_page_is_young_dirty_writable(make_region):
     region = make_region(MemoryKind.ANON)
     assert pte.read_pte(region.addr).empty, "a new mapping has an empty PTE (or no table)"
     region.write()
     entry = pte.read_pte(region.addr)
-    assert (entry.level, entry.present, entry.writable, entry.young, entry.dirty, entry.uffd_wp, entry.swap) == \
-        ("pte", True, True, True, True, False, None), f"after a write fault: {entry}"
+    assert (entry.level, entry.present, entry.writable, entry.young, entry.dirty, entry.uffd_wp, entry.swap) == (
+        "pte",
+        True,
+        True,
+        True,
+        True,
+        False,
+        None,
+    ), f"after a write fault: {entry}"
     assert entry.pfn == pte.pagemap_pfn(pte.pagemap_entry(region.addr)), "the PFN is pagemap's"
 
 
@@ -62,8 +71,9 @@ def test_madv_free_makes_the_pte_old_and_clean_and_keeps_it_writable(make_region
     region.write()
     region.free()
     entry = pte.read_pte(region.addr)
-    assert (entry.present, entry.writable, entry.young, entry.dirty) == (True, True, False, False), \
+    assert (entry.present, entry.writable, entry.young, entry.dirty) == (True, True, False, False), (
         f"MADV_FREE (clear_young_dirty_ptes()) leaves a present, writable, old, clean PTE: {entry}"
+    )
 
 
 def test_writeprotect_clears_the_write_bit_and_sets_uffd_wp(make_region, wp_uffd):
@@ -73,19 +83,20 @@ def test_writeprotect_clears_the_write_bit_and_sets_uffd_wp(make_region, wp_uffd
     region.free()
     wp_uffd.writeprotect(region.addr, region.length, protect=True)
     entry = pte.read_pte(region.addr)
-    assert (entry.present, entry.writable, entry.uffd_wp) == (True, False, True), \
-        f"after UFFDIO_WRITEPROTECT: {entry}"
+    assert (entry.present, entry.writable, entry.uffd_wp) == (True, False, True), f"after UFFDIO_WRITEPROTECT: {entry}"
     wp_uffd.writeprotect(region.addr, region.length, protect=False)
     entry = pte.read_pte(region.addr)
     # change_pte_range() leaves the accessed and dirty bits alone
-    assert (entry.uffd_wp, entry.young, entry.dirty) == (False, False, False), \
+    assert (entry.uffd_wp, entry.young, entry.dirty) == (False, False, False), (
         f"un-protect without hints: uffd-wp cleared, still old and clean: {entry}"
+    )
     # whether it makes the PTE writable is the base's rule (6.12's uffd_wp_range() passes
     # MM_CP_TRY_CHANGE_WRITABLE, so an exclusive anon PTE is; 6.1 upgrades no private PTE):
     # the channel's write bit must say what a store then finds
     faults = region.write_faults(0)
-    assert entry.writable == (faults == 0), \
+    assert entry.writable == (faults == 0), (
         f"the pte channel says writable={entry.writable}, and a store took {faults} fault(s): {entry}"
+    )
 
 
 def test_a_wp_unpopulated_marker_shows_uffd_wp_and_no_page(make_region):
@@ -97,8 +108,13 @@ def test_a_wp_unpopulated_marker_shows_uffd_wp_and_no_page(make_region):
         uffd.writeprotect(region.addr, region.length, protect=True)
         entries = pte.read_ptes(region.addr, 2)
         for entry in entries:
-            assert (entry.level, entry.present, entry.uffd_wp, entry.swap, entry.writable) == \
-                ("pte", False, True, "marker", False), f"a uffd-wp marker on an empty PTE: {entry}"
+            assert (entry.level, entry.present, entry.uffd_wp, entry.swap, entry.writable) == (
+                "pte",
+                False,
+                True,
+                "marker",
+                False,
+            ), f"a uffd-wp marker on an empty PTE: {entry}"
         assert all(pte.is_uffd_wp(e.addr) for e in entries), "pagemap shows the markers' uffd-wp too"
 
 
@@ -109,8 +125,9 @@ def test_pageout_leaves_a_swap_entry(make_region):
     region.write()
     region.pageout()
     entry = pte.read_pte(region.addr)
-    assert (entry.level, entry.present, entry.swap) == ("pte", False, "swap"), \
+    assert (entry.level, entry.present, entry.swap) == ("pte", False, "swap"), (
         f"MADV_PAGEOUT of an anon page with swap: {entry}"
+    )
     assert entry.entry != 0 and pte.is_swapped(region.addr), "pagemap agrees that it is swapped"
     region.read()
     assert pte.read_pte(region.addr).present, "a read swaps it back in"
@@ -125,14 +142,14 @@ def test_soft_dirty_is_set_by_a_write_and_cleared_by_clear_refs_4(make_region):
     pte.clear_soft_dirty()
     entry = pte.read_pte(region.addr)
     # clear_soft_dirty() in fs/proc/task_mmu.c write-protects the PTE so the next write faults
-    assert (entry.soft_dirty, entry.writable, entry.present) == (False, False, True), \
-        f"after clear_refs 4: {entry}"
+    assert (entry.soft_dirty, entry.writable, entry.present) == (False, False, True), f"after clear_refs 4: {entry}"
     region.write()
     entry = pte.read_pte(region.addr)
     assert (entry.soft_dirty, entry.writable) == (True, True), f"after the next write: {entry}"
 
 
 # -- PMD leaves ------------------------------------------------------------------------
+
 
 def test_a_pmd_mapped_thp_shows_level_pmd_for_every_base_page():
     try:
@@ -148,13 +165,15 @@ def test_a_pmd_mapped_thp_shows_level_pmd_for_every_base_page():
         per_pmd = thp_pmd_size() // PAGE_SIZE
         entries = pte.read_ptes(region.addr, per_pmd)
         assert len(entries) == per_pmd == 512
-        assert {(e.level, e.present, e.writable, e.young, e.dirty) for e in entries} == \
-            {("pmd", True, True, True, True)}, "every base page reports the one young, dirty, writable PMD"
+        assert {(e.level, e.present, e.writable, e.young, e.dirty) for e in entries} == {
+            ("pmd", True, True, True, True)
+        }, "every base page reports the one young, dirty, writable PMD"
         assert len({e.entry for e in entries}) == 1, "one raw PMD value for all of them"
         assert [e.pfn for e in entries] == list(range(entries[0].pfn, entries[0].pfn + per_pmd))
         region.free()
-        assert {(e.level, e.young, e.dirty) for e in pte.read_ptes(region.addr, per_pmd)} == \
-            {("pmd", False, False)}, "MADV_FREE of the whole THP makes the PMD old and clean (madvise_free_huge_pmd())"
+        assert {(e.level, e.young, e.dirty) for e in pte.read_ptes(region.addr, per_pmd)} == {("pmd", False, False)}, (
+            "MADV_FREE of the whole THP makes the PMD old and clean (madvise_free_huge_pmd())"
+        )
 
 
 @pytest.mark.parametrize("kind", [MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE], ids=lambda k: k.value)
@@ -165,8 +184,9 @@ def test_a_hugetlb_page_shows_its_pmd_leaf(make_region, kind):
     assert all(e.empty for e in pte.read_ptes(region.addr, per_page)), "nothing mapped before the fault"
     region.write()
     entries = pte.read_ptes(region.addr, per_page)
-    assert {(e.level, e.present, e.writable, e.young, e.dirty) for e in entries} == \
-        {("pmd", True, True, True, True)}, f"a written hugetlb page: {entries[0]}"
+    assert {(e.level, e.present, e.writable, e.young, e.dirty) for e in entries} == {("pmd", True, True, True, True)}, (
+        f"a written hugetlb page: {entries[0]}"
+    )
     assert [e.pfn for e in entries] == list(range(entries[0].pfn, entries[0].pfn + per_page))
 
 
@@ -178,12 +198,14 @@ def test_a_hugetlb_uffd_wp_marker_is_a_non_present_pmd_entry(make_region, wp_uff
     wp_uffd.register(region.addr, region.length, RegisterMode.WP)
     wp_uffd.writeprotect(region.addr, region.length, protect=True)
     entries = pte.read_ptes(region.addr, region.page_size // PAGE_SIZE)
-    assert {(e.level, e.present, e.uffd_wp, e.swap) for e in entries} == {("pmd", False, True, "marker")}, \
+    assert {(e.level, e.present, e.uffd_wp, e.swap) for e in entries} == {("pmd", False, True, "marker")}, (
         f"a hugetlb uffd-wp marker: {entries[0]}"
+    )
 
 
-@pytest.mark.parametrize("kind", [MemoryKind.ANON, MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE],
-                         ids=lambda k: k.value)
+@pytest.mark.parametrize(
+    "kind", [MemoryKind.ANON, MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE], ids=lambda k: k.value
+)
 def test_mkold_makes_the_entry_old_and_leaves_the_rest(make_region, kind):
     """mkold clears the accessed bit of the entry itself (PTE or hugetlb PMD leaf) and nothing else;
     a read afterwards makes it young again (the TLB entry was flushed, so the CPU walks and sets A)."""
@@ -196,9 +218,9 @@ def test_mkold_makes_the_entry_old_and_leaves_the_rest(make_region, kind):
     assert {e.young for e in before} == {True}, f"a written page is young: {before[0]}"
     pte.make_old(region.addr, per_page)
     after = pte.read_ptes(region.addr, per_page)
-    assert {(e.level, e.present, e.writable, e.young, e.dirty, e.pfn) for e in after} == \
-        {(e.level, e.present, e.writable, False, e.dirty, e.pfn) for e in before}, \
-        f"mkold changed more than young: {before[0]} -> {after[0]}"
+    assert {(e.level, e.present, e.writable, e.young, e.dirty, e.pfn) for e in after} == {
+        (e.level, e.present, e.writable, False, e.dirty, e.pfn) for e in before
+    }, f"mkold changed more than young: {before[0]} -> {after[0]}"
     region.read()
     assert pte.read_pte(region.addr).young, "a read after mkold makes the entry young again"
 
@@ -229,6 +251,7 @@ def test_a_range_longer_than_one_read_comes_back_whole(make_region):
 
 # -- the backend, and the cross-check -------------------------------------------------------
 
+
 def test_kernel_backend_puts_the_pte_channel_first_and_batches_it():
     with KernelBackend() as b:
         assert b.channels()[0] == pte.PTE
@@ -238,7 +261,10 @@ def test_kernel_backend_puts_the_pte_channel_first_and_batches_it():
         b.madvise(regions[1], "free", 2, 1)
         states = b.observe_pages([(regions[0], 1), (regions[1], 2), (regions[0], 0)], pte.PTE)
         assert [(s.present, s.young, s.dirty, s.writable) for s in states] == [
-            (True, True, True, True), (True, False, False, True), (False, False, False, False)]
+            (True, True, True, True),
+            (True, False, False, True),
+            (False, False, False, False),
+        ]
         assert all(s.source == pte.PTE for s in states)
         assert states[1] == b.observe(regions[1], 2, pte.PTE), "batch and single reads agree"
         assert [e.present for e in b.pte_entries(regions[0])] == [False, True, False]
@@ -285,9 +311,11 @@ def test_cross_check_names_a_folio_referenced_behind_an_old_pte(make_region):
 
 # -- the guest set-up ----------------------------------------------------------------------
 
+
 def test_the_guest_has_swap():
-    assert kernel_swap(), \
+    assert kernel_swap(), (
         f"no active swap in /proc/swaps: the runner's guest set-up should add zram0 ({GUEST_SWAP_SIZE})"
+    )
 
 
 def test_the_guest_has_the_huge_pages_its_command_line_reserves():
@@ -301,6 +329,7 @@ def test_the_guest_has_the_huge_pages_its_command_line_reserves():
 
 def test_proc_config_gz_is_the_builds_config():
     from harness.vm.build import BUILD_DIR
+
     name = os.environ[ENV_KERNEL]
     config = BUILD_DIR / "kernels" / name / "obj" / ".config"
     if not config.exists():

@@ -4,6 +4,7 @@ The lines are made from the C format string inside vm/instrumentation's
 patch, so a change on either side that the other does not follow fails
 here, on the host, without booting anything.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,19 @@ def _c_format() -> str:
     return match.group(1).replace("%llx", "%x").replace("%lx", "%x")
 
 
-def _line(addr=0x7F0000200000, level="pmd", present=1, writable=1, young=1, dirty=0, uffd_wp=0,
-          soft_dirty=1, swap="-", pfn="0x1234", entry=0x80000001234008E7) -> str:
+def _line(
+    addr=0x7F0000200000,
+    level="pmd",
+    present=1,
+    writable=1,
+    young=1,
+    dirty=0,
+    uffd_wp=0,
+    soft_dirty=1,
+    swap="-",
+    pfn="0x1234",
+    entry=0x80000001234008E7,
+) -> str:
     return _c_format() % (addr, level, present, writable, young, dirty, uffd_wp, soft_dirty, swap, pfn, entry)
 
 
@@ -37,28 +49,41 @@ def test_the_c_format_names_every_field_the_parser_reads():
 
 def test_a_present_pmd_line_parses():
     entry = pte.parse_pte_line(_line())
-    assert entry == pte.PteEntry(addr=0x7F0000200000, level="pmd", present=True, writable=True, young=True,
-                                 dirty=False, uffd_wp=False, soft_dirty=True, swap=None, pfn=0x1234,
-                                 entry=0x80000001234008E7)
+    assert entry == pte.PteEntry(
+        addr=0x7F0000200000,
+        level="pmd",
+        present=True,
+        writable=True,
+        young=True,
+        dirty=False,
+        uffd_wp=False,
+        soft_dirty=True,
+        swap=None,
+        pfn=0x1234,
+        entry=0x80000001234008E7,
+    )
     assert not entry.empty
 
 
 def test_a_marker_line_parses():
-    entry = pte.parse_pte_line(_line(level="pte", present=0, writable=0, young=0, soft_dirty=0, uffd_wp=1,
-                                     swap="marker", pfn="-", entry=0x402))
+    entry = pte.parse_pte_line(
+        _line(level="pte", present=0, writable=0, young=0, soft_dirty=0, uffd_wp=1, swap="marker", pfn="-", entry=0x402)
+    )
     assert (entry.present, entry.uffd_wp, entry.swap, entry.pfn, entry.empty) == (False, True, "marker", None, False)
 
 
 def test_an_empty_entry_is_empty():
-    entry = pte.parse_pte_line(_line(level="none", present=0, writable=0, young=0, soft_dirty=0,
-                                     pfn="-", entry=0))
+    entry = pte.parse_pte_line(_line(level="none", present=0, writable=0, young=0, soft_dirty=0, pfn="-", entry=0))
     assert entry.empty and entry.level == "none"
 
 
-@pytest.mark.parametrize("line", [
-    "0x1000 pte present=1",                                     # fields missing
-    "zzz pte present=1 writable=1 young=1 dirty=1 uffd_wp=0 soft_dirty=0 swap=- pfn=- entry=0x0",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "0x1000 pte present=1",  # fields missing
+        "zzz pte present=1 writable=1 young=1 dirty=1 uffd_wp=0 soft_dirty=0 swap=- pfn=- entry=0x0",
+    ],
+)
 def test_a_malformed_line_names_the_instrumentation(line):
     with pytest.raises(HarnessError, match="vm/instrumentation"):
         pte.parse_pte_line(line)

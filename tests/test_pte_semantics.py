@@ -4,6 +4,7 @@ Each test builds a PTE state with ordinary operations and checks what
 pagemap and smaps show.  These are the facts the contract builds on: if
 one of them changes in a kernel, the contract's observations change too.
 """
+
 from __future__ import annotations
 
 import errno
@@ -136,6 +137,7 @@ def test_access_hints_feature_refused_by_name_when_absent(make_region):
         assert not pte.is_uffd_wp(region.addr), "the hinted un-protect did not un-protect"
         return
     from harness.errors import FeatureUnavailable
+
     with pytest.raises(FeatureUnavailable) as info:
         Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP, Feature.ACCESS_HINTS])
     assert info.value.missing == {Feature.ACCESS_HINTS}
@@ -154,6 +156,7 @@ def test_write_to_protected_page_needs_the_handler(make_region):
 
         def resolve(u, event):
             u.writeprotect(event.address & ~(region.page_size - 1), region.page_size, protect=False)
+
         with FaultHandler(uffd, resolve) as handler:
             region.write(value=2)
         assert len(handler.events) == 1
@@ -170,8 +173,9 @@ def test_data_and_fill_let_the_handler_run(make_region):
     region = make_region(MemoryKind.ANON, 2)
     with Userfaultfd.open([]) as uffd:
         uffd.register(region.addr, region.length, RegisterMode.MISSING)
-        with FaultHandler(uffd, lambda u, ev: u.zeropage(ev.address & ~(region.page_size - 1),
-                                                         region.page_size)) as handler:
+        with FaultHandler(
+            uffd, lambda u, ev: u.zeropage(ev.address & ~(region.page_size - 1), region.page_size)
+        ) as handler:
             assert region.data(0, 16) == bytes(16)
             region.fill(1, b"abc")
         assert len(handler.events) == 2
@@ -186,8 +190,11 @@ def _unprotect_hint_params():
     """No hints everywhere; each hint combination where this kernel offers ACCESS_HINTS (nothing skipped)."""
     combos = [pytest.param(False, False, id="no-hints")]
     if Feature.ACCESS_HINTS in probe_features().offered:
-        combos += [pytest.param(True, False, id="ACCESS_LIKELY"), pytest.param(False, True, id="WRITE_LIKELY"),
-                   pytest.param(True, True, id="both")]
+        combos += [
+            pytest.param(True, False, id="ACCESS_LIKELY"),
+            pytest.param(False, True, id="WRITE_LIKELY"),
+            pytest.param(True, True, id="both"),
+        ]
     return combos
 
 
@@ -217,7 +224,7 @@ def test_an_unprotect_wakes_the_thread_blocked_on_its_write_fault(make_region, a
             woken = not writer.is_alive()
         finally:
             if writer.is_alive():
-                uffd.wake(region.addr, region.length)    # let the writer go before the uffd closes
+                uffd.wake(region.addr, region.length)  # let the writer go before the uffd closes
                 writer.join(_WAKE_WAIT)
         assert woken, f"the un-protect (hints: access={access}, write={write}) did not wake the faulting thread"
     assert region.data(0, 1) == b"\x02", "the woken store did not land"

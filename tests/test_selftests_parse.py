@@ -1,4 +1,5 @@
 """Parsing the kernel selftests' output, and running one with a timeout."""
+
 from __future__ import annotations
 
 import stat
@@ -53,10 +54,12 @@ def test_ktap_lines_become_cases():
 
 
 def test_run_result_and_regressions():
-    stock = SelftestRun("uffd-unit-tests", 0, 1.0, [CaseResult("a", "pass"), CaseResult("b", "pass"),
-                                                      CaseResult("c", "skip")])
-    patched = SelftestRun("uffd-unit-tests", 1, 1.0, [CaseResult("a", "pass"), CaseResult("b", "fail"),
-                                                        CaseResult("c", "fail")])
+    stock = SelftestRun(
+        "uffd-unit-tests", 0, 1.0, [CaseResult("a", "pass"), CaseResult("b", "pass"), CaseResult("c", "skip")]
+    )
+    patched = SelftestRun(
+        "uffd-unit-tests", 1, 1.0, [CaseResult("a", "pass"), CaseResult("b", "fail"), CaseResult("c", "fail")]
+    )
     assert stock.result == "pass" and patched.result == "fail"
     assert regressions(stock, patched) == ["b"], "only a stock pass that now fails is a regression"
     assert SelftestRun("x", 4, 0.1, [CaseResult("a", "skip")]).result == "skip"

@@ -3,6 +3,7 @@
 Each fact names the kernel function (or BRIEF section) it comes from; the
 differential test checks the same model against the running kernel.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,6 +44,7 @@ def errno_of(call) -> int:
 
 # -- BRIEF 2 and 3: what stock 6.12 does -----------------------------------------------
 
+
 def test_free_then_unprotect_leaves_anon_pte_writable_old_clean():
     """BRIEF 3: write, MADV_FREE, protect, un-protect: present and writable but old and clean."""
     b = sim()
@@ -72,8 +74,9 @@ def test_unprotect_never_write_upgrades_shmem_ptes():
         b.unprotect(r)
     assert not raw(b, clean).writable and not raw(b, clean).dirty
     assert not raw(b, dirty).writable and raw(b, dirty).dirty
-    assert b.write(dirty) == 0 and b.events() == [] and raw(b, dirty).writable, \
+    assert b.write(dirty) == 0 and b.events() == [] and raw(b, dirty).writable, (
         "the write takes an ordinary write fault (wp_page_shared()), not a uffd one"
+    )
 
 
 def test_unprotect_never_makes_private_page_cache_pte_writable():
@@ -243,6 +246,7 @@ def test_clear_refs_clears_young_not_dirty():
 
 # -- errno behaviour ------------------------------------------------------------------
 
+
 def test_errnos_of_the_ioctls():
     b = sim(features=(Feature.WP_UNPOPULATED,))
     r = b.create(ANON)
@@ -274,8 +278,9 @@ def test_shmem_copy_where_page_cache_has_a_page_is_eexist():
     assert errno_of(lambda: b.copy(r)) == errno.EEXIST
 
 
-@pytest.mark.parametrize("hints", [dict(access_likely=True), dict(write_likely=True),
-                                   dict(access_likely=True, write_likely=True)])
+@pytest.mark.parametrize(
+    "hints", [dict(access_likely=True), dict(write_likely=True), dict(access_likely=True, write_likely=True)]
+)
 def test_hint_bits_without_feature_are_einval_on_every_profile(hints):
     for name in profiles.PROFILES:
         b = sim(name)
@@ -293,6 +298,7 @@ def test_stock_profile_refuses_access_hints_feature():
 
 
 # -- the access-hints profile -------------------------------------------------------------
+
 
 def test_write_likely_dirties_what_it_makes_writable():
     b = sim("access-hints", (Feature.ACCESS_HINTS,))
@@ -337,10 +343,17 @@ def test_hints_with_mode_wp_are_einval():
 def test_a_user_profile_can_be_registered_and_used():
     def always_young(pte, vma, hints, made_writable):
         pte.young = True
-    mine = profiles.register(profiles.Profile(
-        name="test-always-young", description="test", release="0-test",
-        features=profiles.ACCESS_HINTS.features, check_wp_mode=profiles.hints_check_wp_mode,
-        uffd_wp_resolve=always_young))
+
+    mine = profiles.register(
+        profiles.Profile(
+            name="test-always-young",
+            description="test",
+            release="0-test",
+            features=profiles.ACCESS_HINTS.features,
+            check_wp_mode=profiles.hints_check_wp_mode,
+            uffd_wp_resolve=always_young,
+        )
+    )
     try:
         b = sim("test-always-young", (Feature.ACCESS_HINTS,))
         r = b.create(ANON)
@@ -356,29 +369,44 @@ def test_a_user_profile_can_be_registered_and_used():
 
 # -- cost model -------------------------------------------------------------------------
 
-CAL = {"schema": "uffd-harness/calibration/1", "models_hardware_assists": True, "tsc_hz": 2e9,
-       "net_medians": {"first_touch.young_dirty.read.warm_tlb": 20, "first_touch.young_dirty.read": 70,
-                       "first_touch.old_dirty.read": 900, "first_touch.young_clean.write": 700,
-                       "first_touch.young_dirty.write": 50, "uffd.missing_roundtrip.py_handler": 27000}}
+CAL = {
+    "schema": "uffd-harness/calibration/1",
+    "models_hardware_assists": True,
+    "tsc_hz": 2e9,
+    "net_medians": {
+        "first_touch.young_dirty.read.warm_tlb": 20,
+        "first_touch.young_dirty.read": 70,
+        "first_touch.old_dirty.read": 900,
+        "first_touch.young_clean.write": 700,
+        "first_touch.young_dirty.write": 50,
+        "uffd.missing_roundtrip.py_handler": 27000,
+    },
+}
 
 
 def test_cost_model_derives_parameters_from_calibration():
     m = CostModel.from_calibration(CAL, source="test")
-    assert (m.base_access, m.tlb_walk, m.accessed_assist, m.dirty_assist, m.uffd_round_trip) == \
-        (20, 50, 830, 650, 27000)
+    assert (m.base_access, m.tlb_walk, m.accessed_assist, m.dirty_assist, m.uffd_round_trip) == (
+        20,
+        50,
+        830,
+        650,
+        27000,
+    )
     assert m.assumed == ("minor_fault",)
     over = CostModel.from_calibration(dict(CAL, cost_model={"minor_fault": 1234}))
     assert over.minor_fault == 1234 and over.assumed == ()
 
 
 def test_cost_model_defaults_when_no_file(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)             # no build/results/calibration.json here
+    monkeypatch.chdir(tmp_path)  # no build/results/calibration.json here
     m = CostModel.load()
     assert m.source.startswith("defaults") and m.base_access + m.tlb_walk == 52
 
 
 def test_cost_model_of_a_named_missing_file_is_an_error_not_the_defaults(tmp_path):
     from harness.errors import DocumentError
+
     with pytest.raises(DocumentError, match="missing.json: cannot read a calibration JSON: ENOENT"):
         CostModel.load(tmp_path / "missing.json")
 
@@ -406,9 +434,11 @@ def test_predicted_costs_follow_the_pte_state():
 
 # -- scenarios, CLI, bench -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("profile", ["linux-6.12", "access-hints"])
 def test_every_scenario_runs(profile):
     from harness.sim import scenarios
+
     for name in scenarios.SCENARIOS:
         hints = "AW" if profiles.get(profile).offers_access_hints else ""
         result = scenarios.run(name, profile, hints, CostModel())
@@ -417,6 +447,7 @@ def test_every_scenario_runs(profile):
 
 def test_scenario_shows_write_likely_saves_the_dirty_assist():
     from harness.sim import scenarios
+
     plain = scenarios.run("free-unprotect-write", "access-hints", "", CostModel())
     hinted = scenarios.run("free-unprotect-write", "access-hints", "W", CostModel())
     assert plain.steps[-1][1].cycles - hinted.steps[-1][1].cycles == CostModel().dirty_assist
@@ -424,6 +455,7 @@ def test_scenario_shows_write_likely_saves_the_dirty_assist():
 
 def test_cli_sim_verbs(capsys):
     from harness.cli import main
+
     assert main(["sim", "profiles", "--json"]) == 0
     names = {p["name"] for p in json.loads(capsys.readouterr().out)}
     assert {"linux-6.12", "access-hints", "access-hints-young-only"} <= names
@@ -437,6 +469,7 @@ def test_cli_sim_verbs(capsys):
 
 def test_bench_counts_page_operations():
     from harness.sim import bench
+
     result = bench.measure(seconds=0.05, npages=32)
     assert result["page_ops"] >= result["rounds"] * 2 * 32 * 5
     assert result["ops_per_second"] > 0
@@ -465,7 +498,7 @@ def test_young_is_unknown_after_access_through_a_possibly_stale_tlb_entry():
     for r in (stale, flushed):
         b.write(r)
     b.clear_refs(abi.CLEAR_REFS_ALL)
-    b.protect(flushed)               # write-protecting flushes the TLB entry
+    b.protect(flushed)  # write-protecting flushes the TLB entry
     b.unprotect(flushed)
     b.write(stale)
     b.write(flushed)
@@ -492,8 +525,10 @@ def test_poison_marker_sigbus_and_eexist():
 
 def test_user_profiles_from_environment(tmp_path, monkeypatch):
     path = tmp_path / "myprofile.py"
-    path.write_text("from harness.sim import profiles\n"
-                    "profiles.register(profiles.Profile(name='env-test-profile', description='x', release='0-x'))\n")
+    path.write_text(
+        "from harness.sim import profiles\n"
+        "profiles.register(profiles.Profile(name='env-test-profile', description='x', release='0-x'))\n"
+    )
     monkeypatch.setenv(profiles.USER_PROFILES_ENV, str(path))
     monkeypatch.setattr(profiles, "_user_loaded", False)
     try:

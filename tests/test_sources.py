@@ -1,5 +1,6 @@
 """Kernel sources as a parameter, without building anything: resolving --source, the config fragment
 against a version's Kconfig, the selftests a tree has, and 6.1's monolithic userfaultfd output."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,9 @@ def test_61_is_its_own_pair_with_its_own_series_and_addendum():
     assert src.requirements[str(sources.debian_tarball("6.1"))] == "linux-source-6.1"
 
 
-@pytest.mark.parametrize("spec,message", [("5.10", "no Debian tarball for 5.10"),
-                                          ("/no/such/dir", "no such directory")])
+@pytest.mark.parametrize(
+    "spec,message", [("5.10", "no Debian tarball for 5.10"), ("/no/such/dir", "no such directory")]
+)
 def test_bad_source_is_one_line(spec, message):
     with pytest.raises(sources.SourceError, match=message) as exc:
         sources.resolve(spec)
@@ -51,39 +53,54 @@ def test_a_directory_that_is_not_a_kernel_is_named(tmp_path):
 
 
 def test_config_options_split_into_absent_and_not_applied(tmp_path):
-    _tree(tmp_path, {"Kconfig": "config A\n\tbool\nmenuconfig B\n\tbool\n",
-                     "fs/Kconfig.binfmt": "config C\n\tbool\n"})
+    _tree(tmp_path, {"Kconfig": "config A\n\tbool\nmenuconfig B\n\tbool\n", "fs/Kconfig.binfmt": "config C\n\tbool\n"})
     symbols = vb.kconfig_symbols(tmp_path)
     assert symbols == {"CONFIG_A", "CONFIG_B", "CONFIG_C"}
     fragment = vb.parse_config("CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_NEW_IN_612=y\n")
     final = vb.parse_config("CONFIG_A=y\n# CONFIG_B is not set\n")
     assert vb.classify_config(fragment, final, symbols) == {
-        "absent": ["CONFIG_NEW_IN_612=y"], "not_applied": ["CONFIG_B=y (got not set)"]}
+        "absent": ["CONFIG_NEW_IN_612=y"],
+        "not_applied": ["CONFIG_B=y (got not set)"],
+    }
 
 
 def test_selftests_are_found_where_the_tree_keeps_them(tmp_path):
-    old = _tree(tmp_path / "61", {"tools/testing/selftests/vm/userfaultfd.c": "",
-                                  "tools/testing/selftests/vm/soft-dirty.c": ""})
-    new = _tree(tmp_path / "612", {f"tools/testing/selftests/mm/{t}.c": ""
-                                   for t in ("uffd-unit-tests", "uffd-stress", "mkdirty", "pagemap_ioctl")})
+    old = _tree(
+        tmp_path / "61", {"tools/testing/selftests/vm/userfaultfd.c": "", "tools/testing/selftests/vm/soft-dirty.c": ""}
+    )
+    new = _tree(
+        tmp_path / "612",
+        {
+            f"tools/testing/selftests/mm/{t}.c": ""
+            for t in ("uffd-unit-tests", "uffd-stress", "mkdirty", "pagemap_ioctl")
+        },
+    )
     assert selftests_of_tree(old) == (old / "tools/testing/selftests/vm", ["userfaultfd"])
-    assert selftests_of_tree(new) == (new / "tools/testing/selftests/mm",
-                                      ["uffd-unit-tests", "mkdirty", "pagemap_ioctl"])
+    assert selftests_of_tree(new) == (
+        new / "tools/testing/selftests/mm",
+        ["uffd-unit-tests", "mkdirty", "pagemap_ioctl"],
+    )
 
 
 def test_61_userfaultfd_output_becomes_cases():
-    out = ("nr_pages: 1024, nr_pages_per_cpu: 512\n"
-           "bounces: 3, mode: rnd racing ver poll, userfaults: 12 missing (6+6)\n"
-           "bounces: 0, mode:, userfaults: 3 missing (2+1)\n"
-           "testing uffd-wp with pagemap (pgsize=4096): done\n"
-           "testing UFFDIO_ZEROPAGE: done.\n"
-           "testing events (fork, remap, remove): userfaults: 1 missing (1)\n"
-           "testing minor faults: ERROR: register failure (errno=22, line=1352)\n")
+    out = (
+        "nr_pages: 1024, nr_pages_per_cpu: 512\n"
+        "bounces: 3, mode: rnd racing ver poll, userfaults: 12 missing (6+6)\n"
+        "bounces: 0, mode:, userfaults: 3 missing (2+1)\n"
+        "testing uffd-wp with pagemap (pgsize=4096): done\n"
+        "testing UFFDIO_ZEROPAGE: done.\n"
+        "testing events (fork, remap, remove): userfaults: 1 missing (1)\n"
+        "testing minor faults: ERROR: register failure (errno=22, line=1352)\n"
+    )
     cases = parse_userfaultfd(out, prefix="shmem: ")
     assert [(c.name, c.result) for c in cases] == [
-        ("shmem: bounce 3 (rnd-racing-ver-poll)", "pass"), ("shmem: bounce 0 (plain)", "pass"),
-        ("shmem: uffd-wp with pagemap (pgsize=4096)", "pass"), ("shmem: UFFDIO_ZEROPAGE", "pass"),
-        ("shmem: events (fork, remap, remove)", "pass"), ("shmem: minor faults", "fail")]
+        ("shmem: bounce 3 (rnd-racing-ver-poll)", "pass"),
+        ("shmem: bounce 0 (plain)", "pass"),
+        ("shmem: uffd-wp with pagemap (pgsize=4096)", "pass"),
+        ("shmem: UFFDIO_ZEROPAGE", "pass"),
+        ("shmem: events (fork, remap, remove)", "pass"),
+        ("shmem: minor faults", "fail"),
+    ]
     assert cases[-1].reason.startswith("register failure")
 
 
@@ -92,6 +109,7 @@ def test_a_tarball_is_unpacked_once_and_again_when_its_identity_changes(tmp_path
     import subprocess
 
     from harness.vm import sources
+
     (tmp_path / "src" / "linux-source-9.9").mkdir(parents=True)
     (tmp_path / "src" / "linux-source-9.9" / "Makefile").write_text("VERSION = 9\n")
     tarball = tmp_path / "t.tar.xz"

@@ -3,6 +3,7 @@
 No assertion here depends on how fast anything is: timing claims are the
 job of ``uffd-harness bench --self-test``, which runs on a quiet machine.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,6 +25,7 @@ synthetic_data = pytest.mark.host_only
 
 
 # -- statistics ---------------------------------------------------------------------------
+
 
 def test_quantile_matches_linear_interpolation():
     xs = [10, 1, 4, 7, 2]  # sorted: 1 2 4 7 10
@@ -86,8 +88,9 @@ def test_two_level_bootstrap_carries_batch_drift(monkeypatch, use_numpy):
     nested = stats.bootstrap_median_ci(flat, resamples=300, batches=batches)
     med = stats.median(flat)
     assert nested[0] <= med <= nested[1]
-    assert nested[1] - nested[0] > 3 * (plain[1] - plain[0]), \
+    assert nested[1] - nested[0] > 3 * (plain[1] - plain[0]), (
         f"drift between batches must widen the interval: plain {plain}, two-level {nested}"
+    )
 
 
 def test_split_batches():
@@ -124,14 +127,17 @@ def test_ratio_interval():
     assert lo <= 2.0 <= hi and hi - lo < 0.1, f"[{lo}, {hi}] should hold the true ratio 2"
 
 
-@pytest.mark.parametrize("lo, hi, expected", [
-    (-50, -1, stats.FASTER),
-    (1, 50, stats.SLOWER),
-    (-5, 5, stats.NO_DIFFERENCE),
-    (0, 26, stats.NO_DIFFERENCE),    # touching zero detects nothing
-    (-26, 0, stats.NO_DIFFERENCE),
-    (0, 0, stats.NO_DIFFERENCE),
-])
+@pytest.mark.parametrize(
+    "lo, hi, expected",
+    [
+        (-50, -1, stats.FASTER),
+        (1, 50, stats.SLOWER),
+        (-5, 5, stats.NO_DIFFERENCE),
+        (0, 26, stats.NO_DIFFERENCE),  # touching zero detects nothing
+        (-26, 0, stats.NO_DIFFERENCE),
+        (0, 0, stats.NO_DIFFERENCE),
+    ],
+)
 def test_verdict(lo, hi, expected):
     assert stats.verdict(lo, hi) == expected
 
@@ -151,19 +157,23 @@ def test_summary_fields():
 
 # -- calibration ----------------------------------------------------------------------------
 
+
 def test_tsc_resolution_is_the_step_not_the_smallest_delta():
     assert calibrate.tsc_resolution([52, 78, 104, 52]) == 26
     assert calibrate.tsc_resolution([56, 58, 60]) == 2
     assert calibrate.tsc_resolution([57, 58]) == 1
 
 
-@pytest.mark.parametrize("signature, model, tcg", [
-    ("TCGTCGTCGTCG", "QEMU Virtual CPU version 2.5+", True),
-    ("KVMKVMKVM\0\0\0", "QEMU Virtual CPU version 2.5+", False),   # KVM with the qemu64 model
-    ("\0" * 12, "QEMU TCG CPU version 2.5+", True),                 # TCG without the CPUID leaf
-    ("GenuineIntel", "Intel(R) Xeon(R) Processor", False),          # bare metal: leaf is garbage
-    ("Microsoft Hv", "Intel(R) Xeon(R) Platinum", False),
-])
+@pytest.mark.parametrize(
+    "signature, model, tcg",
+    [
+        ("TCGTCGTCGTCG", "QEMU Virtual CPU version 2.5+", True),
+        ("KVMKVMKVM\0\0\0", "QEMU Virtual CPU version 2.5+", False),  # KVM with the qemu64 model
+        ("\0" * 12, "QEMU TCG CPU version 2.5+", True),  # TCG without the CPUID leaf
+        ("GenuineIntel", "Intel(R) Xeon(R) Processor", False),  # bare metal: leaf is garbage
+        ("Microsoft Hv", "Intel(R) Xeon(R) Platinum", False),
+    ],
+)
 def test_detect_tcg(signature, model, tcg):
     got, evidence = calibrate.detect_tcg(signature, model)
     assert got is tcg, evidence
@@ -230,10 +240,16 @@ def _run(name: str, pages: int = 8):
     return BY_NAME[name].run(ctx)
 
 
-@pytest.mark.parametrize("name", [
-    "first_touch.young_dirty.read", "first_touch.old_clean.write", "first_touch.old_dirty.read",
-    "first_touch.young_clean.write.warm_tlb", "uffd.unprotect.old_clean.write",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "first_touch.young_dirty.read",
+        "first_touch.old_clean.write",
+        "first_touch.old_dirty.read",
+        "first_touch.young_clean.write.warm_tlb",
+        "uffd.unprotect.old_clean.write",
+    ],
+)
 def test_first_touch_batches_are_plausible_and_fault_free(name):
     # A page migrated under us (compaction for another test's huge pages) faults once: allow a
     # second and third batch, but a preparation that leaves PTEs non-present faults every time.
@@ -257,8 +273,7 @@ def test_prepared_states_are_what_smaps_reports_and_the_check_can_fail(state):
         assert scenarios.check_state(region, state) is None, f"{state} was not prepared as named"
         others = [s for s in scenarios.STATES if s != state]
         for other in others:
-            assert scenarios.check_state(region, other) is not None, \
-                f"check_state accepted a {state} region as {other}"
+            assert scenarios.check_state(region, other) is not None, f"check_state accepted a {state} region as {other}"
 
 
 @pytest.mark.parametrize("name", ["uffd.missing_roundtrip.c_handler", "uffd.missing_roundtrip.py_handler"])
@@ -269,12 +284,24 @@ def test_missing_roundtrip_serves_every_page(name):
     assert batch.faults >= len(batch.samples), "every touch must have faulted into the handler"
 
 
-@pytest.mark.parametrize("name", ["binding.wp_toggle.c", "binding.wp_toggle.python", "binding.wp_toggle.cffi_raw",
-                                  "binding.wp_toggle.cffi_floor", "binding.wp_toggle.fcntl",
-                                  "binding.wp_toggle.c_working_set", "binding.working_set.c",
-                                  "binding.wp_noop.c", "binding.wp_noop.python", "binding.wp_noop.cffi_raw",
-                                  "binding.wp_noop.cffi_floor",
-                                  "rfc.mprotect_loop", "rfc.mprotect_loop.two_threads"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "binding.wp_toggle.c",
+        "binding.wp_toggle.python",
+        "binding.wp_toggle.cffi_raw",
+        "binding.wp_toggle.cffi_floor",
+        "binding.wp_toggle.fcntl",
+        "binding.wp_toggle.c_working_set",
+        "binding.working_set.c",
+        "binding.wp_noop.c",
+        "binding.wp_noop.python",
+        "binding.wp_noop.cffi_raw",
+        "binding.wp_noop.cffi_floor",
+        "rfc.mprotect_loop",
+        "rfc.mprotect_loop.two_threads",
+    ],
+)
 def test_operation_loops_return_samples(name):
     batch = _run(name, pages=16)
     assert len(batch.samples) >= 2
@@ -287,6 +314,7 @@ def test_python_toggle_loops_really_toggle(maker):
     from harness import pte
     from harness.abi import RegisterMode
     from harness.uffd import open_any
+
     make_loop = getattr(scenarios, maker)
     with Region.create() as region, open_any([]) as uffd:
         region.write()
@@ -305,12 +333,15 @@ def test_missing_roundtrip_copies_the_source_page():
     with Region.create(npages=4) as region, Region.create(npages=1) as src:
         from harness.abi import RegisterMode
         from harness.uffd import open_any
+
         src.write(value=0xA5)
         with open_any([]) as uffd:
             uffd.register(region.addr, region.length, RegisterMode.MISSING)
             buf = _buffer(4)
-            assert lib.harness_time_missing_roundtrip(uffd.fileno(), region.addr, 4, region.page_size,
-                                                      src.addr, 0, buf) == 4
+            assert (
+                lib.harness_time_missing_roundtrip(uffd.fileno(), region.addr, 4, region.page_size, src.addr, 0, buf)
+                == 4
+            )
         assert buf[4] == SENTINEL
         assert all(region.data(p, 1) == b"\xa5" for p in range(4)), "UFFDIO_COPY did not install the source"
 
@@ -346,6 +377,7 @@ def test_every_scenario_is_named_and_unique():
 
 # -- the runner and the JSON schema -----------------------------------------------------------
 
+
 def _synthetic(name: str, center: float, n: int = 400, seed: int = 0, status: str = bench.OK) -> ScenarioResult:
     rng = random.Random(seed)
     r = ScenarioResult(name, "first_touch", "synthetic", "cycles", status=status)
@@ -358,8 +390,15 @@ def _synthetic(name: str, center: float, n: int = 400, seed: int = 0, status: st
 
 @pytest.fixture(scope="module")
 def small_run():
-    chosen = scenarios.select(["first_touch.young_dirty.write", "first_touch.old_clean.write",
-                               "uffd.unprotect_write_likely", "binding.wp_toggle.c", "binding.wp_toggle.python"])
+    chosen = scenarios.select(
+        [
+            "first_touch.young_dirty.write",
+            "first_touch.old_clean.write",
+            "uffd.unprotect_write_likely",
+            "binding.wp_toggle.c",
+            "binding.wp_toggle.python",
+        ]
+    )
     ctx = Context.probe(8)
     results = bench.run_scenarios(chosen, ctx, rounds=2, seed=1)
     return results, calibrate.calibrate(window_ns=5_000_000)
@@ -401,46 +440,82 @@ def test_load_document_rejects_other_schemas(tmp_path):
 def test_calibration_document_keys(small_run, tmp_path):
     results, cal = small_run
     doc = bench.calibration_document(results, cal)
-    for key in ("schema", "tsc_hz", "resolution_cycles", "empty_cycles", "medians", "net_medians",
-                "invariant_tsc", "hypervisor", "tcg", "models_hardware_assists"):
+    for key in (
+        "schema",
+        "tsc_hz",
+        "resolution_cycles",
+        "empty_cycles",
+        "medians",
+        "net_medians",
+        "invariant_tsc",
+        "hypervisor",
+        "tcg",
+        "models_hardware_assists",
+    ):
         assert key in doc, f"calibration.json lacks {key}"
     assert doc["medians"]["first_touch.old_clean.write"] == results["first_touch.old_clean.write"].summary.median
     assert doc["net_medians"]["first_touch.old_clean.write"] == pytest.approx(
-        doc["medians"]["first_touch.old_clean.write"] - doc["empty_cycles"])
+        doc["medians"]["first_touch.old_clean.write"] - doc["empty_cycles"]
+    )
     summary = results["first_touch.old_clean.write"].summary
     assert doc["net_intervals"]["first_touch.old_clean.write"] == pytest.approx(
-        [summary.ci_lo - doc["empty_cycles"], summary.ci_hi - doc["empty_cycles"]]), \
-        "a projection from the cost model needs each median's interval"
+        [summary.ci_lo - doc["empty_cycles"], summary.ci_hi - doc["empty_cycles"]]
+    ), "a projection from the cost model needs each median's interval"
     path = bench.write_json(doc, tmp_path / "calibration.json")
     assert json.loads(path.read_text())["tsc_hz"] == cal.tsc_hz
 
 
 def test_calibration_document_merges_a_partial_run(small_run):
     results, cal = small_run
-    previous = {"schema": bench.CALIBRATION_SCHEMA, **cal.to_dict(),
-                "medians": {"rfc.mprotect_loop": 5000.0, "first_touch.old_clean.write": 1.0}, "absent": {}}
+    previous = {
+        "schema": bench.CALIBRATION_SCHEMA,
+        **cal.to_dict(),
+        "medians": {"rfc.mprotect_loop": 5000.0, "first_touch.old_clean.write": 1.0},
+        "absent": {},
+    }
     doc = bench.calibration_document(results, cal, previous)
     assert doc["medians"]["rfc.mprotect_loop"] == 5000.0, "a scenario not run this time must keep its median"
     assert doc["medians"]["first_touch.old_clean.write"] == results["first_touch.old_clean.write"].summary.median
     other_host = dict(previous, cpu_model="some other CPU")
-    assert "rfc.mprotect_loop" not in bench.calibration_document(results, cal, other_host)["medians"], \
+    assert "rfc.mprotect_loop" not in bench.calibration_document(results, cal, other_host)["medians"], (
         "medians from another CPU must not leak into this one's cost model"
+    )
 
 
 def test_bench_cli_writes_json_and_calibration(tmp_path, capsys):
     from harness.cli import main
+
     paths = {k: tmp_path / f"{k}" for k in ("bench.json", "calibration.json")}
     # Not the RFC loops: their two-thread variant spins, which TCG guests emulate very slowly.
-    rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old",
-               "--json-out", str(paths["bench.json"]), "--calibration", str(paths["calibration.json"]),
-               "--plot", "", "--no-pin"])
+    rc = main(
+        [
+            "bench",
+            "--rounds",
+            "1",
+            "--pages",
+            "4",
+            "--only",
+            "first_touch.old",
+            "--json-out",
+            str(paths["bench.json"]),
+            "--calibration",
+            str(paths["calibration.json"]),
+            "--plot",
+            "",
+            "--no-pin",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "first_touch.old_clean.write" in out and "empty timed section" in out and "TSC:" in out
     assert "plot:" not in out and not list(tmp_path.glob("*.png")), "--plot '' must draw nothing"
     doc = bench.load_document(paths["bench.json"])
-    assert set(doc["scenarios"]) == {"first_touch.old_dirty.read", "first_touch.old_dirty.write",
-                                     "first_touch.old_clean.read", "first_touch.old_clean.write"}
+    assert set(doc["scenarios"]) == {
+        "first_touch.old_dirty.read",
+        "first_touch.old_dirty.write",
+        "first_touch.old_clean.read",
+        "first_touch.old_clean.write",
+    }
     cal = json.loads(paths["calibration.json"].read_text())
     assert "first_touch.old_clean.write" in cal["medians"] and cal["tsc_hz"] > 0
 
@@ -449,10 +524,26 @@ def test_bench_cli_writes_json_and_calibration(tmp_path, capsys):
 def test_bench_cli_plots_next_to_its_json_and_calibration(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib (the bench extra) is not installed")
     from harness.cli import main
+
     png = tmp_path / "bench.png"
-    rc = main(["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old_clean",
-               "--json-out", str(tmp_path / "bench.json"), "--calibration", str(tmp_path / "calibration.json"),
-               "--plot", str(png), "--no-pin"])
+    rc = main(
+        [
+            "bench",
+            "--rounds",
+            "1",
+            "--pages",
+            "4",
+            "--only",
+            "first_touch.old_clean",
+            "--json-out",
+            str(tmp_path / "bench.json"),
+            "--calibration",
+            str(tmp_path / "calibration.json"),
+            "--plot",
+            str(png),
+            "--no-pin",
+        ]
+    )
     assert rc == 0
     assert f"plot: {png}" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -462,8 +553,12 @@ def test_bench_cli_plots_next_to_its_json_and_calibration(tmp_path, capsys):
 def test_plot_of_a_saved_document_is_a_png(tmp_path):
     """What validate does on the host with a guest's bench.json."""
     pytest.importorskip("matplotlib", reason="matplotlib (the bench extra) is not installed")
-    results = {name: _synthetic(name, center, seed=i) for i, (name, center) in
-               enumerate((("first_touch.old_clean.write", 700), ("first_touch.young_dirty.write", 150)))}
+    results = {
+        name: _synthetic(name, center, seed=i)
+        for i, (name, center) in enumerate(
+            (("first_touch.old_clean.write", 700), ("first_touch.young_dirty.write", 150))
+        )
+    }
     cal = calibrate.calibrate(window_ns=5_000_000)
     saved = bench.write_json(bench.bench_document(results, cal, {"rounds": 1}, {}), tmp_path / "bench.json")
     png = bench.plot_document(bench.load_document(saved), tmp_path / "bench.png")
@@ -472,13 +567,22 @@ def test_plot_of_a_saved_document_is_a_png(tmp_path):
 
 # -- compare -------------------------------------------------------------------------------------
 
+
 @synthetic_data
 def test_compare_verdicts_on_synthetic_data():
-    a = {"same": _synthetic("same", 700, seed=1), "worse": _synthetic("worse", 100, seed=2),
-         "better": _synthetic("better", 800, seed=3), "gone": _synthetic("gone", 0, status="absent: no hints"),
-         "only_a": _synthetic("only_a", 50)}
-    b = {"same": _synthetic("same", 700, seed=11), "worse": _synthetic("worse", 150, seed=12),
-         "better": _synthetic("better", 400, seed=13), "gone": _synthetic("gone", 0, status="absent: no hints")}
+    a = {
+        "same": _synthetic("same", 700, seed=1),
+        "worse": _synthetic("worse", 100, seed=2),
+        "better": _synthetic("better", 800, seed=3),
+        "gone": _synthetic("gone", 0, status="absent: no hints"),
+        "only_a": _synthetic("only_a", 50),
+    }
+    b = {
+        "same": _synthetic("same", 700, seed=11),
+        "worse": _synthetic("worse", 150, seed=12),
+        "better": _synthetic("better", 400, seed=13),
+        "gone": _synthetic("gone", 0, status="absent: no hints"),
+    }
     rows, skipped = bench.compare_results(a, b)
     by = {r.name: r for r in rows}
     assert by["same"].verdict == stats.NO_DIFFERENCE
@@ -488,9 +592,10 @@ def test_compare_verdicts_on_synthetic_data():
     assert any(s.startswith("gone:") for s in skipped) and any(s.startswith("only_a: only in A") for s in skipped)
 
 
-@pytest.mark.host_only     # compares timings: under TCG (a guest) compare gives no verdict, by design
+@pytest.mark.host_only  # compares timings: under TCG (a guest) compare gives no verdict, by design
 def test_compare_cli(tmp_path, capsys):
     from harness.cli import main
+
     cal = calibrate.calibrate(window_ns=5_000_000)
     for fname, center in (("a.json", 100), ("b.json", 200)):
         results = {"first_touch.old_clean.write": _synthetic("first_touch.old_clean.write", center, seed=center)}
@@ -502,6 +607,7 @@ def test_compare_cli(tmp_path, capsys):
 
 def test_bench_list_cli(capsys):
     from harness.cli import main
+
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out
     assert all(s.name in out for s in scenarios.SCENARIOS)
@@ -510,7 +616,8 @@ def test_bench_list_cli(capsys):
 def test_selftest_verdict_logic():
     ok = selftest.SelfTest(
         [selftest.Separation("a", "b", 60, (58, 62), 700, (690, 710), 256, 0.1, True)],
-        [selftest.Agreement("b", 700, 710, 10 / 700, True)])
+        [selftest.Agreement("b", 700, 710, 10 / 700, True)],
+    )
     assert ok.passed and "self-test passed" in selftest.report_lines(ok)[-1]
     bad = selftest.SelfTest(ok.separations, [selftest.Agreement("b", 700, 800, 100 / 700, False)])
     assert not bad.passed and "FAILED" in selftest.report_lines(bad)[-1]
@@ -519,8 +626,21 @@ def test_selftest_verdict_logic():
 
 def test_bench_json_prints_the_document_and_the_old_spelling_still_writes_a_file(tmp_path, capsys):
     from harness.cli import main
-    common = ["bench", "--rounds", "1", "--pages", "4", "--only", "first_touch.old_clean", "--calibration", "",
-              "--plot", "", "--no-pin"]
+
+    common = [
+        "bench",
+        "--rounds",
+        "1",
+        "--pages",
+        "4",
+        "--only",
+        "first_touch.old_clean",
+        "--calibration",
+        "",
+        "--plot",
+        "",
+        "--no-pin",
+    ]
     assert main(common + ["--json", "--json-out", ""]) == 0
     captured = capsys.readouterr()
     doc = json.loads(captured.out)  # stdout is JSON and nothing else
@@ -536,12 +656,32 @@ def test_bench_json_prints_the_document_and_the_old_spelling_still_writes_a_file
     assert bench.load_document(old)["scenarios"] and "TSC:" in captured.out
 
 
-@pytest.mark.host_only     # its first half wants a verdict, which only a run outside TCG gives
+@pytest.mark.host_only  # its first half wants a verdict, which only a run outside TCG gives
 def test_compare_json_and_no_verdict_under_tcg(tmp_path, capsys):
     from harness.cli import main
+
     a = tmp_path / "a.json"
-    assert main(["bench", "--rounds", "2", "--pages", "4", "--only", "first_touch.old_clean.write",
-                 "--json-out", str(a), "--calibration", "", "--plot", "", "--no-pin"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--rounds",
+                "2",
+                "--pages",
+                "4",
+                "--only",
+                "first_touch.old_clean.write",
+                "--json-out",
+                str(a),
+                "--calibration",
+                "",
+                "--plot",
+                "",
+                "--no-pin",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["compare", str(a), str(a), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -558,16 +698,25 @@ def test_compare_json_and_no_verdict_under_tcg(tmp_path, capsys):
 
 def test_target_ratios_are_derived_side_by_side_with_intervals_and_verdicts():
     """The batch and single-call targets come out of one run as ratios of medians, each with its interval."""
-    results = {name: _synthetic(name, center, seed=i) for i, (name, center) in enumerate((
-        ("binding.wp_toggle.c", 4000), ("binding.wp_toggle.batch", 4200),
-        ("binding.wp_toggle.cffi_floor", 5000), ("binding.wp_toggle.python", 6000)))}
+    results = {
+        name: _synthetic(name, center, seed=i)
+        for i, (name, center) in enumerate(
+            (
+                ("binding.wp_toggle.c", 4000),
+                ("binding.wp_toggle.batch", 4200),
+                ("binding.wp_toggle.cffi_floor", 5000),
+                ("binding.wp_toggle.python", 6000),
+            )
+        )
+    }
     d = bench.derived(results)
     batch, single = d["wp_batch"], d["wp_single_vs_floor"]
     assert batch["reference"] == "binding.wp_toggle.c" and batch["target"] == bench.WP_BATCH_TARGET_RATIO
     assert batch["ci95"][0] <= batch["ratio"] <= batch["ci95"][1] and 1.0 < batch["ratio"] < 1.1
     assert batch["within_target"] is True
-    assert single["reference"] == "binding.wp_toggle.cffi_floor" and single["within_target"] is False, \
+    assert single["reference"] == "binding.wp_toggle.cffi_floor" and single["within_target"] is False, (
         "6000 against 5000 is 1.2x, over the 1.15x target"
+    )
     assert "wp_batch_list" not in d, "a scenario that did not run has no ratio"
     lines = "\n".join(bench.derived_lines(d))
     assert f"binding.wp_toggle.batch vs binding.wp_toggle.c: {batch['ratio']:.2f}x (95% CI" in lines

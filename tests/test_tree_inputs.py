@@ -4,6 +4,7 @@ and nothing in the user's tree changes (``git status --porcelain``, the mtimes o
 
 These never build anything: every case fails (or is planned) before a kernel build starts.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,11 +30,19 @@ KERNEL_FILES = {
 
 def _git(repo: Path, *args: str) -> str:
     # GIT_OPTIONAL_LOCKS=0: the test's own `git status` must not refresh the index it watches
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_NOSYSTEM": "1",
-           "HOME": str(repo.parent)}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_OPTIONAL_LOCKS": "0",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(repo.parent),
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def _write(repo: Path, files: dict[str, str]) -> None:
@@ -64,11 +73,14 @@ def _snapshot(repo: Path) -> dict:
     return {
         "status": _git(repo, "status", "--porcelain"),
         "refs": _git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
-        "worktrees": (sorted(p.name for p in (git_dir / "worktrees").iterdir())
-                      if (git_dir / "worktrees").exists() else []),
-        "mtimes": {str(p.relative_to(repo)): p.stat().st_mtime_ns
-                   for p in [repo, git_dir, git_dir / "index", *repo.rglob("*")]
-                   if ".git/objects" not in str(p) and p.exists()},
+        "worktrees": (
+            sorted(p.name for p in (git_dir / "worktrees").iterdir()) if (git_dir / "worktrees").exists() else []
+        ),
+        "mtimes": {
+            str(p.relative_to(repo)): p.stat().st_mtime_ns
+            for p in [repo, git_dir, git_dir / "index", *repo.rglob("*")]
+            if ".git/objects" not in str(p) and p.exists()
+        },
     }
 
 
@@ -77,8 +89,19 @@ def _validate(argv: list[str], capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["not-git", "not-kernel", "unknown-head", "unknown-base", "not-ancestor",
-                                  "no-upstream", "same-tree", "dirty-with-other-head"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not-git",
+        "not-kernel",
+        "unknown-head",
+        "unknown-base",
+        "not-ancestor",
+        "no-upstream",
+        "same-tree",
+        "dirty-with-other-head",
+    ],
+)
 def test_bad_tree_input_is_one_line_exit_2_and_changes_nothing(case, kernel_repo, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("UFFD_HARNESS_BUILD_DIR", str(tmp_path / "build"))
     repo = kernel_repo

@@ -39,6 +39,7 @@ harness nor Python 3.11's mmap module names), ``wp-fork-pin*`` (needs CONFIG_GUP
 /sys/kernel/debug/gup_test).  The selftest's UFFDIO_API checks run first, as
 ``test_uffd_api``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -64,13 +65,12 @@ from harness.process import kill_tree, reap, run_in_child
 from harness.uffd import Userfaultfd, open_any, probe_features
 
 #: the selftest's mem_types[], in its order (MemoryKind.FILE is ours, not theirs)
-MEM_ALL = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE,
-           MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE)
+MEM_ALL = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE)
 
 #: pages per region (the selftest uses 32 MB); even, so halves are exact
-_NPAGES = {False: 32, True: 4}   # keyed by kind.hugetlb
+_NPAGES = {False: 32, True: 4}  # keyed by kind.hugetlb
 #: every wait of this module (workers, handshakes) gives up after this many seconds
-_WAIT = 30.0    # generous: a TCG guest on a loaded 2-core host runs a fork + 8 MiB hugetlb mremap slowly
+_WAIT = 30.0  # generous: a TCG guest on a loaded 2-core host runs a fork + 8 MiB hugetlb mremap slowly
 #: a worker's own children give up sooner, so that the worker can still report
 _WAIT_CHILD = 25.0
 #: PMD-sized chunks moved by move-pmd*, and where the kernel says how big a PMD is
@@ -79,6 +79,7 @@ _THP_PMD_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
 
 
 # -- a case: one row of the table (UNIT_CASES, after the case functions) -----------------
+
 
 @dataclass(frozen=True)
 class UnitCase:
@@ -93,6 +94,7 @@ class UnitCase:
 
 
 # -- environment: regions, cleanup, feature checks ------------------------------------
+
 
 def _missing_features(wanted: Iterable[Feature]) -> list[str]:
     offered = probe_features().offered_bits
@@ -134,6 +136,7 @@ def _params():
 
 # -- helpers ----------------------------------------------------------------------------
 
+
 def _byte(page: int) -> int:
     """The fill byte of source page ``page`` (never zero, so a zero page shows)."""
     return page % 255 + 1
@@ -154,8 +157,7 @@ def _check_page(region: Region, page: int, byte: int, what: str) -> None:
     data = _contents(region, page)
     if data != bytes([byte]) * region.page_size:
         bad = next(i for i, b in enumerate(data) if b != byte)
-        raise AssertionError(f"{what}: page {page} of {region!r}: byte {bad} is {data[bad]:#x}, "
-                             f"expected {byte:#x}")
+        raise AssertionError(f"{what}: page {page} of {region!r}: byte {bad} is {data[bad]:#x}, expected {byte:#x}")
 
 
 def _release(region: Region) -> None:
@@ -188,9 +190,15 @@ class _Monitor:
     ``fault`` replaces the page-fault handling (the poison and move cases).
     """
 
-    def __init__(self, dst: Region, src: Optional[Region] = None, *, apply_wp: bool = False,
-                 minor_source: Optional[Region] = None,
-                 fault: Optional[Callable[[Userfaultfd, PageFault], None]] = None):
+    def __init__(
+        self,
+        dst: Region,
+        src: Optional[Region] = None,
+        *,
+        apply_wp: bool = False,
+        minor_source: Optional[Region] = None,
+        fault: Optional[Callable[[Userfaultfd, PageFault], None]] = None,
+    ):
         self.dst = dst
         self.src = src
         self.apply_wp = apply_wp
@@ -211,8 +219,9 @@ class _Monitor:
         if isinstance(event, ForkEvent):
             self.children.append(FaultHandler(event.uffd, self).start())
         elif isinstance(event, RemapEvent):
-            assert event.old == self.base and event.length == self.dst.length, \
+            assert event.old == self.base and event.length == self.dst.length, (
                 f"REMAP event {event} for a region at {self.base:#x} of {self.dst.length} bytes"
+            )
             self.base = event.new
         elif isinstance(event, RemoveEvent):
             self.removed.append((event.start, event.end))
@@ -237,8 +246,9 @@ class _Monitor:
             try:
                 uffd.continue_(page, size, wp=self.apply_wp)
             except UffdError as exc:
-                assert exc.errno == errno.EEXIST and exc.result == -errno.EEXIST, \
+                assert exc.errno == errno.EEXIST and exc.result == -errno.EEXIST, (
                     f"second UFFDIO_CONTINUE at {page:#x}: {exc} (result {exc.result}), expected EEXIST"
+                )
             else:
                 raise AssertionError(f"second UFFDIO_CONTINUE at {page:#x} succeeded; expected EEXIST")
             self._count("minor_faults")
@@ -249,7 +259,7 @@ class _Monitor:
             try:
                 copied = uffd.copy(page, self.src.addr + offset, size, wp=self.apply_wp)
             except UffdError as exc:
-                if exc.errno == errno.EEXIST:      # raced with another fault: just wake
+                if exc.errno == errno.EEXIST:  # raced with another fault: just wake
                     uffd.wake(page, size)
                     return
                 if exc.errno in (errno.ENOENT, errno.EAGAIN) and self._was_removed(page):
@@ -276,8 +286,10 @@ class _Monitor:
     def summary(self) -> str:
         with self._lock:
             last = self.events[-6:]
-        return (f"served {self.missing_faults} MISSING, {self.wp_faults} WP, {self.minor_faults} MINOR faults "
-                f"and {len(self.events)} events, the last: {last}")
+        return (
+            f"served {self.missing_faults} MISSING, {self.wp_faults} WP, {self.minor_faults} MINOR faults "
+            f"and {len(self.events)} events, the last: {last}"
+        )
 
     def stop_children(self) -> None:
         """Stop the handlers of forked children's uffds, close those uffds, raise their errors."""
@@ -300,8 +312,9 @@ def _serve(uffd: Userfaultfd, monitor) -> FaultHandler:
     return FaultHandler(uffd, monitor).start()
 
 
-def _monitored(features: Iterable[Feature], body: Callable[[Userfaultfd], None], monitor: _Monitor,
-               timeout: float = _WAIT) -> None:
+def _monitored(
+    features: Iterable[Feature], body: Callable[[Userfaultfd], None], monitor: _Monitor, timeout: float = _WAIT
+) -> None:
     """Run ``body(uffd)`` in a forked worker that owns ``uffd``, while this process serves ``uffd``.
 
     The worker opens the userfaultfd (so its mm is the one registered), sends
@@ -346,8 +359,9 @@ def _monitored(features: Iterable[Feature], body: Callable[[Userfaultfd], None],
         pid = 0
         message = ours.recv(4096).decode(errors="replace")
         if status != 0:
-            raise AssertionError(f"worker failed (exit status {status}): {message or 'see captured stderr'}; "
-                                 f"{monitor.summary()}")
+            raise AssertionError(
+                f"worker failed (exit status {status}): {message or 'see captured stderr'}; {monitor.summary()}"
+            )
     finally:
         if pid:
             kill_tree(pid)
@@ -367,6 +381,7 @@ def _monitored(features: Iterable[Feature], body: Callable[[Userfaultfd], None],
 
 
 # -- the cases --------------------------------------------------------------------------
+
 
 def _register_ioctls(env: _Env) -> None:
     """uffd_register_ioctls_test(): UFFDIO_REGISTER answers the ioctls each mode allows."""
@@ -388,8 +403,9 @@ def _register_ioctls(env: _Env) -> None:
             expected |= {Ioctl.COPY} if miss else set()
             expected |= {Ioctl.WRITEPROTECT} if wp else set()
             expected |= {Ioctl.CONTINUE} if minor else set()
-            assert expected <= ioctls, \
+            assert expected <= ioctls, (
                 f"{what}: ioctls {sorted(i.name for i in ioctls)} lack {sorted(i.name for i in expected - ioctls)}"
+            )
             uffd.unregister(dst.addr, dst.page_size)
 
 
@@ -402,22 +418,25 @@ def _zeropage(env: _Env) -> None:
         if alias is not None:
             uffd.register(alias.addr, alias.page_size, RegisterMode.MISSING)
         # hugetlb ranges get the basic ioctls only (userfaultfd_register(): basic_ioctls)
-        assert has_zeropage == (not env.kind.hugetlb), \
+        assert has_zeropage == (not env.kind.hugetlb), (
             f"UFFDIO_REGISTER on {env.kind.value}: ZEROPAGE {'offered' if has_zeropage else 'not offered'}"
+        )
         if has_zeropage:
             assert uffd.zeropage(dst.addr, dst.page_size) == dst.page_size, "UFFDIO_ZEROPAGE: short"
             # retry_uffdio_zeropage(): again, through the alias when there is one, must be EEXIST
             again = alias if alias is not None else dst
             with pytest.raises(UffdError) as raised:
                 uffd.zeropage(again.addr, again.page_size)
-            assert (raised.value.errno, raised.value.result) == (errno.EEXIST, -errno.EEXIST), \
+            assert (raised.value.errno, raised.value.result) == (errno.EEXIST, -errno.EEXIST), (
                 f"second UFFDIO_ZEROPAGE: {raised.value} (result {raised.value.result}), expected EEXIST"
+            )
             _check_page(dst, 0, 0, "after UFFDIO_ZEROPAGE")
         else:
             with pytest.raises(UffdError) as raised:
                 uffd.zeropage(dst.addr, dst.page_size)
-            assert raised.value.result == -errno.EINVAL, \
+            assert raised.value.result == -errno.EINVAL, (
                 f"UFFDIO_ZEROPAGE where not offered: {raised.value} (result {raised.value.result}), expected EINVAL"
+            )
         uffd.unregister(dst.addr, dst.page_size)
         if alias is not None:
             uffd.unregister(alias.addr, alias.page_size)
@@ -430,7 +449,7 @@ def _move_common(env: _Env, src: Region, dst: Region, chunk: int) -> None:
     one fault per chunk (a PMD-sized chunk moves in one go).
     """
     size = dst.page_size
-    src.madvise(mmap.MADV_DONTFORK)     # the source pages must not be mapped twice
+    src.madvise(mmap.MADV_DONTFORK)  # the source pages must not be mapped twice
     _fill(src)
     step = chunk // size
     aligned_src, aligned_dst = _align_up(src.addr, chunk), _align_up(dst.addr, chunk)
@@ -458,13 +477,13 @@ def _move_common(env: _Env, src: Region, dst: Region, chunk: int) -> None:
                 pages = range(nr, nr + step)
                 for i in pages:
                     _check_page(src, src_offs + i, _byte(src_offs + i), "source before the move")
-                for i in pages:   # the first read moves the whole chunk
+                for i in pages:  # the first read moves the whole chunk
                     _check_page(dst, dst_offs + i, _byte(src_offs + i), "destination after the move")
                 for i in pages:
                     _check_page(src, src_offs + i, 0, "source after the move")
-    assert (monitor.missing_faults, monitor.minor_faults) == (step_count, 0), \
-        (f"{monitor.missing_faults} chunks moved and {monitor.minor_faults} minor faults; "
-         f"expected {step_count} and 0")
+    assert (monitor.missing_faults, monitor.minor_faults) == (step_count, 0), (
+        f"{monitor.missing_faults} chunks moved and {monitor.minor_faults} minor faults; expected {step_count} and 0"
+    )
 
 
 def _align_up(address: int, align: int) -> int:
@@ -474,7 +493,7 @@ def _align_up(address: int, align: int) -> int:
 def _move(env: _Env) -> None:
     """uffd_move_test(): page by page, from a source kept free of THPs."""
     src, dst = env.region(), env.region()
-    src.madvise(mmap.MADV_NOHUGEPAGE)   # prevent_hugepages(): before the source is populated
+    src.madvise(mmap.MADV_NOHUGEPAGE)  # prevent_hugepages(): before the source is populated
     _move_common(env, src, dst, dst.page_size)
 
 
@@ -487,11 +506,14 @@ def _move_pmd_regions(env: _Env) -> tuple[Region, Region, int]:
         pytest.skip("CONFIG_TRANSPARENT_HUGEPAGE is not set")
     npages = (_PMD_CHUNKS + 1) * pmd // PAGE_SIZE
     src, dst = env.region(npages), env.region(npages)
-    try:   # request_hugepages(): before the source is populated
+    try:  # request_hugepages(): before the source is populated
         src.madvise(mmap.MADV_HUGEPAGE)
     except MappingError as exc:
-        pytest.skip("CONFIG_TRANSPARENT_HUGEPAGE is not set" if exc.errno == errno.EINVAL
-                    else f"madvise(MADV_HUGEPAGE) failed: {exc}")
+        pytest.skip(
+            "CONFIG_TRANSPARENT_HUGEPAGE is not set"
+            if exc.errno == errno.EINVAL
+            else f"madvise(MADV_HUGEPAGE) failed: {exc}"
+        )
     return src, dst, pmd
 
 
@@ -511,9 +533,12 @@ def _move_pmd_split(env: _Env) -> None:
 
 def _check_child_wp(dst: Region, with_event: bool, where: str) -> None:
     """pagemap_test_fork(): after fork(), the child keeps the uffd-wp bit only with EVENT_FORK."""
+
     def child() -> None:
-        assert pte.is_uffd_wp(dst.addr) == with_event, \
+        assert pte.is_uffd_wp(dst.addr) == with_event, (
             f"Detected {'missing' if with_event else 'stall'} uffd-wp bit in child in {where}"
+        )
+
     run_in_child(child, _WAIT_CHILD)
 
 
@@ -533,7 +558,7 @@ def _wp_fork_body(uffd: Userfaultfd, dst: Region, with_event: bool) -> None:
         try:
             dst.pageout(0, 1)
         except MappingError:
-            pass   # private hugetlb cannot swap: the selftest ignores this too
+            pass  # private hugetlb cannot swap: the selftest ignores this too
     assert pte.is_uffd_wp(dst.addr), "uffd-wp bit lost when the pte was zapped or swapped out"
     _check_child_wp(dst, with_event, "zapped pte")
     uffd.writeprotect(dst.addr, size, False)
@@ -586,7 +611,7 @@ def _wp_unpopulated(env: _Env) -> None:
 def _minor(env: _Env, test_wp: bool) -> None:
     """uffd_minor_test_common(): MINOR faults resolved with UFFDIO_CONTINUE show the page cache's data."""
     dst = env.region()
-    alias = env.alias(dst)          # the registered side; dst stays unregistered
+    alias = env.alias(dst)  # the registered side; dst stays unregistered
     mode = RegisterMode.MINOR | (RegisterMode.WP if test_wp else 0)
     with env.uffd() as uffd:
         uffd.register(alias.addr, alias.length, mode)
@@ -599,9 +624,10 @@ def _minor(env: _Env, test_wp: bool) -> None:
         if test_wp:  # while registered: closing the uffd clears the bits (userfaultfd_clear_vma())
             unprotected = [p for p in range(env.npages) if not pte.is_uffd_wp(alias.page_addr(p))]
             assert not unprotected, f"UFFDIO_CONTINUE_MODE_WP left pages {unprotected} without the uffd-wp bit"
-    assert (monitor.missing_faults, monitor.minor_faults, monitor.wp_faults) == (0, env.npages, 0), \
-        (f"faults: {monitor.missing_faults} missing, {monitor.minor_faults} minor, {monitor.wp_faults} wp; "
-         f"expected 0, {env.npages}, 0")
+    assert (monitor.missing_faults, monitor.minor_faults, monitor.wp_faults) == (0, env.npages, 0), (
+        f"faults: {monitor.missing_faults} missing, {monitor.minor_faults} minor, {monitor.wp_faults} wp; "
+        f"expected 0, {env.npages}, 0"
+    )
 
 
 def _minor_case(env: _Env) -> None:
@@ -647,6 +673,7 @@ def _sigbus(env: _Env, wp: bool) -> None:
             pages = range((dst.npages + 1) // 2)
             signalled = [p for p in pages if dst.probe(p) == signal.SIGBUS]
             assert signalled == list(pages), f"child: SIGBUS on pages {signalled}, expected {list(pages)}"
+
         run_in_child(faulting_process_2, _WAIT_CHILD)
 
     monitor = _Monitor(dst, src, apply_wp=wp, fault=_Unexpected())
@@ -665,9 +692,11 @@ def _sigbus_wp_case(env: _Env) -> None:
 
 def _faulting_process_events(dst: Region) -> None:
     """faulting_process(0, wp): fault every page (half before an mremap, half after), release, see zeros."""
+
     def touch(page: int) -> None:
         _check_page(dst, page, _byte(page), "memory corruption")
-        dst.write(page, 1, value=_byte(page))    # write the same value back: a WP fault if protected
+        dst.write(page, 1, value=_byte(page))  # write the same value back: a WP fault if protected
+
     split = (dst.npages + 1) // 2
     for page in range(split):
         touch(page)
@@ -691,24 +720,34 @@ def _events(env: _Env, wp: bool) -> None:
 
     monitor = _Monitor(dst, src, apply_wp=wp)
     _monitored(env.features, worker, monitor)
-    assert monitor.missing_faults == env.npages, \
+    assert monitor.missing_faults == env.npages, (
         f"{monitor.missing_faults} MISSING faults resolved; expected {env.npages} (Fault counts wrong)"
-    assert monitor.wp_faults == (env.npages if wp else 0), \
+    )
+    assert monitor.wp_faults == (env.npages if wp else 0), (
         f"{monitor.wp_faults} WP faults; expected {env.npages if wp else 0}"
+    )
     assert len(monitor.of_type(ForkEvent)) == 1, f"expected one FORK event: {monitor.events}"
     remaps = monitor.of_type(RemapEvent)
-    assert len(remaps) == 1 and remaps[0].old == dst.addr and remaps[0].new != dst.addr, \
+    assert len(remaps) == 1 and remaps[0].old == dst.addr and remaps[0].new != dst.addr, (
         f"expected one REMAP event away from {dst.addr:#x}: {remaps}"
+    )
     removed = monitor.of_type(RemoveEvent)
-    assert RemoveEvent(remaps[0].new, remaps[0].new + dst.length) in removed, \
+    assert RemoveEvent(remaps[0].new, remaps[0].new + dst.length) in removed, (
         f"no REMOVE event for the released range [{remaps[0].new:#x}, +{dst.length}): {removed}"
-    before = {_page_start(dst, f.address) // dst.page_size
-              for f in monitor.of_type(PageFault) if dst.addr <= f.address < dst.end and not f.wp}
+    )
+    before = {
+        _page_start(dst, f.address) // dst.page_size
+        for f in monitor.of_type(PageFault)
+        if dst.addr <= f.address < dst.end and not f.wp
+    }
     split = (env.npages + 1) // 2
     assert before == set(range(split)), f"MISSING faults before the mremap on pages {sorted(before)}"
     new = remaps[0].new
-    after = {(f.address - new) // dst.page_size
-             for f in monitor.of_type(PageFault) if new <= f.address < new + dst.length and not f.wp}
+    after = {
+        (f.address - new) // dst.page_size
+        for f in monitor.of_type(PageFault)
+        if new <= f.address < new + dst.length and not f.wp
+    }
     assert after >= set(range(split, env.npages)), f"MISSING faults after the mremap on pages {sorted(after)}"
 
 
@@ -737,8 +776,9 @@ def _poison(env: _Env) -> None:
 
     with env.uffd() as uffd:
         ioctls = uffd.register(dst.addr, dst.length, RegisterMode.MISSING)
-        assert {Ioctl.COPY, Ioctl.POISON} <= ioctls, \
+        assert {Ioctl.COPY, Ioctl.POISON} <= ioctls, (
             f"registered area doesn't support COPY and POISON ioctls: {sorted(i.name for i in ioctls)}"
+        )
         with FaultHandler(uffd, _Monitor(dst, src, fault=poison_or_copy)):
             sigbus = []
             for page in range(env.npages):
@@ -748,38 +788,65 @@ def _poison(env: _Env) -> None:
                     continue
                 assert sig == 0, f"page {page}: signal {sig}"
                 _check_page(dst, page, 0, "nonzero byte in area_dst")
-    assert sigbus == list(range(0, env.npages, 2)), \
+    assert sigbus == list(range(0, env.npages, 2)), (
         f"SIGBUS on pages {sigbus}; expected the {env.npages // 2} poisoned (even) pages"
+    )
 
 
 # -- the table: uffd-unit-tests.c's uffd_tests[] -----------------------------------------
 
 F = Feature
 UNIT_CASES: tuple[UnitCase, ...] = (
-    UnitCase("register-ioctls", _register_ioctls, MEM_ALL, frozenset({
-        F.MISSING_HUGETLBFS, F.MISSING_SHMEM, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM,
-        F.MINOR_HUGETLBFS, F.MINOR_SHMEM})),
+    UnitCase(
+        "register-ioctls",
+        _register_ioctls,
+        MEM_ALL,
+        frozenset(
+            {
+                F.MISSING_HUGETLBFS,
+                F.MISSING_SHMEM,
+                F.PAGEFAULT_FLAG_WP,
+                F.WP_HUGETLBFS_SHMEM,
+                F.MINOR_HUGETLBFS,
+                F.MINOR_SHMEM,
+            }
+        ),
+    ),
     UnitCase("zeropage", _zeropage, MEM_ALL, frozenset()),
     UnitCase("move", _move, (MemoryKind.ANON,), frozenset({F.MOVE})),
     UnitCase("move-pmd", _move_pmd, (MemoryKind.ANON,), frozenset({F.MOVE})),
     UnitCase("move-pmd-split", _move_pmd_split, (MemoryKind.ANON,), frozenset({F.MOVE})),
     UnitCase("wp-fork", _wp_fork, MEM_ALL, frozenset({F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM})),
-    UnitCase("wp-fork-with-event", _wp_fork_with_event, MEM_ALL, frozenset({
-        F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM,
-        F.EVENT_FORK})),     # when set, the child inherits the uffd-wp bits
-    UnitCase("wp-unpopulated", _wp_unpopulated, (MemoryKind.ANON,), frozenset({
-        F.PAGEFAULT_FLAG_WP, F.WP_UNPOPULATED})),
-    UnitCase("minor", _minor_case, (MemoryKind.SHMEM, MemoryKind.HUGETLB), frozenset({
-        F.MINOR_HUGETLBFS, F.MINOR_SHMEM})),
-    UnitCase("minor-wp", _minor_wp_case, (MemoryKind.SHMEM, MemoryKind.HUGETLB), frozenset({
-        F.MINOR_HUGETLBFS, F.MINOR_SHMEM, F.PAGEFAULT_FLAG_WP,
-        F.WP_UNPOPULATED})),  # the selftest's stand-in for "minor mode can write-protect": no bit says so
+    UnitCase(
+        "wp-fork-with-event",
+        _wp_fork_with_event,
+        MEM_ALL,
+        frozenset({F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM, F.EVENT_FORK}),
+    ),  # when set, the child inherits the uffd-wp bits
+    UnitCase("wp-unpopulated", _wp_unpopulated, (MemoryKind.ANON,), frozenset({F.PAGEFAULT_FLAG_WP, F.WP_UNPOPULATED})),
+    UnitCase(
+        "minor", _minor_case, (MemoryKind.SHMEM, MemoryKind.HUGETLB), frozenset({F.MINOR_HUGETLBFS, F.MINOR_SHMEM})
+    ),
+    UnitCase(
+        "minor-wp",
+        _minor_wp_case,
+        (MemoryKind.SHMEM, MemoryKind.HUGETLB),
+        frozenset({F.MINOR_HUGETLBFS, F.MINOR_SHMEM, F.PAGEFAULT_FLAG_WP, F.WP_UNPOPULATED}),
+    ),  # the selftest's stand-in for "minor mode can write-protect": no bit says so
     UnitCase("sigbus", _sigbus_case, MEM_ALL, frozenset({F.SIGBUS, F.EVENT_FORK})),
-    UnitCase("sigbus-wp", _sigbus_wp_case, MEM_ALL, frozenset({
-        F.SIGBUS, F.EVENT_FORK, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM})),
+    UnitCase(
+        "sigbus-wp",
+        _sigbus_wp_case,
+        MEM_ALL,
+        frozenset({F.SIGBUS, F.EVENT_FORK, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM}),
+    ),
     UnitCase("events", _events_case, MEM_ALL, frozenset({F.EVENT_FORK, F.EVENT_REMAP, F.EVENT_REMOVE})),
-    UnitCase("events-wp", _events_wp_case, MEM_ALL, frozenset({
-        F.EVENT_FORK, F.EVENT_REMAP, F.EVENT_REMOVE, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM})),
+    UnitCase(
+        "events-wp",
+        _events_wp_case,
+        MEM_ALL,
+        frozenset({F.EVENT_FORK, F.EVENT_REMAP, F.EVENT_REMOVE, F.PAGEFAULT_FLAG_WP, F.WP_HUGETLBFS_SHMEM}),
+    ),
     UnitCase("poison", _poison, MEM_ALL, frozenset({F.POISON})),
 )
 del F
@@ -807,7 +874,7 @@ def test_uffd_api(via: str):
         out = ffi.new("uint64_t[2]")
         r = lib.harness_uffd_api(uffd.fileno(), _UNKNOWN_FEATURE, out, out + 1)
         assert r == -errno.EINVAL, f"UFFDIO_API with feature bit 63 returned {r}, expected -EINVAL"
-        uffd.api([])     # the failed handshake left the fd usable
+        uffd.api([])  # the failed handshake left the fd usable
         with pytest.raises(UffdError) as raised:
             uffd.api([Feature.PAGEFAULT_FLAG_WP])
         assert raised.value.errno == errno.EINVAL, f"second UFFDIO_API: {raised.value}, expected EINVAL"
@@ -818,7 +885,7 @@ def test_uffd_unit(case: UnitCase, kind: MemoryKind, request, make_region):
     missing = _missing_features(case.features)
     if missing:
         pytest.skip(f"kernel {os.uname().release} lacks {', '.join(missing)}")
-    try:   # the selftest skips too when the handshake is refused ("possible lack of privilege")
+    try:  # the selftest skips too when the handshake is refused ("possible lack of privilege")
         open_any(case.features).close()
     except UffdError as exc:
         if exc.errno not in (errno.EPERM, errno.EACCES):

@@ -6,6 +6,7 @@ and records which kernel booted with how many cores.  What is checked is the
 host-side logic: reuse, invalidation on each input, --fresh-control, and the
 phases in report.json and on the terminal.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ from harness.validate.phases import PHASES, render_phases
 #: a validation on a fake machine: the same on any kernel (guest suites deselect host_only)
 pytestmark = pytest.mark.host_only
 
-STOCK_CLAUSES = {1: "pass", 2: "absent", 3: "absent", 4: "absent", 5: "pass", 6: "absent", 7: "absent",
-                 8: "absent"}
+STOCK_CLAUSES = {1: "pass", 2: "absent", 3: "absent", 4: "absent", 5: "pass", 6: "absent", 7: "absent", 8: "absent"}
 
 
 class FakeMachine:
@@ -57,24 +57,39 @@ class FakeMachine:
 
     def _guest(self, kernel, argv, *, timeout, rwdir, memory, cpus, capture, console_log, log, on_line=None):
         self.boots.append((kernel, cpus))
-        for line in ("[    0.1] Linux version 6.12", f"[validate] {kernel} (6.12.57): pytest suite",
-                     f"[validate] {kernel} (6.12.57): selftest {SELFTESTS[0]}",
-                     f"[validate] {kernel} (6.12.57): first-touch benchmarks"):
+        for line in (
+            "[    0.1] Linux version 6.12",
+            f"[validate] {kernel} (6.12.57): pytest suite",
+            f"[validate] {kernel} (6.12.57): selftest {SELFTESTS[0]}",
+            f"[validate] {kernel} (6.12.57): first-touch benchmarks",
+        ):
             if on_line:
                 on_line(line)
         self.boot_count += 1
         rwdir.mkdir(parents=True, exist_ok=True)
         patched = kernel != "stock"
         clauses = dict.fromkeys(range(1, 9), "pass") if patched else STOCK_CLAUSES
-        summary = {"kernel_release": "6.12.57", "patched": patched, "tests": {"passed": 3},
-                   "clauses": {str(n): {"result": r} for n, r in clauses.items()}, "booted": self.boot_count}
+        summary = {
+            "kernel_release": "6.12.57",
+            "patched": patched,
+            "tests": {"passed": 3},
+            "clauses": {str(n): {"result": r} for n, r in clauses.items()},
+            "booted": self.boot_count,
+        }
         (rwdir / "summary.json").write_text(json.dumps(summary))
-        selftests = {name: {"name": name, "returncode": 0, "seconds": 2.0, "cases": [], "error": ""}
-                     for name in SELFTESTS}
+        selftests = {
+            name: {"name": name, "returncode": 0, "seconds": 2.0, "cases": [], "error": ""} for name in SELFTESTS
+        }
         pytest_rc = 1 if kernel in self.fail_guest else 0
-        (rwdir / "steps.json").write_text(json.dumps({
-            "pytest": {"returncode": pytest_rc, "seconds": 40.0}, "selftests": selftests,
-            "bench": {"returncode": 0, "seconds": 30.0}}))
+        (rwdir / "steps.json").write_text(
+            json.dumps(
+                {
+                    "pytest": {"returncode": pytest_rc, "seconds": 40.0},
+                    "selftests": selftests,
+                    "bench": {"returncode": 0, "seconds": 30.0},
+                }
+            )
+        )
         console_log.write_text(f"booted {kernel}\n")
         return SimpleNamespace(accel="tcg", returncode=0)
 
@@ -104,16 +119,16 @@ def test_an_unchanged_control_is_reused_and_only_the_candidate_boots_with_all_co
     assert second["control"]["reused"] is True and second["control"]["created"]
     assert second["kernels"]["stock"]["tests"] == {"passed": 3}, "the reused results are in the report"
     assert second["verdict"]["kind"] == "holds"
-    assert json.loads((machine.results / "stock" / "summary.json").read_text())["booted"] in (1, 2), \
+    assert json.loads((machine.results / "stock" / "summary.json").read_text())["booted"] in (1, 2), (
         "stock's results directory holds the stored results of the first run"
+    )
     assert (machine.results / "stock" / "console.log").read_text() == "booted stock\n"
     out = capsys.readouterr().out
     assert f"guest results reused from {second['control']['created']}" in out
     assert "guest results were reused from" in (machine.results / "report.md").read_text()
 
 
-@pytest.mark.parametrize("change", ["build key", "harness code", "quick", "memory", "cores", "timeouts",
-                                    "environment"])
+@pytest.mark.parametrize("change", ["build key", "harness code", "quick", "memory", "cores", "timeouts", "environment"])
 def test_any_change_to_an_input_runs_the_control_again(machine, monkeypatch, change):
     machine.validate()
     machine.booted()
@@ -200,8 +215,17 @@ def test_code_hash_changes_with_any_file_under_harness_tests_cbits_and_ignores_b
 def test_phases_are_in_report_json_and_printed_one_line_each(machine, capsys):
     report = machine.validate()
     phases = report["phases"]
-    for key in ("check", "build_control", "build_candidate", "boot", "suite", "selftests", "benchmarks",
-                "report", "total"):
+    for key in (
+        "check",
+        "build_control",
+        "build_candidate",
+        "boot",
+        "suite",
+        "selftests",
+        "benchmarks",
+        "report",
+        "total",
+    ):
         assert key in phases and phases[key]["seconds"] >= 0, key
     assert set(phases["suite"]["kernels"]) == {"stock", "patched"}, "guest phases are per kernel"
     assert phases["guests_wall"]["parallel"] == 2
@@ -210,15 +234,17 @@ def test_phases_are_in_report_json_and_printed_one_line_each(machine, capsys):
         assert set(host) == {"boot", "suite", "selftests", "benchmarks"}, "timed on the host, per guest"
     out = capsys.readouterr().out.splitlines()
     start = out.index("where the time went (seconds, wall clock):")
-    labels = [line.split()[0] if not line.startswith("  build") else " ".join(line.split()[:2])
-              for line in out[start + 1:]]
-    assert labels[:len(PHASES)] == [label for _, label in PHASES], "one line per phase, in order"
+    labels = [
+        line.split()[0] if not line.startswith("  build") else " ".join(line.split()[:2]) for line in out[start + 1 :]
+    ]
+    assert labels[: len(PHASES)] == [label for _, label in PHASES], "one line per phase, in order"
 
     stored = json.loads((machine.results / "stock" / "phases.json").read_text())
     again = machine.validate()
     assert again["phases"]["suite"]["reused"] == ["stock"]
-    assert again["phases"]["suite"]["kernels"]["stock"] == stored["suite"], \
+    assert again["phases"]["suite"]["kernels"]["stock"] == stored["suite"], (
         "a reused kernel shows what its run took when it ran"
+    )
     assert f"stock {stored['suite']:.0f} reused" in "\n".join(render_phases(again["phases"]))
 
 
@@ -228,8 +254,10 @@ def test_without_qemu_the_phases_are_the_host_steps(monkeypatch, tmp_path, capsy
 
     def steps(out, selftests_dir, quick, log):
         out.mkdir(parents=True, exist_ok=True)
-        (out / "steps.json").write_text(json.dumps({"pytest": {"returncode": 0, "seconds": 12.0},
-                                                    "bench": {"returncode": 0, "seconds": 3.0}}))
+        (out / "steps.json").write_text(
+            json.dumps({"pytest": {"returncode": 0, "seconds": 12.0}, "bench": {"returncode": 0, "seconds": 3.0}})
+        )
+
     monkeypatch.setattr(run, "run_steps", steps)
     run.validate(results=tmp_path / "results", log=lambda msg: None)
     phases = json.loads((tmp_path / "results" / "report.json").read_text())["phases"]
@@ -242,19 +270,21 @@ def test_without_qemu_the_phases_are_the_host_steps(monkeypatch, tmp_path, capsy
 def test_guest_phases_are_timed_on_the_host_from_the_step_lines(monkeypatch):
     """A TCG guest's clock runs slow on a loaded host: the host times the guest by its console lines."""
     from harness.validate import phases
+
     clock = iter([100.0, 112.0, 160.0, 161.0, 190.0, 200.0])
     monkeypatch.setattr(phases.time, "monotonic", lambda: next(clock))
-    timer = phases.GuestTimer()                                              # QEMU starts at 100
-    timer.on_line("[    1.000] Run /init as init process")                   # console: not a step
-    timer.on_line("[validate] stock (6.12.57): pytest suite")                 # 112
-    timer.on_line("[validate] stock (6.12.57): selftest uffd-unit-tests")     # 160
-    timer.on_line("[validate] stock (6.12.57): selftest mkdirty")             # not a new phase: no clock read
-    timer.on_line("[validate] stock (6.12.57): first-touch benchmarks")       # 161
+    timer = phases.GuestTimer()  # QEMU starts at 100
+    timer.on_line("[    1.000] Run /init as init process")  # console: not a step
+    timer.on_line("[validate] stock (6.12.57): pytest suite")  # 112
+    timer.on_line("[validate] stock (6.12.57): selftest uffd-unit-tests")  # 160
+    timer.on_line("[validate] stock (6.12.57): selftest mkdirty")  # not a new phase: no clock read
+    timer.on_line("[validate] stock (6.12.57): first-touch benchmarks")  # 161
     assert timer.seconds(end=190.0) == {"boot": 12.0, "suite": 48.0, "selftests": 1.0, "benchmarks": 29.0}
 
 
 def test_without_step_lines_the_guest_clock_is_the_fallback(tmp_path):
     from harness.validate.phases import guest_seconds
+
     o = KernelOutcome("host", "host", tmp_path)
     o.steps = {"pytest": {"seconds": 12.0}, "bench": {"seconds": 3.0}}
     assert guest_seconds(o) == {"suite": 12.0, "selftests": 0.0, "benchmarks": 3.0}

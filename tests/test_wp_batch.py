@@ -4,6 +4,7 @@ What each range ends up as is read back from pagemap's uffd-wp bit
 (``PagemapBit.UFFD_WP``, bit 57), page by page: the batch must do exactly
 what it was asked, range by range, and say which ranges it could not do.
 """
+
 from __future__ import annotations
 
 import errno
@@ -40,11 +41,13 @@ def test_each_range_is_protected_then_unprotected_as_asked(wp_region):
     uffd, region = wp_region
     ranges = [page(region, 0), page(region, 2, 2), page(region, 5)]
     assert uffd.writeprotect_many(ranges, protect=True) == [None, None, None]
-    assert wp_bits(region) == [True, False, True, True, False, True, False, False], \
+    assert wp_bits(region) == [True, False, True, True, False, True, False, False], (
         "pagemap uffd-wp should be set on pages 0, 2, 3 and 5 only"
+    )
     assert uffd.writeprotect_many([page(region, 2, 2)], protect=False) == [None]
-    assert wp_bits(region) == [True, False, False, False, False, True, False, False], \
+    assert wp_bits(region) == [True, False, False, False, False, True, False, False], (
         "un-protecting pages 2-3 should leave 0 and 5 protected"
+    )
 
 
 def test_prepared_ranges_are_reused_across_modes(wp_region):
@@ -55,14 +58,18 @@ def test_prepared_ranges_are_reused_across_modes(wp_region):
         assert wp_bits(region) == [protect] * 6 + [False, False], f"after protect={protect}"
 
 
-@pytest.mark.parametrize("bad, code, advice", [
-    ("unregistered", errno.ENOENT, "not (fully) registered"),
-    ("unaligned", errno.EINVAL, "multiples of the page size"),
-])
+@pytest.mark.parametrize(
+    "bad, code, advice",
+    [
+        ("unregistered", errno.ENOENT, "not (fully) registered"),
+        ("unaligned", errno.EINVAL, "multiples of the page size"),
+    ],
+)
 def test_a_bad_range_in_the_middle_gets_its_own_errno_and_the_others_are_done(wp_region, bad, code, advice):
     uffd, region = wp_region
-    middle = page(region, 6) if bad == "unregistered" else (region.addr + 2 * region.page_size + 8,
-                                                             region.page_size - 8)
+    middle = (
+        page(region, 6) if bad == "unregistered" else (region.addr + 2 * region.page_size + 8, region.page_size - 8)
+    )
     ranges = [page(region, 0), page(region, 1), middle, page(region, 3), page(region, 4)]
 
     results = uffd.writeprotect_many(ranges, protect=True, check=False)
@@ -70,8 +77,9 @@ def test_a_bad_range_in_the_middle_gets_its_own_errno_and_the_others_are_done(wp
     err = results[2]
     assert isinstance(err, UffdError) and err.errno == code and (err.start, err.length) == middle
     assert f"{middle[0]:#x}" in str(err) and errno.errorcode[code] in str(err) and advice in str(err)
-    assert wp_bits(region)[:5] == [True, True, False, True, True], \
+    assert wp_bits(region)[:5] == [True, True, False, True, True], (
         "the ranges before and after the bad one should all be protected"
+    )
 
     uffd.writeprotect_many(PreparedRanges([page(region, i) for i in range(6)]), protect=False)
     with pytest.raises(WriteProtectBatchError) as info:
@@ -90,17 +98,20 @@ def test_empty_batch_returns_nothing_and_issues_no_ioctl(wp_region):
     assert not any(wp_bits(region))
 
 
-@pytest.mark.parametrize("ranges, index, other, says", [
-    (lambda r: [page(r, 0, 2), page(r, 1)], 0, 1, "overlap"),
-    # a long range covering a later one, with an empty and a disjoint range in between
-    (lambda r: [page(r, 0, 6), (r.addr + r.page_size, 0), page(r, 4), page(r, 7)], 0, 2, "overlap"),
-    (lambda r: [page(r, 0), (r.addr, r.page_size, 0)], 1, None, "pair"),
-    (lambda r: [page(r, 0), (r.addr,)], 1, None, "pair"),
-    (lambda r: [page(r, 0), r.addr], 1, None, "pair"),
-    (lambda r: [page(r, 0), ("0x1000", 4096)], 1, None, "pair"),
-    (lambda r: [page(r, 0), (-4096, 4096)], 1, None, "2**64"),
-    (lambda r: [page(r, 0), (r.addr, 1 << 64)], 1, None, "2**64"),
-])
+@pytest.mark.parametrize(
+    "ranges, index, other, says",
+    [
+        (lambda r: [page(r, 0, 2), page(r, 1)], 0, 1, "overlap"),
+        # a long range covering a later one, with an empty and a disjoint range in between
+        (lambda r: [page(r, 0, 6), (r.addr + r.page_size, 0), page(r, 4), page(r, 7)], 0, 2, "overlap"),
+        (lambda r: [page(r, 0), (r.addr, r.page_size, 0)], 1, None, "pair"),
+        (lambda r: [page(r, 0), (r.addr,)], 1, None, "pair"),
+        (lambda r: [page(r, 0), r.addr], 1, None, "pair"),
+        (lambda r: [page(r, 0), ("0x1000", 4096)], 1, None, "pair"),
+        (lambda r: [page(r, 0), (-4096, 4096)], 1, None, "2**64"),
+        (lambda r: [page(r, 0), (r.addr, 1 << 64)], 1, None, "2**64"),
+    ],
+)
 def test_bad_input_is_refused_before_any_ioctl_naming_the_range(wp_region, ranges, index, other, says):
     uffd, region = wp_region
     with pytest.raises(InvalidRanges) as info:
@@ -152,13 +163,13 @@ def test_batch_hints_without_the_feature_are_einval_per_range(wp_region):
     """Clause 1 through the batch: the mode word is composed as writeprotect() composes it."""
     uffd, region = wp_region
     uffd.writeprotect_many([page(region, 0), page(region, 1)], protect=True)
-    results = uffd.writeprotect_many([page(region, 0), page(region, 1)], protect=False, write_likely=True,
-                                     check=False)
+    results = uffd.writeprotect_many([page(region, 0), page(region, 1)], protect=False, write_likely=True, check=False)
     assert [r.errno for r in results] == [errno.EINVAL, errno.EINVAL]
     assert "the ACCESS_HINTS feature was not negotiated" in str(results[0])
 
 
 # -- the prepared single call ------------------------------------------------------------
+
 
 def test_repeated_single_calls_use_prepared_requests_and_still_toggle(wp_region):
     uffd, region = wp_region

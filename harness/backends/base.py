@@ -11,6 +11,7 @@ both backends: a WP fault un-protects its page (no hints), a MISSING fault
 is filled with ``UFFDIO_COPY``, a MINOR fault with ``UFFDIO_CONTINUE``.
 Each one is recorded as a :class:`FaultEvent`.
 """
+
 from __future__ import annotations
 
 import abc
@@ -99,8 +100,14 @@ class Backend(abc.ABC):
     def enabled_features(self) -> frozenset: ...
 
     @abc.abstractmethod
-    def create(self, kind: MemoryKind = MemoryKind.ANON, npages: int = 1,
-               register: Optional[RegisterMode] = RegisterMode.WP, *, thp: bool = False) -> RegionRef:
+    def create(
+        self,
+        kind: MemoryKind = MemoryKind.ANON,
+        npages: int = 1,
+        register: Optional[RegisterMode] = RegisterMode.WP,
+        *,
+        thp: bool = False,
+    ) -> RegionRef:
         """A new region (its own VMA), registered with ``register`` unless None.
 
         ``thp=True``: ``npages`` PMD-sized anonymous pages with MADV_HUGEPAGE,
@@ -117,16 +124,31 @@ class Backend(abc.ABC):
         """Store to a page: 0, or the signal the access got."""
 
     @abc.abstractmethod
-    def writeprotect(self, r: RegionRef, protect: bool, first: int = 0, count: Optional[int] = None, *,
-                     access_likely: bool = False, write_likely: bool = False,
-                     raw_mode: Optional[int] = None) -> None:
+    def writeprotect(
+        self,
+        r: RegionRef,
+        protect: bool,
+        first: int = 0,
+        count: Optional[int] = None,
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
         """UFFDIO_WRITEPROTECT over pages [first, first+count)."""
 
     def protect(self, r: RegionRef, first: int = 0, count: Optional[int] = None) -> None:
         self.writeprotect(r, True, first, count)
 
-    def unprotect(self, r: RegionRef, first: int = 0, count: Optional[int] = None, *,
-                  access_likely: bool = False, write_likely: bool = False) -> None:
+    def unprotect(
+        self,
+        r: RegionRef,
+        first: int = 0,
+        count: Optional[int] = None,
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+    ) -> None:
         self.writeprotect(r, False, first, count, access_likely=access_likely, write_likely=write_likely)
 
     @abc.abstractmethod
@@ -136,8 +158,9 @@ class Backend(abc.ABC):
     def zeropage(self, r: RegionRef, page: int = 0) -> int: ...
 
     @abc.abstractmethod
-    def move(self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *,
-             allow_src_holes: bool = False) -> int:
+    def move(
+        self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *, allow_src_holes: bool = False
+    ) -> int:
         """UFFDIO_MOVE one page from ``src`` to ``dst``."""
 
     @abc.abstractmethod
@@ -207,8 +230,13 @@ class Backend(abc.ABC):
 
     # -- ranges over several VMAs, writability, fork ------------------------------------
 
-    def create_adjacent(self, kind: MemoryKind, pages: tuple[int, ...], boundary_page: int,
-                        register: Optional[RegisterMode] = RegisterMode.WP) -> list[RegionRef]:
+    def create_adjacent(
+        self,
+        kind: MemoryKind,
+        pages: tuple[int, ...],
+        boundary_page: int,
+        register: Optional[RegisterMode] = RegisterMode.WP,
+    ) -> list[RegionRef]:
         """Regions of ``kind`` side by side, one VMA each, whose joint range crosses a PMD boundary
         before page ``boundary_page`` (see :class:`harness.memory.AdjacentRegions`).
 
@@ -216,12 +244,18 @@ class Backend(abc.ABC):
         """
         return [self.create(kind, n, register) for n in pages]
 
-    def writeprotect_adjacent(self, refs: list[RegionRef], protect: bool, *, access_likely: bool = False,
-                              write_likely: bool = False, raw_mode: Optional[int] = None) -> None:
+    def writeprotect_adjacent(
+        self,
+        refs: list[RegionRef],
+        protect: bool,
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
         """UFFDIO_WRITEPROTECT over regions made by :meth:`create_adjacent`: one ioctl on the kernel."""
         for r in refs:
-            self.writeprotect(r, protect, access_likely=access_likely, write_likely=write_likely,
-                              raw_mode=raw_mode)
+            self.writeprotect(r, protect, access_likely=access_likely, write_likely=write_likely, raw_mode=raw_mode)
 
     @abc.abstractmethod
     def write_faults(self, r: RegionRef, page: int = 0) -> int:

@@ -49,10 +49,12 @@ clean page-cache page) and ``clear_refs`` 1 for shmem.  Shmem pages once
 written stay dirty in the page cache, so a clean shmem PTE is a read-only
 mapping of a page that was never written.
 """
+
 from __future__ import annotations
 
 import enum
 import errno
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -94,8 +96,13 @@ BASE_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, Memor
 #: tracking and clear_refs skip hugetlb folios), so young and dirty are seen through the pte channel only
 HUGETLB_KINDS = (MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE)
 #: kinds with a clean PTE mapping a page-cache page (shmem, a file, hugetlbfs): what clause 4 is about
-SHARED_KINDS = (MemoryKind.SHMEM, MemoryKind.FILE, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE_PRIVATE,
-                MemoryKind.HUGETLB_PRIVATE)
+SHARED_KINDS = (
+    MemoryKind.SHMEM,
+    MemoryKind.FILE,
+    MemoryKind.SHMEM_PRIVATE,
+    MemoryKind.FILE_PRIVATE,
+    MemoryKind.HUGETLB_PRIVATE,
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +124,7 @@ class Target:
 
 
 def memory_label(kind: MemoryKind, thp: bool = False) -> str:
-    """"anon", "shmem", ... or "anon-thp" (kept for callers that think in kind + THP)."""
+    """ "anon", "shmem", ... or "anon-thp" (kept for callers that think in kind + THP)."""
     return Target(kind, Shape.THP if thp else Shape.PAGE).label
 
 
@@ -133,7 +140,7 @@ class Case:
     """
 
     name: str
-    setup: tuple            # ops: "read", "write", "free", "clear_young", "clear_soft_dirty", ...
+    setup: tuple  # ops: "read", "write", "free", "clear_young", "clear_soft_dirty", ...
     old: bool
     clean: bool
 
@@ -158,30 +165,39 @@ def _can_make_old(b: Backend) -> bool:
 
 def _cases(kind: MemoryKind) -> list[Case]:
     if kind is MemoryKind.ANON:
-        return [Case("old+clean", ("write", "free"), True, True),
-                Case("old+dirty", ("write", "clear_young"), True, False),
-                Case("young+clean", ("write", "free", "read"), False, True),
-                Case("young+dirty", ("write",), False, False)]
+        return [
+            Case("old+clean", ("write", "free"), True, True),
+            Case("old+dirty", ("write", "clear_young"), True, False),
+            Case("young+clean", ("write", "free", "read"), False, True),
+            Case("young+dirty", ("write",), False, False),
+        ]
     if kind.hugetlb:
         # hugetlb_no_page() maps every page young; only the instrumentation's mkold makes it old.  A read
         # fault of a MAP_PRIVATE mapping maps the clean page-cache page read-only, a MAP_SHARED one maps
         # it writable and dirty (so no clean shared case)
         if kind is MemoryKind.HUGETLB:
-            return [Case("old+dirty", ("write", "make_old"), True, False),
-                    Case("young+dirty", ("write",), False, False)]
-        return [Case("old+clean", ("read", "make_old"), True, True),
+            return [
                 Case("old+dirty", ("write", "make_old"), True, False),
-                Case("young+clean", ("read",), False, True),
-                Case("young+dirty", ("write",), False, False)]
+                Case("young+dirty", ("write",), False, False),
+            ]
+        return [
+            Case("old+clean", ("read", "make_old"), True, True),
+            Case("old+dirty", ("write", "make_old"), True, False),
+            Case("young+clean", ("read",), False, True),
+            Case("young+dirty", ("write",), False, False),
+        ]
     # shmem and tmpfs files: a read maps the clean page-cache page (in a private mapping, read-only for
     # copy-on-write), a write dirties it (in a private mapping: an exclusive anonymous copy)
-    return [Case("old+clean", ("read", "clear_young"), True, True),
-            Case("old+dirty", ("write", "clear_young"), True, False),
-            Case("young+clean", ("read",), False, True),
-            Case("young+dirty", ("write",), False, False)]
+    return [
+        Case("old+clean", ("read", "clear_young"), True, True),
+        Case("old+dirty", ("write", "clear_young"), True, False),
+        Case("young+clean", ("read",), False, True),
+        Case("young+dirty", ("write",), False, False),
+    ]
 
 
 # -- the subject of a case: one contiguous range over one or more regions --------------
+
 
 @dataclass
 class Subject:
@@ -194,7 +210,7 @@ class Subject:
         return [(r, p) for r in self.refs for p in range(r.npages)]
 
     def where(self, r: RegionRef, page: int) -> str:
-        """"page 3 (VMA 2)": which page of the range a violation is about."""
+        """ "page 3 (VMA 2)": which page of the range a violation is about."""
         if len(self.pages()) == 1:
             return ""
         index = self.pages().index((r, page))
@@ -216,7 +232,7 @@ def _make(b: Backend, target: Target, setup: tuple, name: str) -> Subject:
     for op in setup:
         _apply(b, subject, op)
     if target.shape is Shape.THP and setup:
-        b.check_thp(subject.refs[0], f"after set-up {name} ({', '.join(setup)})")   # ThpUnavailable: no verdict
+        b.check_thp(subject.refs[0], f"after set-up {name} ({', '.join(setup)})")  # ThpUnavailable: no verdict
     return subject
 
 
@@ -231,7 +247,7 @@ def _apply(b: Backend, s: Subject, op: str) -> None:
         return
     elif op == "make_old":
         for r, page in s.pages():
-            b.make_old(r, page)           # ObservationUnavailable without the instrumentation: not shown
+            b.make_old(r, page)  # ObservationUnavailable without the instrumentation: not shown
         return
     if op == "write_alternate":
         # every other page of the range, from its first: the empty pages between share a page table
@@ -258,18 +274,25 @@ def _apply(b: Backend, s: Subject, op: str) -> None:
                 b.mark_idle(r, page)
 
 
-def _wp(b: Backend, s: Subject, protect: bool, *, access_likely: bool = False, write_likely: bool = False,
-        dontwake: bool = False, raw_mode: Optional[int] = None) -> None:
+def _wp(
+    b: Backend,
+    s: Subject,
+    protect: bool,
+    *,
+    access_likely: bool = False,
+    write_likely: bool = False,
+    dontwake: bool = False,
+    raw_mode: Optional[int] = None,
+) -> None:
     """One UFFDIO_WRITEPROTECT over the whole subject."""
     if raw_mode is None and dontwake:
-        raw_mode = abi.writeprotect_mode(protect, dontwake=True, access_likely=access_likely,
-                                         write_likely=write_likely)
+        raw_mode = abi.writeprotect_mode(protect, dontwake=True, access_likely=access_likely, write_likely=write_likely)
     if len(s.refs) == 1:
-        b.writeprotect(s.refs[0], protect, access_likely=access_likely, write_likely=write_likely,
-                       raw_mode=raw_mode)
+        b.writeprotect(s.refs[0], protect, access_likely=access_likely, write_likely=write_likely, raw_mode=raw_mode)
     else:
-        b.writeprotect_adjacent(s.refs, protect, access_likely=access_likely, write_likely=write_likely,
-                                raw_mode=raw_mode)
+        b.writeprotect_adjacent(
+            s.refs, protect, access_likely=access_likely, write_likely=write_likely, raw_mode=raw_mode
+        )
 
 
 def _still_pmd_mapped(b: Backend, s: Subject, label: str) -> list[str]:
@@ -286,6 +309,7 @@ def _still_pmd_mapped(b: Backend, s: Subject, label: str) -> list[str]:
 
 
 # -- observing and judging -------------------------------------------------------------
+
 
 def _views(b: Backend, s: Subject, destructive: bool = True) -> dict:
     """{channel: [PteState per page of the subject]} through every channel that sees the PTE."""
@@ -317,10 +341,11 @@ def _expect(label: str, s: Subject, views: dict, **want) -> list[str]:
                     continue
                 got = getattr(state, field)
                 if got is None:
-                    if field in ("young", "dirty") and state.present and r.npages > 1 \
-                            and not r.kind.hugetlb:
-                        problems.append(f"{label}:{where} {field} differs between the pages of one VMA "
-                                        f"(seen through {channel}), expected {value} for all")
+                    if field in ("young", "dirty") and state.present and r.npages > 1 and not r.kind.hugetlb:
+                        problems.append(
+                            f"{label}:{where} {field} differs between the pages of one VMA "
+                            f"(seen through {channel}), expected {value} for all"
+                        )
                     continue
                 if got != value:
                     problems.append(f"{label}:{where} {field} is {got} through {channel}, expected {value}")
@@ -332,8 +357,11 @@ def _agree(label: str, s: Subject, views: dict) -> list[str]:
     problems = []
     for i, (r, page) in enumerate(s.pages()):
         for field in ("young", "dirty", "writable"):
-            seen = {ch: getattr(states[i], field) for ch, states in views.items()
-                    if field in CHANNEL_FIELDS[ch] and getattr(states[i], field) is not None}
+            seen = {
+                ch: getattr(states[i], field)
+                for ch, states in views.items()
+                if field in CHANNEL_FIELDS[ch] and getattr(states[i], field) is not None
+            }
             if len(set(seen.values())) > 1:
                 problems.append(f"{label}:{s.where(r, page)} channels disagree on {field}: {seen}")
     return problems
@@ -348,11 +376,14 @@ def _write_probe(b: Backend, s: Subject, label: str, writable: bool) -> list[str
     for r, page in s.pages():
         faults = b.write_faults(r, page)
         if writable and faults:
-            problems.append(f"{label}:{s.where(r, page)} not writable: a store took {faults} fault(s) "
-                            "(write probe), expected the un-protect to make it writable")
+            problems.append(
+                f"{label}:{s.where(r, page)} not writable: a store took {faults} fault(s) "
+                "(write probe), expected the un-protect to make it writable"
+            )
         if not writable and not faults:
-            problems.append(f"{label}:{s.where(r, page)} made writable: a store took no fault (write probe), "
-                            "expected a write fault")
+            problems.append(
+                f"{label}:{s.where(r, page)} made writable: a store took no fault (write probe), expected a write fault"
+            )
     return problems
 
 
@@ -378,11 +409,15 @@ def _probe_writability(b: Backend, s: Subject, case: Case, text: str) -> tuple[b
     writable = [not b.write_faults(r, page) for r, page in s.pages()]
     problems = []
     if len(set(writable)) > 1:
-        problems.append(f"{text}: made {sum(writable)} of {len(writable)} pages writable (write probe); "
-                        "every page of a case starts alike and must end alike")
+        problems.append(
+            f"{text}: made {sum(writable)} of {len(writable)} pages writable (write probe); "
+            "every page of a case starts alike and must end alike"
+        )
     if any(writable) and case.read_only_always(s.target.kind):
-        problems.append(f"{text}: made a clean page of a private file mapping writable (write probe): "
-                        "a store would reach the page cache")
+        problems.append(
+            f"{text}: made a clean page of a private file mapping writable (write probe): "
+            "a store would reach the page cache"
+        )
         return False, problems
     return all(writable), problems
 
@@ -401,6 +436,7 @@ HINTS = (("ACCESS_LIKELY", True, False), ("WRITE_LIKELY", False, True), ("both",
 
 # -- the clauses ----------------------------------------------------------------------
 
+
 def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
     """Clauses 2, 3 and 5 on part of a PMD-mapped THP (the ``thp-part`` shape, kernel only).
 
@@ -413,6 +449,7 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
     WRITE_LIKELY makes writable it makes dirty.
     """
     from harness.backends.kernel import KernelBackend
+
     if not isinstance(b, KernelBackend):
         raise TypeError(f"part of a THP is checked on the kernel backend only, not {type(b).__name__}")
     hints = {2: ("ACCESS_LIKELY", True, False), 3: ("WRITE_LIKELY", False, True), 5: ("no hints", False, False)}[n]
@@ -425,23 +462,25 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
         s = _make(b, Target(MemoryKind.ANON, Shape.THP), case.setup, case.name)
         _wp(b, s, True)
         before = b.vma_page_counts(s.refs[0])
-        b.writeprotect_base(s.refs[0], THP_PART_FIRST, THP_PART_PAGES, False, access_likely=access,
-                            write_likely=write)
+        b.writeprotect_base(s.refs[0], THP_PART_FIRST, THP_PART_PAGES, False, access_likely=access, write_likely=write)
         return s.refs[0], before
 
     def probe(r: RegionRef, text: str) -> tuple[bool, list[str]]:
         writable = [not b.write_faults_base(r, i) for i in part]
         if len(set(writable)) > 1:
-            return all(writable), [f"{text}: {sum(writable)} of the {len(writable)} base pages un-protected are "
-                                   "writable (write probe); they start alike and must end alike"]
+            return all(writable), [
+                f"{text}: {sum(writable)} of the {len(writable)} base pages un-protected are "
+                "writable (write probe); they start alike and must end alike"
+            ]
         return all(writable), []
 
     for case in cases(MemoryKind.ANON):
         text = f"{target.label} {case.name}, un-protect {label} of base pages {part.start}-{part.stop - 1}"
         writable = None
         if n != 5:
-            base_text = f"{target.label} {case.name}, un-protect without hints of base pages " \
-                        f"{part.start}-{part.stop - 1}"
+            base_text = (
+                f"{target.label} {case.name}, un-protect without hints of base pages {part.start}-{part.stop - 1}"
+            )
             writable, base_problems = probe(unprotect_part(case, False, False)[0], base_text)
             problems += base_problems
         r, before = unprotect_part(case, access, write)
@@ -463,18 +502,24 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
         if after["rss"] != total:
             problems.append(f"{text}: smaps Rss {after['rss']} pages, expected all {total}")
         if after["referenced"] != want_young:
-            problems.append(f"{text}: smaps counts {after['referenced']} young (referenced) pages, expected "
-                            f"{want_young} ({young_before} before the un-protect)")
+            problems.append(
+                f"{text}: smaps counts {after['referenced']} young (referenced) pages, expected "
+                f"{want_young} ({young_before} before the un-protect)"
+            )
         if after["dirty"] != want_dirty:
-            problems.append(f"{text}: smaps counts {after['dirty']} dirty pages, expected {want_dirty} "
-                            f"({dirty_before} before the un-protect)")
+            problems.append(
+                f"{text}: smaps counts {after['dirty']} dirty pages, expected {want_dirty} "
+                f"({dirty_before} before the un-protect)"
+            )
         if PTE in b.channels():
             problems += _thp_part_ptes(b.pte_entries(r), part, case, (made_young, made_dirty, writable), text)
         got, alike = probe(r, text)
         problems += alike
         if writable is not None and got != writable:
-            problems.append(f"{text}: the base pages un-protected are {'' if got else 'not '}writable (write "
-                            f"probe), and {'' if writable else 'not '}writable without hints")
+            problems.append(
+                f"{text}: the base pages un-protected are {'' if got else 'not '}writable (write "
+                f"probe), and {'' if writable else 'not '}writable without hints"
+            )
     return problems
 
 
@@ -499,17 +544,21 @@ def _thp_part_ptes(entries: list, part: range, case: Case, made: tuple, text: st
         problems.append(f"{text}: the pages outside the part are dirty through {PTE}; the THP was clean")
     for i, e in enumerate(entries):
         in_part = i in part
-        want = {"young": (not case.old) or (in_part and made_young),
-                "dirty": split_dirty_bit or (in_part and made_dirty),
-                "uffd_wp": not in_part}
+        want = {
+            "young": (not case.old) or (in_part and made_young),
+            "dirty": split_dirty_bit or (in_part and made_dirty),
+            "uffd_wp": not in_part,
+        }
         if not in_part:
             want["writable"] = False
         elif writable is not None:
             want["writable"] = writable
         for field, value in want.items():
             if getattr(e, field) != value:
-                problems.append(f"{text}: base page {i} {field} is {getattr(e, field)} through {PTE} "
-                                f"(level {e.level}), expected {value}")
+                problems.append(
+                    f"{text}: base page {i} {field} is {getattr(e, field)} through {PTE} "
+                    f"(level {e.level}), expected {value}"
+                )
         if len(problems) > 8:
             problems.append(f"{text}: more base pages differ (first ones above)")
             break
@@ -525,13 +574,19 @@ def check_1(b: Backend, target: Target) -> list[str]:
     _wp(b, s, True)
     for label, access, write in HINTS:
         mode = abi.writeprotect_mode(False, access_likely=access, write_likely=write)
-        for extra, extra_label in ((0, ""), (abi.WRITEPROTECT_MODE_WP, " + MODE_WP"),
-                                   (abi.WRITEPROTECT_MODE_DONTWAKE, " + DONTWAKE")):
-            code = _errno_of(lambda: _wp(b, s, bool(extra & abi.WRITEPROTECT_MODE_WP),  # noqa: B023 - called at once
-                                         raw_mode=mode | extra))  # noqa: B023
+        for extra, extra_label in (
+            (0, ""),
+            (abi.WRITEPROTECT_MODE_WP, " + MODE_WP"),
+            (abi.WRITEPROTECT_MODE_DONTWAKE, " + DONTWAKE"),
+        ):
+            # partial binds this iteration's mode now; the call is made at once anyway
+            code = _errno_of(
+                functools.partial(_wp, b, s, bool(extra & abi.WRITEPROTECT_MODE_WP), raw_mode=mode | extra)
+            )
             if code != errno.EINVAL:
-                problems.append(f"{what}: {label}{extra_label} without the feature: "
-                                f"got {_errname(code)}, expected EINVAL")
+                problems.append(
+                    f"{what}: {label}{extra_label} without the feature: got {_errname(code)}, expected EINVAL"
+                )
     views = _views(b, s, destructive=False)
     if views:
         problems += _expect(f"{what}: after the rejected calls", s, views, present=True, uffd_wp=True)
@@ -604,12 +659,19 @@ def check_3(b: Backend, target: Target) -> list[str]:
                 # permission): clause 4 forbids dirtying it, and its first store is tracked by nobody
                 problems += _expect(text, s, views, present=True, uffd_wp=False, dirty=False, writable=True)
             elif writable:
-                problems += _expect(text, s, views, present=True, uffd_wp=False, young=True, dirty=True,
-                                    writable=True)
+                problems += _expect(text, s, views, present=True, uffd_wp=False, young=True, dirty=True, writable=True)
             else:
                 # not made writable: WRITE_LIKELY has nothing to dirty, and young/dirty stay as they were
-                problems += _expect(text, s, views, present=True, uffd_wp=False, young=not case.old,
-                                    dirty=not case.clean, writable=False)
+                problems += _expect(
+                    text,
+                    s,
+                    views,
+                    present=True,
+                    uffd_wp=False,
+                    young=not case.old,
+                    dirty=not case.clean,
+                    writable=False,
+                )
             problems += _still_pmd_mapped(b, s, text)
             problems += _write_probe(b, s, text, writable=writable)
     if target.kind is MemoryKind.ANON:
@@ -633,8 +695,9 @@ def _cow_after_fork(b: Backend, target: Target) -> list[str]:
         after = [child.checksum(r, page) for r, page in s.pages()]
         for (r, page), x, y in zip(s.pages(), before, after, strict=True):
             if x is not None and x != y:
-                problems.append(f"{text}:{s.where(r, page)} the parent's store changed the child's page "
-                                "(copy-on-write broken)")
+                problems.append(
+                    f"{text}:{s.where(r, page)} the parent's store changed the child's page (copy-on-write broken)"
+                )
     finally:
         child.close()
     return problems
@@ -679,13 +742,15 @@ def check_5(b: Backend, target: Target) -> list[str]:
                 before = _views(b, s, destructive=False)
                 _wp(b, s, True)
                 _wp(b, s, False, dontwake=dontwake)
-                text = (f"{target.label} {case.name}, un-protect without hints"
-                        f"{' + DONTWAKE' if dontwake else ''}, ACCESS_HINTS {'' if negotiated else 'not '}negotiated")
+                text = (
+                    f"{target.label} {case.name}, un-protect without hints"
+                    f"{' + DONTWAKE' if dontwake else ''}, ACCESS_HINTS {'' if negotiated else 'not '}negotiated"
+                )
                 want = {"young": not case.old, "dirty": not case.clean}
                 problems += _expect(text + " (before)", s, before, **want)
                 problems += _expect(text, s, _views(b, s), present=True, uffd_wp=False, **want)
                 problems += _still_pmd_mapped(b, s, text)
-                problems += _probe_writability(b, s, case, text)[1]     # which pages: the base's rule
+                problems += _probe_writability(b, s, case, text)[1]  # which pages: the base's rule
         b.reopen()
     return problems
 
@@ -718,8 +783,12 @@ def check_7(b: Backend, target: Target) -> list[str]:
     the empty ones again, so they are left out, and the clause runs on 6.1.
     """
     markers = target.kind.file_backed or b.has_feature(Feature.WP_UNPOPULATED)
-    _open(b, (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED) if b.has_feature(Feature.WP_UNPOPULATED)
-          else (Feature.ACCESS_HINTS,))
+    _open(
+        b,
+        (Feature.ACCESS_HINTS, Feature.WP_UNPOPULATED)
+        if b.has_feature(Feature.WP_UNPOPULATED)
+        else (Feature.ACCESS_HINTS,),
+    )
     problems = []
     starts: list[tuple[str, tuple[str, ...]]] = [("empty", ())]
     if markers:
@@ -729,7 +798,8 @@ def check_7(b: Backend, target: Target) -> list[str]:
         if markers:
             starts.append(("uffd-wp markers beside protected pages", ("write_alternate", "protect")))
     if target.kind is MemoryKind.ANON and b.swap and target.shape is not Shape.THP:
-        starts.append(("swapped", ("write", "pageout")))     # swapping a THP out splits it: not a PMD case
+        starts.append(("swapped", ("write", "pageout")))  # swapping a THP out splits it: not a PMD case
+
     def run(name: str, setup: tuple, access: bool, write: bool):
         s = _make(b, target, (), name)
         for op in setup:
@@ -739,7 +809,7 @@ def check_7(b: Backend, target: Target) -> list[str]:
         return s, b.observe_pages(s.pages(), b.channels()[0]), mapping
 
     for name, setup in starts:
-        s, plain, plain_map = run(name, setup, False, False)      # the baseline: no hints
+        s, plain, plain_map = run(name, setup, False, False)  # the baseline: no hints
         for label, access, write in HINTS:
             _, hinted_states, hinted_map = run(name, setup, access, write)
             text = f"{target.label} {name}, un-protect {label}"
@@ -748,14 +818,18 @@ def check_7(b: Backend, target: Target) -> list[str]:
                     problems.append(f"{text}:{s.where(r, page)} the page was populated")
                 for field in ("present", "swapped", "uffd_wp"):
                     if getattr(p, field) != getattr(h, field):
-                        problems.append(f"{text}:{s.where(r, page)} {field} is {getattr(h, field)}, "
-                                        f"without hints {getattr(p, field)}")
-            if target.shape is Shape.THP:              # every base page of the PMD range, not only the first
+                        problems.append(
+                            f"{text}:{s.where(r, page)} {field} is {getattr(h, field)}, "
+                            f"without hints {getattr(p, field)}"
+                        )
+            if target.shape is Shape.THP:  # every base page of the PMD range, not only the first
                 if hinted_map.populated:
                     problems.append(f"{text}: the PMD range was populated: {hinted_map}")
                 if (plain_map.present, plain_map.uffd_wp) != (hinted_map.present, hinted_map.uffd_wp):
-                    problems.append(f"{text}: {hinted_map.present} present and {hinted_map.uffd_wp} uffd-wp base "
-                                    f"pages, without hints {plain_map.present} and {plain_map.uffd_wp}")
+                    problems.append(
+                        f"{text}: {hinted_map.present} present and {hinted_map.uffd_wp} uffd-wp base "
+                        f"pages, without hints {plain_map.present} and {plain_map.uffd_wp}"
+                    )
     return _dedupe(problems)
 
 
@@ -771,14 +845,14 @@ def check_8(b: Backend, target: Target) -> list[str]:
         _wp(b, s, True)
         _wp(b, s, False, access_likely=access, write_likely=write)
         text = f"{target.label} clean, soft-dirty tracking armed, un-protect {label}"
-        problems += _expect(text, s, _views(b, s), present=True, dirty=False, soft_dirty=False,
-                            writable=writable)
+        problems += _expect(text, s, _views(b, s), present=True, dirty=False, soft_dirty=False, writable=writable)
         problems += _still_pmd_mapped(b, s, text)
         problems += _write_probe(b, s, text, writable=writable)
     return problems
 
 
 # -- the table --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Clause:
@@ -801,45 +875,96 @@ class Clause:
             if shape in (Shape.THP, Shape.THP_PART):
                 out.append(Target(MemoryKind.ANON, shape))
             else:
-                out += [Target(kind, shape) for kind in self.kinds
-                        if shape is not Shape.SPAN or kind in SPAN_KINDS]
+                out += [Target(kind, shape) for kind in self.kinds if shape is not Shape.SPAN or kind in SPAN_KINDS]
         return [t for t in out if kernel_only or not t.kernel_only]
 
 
 _ALL_SHAPES = (Shape.PAGE, Shape.SPAN, Shape.THP)
 _HINTS = (Feature.ACCESS_HINTS,)
 
-CONTRACT: dict[int, Clause] = {c.number: c for c in (
-    Clause(1, "hint bits without UFFD_FEATURE_ACCESS_HINTS negotiated are rejected with EINVAL",
-           check_1, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES),
-    Clause(2, "un-protect with ACCESS_LIKELY: every present PTE it resolves is young",
-           check_2, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
-    Clause(3, "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
-           check_3, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,), _HINTS),
-    Clause(4, "hints never dirty a clean page-cache (shmem / file) PTE, nor make it writable where an "
-              "un-protect without hints does not",
-           check_4, SHARED_KINDS, (Shape.PAGE, Shape.SPAN), _HINTS),
-    Clause(5, "un-protect without hints leaves young and dirty as they were",
-           check_5, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES + (Shape.THP_PART,)),
-    Clause(6, "hints together with MODE_WP are rejected with EINVAL",
-           check_6, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES, _HINTS),
-    Clause(7, "hints populate nothing: empty PTEs and uffd-wp markers stay",
-           check_7, BASE_KINDS + HUGETLB_KINDS, _ALL_SHAPES, _HINTS),
-    Clause(8, "where soft-dirty tracking needs the write fault, hints neither make the PTE writable nor "
-              "dirty it",
-           check_8, BASE_KINDS, _ALL_SHAPES, (Feature.ACCESS_HINTS, SOFT_DIRTY)),
-)}
+CONTRACT: dict[int, Clause] = {
+    c.number: c
+    for c in (
+        Clause(
+            1,
+            "hint bits without UFFD_FEATURE_ACCESS_HINTS negotiated are rejected with EINVAL",
+            check_1,
+            BASE_KINDS + HUGETLB_KINDS,
+            _ALL_SHAPES,
+        ),
+        Clause(
+            2,
+            "un-protect with ACCESS_LIKELY: every present PTE it resolves is young",
+            check_2,
+            BASE_KINDS + HUGETLB_KINDS,
+            _ALL_SHAPES + (Shape.THP_PART,),
+            _HINTS,
+        ),
+        Clause(
+            3,
+            "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
+            check_3,
+            BASE_KINDS + HUGETLB_KINDS,
+            _ALL_SHAPES + (Shape.THP_PART,),
+            _HINTS,
+        ),
+        Clause(
+            4,
+            "hints never dirty a clean page-cache (shmem / file) PTE, nor make it writable where an "
+            "un-protect without hints does not",
+            check_4,
+            SHARED_KINDS,
+            (Shape.PAGE, Shape.SPAN),
+            _HINTS,
+        ),
+        Clause(
+            5,
+            "un-protect without hints leaves young and dirty as they were",
+            check_5,
+            BASE_KINDS + HUGETLB_KINDS,
+            _ALL_SHAPES + (Shape.THP_PART,),
+        ),
+        Clause(
+            6,
+            "hints together with MODE_WP are rejected with EINVAL",
+            check_6,
+            BASE_KINDS + HUGETLB_KINDS,
+            _ALL_SHAPES,
+            _HINTS,
+        ),
+        Clause(
+            7,
+            "hints populate nothing: empty PTEs and uffd-wp markers stay",
+            check_7,
+            BASE_KINDS + HUGETLB_KINDS,
+            _ALL_SHAPES,
+            _HINTS,
+        ),
+        Clause(
+            8,
+            "where soft-dirty tracking needs the write fault, hints neither make the PTE writable nor dirty it",
+            check_8,
+            BASE_KINDS,
+            _ALL_SHAPES,
+            (Feature.ACCESS_HINTS, SOFT_DIRTY),
+        ),
+    )
+}
 
 
 def markdown_table() -> str:
     """The contract as the README shows it (a test keeps the README's copy equal to this)."""
     names = {Shape.PAGE: "page", Shape.SPAN: "span", Shape.THP: "anon THP", Shape.THP_PART: "part of an anon THP"}
-    lines = ["| clause | what the suite checks (BRIEF 2.2) | memory | shapes | needs |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| clause | what the suite checks (BRIEF 2.2) | memory | shapes | needs |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for n, c in sorted(CONTRACT.items()):
         needs = ", ".join(f"`{f.name}`" if isinstance(f, Feature) else f for f in c.needs) or "-"
-        lines.append(f"| {n} | {c.text} | {', '.join(k.value for k in c.kinds)} | "
-                     f"{', '.join(names[s] for s in c.shapes)} | {needs} |")
+        lines.append(
+            f"| {n} | {c.text} | {', '.join(k.value for k in c.kinds)} | "
+            f"{', '.join(names[s] for s in c.shapes)} | {needs} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -857,9 +982,11 @@ def _errname(code: Optional[int]) -> str:
 
 # -- the older call style, kept for the tests of the checks themselves -------------------
 
+
 def _by_kind(n: int) -> Callable[..., list[str]]:
     def check(b: Backend, kind: MemoryKind, thp: bool = False, shape: Shape = Shape.PAGE) -> list[str]:
         return CONTRACT[n].check(b, Target(kind, Shape.THP if thp else shape))
+
     check.__name__ = f"clause_{n}"
     check.__doc__ = CONTRACT[n].check.__doc__
     return check
@@ -875,8 +1002,9 @@ KERNEL_ONLY_CLAUSES = tuple(n for n, c in CONTRACT.items() if any(t.kernel_only 
 CLAUSE_KINDS = {n: c.kinds for n, c in CONTRACT.items()}
 
 
-def run_clause(n: int, make_backend: Callable[[], Backend], shapes: tuple = (Shape.PAGE, Shape.SPAN)) \
-        -> dict[str, list[str]]:
+def run_clause(
+    n: int, make_backend: Callable[[], Backend], shapes: tuple = (Shape.PAGE, Shape.SPAN)
+) -> dict[str, list[str]]:
     """Run clause ``n`` on each of its targets of ``shapes``, each on a fresh backend; {target label: violations}."""
     out = {}
     for target in CONTRACT[n].targets(kernel_only=False):

@@ -22,6 +22,7 @@ after an access that may have used a TLB entry cached before young was
 cleared without a flush (clear_refs 1, idle marking) is not compared: the
 simulator reports it in ``Step.uncertain`` (found on the TCG guest).
 """
+
 from __future__ import annotations
 
 import errno
@@ -40,9 +41,9 @@ FIELDS = ("present", "swapped", "uffd_wp", "young", "dirty", "exclusive", "file_
 
 @dataclass(frozen=True)
 class Setup:
-    kinds: tuple                     # MemoryKind value per region ("anon", "shmem", "shmem-private", "file")
-    register: tuple                  # "wp", "missing+wp", "minor+wp" or "minor" per region
-    features: tuple = ()             # Feature names to negotiate
+    kinds: tuple  # MemoryKind value per region ("anon", "shmem", "shmem-private", "file")
+    register: tuple  # "wp", "missing+wp", "minor+wp" or "minor" per region
+    features: tuple = ()  # Feature names to negotiate
 
     def modes(self) -> list[RegisterMode]:
         names = {"wp": RegisterMode.WP, "missing": RegisterMode.MISSING, "minor": RegisterMode.MINOR}
@@ -60,14 +61,17 @@ class Step:
     op: tuple
     result: object
     events: tuple
-    states: tuple                    # one dict of FIELDS per region
+    states: tuple  # one dict of FIELDS per region
     #: per region, the fields the simulator cannot predict (young through a stale TLB entry)
     uncertain: tuple = ()
 
     def describe(self) -> str:
-        states = "; ".join(f"r{i}: " + _bits(s) + ("?" + ",".join(sorted(self.uncertain[i]))
-                                                     if i < len(self.uncertain) and self.uncertain[i] else "")
-                           for i, s in enumerate(self.states))
+        states = "; ".join(
+            f"r{i}: "
+            + _bits(s)
+            + ("?" + ",".join(sorted(self.uncertain[i])) if i < len(self.uncertain) and self.uncertain[i] else "")
+            for i, s in enumerate(self.states)
+        )
         events = " ".join(str(e) for e in self.events) or "-"
         return f"result={_result_name(self.result)} events={events} {states}"
 
@@ -83,12 +87,14 @@ class Disagreement(Exception):
     details: list = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (f"kernel and simulator ({self.profile}) disagree after step {self.index} {self.ops[self.index]!r}:\n"
-                f"  kernel: {self.kernel.describe()}\n  sim:    {self.sim.describe()}\n"
-                f"  differences: {', '.join(self.details)}\n\nreproducer:\n{self.reproducer()}")
+        return (
+            f"kernel and simulator ({self.profile}) disagree after step {self.index} {self.ops[self.index]!r}:\n"
+            f"  kernel: {self.kernel.describe()}\n  sim:    {self.sim.describe()}\n"
+            f"  differences: {', '.join(self.details)}\n\nreproducer:\n{self.reproducer()}"
+        )
 
     def reproducer(self) -> str:
-        ops = ",\n        ".join(repr(op) for op in self.ops[:self.index + 1])
+        ops = ",\n        ".join(repr(op) for op in self.ops[: self.index + 1])
         return (
             "def test_differential_reproducer():\n"
             "    from harness.backends.differential import Setup, assert_agree\n"
@@ -96,12 +102,21 @@ class Disagreement(Exception):
             "    ops = [\n"
             f"        {ops},\n"
             "    ]\n"
-            "    assert_agree(setup, ops)\n")
+            "    assert_agree(setup, ops)\n"
+        )
 
 
 def _bits(state: dict) -> str:
-    letters = {"present": "P", "swapped": "S", "uffd_wp": "U", "young": "Y", "dirty": "D",
-               "exclusive": "X", "file_shared": "F", "soft_dirty": "s"}
+    letters = {
+        "present": "P",
+        "swapped": "S",
+        "uffd_wp": "U",
+        "young": "Y",
+        "dirty": "D",
+        "exclusive": "X",
+        "file_shared": "F",
+        "soft_dirty": "s",
+    }
     return "".join(letters[k] if v else "." for k, v in state.items())
 
 
@@ -128,7 +143,7 @@ def apply(b: Backend, regions: list[RegionRef], op: tuple):
             return ("signal", sig) if sig else 0
         if len(op) > 1 and name != "clear_refs":
             r = regions[op[1]]
-        elif name not in ("fork", "clear_refs"):     # the two operations that name no region
+        elif name not in ("fork", "clear_refs"):  # the two operations that name no region
             raise ValueError(f"operation {op!r} names no region")
         if name == "protect":
             b.protect(r)
@@ -180,8 +195,9 @@ def run(b: Backend, setup: Setup, ops: list, soft_dirty: bool) -> list[Step]:
     return steps
 
 
-def compare(setup: Setup, ops: list, kernel_steps: list[Step], sim_steps: list[Step],
-            profile: str) -> Optional[Disagreement]:
+def compare(
+    setup: Setup, ops: list, kernel_steps: list[Step], sim_steps: list[Step], profile: str
+) -> Optional[Disagreement]:
     for i, (k, s) in enumerate(zip(kernel_steps, sim_steps, strict=False)):
         details = []
         if k.result != s.result:
@@ -203,12 +219,14 @@ def sim_for_kernel():
     from harness.backends.kernel import kernel_soft_dirty, kernel_swap, offered_features
     from harness.backends.sim import SimBackend
     from harness.sim import profiles
+
     profile = profiles.for_kernel(Feature.ACCESS_HINTS in offered_features())
     return SimBackend(profile, soft_dirty=kernel_soft_dirty(), swap=kernel_swap())
 
 
 def run_both(setup: Setup, ops: list) -> Optional[Disagreement]:
     from harness.backends.kernel import KernelBackend, kernel_soft_dirty
+
     soft_dirty = kernel_soft_dirty()
     sb = sim_for_kernel()
     # per-CPU LRU batches (lru_add_drain() drains only the local CPU's) would otherwise make reclaim

@@ -4,6 +4,7 @@ Faults are served by a :class:`~harness.events.FaultHandler` thread with the
 policy of :mod:`harness.backends.base` (WP: un-protect the page; MISSING:
 UFFDIO_COPY; MINOR: UFFDIO_CONTINUE), so an access never blocks for long.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 def offered_features() -> frozenset:
     """What this kernel's UFFDIO_API offers (empty when userfaultfd cannot be opened)."""
     from harness.uffd import probe_features
+
     try:
         return probe_features().offered
     except OSError:
@@ -78,8 +80,9 @@ class KernelBackend(Backend):
 
     def api(self, features: Iterable[Feature] = ()) -> frozenset:
         from harness.uffd import open_any
+
         if self._uffd is not None:
-            return self._uffd.api(features).offered   # a second UFFDIO_API: the kernel's EINVAL
+            return self._uffd.api(features).offered  # a second UFFDIO_API: the kernel's EINVAL
         self._uffd = open_any(features=None)
         info = self._uffd.api(features)
         self._handler = FaultHandler(self._uffd, self._resolve, poll_interval=0.02).start()
@@ -108,8 +111,14 @@ class KernelBackend(Backend):
             self.api(())
         return self._uffd
 
-    def create(self, kind: MemoryKind = MemoryKind.ANON, npages: int = 1,
-               register: Optional[RegisterMode] = RegisterMode.WP, *, thp: bool = False) -> RegionRef:
+    def create(
+        self,
+        kind: MemoryKind = MemoryKind.ANON,
+        npages: int = 1,
+        register: Optional[RegisterMode] = RegisterMode.WP,
+        *,
+        thp: bool = False,
+    ) -> RegionRef:
         region = Region.create(kind, npages, thp=thp)
         self._regions.append(region)
         ref = RegionRef(len(self._regions) - 1, kind, npages, register, thp)
@@ -117,8 +126,13 @@ class KernelBackend(Backend):
             self._need_uffd().register(region.addr, region.length, register)
         return ref
 
-    def create_adjacent(self, kind: MemoryKind, pages: tuple[int, ...], boundary_page: int,
-                        register: Optional[RegisterMode] = RegisterMode.WP) -> list[RegionRef]:
+    def create_adjacent(
+        self,
+        kind: MemoryKind,
+        pages: tuple[int, ...],
+        boundary_page: int,
+        register: Optional[RegisterMode] = RegisterMode.WP,
+    ) -> list[RegionRef]:
         group = AdjacentRegions(kind, pages, boundary_page)
         self._adjacent.append(group)
         refs = []
@@ -129,12 +143,25 @@ class KernelBackend(Backend):
             self._need_uffd().register(group.addr, group.length, register)
         return refs
 
-    def writeprotect_adjacent(self, refs: list[RegionRef], protect: bool, *, access_likely: bool = False,
-                              write_likely: bool = False, raw_mode: Optional[int] = None) -> None:
+    def writeprotect_adjacent(
+        self,
+        refs: list[RegionRef],
+        protect: bool,
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
         """One ioctl from the first region's start to the last one's end (they are contiguous)."""
         first, last = self._regions[refs[0].index], self._regions[refs[-1].index]
-        self._need_uffd().writeprotect(first.addr, last.end - first.addr, protect, access_likely=access_likely,
-                                       write_likely=write_likely, raw_mode=raw_mode)
+        self._need_uffd().writeprotect(
+            first.addr,
+            last.end - first.addr,
+            protect,
+            access_likely=access_likely,
+            write_likely=write_likely,
+            raw_mode=raw_mode,
+        )
 
     def write_faults(self, r: RegionRef, page: int = 0) -> int:
         return self._regions[r.index].write_faults(page)
@@ -146,14 +173,27 @@ class KernelBackend(Backend):
         region = self._regions[r.index]
         return region.length // PAGE_SIZE
 
-    def writeprotect_base(self, r: RegionRef, first: int, count: int, protect: bool, *,
-                          access_likely: bool = False, write_likely: bool = False) -> None:
+    def writeprotect_base(
+        self,
+        r: RegionRef,
+        first: int,
+        count: int,
+        protect: bool,
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+    ) -> None:
         """UFFDIO_WRITEPROTECT over base pages [first, first+count) of a region (part of a THP)."""
         region = self._regions[r.index]
         if not 0 <= first < first + count <= self.base_pages(r):
             raise IndexError(f"base pages [{first}, +{count}) outside {region!r}")
-        self._need_uffd().writeprotect(region.addr + first * PAGE_SIZE, count * PAGE_SIZE, protect,
-                                       access_likely=access_likely, write_likely=write_likely)
+        self._need_uffd().writeprotect(
+            region.addr + first * PAGE_SIZE,
+            count * PAGE_SIZE,
+            protect,
+            access_likely=access_likely,
+            write_likely=write_likely,
+        )
 
     def base_page_states(self, r: RegionRef) -> list[PteState]:
         """pagemap of every base page of a region (present, uffd-wp, ...; young/dirty not filled in)."""
@@ -167,13 +207,17 @@ class KernelBackend(Backend):
         """smaps of the region's VMA in base pages: {"rss", "referenced", "dirty"} (PTE bit or folio flag)."""
         vma = _pte.smaps_vma(self._regions[r.index].addr)
         kb = PAGE_SIZE // 1024
-        return {"rss": vma.get("Rss", 0) // kb, "referenced": vma.get("Referenced", 0) // kb,
-                "dirty": (vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0)) // kb}
+        return {
+            "rss": vma.get("Rss", 0) // kb,
+            "referenced": vma.get("Referenced", 0) // kb,
+            "dirty": (vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0)) // kb,
+        }
 
     def write_faults_base(self, r: RegionRef, page: int) -> int:
         """:meth:`write_faults` for one base page of a region (part of a THP)."""
         region = self._regions[r.index]
         from harness._native import lib
+
         faults = lib.harness_write_faults(region.addr + page * PAGE_SIZE, 0x5A)
         if faults < 0:
             raise OSError(f"getrusage(RUSAGE_THREAD) around a store to {region!r} base page {page}")
@@ -206,12 +250,21 @@ class KernelBackend(Backend):
     def write(self, r: RegionRef, page: int = 0) -> int:
         return self._regions[r.index].probe(page, write=True)
 
-    def writeprotect(self, r: RegionRef, protect: bool, first: int = 0, count: Optional[int] = None, *,
-                     access_likely: bool = False, write_likely: bool = False,
-                     raw_mode: Optional[int] = None) -> None:
+    def writeprotect(
+        self,
+        r: RegionRef,
+        protect: bool,
+        first: int = 0,
+        count: Optional[int] = None,
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
         start, length = self._regions[r.index].span(first, count)
-        self._need_uffd().writeprotect(start, length, protect, access_likely=access_likely,
-                                       write_likely=write_likely, raw_mode=raw_mode)
+        self._need_uffd().writeprotect(
+            start, length, protect, access_likely=access_likely, write_likely=write_likely, raw_mode=raw_mode
+        )
 
     def copy(self, r: RegionRef, page: int = 0, *, wp: bool = False) -> int:
         return self._need_uffd().copy(self._regions[r.index].page_addr(page), _zero_page_addr(), PAGE_SIZE, wp=wp)
@@ -219,11 +272,15 @@ class KernelBackend(Backend):
     def zeropage(self, r: RegionRef, page: int = 0) -> int:
         return self._need_uffd().zeropage(self._regions[r.index].page_addr(page), PAGE_SIZE)
 
-    def move(self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *,
-             allow_src_holes: bool = False) -> int:
-        return self._need_uffd().move(self._regions[dst.index].page_addr(dst_page),
-                                      self._regions[src.index].page_addr(src_page), PAGE_SIZE,
-                                      allow_src_holes=allow_src_holes)
+    def move(
+        self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *, allow_src_holes: bool = False
+    ) -> int:
+        return self._need_uffd().move(
+            self._regions[dst.index].page_addr(dst_page),
+            self._regions[src.index].page_addr(src_page),
+            PAGE_SIZE,
+            allow_src_holes=allow_src_holes,
+        )
 
     def poison(self, r: RegionRef, page: int = 0) -> int:
         return self._need_uffd().poison(self._regions[r.index].page_addr(page), PAGE_SIZE)
@@ -241,7 +298,7 @@ class KernelBackend(Backend):
 
     def fork(self) -> None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)   # fork with the handler thread running
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with the handler thread running
             pid = os.fork()
         if pid == 0:
             os._exit(0)
@@ -282,6 +339,7 @@ class KernelBackend(Backend):
                 if not present or count_kb == 0:  # noqa: B023
                     return False
                 return True if count_kb == rss or region.npages == 1 else None  # noqa: B023
+
             out.append(_pte.pagemap_state(entry, SMAPS, young=verdict(referenced), dirty=verdict(dirty)))
         return out
 
@@ -338,7 +396,7 @@ class KernelBackend(Backend):
     def events(self) -> list[FaultEvent]:
         if self._handler is None:
             return []
-        new = self._handler.events[self._seen:]
+        new = self._handler.events[self._seen :]
         self._seen += len(new)
         out = []
         for event in new:
@@ -347,13 +405,12 @@ class KernelBackend(Backend):
             for index, region in enumerate(self._regions):
                 if region.addr and region.addr <= event.address < region.end:
                     kind = "minor" if event.minor else "wp" if event.wp else "missing"
-                    out.append(FaultEvent(kind, index, (event.address - region.addr) // region.page_size,
-                                          event.write))
+                    out.append(FaultEvent(kind, index, (event.address - region.addr) // region.page_size, event.write))
                     break
         return out
 
     def close(self) -> None:
-        self.reopen()                       # the handler, the regions and the userfaultfd
+        self.reopen()  # the handler, the regions and the userfaultfd
         restore_affinity(self._affinity)
         self._affinity = None
 
@@ -375,13 +432,14 @@ class _LiveChild(ForkedChild):
         import select  # noqa: F401 - imported before the fork, used by the child too
 
         from harness._native import lib
+
         self._regions = regions
         req_r, self._req_w = os.pipe()
         self._ans_r, ans_w = os.pipe()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)   # fork with the handler thread running
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with the handler thread running
             self.pid = os.fork()
-        if self.pid == 0:                                          # the child
+        if self.pid == 0:  # the child
             try:
                 os.close(self._req_w)
                 os.close(self._ans_r)
@@ -398,6 +456,7 @@ class _LiveChild(ForkedChild):
 
     def checksum(self, r, page: int = 0) -> Optional[int]:
         import select
+
         os.write(self._req_w, self._regions[r.index].page_addr(page).to_bytes(8, "little"))
         ready, _, _ = select.select([self._ans_r], [], [], self.TIMEOUT)
         if not ready:
@@ -417,7 +476,7 @@ class _LiveChild(ForkedChild):
             except OSError:
                 pass
         try:
-            os.waitpid(self.pid, 0)                     # EOF on its pipe ends the child's loop
+            os.waitpid(self.pid, 0)  # EOF on its pipe ends the child's loop
         except ChildProcessError:
             pass
         self.pid = 0
@@ -471,6 +530,7 @@ def _zero_page_addr() -> int:
     """A page of zeros for UFFDIO_COPY to copy from."""
     global _ZERO_SRC
     from harness._native import ffi
+
     if _ZERO_SRC is None:
         _ZERO_SRC = bytearray(2 * PAGE_SIZE)
     addr = int(ffi.cast("uintptr_t", ffi.from_buffer(_ZERO_SRC)))

@@ -4,6 +4,7 @@
 ``writable`` filled in); the other channels give what that /proc file would
 show for it (``source="sim/smaps"``, ...), so a test can compare like with like.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional
@@ -19,8 +20,9 @@ from harness.sim.model import Mm, Vma
 class SimBackend(Backend):
     name = SIMULATOR
 
-    def __init__(self, profile: profiles.Profile | str = profiles.ACCESS_HINTS, *,
-                 soft_dirty: bool = True, swap: bool = True):
+    def __init__(
+        self, profile: profiles.Profile | str = profiles.ACCESS_HINTS, *, soft_dirty: bool = True, swap: bool = True
+    ):
         self._profile = profiles.get(profile) if isinstance(profile, str) else profile
         self.mm = Mm(self._profile, soft_dirty=soft_dirty, swap=swap)
         self.kernel_release = self._profile.release
@@ -47,11 +49,18 @@ class SimBackend(Backend):
     def swap(self) -> bool:
         return self.mm.swap_config
 
-    def create(self, kind: MemoryKind = MemoryKind.ANON, npages: int = 1,
-               register: Optional[RegisterMode] = RegisterMode.WP, *, thp: bool = False) -> RegionRef:
+    def create(
+        self,
+        kind: MemoryKind = MemoryKind.ANON,
+        npages: int = 1,
+        register: Optional[RegisterMode] = RegisterMode.WP,
+        *,
+        thp: bool = False,
+    ) -> RegionRef:
         if thp:
-            raise NotImplementedError("the simulator does not model transparent huge pages: "
-                                      "THP checks run on the kernel backend only")
+            raise NotImplementedError(
+                "the simulator does not model transparent huge pages: THP checks run on the kernel backend only"
+            )
         vma = self.mm.mmap(kind, npages)
         self._vmas.append(vma)
         ref = RegionRef(len(self._vmas) - 1, kind, npages, register)
@@ -74,12 +83,21 @@ class SimBackend(Backend):
     def write(self, r: RegionRef, page: int = 0) -> int:
         return self.mm.access(self._addr(r, page), True)
 
-    def writeprotect(self, r: RegionRef, protect: bool, first: int = 0, count: Optional[int] = None, *,
-                     access_likely: bool = False, write_likely: bool = False,
-                     raw_mode: Optional[int] = None) -> None:
+    def writeprotect(
+        self,
+        r: RegionRef,
+        protect: bool,
+        first: int = 0,
+        count: Optional[int] = None,
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
         start, length = self._span(r, first, count)
-        self.mm.writeprotect(start, length, protect, access_likely=access_likely,
-                             write_likely=write_likely, raw_mode=raw_mode)
+        self.mm.writeprotect(
+            start, length, protect, access_likely=access_likely, write_likely=write_likely, raw_mode=raw_mode
+        )
 
     def copy(self, r: RegionRef, page: int = 0, *, wp: bool = False) -> int:
         return self.mm.copy(self._addr(r, page), PAGE_SIZE, wp=wp)
@@ -87,10 +105,12 @@ class SimBackend(Backend):
     def zeropage(self, r: RegionRef, page: int = 0) -> int:
         return self.mm.zeropage(self._addr(r, page), PAGE_SIZE)
 
-    def move(self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *,
-             allow_src_holes: bool = False) -> int:
-        return self.mm.move(self._addr(dst, dst_page), self._addr(src, src_page), PAGE_SIZE,
-                            allow_src_holes=allow_src_holes)
+    def move(
+        self, dst: RegionRef, dst_page: int, src: RegionRef, src_page: int, *, allow_src_holes: bool = False
+    ) -> int:
+        return self.mm.move(
+            self._addr(dst, dst_page), self._addr(src, src_page), PAGE_SIZE, allow_src_holes=allow_src_holes
+        )
 
     def poison(self, r: RegionRef, page: int = 0) -> int:
         return self.mm.poison(self._addr(r, page), PAGE_SIZE)
@@ -135,7 +155,7 @@ class SimBackend(Backend):
         vma = self._vmas[r.index]
         bits = self.mm.pagemap_bits(vma, page)
         present = bits["present"]
-        pte = vma.ptes[page] if present else None     # pagemap says present only for a PTE that maps a folio
+        pte = vma.ptes[page] if present else None  # pagemap says present only for a PTE that maps a folio
         writable = bool(pte is not None and pte.write)
         if channel == SIM:
             young = bool(pte is not None and pte.young)
@@ -145,7 +165,7 @@ class SimBackend(Backend):
         elif channel == IDLE_PAGE:
             young = bool(present and not self.mm.read_idle(vma, page))
             folio = pte.folio if pte is not None else None
-            dirty = bool(folio is not None and folio.dirty)     # kpageflags' PG_dirty
+            dirty = bool(folio is not None and folio.dirty)  # kpageflags' PG_dirty
         elif channel == KPAGEFLAGS:
             folio = pte.folio if pte is not None else None
             young = bool(folio is not None and folio.referenced)
@@ -153,9 +173,19 @@ class SimBackend(Backend):
         else:
             raise ValueError(f"unknown channel {channel!r}")
         source = SIM if channel == SIM else f"{SIM}/{channel}"
-        return PteState(present=present, swapped=bits["swapped"], file_shared=bits["file_shared"],
-                        uffd_wp=bits["uffd_wp"], exclusive=bits["exclusive"], soft_dirty=bits["soft_dirty"],
-                        pfn=None, young=young, dirty=dirty, source=source, writable=writable)
+        return PteState(
+            present=present,
+            swapped=bits["swapped"],
+            file_shared=bits["file_shared"],
+            uffd_wp=bits["uffd_wp"],
+            exclusive=bits["exclusive"],
+            soft_dirty=bits["soft_dirty"],
+            pfn=None,
+            young=young,
+            dirty=dirty,
+            source=source,
+            writable=writable,
+        )
 
     def uncertain_fields(self, r: RegionRef, page: int = 0) -> frozenset:
         """Fields of the smaps view the model cannot predict: ``young`` after an access that may
@@ -170,7 +200,7 @@ class SimBackend(Backend):
         self.mm.mark_idle(self._vmas[r.index], page)
 
     def events(self) -> list[FaultEvent]:
-        new = self.mm.events[self._seen:]
+        new = self.mm.events[self._seen :]
         self._seen = len(self.mm.events)
         out = []
         for kind, addr, write in new:

@@ -8,6 +8,7 @@ sequences for ``uffd-harness sim run``; ``projection`` prices them with and
 without hints from a host calibration (what a TCG validation reports instead
 of timing verdicts); ``bench`` measures the simulator's speed.
 """
+
 from harness.sim.model import Folio, Mm, Pte, Vma
 from harness.sim.profiles import PROFILES, Profile
 from harness.sim.profiles import get as get_profile

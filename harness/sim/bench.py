@@ -5,6 +5,7 @@ PTE of a ranged ioctl / madvise / mprotect / clear_refs.  The workload mixes
 them the way the contract and differential tests do.  Run it with
 ``uffd-harness sim bench`` or ``python -m harness.sim.bench``.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,7 +47,7 @@ def one_round(mm: Mm) -> None:
 
 def measure(profile: str = "access-hints", npages: int = 512, seconds: float = 1.0) -> dict:
     """Run rounds for about ``seconds``; returns page ops, seconds and ops per second."""
-    if not 0 < seconds < float("inf"):     # NaN fails too: the loop below would never end
+    if not 0 < seconds < float("inf"):  # NaN fails too: the loop below would never end
         raise ValueError(f"sim bench: seconds must be a finite number above 0, not {seconds}")
     warm = Mm(profile)
     setup(warm, 16)
@@ -62,16 +63,25 @@ def measure(profile: str = "access-hints", npages: int = 512, seconds: float = 1
         if elapsed >= seconds:
             break
     ops = mm.stats["page_ops"]
-    return {"profile": profile, "npages": npages, "rounds": rounds, "page_ops": ops,
-            "seconds": round(elapsed, 3), "ops_per_second": round(ops / elapsed),
-            "target": TARGET_OPS_PER_SECOND, "meets_target": ops / elapsed >= TARGET_OPS_PER_SECOND}
+    return {
+        "profile": profile,
+        "npages": npages,
+        "rounds": rounds,
+        "page_ops": ops,
+        "seconds": round(elapsed, 3),
+        "ops_per_second": round(ops / elapsed),
+        "target": TARGET_OPS_PER_SECOND,
+        "meets_target": ops / elapsed >= TARGET_OPS_PER_SECOND,
+    }
 
 
 def main() -> int:
     result = measure()
-    print(f"simulator: {result['page_ops']} page operations in {result['seconds']} s = "
-          f"{result['ops_per_second']:,} ops/s on one core (target {TARGET_OPS_PER_SECOND:,}: "
-          f"{'met' if result['meets_target'] else 'NOT met'})")
+    print(
+        f"simulator: {result['page_ops']} page operations in {result['seconds']} s = "
+        f"{result['ops_per_second']:,} ops/s on one core (target {TARGET_OPS_PER_SECOND:,}: "
+        f"{'met' if result['meets_target'] else 'NOT met'})"
+    )
     return 0 if result["meets_target"] else 1
 
 

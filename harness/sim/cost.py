@@ -25,6 +25,7 @@ derived values.  Missing figures keep the defaults, which come from BRIEF 4
 (host, AMD EPYC, virtualised: young+dirty 52, old read 156, old+clean write 130
 cycles) and, for faults, are rough assumptions (``assumed`` lists them).
 """
+
 from __future__ import annotations
 
 import os
@@ -98,6 +99,7 @@ class CostModel:
 
         def diff(a: str, b: str) -> float:
             return max(0.0, term(a, +1) - term(b, -1))
+
         values: dict = {}
         if have("first_touch.young_dirty.read.warm_tlb"):
             # a net figure below zero is a cheap access under the timer's noise (the empty section varies): zero
@@ -116,9 +118,14 @@ class CostModel:
             if key in _FIELDS:
                 values[key] = float(value)
         assumed = tuple(f for f in cls.assumed if f not in values)
-        return replace(cls(), **{k: float(v) for k, v in values.items()}, source=source, assumed=assumed,
-                       models_hardware_assists=bool(doc.get("models_hardware_assists", True)),
-                       tsc_hz=doc.get("tsc_hz"))
+        return replace(
+            cls(),
+            **{k: float(v) for k, v in values.items()},
+            source=source,
+            assumed=assumed,
+            models_hardware_assists=bool(doc.get("models_hardware_assists", True)),
+            tsc_hz=doc.get("tsc_hz"),
+        )
 
     def hardware_access(self, young: bool, dirty: bool, write: bool, cold_tlb: bool = True) -> dict:
         """The cost of an access the hardware completes, by component."""
@@ -135,8 +142,12 @@ class CostModel:
         """Do the access on a simulator :class:`~harness.sim.model.Mm` and price the path it took."""
         vma = mm.find_vma(addr)
         pte = vma.ptes[(addr - vma.start) // PAGE_SIZE] if vma else None
-        before = (pte is not None and pte.folio is not None, bool(pte and pte.young), bool(pte and pte.dirty),
-                  bool(pte and pte.write))
+        before = (
+            pte is not None and pte.folio is not None,
+            bool(pte and pte.young),
+            bool(pte and pte.dirty),
+            bool(pte and pte.write),
+        )
         faults0, events0 = mm.stats["faults"], len(mm.events)
         signal = mm.access(addr, write)
         faults, events = mm.stats["faults"] - faults0, len(mm.events) - events0

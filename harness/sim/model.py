@@ -27,6 +27,7 @@ x86 facts the model relies on: ``vm_page_prot`` includes ``_PAGE_ACCESSED``
 (new PTEs are young); ``pte_mkdirty()`` sets ``_PAGE_SOFT_DIRTY`` too, the
 hardware dirty bit does not; ``pte_mkuffd_wp()`` also write-protects.
 """
+
 from __future__ import annotations
 
 import errno
@@ -59,8 +60,23 @@ class ShmemFile:
 
 
 class Vma:
-    __slots__ = ("start", "npages", "kind", "shared", "anon", "file", "vm_read", "vm_write",
-                 "uffd_missing", "uffd_wp", "uffd_minor", "vm_softdirty", "ptes", "has_anon_vma", "name")
+    __slots__ = (
+        "start",
+        "npages",
+        "kind",
+        "shared",
+        "anon",
+        "file",
+        "vm_read",
+        "vm_write",
+        "uffd_missing",
+        "uffd_wp",
+        "uffd_minor",
+        "vm_softdirty",
+        "ptes",
+        "has_anon_vma",
+        "name",
+    )
 
     def __init__(self, start: int, npages: int, kind: MemoryKind, name: str = ""):
         if kind.hugetlb:
@@ -75,7 +91,7 @@ class Vma:
         self.vm_read = True
         self.vm_write = True
         self.uffd_missing = self.uffd_wp = self.uffd_minor = False
-        self.vm_softdirty = True          # new VMAs start with VM_SOFTDIRTY (tracking not armed)
+        self.vm_softdirty = True  # new VMAs start with VM_SOFTDIRTY (tracking not armed)
         self.ptes: list[Optional[Pte]] = [None] * npages
         self.has_anon_vma = False
         self.name = name
@@ -111,8 +127,14 @@ class Mm:
 
     _NEXT_BASE = 0x7F00_0000_0000
 
-    def __init__(self, profile: Profile | str = _profiles.STOCK, *, soft_dirty: bool = True,
-                 swap: bool = True, handler: Optional[Callable] = None):
+    def __init__(
+        self,
+        profile: Profile | str = _profiles.STOCK,
+        *,
+        soft_dirty: bool = True,
+        swap: bool = True,
+        handler: Optional[Callable] = None,
+    ):
         self.profile = _profiles.get(profile) if isinstance(profile, str) else profile
         self.soft_dirty_config = soft_dirty
         self.swap_config = swap
@@ -199,14 +221,14 @@ class Mm:
         """can_change_pte_writable() (mm/mprotect.c)."""
         if not vma.vm_write:
             return False
-        if not vma.vm_read:          # pte_protnone()
+        if not vma.vm_read:  # pte_protnone()
             return False
         if self.pte_needs_soft_dirty_wp(vma, pte):
             return False
-        if vma.uffd_wp and pte.uffd_wp:      # userfaultfd_pte_wp()
+        if vma.uffd_wp and pte.uffd_wp:  # userfaultfd_pte_wp()
             return False
         if self.profile.upgrade_needs_dirty and not pte.dirty:
-            return False                     # 6.1: "if (pte_protnone(pte) || !pte_dirty(pte)) return false"
+            return False  # 6.1: "if (pte_protnone(pte) || !pte_dirty(pte)) return false"
         if not vma.shared:
             folio = pte.folio
             return folio is not None and folio.anon and not folio.zero and folio.anon_exclusive
@@ -219,7 +241,7 @@ class Mm:
         pte = Pte(folio, write=self.page_prot_write(vma), young=True)
         if write_fault:
             pte_mkdirty(pte)
-            pte.write = vma.vm_write           # maybe_mkwrite()
+            pte.write = vma.vm_write  # maybe_mkwrite()
         if uffd_wp:
             pte_mkuffd_wp(pte)
         folio.mapcount += 1
@@ -236,7 +258,7 @@ class Mm:
         # the hardware and then handle_mm_fault(), retried until the access completes
         for _ in range(_RETRY_LIMIT):
             if not vma.vm_read or (write and not vma.vm_write):
-                return signal.SIGSEGV        # access_error() in arch/x86/mm/fault.c
+                return signal.SIGSEGV  # access_error() in arch/x86/mm/fault.c
             pte = vma.ptes[i]
             if pte is not None and pte.folio is not None:
                 if not write or pte.write:
@@ -272,18 +294,18 @@ class Mm:
         """do_wp_page(): a write to a present, read-only PTE."""
         if vma.uffd_wp and pte.uffd_wp:
             if Feature.WP_ASYNC in self.features:
-                pte.uffd_wp = False          # the async mode resolves it in place
+                pte.uffd_wp = False  # the async mode resolves it in place
             else:
                 self._deliver(vma, i, WP, True)
                 return 0
         folio = pte.folio
         assert folio is not None, "do_wp_page() is called for a present PTE only"
         if vma.shared:
-            self.wp_page_reuse(vma, pte)     # wp_page_shared(): shmem has no page_mkwrite
-            folio.dirty = True               # fault_dirty_shared_page()
+            self.wp_page_reuse(vma, pte)  # wp_page_shared(): shmem has no page_mkwrite
+            folio.dirty = True  # fault_dirty_shared_page()
             return 0
         if folio.anon and not folio.zero and (folio.anon_exclusive or folio.mapcount == 1):
-            folio.anon_exclusive = True      # wp_can_reuse_anon_folio()
+            folio.anon_exclusive = True  # wp_can_reuse_anon_folio()
             self.wp_page_reuse(vma, pte)
             return 0
         self.wp_page_copy(vma, i, pte)
@@ -308,10 +330,10 @@ class Mm:
     def do_pte_missing(self, vma: Vma, i: int, pte: Optional[Pte], write: bool) -> int:
         """do_pte_missing() via handle_pte_marker() for a uffd-wp marker."""
         if pte is not None and pte.poison:
-            return signal.SIGBUS             # handle_pte_marker(): PTE_MARKER_POISONED
+            return signal.SIGBUS  # handle_pte_marker(): PTE_MARKER_POISONED
         marker_wp = pte is not None and pte.marker
         if marker_wp and not vma.uffd_wp:
-            vma.ptes[i] = None               # pte_marker_clear(): a leftover marker
+            vma.ptes[i] = None  # pte_marker_clear(): a leftover marker
             return 0
         if vma.anon:
             return self.do_anonymous_page(vma, i, write, marker_wp)
@@ -335,7 +357,7 @@ class Mm:
                 pte_mkdirty(pte)
                 pte.write = True
             folio.mapcount = 1
-        if orig_uffd_wp:                     # vmf_orig_pte_uffd_wp()
+        if orig_uffd_wp:  # vmf_orig_pte_uffd_wp()
             pte_mkuffd_wp(pte)
         vma.ptes[i] = pte
         return 0
@@ -345,13 +367,13 @@ class Mm:
         cache = vma.page_cache
         folio = cache.get(i)
         if folio is not None and folio.swapped:
-            folio.swapped = False            # shmem_swapin_folio(): back in memory, dirty
+            folio.swapped = False  # shmem_swapin_folio(): back in memory, dirty
             folio.dirty = True
         if folio is None:
             if vma.uffd_missing:
                 self._deliver(vma, i, MISSING, write)
                 return None
-            folio = Folio(anon=False)        # a new clean, zeroed page
+            folio = Folio(anon=False)  # a new clean, zeroed page
             cache[i] = folio
         elif vma.uffd_minor:
             self._deliver(vma, i, MINOR, write)
@@ -366,12 +388,12 @@ class Mm:
         if not write:
             vma.ptes[i] = self._new_pte(vma, folio, write_fault=False, uffd_wp=orig_uffd_wp)
             return 0
-        if not vma.shared:                   # do_cow_fault(): copy into a new anonymous page
+        if not vma.shared:  # do_cow_fault(): copy into a new anonymous page
             vma.has_anon_vma = True
             vma.ptes[i] = self._new_pte(vma, Folio(anon=True), write_fault=True, uffd_wp=orig_uffd_wp)
             return 0
         vma.ptes[i] = self._new_pte(vma, folio, write_fault=True, uffd_wp=orig_uffd_wp)
-        folio.dirty = True                   # fault_dirty_shared_page()
+        folio.dirty = True  # fault_dirty_shared_page()
         return 0
 
     def do_swap_page(self, vma: Vma, i: int, pte: Pte, write: bool) -> int:
@@ -433,8 +455,13 @@ class Mm:
     def _validate_range(self, op: str, start: int, length: int) -> None:
         """validate_range(): page-aligned, non-empty."""
         if start % PAGE_SIZE or length % PAGE_SIZE or length <= 0:
-            raise UffdError(op, errno.EINVAL, start, length,
-                            advice=f"start and length must be non-zero multiples of the page size ({PAGE_SIZE})")
+            raise UffdError(
+                op,
+                errno.EINVAL,
+                start,
+                length,
+                advice=f"start and length must be non-zero multiples of the page size ({PAGE_SIZE})",
+            )
 
     def _vmas_in(self, start: int, end: int) -> list[Vma]:
         return [v for v in self.vmas if v.start < end and start < v.end]
@@ -450,7 +477,7 @@ class Mm:
         if covered != length:
             raise UffdError("UFFDIO_REGISTER", errno.EINVAL, start, length, advice="the range has holes")
         for v in vmas:
-            if (v.start < start or v.end > start + length):
+            if v.start < start or v.end > start + length:
                 raise NotImplementedError("the simulator registers whole VMAs only")
             if mode & RegisterMode.MINOR and v.anon:
                 raise UffdError("UFFDIO_REGISTER", errno.EINVAL, start, length, advice="MINOR is not for anon")
@@ -473,14 +500,23 @@ class Mm:
                         pte.uffd_wp = False
             v.uffd_missing = v.uffd_wp = v.uffd_minor = False
 
-    def writeprotect(self, start: int, length: int, protect: bool = True, *, dontwake: bool = False,
-                     access_likely: bool = False, write_likely: bool = False,
-                     raw_mode: Optional[int] = None) -> None:
+    def writeprotect(
+        self,
+        start: int,
+        length: int,
+        protect: bool = True,
+        *,
+        dontwake: bool = False,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
         """userfaultfd_writeprotect() -> mwriteprotect_range() -> uffd_wp_range() -> change_pte_range()."""
         op = "UFFDIO_WRITEPROTECT"
         if raw_mode is None:
-            mode = abi.writeprotect_mode(protect, dontwake=dontwake, access_likely=access_likely,
-                                         write_likely=write_likely)
+            mode = abi.writeprotect_mode(
+                protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely
+            )
         else:
             mode = raw_mode
         self._validate_range(op, start, length)
@@ -498,10 +534,11 @@ class Mm:
         vmas = self._vmas_in(start, end)
         if not vmas:
             raise UffdError(op, errno.ENOENT, start, length, advice="the range is not registered")
-        for vma in vmas:                     # mwriteprotect_range(): every VMA must be uffd-wp
+        for vma in vmas:  # mwriteprotect_range(): every VMA must be uffd-wp
             if not vma.uffd_wp:
-                raise UffdError(op, errno.ENOENT, start, length,
-                                advice="the range is not (fully) registered with this userfaultfd")
+                raise UffdError(
+                    op, errno.ENOENT, start, length, advice="the range is not (fully) registered with this userfaultfd"
+                )
         for vma in vmas:
             first = max(0, (start - vma.start) // PAGE_SIZE)
             last = min(vma.npages, (end - vma.start) // PAGE_SIZE)
@@ -509,8 +546,7 @@ class Mm:
 
     def _uffd_wp_range(self, vma: Vma, first: int, last: int, enable_wp: bool, hints: frozenset) -> None:
         """uffd_wp_range() + change_pte_range() with MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE."""
-        try_writable = (not enable_wp and self.profile.uffd_try_change_writable
-                        and self.wants_manual_write_upgrade(vma))
+        try_writable = not enable_wp and self.profile.uffd_try_change_writable and self.wants_manual_write_upgrade(vma)
         prot_write = self.page_prot_write(vma)
         if self.profile.uffd_newprot_from_vm_flags:
             # 6.1 uffd_wp_range(): vm_get_page_prot(vm_flags [& ~VM_WRITE]); only shared VMAs get the write bit
@@ -526,7 +562,7 @@ class Mm:
                 continue
             if pte.folio is not None:
                 old_write, old_dirty = pte.write, pte.dirty
-                pte.write = prot_write and vma.vm_read      # pte_modify(oldpte, newprot)
+                pte.write = prot_write and vma.vm_read  # pte_modify(oldpte, newprot)
                 if enable_wp:
                     pte_mkuffd_wp(pte)
                 else:
@@ -538,13 +574,13 @@ class Mm:
                     if hints:
                         self._resolve_hook(resolve_hook, pte, vma, hints, made_writable)
                 if pte.write != old_write or (old_dirty and not pte.dirty):
-                    pte.tlb = False                  # pte_needs_flush(): RW changed or D cleared
+                    pte.tlb = False  # pte_needs_flush(): RW changed or D cleared
             elif pte.poison:
-                continue                     # poisoned entries are left alone
+                continue  # poisoned entries are left alone
             elif pte.marker:
                 if not enable_wp:
-                    ptes[i] = None           # drop the marker; the next fault is not trapped
-            else:                            # a swap entry
+                    ptes[i] = None  # drop the marker; the next fault is not trapped
+            else:  # a swap entry
                 pte.uffd_wp = enable_wp
 
     @staticmethod
@@ -565,8 +601,9 @@ class Mm:
         self._validate_range(op, dst, length)
         vma = self.find_vma(dst)
         if vma is None or dst + length > vma.end or not vma.registered:
-            raise UffdError(op, errno.ENOENT, dst, length,
-                            advice="the range is not (fully) registered with this userfaultfd")
+            raise UffdError(
+                op, errno.ENOENT, dst, length, advice="the range is not (fully) registered with this userfaultfd"
+            )
         if wp and not vma.uffd_wp:
             raise UffdError(op, errno.EINVAL, dst, length, advice="MODE_WP needs a WP-registered range")
         return vma
@@ -652,9 +689,8 @@ class Mm:
         first = (dst - vma.start) // PAGE_SIZE
         done = 0
         for i in range(first, first + length // PAGE_SIZE):
-            if vma.ptes[i] is not None:      # refuse to overwrite any PTE, even a uffd-wp marker
-                raise UffdError(op, errno.EEXIST, dst, length, advice="a page is already mapped there",
-                                result=done)
+            if vma.ptes[i] is not None:  # refuse to overwrite any PTE, even a uffd-wp marker
+                raise UffdError(op, errno.EEXIST, dst, length, advice="a page is already mapped there", result=done)
             marker = Pte(None, marker=True, young=False)
             marker.poison = True
             vma.ptes[i] = marker
@@ -678,10 +714,19 @@ class Mm:
         if src + length > src_vma.end or dst + length > dst_vma.end:
             raise UffdError(op, errno.EINVAL, dst, length, advice="the ranges must each lie in one VMA")
         # validate_move_areas(): same access, writable, registered destination, anonymous both
-        if ((src_vma.vm_read, src_vma.vm_write) != (dst_vma.vm_read, dst_vma.vm_write) or not src_vma.vm_write
-                or not dst_vma.registered or not (src_vma.anon and dst_vma.anon)):
-            raise UffdError(op, errno.EINVAL, dst, length,
-                            advice="UFFDIO_MOVE needs two writable anonymous VMAs, the destination registered")
+        if (
+            (src_vma.vm_read, src_vma.vm_write) != (dst_vma.vm_read, dst_vma.vm_write)
+            or not src_vma.vm_write
+            or not dst_vma.registered
+            or not (src_vma.anon and dst_vma.anon)
+        ):
+            raise UffdError(
+                op,
+                errno.EINVAL,
+                dst,
+                length,
+                advice="UFFDIO_MOVE needs two writable anonymous VMAs, the destination registered",
+            )
         done = 0
         for k in range(length // PAGE_SIZE):
             self.stats["page_ops"] += 1
@@ -695,13 +740,13 @@ class Mm:
                 if not allow_src_holes:
                     code = errno.ENOENT
             elif spte.folio is not None and spte.folio.zero:
-                src_vma.ptes[si] = None      # move_zeropage_pte()
+                src_vma.ptes[si] = None  # move_zeropage_pte()
                 dst_vma.ptes[di] = Pte(ZERO_FOLIO, young=True)
             elif spte.folio is not None:
                 folio = spte.folio
                 if not folio.anon or not folio.anon_exclusive:
                     code = errno.EBUSY
-                else:                        # move_present_pte()
+                else:  # move_present_pte()
                     src_vma.ptes[si] = None
                     new = Pte(folio, young=True, write=True, dirty=spte.dirty, soft_dirty=True)
                     dst_vma.ptes[di] = new
@@ -709,11 +754,11 @@ class Mm:
             elif spte.swap is not None:
                 if not spte.exclusive:
                     code = errno.EBUSY
-                else:                        # move_swap_pte()
+                else:  # move_swap_pte()
                     src_vma.ptes[si] = None
                     dst_vma.ptes[di] = Pte(None, swap=spte.swap, soft_dirty=True, exclusive=True, young=False)
             else:
-                code = errno.EFAULT          # a marker: non_swap_entry()
+                code = errno.EFAULT  # a marker: non_swap_entry()
             if code:
                 raise UffdError(op, code, dst, length, advice=errno.errorcode.get(code, ""), result=done)
             done += PAGE_SIZE
@@ -730,8 +775,13 @@ class Mm:
         self.stats["page_ops"] += count
         if advice == "free":
             if not vma.anon:
-                raise MappingError("madvise(MADV_FREE)", errno.EINVAL, vma.start + first * PAGE_SIZE,
-                                   count * PAGE_SIZE, advice="MADV_FREE is for anonymous private memory")
+                raise MappingError(
+                    "madvise(MADV_FREE)",
+                    errno.EINVAL,
+                    vma.start + first * PAGE_SIZE,
+                    count * PAGE_SIZE,
+                    advice="MADV_FREE is for anonymous private memory",
+                )
             for i in range(first, first + count):
                 self._madvise_free_one(vma, i)
         elif advice == "dontneed":
@@ -747,7 +797,7 @@ class Mm:
         """madvise_free_pte_range(): old and clean, folio clean and lazyfree; swap entries dropped."""
         pte = vma.ptes[i]
         if pte is not None and pte.poison:
-            vma.ptes[i] = None               # poisoned entries are cleared
+            vma.ptes[i] = None  # poisoned entries are cleared
             return
         if pte is None or pte.marker:
             return
@@ -763,11 +813,11 @@ class Mm:
                 return
             folio.dirty = False
         if pte.young or pte.dirty:
-            pte.tlb = False                  # clear_young_dirty_ptes() + tlb_remove_tlb_entries()
+            pte.tlb = False  # clear_young_dirty_ptes() + tlb_remove_tlb_entries()
         pte.young = False
         pte.young_unknown = False
         pte.dirty = False
-        folio.referenced = False             # folio_mark_lazyfree() -> lru_lazyfree()
+        folio.referenced = False  # folio_mark_lazyfree() -> lru_lazyfree()
         folio.lazyfree = True
 
     def _zap_one(self, vma: Vma, i: int, drop_markers: bool = False) -> None:
@@ -781,7 +831,7 @@ class Mm:
             folio.mapcount -= 1
             if not folio.anon:
                 if pte.dirty:
-                    folio.dirty = True           # zap_present_folio_ptes(): folio_mark_dirty()
+                    folio.dirty = True  # zap_present_folio_ptes(): folio_mark_dirty()
                 if pte.young:
                     self._mark_accessed(folio)
         vma.ptes[i] = None
@@ -813,9 +863,15 @@ class Mm:
             return
         if folio.anon:
             if not self.swap_config or folio.mapcount != 1:
-                return                       # folio_alloc_swap() fails: the page stays
-            vma.ptes[i] = Pte(None, swap=folio, uffd_wp=pte.uffd_wp, soft_dirty=pte.soft_dirty,
-                              exclusive=folio.anon_exclusive, young=False)
+                return  # folio_alloc_swap() fails: the page stays
+            vma.ptes[i] = Pte(
+                None,
+                swap=folio,
+                uffd_wp=pte.uffd_wp,
+                soft_dirty=pte.soft_dirty,
+                exclusive=folio.anon_exclusive,
+                young=False,
+            )
             folio.mapcount = 0
             folio.swapped = True
             folio.dirty = False
@@ -830,17 +886,18 @@ class Mm:
         if folio.mapcount == 0 and self.swap_config and folio.dirty:
             folio.swapped = True
         elif folio.mapcount == 0 and not folio.dirty:
-            vma.page_cache.pop(i, None)      # a clean shmem page is simply dropped
+            vma.page_cache.pop(i, None)  # a clean shmem page is simply dropped
 
     # -- mprotect (mm/mprotect.c) ----------------------------------------------------------------
 
     def mprotect(self, vma: Vma, prot: int) -> None:
         """mprotect_fixup() -> change_protection(newprot, MM_CP_TRY_CHANGE_WRITABLE if wanted)."""
         from harness.memory import PROT_READ, PROT_WRITE
+
         self.stats["page_ops"] += vma.npages
         vm_read, vm_write = bool(prot & (PROT_READ | PROT_WRITE)), bool(prot & PROT_WRITE)
         if (vm_read, vm_write) == (vma.vm_read, vma.vm_write):
-            return                           # mprotect_fixup(): newflags == oldflags changes nothing, flushes nothing
+            return  # mprotect_fixup(): newflags == oldflags changes nothing, flushes nothing
         vma.vm_read, vma.vm_write = vm_read, vm_write
         try_writable = self.wants_manual_write_upgrade(vma)
         prot_write = self.page_prot_write(vma) and vma.vm_read
@@ -863,8 +920,8 @@ class Mm:
                 self.stats["page_ops"] += vma.npages
                 for pte in vma.ptes:
                     if pte is None or pte.folio is None or pte.folio.zero:
-                        continue             # vm_normal_page() is NULL for the zero page
-                    pte.young = False        # ptep_test_and_clear_young(): no TLB flush
+                        continue  # vm_normal_page() is NULL for the zero page
+                    pte.young = False  # ptep_test_and_clear_young(): no TLB flush
                     pte.young_unknown = False
                     pte.folio.referenced = False
         elif value == abi.CLEAR_REFS_SOFT_DIRTY:
@@ -872,13 +929,13 @@ class Mm:
                 return
             for vma in self.vmas:
                 self.stats["page_ops"] += vma.npages
-                vma.vm_softdirty = False     # vm_flags_clear(VM_SOFTDIRTY); vma_set_page_prot()
+                vma.vm_softdirty = False  # vm_flags_clear(VM_SOFTDIRTY); vma_set_page_prot()
                 for pte in vma.ptes:
                     if pte is None or pte.marker:
                         continue
                     if pte.folio is not None:
-                        pte.write = False    # clear_soft_dirty(): pte_wrprotect(), pte_clear_soft_dirty()
-                        pte.tlb = False      # flush_tlb_mm()
+                        pte.write = False  # clear_soft_dirty(): pte_wrprotect(), pte_clear_soft_dirty()
+                        pte.tlb = False  # flush_tlb_mm()
                     pte.soft_dirty = False
         else:
             raise ValueError(f"clear_refs value {value} is not modelled (1 or 4)")
@@ -896,7 +953,7 @@ class Mm:
         for vma in self.vmas:
             for pte in vma.ptes:
                 if pte is not None:
-                    pte.tlb = False          # dup_mmap(): flush_tlb_mm(oldmm)
+                    pte.tlb = False  # dup_mmap(): flush_tlb_mm(oldmm)
             if vma.shared or not vma.has_anon_vma:
                 continue
             for pte in vma.ptes:
@@ -918,7 +975,7 @@ class Mm:
         pte = vma.ptes[i]
         if pte is not None and pte.folio is not None and not pte.folio.zero:
             if pte.young:
-                pte.young = False            # ptep_clear_young_notify(): no TLB flush on x86
+                pte.young = False  # ptep_clear_young_notify(): no TLB flush on x86
                 pte.folio.referenced = True  # folio_set_young() in page_idle_clear_pte_refs_one()
             pte.young_unknown = False
             pte.folio.idle = True
@@ -932,7 +989,7 @@ class Mm:
         if folio.idle and pte.young:
             pte.young = False
             folio.idle = False
-            folio.referenced = True          # folio_set_young()
+            folio.referenced = True  # folio_set_young()
         return folio.idle
 
     # -- reporting ----------------------------------------------------------------------------
@@ -942,15 +999,27 @@ class Mm:
         pte = vma.ptes[i]
         sd_vma = self.soft_dirty_config and vma.vm_softdirty
         if pte is None:
-            return dict(present=False, swapped=False, file_shared=False, uffd_wp=False, exclusive=False,
-                        soft_dirty=sd_vma)
+            return dict(
+                present=False, swapped=False, file_shared=False, uffd_wp=False, exclusive=False, soft_dirty=sd_vma
+            )
         if pte.folio is None:
-            return dict(present=False, swapped=True, file_shared=False, uffd_wp=pte.uffd_wp, exclusive=False,
-                        soft_dirty=sd_vma or (self.soft_dirty_config and pte.swap is not None and pte.soft_dirty))
+            return dict(
+                present=False,
+                swapped=True,
+                file_shared=False,
+                uffd_wp=pte.uffd_wp,
+                exclusive=False,
+                soft_dirty=sd_vma or (self.soft_dirty_config and pte.swap is not None and pte.soft_dirty),
+            )
         folio = pte.folio
-        return dict(present=True, swapped=False, file_shared=not folio.anon and not folio.zero,
-                    uffd_wp=pte.uffd_wp, exclusive=(not folio.zero and folio.mapcount == 1),
-                    soft_dirty=sd_vma or (self.soft_dirty_config and pte.soft_dirty))
+        return dict(
+            present=True,
+            swapped=False,
+            file_shared=not folio.anon and not folio.zero,
+            uffd_wp=pte.uffd_wp,
+            exclusive=(not folio.zero and folio.mapcount == 1),
+            soft_dirty=sd_vma or (self.soft_dirty_config and pte.soft_dirty),
+        )
 
     def smaps_young_dirty(self, vma: Vma, i: int) -> tuple[bool, bool]:
         """smaps_account(): Referenced = pte_young || PG_young || PG_referenced; Dirty = pte_dirty || PG_dirty.

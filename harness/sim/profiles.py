@@ -17,6 +17,7 @@ contract tests on it.
     :func:`harness.sim.pgtable.pte_mkdirty` for the latter: on x86 it sets the
     soft-dirty bit too).
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,9 +68,9 @@ def hints_check_wp_mode(mode: int, enabled: frozenset, hints: frozenset) -> int:
     if Feature.ACCESS_HINTS in enabled:
         known |= _hint_bits()
     if mode & ~known:
-        return errno.EINVAL                      # clause 1: hints without the feature
+        return errno.EINVAL  # clause 1: hints without the feature
     if mode & abi.WRITEPROTECT_MODE_WP and (mode & abi.WRITEPROTECT_MODE_DONTWAKE or hints):
-        return errno.EINVAL                      # clause 6: hints with MODE_WP
+        return errno.EINVAL  # clause 6: hints with MODE_WP
     return 0
 
 
@@ -166,49 +167,90 @@ def register(profile: Profile) -> Profile:
     return profile
 
 
-STOCK = register(Profile(
-    name="linux-6.12",
-    description="stock Linux 6.12: no ACCESS_HINTS; un-protect leaves young/dirty alone",
-    release="6.12.0-sim"))
-ACCESS_HINTS = register(Profile(
-    name="access-hints",
-    description="6.12 + the access-hints patch (BRIEF 2.2): hints make PTEs young / dirty+young",
-    release="6.12.0-access-hints-sim", features=_HINT_FEATURES,
-    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_uffd_wp_resolve))
+STOCK = register(
+    Profile(
+        name="linux-6.12",
+        description="stock Linux 6.12: no ACCESS_HINTS; un-protect leaves young/dirty alone",
+        release="6.12.0-sim",
+    )
+)
+ACCESS_HINTS = register(
+    Profile(
+        name="access-hints",
+        description="6.12 + the access-hints patch (BRIEF 2.2): hints make PTEs young / dirty+young",
+        release="6.12.0-access-hints-sim",
+        features=_HINT_FEATURES,
+        check_wp_mode=hints_check_wp_mode,
+        uffd_wp_resolve=hints_uffd_wp_resolve,
+    )
+)
 #: what 6.1 does differently from 6.12 (see Profile's fields)
 _LINUX_6_1_LACKS = frozenset({"UFFDIO_POISON", "UFFDIO_MOVE"})
-STOCK_6_1 = register(Profile(
-    name="linux-6.1",
-    description="stock Linux 6.1 (Debian linux-source-6.1): no WP_UNPOPULATED, POISON, WP_ASYNC, MOVE; "
-                "un-protect takes vm_get_page_prot(vm_flags) and never upgrades through can_change_pte_writable()",
-    release="6.1.0-sim", features=FEATURES_6_1, uffd_try_change_writable=False, uffd_newprot_from_vm_flags=True,
-    upgrade_needs_dirty=True, lacks_ioctls=_LINUX_6_1_LACKS))
-ACCESS_HINTS_6_1 = register(Profile(
-    name="access-hints-6.1",
-    description="6.1 + vm/patches-6.1: the hints on 6.1's un-protect (ACCESS_LIKELY young; WRITE_LIKELY young "
-                "where newprot left a dirty PTE writable)",
-    release="6.1.0-access-hints-sim", features=FEATURES_6_1 | {Feature.ACCESS_HINTS},
-    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=hints_61_uffd_wp_resolve, uffd_try_change_writable=False,
-    uffd_newprot_from_vm_flags=True, upgrade_needs_dirty=True, lacks_ioctls=_LINUX_6_1_LACKS))
-YOUNG_ONLY = register(Profile(
-    name="access-hints-young-only",
-    description="BROKEN example: WRITE_LIKELY sets young but not dirty (fails clause 3)",
-    release="6.12.0-young-only-sim", features=_HINT_FEATURES,
-    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=young_only_uffd_wp_resolve,
-    broken=True, expected_failures=frozenset({3})))
-DIRTY_SHARED = register(Profile(
-    name="access-hints-dirty-shared",
-    description="BROKEN example: WRITE_LIKELY dirties (and makes writable) clean shared PTEs and "
-                "soft-dirty-tracked PTEs (fails 2 with both hints, 3, 4, 8)",
-    release="6.12.0-dirty-shared-sim", features=_HINT_FEATURES,
-    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=dirty_shared_uffd_wp_resolve,
-    broken=True, expected_failures=frozenset({2, 3, 4, 8})))
-IGNORED = register(Profile(
-    name="access-hints-ignored",
-    description="BROKEN example: accepts the hints and does nothing with them, as 6.12 would (fails 2, 3)",
-    release="6.12.0-ignored-sim", features=_HINT_FEATURES,
-    check_wp_mode=hints_check_wp_mode, uffd_wp_resolve=stock_uffd_wp_resolve,
-    broken=True, expected_failures=frozenset({2, 3})))
+STOCK_6_1 = register(
+    Profile(
+        name="linux-6.1",
+        description="stock Linux 6.1 (Debian linux-source-6.1): no WP_UNPOPULATED, POISON, WP_ASYNC, MOVE; "
+        "un-protect takes vm_get_page_prot(vm_flags) and never upgrades through can_change_pte_writable()",
+        release="6.1.0-sim",
+        features=FEATURES_6_1,
+        uffd_try_change_writable=False,
+        uffd_newprot_from_vm_flags=True,
+        upgrade_needs_dirty=True,
+        lacks_ioctls=_LINUX_6_1_LACKS,
+    )
+)
+ACCESS_HINTS_6_1 = register(
+    Profile(
+        name="access-hints-6.1",
+        description="6.1 + vm/patches-6.1: the hints on 6.1's un-protect (ACCESS_LIKELY young; WRITE_LIKELY young "
+        "where newprot left a dirty PTE writable)",
+        release="6.1.0-access-hints-sim",
+        features=FEATURES_6_1 | {Feature.ACCESS_HINTS},
+        check_wp_mode=hints_check_wp_mode,
+        uffd_wp_resolve=hints_61_uffd_wp_resolve,
+        uffd_try_change_writable=False,
+        uffd_newprot_from_vm_flags=True,
+        upgrade_needs_dirty=True,
+        lacks_ioctls=_LINUX_6_1_LACKS,
+    )
+)
+YOUNG_ONLY = register(
+    Profile(
+        name="access-hints-young-only",
+        description="BROKEN example: WRITE_LIKELY sets young but not dirty (fails clause 3)",
+        release="6.12.0-young-only-sim",
+        features=_HINT_FEATURES,
+        check_wp_mode=hints_check_wp_mode,
+        uffd_wp_resolve=young_only_uffd_wp_resolve,
+        broken=True,
+        expected_failures=frozenset({3}),
+    )
+)
+DIRTY_SHARED = register(
+    Profile(
+        name="access-hints-dirty-shared",
+        description="BROKEN example: WRITE_LIKELY dirties (and makes writable) clean shared PTEs and "
+        "soft-dirty-tracked PTEs (fails 2 with both hints, 3, 4, 8)",
+        release="6.12.0-dirty-shared-sim",
+        features=_HINT_FEATURES,
+        check_wp_mode=hints_check_wp_mode,
+        uffd_wp_resolve=dirty_shared_uffd_wp_resolve,
+        broken=True,
+        expected_failures=frozenset({2, 3, 4, 8}),
+    )
+)
+IGNORED = register(
+    Profile(
+        name="access-hints-ignored",
+        description="BROKEN example: accepts the hints and does nothing with them, as 6.12 would (fails 2, 3)",
+        release="6.12.0-ignored-sim",
+        features=_HINT_FEATURES,
+        check_wp_mode=hints_check_wp_mode,
+        uffd_wp_resolve=stock_uffd_wp_resolve,
+        broken=True,
+        expected_failures=frozenset({2, 3}),
+    )
+)
 
 
 #: environment variable naming modules that register more profiles
@@ -225,6 +267,7 @@ def load_user_profiles() -> None:
     import importlib
     import importlib.util
     import os
+
     for spec in filter(None, (part.strip() for part in os.environ.get(USER_PROFILES_ENV, "").split(","))):
         # What names no loadable module is bad input; an error raised by the module's own code is its
         # author's to see, with the traceback.
@@ -238,9 +281,12 @@ def load_user_profiles() -> None:
             else:
                 importlib.import_module(spec)
         except (ImportError, OSError, SyntaxError, ValueError) as exc:
-            raise InvalidArgument(f"${USER_PROFILES_ENV}", repr(spec),
-                                  f"cannot load it ({type(exc).__name__}: {exc}); give comma-separated module "
-                                  "names on sys.path or paths of .py files") from exc
+            raise InvalidArgument(
+                f"${USER_PROFILES_ENV}",
+                repr(spec),
+                f"cannot load it ({type(exc).__name__}: {exc}); give comma-separated module "
+                "names on sys.path or paths of .py files",
+            ) from exc
 
 
 class UnknownProfile(InvalidArgument, KeyError):
@@ -254,14 +300,16 @@ def get(name: str) -> Profile:
     try:
         return PROFILES[name]
     except (KeyError, TypeError):
-        raise UnknownProfile("simulator", "profile", f"no profile {name!r}; known: {', '.join(sorted(PROFILES))}") \
-            from None
+        raise UnknownProfile(
+            "simulator", "profile", f"no profile {name!r}; known: {', '.join(sorted(PROFILES))}"
+        ) from None
 
 
 def for_kernel(offers_access_hints: bool, release: Optional[str] = None) -> Profile:
     """The profile that should match a kernel: the patched one if it offers ACCESS_HINTS, else stock;
     the 6.1 ones for a 6.1 kernel (``release``, default: the running kernel's)."""
     import platform
+
     release = platform.release() if release is None else release
     if release.startswith("6.1.") or release == "6.1":
         return ACCESS_HINTS_6_1 if offers_access_hints else STOCK_6_1

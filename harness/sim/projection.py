@@ -9,6 +9,7 @@ scenario whose un-protect takes hints with and without them, and report the
 difference with the interval that the calibration's medians carry.  It is a
 projection from a model, and every result says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ BENCH_COUNTERPARTS = {
 }
 
 #: how to get what a projection needs, for the report
-HOW_TO_CALIBRATE = ("run `make bench` on the host (not in a guest): it writes build/results/calibration.json, "
-                    "which the next report projects from")
+HOW_TO_CALIBRATE = (
+    "run `make bench` on the host (not in a guest): it writes build/results/calibration.json, "
+    "which the next report projects from"
+)
 
 
 def _hints_for(scenario) -> Optional[str]:
@@ -63,16 +66,30 @@ def project(calibration: dict, source: str) -> dict:
         if hints is None:
             continue
         without, with_ = _touch_cycles(name, "", point), _touch_cycles(name, hints, point)
-        row = {"scenario": name, "hints": hints, "bench": list(BENCH_COUNTERPARTS.get(name, ())),
-               "without": without, "with": with_, "saved": without - with_, "saved_lo": None, "saved_hi": None}
-        if low is not None and high is not None:     # both or neither
+        row = {
+            "scenario": name,
+            "hints": hints,
+            "bench": list(BENCH_COUNTERPARTS.get(name, ())),
+            "without": without,
+            "with": with_,
+            "saved": without - with_,
+            "saved_lo": None,
+            "saved_hi": None,
+        }
+        if low is not None and high is not None:  # both or neither
             ends = [_touch_cycles(name, "", m) - _touch_cycles(name, hints, m) for m in (low, high)]
             row["saved_lo"], row["saved_hi"] = min(ends), max(ends)
         rows.append(row)
-    return {"source": source, "created": calibration.get("created"), "cpu_model": calibration.get("cpu_model"),
-            "kernel": calibration.get("kernel"), "hypervisor": calibration.get("hypervisor_vendor"),
-            "model": {k: getattr(point, k) for k in ("base_access", "tlb_walk", "accessed_assist", "dirty_assist")},
-            "assumed": list(point.assumed), "rows": rows}
+    return {
+        "source": source,
+        "created": calibration.get("created"),
+        "cpu_model": calibration.get("cpu_model"),
+        "kernel": calibration.get("kernel"),
+        "hypervisor": calibration.get("hypervisor_vendor"),
+        "model": {k: getattr(point, k) for k in ("base_access", "tlb_walk", "accessed_assist", "dirty_assist")},
+        "assumed": list(point.assumed),
+        "rows": rows,
+    }
 
 
 def host_projection(path: Path) -> dict:
@@ -87,6 +104,9 @@ def host_projection(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         return {"available": False, "why": f"{path}: unreadable ({exc})", "how": HOW_TO_CALIBRATE}
     if doc.get("tcg") or not doc.get("models_hardware_assists", True):
-        return {"available": False, "why": f"{path} was itself measured under TCG ({doc.get('created')})",
-                "how": HOW_TO_CALIBRATE}
+        return {
+            "available": False,
+            "why": f"{path} was itself measured under TCG ({doc.get('created')})",
+            "how": HOW_TO_CALIBRATE,
+        }
     return {"available": True, **project(doc, str(path))}

@@ -5,6 +5,7 @@ Operations use the format of :mod:`harness.backends.differential`; a
 :class:`~harness.sim.cost.CostModel` predicts.  ``{hints}`` in an
 un-protect is replaced by the hints a scenario is run with (``--hints``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,34 +25,48 @@ class Scenario:
     prologue: tuple = ()
 
 
-SCENARIOS = {s.name: s for s in (
-    Scenario("free-unprotect-write",
-             "write, MADV_FREE (old+clean), protect, un-protect, then write: the first write pays the dirty assist "
-             "unless WRITE_LIKELY dirtied the PTE",
-             Setup(("anon",), ("wp",)),
-             (("write", 0), ("free", 0), ("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "write"))),
-    Scenario("free-unprotect-read",
-             "write, MADV_FREE, protect, un-protect, then read: the first read pays the accessed assist "
-             "unless ACCESS_LIKELY made the PTE young",
-             Setup(("anon",), ("wp",)),
-             (("write", 0), ("free", 0), ("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "read"))),
-    Scenario("shmem-clean-unprotect-write",
-             "read-fault a shmem page (clean), protect, un-protect, write: a clean shared PTE is never made "
-             "writable, so the write faults whatever the hints",
-             Setup(("shmem",), ("wp",)),
-             (("read", 0), ("clear_refs", 1), ("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "write"))),
-    Scenario("wp-fault-round-trip",
-             "write to a protected page: a WP fault goes to the handler, which un-protects it",
-             Setup(("anon",), ("wp",)),
-             (("write", 0), ("protect", 0), ("touch", 0, "write"))),
-    Scenario("rfc-loop",
-             "the RFC cover letter's single-thread loop, with uffd-wp for mprotect: protect, un-protect, write; "
-             "after the first write the PTE stays young and dirty, so hints change little "
-             "(as the RFC's 1-thread figures)",
-             Setup(("anon",), ("wp",)),
-             (("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "write")),
-             repeat=3, prologue=(("write", 0),)),
-)}
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario(
+            "free-unprotect-write",
+            "write, MADV_FREE (old+clean), protect, un-protect, then write: the first write pays the dirty assist "
+            "unless WRITE_LIKELY dirtied the PTE",
+            Setup(("anon",), ("wp",)),
+            (("write", 0), ("free", 0), ("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "write")),
+        ),
+        Scenario(
+            "free-unprotect-read",
+            "write, MADV_FREE, protect, un-protect, then read: the first read pays the accessed assist "
+            "unless ACCESS_LIKELY made the PTE young",
+            Setup(("anon",), ("wp",)),
+            (("write", 0), ("free", 0), ("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "read")),
+        ),
+        Scenario(
+            "shmem-clean-unprotect-write",
+            "read-fault a shmem page (clean), protect, un-protect, write: a clean shared PTE is never made "
+            "writable, so the write faults whatever the hints",
+            Setup(("shmem",), ("wp",)),
+            (("read", 0), ("clear_refs", 1), ("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "write")),
+        ),
+        Scenario(
+            "wp-fault-round-trip",
+            "write to a protected page: a WP fault goes to the handler, which un-protects it",
+            Setup(("anon",), ("wp",)),
+            (("write", 0), ("protect", 0), ("touch", 0, "write")),
+        ),
+        Scenario(
+            "rfc-loop",
+            "the RFC cover letter's single-thread loop, with uffd-wp for mprotect: protect, un-protect, write; "
+            "after the first write the PTE stays young and dirty, so hints change little "
+            "(as the RFC's 1-thread figures)",
+            Setup(("anon",), ("wp",)),
+            (("protect", 0), ("unprotect", 0, "{hints}"), ("touch", 0, "write")),
+            repeat=3,
+            prologue=(("write", 0),),
+        ),
+    )
+}
 
 
 @dataclass
@@ -71,6 +86,7 @@ def run(name: str, profile: str = "access-hints", hints: str = "", cost_model=No
     from harness.backends import differential
     from harness.backends.sim import SimBackend
     from harness.sim.cost import CostModel
+
     scenario = SCENARIOS[name]
     cost_model = cost_model or CostModel.load()
     b = SimBackend(profile)
@@ -94,4 +110,5 @@ def run(name: str, profile: str = "access-hints", hints: str = "", cost_model=No
 
 def _hint_feature():
     from harness.abi import Feature
+
     return Feature.ACCESS_HINTS

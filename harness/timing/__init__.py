@@ -48,6 +48,7 @@ raw ``samples`` in batch order;
 and ``derived`` (``wp_toggle`` ratio, ``rfc_loop`` beside the cover letter).
 ``uffd-harness compare A.json B.json`` reads two of them.
 """
+
 from harness.timing.stats import Summary, bootstrap_diff_ci, bootstrap_median_ci, summarize, verdict
 
 __all__ = ["Summary", "bootstrap_diff_ci", "bootstrap_median_ci", "summarize", "verdict"]

@@ -8,6 +8,7 @@ come from a two-level bootstrap (batches, then samples within them): the
 samples of one batch are not independent, and a one-level bootstrap over
 thousands of them would call a few cycles of drift "significant".
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,7 @@ WP_SINGLE_VS_FLOOR_TARGET_RATIO = 1.15
 TARGET_RATIOS = (
     ("wp_batch", "binding.wp_toggle.batch", "binding.wp_toggle.c", WP_BATCH_TARGET_RATIO),
     ("wp_batch_list", "binding.wp_toggle.batch_list", "binding.wp_toggle.c", None),
-    ("wp_single_vs_floor", "binding.wp_toggle.python", "binding.wp_toggle.cffi_floor",
-     WP_SINGLE_VS_FLOOR_TARGET_RATIO),
+    ("wp_single_vs_floor", "binding.wp_toggle.python", "binding.wp_toggle.cffi_floor", WP_SINGLE_VS_FLOOR_TARGET_RATIO),
 )
 
 OK = "ok"
@@ -86,29 +86,50 @@ class ScenarioResult:
         return stats.split_batches(self.samples, self.batch_sizes)
 
     def to_dict(self) -> dict:
-        return {"group": self.group, "describe": self.describe, "unit": self.unit, "status": self.status,
-                "fault_free": self.fault_free,
-                "summary": self.summary.to_dict() if self.summary else None,
-                "round_medians": self.round_medians, "batch_sizes": self.batch_sizes, "faults": self.faults,
-                "state_errors": self.state_errors, "samples": self.samples}
+        return {
+            "group": self.group,
+            "describe": self.describe,
+            "unit": self.unit,
+            "status": self.status,
+            "fault_free": self.fault_free,
+            "summary": self.summary.to_dict() if self.summary else None,
+            "round_medians": self.round_medians,
+            "batch_sizes": self.batch_sizes,
+            "faults": self.faults,
+            "state_errors": self.state_errors,
+            "samples": self.samples,
+        }
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> "ScenarioResult":
-        return cls(name=name, group=d["group"], describe=d["describe"], unit=d["unit"], status=d["status"],
-                   samples=list(d["samples"]), round_medians=list(d["round_medians"]),
-                   batch_sizes=list(d.get("batch_sizes", [])), faults=d["faults"],
-                   fault_free=bool(d.get("fault_free", False)),
-                   state_errors=list(d["state_errors"]),
-                   summary=stats.Summary.from_dict(d["summary"]) if d.get("summary") else None)
+        return cls(
+            name=name,
+            group=d["group"],
+            describe=d["describe"],
+            unit=d["unit"],
+            status=d["status"],
+            samples=list(d["samples"]),
+            round_medians=list(d["round_medians"]),
+            batch_sizes=list(d.get("batch_sizes", [])),
+            faults=d["faults"],
+            fault_free=bool(d.get("fault_free", False)),
+            state_errors=list(d["state_errors"]),
+            summary=stats.Summary.from_dict(d["summary"]) if d.get("summary") else None,
+        )
 
 
-def run_scenarios(scenarios: Sequence[Scenario], ctx: Context, rounds: int, *, seed: int = 0,
-                  progress: Optional[Callable[[int, int], None]] = None) -> dict[str, ScenarioResult]:
+def run_scenarios(
+    scenarios: Sequence[Scenario],
+    ctx: Context,
+    rounds: int,
+    *,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> dict[str, ScenarioResult]:
     """``rounds`` interleaved rounds of one batch per scenario; results in table order."""
     if rounds < 1:
         raise ValueError("at least one round")
-    results = {s.name: ScenarioResult(s.name, s.group, s.describe, s.unit, fault_free=s.fault_free)
-               for s in scenarios}
+    results = {s.name: ScenarioResult(s.name, s.group, s.describe, s.unit, fault_free=s.fault_free) for s in scenarios}
     active = []
     for s in scenarios:
         why = s.absent(ctx)
@@ -163,12 +184,16 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
     noop_c, noop_py = results.get("binding.wp_noop.c"), results.get("binding.wp_noop.python")
     noop_raw = results.get("binding.wp_noop.cffi_raw")
     if c and py and c.ok and py.ok:
-        lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed,
-                                          batches_a=c.batches, batches_b=py.batches)
+        lo, hi = stats.bootstrap_ratio_ci(c.samples, py.samples, seed=seed, batches_a=c.batches, batches_b=py.batches)
         ratio = py.median / c.median
-        entry = {"ratio": ratio, "ci95": [lo, hi], "target": WP_TOGGLE_TARGET_RATIO,
-                 "within_target": ratio <= WP_TOGGLE_TARGET_RATIO,
-                 "c_median_cycles": c.median, "python_median_cycles": py.median}
+        entry = {
+            "ratio": ratio,
+            "ci95": [lo, hi],
+            "target": WP_TOGGLE_TARGET_RATIO,
+            "within_target": ratio <= WP_TOGGLE_TARGET_RATIO,
+            "c_median_cycles": c.median,
+            "python_median_cycles": py.median,
+        }
         if raw and raw.ok:
             entry["cffi_raw_median_cycles"] = raw.median
             entry["cffi_raw_ratio"] = raw.median / c.median
@@ -196,20 +221,32 @@ def derived(results: dict[str, ScenarioResult], *, seed: int = 0) -> dict:
     for key, name, ref_name, target in TARGET_RATIOS:
         res, ref = results.get(name), results.get(ref_name)
         if res and ref and res.ok and ref.ok:
-            lo, hi = stats.bootstrap_ratio_ci(ref.samples, res.samples, seed=seed,
-                                              batches_a=ref.batches, batches_b=res.batches)
+            lo, hi = stats.bootstrap_ratio_ci(
+                ref.samples, res.samples, seed=seed, batches_a=ref.batches, batches_b=res.batches
+            )
             ratio = res.median / ref.median
-            out[key] = {"scenario": name, "reference": ref_name, "ratio": ratio, "ci95": [lo, hi],
-                        "median_cycles": res.median, "reference_median_cycles": ref.median,
-                        "target": target, "within_target": None if target is None else ratio <= target}
+            out[key] = {
+                "scenario": name,
+                "reference": ref_name,
+                "ratio": ratio,
+                "ci95": [lo, hi],
+                "median_cycles": res.median,
+                "reference_median_cycles": ref.median,
+                "target": target,
+                "within_target": None if target is None else ratio <= target,
+            }
     for key, name, (before, after), threads in (
-            ("rfc_loop", "rfc.mprotect_loop", RFC_COVER_LETTER_CYCLES, "one thread"),
-            ("rfc_loop_two_threads", "rfc.mprotect_loop.two_threads", RFC_COVER_LETTER_CYCLES_TWO_THREADS,
-             "two threads")):
+        ("rfc_loop", "rfc.mprotect_loop", RFC_COVER_LETTER_CYCLES, "one thread"),
+        ("rfc_loop_two_threads", "rfc.mprotect_loop.two_threads", RFC_COVER_LETTER_CYCLES_TWO_THREADS, "two threads"),
+    ):
         rfc = results.get(name)
         if rfc and rfc.ok:
-            out[key] = {"median_cycles": rfc.median, "cover_letter_before": before,
-                        "cover_letter_after": after, "cover_letter_setup": f"Haswell, bare metal, {threads}"}
+            out[key] = {
+                "median_cycles": rfc.median,
+                "cover_letter_before": before,
+                "cover_letter_after": after,
+                "cover_letter_setup": f"Haswell, bare metal, {threads}",
+            }
     return out
 
 
@@ -233,8 +270,7 @@ def bench_document(results: dict[str, ScenarioResult], cal: Calibration, config:
     }
 
 
-def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
-                         previous: Optional[dict] = None) -> dict:
+def calibration_document(results: dict[str, ScenarioResult], cal: Calibration, previous: Optional[dict] = None) -> dict:
     """The cost model the simulator reads (schema in :mod:`harness.timing`).
 
     With ``previous`` (the file as it was) from the same CPU and kernel, the
@@ -244,8 +280,11 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
     medians: dict[str, float] = {}
     intervals: dict[str, list[float]] = {}
     absent: dict[str, str] = {}
-    if previous and previous.get("schema") == CALIBRATION_SCHEMA and all(
-            previous.get(k) == getattr(cal, k) for k in ("cpu_model", "kernel", "hypervisor_vendor", "tcg")):
+    if (
+        previous
+        and previous.get("schema") == CALIBRATION_SCHEMA
+        and all(previous.get(k) == getattr(cal, k) for k in ("cpu_model", "kernel", "hypervisor_vendor", "tcg"))
+    ):
         medians.update(previous.get("medians", {}))
         intervals.update(previous.get("intervals", {}))
         absent.update(previous.get("absent", {}))
@@ -259,16 +298,17 @@ def calibration_document(results: dict[str, ScenarioResult], cal: Calibration,
             absent[name] = r.status
             medians.pop(name, None)
             intervals.pop(name, None)
-    return {"schema": CALIBRATION_SCHEMA,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **cal.to_dict(),
-            "medians": medians,
-            "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
-            # the 95% interval of each median, net: what a projection from this model carries
-            "net_intervals": {n: [lo - cal.empty_cycles, hi - cal.empty_cycles]
-                              for n, (lo, hi) in intervals.items()},
-            "intervals": intervals,
-            "absent": absent}
+    return {
+        "schema": CALIBRATION_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **cal.to_dict(),
+        "medians": medians,
+        "net_medians": {n: m - cal.empty_cycles for n, m in medians.items()},
+        # the 95% interval of each median, net: what a projection from this model carries
+        "net_intervals": {n: [lo - cal.empty_cycles, hi - cal.empty_cycles] for n, (lo, hi) in intervals.items()},
+        "intervals": intervals,
+        "absent": absent,
+    }
 
 
 def load_document(path: os.PathLike | str) -> dict:
@@ -291,6 +331,7 @@ def write_json(doc: dict, path: os.PathLike | str) -> Path:
 
 # -- presentation --------------------------------------------------------------------
 
+
 def _fmt(x: Optional[float]) -> str:
     if x is None:
         return "-"
@@ -309,9 +350,20 @@ def table_rows(results: dict[str, ScenarioResult], cal: Calibration) -> list[lis
         notes = [f"state mismatch: {e}" for e in sorted(set(r.state_errors))]
         if r.fault_free and r.faults:
             notes.append(f"{r.faults} faults in timed touches of present PTEs")
-        rows.append([name, s.n, _fmt(s.median), _fmt(s.p10), _fmt(s.p90),
-                     f"[{_fmt(s.ci_lo)}, {_fmt(s.ci_hi)}]", _fmt(s.median - cal.empty_cycles),
-                     f"{cal.cycles_to_ns(s.median):.0f}", f"{r.faults / s.n:.2f}", "; ".join(notes)])
+        rows.append(
+            [
+                name,
+                s.n,
+                _fmt(s.median),
+                _fmt(s.p10),
+                _fmt(s.p90),
+                f"[{_fmt(s.ci_lo)}, {_fmt(s.ci_hi)}]",
+                _fmt(s.median - cal.empty_cycles),
+                f"{cal.cycles_to_ns(s.median):.0f}",
+                f"{r.faults / s.n:.2f}",
+                "; ".join(notes),
+            ]
+        )
     return rows
 
 
@@ -341,59 +393,87 @@ def derived_lines(d: dict) -> list[str]:
     wp = d.get("wp_toggle")
     if wp:
         verdict = "within" if wp["within_target"] else "OVER"
-        line = (f"wp toggle, Userfaultfd.writeprotect vs C loop: {wp['ratio']:.2f}x "
-                f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
-                f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle")
+        line = (
+            f"wp toggle, Userfaultfd.writeprotect vs C loop: {wp['ratio']:.2f}x "
+            f"(95% CI {wp['ci95'][0]:.2f}-{wp['ci95'][1]:.2f}), {verdict} the {wp['target']}x target; "
+            f"C {wp['c_median_cycles']:.0f}, Python {wp['python_median_cycles']:.0f} cycles/toggle"
+        )
         if "cffi_raw_ratio" in wp:
             extra = wp["method_overhead_cycles"]
-            line += (f"; the bare cffi call is {wp['cffi_raw_ratio']:.2f}x, the method "
-                     + (f"{extra:.0f} cycles/toggle more" if extra >= 0 else
-                        f"{-extra:.0f} cycles/toggle less (it issues a prepared one-argument request)"))
+            line += f"; the bare cffi call is {wp['cffi_raw_ratio']:.2f}x, the method " + (
+                f"{extra:.0f} cycles/toggle more"
+                if extra >= 0
+                else f"{-extra:.0f} cycles/toggle less (it issues a prepared one-argument request)"
+            )
         lines.append(line)
         if "per_call_overhead_cycles" in wp:
-            lines.append(f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
-                         f"{wp['noop_ioctl_python_cycles']:.0f} through the method, so the public API adds "
-                         f"{wp['per_call_overhead_cycles']:.0f} cycles per call "
-                         f"({2 * wp['per_call_overhead_cycles']:.0f} "
-                         "per toggle"
-                         + (f", of which the method body {wp['per_call_method_cycles']:.0f} and the cffi call "
-                            f"{wp['noop_ioctl_cffi_raw_cycles'] - wp['noop_ioctl_c_cycles']:.0f}"
-                            if "per_call_method_cycles" in wp else "") + ")"
-                         + (f"; a C caller that touches a working set after each ioctl pays "
-                            f"{wp['c_working_set_toggle_cycles']:.0f} cycles per toggle "
-                            f"({wp['c_working_set_ratio']:.2f}x the tight loop): after a PTE change "
-                            "(which flushes) the caller's own translations must be refilled"
-                            if "c_working_set_ratio" in wp else ""))
+            lines.append(
+                f"  why: a no-op ioctl costs {wp['noop_ioctl_c_cycles']:.0f} cycles from C and "
+                f"{wp['noop_ioctl_python_cycles']:.0f} through the method, so the public API adds "
+                f"{wp['per_call_overhead_cycles']:.0f} cycles per call "
+                f"({2 * wp['per_call_overhead_cycles']:.0f} "
+                "per toggle"
+                + (
+                    f", of which the method body {wp['per_call_method_cycles']:.0f} and the cffi call "
+                    f"{wp['noop_ioctl_cffi_raw_cycles'] - wp['noop_ioctl_c_cycles']:.0f}"
+                    if "per_call_method_cycles" in wp
+                    else ""
+                )
+                + ")"
+                + (
+                    f"; a C caller that touches a working set after each ioctl pays "
+                    f"{wp['c_working_set_toggle_cycles']:.0f} cycles per toggle "
+                    f"({wp['c_working_set_ratio']:.2f}x the tight loop): after a PTE change "
+                    "(which flushes) the caller's own translations must be refilled"
+                    if "c_working_set_ratio" in wp
+                    else ""
+                )
+            )
         if "cffi_floor_ratio" in wp:
-            lines.append(f"  floor: two prepared requests, each a one-argument cffi call with no error check, "
-                         f"are {wp['cffi_floor_ratio']:.2f}x"
-                         + (f"; Python's fcntl.ioctl on prepared buffers is {wp['fcntl_ratio']:.2f}x"
-                            if "fcntl_ratio" in wp else ""))
+            lines.append(
+                f"  floor: two prepared requests, each a one-argument cffi call with no error check, "
+                f"are {wp['cffi_floor_ratio']:.2f}x"
+                + (
+                    f"; Python's fcntl.ioctl on prepared buffers is {wp['fcntl_ratio']:.2f}x"
+                    if "fcntl_ratio" in wp
+                    else ""
+                )
+            )
         if wp.get("python_vs_c_working_set_ratio"):
-            lines.append(f"  against that C caller, Userfaultfd.writeprotect is "
-                         f"{wp['python_vs_c_working_set_ratio']:.2f}x")
+            lines.append(
+                f"  against that C caller, Userfaultfd.writeprotect is {wp['python_vs_c_working_set_ratio']:.2f}x"
+            )
     for key, _, _, _ in TARGET_RATIOS:
         t = d.get(key)
         if t:
-            verdict = ("" if t["target"] is None else
-                       f", {'within' if t['within_target'] else 'OVER'} the {t['target']}x target")
-            lines.append(f"{t['scenario']} vs {t['reference']}: {t['ratio']:.2f}x "
-                         f"(95% CI {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}){verdict}; "
-                         f"{t['median_cycles']:.0f} vs {t['reference_median_cycles']:.0f} cycles")
+            verdict = (
+                ""
+                if t["target"] is None
+                else f", {'within' if t['within_target'] else 'OVER'} the {t['target']}x target"
+            )
+            lines.append(
+                f"{t['scenario']} vs {t['reference']}: {t['ratio']:.2f}x "
+                f"(95% CI {t['ci95'][0]:.2f}-{t['ci95'][1]:.2f}){verdict}; "
+                f"{t['median_cycles']:.0f} vs {t['reference_median_cycles']:.0f} cycles"
+            )
     for key in ("rfc_loop", "rfc_loop_two_threads"):
         rfc = d.get(key)
         if rfc:
-            lines.append(f"RFC loop (mprotect READ, READ|WRITE, store): {rfc['median_cycles']:.0f} cycles/iteration "
-                         f"here; cover letter {rfc['cover_letter_before']} -> {rfc['cover_letter_after']} "
-                         f"({rfc['cover_letter_setup']})")
+            lines.append(
+                f"RFC loop (mprotect READ, READ|WRITE, store): {rfc['median_cycles']:.0f} cycles/iteration "
+                f"here; cover letter {rfc['cover_letter_before']} -> {rfc['cover_letter_after']} "
+                f"({rfc['cover_letter_setup']})"
+            )
     return lines
 
 
-def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str = "",
-         empty_cycles: Optional[float] = None) -> Optional[Path]:
+def plot(
+    results: dict[str, ScenarioResult], path: os.PathLike | str, title: str = "", empty_cycles: Optional[float] = None
+) -> Optional[Path]:
     """Box plots (whiskers p10-p90) of every scenario's samples, log scale; None without matplotlib."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -415,8 +495,16 @@ def plot(results: dict[str, ScenarioResult], path: os.PathLike | str, title: str
     ax.invert_yaxis()
     if empty_cycles:
         ax.axvline(empty_cycles, color="grey", linestyle=":", linewidth=1)
-        ax.annotate("empty timed section", (empty_cycles, 0.5), xycoords=("data", "axes fraction"),
-                    rotation=90, fontsize=7, color="grey", ha="right", va="center")
+        ax.annotate(
+            "empty timed section",
+            (empty_cycles, 0.5),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            color="grey",
+            ha="right",
+            va="center",
+        )
     ax.set_xlabel("cycles (log scale; box p25-p75, whiskers p10-p90)")
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.set_title(title or "uffd-harness bench", fontsize=9)
@@ -439,19 +527,25 @@ def plot_document(doc: dict, path: os.PathLike | str) -> Optional[Path]:
 
 # -- comparison ------------------------------------------------------------------------
 
+
 def emulated_reason(a: dict, b: dict, labels: tuple[str, str] = ("A", "B")) -> str:
     """Why a comparison of two bench documents can have no verdict: either ran under TCG ("" when it can).
 
     TCG sets accessed/dirty bits in its own slow path at no extra cost, so a
     difference between two such runs is not a hardware effect.
     """
-    sides = [name for name, doc in zip(labels, (a, b), strict=True)
-             if (doc.get("calibration") or {}).get("tcg")
-             or not (doc.get("calibration") or {}).get("models_hardware_assists", True)]
+    sides = [
+        name
+        for name, doc in zip(labels, (a, b), strict=True)
+        if (doc.get("calibration") or {}).get("tcg")
+        or not (doc.get("calibration") or {}).get("models_hardware_assists", True)
+    ]
     if not sides:
         return ""
-    return (f"emulated: {' and '.join(sides)} ran under QEMU TCG, which does not model hardware accessed/dirty "
-            "assists, so the timings give no verdict")
+    return (
+        f"emulated: {' and '.join(sides)} ran under QEMU TCG, which does not model hardware accessed/dirty "
+        "assists, so the timings give no verdict"
+    )
 
 
 @dataclass(frozen=True)
@@ -469,8 +563,9 @@ class Comparison:
         return self.median_b / self.median_a if self.median_a else None
 
 
-def compare_results(a: dict[str, ScenarioResult], b: dict[str, ScenarioResult], *,
-                    seed: int = 0) -> tuple[list[Comparison], list[str]]:
+def compare_results(
+    a: dict[str, ScenarioResult], b: dict[str, ScenarioResult], *, seed: int = 0
+) -> tuple[list[Comparison], list[str]]:
     """B against A, scenario by scenario; and the scenarios that could not be compared, with why."""
     rows, skipped = [], []
     for name in list(a) + [n for n in b if n not in a]:
@@ -479,11 +574,13 @@ def compare_results(a: dict[str, ScenarioResult], b: dict[str, ScenarioResult], 
             skipped.append(f"{name}: only in {'A' if rb is None else 'B'}")
             continue
         if not (ra.ok and rb.ok):
-            skipped.append(f"{name}: A {ra.status}, B {rb.status}" if ra.status != rb.status or ra.status != OK
-                           else f"{name}: too few samples")
+            skipped.append(
+                f"{name}: A {ra.status}, B {rb.status}"
+                if ra.status != rb.status or ra.status != OK
+                else f"{name}: too few samples"
+            )
             continue
-        lo, hi = stats.bootstrap_diff_ci(ra.samples, rb.samples, seed=seed,
-                                         batches_a=ra.batches, batches_b=rb.batches)
+        lo, hi = stats.bootstrap_diff_ci(ra.samples, rb.samples, seed=seed, batches_a=ra.batches, batches_b=rb.batches)
         ma, mb = stats.median(ra.samples), stats.median(rb.samples)
         rows.append(Comparison(name, ma, mb, mb - ma, lo, hi, stats.verdict(lo, hi)))
     return rows, skipped

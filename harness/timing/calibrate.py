@@ -4,6 +4,7 @@ Everything here is measured or read, never assumed: the TSC frequency
 against CLOCK_MONOTONIC, its resolution from the spacing of observed
 deltas, the cost of an empty timed section, and the hypervisor from CPUID.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ HYPERVISOR_SIGNATURES = {
     " QNXQVMBSQG ": "QNX",
 }
 
-_CPUID_1_ECX_HYPERVISOR = 1 << 31      # "running under a hypervisor"
+_CPUID_1_ECX_HYPERVISOR = 1 << 31  # "running under a hypervisor"
 _CPUID_80000007_EDX_INVARIANT_TSC = 1 << 8
 _EMPTY_SAMPLES = 20000
 
@@ -148,11 +149,15 @@ def calibrate(*, window_ns: int = 100_000_000) -> Calibration:
     vendor = HYPERVISOR_SIGNATURES.get(signature) if hypervisor or signature == "TCGTCGTCGTCG" else None
     tcg, evidence = detect_tcg(signature, model)
     if tcg:
-        note = ("QEMU TCG: these figures do not model hardware A/D assists; "
-                "an emulated access costs the same whatever the PTE's young/dirty bits")
+        note = (
+            "QEMU TCG: these figures do not model hardware A/D assists; "
+            "an emulated access costs the same whatever the PTE's young/dirty bits"
+        )
     elif hypervisor:
-        note = (f"virtualised ({vendor or 'unknown hypervisor'}): assists are real hardware, but page walks "
-                "are two-dimensional (guest and EPT/NPT tables); bare-metal figures differ")
+        note = (
+            f"virtualised ({vendor or 'unknown hypervisor'}): assists are real hardware, but page walks "
+            "are two-dimensional (guest and EPT/NPT tables); bare-metal figures differ"
+        )
     else:
         note = "bare metal"
     return Calibration(

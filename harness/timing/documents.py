@@ -4,6 +4,7 @@ A reader checks the whole document before returning it: ``compare`` and the
 simulator's cost model never meet a missing key, a string where a number
 belongs, or a NaN sample.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,28 +20,62 @@ BENCH_WRITER = "uffd-harness bench --json PATH"
 CALIBRATION_WRITER = "uffd-harness bench --calibration PATH"
 
 #: what compare reads of a bench document's calibration section (the TSC rate divides by it)
-_CALIBRATION_FACTS = Obj(required={"tsc_hz": FINITE},
-                         optional={"cpu_model": Maybe(str), "kernel": Maybe(str), "hypervisor_vendor": Maybe(str),
-                                   "tcg": Maybe(bool), "empty_cycles": Maybe(NUMBER), "note": Maybe(str)})
+_CALIBRATION_FACTS = Obj(
+    required={"tsc_hz": FINITE},
+    optional={
+        "cpu_model": Maybe(str),
+        "kernel": Maybe(str),
+        "hypervisor_vendor": Maybe(str),
+        "tcg": Maybe(bool),
+        "empty_cycles": Maybe(NUMBER),
+        "note": Maybe(str),
+    },
+)
 
 SUMMARY = Obj(required=dict.fromkeys(("n", "median", "p10", "p90", "ci_lo", "ci_hi", "min", "max"), NUMBER))
 
 SCENARIO = Obj(
-    required={"group": str, "describe": str, "unit": str, "status": str, "samples": ListOf(FINITE),
-              "round_medians": ListOf(NUMBER), "faults": NUMBER, "state_errors": ListOf(str)},
-    optional={"batch_sizes": ListOf(NUMBER), "fault_free": bool, "summary": Maybe(SUMMARY)})
+    required={
+        "group": str,
+        "describe": str,
+        "unit": str,
+        "status": str,
+        "samples": ListOf(FINITE),
+        "round_medians": ListOf(NUMBER),
+        "faults": NUMBER,
+        "state_errors": ListOf(str),
+    },
+    optional={"batch_sizes": ListOf(NUMBER), "fault_free": bool, "summary": Maybe(SUMMARY)},
+)
 
-BENCH = Obj(required={"schema": str, "created": str, "config": dict, "calibration": _CALIBRATION_FACTS,
-                      "scenarios": MapOf(SCENARIO)},
-            optional={"derived": dict, "host": dict})
+BENCH = Obj(
+    required={
+        "schema": str,
+        "created": str,
+        "config": dict,
+        "calibration": _CALIBRATION_FACTS,
+        "scenarios": MapOf(SCENARIO),
+    },
+    optional={"derived": dict, "host": dict},
+)
 
 CALIBRATION = Obj(
     required={"schema": str},
-    optional={"tsc_hz": Maybe(FINITE), "empty_cycles": Maybe(NUMBER), "models_hardware_assists": bool,
-              "medians": MapOf(NUMBER), "net_medians": MapOf(NUMBER), "absent": MapOf(str),
-              "cpu_model": Maybe(str), "kernel": Maybe(str), "hypervisor_vendor": Maybe(str), "tcg": Maybe(bool),
-              # the simulator's own figures (harness.sim.cost): cycles, so finite and not negative
-              "cost_model": MapOf(FINITE)})
+    optional={
+        "tsc_hz": Maybe(FINITE),
+        "empty_cycles": Maybe(NUMBER),
+        "models_hardware_assists": bool,
+        "medians": MapOf(NUMBER),
+        "net_medians": MapOf(NUMBER),
+        "absent": MapOf(str),
+        "cpu_model": Maybe(str),
+        "kernel": Maybe(str),
+        "hypervisor_vendor": Maybe(str),
+        "tcg": Maybe(bool),
+        # the simulator's own figures (harness.sim.cost): cycles, so finite and not negative
+        "cost_model": MapOf(FINITE),
+    },
+)
 
 
 def load_bench(path: os.PathLike | str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ the hardware walks ahead of the constant 4 KiB stride and hides part of each
 TLB miss (on the KVM host this was written on: 84 vs 138 cycles median for a
 cold young+dirty read); ``bench --sequential`` keeps address order.
 """
+
 from __future__ import annotations
 
 import random
@@ -81,12 +82,12 @@ class Context:
         uffd_absent = None
         try:
             offered = probe_features()
-            absent = None if Feature.ACCESS_HINTS in offered.offered else \
-                "absent: kernel lacks UFFD_FEATURE_ACCESS_HINTS"
+            absent = (
+                None if Feature.ACCESS_HINTS in offered.offered else "absent: kernel lacks UFFD_FEATURE_ACCESS_HINTS"
+            )
         except UffdError as exc:
             absent = uffd_absent = f"absent: cannot open a userfaultfd ({exc})"
-        return cls(pages=pages, hints_absent=absent, uffd_absent=uffd_absent, shuffle=shuffle,
-                   rng=random.Random(seed))
+        return cls(pages=pages, hints_absent=absent, uffd_absent=uffd_absent, shuffle=shuffle, rng=random.Random(seed))
 
 
 @dataclass
@@ -172,16 +173,23 @@ def check_state(region: Region, state: str) -> Optional[str]:
     vma = pte.smaps_vma(region.addr)
     want_kb = region.length // 1024
     young, dirty = state.split("_")
-    seen = {"Rss": vma.get("Rss", 0), "Referenced": vma.get("Referenced", 0),
-            "Dirty": vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0)}
-    want = {"Rss": want_kb, "Referenced": want_kb if young == "young" else 0,
-            "Dirty": want_kb if dirty == "dirty" else 0}
+    seen = {
+        "Rss": vma.get("Rss", 0),
+        "Referenced": vma.get("Referenced", 0),
+        "Dirty": vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0),
+    }
+    want = {
+        "Rss": want_kb,
+        "Referenced": want_kb if young == "young" else 0,
+        "Dirty": want_kb if dirty == "dirty" else 0,
+    }
     if seen == want:
         return None
     return f"smaps kB {seen}, expected {want}"
 
 
 # -- first touch ------------------------------------------------------------------------
+
 
 def _first_touch(state: str, access: str, warm: bool) -> Callable[[Context], Batch]:
     def run(ctx: Context) -> Batch:
@@ -193,6 +201,7 @@ def _first_touch(state: str, access: str, warm: bool) -> Callable[[Context], Bat
             error = check_state(region, state) if ctx.check_state else None
             samples, faults = _timed_touch(region, access == "write", ctx)
         return Batch(samples, faults, error)
+
     return run
 
 
@@ -200,18 +209,31 @@ def _first_touch_scenarios() -> list[Scenario]:
     out = []
     for state in STATES:
         for access in ACCESSES:
-            out.append(Scenario(f"first_touch.{state}.{access}", "first_touch",
-                                f"{access} of a present {state.replace('_', '+')} PTE, cold TLB",
-                                _first_touch(state, access, warm=False), fault_free=True))
+            out.append(
+                Scenario(
+                    f"first_touch.{state}.{access}",
+                    "first_touch",
+                    f"{access} of a present {state.replace('_', '+')} PTE, cold TLB",
+                    _first_touch(state, access, warm=False),
+                    fault_free=True,
+                )
+            )
     for state in ("young_dirty", "young_clean"):
         for access in ACCESSES:
-            out.append(Scenario(f"first_touch.{state}.{access}.warm_tlb", "first_touch",
-                                f"{access} of a present {state.replace('_', '+')} PTE, TLB warmed by a read",
-                                _first_touch(state, access, warm=True), fault_free=True))
+            out.append(
+                Scenario(
+                    f"first_touch.{state}.{access}.warm_tlb",
+                    "first_touch",
+                    f"{access} of a present {state.replace('_', '+')} PTE, TLB warmed by a read",
+                    _first_touch(state, access, warm=True),
+                    fault_free=True,
+                )
+            )
     return out
 
 
 # -- userfaultfd: first touch after un-protect ---------------------------------------------
+
 
 def _after_unprotect(state: str, access: str, hint: Optional[str]) -> Callable[[Context], Batch]:
     def run(ctx: Context) -> Batch:
@@ -221,17 +243,26 @@ def _after_unprotect(state: str, access: str, hint: Optional[str]) -> Callable[[
         # measured on a twin, first, since preparing old_dirty clears every young bit of the process;
         # where it does not, write_likely leaves them as they were)
         writable = hint == "write_likely" and ctx.check_state and _unprotect_makes_writable(state)
-        expect = {None: state, "access_likely": "young_" + state.split("_")[1],
-                  "write_likely": "young_dirty" if writable else state}[hint]
+        expect = {
+            None: state,
+            "access_likely": "young_" + state.split("_")[1],
+            "write_likely": "young_dirty" if writable else state,
+        }[hint]
         with _region(ctx.pages) as region, open_any(features) as uffd:
             prepare_state(region, state)
             uffd.register(region.addr, region.length, RegisterMode.WP)
             uffd.writeprotect(region.addr, region.length, protect=True)
-            uffd.writeprotect(region.addr, region.length, protect=False,
-                              access_likely=hint == "access_likely", write_likely=hint == "write_likely")
+            uffd.writeprotect(
+                region.addr,
+                region.length,
+                protect=False,
+                access_likely=hint == "access_likely",
+                write_likely=hint == "write_likely",
+            )
             error = check_state(region, expect) if ctx.check_state else None
             samples, faults = _timed_touch(region, access == "write", ctx)
         return Batch(samples, faults, error)
+
     return run
 
 
@@ -256,29 +287,60 @@ def _uffd_absent(ctx: Context) -> Optional[str]:
 
 def _uffd_scenarios() -> list[Scenario]:
     out = [
-        Scenario("uffd.unprotect.young_dirty.write", "uffd",
-                 "write after UFFDIO_WRITEPROTECT un-protect, page was young+dirty",
-                 _after_unprotect("young_dirty", "write", None), _uffd_absent, fault_free=True),
-        Scenario("uffd.unprotect.old_clean.read", "uffd",
-                 "read after un-protect without hints, page was old+clean (MADV_FREE)",
-                 _after_unprotect("old_clean", "read", None), _uffd_absent, fault_free=True),
-        Scenario("uffd.unprotect.old_clean.write", "uffd",
-                 "write after un-protect without hints, page was old+clean (MADV_FREE)",
-                 _after_unprotect("old_clean", "write", None), _uffd_absent, fault_free=True),
-        Scenario("uffd.unprotect_access_likely.old_clean.read", "uffd",
-                 "read after un-protect with ACCESS_LIKELY, page was old+clean",
-                 _after_unprotect("old_clean", "read", "access_likely"), _hints_absent,
-                 fault_free=True),
-        Scenario("uffd.unprotect_write_likely.old_clean.write", "uffd",
-                 "write after un-protect with WRITE_LIKELY, page was old+clean",
-                 _after_unprotect("old_clean", "write", "write_likely"), _hints_absent,
-                 fault_free=True),
-        Scenario("uffd.missing_roundtrip.c_handler", "uffd",
-                 "missing fault: touch, C thread reads uffd_msg, UFFDIO_COPY, resume",
-                 lambda ctx: _missing_roundtrip(ctx, python=False), _uffd_absent),
-        Scenario("uffd.missing_roundtrip.py_handler", "uffd",
-                 "missing fault served by harness.events.FaultHandler + Userfaultfd.copy",
-                 lambda ctx: _missing_roundtrip(ctx, python=True), _uffd_absent),
+        Scenario(
+            "uffd.unprotect.young_dirty.write",
+            "uffd",
+            "write after UFFDIO_WRITEPROTECT un-protect, page was young+dirty",
+            _after_unprotect("young_dirty", "write", None),
+            _uffd_absent,
+            fault_free=True,
+        ),
+        Scenario(
+            "uffd.unprotect.old_clean.read",
+            "uffd",
+            "read after un-protect without hints, page was old+clean (MADV_FREE)",
+            _after_unprotect("old_clean", "read", None),
+            _uffd_absent,
+            fault_free=True,
+        ),
+        Scenario(
+            "uffd.unprotect.old_clean.write",
+            "uffd",
+            "write after un-protect without hints, page was old+clean (MADV_FREE)",
+            _after_unprotect("old_clean", "write", None),
+            _uffd_absent,
+            fault_free=True,
+        ),
+        Scenario(
+            "uffd.unprotect_access_likely.old_clean.read",
+            "uffd",
+            "read after un-protect with ACCESS_LIKELY, page was old+clean",
+            _after_unprotect("old_clean", "read", "access_likely"),
+            _hints_absent,
+            fault_free=True,
+        ),
+        Scenario(
+            "uffd.unprotect_write_likely.old_clean.write",
+            "uffd",
+            "write after un-protect with WRITE_LIKELY, page was old+clean",
+            _after_unprotect("old_clean", "write", "write_likely"),
+            _hints_absent,
+            fault_free=True,
+        ),
+        Scenario(
+            "uffd.missing_roundtrip.c_handler",
+            "uffd",
+            "missing fault: touch, C thread reads uffd_msg, UFFDIO_COPY, resume",
+            lambda ctx: _missing_roundtrip(ctx, python=False),
+            _uffd_absent,
+        ),
+        Scenario(
+            "uffd.missing_roundtrip.py_handler",
+            "uffd",
+            "missing fault served by harness.events.FaultHandler + Userfaultfd.copy",
+            lambda ctx: _missing_roundtrip(ctx, python=True),
+            _uffd_absent,
+        ),
     ]
     return out
 
@@ -296,12 +358,14 @@ def _missing_roundtrip(ctx: Context, python: bool) -> Batch:
             def serve(u: Userfaultfd, event) -> None:
                 if isinstance(event, PageFault):
                     u.copy(event.address & ~(page - 1), src.addr, page)
+
             # cffi releases the GIL around the C call, so the handler thread runs while we block.
             with FaultHandler(uffd, serve):
                 lib.harness_time_touch(region.addr, pages, page, 1, ffi.NULL, buf)
         else:
-            r = lib.harness_time_missing_roundtrip(uffd.fileno(), region.addr, pages, region.page_size,
-                                                   src.addr, 1, buf)
+            r = lib.harness_time_missing_roundtrip(
+                uffd.fileno(), region.addr, pages, region.page_size, src.addr, 1, buf
+            )
             if r < 0:
                 raise UffdError("missing round trip (C handler)", -r, region.addr, region.length)
         faults = _minflt() - before
@@ -309,6 +373,7 @@ def _missing_roundtrip(ctx: Context, python: bool) -> Batch:
 
 
 # -- the binding and the RFC loop ---------------------------------------------------------
+
 
 def _wp_region_and_uffd() -> tuple[Region, Userfaultfd]:
     region = _region(1)
@@ -329,8 +394,9 @@ def _wp_toggle_c(ctx: Context, ws_pages: int = 0) -> Batch:
         if ws:
             ws.write()
         buf = ffi.new("uint64_t[]", ctx.pages)
-        r = lib.harness_time_wp_toggle(uffd.fileno(), region.addr, region.length, ctx.pages,
-                                       ws.addr if ws else 0, ws.length if ws else 0, buf)
+        r = lib.harness_time_wp_toggle(
+            uffd.fileno(), region.addr, region.length, ctx.pages, ws.addr if ws else 0, ws.length if ws else 0, buf
+        )
         if r < 0:
             raise UffdError("UFFDIO_WRITEPROTECT (C toggle loop)", -r, region.addr, region.length)
         return Batch(list(buf))
@@ -354,8 +420,9 @@ def _wp_noop_c(ctx: Context) -> Batch:
     try:
         uffd.writeprotect(region.addr, region.length, True)
         buf = ffi.new("uint64_t[]", ctx.pages)
-        r = lib.harness_time_wp_repeat(uffd.fileno(), region.addr, region.length, abi.WRITEPROTECT_MODE_WP,
-                                       ctx.pages, buf)
+        r = lib.harness_time_wp_repeat(
+            uffd.fileno(), region.addr, region.length, abi.WRITEPROTECT_MODE_WP, ctx.pages, buf
+        )
         if r < 0:
             raise UffdError("UFFDIO_WRITEPROTECT (C repeat loop)", -r, region.addr, region.length)
         return Batch(list(buf))
@@ -404,6 +471,7 @@ def _loop_method(uffd: Userfaultfd, region: Region, second: int) -> Callable[[ra
         for _ in reps:
             wp(addr, length, True)
             wp(addr, length, again)
+
     return loop
 
 
@@ -416,6 +484,7 @@ def _loop_cffi_raw(uffd: Userfaultfd, region: Region, second: int) -> Callable[[
         for _ in reps:
             wp(fd, addr, length, protect)
             wp(fd, addr, length, second)
+
     return loop
 
 
@@ -426,14 +495,19 @@ def _loop_cffi_floor(uffd: Userfaultfd, region: Region, second: int) -> Callable
     pointer to convert) and no error check: a floor under any CFFI binding.
     """
     issue = lib.harness_wp_request_issue
-    first, then = (ffi.new("struct harness_wp_request *", {
-        "fd": uffd.fileno(), "start": region.addr, "len": region.length, "mode": mode})
-        for mode in (abi.WRITEPROTECT_MODE_WP, second))
+    first, then = (
+        ffi.new(
+            "struct harness_wp_request *",
+            {"fd": uffd.fileno(), "start": region.addr, "len": region.length, "mode": mode},
+        )
+        for mode in (abi.WRITEPROTECT_MODE_WP, second)
+    )
 
     def loop(reps: range) -> None:
         for _ in reps:
             issue(first)
             issue(then)
+
     return loop
 
 
@@ -441,15 +515,18 @@ def _loop_fcntl(uffd: Userfaultfd, region: Region, second: int) -> Callable[[ran
     """Python's own fcntl.ioctl on two prepared struct uffdio_writeprotect buffers (no cffi)."""
     import fcntl
     import struct
+
     ioctl, fd, request = fcntl.ioctl, uffd.fileno(), lib.UFFDIO_WRITEPROTECT
     # struct uffdio_writeprotect: { struct uffdio_range { __u64 start, len; } range; __u64 mode; }
-    first, then = (bytearray(struct.pack("=QQQ", region.addr, region.length, mode))
-                   for mode in (abi.WRITEPROTECT_MODE_WP, second))
+    first, then = (
+        bytearray(struct.pack("=QQQ", region.addr, region.length, mode)) for mode in (abi.WRITEPROTECT_MODE_WP, second)
+    )
 
     def loop(reps: range) -> None:
         for _ in reps:
             ioctl(fd, request, first)
             ioctl(fd, request, then)
+
     return loop
 
 
@@ -488,6 +565,7 @@ def _wp_toggle_batch(ctx: Context, prepared: bool = True) -> Batch:
 def _other_cpu() -> Optional[int]:
     """A CPU this process may use other than the one it runs on now, or None."""
     import os
+
     here = os.sched_getcpu() if hasattr(os, "sched_getcpu") else -1
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     # the thread may be pinned to one CPU (bench pins it); the process may use any online CPU
@@ -520,53 +598,112 @@ def _rfc_loop(ctx: Context, two_threads: bool = False) -> Batch:
 
 def _other_scenarios() -> list[Scenario]:
     return [
-        Scenario("binding.wp_toggle.c", "binding",
-                 "one-page UFFDIO_WRITEPROTECT protect + un-protect, C loop", _wp_toggle_c, _uffd_absent),
-        Scenario("binding.wp_toggle.c_working_set", "binding",
-                 f"the C toggle, touching a {WORKING_SET_PAGES}-page working set after each ioctl (timed)",
-                 lambda ctx: _wp_toggle_c(ctx, WORKING_SET_PAGES), _uffd_absent),
-        Scenario("binding.working_set.c", "binding",
-                 f"those {WORKING_SET_PAGES}-page working-set touches alone (twice per sample)", _working_set_c),
-        Scenario("binding.wp_toggle.python", "binding",
-                 "the same toggle through Userfaultfd.writeprotect (per toggle, "
-                 f"{PY_TOGGLES_PER_SAMPLE} toggles per rdtsc pair)",
-                 lambda ctx: _python_pairs(ctx, _loop_method), _uffd_absent),
-        Scenario("binding.wp_toggle.cffi_raw", "binding",
-                 "the same toggle calling lib.harness_uffd_writeprotect directly (no method)",
-                 lambda ctx: _python_pairs(ctx, _loop_cffi_raw), _uffd_absent),
-        Scenario("binding.wp_toggle.cffi_floor", "binding",
-                 "the same toggle as two prepared requests, each a one-argument cffi call with no "
-                 "error check: the floor under any CFFI binding",
-                 lambda ctx: _python_pairs(ctx, _loop_cffi_floor), _uffd_absent),
-        Scenario("binding.wp_toggle.fcntl", "binding",
-                 "the same toggle through Python's fcntl.ioctl on two prepared buffers (no cffi)",
-                 lambda ctx: _python_pairs(ctx, _loop_fcntl), _uffd_absent),
-        Scenario("binding.wp_toggle.batch", "binding",
-                 f"the same toggle of {BATCH_RANGES} one-page ranges, one Userfaultfd.writeprotect_many call "
-                 "each way on PreparedRanges (loop in C); per range",
-                 _wp_toggle_batch, _uffd_absent),
-        Scenario("binding.wp_toggle.batch_list", "binding",
-                 "the batched toggle given a list of (start, length) pairs, converted and checked on every "
-                 "call; per range",
-                 lambda ctx: _wp_toggle_batch(ctx, prepared=False), _uffd_absent),
-        Scenario("binding.wp_noop.c", "binding",
-                 "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop",
-                 _wp_noop_c, _uffd_absent),
-        Scenario("binding.wp_noop.python", "binding",
-                 "the same no-op ioctl through Userfaultfd.writeprotect: the per-call overhead",
-                 lambda ctx: _python_pairs(ctx, _loop_method, toggle=False), _uffd_absent),
-        Scenario("binding.wp_noop.cffi_raw", "binding",
-                 "the same no-op ioctl calling lib.harness_uffd_writeprotect directly",
-                 lambda ctx: _python_pairs(ctx, _loop_cffi_raw, toggle=False), _uffd_absent),
-        Scenario("binding.wp_noop.cffi_floor", "binding",
-                 "the same no-op ioctl as a prepared request, one-argument cffi call",
-                 lambda ctx: _python_pairs(ctx, _loop_cffi_floor, toggle=False), _uffd_absent),
-        Scenario("rfc.mprotect_loop", "rfc",
-                 "RFC cover letter loop: mprotect(READ), mprotect(READ|WRITE), store; per iteration",
-                 _rfc_loop),
-        Scenario("rfc.mprotect_loop.two_threads", "rfc",
-                 "the same loop while a second thread of the process reads the page on another CPU",
-                 lambda ctx: _rfc_loop(ctx, two_threads=True), _needs_two_cpus),
+        Scenario(
+            "binding.wp_toggle.c",
+            "binding",
+            "one-page UFFDIO_WRITEPROTECT protect + un-protect, C loop",
+            _wp_toggle_c,
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_toggle.c_working_set",
+            "binding",
+            f"the C toggle, touching a {WORKING_SET_PAGES}-page working set after each ioctl (timed)",
+            lambda ctx: _wp_toggle_c(ctx, WORKING_SET_PAGES),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.working_set.c",
+            "binding",
+            f"those {WORKING_SET_PAGES}-page working-set touches alone (twice per sample)",
+            _working_set_c,
+        ),
+        Scenario(
+            "binding.wp_toggle.python",
+            "binding",
+            "the same toggle through Userfaultfd.writeprotect (per toggle, "
+            f"{PY_TOGGLES_PER_SAMPLE} toggles per rdtsc pair)",
+            lambda ctx: _python_pairs(ctx, _loop_method),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_toggle.cffi_raw",
+            "binding",
+            "the same toggle calling lib.harness_uffd_writeprotect directly (no method)",
+            lambda ctx: _python_pairs(ctx, _loop_cffi_raw),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_toggle.cffi_floor",
+            "binding",
+            "the same toggle as two prepared requests, each a one-argument cffi call with no "
+            "error check: the floor under any CFFI binding",
+            lambda ctx: _python_pairs(ctx, _loop_cffi_floor),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_toggle.fcntl",
+            "binding",
+            "the same toggle through Python's fcntl.ioctl on two prepared buffers (no cffi)",
+            lambda ctx: _python_pairs(ctx, _loop_fcntl),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_toggle.batch",
+            "binding",
+            f"the same toggle of {BATCH_RANGES} one-page ranges, one Userfaultfd.writeprotect_many call "
+            "each way on PreparedRanges (loop in C); per range",
+            _wp_toggle_batch,
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_toggle.batch_list",
+            "binding",
+            "the batched toggle given a list of (start, length) pairs, converted and checked on every call; per range",
+            lambda ctx: _wp_toggle_batch(ctx, prepared=False),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_noop.c",
+            "binding",
+            "one UFFDIO_WRITEPROTECT that changes nothing (page already protected), C loop",
+            _wp_noop_c,
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_noop.python",
+            "binding",
+            "the same no-op ioctl through Userfaultfd.writeprotect: the per-call overhead",
+            lambda ctx: _python_pairs(ctx, _loop_method, toggle=False),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_noop.cffi_raw",
+            "binding",
+            "the same no-op ioctl calling lib.harness_uffd_writeprotect directly",
+            lambda ctx: _python_pairs(ctx, _loop_cffi_raw, toggle=False),
+            _uffd_absent,
+        ),
+        Scenario(
+            "binding.wp_noop.cffi_floor",
+            "binding",
+            "the same no-op ioctl as a prepared request, one-argument cffi call",
+            lambda ctx: _python_pairs(ctx, _loop_cffi_floor, toggle=False),
+            _uffd_absent,
+        ),
+        Scenario(
+            "rfc.mprotect_loop",
+            "rfc",
+            "RFC cover letter loop: mprotect(READ), mprotect(READ|WRITE), store; per iteration",
+            _rfc_loop,
+        ),
+        Scenario(
+            "rfc.mprotect_loop.two_threads",
+            "rfc",
+            "the same loop while a second thread of the process reads the page on another CPU",
+            lambda ctx: _rfc_loop(ctx, two_threads=True),
+            _needs_two_cpus,
+        ),
     ]
 
 
@@ -584,5 +721,16 @@ def select(patterns: Optional[list[str]]) -> list[Scenario]:
     return chosen
 
 
-__all__ = ["SCENARIOS", "BY_NAME", "Scenario", "Batch", "Context", "select", "prepare_state",
-           "flush_tlb", "check_state", "RFC_COVER_LETTER_CYCLES", "PAGE_SIZE"]
+__all__ = [
+    "SCENARIOS",
+    "BY_NAME",
+    "Scenario",
+    "Batch",
+    "Context",
+    "select",
+    "prepare_state",
+    "flush_tlb",
+    "check_state",
+    "RFC_COVER_LETTER_CYCLES",
+    "PAGE_SIZE",
+]

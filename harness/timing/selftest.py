@@ -10,6 +10,7 @@ repeatability
     two independent runs of the same scenario agree on the median within
     :data:`AGREEMENT`.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,8 +22,10 @@ from harness.timing.scenarios import BY_NAME, Context
 BUDGET_S = 2.0
 AGREEMENT = 0.10
 PAGES = 128
-PAIRS = (("first_touch.young_dirty.write", "first_touch.old_clean.write"),
-         ("first_touch.young_dirty.read", "first_touch.old_clean.read"))
+PAIRS = (
+    ("first_touch.young_dirty.write", "first_touch.old_clean.write"),
+    ("first_touch.young_dirty.read", "first_touch.old_clean.read"),
+)
 REPEAT_BATCHES = 3
 
 
@@ -55,13 +58,21 @@ class SelfTest:
 
     @property
     def passed(self) -> bool:
-        return bool(self.separations) and all(s.separated for s in self.separations) \
-            and bool(self.agreements) and all(a.agreed for a in self.agreements)
+        return (
+            bool(self.separations)
+            and all(s.separated for s in self.separations)
+            and bool(self.agreements)
+            and all(a.agreed for a in self.agreements)
+        )
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "budget_s": BUDGET_S, "agreement": AGREEMENT,
-                "separations": [asdict(s) for s in self.separations],
-                "agreements": [asdict(a) for a in self.agreements]}
+        return {
+            "passed": self.passed,
+            "budget_s": BUDGET_S,
+            "agreement": AGREEMENT,
+            "separations": [asdict(s) for s in self.separations],
+            "agreements": [asdict(a) for a in self.agreements],
+        }
 
 
 def _batches(name: str, ctx: Context, count: int) -> tuple[list[float], float]:
@@ -99,8 +110,17 @@ def separate(fast: str, slow: str, ctx: Context, budget_s: float = BUDGET_S) -> 
             separated = ci_a[1] < ci_b[0]  # and in the expected direction
             break
     flat_a, flat_b = [x for g in a for x in g], [x for g in b for x in g]
-    return Separation(fast, slow, stats.median(flat_a), ci_a, stats.median(flat_b), ci_b, len(flat_a), spent,
-                      separated and spent < budget_s)
+    return Separation(
+        fast,
+        slow,
+        stats.median(flat_a),
+        ci_a,
+        stats.median(flat_b),
+        ci_b,
+        len(flat_a),
+        spent,
+        separated and spent < budget_s,
+    )
 
 
 def agree(name: str, ctx: Context, batches: int = REPEAT_BATCHES) -> Agreement:
@@ -108,8 +128,7 @@ def agree(name: str, ctx: Context, batches: int = REPEAT_BATCHES) -> Agreement:
     two, _ = _batches(name, ctx, batches)
     m1, m2 = stats.median(one), stats.median(two)
     rel = stats.relative_difference(m1, m2)
-    return Agreement(name, m1, m2, rel if rel is not None else float("inf"),
-                     rel is not None and rel <= AGREEMENT)
+    return Agreement(name, m1, m2, rel if rel is not None else float("inf"), rel is not None and rel <= AGREEMENT)
 
 
 def run(pages: int = PAGES, budget_s: float = BUDGET_S) -> SelfTest:
@@ -126,13 +145,17 @@ def run(pages: int = PAGES, budget_s: float = BUDGET_S) -> SelfTest:
 def report_lines(result: SelfTest) -> list[str]:
     lines = []
     for s in result.separations:
-        lines.append(f"{'ok    ' if s.separated else 'FAILED'} separation: {s.fast} median {s.fast_median:.0f} "
-                     f"[{s.fast_ci[0]:.0f}, {s.fast_ci[1]:.0f}] vs {s.slow} median {s.slow_median:.0f} "
-                     f"[{s.slow_ci[0]:.0f}, {s.slow_ci[1]:.0f}]; {s.samples_each} samples each, "
-                     f"{1000 * s.measuring_s:.0f} ms of measuring (budget {BUDGET_S:.0f} s)")
+        lines.append(
+            f"{'ok    ' if s.separated else 'FAILED'} separation: {s.fast} median {s.fast_median:.0f} "
+            f"[{s.fast_ci[0]:.0f}, {s.fast_ci[1]:.0f}] vs {s.slow} median {s.slow_median:.0f} "
+            f"[{s.slow_ci[0]:.0f}, {s.slow_ci[1]:.0f}]; {s.samples_each} samples each, "
+            f"{1000 * s.measuring_s:.0f} ms of measuring (budget {BUDGET_S:.0f} s)"
+        )
     for a in result.agreements:
-        lines.append(f"{'ok    ' if a.agreed else 'FAILED'} repeatability: {a.scenario} medians {a.median_1:.0f} "
-                     f"and {a.median_2:.0f} differ by {100 * a.relative_difference:.1f}% "
-                     f"(limit {100 * AGREEMENT:.0f}%)")
+        lines.append(
+            f"{'ok    ' if a.agreed else 'FAILED'} repeatability: {a.scenario} medians {a.median_1:.0f} "
+            f"and {a.median_2:.0f} differ by {100 * a.relative_difference:.1f}% "
+            f"(limit {100 * AGREEMENT:.0f}%)"
+        )
     lines.append("self-test " + ("passed" if result.passed else "FAILED"))
     return lines

@@ -8,6 +8,7 @@ bootstrap, which assumes nothing about the distribution.
 numpy (which the ``bench`` extra brings with matplotlib) makes the bootstrap
 fast; without it the same resampling runs in pure Python.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,6 +31,7 @@ def _numpy():
     except ImportError:  # pragma: no cover - exercised where numpy is absent
         return None
     return numpy
+
 
 #: verdicts of :func:`verdict`, in the words the tables print
 FASTER = "faster"
@@ -80,8 +82,7 @@ def _resampled_medians(samples: Sequence[float], resamples: int, rng_seed: int) 
     return [median(rng.choices(samples, k=n)) for _ in range(resamples)]
 
 
-def _resampled_medians_clustered(batches: Sequence[Sequence[float]], resamples: int,
-                                 rng_seed: int) -> list[float]:
+def _resampled_medians_clustered(batches: Sequence[Sequence[float]], resamples: int, rng_seed: int) -> list[float]:
     """Two-level bootstrap: draw batches with replacement, then samples within each drawn batch.
 
     Samples of one batch share a moment, a region and a cache state, so
@@ -91,7 +92,7 @@ def _resampled_medians_clustered(batches: Sequence[Sequence[float]], resamples: 
     k = len(batches)
     _np = _numpy()
     if _np is not None and len({len(b) for b in batches}) == 1:
-        data = _np.asarray(batches, dtype=float)          # k x m
+        data = _np.asarray(batches, dtype=float)  # k x m
         m = data.shape[1]
         rng = _np.random.default_rng(rng_seed)
         out = []
@@ -124,14 +125,19 @@ def split_batches(samples: Sequence[float], sizes: Optional[Sequence[int]]) -> O
         return None
     out, at = [], 0
     for n in sizes:
-        out.append(list(samples[at:at + n]))
+        out.append(list(samples[at : at + n]))
         at += n
     return out
 
 
-def bootstrap_median_ci(samples: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
-                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                        batches: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
+def bootstrap_median_ci(
+    samples: Sequence[float],
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    batches: Optional[Sequence[Sequence[float]]] = None,
+) -> tuple[float, float]:
     """Percentile-bootstrap interval of the median of ``samples``.
 
     With ``batches`` (the same samples cut into the batches they were
@@ -155,19 +161,31 @@ def _two_sample_medians(a, b, resamples: int, seed: int, batches_a, batches_b) -
     return _medians(a, resamples, seed, batches_a), _medians(b, resamples, seed + 1, batches_b)
 
 
-def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
-                      resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                      batches_a: Optional[Sequence[Sequence[float]]] = None,
-                      batches_b: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
+def bootstrap_diff_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    batches_a: Optional[Sequence[Sequence[float]]] = None,
+    batches_b: Optional[Sequence[Sequence[float]]] = None,
+) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``median(b) - median(a)`` (independent runs; batches as above)."""
     ma, mb = _two_sample_medians(a, b, resamples, seed, batches_a, batches_b)
     return _percentile_interval([y - x for x, y in zip(ma, mb, strict=True)], confidence)
 
 
-def bootstrap_ratio_ci(a: Sequence[float], b: Sequence[float], *, confidence: float = DEFAULT_CONFIDENCE,
-                       resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                       batches_a: Optional[Sequence[Sequence[float]]] = None,
-                       batches_b: Optional[Sequence[Sequence[float]]] = None) -> tuple[float, float]:
+def bootstrap_ratio_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    batches_a: Optional[Sequence[Sequence[float]]] = None,
+    batches_b: Optional[Sequence[Sequence[float]]] = None,
+) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``median(b) / median(a)``."""
     ma, mb = _two_sample_medians(a, b, resamples, seed, batches_a, batches_b)
     if any(x == 0 for x in ma):
@@ -215,16 +233,27 @@ class Summary:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
-def summarize(samples: Sequence[float], *, seed: int = 0, resamples: int = DEFAULT_RESAMPLES,
-              confidence: float = DEFAULT_CONFIDENCE,
-              batches: Optional[Sequence[Sequence[float]]] = None) -> Summary:
+def summarize(
+    samples: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    batches: Optional[Sequence[Sequence[float]]] = None,
+) -> Summary:
     if len(samples) < 2:
         raise ValueError(f"need at least two samples to summarise, got {len(samples)}")
-    lo, hi = bootstrap_median_ci(samples, confidence=confidence, resamples=resamples, seed=seed,
-                                 batches=batches)
-    return Summary(n=len(samples), median=median(samples), p10=quantile(samples, 0.1),
-                   p90=quantile(samples, 0.9), ci_lo=lo, ci_hi=hi,
-                   min=float(min(samples)), max=float(max(samples)))
+    lo, hi = bootstrap_median_ci(samples, confidence=confidence, resamples=resamples, seed=seed, batches=batches)
+    return Summary(
+        n=len(samples),
+        median=median(samples),
+        p10=quantile(samples, 0.1),
+        p90=quantile(samples, 0.9),
+        ci_lo=lo,
+        ci_hi=hi,
+        min=float(min(samples)),
+        max=float(max(samples)),
+    )
 
 
 def relative_difference(a: float, b: float) -> Optional[float]:

@@ -13,6 +13,7 @@ The rooms:
 ``cli``                   the verbs
 ========================  ===============================================================
 """
+
 from harness.validate.cli import register
 
 __all__ = ["register"]

@@ -1,4 +1,5 @@
 """``uffd-harness validate`` and ``uffd-harness suite``: the verbs, their arguments, their exit status."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,12 @@ def _bad(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from harness.validate.run import validate
     from harness.vm.sources import SourceError
+
     patches = Path(args.patches).resolve() if args.patches else None
     if patches is not None and not patches.is_dir():
         return _bad(f"--patches {args.patches}: not a directory")
     from harness.validate import kcidb
+
     if args.kcidb_origin:
         try:
             os.environ[kcidb.ENV_ORIGIN] = kcidb.check_origin(args.kcidb_origin)
@@ -34,13 +37,14 @@ def run(args: argparse.Namespace) -> int:
             if args.source or patches:
                 return _bad("--tree brings its own commits: drop --source and --patches")
             from harness.validate.tree import plan_tree
+
             tree = plan_tree(Path(args.tree), base=args.base, head=args.head, dirty=args.dirty)
         if not args.json:
             return validate(patches, args.quick, fresh_control=args.fresh_control, source=args.source, tree=tree)
         from harness import paths
+
         with contextlib.redirect_stdout(sys.stderr):  # the table and progress, for a person
-            status = validate(patches, args.quick, fresh_control=args.fresh_control, source=args.source,
-                              tree=tree)
+            status = validate(patches, args.quick, fresh_control=args.fresh_control, source=args.source, tree=tree)
     except SourceError as exc:
         return _bad(str(exc))
     report = paths.RESULTS_DIR / "report.json"
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 def run_suite(args: argparse.Namespace) -> int:
     from harness.validate.run import guest_suite
     from harness.vm.sources import SourceError, resolve
+
     patches = Path(args.patches).resolve() if args.patches else None
     try:
         source = resolve(args.source)
@@ -64,31 +69,56 @@ def run_suite(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("validate", help="build stock and patched kernels, run every check, report a verdict")
-    p.add_argument("--patches", metavar="DIR", help="validate this patch series (a series file or *.patch) "
-                                                    "instead of the project's hint patch")
-    p.add_argument("--source", metavar="6.1|6.12|PATH",
-                   help="the base both kernels are built from: Debian's linux-source-6.12 (default) or -6.1 "
-                        "(with vm/patches-6.1), or the path of an unpacked tree (with --patches)")
-    p.add_argument("--tree", metavar="PATH", help="a git kernel tree: its --head is the candidate, its --base "
-                                                  "the control (built from the commits; the tree is only read)")
-    p.add_argument("--base", metavar="REF", help="with --tree: the control commit (default: the merge-base "
-                                                 "with the branch's upstream)")
+    p.add_argument(
+        "--patches",
+        metavar="DIR",
+        help="validate this patch series (a series file or *.patch) instead of the project's hint patch",
+    )
+    p.add_argument(
+        "--source",
+        metavar="6.1|6.12|PATH",
+        help="the base both kernels are built from: Debian's linux-source-6.12 (default) or -6.1 "
+        "(with vm/patches-6.1), or the path of an unpacked tree (with --patches)",
+    )
+    p.add_argument(
+        "--tree",
+        metavar="PATH",
+        help="a git kernel tree: its --head is the candidate, its --base "
+        "the control (built from the commits; the tree is only read)",
+    )
+    p.add_argument(
+        "--base",
+        metavar="REF",
+        help="with --tree: the control commit (default: the merge-base with the branch's upstream)",
+    )
     p.add_argument("--head", metavar="REF", help="with --tree: the candidate commit (default: HEAD)")
-    p.add_argument("--dirty", action="store_true", help="with --tree: include uncommitted changes to tracked "
-                                                        "files (default: left out, and said so)")
+    p.add_argument(
+        "--dirty",
+        action="store_true",
+        help="with --tree: include uncommitted changes to tracked files (default: left out, and said so)",
+    )
     p.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
     p.add_argument("--json", action="store_true", help="print report.json on stdout (the table goes to stderr)")
-    p.add_argument("--kcidb-origin", metavar="NAME", help="KCIDB origin (CI system name) in report.kcidb.json "
-                   "(default $UFFD_HARNESS_KCIDB_ORIGIN or uffd_harness)")
-    p.add_argument("--fresh-control", action="store_true",
-                   help="boot the control (stock) again even if its stored guest results still fit "
-                        "(same kernel build, harness code and tests, --quick, guest settings)")
+    p.add_argument(
+        "--kcidb-origin",
+        metavar="NAME",
+        help="KCIDB origin (CI system name) in report.kcidb.json (default $UFFD_HARNESS_KCIDB_ORIGIN or uffd_harness)",
+    )
+    p.add_argument(
+        "--fresh-control",
+        action="store_true",
+        help="boot the control (stock) again even if its stored guest results still fit "
+        "(same kernel build, harness code and tests, --quick, guest settings)",
+    )
     p.set_defaults(func=run)
     s = subparsers.add_parser("suite", help="run the pytest suite inside a guest of one kernel (make vm-test)")
     s.add_argument("--kernel", default="patched", help="kernel name: patched, stock, or one built with --patches")
     s.add_argument("--patches", metavar="DIR", help="the series of a kernel other than patched/stock")
-    s.add_argument("--source", metavar="6.1|6.12|PATH",
-                   help="the tree the kernel is built from (default 6.12); with 6.1, stock and patched "
-                        "mean stock-6.1 and patched-6.1")
+    s.add_argument(
+        "--source",
+        metavar="6.1|6.12|PATH",
+        help="the tree the kernel is built from (default 6.12); with 6.1, stock and patched "
+        "mean stock-6.1 and patched-6.1",
+    )
     s.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     s.set_defaults(func=run_suite)

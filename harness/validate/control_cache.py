@@ -22,6 +22,7 @@ results of a guest run that had no problem (every step exited 0, nothing
 timed out) are stored.  ``--fresh-control`` runs the control again and
 replaces what was stored.  The newest :data:`KEEP` entries are kept.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,11 @@ def code_hash(root: Path = paths.REPO_ROOT) -> str:
     digest = hashlib.sha256()
     for d in CODE_DIRS:
         base = root / d
-        files = sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                       and p.suffix not in (".pyc", ".so"))
+        files = sorted(
+            p
+            for p in base.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".so")
+        )
         for p in files:
             digest.update(str(p.relative_to(root)).encode() + b"\0")
             digest.update(hashlib.sha256(p.read_bytes()).digest())
@@ -67,13 +71,17 @@ def guest_env() -> dict[str, str]:
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith("UFFD_") or k == "CI"}
 
 
-def inputs(build_key: str, *, quick: bool, memory_mb: int, cpus: int, timeouts: dict[str, float],
-           code: Optional[str] = None) -> dict:
+def inputs(
+    build_key: str, *, quick: bool, memory_mb: int, cpus: int, timeouts: dict[str, float], code: Optional[str] = None
+) -> dict:
     """Everything that makes the control's guest results what they are (see the module docstring)."""
-    return {"build_key": build_key, "code": code if code is not None else code_hash(),
-            "python": platform.python_version(), "quick": bool(quick),
-            "guest": {"memory_mb": memory_mb, "cpus": cpus, "timeouts": dict(sorted(timeouts.items())),
-                      "env": guest_env()}}
+    return {
+        "build_key": build_key,
+        "code": code if code is not None else code_hash(),
+        "python": platform.python_version(),
+        "quick": bool(quick),
+        "guest": {"memory_mb": memory_mb, "cpus": cpus, "timeouts": dict(sorted(timeouts.items())), "env": guest_env()},
+    }
 
 
 def key_of(inp: dict) -> str:
@@ -81,9 +89,13 @@ def key_of(inp: dict) -> str:
 
 
 #: readable names of the inputs, for saying which one changed
-_INPUT_NAMES = {"build_key": "the kernel build", "code": "the harness code or tests (harness/, tests/, cbits/)",
-                "python": "the Python version", "quick": "--quick",
-                "guest": "the guest settings (memory, cores, time limits, UFFD_*/CI environment)"}
+_INPUT_NAMES = {
+    "build_key": "the kernel build",
+    "code": "the harness code or tests (harness/, tests/, cbits/)",
+    "python": "the Python version",
+    "quick": "--quick",
+    "guest": "the guest settings (memory, cores, time limits, UFFD_*/CI environment)",
+}
 
 
 @dataclass(frozen=True)
@@ -93,9 +105,9 @@ class Entry:
     path: Path
     key: str
     inputs: dict
-    created: str          #: UTC, ISO 8601
+    created: str  #: UTC, ISO 8601
     kernel: str
-    seconds: float        #: how long that guest run took
+    seconds: float  #: how long that guest run took
     accel: str
     stored_at: float = 0.0  #: time.time() when stored: orders entries made within one second
 
@@ -119,8 +131,16 @@ def _read(path: Path) -> Optional[Entry]:
         meta = json.loads((path / META).read_text())
         if meta.get("schema") != SCHEMA:
             return None
-        return Entry(path, meta["key"], meta["inputs"], meta["created"], meta["kernel"], float(meta["seconds"]),
-                     meta.get("accel", ""), float(meta.get("stored_at", 0.0)))
+        return Entry(
+            path,
+            meta["key"],
+            meta["inputs"],
+            meta["created"],
+            meta["kernel"],
+            float(meta["seconds"]),
+            meta.get("accel", ""),
+            float(meta.get("stored_at", 0.0)),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -146,8 +166,11 @@ def why_not(inp: dict) -> str:
         return "no results stored yet"
     newest = same_kernel[0]
     changed = [name for field, name in _INPUT_NAMES.items() if newest.inputs.get(field) != inp.get(field)]
-    return (f"since the results of {newest.created}, changed: {'; '.join(changed)}" if changed
-            else "the stored results are unreadable")
+    return (
+        f"since the results of {newest.created}, changed: {'; '.join(changed)}"
+        if changed
+        else "the stored results are unreadable"
+    )
 
 
 def cacheable(outcome: KernelOutcome) -> Optional[str]:
@@ -179,9 +202,16 @@ def store(outcome: KernelOutcome, inp: dict) -> Entry:
     for f in outcome.out.iterdir():
         if f.is_file() and not f.name.startswith("."):
             shutil.copy2(f, tmp / f.name)
-    meta = {"schema": SCHEMA, "key": key, "inputs": inp, "kernel": outcome.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(outcome.seconds, 1), "accel": outcome.accel, "stored_at": time.time()}
+    meta = {
+        "schema": SCHEMA,
+        "key": key,
+        "inputs": inp,
+        "kernel": outcome.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(outcome.seconds, 1),
+        "accel": outcome.accel,
+        "stored_at": time.time(),
+    }
     (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)

@@ -6,6 +6,7 @@ QEMU cannot run).  Each step is bounded in time and writes its results under
 ``OUT``: ``junit.xml`` and ``summary.json`` from pytest, ``selftest-*.log``,
 ``bench.json``, and ``steps.json`` with each step's exit status and seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ from harness import paths
 from harness.selftests import KNOWN_SELFTESTS, SELFTESTS, SelftestRun, run_selftest, run_userfaultfd
 
 #: the kernel-facing tests a validation runs in each guest (``make vm-test`` runs the whole suite)
-VALIDATION_TESTS = ("tests/contract", "tests/test_pte_semantics.py", "tests/test_pte_channel.py",
-                    "tests/test_bad_input.py", "tests/test_uffd_unit.py", "tests/test_differential.py")
+VALIDATION_TESTS = (
+    "tests/contract",
+    "tests/test_pte_semantics.py",
+    "tests/test_pte_channel.py",
+    "tests/test_bad_input.py",
+    "tests/test_uffd_unit.py",
+    "tests/test_differential.py",
+)
 
 #: per-step time limits inside the guest (seconds); TCG is slow, a hang is not
 PYTEST_TIMEOUT = 1500
@@ -48,9 +55,11 @@ def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
     The differential check runs fewer sequences in a guest (TCG is ~10x
     slower than the host) unless UFFD_DIFF_EXAMPLES says otherwise.
     """
-    env = {"PYTHONDONTWRITEBYTECODE": "1",
-           "HYPOTHESIS_STORAGE_DIRECTORY": str(out / ".hypothesis"),
-           "MPLCONFIGDIR": str(out / ".matplotlib")}
+    env = {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(out / ".hypothesis"),
+        "MPLCONFIGDIR": str(out / ".matplotlib"),
+    }
     if in_guest:
         env[paths.ENV_DIFF_EXAMPLES] = os.environ.get(paths.ENV_DIFF_EXAMPLES, str(GUEST_DIFF_EXAMPLES))
     return env
@@ -59,10 +68,17 @@ def guest_environment(out: Path, in_guest: bool = True) -> dict[str, str]:
 def _contract_spans() -> dict[str, str]:
     """The contract's span targets, from its table: one ioctl over two VMAs, which 6.1 refuses."""
     from harness.backends.contract import CONTRACT, Shape
-    why = ("span: 6.1's UFFDIO_WRITEPROTECT takes one VMA only (ENOENT across two: mwriteprotect_range() "
-           "uses find_dst_vma())")
-    return {f"tests/contract/test_contract.py::test_contract_clause[clause{n}-{t.label}]": why
-            for n, c in CONTRACT.items() for t in c.targets() if t.shape is Shape.SPAN}
+
+    why = (
+        "span: 6.1's UFFDIO_WRITEPROTECT takes one VMA only (ENOENT across two: mwriteprotect_range() "
+        "uses find_dst_vma())"
+    )
+    return {
+        f"tests/contract/test_contract.py::test_contract_clause[clause{n}-{t.label}]": why
+        for n, c in CONTRACT.items()
+        for t in c.targets()
+        if t.shape is Shape.SPAN
+    }
 
 
 #: what a guest suite (make vm-test, and validate's own tests) on Linux 6.1 leaves out, and why.
@@ -73,27 +89,30 @@ def _contract_spans() -> dict[str, str]:
 DESELECT_6_1: dict[str, str] = {
     **_contract_spans(),
     "tests/contract/test_spans.py": "6.1's UFFDIO_WRITEPROTECT takes one VMA only (ENOENT across two: "
-                                    "mwriteprotect_range() uses find_dst_vma())",
+    "mwriteprotect_range() uses find_dst_vma())",
     "tests/contract/test_thp.py": "needs WP_UNPOPULATED (clause 7) and 6.12's write-upgrade of a PMD on un-protect",
     "tests/test_timing.py::test_first_touch_batches_are_plausible_and_fault_free": "assumes 6.12's un-protect "
-        "write-upgrade (no fault on the first store)",
+    "write-upgrade (no fault on the first store)",
     "tests/test_timing.py::test_missing_roundtrip_serves_every_page": "6.1 resolves these touches without the "
-        "handler (not investigated)",
+    "handler (not investigated)",
     "tests/test_uffd_unit.py::test_uffd_unit[move-": "6.1 lacks UFFD_FEATURE_MOVE",
     "tests/test_uffd_unit.py::test_uffd_unit[poison-": "6.1 lacks UFFD_FEATURE_POISON",
     "tests/test_uffd_unit.py::test_uffd_unit[wp-unpopulated-": "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
     "tests/test_uffd_unit.py::test_uffd_unit[minor-wp-": "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
-    "tests/test_pte_channel.py::test_a_wp_unpopulated_marker_shows_uffd_wp_and_no_page":
-        "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
+    "tests/test_pte_channel.py::test_a_wp_unpopulated_marker_shows_uffd_wp_and_no_page": (
+        "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED"
+    ),
     "tests/test_uffd_unit.py::test_uffd_unit[wp-fork-hugetlb-private]": "6.1 keeps the uffd-wp bit of a private "
-        "hugetlb PTE in a fork()ed child without EVENT_FORK (a 6.1 behaviour the test reports)",
-    "tests/test_differential.py::test_known_sequences_agree[young-after-clear-refs-without-flush]":
-        "the sequence negotiates WP_UNPOPULATED, which 6.1 lacks",
+    "hugetlb PTE in a fork()ed child without EVENT_FORK (a 6.1 behaviour the test reports)",
+    "tests/test_differential.py::test_known_sequences_agree[young-after-clear-refs-without-flush]": (
+        "the sequence negotiates WP_UNPOPULATED, which 6.1 lacks"
+    ),
     "tests/test_differential.py::test_known_sequences_agree[free-drops-swap-entry]": "needs WP_UNPOPULATED",
     "tests/test_differential.py::test_known_sequences_agree[poison-markers]": "needs WP_UNPOPULATED and POISON",
     "tests/test_differential.py::test_known_sequences_agree[move-": "needs WP_UNPOPULATED and MOVE",
-    "tests/test_differential.py::test_known_sequences_agree[pageout-keeps-redirtied-lazyfree-folio]":
-        "6.1's MADV_PAGEOUT leaves an anon PTE old where the linux-6.1 profile keeps it young (not modelled yet)",
+    "tests/test_differential.py::test_known_sequences_agree[pageout-keeps-redirtied-lazyfree-folio]": (
+        "6.1's MADV_PAGEOUT leaves an anon PTE old where the linux-6.1 profile keeps it young (not modelled yet)"
+    ),
     "tests/test_differential.py::test_known_sequences_agree[swap-keeps-uffd-wp]": "as above (pageout on 6.1)",
     "tests/test_differential.py::test_known_sequences_agree[swap-in-write]": "as above (pageout on 6.1)",
     "tests/test_backends.py::test_summary_json_and_terminal_counts": "asserts that the kernel offers WP_UNPOPULATED",
@@ -125,8 +144,13 @@ STEPS = ("pytest", "selftests", "bench")
 STEP_LINES = {"pytest": "pytest suite", "selftests": "selftest ", "bench": "first-touch benchmarks"}
 
 
-def run_steps(out: Path, selftests_dir: Optional[Path], quick: bool = False, log: Log = _log,
-              steps_wanted: tuple[str, ...] = STEPS) -> dict:
+def run_steps(
+    out: Path,
+    selftests_dir: Optional[Path],
+    quick: bool = False,
+    log: Log = _log,
+    steps_wanted: tuple[str, ...] = STEPS,
+) -> dict:
     """Run the suite, the selftests and the benchmarks; write their results under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **guest_environment(out, in_guest=paths.in_guest())}
@@ -151,9 +175,20 @@ def _where() -> str:
 
 def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
     log(f"[validate] {_where()}: {STEP_LINES['pytest']}")
-    pytest_cmd = [sys.executable, "-m", "pytest", *(str(paths.REPO_ROOT / t) for t in VALIDATION_TESTS),
-                  "-p", "no:cacheprovider", "-q", "-rfE", "--junitxml", str(out / "junit.xml"),
-                  "--summary-json", str(out / "summary.json")]
+    pytest_cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *(str(paths.REPO_ROOT / t) for t in VALIDATION_TESTS),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfE",
+        "--junitxml",
+        str(out / "junit.xml"),
+        "--summary-json",
+        str(out / "summary.json"),
+    ]
     pytest_cmd += ["-m", f"not slow and {GUEST_MARKERS}" if quick else GUEST_MARKERS]
     pytest_cmd += deselect_args(_kernel_base_version())
     return _run_logged(pytest_cmd, out / "pytest.log", PYTEST_TIMEOUT, env)
@@ -175,8 +210,11 @@ def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
             selftests[name] = SelftestRun(name, None, 0.0, error="no selftests built for this kernel").to_dict()
             continue
         # 6.1's monolithic test takes a memory type per run; the others run once
-        run = (run_userfaultfd(selftests_dir / name, timeout=SELFTEST_TIMEOUT) if name == "userfaultfd"
-               else run_selftest(selftests_dir / name, timeout=SELFTEST_TIMEOUT))
+        run = (
+            run_userfaultfd(selftests_dir / name, timeout=SELFTEST_TIMEOUT)
+            if name == "userfaultfd"
+            else run_selftest(selftests_dir / name, timeout=SELFTEST_TIMEOUT)
+        )
         (out / f"selftest-{name}.log").write_text(run.log)
         selftests[name] = run.to_dict()
     return selftests
@@ -186,8 +224,18 @@ def _run_bench(out: Path, quick: bool, env: dict, log: Log) -> dict:
     log(f"[validate] {_where()}: {STEP_LINES['bench']}")
     # No plot here: the host draws it from bench.json (_plot_benches), since under TCG matplotlib's
     # text rendering alone takes about a minute.
-    bench_cmd = [sys.executable, "-m", "harness", "bench", "--json-out", str(out / "bench.json"),
-                 "--plot", "", "--calibration", str(out / "calibration.json")]
+    bench_cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "bench",
+        "--json-out",
+        str(out / "bench.json"),
+        "--plot",
+        "",
+        "--calibration",
+        str(out / "calibration.json"),
+    ]
     if quick or paths.in_guest():  # TCG: fewer, smaller rounds
         bench_cmd += ["--rounds", "3", "--pages", "64"]
     return _run_logged(bench_cmd, out / "bench.log", BENCH_TIMEOUT, env)
@@ -197,19 +245,34 @@ def _run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict) -> di
     t0 = time.monotonic()
     with open(log_path, "wb") as logf:
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                  env=env, timeout=timeout, cwd=paths.REPO_ROOT)
-            return {"returncode": proc.returncode, "seconds": round(time.monotonic() - t0, 1),
-                    "command": shlex.join(cmd)}
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+                cwd=paths.REPO_ROOT,
+            )
+            return {
+                "returncode": proc.returncode,
+                "seconds": round(time.monotonic() - t0, 1),
+                "command": shlex.join(cmd),
+            }
         except subprocess.TimeoutExpired:
-            return {"returncode": None, "seconds": round(time.monotonic() - t0, 1), "command": shlex.join(cmd),
-                    "error": f"timed out after {timeout:.0f} s (killed)"}
+            return {
+                "returncode": None,
+                "seconds": round(time.monotonic() - t0, 1),
+                "command": shlex.join(cmd),
+                "error": f"timed out after {timeout:.0f} s (killed)",
+            }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m harness.validate.guest OUT [--quick]``: the steps, in the kernel this runs on."""
-    parser = argparse.ArgumentParser(prog="python -m harness.validate.guest",
-                                     description="the in-guest half of uffd-harness validate")
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.validate.guest", description="the in-guest half of uffd-harness validate"
+    )
     parser.add_argument("out", type=Path, help="directory for the results (writable in the guest)")
     parser.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
     args = parser.parse_args(argv)
@@ -217,6 +280,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     kernel = os.environ.get(paths.ENV_KERNEL)
     if kernel:
         from harness.vm.build import load_kernel
+
         selftests_dir = load_kernel(kernel).selftests_dir
     run_steps(args.out, selftests_dir, args.quick)
     return 0

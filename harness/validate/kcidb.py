@@ -21,6 +21,7 @@ ID taken from a hash of the report, so two runs never overwrite each other.
 The schema library ``kcidb-io`` (``kcidb_io.schema.LATEST.validate``) checks
 the output in tests/test_kernel_ci.py; it is not needed to write it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,10 @@ def origin_from_env() -> str:
 def check_origin(origin: str) -> str:
     """``origin`` if KCIDB accepts it, else ValueError saying its rule."""
     if not _ORIGIN.match(origin):
-        raise ValueError(f"KCIDB origin {origin!r}: must match [a-z0-9_]+ (lower-case letters, digits, '_'); "
-                         f"set --kcidb-origin or {ENV_ORIGIN}")
+        raise ValueError(
+            f"KCIDB origin {origin!r}: must match [a-z0-9_]+ (lower-case letters, digits, '_'); "
+            f"set --kcidb-origin or {ENV_ORIGIN}"
+        )
     return origin
 
 
@@ -95,23 +98,31 @@ def _checkout(origin: str, name: str, k: dict, base: dict) -> dict:
     build = k.get("build") or {}
     if k["where"] == "host":
         # no checkout of ours: the host's own kernel, validated where QEMU could not run
-        return {"id": f"{origin}:host-{_segment(k['release'] or 'unknown')}", "origin": origin,
-                "comment": f"the host's running kernel {k['release']}, not built by uffd-harness",
-                "valid": True}
+        return {
+            "id": f"{origin}:host-{_segment(k['release'] or 'unknown')}",
+            "origin": origin,
+            "comment": f"the host's running kernel {k['release']}, not built by uffd-harness",
+            "valid": True,
+        }
     hashes = [p["sha256"] for p in build.get("patches", [])]
     # build.json's source_version is "<package> <version>" (dpkg's words for the tarball's package)
     package, _, version = (build.get("source_version") or base.get("source_version") or "unknown").rpartition(" ")
     package = package or "linux-source-6.12"
     pset = patchset_hash(hashes)
-    checkout: dict[str, Any] = {"id": f"{origin}:{package}={version}"
-                      + (f"+{pset[:16]}" if pset else ("" if build else f"+{name}")),
-                "origin": origin, "tree_name": f"debian-{package}",
-                "comment": f"Debian {package} {version}"
-                           + (f" with {len(hashes)} patch(es) from {build.get('patches_dir')}" if hashes else "")
-                           + ("" if build else f" with the series of kernel '{name}' (its build failed)"),
-                "misc": {"source_package": package, "source_version": version,
-                         "kernel_version": build.get("kernel_version"),
-                         "patches": build.get("patches", [])}}
+    checkout: dict[str, Any] = {
+        "id": f"{origin}:{package}={version}" + (f"+{pset[:16]}" if pset else ("" if build else f"+{name}")),
+        "origin": origin,
+        "tree_name": f"debian-{package}",
+        "comment": f"Debian {package} {version}"
+        + (f" with {len(hashes)} patch(es) from {build.get('patches_dir')}" if hashes else "")
+        + ("" if build else f" with the series of kernel '{name}' (its build failed)"),
+        "misc": {
+            "source_package": package,
+            "source_version": version,
+            "kernel_version": build.get("kernel_version"),
+            "patches": build.get("patches", []),
+        },
+    }
     if build:
         checkout["patchset_hash"] = pset
         checkout["valid"] = True
@@ -124,21 +135,36 @@ def _checkout(origin: str, name: str, k: dict, base: dict) -> dict:
 def _build(origin: str, name: str, k: dict, checkout_id: str) -> dict:
     build = k.get("build") or {}
     if k["where"] == "host":
-        return {"id": f"{checkout_id}:running", "origin": origin, "checkout_id": checkout_id,
-                "architecture": "x86_64", "status": "PASS",
-                "comment": f"the host's running kernel {k['release']} (not built here)"}
-    out: dict[str, Any] = {"id": f"{origin}:{build['key']}" if build.get("key") else f"{checkout_id}:{_segment(name)}",
-           "origin": origin, "checkout_id": checkout_id, "architecture": "x86_64",
-           "comment": f"kernel '{name}'"}
+        return {
+            "id": f"{checkout_id}:running",
+            "origin": origin,
+            "checkout_id": checkout_id,
+            "architecture": "x86_64",
+            "status": "PASS",
+            "comment": f"the host's running kernel {k['release']} (not built here)",
+        }
+    out: dict[str, Any] = {
+        "id": f"{origin}:{build['key']}" if build.get("key") else f"{checkout_id}:{_segment(name)}",
+        "origin": origin,
+        "checkout_id": checkout_id,
+        "architecture": "x86_64",
+        "comment": f"kernel '{name}'",
+    }
     if build:
-        out.update(status="PASS", compiler=build.get("gcc", ""), duration=float(build.get("total_seconds") or 0),
-                   config_name="tinyconfig+" + os.path.basename(build.get("config_fragment", "kernel.config")),
-                   command=f"uffd-harness vm build --kernel {name}",
-                   misc={"cache_key": build.get("key"),
-                         "config_fragment_sha256": build.get("config_fragment_sha256"),
-                         "config_missing": build.get("config_missing", []),
-                         "kernel_build_seconds": build.get("kernel_build_seconds"),
-                         "seeded_from": build.get("seeded_from")})
+        out.update(
+            status="PASS",
+            compiler=build.get("gcc", ""),
+            duration=float(build.get("total_seconds") or 0),
+            config_name="tinyconfig+" + os.path.basename(build.get("config_fragment", "kernel.config")),
+            command=f"uffd-harness vm build --kernel {name}",
+            misc={
+                "cache_key": build.get("key"),
+                "config_fragment_sha256": build.get("config_fragment_sha256"),
+                "config_missing": build.get("config_missing", []),
+                "kernel_build_seconds": build.get("kernel_build_seconds"),
+                "seeded_from": build.get("seeded_from"),
+            },
+        )
         start = _start_time(build)
         if start:
             out["start_time"] = start
@@ -154,9 +180,10 @@ def _kernel_ran(k: dict) -> bool:
 
 def _tests(origin: str, run: str, name: str, k: dict, build_id: str, report: dict) -> list[dict]:
     prefix = f"{origin}:{run}:{_segment(name)}"
-    environment = {"comment": f"QEMU guest ({k['accel'] or '?'})" if k["where"] == "guest"
-                   else f"host kernel {k['release']}",
-                   "misc": {"where": k["where"], "accel": k["accel"], "kernel_release": k["release"]}}
+    environment = {
+        "comment": f"QEMU guest ({k['accel'] or '?'})" if k["where"] == "guest" else f"host kernel {k['release']}",
+        "misc": {"where": k["where"], "accel": k["accel"], "kernel_release": k["release"]},
+    }
     ran = _kernel_ran(k)
     tests = []
     seen: dict[str, int] = {}
@@ -166,8 +193,15 @@ def _tests(origin: str, run: str, name: str, k: dict, build_id: str, report: dic
         seen[path] = seen.get(path, 0) + 1
         if seen[path] > 1:
             path = f"{path}_{seen[path]}"
-        test = {"id": f"{prefix}:{path}", "origin": origin, "build_id": build_id, "path": path,
-                "status": status, "environment": environment, **extra}
+        test = {
+            "id": f"{prefix}:{path}",
+            "origin": origin,
+            "build_id": build_id,
+            "path": path,
+            "status": status,
+            "environment": environment,
+            **extra,
+        }
         if comment:
             test["comment"] = comment
         tests.append(test)
@@ -180,14 +214,23 @@ def _tests(origin: str, run: str, name: str, k: dict, build_id: str, report: dic
             comment += "; absent: the kernel lacks what the clause needs, so it ran on the simulator only"
         elif status in ("ERROR", "MISS"):
             comment += f"; did not run: {(k.get('error') or 'no result').splitlines()[0]}"
-        add(f"uffd_harness.contract.clause_{n}", status, comment,
-            misc={"observed_via": clause.get("observed_via", {}).get(name, {}),
-                  "memory": clause.get("memory", {}).get(name, {})})
+        add(
+            f"uffd_harness.contract.clause_{n}",
+            status,
+            comment,
+            misc={
+                "observed_via": clause.get("observed_via", {}).get(name, {}),
+                "memory": clause.get("memory", {}).get(name, {}),
+            },
+        )
     for test, selftest in k["selftests"].items():
         base = f"uffd_harness.selftests.{_segment(test)}"
         for case in selftest["cases"]:
-            add(f"{base}.{_segment(case['name'])}", _CASE_STATUS[case["result"]],
-                case["name"] + (f"; {case['reason']}" if case.get("reason") else ""))
+            add(
+                f"{base}.{_segment(case['name'])}",
+                _CASE_STATUS[case["result"]],
+                case["name"] + (f"; {case['reason']}" if case.get("reason") else ""),
+            )
         if selftest.get("error"):
             # the run as a whole: a hang or crash is ERROR; a binary that was never built never ran
             never = selftest.get("returncode") is None and "timed out" not in selftest["error"]
@@ -196,10 +239,13 @@ def _tests(origin: str, run: str, name: str, k: dict, build_id: str, report: dic
         path = "uffd_harness.bench." + ".".join(_segment(p) for p in scenario.split("."))
         if s["status"] == "ok" and s.get("median") is not None:
             emulated = report["benchmarks"][name]["tcg"]
-            add(path, "DONE", "median first-touch cost" + (" under QEMU TCG (no hardware A/D assists)"
-                                                          if emulated else ""),
+            add(
+                path,
+                "DONE",
+                "median first-touch cost" + (" under QEMU TCG (no hardware A/D assists)" if emulated else ""),
                 number={"value": float(s["median"]), "unit": s.get("unit") or "cycles"},
-                misc={"ci95": [s.get("ci_lo"), s.get("ci_hi")], "n": s.get("n"), "tcg": emulated})
+                misc={"ci95": [s.get("ci_lo"), s.get("ci_hi")], "n": s.get("n"), "tcg": emulated},
+            )
         elif s["status"].startswith("absent"):
             add(path, "SKIP", s["status"])
         else:
@@ -220,6 +266,4 @@ def document(report: dict, origin: Optional[str] = None) -> dict:
         build = _build(origin, name, k, checkout["id"])
         builds.append(build)
         tests += _tests(origin, run, name, k, build["id"], report)
-    return {"version": dict(SCHEMA_VERSION), "checkouts": list(checkouts.values()), "builds": builds,
-            "tests": tests}
-
+    return {"version": dict(SCHEMA_VERSION), "checkouts": list(checkouts.values()), "builds": builds, "tests": tests}

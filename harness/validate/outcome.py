@@ -1,4 +1,5 @@
 """What one kernel's validation produced: the data between the run, the verdict and the report."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,14 @@ class KernelOutcome:
     """Everything one kernel's validation produced (or why it could not)."""
 
     name: str
-    where: str                         #: "guest" or "host"
+    where: str  #: "guest" or "host"
     out: Path
-    build: Optional[dict] = None       #: build.json
-    error: str = ""                    #: build or boot failure, with context
+    build: Optional[dict] = None  #: build.json
+    error: str = ""  #: build or boot failure, with context
     accel: str = ""
     seconds: float = 0.0
     steps: dict = field(default_factory=dict)
-    summary: Optional[dict] = None     #: the pytest plugin's summary.json
+    summary: Optional[dict] = None  #: the pytest plugin's summary.json
     bench: Optional[dict] = None
     #: set when these are a control's stored guest results given again (control_cache): when made, key, where
     reused: Optional[dict] = None
@@ -34,9 +35,13 @@ class KernelOutcome:
         kernel's error (naming the file), never a half-read verdict."""
         from harness.reports import load_summary
         from harness.timing.documents import load_bench
-        for attr, filename, reader in (("steps", "steps.json", _load_json), ("summary", "summary.json", load_summary),
-                                       ("bench", "bench.json", load_bench),
-                                       ("host_phases", "phases.json", _load_json)):
+
+        for attr, filename, reader in (
+            ("steps", "steps.json", _load_json),
+            ("summary", "summary.json", load_summary),
+            ("bench", "bench.json", load_bench),
+            ("host_phases", "phases.json", _load_json),
+        ):
             path = self.out / filename
             if path.exists():
                 try:
@@ -59,8 +64,9 @@ class KernelOutcome:
     def selftest_runs(self) -> dict[str, SelftestRun]:
         runs = {}
         for name, d in self.steps.get("selftests", {}).items():
-            run = SelftestRun(d["name"], d["returncode"], d["seconds"], [CaseResult(**c) for c in d["cases"]],
-                              d.get("error", ""))
+            run = SelftestRun(
+                d["name"], d["returncode"], d["seconds"], [CaseResult(**c) for c in d["cases"]], d.get("error", "")
+            )
             runs[name] = run
         return runs
 

@@ -13,6 +13,7 @@ run in parallel, so a guest phase's ``seconds`` is its longest kernel's and
 (:mod:`harness.validate.control_cache`) shows the seconds they took when
 they were made, marked ``reused``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,16 @@ from harness.validate.guest import STEP_LINES
 from harness.validate.outcome import KernelOutcome
 
 #: (key in report.json, label printed), in the order a validation runs them
-PHASES = (("check", "check"), ("build_control", "build control"), ("build_candidate", "build candidate"),
-          ("boot", "boot"), ("suite", "suite"), ("selftests", "selftests"), ("benchmarks", "benchmarks"),
-          ("report", "report"))
+PHASES = (
+    ("check", "check"),
+    ("build_control", "build control"),
+    ("build_candidate", "build candidate"),
+    ("boot", "boot"),
+    ("suite", "suite"),
+    ("selftests", "selftests"),
+    ("benchmarks", "benchmarks"),
+    ("report", "report"),
+)
 #: the phases that run inside each guest
 GUEST_PHASES = ("boot", "suite", "selftests", "benchmarks")
 
@@ -104,8 +112,13 @@ def guest_seconds(outcome: KernelOutcome) -> dict[str, float]:
     return out
 
 
-def phases_document(clock: PhaseClock, outcomes: list[KernelOutcome], total: float,
-                    guests_wall: Optional[float] = None, parallel: int = 1) -> dict:
+def phases_document(
+    clock: PhaseClock,
+    outcomes: list[KernelOutcome],
+    total: float,
+    guests_wall: Optional[float] = None,
+    parallel: int = 1,
+) -> dict:
     """report.json's ``phases``: every phase of :data:`PHASES` that ran, in order, then the totals."""
     doc: dict = {}
     per_kernel = {o.name: guest_seconds(o) for o in outcomes if not o.error or o.steps}
@@ -146,12 +159,17 @@ def render_phases(phases: dict) -> list[str]:
         kernels = entry.get("kernels", {})
         if kernels and (key in GUEST_PHASES or len(kernels) > 1):
             reused = set(entry.get("reused", ()))
-            detail = "  (" + ", ".join(f"{name} {s:.0f}" + (" reused" if name in reused else "")
-                                       for name, s in kernels.items()) + ")"
+            detail = (
+                "  ("
+                + ", ".join(f"{name} {s:.0f}" + (" reused" if name in reused else "") for name, s in kernels.items())
+                + ")"
+            )
         lines.append(f"  {label:<16}{entry['seconds']:>6.0f}{detail}")
     wall = phases.get("guests_wall")
     if wall:
-        lines.append(f"  {'guests in all':<16}{wall['seconds']:>6.0f}  ({wall['parallel']} at a time; "
-                     "boot to benchmarks above are per guest)")
+        lines.append(
+            f"  {'guests in all':<16}{wall['seconds']:>6.0f}  ({wall['parallel']} at a time; "
+            "boot to benchmarks above are per guest)"
+        )
     lines.append(f"  {'total':<16}{phases['total']['seconds']:>6.0f}")
     return lines

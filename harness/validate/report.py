@@ -1,4 +1,5 @@
 """The report of a validation, rendered: Markdown and the terminal for people, KTAP and JUnit for programs."""
+
 from __future__ import annotations
 
 import json
@@ -15,29 +16,44 @@ def render_markdown(report: dict) -> str:
     lines = ["# uffd-harness validation", "", f"**{report['verdict']['line']}**", ""]
     origin = report.get("origin") or {}
     if origin.get("tree"):
-        lines += [f"Tree `{origin['tree']}`: control `{report.get('control_kernel')}` is base {origin['base'][:12]}, "
-                  f"the candidate is head {origin['head'][:12]}"
-                  + (" with the uncommitted changes of tracked files" if origin.get("dirty") else "")
-                  + "; both built from `git archive` of the commits.", ""]
+        lines += [
+            f"Tree `{origin['tree']}`: control `{report.get('control_kernel')}` is base {origin['base'][:12]}, "
+            f"the candidate is head {origin['head'][:12]}"
+            + (" with the uncommitted changes of tracked files" if origin.get("dirty") else "")
+            + "; both built from `git archive` of the commits.",
+            "",
+        ]
     elif origin.get("identity"):
         lines += [f"Source: {origin['identity']} (control `{report.get('control_kernel')}`).", ""]
     if report["qemu"] != "ok":
-        lines += [f"QEMU could not run here ({report['qemu']}); the host kernel was validated, and clauses it "
-                  "cannot run came from the simulator.", ""]
+        lines += [
+            f"QEMU could not run here ({report['qemu']}); the host kernel was validated, and clauses it "
+            "cannot run came from the simulator.",
+            "",
+        ]
     if report["problems"]:
         lines += ["Problems:", ""] + [f"- {p}" for p in report["problems"]] + [""]
     control = report.get("control") or {}
     if control.get("reused"):
-        lines += [f"The control's ({control['kernel']}) guest results were reused from {control['created']}: "
-                  "its kernel build, the harness code and tests, `--quick` and the guest settings are unchanged "
-                  "(`--fresh-control` boots it again).", ""]
+        lines += [
+            f"The control's ({control['kernel']}) guest results were reused from {control['created']}: "
+            "its kernel build, the harness code and tests, `--quick` and the guest settings are unchanged "
+            "(`--fresh-control` boots it again).",
+            "",
+        ]
     lines += ["## Contract", ""]
     rows = []
     for n, clause in report["clauses"].items():
         memory = clause.get("memory", {})
-        via = "; ".join(f"{k}: " + ", ".join(
-            f"{b} ({', '.join(ch) or '-'})" + (f" on {', '.join(memory[k][b])}" if memory.get(k, {}).get(b) else "")
-            for b, ch in v.items()) for k, v in clause["observed_via"].items() if v)
+        via = "; ".join(
+            f"{k}: "
+            + ", ".join(
+                f"{b} ({', '.join(ch) or '-'})" + (f" on {', '.join(memory[k][b])}" if memory.get(k, {}).get(b) else "")
+                for b, ch in v.items()
+            )
+            for k, v in clause["observed_via"].items()
+            if v
+        )
         rows.append([n, clause["text"]] + [clause.get(k, "") for k in names] + [via])
     lines += [tabulate(rows, headers=["clause", "what"] + names + ["observed via"], tablefmt="github"), ""]
     lines += _coverage_markdown(report)
@@ -48,19 +64,49 @@ def render_markdown(report: dict) -> str:
         t = k["tests"]
         build = k.get("build") or {}
         absent, not_applied = _config_report(build)
-        krows.append([name, k["release"], _source_of(build), k["where"] + (f" ({k['accel']})" if k["accel"] else ""),
-                      "yes" if k["patched"] else "no" if k["patched"] is not None else "?",
-                      f"{t.get('passed', 0)}/{t.get('failed', 0)}/{t.get('skipped', 0)}",
-                      ", ".join(f"{b} {c}" for b, c in k["backends"].items()), k.get("pte_channel", "?"),
-                      (f"{len(absent)} absent, {len(not_applied)} not applied" if build else ""), k["error"] or ""])
+        krows.append(
+            [
+                name,
+                k["release"],
+                _source_of(build),
+                k["where"] + (f" ({k['accel']})" if k["accel"] else ""),
+                "yes" if k["patched"] else "no" if k["patched"] is not None else "?",
+                f"{t.get('passed', 0)}/{t.get('failed', 0)}/{t.get('skipped', 0)}",
+                ", ".join(f"{b} {c}" for b, c in k["backends"].items()),
+                k.get("pte_channel", "?"),
+                (f"{len(absent)} absent, {len(not_applied)} not applied" if build else ""),
+                k["error"] or "",
+            ]
+        )
         if absent:
-            config_notes.append(f"- `{name}` ({build.get('kernel_version', '?')}): not in this version's Kconfig: "
-                                + ", ".join(f"`{o}`" for o in absent))
+            config_notes.append(
+                f"- `{name}` ({build.get('kernel_version', '?')}): not in this version's Kconfig: "
+                + ", ".join(f"`{o}`" for o in absent)
+            )
         if not_applied:
-            config_notes.append(f"- `{name}` ({build.get('kernel_version', '?')}): set but did not stick "
-                                "(a dependency is missing): " + ", ".join(f"`{o}`" for o in not_applied))
-    lines += [tabulate(krows, headers=["kernel", "release", "source", "where", "hints", "pass/fail/skip", "backends",
-                                       "pte channel", "config fragment", "error"], tablefmt="github"), ""]
+            config_notes.append(
+                f"- `{name}` ({build.get('kernel_version', '?')}): set but did not stick "
+                "(a dependency is missing): " + ", ".join(f"`{o}`" for o in not_applied)
+            )
+    lines += [
+        tabulate(
+            krows,
+            headers=[
+                "kernel",
+                "release",
+                "source",
+                "where",
+                "hints",
+                "pass/fail/skip",
+                "backends",
+                "pte channel",
+                "config fragment",
+                "error",
+            ],
+            tablefmt="github",
+        ),
+        "",
+    ]
     if config_notes:
         lines += ["Options of the config fragment (vm/kernel.config) that are not as written:", ""]
         lines += config_notes + [""]
@@ -70,14 +116,26 @@ def render_markdown(report: dict) -> str:
         for test, run in k["selftests"].items():
             c = run["counts"]
             srows.append([name, test, run["result"], c["pass"], c["skip"], c["fail"], run.get("error", "")])
-    lines += [tabulate(srows, headers=["kernel", "selftest", "result", "pass", "skip", "fail", "note"],
-                       tablefmt="github"), ""]
+    lines += [
+        tabulate(srows, headers=["kernel", "selftest", "result", "pass", "skip", "fail", "note"], tablefmt="github"),
+        "",
+    ]
     if report["selftest_regressions"]:
-        lines += ["Regressions from stock: " + "; ".join(f"{t}: {', '.join(c)}" for t, c in
-                                                         report["selftest_regressions"].items()), ""]
+        lines += [
+            "Regressions from stock: "
+            + "; ".join(f"{t}: {', '.join(c)}" for t, c in report["selftest_regressions"].items()),
+            "",
+        ]
     lines += _markdown_bench(report)
-    lines += ["## Reproduce", "", "```", json.dumps(report["reproduce"], indent=2), "```", "",
-              f"Total time: {report['seconds']} s"]
+    lines += [
+        "## Reproduce",
+        "",
+        "```",
+        json.dumps(report["reproduce"], indent=2),
+        "```",
+        "",
+        f"Total time: {report['seconds']} s",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -107,22 +165,43 @@ def _markdown_bench(report: dict) -> list[str]:
         return []
     lines = ["## First-touch benchmarks (stock against candidate)", ""]
     if bench.get("emulated"):
-        lines += [f"**{bench['emulated']}.** The medians below are what the emulator measured; "
-                  "they are not compared.", ""]
+        lines += [
+            f"**{bench['emulated']}.** The medians below are what the emulator measured; they are not compared.",
+            "",
+        ]
         brows = [[r["name"], f"{r['a_median']:.0f}", f"{r['b_median']:.0f}"] for r in bench["rows"]]
-        lines += [tabulate(brows, headers=["scenario", "stock median (TCG)", "candidate median (TCG)"],
-                           tablefmt="github"), ""]
+        lines += [
+            tabulate(brows, headers=["scenario", "stock median (TCG)", "candidate median (TCG)"], tablefmt="github"),
+            "",
+        ]
     else:
-        brows = [[r["name"], f"{r['a_median']:.0f}", f"{r['b_median']:.0f}",
-                  _fmt_interval(r["diff_lo"], r["diff_hi"]), r["verdict"]] for r in bench["rows"]]
-        lines += [tabulate(brows, headers=["scenario", "stock median", "candidate median",
-                                           "difference 95% CI", "verdict"], tablefmt="github"), ""]
+        brows = [
+            [
+                r["name"],
+                f"{r['a_median']:.0f}",
+                f"{r['b_median']:.0f}",
+                _fmt_interval(r["diff_lo"], r["diff_hi"]),
+                r["verdict"],
+            ]
+            for r in bench["rows"]
+        ]
+        lines += [
+            tabulate(
+                brows,
+                headers=["scenario", "stock median", "candidate median", "difference 95% CI", "verdict"],
+                tablefmt="github",
+            ),
+            "",
+        ]
     if bench.get("not_compared"):
         lines += ["Not compared: " + "; ".join(bench["not_compared"]), ""]
     names_with_plots = [n for n, k in report["kernels"].items() if Path(k["results_dir"], "bench.png").exists()]
     if names_with_plots:
-        lines += ["Distributions: " + ", ".join(f"`{report['kernels'][n]['results_dir']}/bench.png`"
-                                                for n in names_with_plots), ""]
+        lines += [
+            "Distributions: "
+            + ", ".join(f"`{report['kernels'][n]['results_dir']}/bench.png`" for n in names_with_plots),
+            "",
+        ]
     if bench.get("emulated"):
         lines += _markdown_projection(bench.get("projection") or {})
     return lines
@@ -131,16 +210,36 @@ def _markdown_bench(report: dict) -> list[str]:
 def _markdown_projection(projection: dict) -> list[str]:
     lines = ["### Projection for this host's CPU (simulator cost model, not a measurement)", ""]
     if not projection.get("available"):
-        return lines + [f"No projection: {projection.get('why', 'not computed')}; to make one, "
-                        f"{projection.get('how', '')}.", ""]
-    lines += [f"From the host calibration `{projection['source']}` of {projection['created']} "
-              f"({projection['cpu_model']}, kernel {projection['kernel']}): cycles per first touch after an "
-              "un-protect, priced by the simulator's cost model (harness/sim/cost.py) with and without the hint.", ""]
-    rows = [[r["scenario"], r["hints"], f"{r['without']:.0f}", f"{r['with']:.0f}", f"{r['saved']:.0f}",
-             _fmt_interval(r["saved_lo"], r["saved_hi"]) or "none (calibration without intervals)",
-             " vs ".join(r["bench"])] for r in projection["rows"]]
-    lines += [tabulate(rows, headers=["scenario", "hint", "without", "with", "projected saving",
-                                      "95% interval", "bench counterparts"], tablefmt="github"), ""]
+        return lines + [
+            f"No projection: {projection.get('why', 'not computed')}; to make one, {projection.get('how', '')}.",
+            "",
+        ]
+    lines += [
+        f"From the host calibration `{projection['source']}` of {projection['created']} "
+        f"({projection['cpu_model']}, kernel {projection['kernel']}): cycles per first touch after an "
+        "un-protect, priced by the simulator's cost model (harness/sim/cost.py) with and without the hint.",
+        "",
+    ]
+    rows = [
+        [
+            r["scenario"],
+            r["hints"],
+            f"{r['without']:.0f}",
+            f"{r['with']:.0f}",
+            f"{r['saved']:.0f}",
+            _fmt_interval(r["saved_lo"], r["saved_hi"]) or "none (calibration without intervals)",
+            " vs ".join(r["bench"]),
+        ]
+        for r in projection["rows"]
+    ]
+    lines += [
+        tabulate(
+            rows,
+            headers=["scenario", "hint", "without", "with", "projected saving", "95% interval", "bench counterparts"],
+            tablefmt="github",
+        ),
+        "",
+    ]
     return lines
 
 
@@ -158,9 +257,11 @@ def _terminal_bench(report: dict) -> list[str]:
     for r in projection["rows"]:
         if r["bench"]:
             interval = _fmt_interval(r["saved_lo"], r["saved_hi"])
-            out.append(f"bench: projection ({projection['created']} host calibration, cost model): "
-                       f"{r['scenario']} with hint {r['hints']} saves {r['saved']:.0f} cycles"
-                       + (f" (95% {interval})" if interval else ""))
+            out.append(
+                f"bench: projection ({projection['created']} host calibration, cost model): "
+                f"{r['scenario']} with hint {r['hints']} saves {r['saved']:.0f} cycles"
+                + (f" (95% {interval})" if interval else "")
+            )
     return out
 
 
@@ -170,19 +271,31 @@ def _coverage_markdown(report: dict) -> list[str]:
     for n, clause in report["clauses"].items():
         for kernel, targets in clause.get("coverage", {}).items():
             for label, c in sorted(targets.items()):
-                rows.append([n, kernel, label, c.get("outcome") or "-", c.get("backend") or "-",
-                             ", ".join(c.get("channels", [])) or "-"])
+                rows.append(
+                    [
+                        n,
+                        kernel,
+                        label,
+                        c.get("outcome") or "-",
+                        c.get("backend") or "-",
+                        ", ".join(c.get("channels", [])) or "-",
+                    ]
+                )
         for kernel, gaps in clause.get("gaps", {}).items():
             for gap in gaps:
                 rows.append([n, kernel, "not shown", gap, "", ""])
     if not rows:
         return []
-    return ["## Coverage", "",
-            "Each clause's cases: memory kind and range shape (`-span`: several pages over two VMAs across a "
-            "PMD boundary, one ioctl; `-thp`: a PMD-mapped THP), where they ran, and the channels that "
-            "observed them (the write probe sees writability on every backend).", "",
-            tabulate(rows, headers=["clause", "kernel", "memory", "outcome", "backend", "channels"],
-                     tablefmt="github"), ""]
+    return [
+        "## Coverage",
+        "",
+        "Each clause's cases: memory kind and range shape (`-span`: several pages over two VMAs across a "
+        "PMD boundary, one ioctl; `-thp`: a PMD-mapped THP), where they ran, and the channels that "
+        "observed them (the write probe sees writability on every backend).",
+        "",
+        tabulate(rows, headers=["clause", "kernel", "memory", "outcome", "backend", "channels"], tablefmt="github"),
+        "",
+    ]
 
 
 def _fmt_interval(lo, hi) -> str:
@@ -242,13 +355,15 @@ def render_tap(report: dict) -> str:
     if bench.get("emulated"):
         # a diagnostic, not a test: under TCG a timing comparison has no result to report
         lines.append(f"# bench: {_ktap_note(bench['emulated'])}")
-    lines.append(f"{'ok' if report['ok'] else 'not ok'} {len(kernels) + 1} verdict # "
-                 f"{_ktap_note(report['verdict']['line'])}")
+    lines.append(
+        f"{'ok' if report['ok'] else 'not ok'} {len(kernels) + 1} verdict # {_ktap_note(report['verdict']['line'])}"
+    )
     return "\n".join(lines) + "\n"
 
 
 def render_junit(report: dict) -> str:
     from xml.sax.saxutils import escape, quoteattr
+
     cases = []
     for n, clause in report["clauses"].items():
         for name in report["kernels"]:
@@ -257,20 +372,29 @@ def render_junit(report: dict) -> str:
             if result in ("fail", "error"):
                 body = f"<failure message={quoteattr(clause['text'])}/>"
             elif result == "absent":
-                body = "<skipped message=\"feature absent\"/>"
-            cases.append(f"<testcase classname=\"contract.{escape(name)}\" name=\"clause_{n}\">{body}</testcase>")
+                body = '<skipped message="feature absent"/>'
+            cases.append(f'<testcase classname="contract.{escape(name)}" name="clause_{n}">{body}</testcase>')
     for name, k in report["kernels"].items():
         for test, run in k["selftests"].items():
             for case in run["cases"]:
-                body = ("<failure/>" if case["result"] == "fail" else
-                        f"<skipped message={quoteattr(case['reason'])}/>" if case["result"] == "skip" else "")
-                cases.append(f"<testcase classname=\"selftests.{escape(name)}.{escape(test)}\" "
-                             f"name={quoteattr(case['name'])}>{body}</testcase>")
+                body = (
+                    "<failure/>"
+                    if case["result"] == "fail"
+                    else f"<skipped message={quoteattr(case['reason'])}/>"
+                    if case["result"] == "skip"
+                    else ""
+                )
+                cases.append(
+                    f'<testcase classname="selftests.{escape(name)}.{escape(test)}" '
+                    f"name={quoteattr(case['name'])}>{body}</testcase>"
+                )
     failures = sum("<failure" in c for c in cases)
     skipped = sum("<skipped" in c for c in cases)
-    return ("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
-            f"<testsuites><testsuite name=\"uffd-harness-validate\" tests=\"{len(cases)}\" "
-            f"failures=\"{failures}\" skipped=\"{skipped}\">\n" + "\n".join(cases) + "\n</testsuite></testsuites>\n")
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<testsuites><testsuite name="uffd-harness-validate" tests="{len(cases)}" '
+        f'failures="{failures}" skipped="{skipped}">\n' + "\n".join(cases) + "\n</testsuite></testsuites>\n"
+    )
 
 
 def render_terminal(report: dict, results: Path) -> str:
@@ -279,18 +403,24 @@ def render_terminal(report: dict, results: Path) -> str:
     out = ["", tabulate(rows, headers=["clause", "what"] + names), ""]
     out += [f"problem: {p}" for p in report["problems"]]
     out += _terminal_bench(report)
-    out += [f"report: {results / 'report.md'} (also report.json, report.tap, report.junit.xml, report.kcidb.json)",
-            f"total time: {report['seconds']:.0f} s", "", report["verdict"]["line"]]
+    out += [
+        f"report: {results / 'report.md'} (also report.json, report.tap, report.junit.xml, report.kcidb.json)",
+        f"total time: {report['seconds']:.0f} s",
+        "",
+        report["verdict"]["line"],
+    ]
     return "\n".join(out)
 
 
 def write_report(report: dict, results: Path) -> None:
     """report.json, .md, .tap, .junit.xml and .kcidb.json (origin from UFFD_HARNESS_KCIDB_ORIGIN)."""
     from harness.validate import kcidb
+
     (results / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     # KCIDB from the document as written (JSON keys are strings), so report.json alone reproduces it
     (results / "report.kcidb.json").write_text(
-        json.dumps(kcidb.document(json.loads((results / "report.json").read_text())), indent=1) + "\n")
+        json.dumps(kcidb.document(json.loads((results / "report.json").read_text())), indent=1) + "\n"
+    )
     (results / "report.md").write_text(render_markdown(report))
     (results / "report.tap").write_text(render_tap(report))
     (results / "report.junit.xml").write_text(render_junit(report))

@@ -14,6 +14,7 @@ guest wrote (``console.log`` among them), and ``report.md``, ``report.json``,
 
 :func:`guest_suite` is ``make vm-test``: the whole pytest suite in one guest.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -62,11 +63,27 @@ def compile_for_guests(log: Log = _log) -> None:
     Collecting also finds import errors on the host in seconds, not after a boot.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for what, cmd in (("bytecode", [sys.executable, "-m", "compileall", "-q", "harness", "tests"]),
-                      ("rewritten tests", [sys.executable, "-m", "pytest", "--collect-only", "-q",
-                                           "-p", "no:cacheprovider", "tests", "--ignore", "tests/vm"])):
-        proc = subprocess.run(cmd, cwd=paths.REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=300)
+    for what, cmd in (
+        ("bytecode", [sys.executable, "-m", "compileall", "-q", "harness", "tests"]),
+        (
+            "rewritten tests",
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--collect-only",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests",
+                "--ignore",
+                "tests/vm",
+            ],
+        ),
+    ):
+        proc = subprocess.run(
+            cmd, cwd=paths.REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+        )
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
             log(f"[validate] could not prepare the {what} for the guests on the host: " + " | ".join(tail))
@@ -76,21 +93,24 @@ def qemu_unavailable() -> Optional[str]:
     """None when guests can be booted here, else the reason in one line."""
     try:
         from harness.vm.runner import check_runner_host
+
         check_runner_host()
     except ImportError as exc:
         return f"the vm room is not installed ({exc})"
-    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # MissingToolError and friends
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:  # MissingToolError and friends
         return str(exc).splitlines()[0]
     return None
 
 
-def _build(name: str, patches: Optional[Path], out: Path, log: Log, source=None,
-           seed_from: Optional[str] = "auto") -> KernelOutcome:
+def _build(
+    name: str, patches: Optional[Path], out: Path, log: Log, source=None, seed_from: Optional[str] = "auto"
+) -> KernelOutcome:
     from harness.vm import build as vm_build
+
     outcome = KernelOutcome(name, "guest", out)
     try:
         outcome.build = vm_build.build_kernel(name, patches, log=log, source=source, seed_from=seed_from).info
-    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # reported; the other kernel still runs
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:  # reported; the other kernel still runs
         outcome.error = f"build failed: {exc}"
     return outcome
 
@@ -98,19 +118,29 @@ def _build(name: str, patches: Optional[Path], out: Path, log: Log, source=None,
 def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) -> KernelOutcome:
     from harness.vm import runner
     from harness.vm.build import load_kernel
+
     t0 = time.monotonic()
     timer = GuestTimer()
     argv = [sys.executable, "-m", "harness.validate.guest", str(outcome.out)]
     if quick:
         argv.append("--quick")
     try:
-        result = runner.run_in_guest(load_kernel(outcome.name), argv, timeout=GUEST_TIMEOUT, rwdir=outcome.out,
-                                     memory=f"{GUEST_MEMORY_MB}M", cpus=cpus, capture=True,
-                                     console_log=outcome.out / "console.log", log=log, on_line=timer.on_line)
+        result = runner.run_in_guest(
+            load_kernel(outcome.name),
+            argv,
+            timeout=GUEST_TIMEOUT,
+            rwdir=outcome.out,
+            memory=f"{GUEST_MEMORY_MB}M",
+            cpus=cpus,
+            capture=True,
+            console_log=outcome.out / "console.log",
+            log=log,
+            on_line=timer.on_line,
+        )
         outcome.accel = result.accel
         if result.returncode != 0:
             outcome.error = f"guest command exited {result.returncode}"
-    except (HarnessError, OSError, subprocess.SubprocessError) as exc:   # GuestPanic, GuestTimeout, ...
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:  # GuestPanic, GuestTimeout, ...
         outcome.error = f"guest failed: {exc}"
     outcome.seconds = time.monotonic() - t0
     (outcome.out / "phases.json").unlink(missing_ok=True)
@@ -122,6 +152,7 @@ def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) 
 def _run_guests(outcomes: list[KernelOutcome], workers: int, quick: bool, log: Log) -> None:
     """Boot each kernel's guest, ``workers`` at a time; Ctrl-C kills them all, leaving nothing behind."""
     from harness.vm import runner
+
     cpus = max(1, (os.cpu_count() or 1) // workers)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     try:
@@ -143,17 +174,19 @@ def _run_guests(outcomes: list[KernelOutcome], workers: int, quick: bool, log: L
 def _plot_benches(outcomes: list[KernelOutcome], log: Log) -> None:
     """Draw each kernel's bench.png from its bench.json, here on the host."""
     from harness.timing import bench
+
     for o in outcomes:
         if o.bench:
             try:
                 bench.plot_document(o.bench, o.out / "bench.png")
-            except (ImportError, OSError, ValueError, RuntimeError) as exc:   # a plot never fails a validation
+            except (ImportError, OSError, ValueError, RuntimeError) as exc:  # a plot never fails a validation
                 log(f"[validate] {o.name}: no plot ({exc})")
 
 
 def _parallel_guests(free_mb: Optional[int] = None) -> int:
     """How many guests at once: one per core, as memory allows (each TCG guest is one busy thread)."""
     import psutil
+
     free_mb = free_mb if free_mb is not None else psutil.virtual_memory().available // 2**20
     return max(1, min(os.cpu_count() or 1, free_mb // (GUEST_MEMORY_MB + 512)))
 
@@ -166,6 +199,7 @@ def candidate_name(patches: Path) -> str:
     """
     from harness.vm.build import read_series
     from harness.vm.errors import VmError
+
     try:
         series = read_series(patches)
     except VmError:
@@ -176,8 +210,16 @@ def candidate_name(patches: Path) -> str:
     return f"candidate-{digest.hexdigest()[:10]}" if series else "candidate"
 
 
-def validate(patches: Optional[Path] = None, quick: bool = False, results: Path = paths.RESULTS_DIR,
-             log: Log = _log, fresh_control: bool = False, *, source=None, tree=None) -> int:
+def validate(
+    patches: Optional[Path] = None,
+    quick: bool = False,
+    results: Path = paths.RESULTS_DIR,
+    log: Log = _log,
+    fresh_control: bool = False,
+    *,
+    source=None,
+    tree=None,
+) -> int:
     """The main job; returns the exit status (0: the contract holds and nothing failed).
 
     The control's guest results are reused when nothing that made them
@@ -189,6 +231,7 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     replaces both: its base is the control, its head the candidate.
     """
     from harness.vm import sources
+
     t0 = time.monotonic()
     clock = PhaseClock()
     results.mkdir(parents=True, exist_ok=True)
@@ -210,10 +253,14 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         src = sources.resolve(source)
         control_name = src.kernel_name("stock")
         if patches is None and src.default_series is None:
-            raise sources.SourceError(f"--source {source}: no hint series of the project's for this tree; "
-                                      "give --patches DIR")
-        candidate = src.kernel_name("patched") if patches is None else (
-            candidate_name(patches) + ("" if control_name == "stock" else f"-{src.label}"))
+            raise sources.SourceError(
+                f"--source {source}: no hint series of the project's for this tree; give --patches DIR"
+            )
+        candidate = (
+            src.kernel_name("patched")
+            if patches is None
+            else (candidate_name(patches) + ("" if control_name == "stock" else f"-{src.label}"))
+        )
         plan = [(control_name, None, "auto"), (candidate, patches, "auto")]
         origin = {"kind": src.kind, "source": src.label, "identity": src.identity}
     _clear_results(results, ["host", control_name, candidate], log)
@@ -223,8 +270,10 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     control: dict = {}
     guests_wall, workers = None, 1
     if reason:
-        log(f"[validate] QEMU cannot run here ({reason}): validating on the host kernel "
-            f"{platform.release()} and the simulator")
+        log(
+            f"[validate] QEMU cannot run here ({reason}): validating on the host kernel "
+            f"{platform.release()} and the simulator"
+        )
         host = KernelOutcome("host", "host", results / "host")
         t1 = time.monotonic()
         run_steps(host.out, _host_selftests_dir(), quick, log)
@@ -252,8 +301,15 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
         _store_control(outcomes[0], control, log)
     with clock("report"):
         _plot_benches(outcomes, log)
-        report = build_report(outcomes, patches, quick, time.monotonic() - t0, qemu_reason=reason,
-                              control_kernel=control_name, origin=origin)
+        report = build_report(
+            outcomes,
+            patches,
+            quick,
+            time.monotonic() - t0,
+            qemu_reason=reason,
+            control_kernel=control_name,
+            origin=origin,
+        )
     if control:
         report["control"] = {k: v for k, v in control.items() if k != "inputs"}
     report["phases"] = phases_document(clock, outcomes, time.monotonic() - t0, guests_wall, workers)
@@ -261,8 +317,10 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
     _write_lava_jobs([o.name for o in outcomes if o.where == "guest" and o.build], results, log)
     print(render_terminal(report, results))
     if control.get("reused"):
-        print(f"control '{control['kernel']}': guest results reused from {control['created']} "
-              "(same kernel build, harness code and tests, --quick and guest settings; --fresh-control reruns it)")
+        print(
+            f"control '{control['kernel']}': guest results reused from {control['created']} "
+            "(same kernel build, harness code and tests, --quick and guest settings; --fresh-control reruns it)"
+        )
     print("\n".join(render_phases(report["phases"])))
     return 0 if report["ok"] else 1
 
@@ -270,6 +328,7 @@ def validate(patches: Optional[Path] = None, quick: bool = False, results: Path 
 def _write_lava_jobs(kernels: list[str], results: Path, log: Log) -> None:
     """A LAVA job per kernel built (harness.lava), for a lab to run the same validation; never fatal."""
     from harness import lava
+
     if not kernels:
         return
     try:
@@ -278,9 +337,15 @@ def _write_lava_jobs(kernels: list[str], results: Path, log: Log) -> None:
         log(f"[validate] LAVA jobs not written: {exc}")
         return
     ramdisk = os.environ.get(lava.ENV_RAMDISK_URL)
-    log(f"[validate] LAVA jobs: {', '.join(str(j) for j in jobs)} (bundles beside them; ramdisk "
-        + (f"{ramdisk})" if ramdisk else f"{lava.RAMDISK_PLACEHOLDER}: set ${lava.ENV_RAMDISK_URL} or edit the "
-                                          "job, see the README's LAVA section)"))
+    log(
+        f"[validate] LAVA jobs: {', '.join(str(j) for j in jobs)} (bundles beside them; ramdisk "
+        + (
+            f"{ramdisk})"
+            if ramdisk
+            else f"{lava.RAMDISK_PLACEHOLDER}: set ${lava.ENV_RAMDISK_URL} or edit the "
+            "job, see the README's LAVA section)"
+        )
+    )
 
 
 def _series_problem(patches: Path, log: Log) -> Optional[str]:
@@ -294,6 +359,7 @@ def _series_problem(patches: Path, log: Log) -> Optional[str]:
     """
     from harness.vm import build as vm_build
     from harness.vm.errors import VmError
+
     try:
         vm_build.check_host(log=log)
         patches_found = vm_build.check_series(patches)
@@ -311,6 +377,7 @@ REPORT_FILES = ("report.md", "report.json", "report.tap", "report.junit.xml")
 def _clear_results(results: Path, kernels: list[str], log: Log) -> None:
     """Start from an empty results directory: no earlier run's summary can speak for this one."""
     import shutil
+
     removed = 0
     for name in [*kernels, "lava"]:
         if (results / name).exists():
@@ -328,8 +395,9 @@ def _guest_timeouts() -> dict[str, float]:
     return {"guest": GUEST_TIMEOUT, "pytest": PYTEST_TIMEOUT, "selftest": SELFTEST_TIMEOUT, "bench": BENCH_TIMEOUT}
 
 
-def _reuse_control(stock: KernelOutcome, runnable: list[KernelOutcome], parallel: int, quick: bool,
-                   fresh: bool, log: Log) -> dict:
+def _reuse_control(
+    stock: KernelOutcome, runnable: list[KernelOutcome], parallel: int, quick: bool, fresh: bool, log: Log
+) -> dict:
     """Give the control its stored guest results when its inputs are unchanged; {} when it cannot run.
 
     The key includes the cores the control gets when it does run: the
@@ -338,10 +406,16 @@ def _reuse_control(stock: KernelOutcome, runnable: list[KernelOutcome], parallel
     if stock not in runnable or not stock.build or not stock.build.get("key"):
         return {}
     cpus = max(1, (os.cpu_count() or 1) // min(parallel, len(runnable)))
-    inp = control_cache.inputs(stock.build["key"], quick=quick, memory_mb=GUEST_MEMORY_MB, cpus=cpus,
-                               timeouts=_guest_timeouts())
-    note = {"kernel": stock.name, "inputs": inp, "key": control_cache.key_of(inp), "reused": False,
-            "fresh_control": fresh}
+    inp = control_cache.inputs(
+        stock.build["key"], quick=quick, memory_mb=GUEST_MEMORY_MB, cpus=cpus, timeouts=_guest_timeouts()
+    )
+    note = {
+        "kernel": stock.name,
+        "inputs": inp,
+        "key": control_cache.key_of(inp),
+        "reused": False,
+        "fresh_control": fresh,
+    }
     if fresh:
         log(f"[validate] control '{stock.name}': --fresh-control: running it again")
         return {**note, "why_run": "--fresh-control"}
@@ -351,8 +425,10 @@ def _reuse_control(stock: KernelOutcome, runnable: list[KernelOutcome], parallel
         log(f"[validate] control '{stock.name}': running it ({why})")
         return {**note, "why_run": why}
     entry.restore(stock)
-    log(f"[validate] control '{stock.name}': reusing its guest results of {entry.created} (same kernel build, "
-        "harness code and tests, --quick and guest settings); --fresh-control runs it again")
+    log(
+        f"[validate] control '{stock.name}': reusing its guest results of {entry.created} (same kernel build, "
+        "harness code and tests, --quick and guest settings); --fresh-control runs it again"
+    )
     return {**note, "reused": True, "created": entry.created, "results_from": str(entry.path)}
 
 
@@ -379,14 +455,21 @@ def _host_selftests_dir() -> Optional[Path]:
 def _deselect_for(source) -> list[str]:
     """pytest arguments that leave out what a 6.1 guest cannot run (each printed with its reason)."""
     from harness.vm import sources
+
     if source is None or sources.resolve(source).version != "6.1":
         return []
     return deselect_args("6.1")
 
 
-def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[str, ...] = (),
-                timeout: float = PYTEST_TIMEOUT + 120, results: Path = paths.RESULTS_DIR, log: Log = _log,
-                source=None) -> int:
+def guest_suite(
+    kernel: str,
+    patches: Optional[Path] = None,
+    pytest_args: tuple[str, ...] = (),
+    timeout: float = PYTEST_TIMEOUT + 120,
+    results: Path = paths.RESULTS_DIR,
+    log: Log = _log,
+    source=None,
+) -> int:
     """Build ``kernel``, boot it, run the pytest suite in it as root; return pytest's exit status.
 
     Leaves ``junit.xml``, ``summary.json`` and ``console.log`` in ``results/<kernel>/``.
@@ -394,14 +477,30 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
     from harness.vm import build as vm_build
     from harness.vm import runner
     from harness.vm.errors import VmError
+
     out = results / kernel
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("junit.xml", "summary.json", "console.log"):
         (out / stale).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "pytest", str(paths.REPO_ROOT / "tests"),
-            "--ignore", str(paths.REPO_ROOT / "tests" / "vm"),
-            "-p", "no:cacheprovider", "-rfE", "--junitxml", str(out / "junit.xml"),
-            "--summary-json", str(out / "summary.json"), "-m", GUEST_MARKERS, *_deselect_for(source), *pytest_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(paths.REPO_ROOT / "tests"),
+        "--ignore",
+        str(paths.REPO_ROOT / "tests" / "vm"),
+        "-p",
+        "no:cacheprovider",
+        "-rfE",
+        "--junitxml",
+        str(out / "junit.xml"),
+        "--summary-json",
+        str(out / "summary.json"),
+        "-m",
+        GUEST_MARKERS,
+        *_deselect_for(source),
+        *pytest_args,
+    ]
     if _deselect_for(source):
         log(f"[vm-test] kernel '{kernel}': Linux 6.1 guest: {len(DESELECT_6_1)} test group(s) deselected:")
         for nodeid, why in DESELECT_6_1.items():
@@ -411,13 +510,16 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
         kb = vm_build.build_kernel(kernel, patches, log=log, source=source)
         compile_for_guests(log)
         log(f"[vm-test] kernel '{kernel}': running the suite in the guest (timeout {timeout:.0f} s)")
-        result = runner.run_in_guest(kb, argv, timeout=timeout, rwdir=out, env=env,
-                                     console_log=out / "console.log", log=log)
+        result = runner.run_in_guest(
+            kb, argv, timeout=timeout, rwdir=out, env=env, console_log=out / "console.log", log=log
+        )
     except VmError as exc:
         log(f"[vm-test] kernel '{kernel}': {exc}")
         return exc.exit_status
-    log(f"[vm-test] kernel '{kernel}': pytest exited {result.returncode} after {result.elapsed:.0f} s "
-        f"({result.accel}); results in {out}")
+    log(
+        f"[vm-test] kernel '{kernel}': pytest exited {result.returncode} after {result.elapsed:.0f} s "
+        f"({result.accel}); results in {out}"
+    )
     timeline = _guest_timeline(out / "summary.json")
     if timeline:
         log(f"[vm-test] kernel '{kernel}': {timeline}")
@@ -427,10 +529,13 @@ def guest_suite(kernel: str, patches: Optional[Path] = None, pytest_args: tuple[
 def _guest_timeline(summary: Path) -> str:
     """One line on how long the guest took to get to its tests, from summary.json ("" without one)."""
     from harness.reports import load_summary
+
     try:
         t = load_summary(summary)["timeline"]
     except (HarnessError, OSError, ValueError, KeyError):
         return ""
     first = "no test ran" if t["first_test"] is None else f"the first test at {t['first_test']:.1f} s"
-    return (f"guest timeline, in seconds since its kernel booted: pytest's Python started at "
-            f"{t['process_start']:.1f} s, {first}, the run ended at {t['summary']:.1f} s")
+    return (
+        f"guest timeline, in seconds since its kernel booted: pytest's Python started at "
+        f"{t['process_start']:.1f} s, {first}, the run ended at {t['summary']:.1f} s"
+    )

@@ -8,6 +8,7 @@
 Command line: ``python -m harness.vm build --kernel patched`` and
 ``python -m harness.vm run --kernel patched -- CMD...``.
 """
+
 from harness.vm.build import KernelBuild, build_kernel, load_kernel
 from harness.vm.errors import (
     GuestError,
@@ -22,8 +23,17 @@ from harness.vm.errors import (
 from harness.vm.runner import GuestResult, run_in_guest
 
 __all__ = [
-    "KernelBuild", "build_kernel", "load_kernel",
-    "GuestResult", "run_in_guest",
-    "VmError", "MissingToolError", "PatchApplyError", "KernelBuildError",
-    "KernelNotBuilt", "GuestError", "GuestPanic", "GuestTimeout",
+    "KernelBuild",
+    "build_kernel",
+    "load_kernel",
+    "GuestResult",
+    "run_in_guest",
+    "VmError",
+    "MissingToolError",
+    "PatchApplyError",
+    "KernelBuildError",
+    "KernelNotBuilt",
+    "GuestError",
+    "GuestPanic",
+    "GuestTimeout",
 ]

@@ -1,4 +1,5 @@
 """``python -m harness.vm build|run|info`` (see harness.vm.cli)."""
+
 import sys
 
 from harness.vm.cli import main

@@ -18,6 +18,7 @@ every kernel), the config fragment and the compiler version.  Same key and
 a bzImage present: done in well under a second.  patch(1) writes a new file for each file it changes,
 which breaks the hard link, so the pristine tree is never modified.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -94,33 +95,36 @@ class KernelBuild:
     """A built kernel, as the runner and the in-guest suite use it."""
 
     name: str
-    path: Path              #: the bzImage
-    key: str                #: cache key (sha256 hex)
-    uapi_header: Path       #: copy of include/uapi/linux/userfaultfd.h
-    patched: bool           #: True if any patch was applied
-    directory: Path         #: build/kernels/<name>
+    path: Path  #: the bzImage
+    key: str  #: cache key (sha256 hex)
+    uapi_header: Path  #: copy of include/uapi/linux/userfaultfd.h
+    patched: bool  #: True if any patch was applied
+    directory: Path  #: build/kernels/<name>
     selftests_dir: Path
-    cached: bool = False    #: True if nothing had to be rebuilt
+    cached: bool = False  #: True if nothing had to be rebuilt
 
     @property
     def info(self) -> dict:
         """The contents of build.json (checked: :mod:`harness.vm.documents`)."""
         from harness.vm.documents import load_build_info
+
         return load_build_info(self.directory / "build.json")
 
     @property
     def pte_channel(self) -> dict:
         """build.json's "pte_channel": {"available": bool, "debugfs": path, "reason": why not or None}."""
         return self.info.get("pte_channel") or {
-            "available": False, "debugfs": PTE_DEBUGFS,
-            "reason": "built before vm/instrumentation existed: rebuild it"}
+            "available": False,
+            "debugfs": PTE_DEBUGFS,
+            "reason": "built before vm/instrumentation existed: rebuild it",
+        }
 
 
 # --------------------------------------------------------------------------
 # host requirements
 
-def check_host(requirements: dict[str, str] | None = None, *,
-               install: bool | None = None, log: Log = _eprint) -> None:
+
+def check_host(requirements: dict[str, str] | None = None, *, install: bool | None = None, log: Log = _eprint) -> None:
     """Make sure every tool is there; apt-get install them when root.
 
     Raises MissingToolError (naming the packages and the apt command) when
@@ -137,13 +141,21 @@ def check_host(requirements: dict[str, str] | None = None, *,
         log(f"[vm] installing {' '.join(packages)} (missing: {', '.join(missing)})")
         try:
             # A fresh machine has no package lists yet: without them apt cannot find anything.
-            subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=TIMEOUT_APT, check=False)
+            subprocess.run(
+                ["apt-get", "update", "-q"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=TIMEOUT_APT,
+                check=False,
+            )
             proc = subprocess.run(
                 ["apt-get", "install", "-y", "--no-install-recommends", *packages],
                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                timeout=TIMEOUT_APT)
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=TIMEOUT_APT,
+            )
         except subprocess.TimeoutExpired:
             raise MissingToolError(missing, packages) from None
         if proc.returncode != 0:
@@ -164,6 +176,7 @@ def _have(tool: str) -> bool:
 # --------------------------------------------------------------------------
 # inputs and the cache key
 
+
 def read_series(patches_dir: Path) -> list[Path]:
     """The patches of a series, in order.
 
@@ -172,8 +185,10 @@ def read_series(patches_dir: Path) -> list[Path]:
     """
     patches_dir = Path(patches_dir)
     if patches_dir.exists() and not patches_dir.is_dir():
-        raise VmError(f"--patches {patches_dir}: a file, not a directory: give the directory that holds "
-                      "the series file (or the *.patch files)")
+        raise VmError(
+            f"--patches {patches_dir}: a file, not a directory: give the directory that holds "
+            "the series file (or the *.patch files)"
+        )
     if not patches_dir.is_dir():
         raise VmError(f"patch directory {patches_dir} does not exist")
     series = patches_dir / "series"
@@ -191,7 +206,7 @@ def read_series(patches_dir: Path) -> list[Path]:
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
-            name = line.split()[0]       # quilt allows "-p1" after the name
+            name = line.split()[0]  # quilt allows "-p1" after the name
             path = patches_dir / name
             if not path.is_file():
                 raise VmError(f"{series}: lists {name}, which does not exist")
@@ -233,11 +248,21 @@ def check_series(patches_dir: str | os.PathLike) -> list[Path]:
                     shutil.copyfile(pristine / t, tree / t)
         elif SOURCE_TARBALL.exists():
             # Members that the tarball lacks are files the series creates: tar says so and goes on.
-            subprocess.run(["tar", "-xf", str(SOURCE_TARBALL), "-C", scratch, "--ignore-failed-read",
-                            *[f"{SOURCE_DIRNAME}/{t}" for t in sorted(targets)]],
-                           capture_output=True, timeout=TIMEOUT_UNPACK)
+            subprocess.run(
+                [
+                    "tar",
+                    "-xf",
+                    str(SOURCE_TARBALL),
+                    "-C",
+                    scratch,
+                    "--ignore-failed-read",
+                    *[f"{SOURCE_DIRNAME}/{t}" for t in sorted(targets)],
+                ],
+                capture_output=True,
+                timeout=TIMEOUT_UNPACK,
+            )
         else:
-            return patches      # nothing to apply it to yet; the build checks it once the source is there
+            return patches  # nothing to apply it to yet; the build checks it once the source is there
         apply_series(tree, patches, warn=lambda _: None)
     return patches
 
@@ -247,8 +272,7 @@ def _sha256(data: bytes) -> str:
 
 
 def gcc_version() -> str:
-    out = subprocess.run(["gcc", "--version"], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
+    out = subprocess.run(["gcc", "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
     return out.splitlines()[0].strip()
 
 
@@ -256,8 +280,8 @@ def source_version(tarball: Path = SOURCE_TARBALL) -> str:
     """Debian package version of linux-source-6.12, or the tarball's size/mtime."""
     try:
         out = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Version}", SOURCE_PACKAGE],
-            capture_output=True, text=True, timeout=30)
+            ["dpkg-query", "-W", "-f=${Version}", SOURCE_PACKAGE], capture_output=True, text=True, timeout=30
+        )
         if out.returncode == 0 and out.stdout.strip():
             return f"{SOURCE_PACKAGE} {out.stdout.strip()}"
     except (OSError, subprocess.TimeoutExpired):
@@ -266,18 +290,25 @@ def source_version(tarball: Path = SOURCE_TARBALL) -> str:
     return f"{tarball.name} size={st.st_size} mtime={int(st.st_mtime)}"
 
 
-def cache_key(src_version: str, patches: Sequence[tuple[str, str]],
-              fragment_sha: str, gcc: str,
-              instrumentation: Sequence[tuple[str, str]] = ()) -> str:
+def cache_key(
+    src_version: str,
+    patches: Sequence[tuple[str, str]],
+    fragment_sha: str,
+    gcc: str,
+    instrumentation: Sequence[tuple[str, str]] = (),
+) -> str:
     """sha256 over everything that determines the outputs."""
-    blob = json.dumps({
-        "builder": BUILDER_VERSION,
-        "source": src_version,
-        "patches": list(patches),
-        "config": fragment_sha,
-        "gcc": gcc,
-        "instrumentation": [list(i) for i in instrumentation],
-    }, sort_keys=True).encode()
+    blob = json.dumps(
+        {
+            "builder": BUILDER_VERSION,
+            "source": src_version,
+            "patches": list(patches),
+            "config": fragment_sha,
+            "gcc": gcc,
+            "instrumentation": [list(i) for i in instrumentation],
+        },
+        sort_keys=True,
+    ).encode()
     return _sha256(blob)
 
 
@@ -303,8 +334,7 @@ def parse_config(text: str) -> dict[str, str]:
     return out
 
 
-def config_mismatches(fragment: dict[str, str],
-                      final: dict[str, str]) -> list[str]:
+def config_mismatches(fragment: dict[str, str], final: dict[str, str]) -> list[str]:
     """Options of the fragment that did not end up as written."""
     bad = []
     for sym, want in fragment.items():
@@ -329,8 +359,7 @@ def kconfig_symbols(tree: Path) -> set[str]:
     return out
 
 
-def classify_config(fragment: dict[str, str], final: dict[str, str],
-                    symbols: set[str]) -> dict[str, list[str]]:
+def classify_config(fragment: dict[str, str], final: dict[str, str], symbols: set[str]) -> dict[str, list[str]]:
     """The fragment's options that did not end up as written, split by why.
 
     ``absent``: the version's Kconfig has no such symbol (added or renamed
@@ -380,13 +409,10 @@ def parse_patch_failure(output: str) -> tuple[str | None, str | None]:
 
 
 def patched_files(output: str) -> list[str]:
-    return [m.group(1) for m in map(_PATCHING_FILE.match,
-                                    (line.strip() for line in output.splitlines()))
-            if m]
+    return [m.group(1) for m in map(_PATCHING_FILE.match, (line.strip() for line in output.splitlines())) if m]
 
 
-def apply_series(tree: Path, patches: Iterable[Path],
-                 warn: Log = _eprint) -> list[str]:
+def apply_series(tree: Path, patches: Iterable[Path], warn: Log = _eprint) -> list[str]:
     """Apply each patch with ``patch -p1``; return the files they touched.
 
     Each patch is first tried with ``--dry-run``, so a failing patch leaves
@@ -394,16 +420,25 @@ def apply_series(tree: Path, patches: Iterable[Path],
     """
     touched: list[str] = []
     for p in patches:
-        base = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
-                "-r", "-", "-d", str(tree), "-i", str(Path(p).resolve())]
-        dry = subprocess.run(base + ["--dry-run"], capture_output=True,
-                             text=True, timeout=TIMEOUT_PATCH)
+        base = [
+            "patch",
+            "-p1",
+            "--forward",
+            "--batch",
+            "--no-backup-if-mismatch",
+            "-r",
+            "-",
+            "-d",
+            str(tree),
+            "-i",
+            str(Path(p).resolve()),
+        ]
+        dry = subprocess.run(base + ["--dry-run"], capture_output=True, text=True, timeout=TIMEOUT_PATCH)
         if dry.returncode != 0:
             out = dry.stdout + dry.stderr
             target, hunk = parse_patch_failure(out)
             raise PatchApplyError(Path(p).name, target, hunk, out)
-        real = subprocess.run(base, capture_output=True, text=True,
-                              timeout=TIMEOUT_PATCH)
+        real = subprocess.run(base, capture_output=True, text=True, timeout=TIMEOUT_PATCH)
         if real.returncode != 0:
             out = real.stdout + real.stderr
             target, hunk = parse_patch_failure(out)
@@ -422,16 +457,27 @@ def apply_series(tree: Path, patches: Iterable[Path],
 # --------------------------------------------------------------------------
 # running make with a progress line
 
-_PROGRESS_RE = re.compile(r"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|OBJCOPY|GEN|CHK|"
-                          r"UPD|VDSO|RELOCS|ZSTD|XZKERN|GZIP|MKPIGGY|"
-                          r"BUILD|SYSMAP|KSYMS|HDRINST|CPP|SYSTBL|SYSHDR|"
-                          r"WRAP|MKREQ|POLICY|AWK|SHIPPED|COPY|CALL|"
-                          r"DESCEND|INSTALL|MKDIR|SORTTAB|NM|HYPERCALLS)\s")
+_PROGRESS_RE = re.compile(
+    r"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|OBJCOPY|GEN|CHK|"
+    r"UPD|VDSO|RELOCS|ZSTD|XZKERN|GZIP|MKPIGGY|"
+    r"BUILD|SYSMAP|KSYMS|HDRINST|CPP|SYSTBL|SYSHDR|"
+    r"WRAP|MKREQ|POLICY|AWK|SHIPPED|COPY|CALL|"
+    r"DESCEND|INSTALL|MKDIR|SORTTAB|NM|HYPERCALLS)\s"
+)
 
 
-def _run_logged(cmd: Sequence[str], *, log_file, step: str, log_path: Path,
-                timeout: float, env: dict | None = None, cwd: Path | None = None,
-                estimate: int = 0, progress: bool = True) -> int:
+def _run_logged(
+    cmd: Sequence[str],
+    *,
+    log_file,
+    step: str,
+    log_path: Path,
+    timeout: float,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    estimate: int = 0,
+    progress: bool = True,
+) -> int:
     """Run cmd, append its output to log_file, show one progress line.
 
     Returns the number of kbuild progress lines ("  CC  mm/mprotect.o").
@@ -445,15 +491,22 @@ def _run_logged(cmd: Sequence[str], *, log_file, step: str, log_path: Path,
     tail: list[str] = []
     count = 0
     last_print = 0.0
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            errors="replace", env=env, cwd=cwd,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None
         # readline() blocks; the timeout is enforced between lines, and by
         # a watchdog timer for a make that goes silent.
         import threading
+
         timed_out = threading.Event()
 
         def _watchdog() -> None:
@@ -494,8 +547,7 @@ def _run_logged(cmd: Sequence[str], *, log_file, step: str, log_path: Path,
     return count
 
 
-def _show_progress(step: str, count: int, estimate: int, elapsed: float,
-                   tty: bool) -> None:
+def _show_progress(step: str, count: int, estimate: int, elapsed: float, tty: bool) -> None:
     if estimate:
         pct = min(99, int(100 * count / estimate))
         msg = f"[vm] {step}: {count}/~{estimate} steps ({pct}%), {elapsed:.0f} s"
@@ -523,6 +575,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 # --------------------------------------------------------------------------
 # the build
+
 
 class _BuildLock:
     """One kernel build at a time on this machine (flock on a file)."""
@@ -583,9 +636,15 @@ def _tree_version(tree: Path) -> str:
     return f"{v.get('VERSION')}.{v.get('PATCHLEVEL')}.{v.get('SUBLEVEL')}{v.get('EXTRAVERSION', '')}"
 
 
-def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
-                    patch_key: str, log: Log, seed: Path | None = None,
-                    instrumentation: Sequence[Path] = ()) -> Path:
+def _prepare_source(
+    pristine: Path,
+    kdir: Path,
+    patches: list[Path],
+    patch_key: str,
+    log: Log,
+    seed: Path | None = None,
+    instrumentation: Sequence[Path] = (),
+) -> Path:
     """build/kernels/<name>/src = hard-linked pristine + the series.
 
     Reused as is when the series is unchanged.  When it changed, every file
@@ -614,7 +673,7 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
         except ValueError:
             old_state = {}
         if not isinstance(old_state, dict):
-            old_state = {}      # corrupt: treated as no previous tree, so every file is re-linked
+            old_state = {}  # corrupt: treated as no previous tree, so every file is re-linked
     if src.is_dir() and old_state.get("patch_key") == patch_key:
         return src
     ref = src
@@ -625,8 +684,7 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     tmp = kdir / "src.new"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.monotonic()
-    subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
-                   timeout=TIMEOUT_UNPACK)
+    subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True, timeout=TIMEOUT_UNPACK)
     (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
     instrumented: dict = {"applied": False, "reason": "no instrumentation series given"}
     try:
@@ -639,12 +697,13 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
                 # patch(1) may have applied earlier patches of the
                 # instrumentation: start again from pristine, series only.
                 first_line = str(exc).splitlines()[0]
-                instrumented = {"applied": False,
-                                "reason": f"vm/instrumentation does not apply after this series: {first_line}"}
+                instrumented = {
+                    "applied": False,
+                    "reason": f"vm/instrumentation does not apply after this series: {first_line}",
+                }
                 log(f"[vm] warning: {instrumented['reason']}; building without the PTE channel")
                 shutil.rmtree(tmp)
-                subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True,
-                               timeout=TIMEOUT_UNPACK)
+                subprocess.run(["cp", "-al", str(pristine), str(tmp)], check=True, timeout=TIMEOUT_UNPACK)
                 (tmp / ".uffd-harness-pristine").unlink(missing_ok=True)
                 touched = apply_series(tmp, patches, warn=log) if patches else []
     except BaseException:
@@ -654,8 +713,8 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
         f = tmp / rel
         if not f.is_file():
             continue
-        if os.stat(f).st_nlink > 1:          # private copy: utime below
-            data = f.read_bytes()            # must not touch pristine
+        if os.stat(f).st_nlink > 1:  # private copy: utime below
+            data = f.read_bytes()  # must not touch pristine
             mode = f.stat().st_mode
             f.unlink()
             f.write_bytes(data)
@@ -672,12 +731,14 @@ def _prepare_source(pristine: Path, kdir: Path, patches: list[Path],
     state_file.unlink(missing_ok=True)
     shutil.rmtree(src, ignore_errors=True)
     os.rename(tmp, src)
-    state_file.write_text(json.dumps({"patch_key": patch_key,
-                                      "touched": sorted(set(touched)),
-                                      "instrumentation": instrumented}))
+    state_file.write_text(
+        json.dumps({"patch_key": patch_key, "touched": sorted(set(touched)), "instrumentation": instrumented})
+    )
     with_instr = " + vm/instrumentation" if instrumented["applied"] else ""
-    log(f"[vm] source tree ready ({len(patches)} patches{with_instr}, "
-        f"{len(set(touched))} files changed) in {time.monotonic() - t0:.1f} s")
+    log(
+        f"[vm] source tree ready ({len(patches)} patches{with_instr}, "
+        f"{len(set(touched))} files changed) in {time.monotonic() - t0:.1f} s"
+    )
     return src
 
 
@@ -688,7 +749,9 @@ def instrumentation_state(kdir: Path) -> dict:
     except (OSError, ValueError):
         return {"applied": False, "reason": f"{kdir / 'src-state.json'} is missing: the tree was never prepared"}
     return state.get("instrumentation") or {
-        "applied": False, "reason": "the tree was prepared by a builder without vm/instrumentation"}
+        "applied": False,
+        "reason": "the tree was prepared by a builder without vm/instrumentation",
+    }
 
 
 def pte_channel_status(instrumented: dict, obj: Path) -> dict:
@@ -696,21 +759,32 @@ def pte_channel_status(instrumented: dict, obj: Path) -> dict:
     if not instrumented.get("applied"):
         return {"available": False, "debugfs": PTE_DEBUGFS, "reason": instrumented.get("reason")}
     if parse_config((obj / ".config").read_text()).get("CONFIG_DEBUG_FS") != "y":
-        return {"available": False, "debugfs": PTE_DEBUGFS,
-                "reason": "CONFIG_DEBUG_FS is not set in the final .config: the instrumentation is not built"}
+        return {
+            "available": False,
+            "debugfs": PTE_DEBUGFS,
+            "reason": "CONFIG_DEBUG_FS is not set in the final .config: the instrumentation is not built",
+        }
     if not (obj / PTE_OBJECT).exists():
-        return {"available": False, "debugfs": PTE_DEBUGFS,
-                "reason": f"{PTE_OBJECT} was not built although vm/instrumentation applied"}
+        return {
+            "available": False,
+            "debugfs": PTE_DEBUGFS,
+            "reason": f"{PTE_OBJECT} was not built although vm/instrumentation applied",
+        }
     return {"available": True, "debugfs": PTE_DEBUGFS, "reason": None}
 
 
-def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
-                 jobs: int | None = None, *,
-                 fragment: str | os.PathLike | None = None,
-                 log: Log = _eprint, progress: bool = True,
-                 install: bool | None = None,
-                 seed_from: str | None = "auto",
-                 source: "str | os.PathLike | sources.Source | None" = None) -> KernelBuild:
+def build_kernel(
+    name: str,
+    patches_dir: str | os.PathLike | None = None,
+    jobs: int | None = None,
+    *,
+    fragment: str | os.PathLike | None = None,
+    log: Log = _eprint,
+    progress: bool = True,
+    install: bool | None = None,
+    seed_from: str | None = "auto",
+    source: "str | os.PathLike | sources.Source | None" = None,
+) -> KernelBuild:
     """Build (or reuse) kernel ``name`` and return where its pieces are.
 
     ``name`` "patched" defaults to the series in vm/patches, "stock" builds
@@ -743,11 +817,11 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
         if name == patched_name and src_origin.default_series is not None:
             patches_dir = src_origin.default_series
         elif name != stock_name:
-            raise VmError(f"kernel {name!r} needs --patches DIR "
-                          f"(only '{patched_name}' and '{stock_name}' have defaults)")
+            raise VmError(
+                f"kernel {name!r} needs --patches DIR (only '{patched_name}' and '{stock_name}' have defaults)"
+            )
     if name == stock_name and patches_dir is not None:
-        raise VmError("kernel 'stock' is the unpatched control; "
-                      "give a patched build another name")
+        raise VmError("kernel 'stock' is the unpatched control; give a patched build another name")
     fragment_path = Path(fragment) if fragment else DEFAULT_FRAGMENT
     jobs = jobs or os.cpu_count() or 1
 
@@ -765,26 +839,41 @@ def build_kernel(name: str, patches_dir: str | os.PathLike | None = None,
         fragment_text += f"\n# --- {src_origin.config_addendum.name}\n" + src_origin.config_addendum.read_text()
     gcc = gcc_version()
     src_version = src_origin.identity
-    key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc,
-                    instrumentation=instr_hashes)
+    key = cache_key(src_version, patch_hashes, _sha256(fragment_text.encode()), gcc, instrumentation=instr_hashes)
 
     kdir = BUILD_DIR / "kernels" / name
     result = KernelBuild(
-        name=name, path=kdir / "bzImage", key=key,
+        name=name,
+        path=kdir / "bzImage",
+        key=key,
         uapi_header=kdir / "uapi" / "linux" / "userfaultfd.h",
-        patched=bool(patches), directory=kdir,
-        selftests_dir=kdir / "selftests")
+        patched=bool(patches),
+        directory=kdir,
+        selftests_dir=kdir / "selftests",
+    )
 
     if _is_current(result):
         return dataclasses.replace(result, cached=True)
 
     with _BuildLock(BUILD_DIR / "cache" / "build.lock", log):
-        if _is_current(result):       # built while we waited for the lock
+        if _is_current(result):  # built while we waited for the lock
             return dataclasses.replace(result, cached=True)
-        built = _build_locked(result, patches, patch_hashes, fragment_path,
-                              fragment_text, gcc, src_version, jobs, log,
-                              progress, seed_from, instrumentation, instr_hashes,
-                              src_origin=src_origin)
+        built = _build_locked(
+            result,
+            patches,
+            patch_hashes,
+            fragment_path,
+            fragment_text,
+            gcc,
+            src_version,
+            jobs,
+            log,
+            progress,
+            seed_from,
+            instrumentation,
+            instr_hashes,
+            src_origin=src_origin,
+        )
         if name.startswith(CANDIDATE_PREFIX):
             prune_candidates(kdir.parent, keep_name=name, log=log)
         return built
@@ -795,22 +884,31 @@ def _is_current(kb: KernelBuild) -> bool:
     if not (info_path.exists() and kb.path.exists() and kb.uapi_header.exists()):
         return False
     from harness.vm.documents import load_build_info
+
     try:
         info = load_build_info(info_path)
-    except ValueError:          # DocumentError: a corrupt build.json is rebuilt over
+    except ValueError:  # DocumentError: a corrupt build.json is rebuilt over
         return False
     # the selftests this tree had when it was built (6.1 has other ones than 6.12)
     return info.get("key") == kb.key and all(Path(p).exists() for p in (info.get("selftests") or {}).values())
 
 
-def _build_locked(kb: KernelBuild, patches: list[Path],
-                  patch_hashes: list[tuple[str, str]], fragment_path: Path,
-                  fragment_text: str, gcc: str, src_version: str, jobs: int,
-                  log: Log, progress: bool,
-                  seed_from: str | None = None,
-                  instrumentation: Sequence[Path] = (),
-                  instr_hashes: Sequence[tuple[str, str]] = (),
-                  src_origin: "sources.Source | None" = None) -> KernelBuild:
+def _build_locked(
+    kb: KernelBuild,
+    patches: list[Path],
+    patch_hashes: list[tuple[str, str]],
+    fragment_path: Path,
+    fragment_text: str,
+    gcc: str,
+    src_version: str,
+    jobs: int,
+    log: Log,
+    progress: bool,
+    seed_from: str | None = None,
+    instrumentation: Sequence[Path] = (),
+    instr_hashes: Sequence[tuple[str, str]] = (),
+    src_origin: "sources.Source | None" = None,
+) -> KernelBuild:
     t_start = time.monotonic()
     kdir = kb.directory
     kdir.mkdir(parents=True, exist_ok=True)
@@ -820,16 +918,24 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     # unpacking the tarball (first build from this cache only) is part of total_seconds
     source_secs = time.monotonic() - t_start
     patch_key = _sha256(json.dumps([patch_hashes, instr_hashes]).encode())
-    seed = _seed_source(kb, seed_from, fragment_text, gcc, src_version, log,
-                        patches=patches, pristine=pristine, instrumentation=instrumentation)
+    seed = _seed_source(
+        kb,
+        seed_from,
+        fragment_text,
+        gcc,
+        src_version,
+        log,
+        patches=patches,
+        pristine=pristine,
+        instrumentation=instrumentation,
+    )
     # a seeded build compiles only what the series changes, a fraction of a full build's steps, so a
     # full build's count would stop the percentage near 25%: count steps without one
     estimate = 0 if seed is not None else prev_steps
     # A series that does not apply fails here and leaves the previous
     # build (tree, objects, build.json) as it was.
     try:
-        src = _prepare_source(pristine, kdir, patches, patch_key, log, seed,
-                              instrumentation=instrumentation)
+        src = _prepare_source(pristine, kdir, patches, patch_key, log, seed, instrumentation=instrumentation)
     except BaseException:
         if not any(kdir.iterdir()):
             kdir.rmdir()
@@ -842,11 +948,10 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         _seed_objects(seed, kdir, log)
     obj.mkdir(exist_ok=True)
     log_path = kdir / "build.log"
-    env = {**os.environ, "LC_ALL": "C", "KBUILD_BUILD_USER": "uffd-harness",
-           "KBUILD_BUILD_HOST": "uffd-harness"}
+    env = {**os.environ, "LC_ALL": "C", "KBUILD_BUILD_USER": "uffd-harness", "KBUILD_BUILD_HOST": "uffd-harness"}
     make = ["make", "-C", str(src), f"O={obj}"]
 
-    with open(log_path, "w", buffering=1) as lf:   # line-buffered: tail -f works
+    with open(log_path, "w", buffering=1) as lf:  # line-buffered: tail -f works
         lf.write(f"# uffd-harness kernel build '{kb.name}' key {kb.key}\n")
         # -- config: regenerate, keep the old file (and mtime) if unchanged
         cfg = obj / ".config"
@@ -856,24 +961,44 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         frag_copy.write_text(fragment_text)
         log(f"[vm] {kb.name}: configuring (tinyconfig + {fragment_path.name})")
         # -j: the config tools are compiled first, and these steps are serial otherwise
-        _run_logged(make + [f"-j{jobs}", "tinyconfig"], log_file=lf, step="tinyconfig",
-                    log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
-                    progress=False)
-        _run_logged([str(src / "scripts/kconfig/merge_config.sh"), "-m",
-                     "-O", str(obj), str(cfg), str(frag_copy)],
-                    log_file=lf, step="merge_config", log_path=log_path,
-                    timeout=TIMEOUT_CONFIG, env=env, cwd=src, progress=False)
-        _run_logged(make + [f"-j{jobs}", "olddefconfig"], log_file=lf, step="olddefconfig",
-                    log_path=log_path, timeout=TIMEOUT_CONFIG, env=env,
-                    progress=False)
+        _run_logged(
+            make + [f"-j{jobs}", "tinyconfig"],
+            log_file=lf,
+            step="tinyconfig",
+            log_path=log_path,
+            timeout=TIMEOUT_CONFIG,
+            env=env,
+            progress=False,
+        )
+        _run_logged(
+            [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj), str(cfg), str(frag_copy)],
+            log_file=lf,
+            step="merge_config",
+            log_path=log_path,
+            timeout=TIMEOUT_CONFIG,
+            env=env,
+            cwd=src,
+            progress=False,
+        )
+        _run_logged(
+            make + [f"-j{jobs}", "olddefconfig"],
+            log_file=lf,
+            step="olddefconfig",
+            log_path=log_path,
+            timeout=TIMEOUT_CONFIG,
+            env=env,
+            progress=False,
+        )
         if old_cfg is not None and old_stat is not None and cfg.read_bytes() == old_cfg:
             os.utime(cfg, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
         final_cfg = parse_config(cfg.read_text())
         missing = config_mismatches(parse_config(fragment_text), final_cfg)
         config_report = classify_config(parse_config(fragment_text), final_cfg, kconfig_symbols(src))
         if missing:
-            log(f"[vm] {kb.name}: {len(missing)} option(s) of {fragment_path.name} "
-                f"did not end up as written ({_tree_version(src)}):")
+            log(
+                f"[vm] {kb.name}: {len(missing)} option(s) of {fragment_path.name} "
+                f"did not end up as written ({_tree_version(src)}):"
+            )
             for m in config_report["absent"]:
                 log(f"[vm]   {m}: this version's Kconfig has no such symbol")
             for m in config_report["not_applied"]:
@@ -883,10 +1008,16 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         # same make, so that they fill the gaps of the kernel's serial steps)
         t_kernel = time.monotonic()
         log(f"[vm] {kb.name}: building bzImage with -j{jobs}; log {log_path}")
-        steps = _run_logged(make + [f"-j{jobs}", "bzImage", "headers"], log_file=lf,
-                            step=f"{kb.name} bzImage", log_path=log_path,
-                            timeout=TIMEOUT_KERNEL, env=env,
-                            estimate=estimate, progress=progress)
+        steps = _run_logged(
+            make + [f"-j{jobs}", "bzImage", "headers"],
+            log_file=lf,
+            step=f"{kb.name} bzImage",
+            log_path=log_path,
+            timeout=TIMEOUT_KERNEL,
+            env=env,
+            estimate=estimate,
+            progress=progress,
+        )
         kernel_secs = time.monotonic() - t_kernel
 
         # -- the selftests, against this tree's uapi headers
@@ -895,11 +1026,16 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
         # the tree's own: tools/testing/selftests/mm (vm before 6.3), the ones it has
         mm, tree_selftests = selftests_of_tree(src)
         log(f"[vm] {kb.name}: building selftests {', '.join(tree_selftests)} from {mm.relative_to(src)}")
-        _run_logged(["make", "-C", str(mm), f"-j{jobs}", f"OUTPUT={st_dir}",
-                     f"KHDR_INCLUDES=-isystem {obj}/usr/include"]
-                    + [str(st_dir / t) for t in tree_selftests],
-                    log_file=lf, step="selftests", log_path=log_path,
-                    timeout=TIMEOUT_SELFTESTS, env=env, progress=False)
+        _run_logged(
+            ["make", "-C", str(mm), f"-j{jobs}", f"OUTPUT={st_dir}", f"KHDR_INCLUDES=-isystem {obj}/usr/include"]
+            + [str(st_dir / t) for t in tree_selftests],
+            log_file=lf,
+            step="selftests",
+            log_path=log_path,
+            timeout=TIMEOUT_SELFTESTS,
+            env=env,
+            progress=False,
+        )
 
     instrumented = instrumentation_state(kdir)
     shutil.copy2(obj / "arch/x86/boot/bzImage", kb.path)
@@ -944,10 +1080,18 @@ def _build_locked(kb: KernelBuild, patches: list[Path],
     return kb
 
 
-def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
-                 gcc: str, src_version: str, log: Log, *,
-                 patches: Sequence[Path] = (), pristine: Path | None = None,
-                 instrumentation: Sequence[Path] = ()) -> Path | None:
+def _seed_source(
+    kb: KernelBuild,
+    seed_from: str | None,
+    fragment_text: str,
+    gcc: str,
+    src_version: str,
+    log: Log,
+    *,
+    patches: Sequence[Path] = (),
+    pristine: Path | None = None,
+    instrumentation: Sequence[Path] = (),
+) -> Path | None:
     """The sibling kernel directory to seed ``kb``'s first build from, or None.
 
     ``seed_from`` "auto": the closest built sibling (:func:`closest_seed`),
@@ -956,11 +1100,12 @@ def _seed_source(kb: KernelBuild, seed_from: str | None, fragment_text: str,
     if not seed_from or seed_from == kb.name:
         return None
     if (kb.directory / "obj").exists():
-        return None                      # not the first build: incremental anyway
+        return None  # not the first build: incremental anyway
     if seed_from == "auto":
         return _closest_sibling(kb, patches, instrumentation, pristine, fragment_text, gcc, src_version, log)
     seed = kb.directory.parent / seed_from
     from harness.vm.documents import load_build_info
+
     try:
         load_build_info(seed / "build.json")
         if not isinstance(json.loads((seed / "src-state.json").read_text()), dict):
@@ -1013,7 +1158,7 @@ class SeedChoice:
 
     name: str
     directory: Path
-    differing: tuple[str, ...]   #: relative paths whose contents differ
+    differing: tuple[str, ...]  #: relative paths whose contents differ
     #: lines added or removed across the differing files: among siblings that
     #: differ in the same files (a one-line edit of the series against the
     #: series itself and against a mutant of it), the one nearer in content
@@ -1051,8 +1196,9 @@ def series_contents(pristine: Path, patches: Sequence[Path], scratch: Path) -> d
                 (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, scratch / rel)
         touched = apply_series(scratch, patches, warn=lambda msg: None) if patches else []
-        return {rel: (scratch / rel).read_bytes() if (scratch / rel).is_file() else None
-                for rel in sorted(set(touched))}
+        return {
+            rel: (scratch / rel).read_bytes() if (scratch / rel).is_file() else None for rel in sorted(set(touched))
+        }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -1066,13 +1212,16 @@ def _read_or_none(path: Path) -> bytes | None:
 
 def _changed_lines(a: bytes | None, b: bytes | None) -> int:
     """Lines added plus lines removed turning ``a`` into ``b`` (None: no file)."""
-    diff = difflib.unified_diff((a or b"").decode(errors="replace").splitlines(),
-                                (b or b"").decode(errors="replace").splitlines(), n=0, lineterm="")
+    diff = difflib.unified_diff(
+        (a or b"").decode(errors="replace").splitlines(),
+        (b or b"").decode(errors="replace").splitlines(),
+        n=0,
+        lineterm="",
+    )
     return sum(1 for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---"))
 
 
-def tree_difference(new: dict[str, bytes | None], sibling: Path,
-                    pristine: Path) -> tuple[tuple[str, ...], int]:
+def tree_difference(new: dict[str, bytes | None], sibling: Path, pristine: Path) -> tuple[tuple[str, ...], int]:
     """The files whose contents differ between the new tree and a built sibling's ``src/``, and the changed lines.
 
     Both trees are the pristine tree plus their own series: only files that
@@ -1091,8 +1240,9 @@ def tree_difference(new: dict[str, bytes | None], sibling: Path,
     return tuple(differing), lines
 
 
-def closest_seed(new: dict[str, bytes | None], siblings: dict[str, Path],
-                 pristine: Path) -> tuple[SeedChoice | None, list[SeedChoice]]:
+def closest_seed(
+    new: dict[str, bytes | None], siblings: dict[str, Path], pristine: Path
+) -> tuple[SeedChoice | None, list[SeedChoice]]:
     """The sibling whose tree differs least from ``new`` (weight, files, lines, then newest), and all of them."""
     choices = [SeedChoice(name, d, *tree_difference(new, d, pristine)) for name, d in sorted(siblings.items())]
 
@@ -1101,18 +1251,33 @@ def closest_seed(new: dict[str, bytes | None], siblings: dict[str, Path],
             return json.loads((c.directory / "build.json").read_text()).get("built_at", "")
         except (OSError, ValueError):
             return ""
+
     newest_first = sorted(choices, key=built_at, reverse=True)
     ranked = sorted(newest_first, key=lambda c: (c.weight, len(c.differing), c.changed_lines))
     return (ranked[0] if ranked else None), ranked
 
 
-def _closest_sibling(kb: KernelBuild, patches: Sequence[Path], instrumentation: Sequence[Path],
-                     pristine: Path | None, fragment_text: str, gcc: str, src_version: str,
-                     log: Log) -> Path | None:
+def _closest_sibling(
+    kb: KernelBuild,
+    patches: Sequence[Path],
+    instrumentation: Sequence[Path],
+    pristine: Path | None,
+    fragment_text: str,
+    gcc: str,
+    src_version: str,
+    log: Log,
+) -> Path | None:
     """The "auto" seed: the closest fit built sibling, said in one progress line."""
     kernels = kb.directory.parent
-    siblings = {d.name: d for d in sorted(kernels.iterdir()) if d.is_dir() and d.name != kb.name
-                and not _seed_unfit(d, fragment_text, gcc, src_version)} if kernels.is_dir() else {}
+    siblings = (
+        {
+            d.name: d
+            for d in sorted(kernels.iterdir())
+            if d.is_dir() and d.name != kb.name and not _seed_unfit(d, fragment_text, gcc, src_version)
+        }
+        if kernels.is_dir()
+        else {}
+    )
     if not siblings or pristine is None:
         return None
     scratch = kb.directory / "seed-scratch"
@@ -1129,18 +1294,21 @@ def _closest_sibling(kb: KernelBuild, patches: Sequence[Path], instrumentation: 
     except (VmError, OSError) as exc:
         # the real apply reports a series that does not apply; seed from the control meanwhile
         fallback = next((n for n in ("stock", "patched") if n in siblings), None)
-        log(f"[vm] {kb.name}: could not compare trees ({str(exc).splitlines()[0]}); "
-            + (f"seeding from '{fallback}'" if fallback else "cold build"))
+        log(
+            f"[vm] {kb.name}: could not compare trees ({str(exc).splitlines()[0]}); "
+            + (f"seeding from '{fallback}'" if fallback else "cold build")
+        )
         return siblings[fallback] if fallback else None
     best, ranked = closest_seed(new, siblings, pristine)
     if best is None:
         return None
     others = ", ".join(f"{c.name} {len(c.differing)}" for c in ranked[1:4])
-    log(f"[vm] {kb.name}: seeding from '{best.name}', the closest of {len(ranked)} built kernel(s): "
+    log(
+        f"[vm] {kb.name}: seeding from '{best.name}', the closest of {len(ranked)} built kernel(s): "
         f"{len(best.differing)} file(s) differ"
-        + (f" ({', '.join(best.differing[:3])}{', ...' if len(best.differing) > 3 else ''})"
-           if best.differing else "")
-        + (f"; files differing from the next: {others}" if others else ""))
+        + (f" ({', '.join(best.differing[:3])}{', ...' if len(best.differing) > 3 else ''})" if best.differing else "")
+        + (f"; files differing from the next: {others}" if others else "")
+    )
     return best.directory
 
 
@@ -1165,8 +1333,14 @@ def _keep_limits() -> tuple[int, int | None]:
     return max(1, keep), (int(max_mb) if max_mb else None)
 
 
-def prune_candidates(kernels: Path, *, keep_name: str | None = None, keep: int | None = None,
-                     max_mb: int | None = None, log: Log = _eprint) -> list[str]:
+def prune_candidates(
+    kernels: Path,
+    *,
+    keep_name: str | None = None,
+    keep: int | None = None,
+    max_mb: int | None = None,
+    log: Log = _eprint,
+) -> list[str]:
     """Remove old ``candidate-*`` builds beyond ``keep`` builds or ``max_mb`` MB; returns the names removed.
 
     Defaults from ``$UFFD_HARNESS_KEEP_CANDIDATES`` (3) and
@@ -1183,15 +1357,23 @@ def prune_candidates(kernels: Path, *, keep_name: str | None = None, keep: int |
             return json.loads((d / "build.json").read_text()).get("built_at", "")
         except (OSError, ValueError):
             return ""
-    candidates = sorted((d for d in kernels.iterdir() if d.is_dir() and d.name.startswith(CANDIDATE_PREFIX)),
-                        key=lambda d: (built_at(d), d.stat().st_mtime), reverse=True) if kernels.is_dir() else []
+
+    candidates = (
+        sorted(
+            (d for d in kernels.iterdir() if d.is_dir() and d.name.startswith(CANDIDATE_PREFIX)),
+            key=lambda d: (built_at(d), d.stat().st_mtime),
+            reverse=True,
+        )
+        if kernels.is_dir()
+        else []
+    )
     protected = {c.name for c in candidates[:1]} | ({keep_name} if keep_name else set())
     doomed = [c for c in candidates[keep:] if c.name not in protected]
     if max_mb is not None:
         kept = [c for c in candidates if c not in doomed]
         sizes = {c: _disk_bytes(c) for c in kept}
         total = sum(sizes.values())
-        for c in reversed(kept):               # oldest first
+        for c in reversed(kept):  # oldest first
             if total <= max_mb * 2**20:
                 break
             if c.name in protected:
@@ -1200,10 +1382,12 @@ def prune_candidates(kernels: Path, *, keep_name: str | None = None, keep: int |
             total -= sizes[c]
     for c in doomed:
         shutil.rmtree(c, ignore_errors=True)
-        log(f"[vm] removed the old build '{c.name}' (built {built_at(c) or 'at an unknown time'}): "
+        log(
+            f"[vm] removed the old build '{c.name}' (built {built_at(c) or 'at an unknown time'}): "
             f"keeping the newest {keep} candidate build(s)"
             + (f" within {max_mb} MB" if max_mb is not None else "")
-            + f" (${ENV_KEEP_CANDIDATES}, ${ENV_CANDIDATES_MAX_MB})")
+            + f" (${ENV_KEEP_CANDIDATES}, ${ENV_CANDIDATES_MAX_MB})"
+        )
     return [c.name for c in doomed]
 
 
@@ -1219,12 +1403,11 @@ def _seed_objects(seed: Path, kdir: Path, log: Log) -> None:
     tmp = kdir / "obj.seeding"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        subprocess.run(["cp", "-a", "--reflink=auto", str(seed / "obj"), str(tmp)],
-                       check=True, timeout=TIMEOUT_UNPACK)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(seed / "obj"), str(tmp)], check=True, timeout=TIMEOUT_UNPACK)
         old = (str(seed.resolve()) + "/").encode()
         new = (str(kdir.resolve()) + "/").encode()
         rewritten = 0
-        for root, dirs, files in os.walk(tmp):     # symlinks to dirs are in dirs
+        for root, dirs, files in os.walk(tmp):  # symlinks to dirs are in dirs
             for fname in dirs + files:
                 f = os.path.join(root, fname)
                 if os.path.islink(f):
@@ -1248,19 +1431,23 @@ def _seed_objects(seed: Path, kdir: Path, log: Log) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"[vm] {kdir.name}: O= directory seeded from '{seed.name}' "
-        f"({rewritten} files re-pathed) in {time.monotonic() - t0:.1f} s")
+    log(
+        f"[vm] {kdir.name}: O= directory seeded from '{seed.name}' "
+        f"({rewritten} files re-pathed) in {time.monotonic() - t0:.1f} s"
+    )
 
 
 def _previous_steps(kdir: Path) -> int:
     """Progress-line count of the last full build (for the % estimate):
     this kernel's, else the largest of the other kernels' (same fragment,
     about the same count)."""
+
     def steps(p: Path) -> int:
         try:
             return int(json.loads(p.read_text()).get("kbuild_steps", 0))
         except (OSError, ValueError, AttributeError, TypeError):
             return 0
+
     own = steps(kdir / "build.json")
     if own:
         return own
@@ -1273,19 +1460,28 @@ def load_kernel(name: str) -> KernelBuild:
     info_path = kdir / "build.json"
     if not info_path.exists() or not (kdir / "bzImage").exists():
         from harness.vm.errors import KernelNotBuilt
+
         raise KernelNotBuilt(
             f"kernel '{name}' is not built ({kdir / 'bzImage'} missing): "
             f"run `python -m harness.vm build --kernel {name}` "
-            f"or `make kernel KERNEL={name}`")
+            f"or `make kernel KERNEL={name}`"
+        )
     from harness.errors import DocumentError
     from harness.vm.documents import load_build_info
+
     try:
         info = load_build_info(info_path)
     except DocumentError as exc:
         from harness.vm.errors import KernelNotBuilt
-        raise KernelNotBuilt(f"kernel '{name}': {exc}; rebuild it: `uffd-harness vm build --kernel {name}`") \
-            from None
-    return KernelBuild(name=name, path=kdir / "bzImage", key=info["key"],
-                       uapi_header=kdir / "uapi/linux/userfaultfd.h",
-                       patched=bool(info.get("patched")), directory=kdir,
-                       selftests_dir=kdir / "selftests", cached=True)
+
+        raise KernelNotBuilt(f"kernel '{name}': {exc}; rebuild it: `uffd-harness vm build --kernel {name}`") from None
+    return KernelBuild(
+        name=name,
+        path=kdir / "bzImage",
+        key=info["key"],
+        uapi_header=kdir / "uapi/linux/userfaultfd.h",
+        patched=bool(info.get("patched")),
+        directory=kdir,
+        selftests_dir=kdir / "selftests",
+        cached=True,
+    )

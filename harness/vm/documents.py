@@ -3,6 +3,7 @@
 The runner and ``vm info`` read it before booting anything: a corrupt or
 key-less file means the kernel must be rebuilt, and the error says so.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,27 @@ from harness.schema import NUMBER, ListOf, MapOf, Maybe, Obj, check, read_json
 
 BUILD_INFO = Obj(
     required={"key": str, "patched": bool},
-    optional={"name": str, "source_version": str, "kernel_version": str, "patches": list,
-              "patches_dir": Maybe(str), "config_fragment": str, "config_missing": ListOf(str), "gcc": str,
-              "jobs": NUMBER, "kbuild_steps": NUMBER, "bzImage": str, "uapi_header": str,
-              "selftests": MapOf(str), "total_seconds": NUMBER, "kernel_build_seconds": NUMBER,
-              "source_unpack_seconds": NUMBER, "seeded_from": Maybe(str), "built_at": str})
+    optional={
+        "name": str,
+        "source_version": str,
+        "kernel_version": str,
+        "patches": list,
+        "patches_dir": Maybe(str),
+        "config_fragment": str,
+        "config_missing": ListOf(str),
+        "gcc": str,
+        "jobs": NUMBER,
+        "kbuild_steps": NUMBER,
+        "bzImage": str,
+        "uapi_header": str,
+        "selftests": MapOf(str),
+        "total_seconds": NUMBER,
+        "kernel_build_seconds": NUMBER,
+        "source_unpack_seconds": NUMBER,
+        "seeded_from": Maybe(str),
+        "built_at": str,
+    },
+)
 
 
 def load_build_info(path: os.PathLike | str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Each one carries the context a person needs to act on it: which package to
 install, which patch hunk failed, what the guest console said last.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,15 +23,11 @@ class MissingToolError(VmError):
 
     exit_status = 3
 
-    def __init__(self, missing: Sequence[str], packages: Sequence[str],
-                 install_command: str | None = None):
+    def __init__(self, missing: Sequence[str], packages: Sequence[str], install_command: str | None = None):
         self.missing = list(missing)
         self.packages = list(packages)
-        self.install_command = install_command or (
-            "apt-get install -y " + " ".join(self.packages))
-        super().__init__(
-            f"missing {', '.join(self.missing)}: install with: "
-            f"{self.install_command}")
+        self.install_command = install_command or ("apt-get install -y " + " ".join(self.packages))
+        super().__init__(f"missing {', '.join(self.missing)}: install with: {self.install_command}")
 
 
 class PatchApplyError(VmError):
@@ -38,8 +35,7 @@ class PatchApplyError(VmError):
 
     exit_status = 4
 
-    def __init__(self, patch: str, target: str | None, hunk: str | None,
-                 output: str):
+    def __init__(self, patch: str, target: str | None, hunk: str | None, output: str):
         self.patch = patch
         self.target = target
         self.hunk = hunk
@@ -47,8 +43,8 @@ class PatchApplyError(VmError):
         where = f"file {target}" if target else "an unknown file"
         what = f"hunk {hunk}" if hunk else "the patch"
         super().__init__(
-            f"patch {patch} does not apply: {what} FAILED in {where}\n"
-            f"--- patch(1) said:\n{output.rstrip()}")
+            f"patch {patch} does not apply: {what} FAILED in {where}\n--- patch(1) said:\n{output.rstrip()}"
+        )
 
 
 class KernelBuildError(VmError):
@@ -60,9 +56,7 @@ class KernelBuildError(VmError):
         self.step = step
         self.log_path = log_path
         self.tail = list(tail)
-        super().__init__(
-            f"kernel build step '{step}' failed; full log: {log_path}\n"
-            + "\n".join(self.tail))
+        super().__init__(f"kernel build step '{step}' failed; full log: {log_path}\n" + "\n".join(self.tail))
 
 
 class KernelNotBuilt(VmError):
@@ -78,9 +72,7 @@ class GuestError(VmError):
 
     def __init__(self, message: str, console_tail: Sequence[str]):
         self.console_tail = list(console_tail)
-        super().__init__(
-            message + "\n--- last console lines:\n"
-            + "\n".join(self.console_tail))
+        super().__init__(message + "\n--- last console lines:\n" + "\n".join(self.console_tail))
 
 
 class GuestPanic(GuestError):

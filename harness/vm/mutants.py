@@ -19,6 +19,7 @@ must still have the line counts its ``@@`` header says, so that a change to
 ``vm/patches/`` that a mutant no longer fits is an error naming the mutant,
 not a mutant that silently tests an old series.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -53,11 +54,11 @@ EXPOSURE_KEYS = {
     "shape": "range shape: page, span (several pages across a PMD boundary and two VMAs), thp",
     "hints": "the hints that show it: ACCESS_LIKELY, WRITE_LIKELY, both, none",
     "start": "starting PTE states that show it (old+clean, old+dirty, young+clean, young+dirty, "
-             "empty, uffd-wp marker, COW after fork, soft-dirty armed)",
+    "empty, uffd-wp marker, COW after fork, soft-dirty armed)",
     "negotiation": "ACCESS_HINTS negotiated or not",
     "mode": "other mode bits: DONTWAKE, MODE_WP",
     "channel": "the observation channel needed: pte (the instrumentation's PTE view), smaps, idle-page, "
-               "write probe, errno",
+    "write probe, errno",
 }
 
 
@@ -117,6 +118,7 @@ class Mutant:
 
 # -- the table --------------------------------------------------------------------
 
+
 def _load_table(path: Path = TABLE) -> tuple[Mutant, ...]:
     spec = importlib.util.spec_from_file_location("uffd_harness_mutant_table", path)
     if spec is None or spec.loader is None:
@@ -163,14 +165,17 @@ def get(name: str) -> Mutant:
     for m in all_mutants():
         if m.name == name:
             return m
-    raise MutantError(f"no mutant {name!r} in {TABLE.relative_to(REPO_ROOT)}; "
-                      f"known: {', '.join(m.name for m in all_mutants())}")
+    raise MutantError(
+        f"no mutant {name!r} in {TABLE.relative_to(REPO_ROOT)}; known: {', '.join(m.name for m in all_mutants())}"
+    )
 
 
 def markdown_table(table: Optional[Sequence[Mutant]] = None) -> str:
     """The table of mutants as Markdown (vm/mutants/README.md shows it; a test keeps it current)."""
-    rows = ["| mutant | what it breaks | changes | clause(s) that must fail | exposed by | status |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| mutant | what it breaks | changes | clause(s) that must fail | exposed by | status |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for m in table if table is not None else all_mutants():
         clauses = ", ".join(map(str, m.clauses)) + (f" (may also: {', '.join(map(str, m.also))})" if m.also else "")
         status = f"expected failure: {m.pending}" if m.pending else "caught"
@@ -199,7 +204,7 @@ def hunk_problems(text: str) -> list[str]:
         i += 1
         while i < len(lines) and (old < want_old or new < want_new):
             line = lines[i]
-            if line.startswith("\\"):            # "\ No newline at end of file"
+            if line.startswith("\\"):  # "\ No newline at end of file"
                 i += 1
                 continue
             tag = line[:1]
@@ -213,16 +218,22 @@ def hunk_problems(text: str) -> list[str]:
                 break
             i += 1
         following = lines[i] if i < len(lines) else ""
-        if (old, new) != (want_old, want_new) or following[:1] in ("+", "-", " ") \
-                and not following.startswith(("--- ", "-- ")):
-            problems.append(f"{header!r}: the body has {old} old / {new} new lines"
-                            f"{' and more after them' if following[:1] in '+- ' and following else ''}, "
-                            f"the header says {want_old} / {want_new}")
+        if (
+            (old, new) != (want_old, want_new)
+            or following[:1] in ("+", "-", " ")
+            and not following.startswith(("--- ", "-- "))
+        ):
+            problems.append(
+                f"{header!r}: the body has {old} old / {new} new lines"
+                f"{' and more after them' if following[:1] in '+- ' and following else ''}, "
+                f"the header says {want_old} / {want_new}"
+            )
     return problems
 
 
 def _series_files(patches_dir: Path) -> list[str]:
     from harness.vm.build import read_series
+
     return [p.name for p in read_series(patches_dir)]
 
 
@@ -237,25 +248,32 @@ def render(m: Mutant, patches_dir: Path = PATCHES) -> dict[str, str]:
     for k, sub in enumerate(m.subs, 1):
         targets = [n for n in names if n == sub.patch or n.startswith(sub.patch)]
         if len(targets) != 1:
-            raise MutantError(f"mutant {m.name}: substitution {k} ({sub.function}): patch {sub.patch!r} "
-                              f"names {len(targets)} files of {patches_dir} ({', '.join(names)})")
+            raise MutantError(
+                f"mutant {m.name}: substitution {k} ({sub.function}): patch {sub.patch!r} "
+                f"names {len(targets)} files of {patches_dir} ({', '.join(names)})"
+            )
         name = targets[0]
         count = texts[name].count(sub.old)
         if count != 1:
             first = sub.old.strip().splitlines()[0] if sub.old.strip() else repr(sub.old)
-            raise MutantError(f"mutant {m.name}: substitution {k} ({sub.function}) matches {count} times in "
-                              f"{name}, expected once: {first!r}...; vm/patches changed, update "
-                              f"{TABLE.relative_to(REPO_ROOT)}")
+            raise MutantError(
+                f"mutant {m.name}: substitution {k} ({sub.function}) matches {count} times in "
+                f"{name}, expected once: {first!r}...; vm/patches changed, update "
+                f"{TABLE.relative_to(REPO_ROOT)}"
+            )
         texts[name] = texts[name].replace(sub.old, sub.new)
     for name in {s.patch for s in m.subs}:
         name = next(n for n in names if n == name or n.startswith(name))
         bad = hunk_problems(texts[name])
         if bad:
             raise MutantError(f"mutant {m.name}: {name}: " + "; ".join(bad))
-    header = (f"# uffd-harness MUTANT {m.name}, generated from vm/patches by harness/vm/mutants.py: do not edit.\n"
-              f"# Breaks clause(s) {', '.join(map(str, m.clauses))} on purpose: {m.breaks}\n")
-    series = (patches_dir / "series").read_text() if (patches_dir / "series").exists() else \
-        "".join(n + "\n" for n in names)
+    header = (
+        f"# uffd-harness MUTANT {m.name}, generated from vm/patches by harness/vm/mutants.py: do not edit.\n"
+        f"# Breaks clause(s) {', '.join(map(str, m.clauses))} on purpose: {m.breaks}\n"
+    )
+    series = (
+        (patches_dir / "series").read_text() if (patches_dir / "series").exists() else "".join(n + "\n" for n in names)
+    )
     body = "".join(line for line in series.splitlines(keepends=True) if not line.startswith("#"))
     return {"series": header + body, **texts}
 
@@ -281,12 +299,13 @@ def generate(m: Mutant, out: Optional[Path] = None, patches_dir: Path = PATCHES)
 
 # -- building and running one ------------------------------------------------------
 
+
 @dataclasses.dataclass
 class MutantRun:
     """What one guest run of a mutant gave: the kernel, the guest's pytest, its summary."""
 
     mutant: Mutant
-    kernel: object                 # harness.vm.build.KernelBuild
+    kernel: object  # harness.vm.build.KernelBuild
     returncode: int
     output: str
     summary: Optional[dict]
@@ -294,8 +313,8 @@ class MutantRun:
     build_seconds: float
     guest_seconds: float
     console_tail: Sequence[str] = ()
-    error: Optional[str] = None    # the build or the guest failed: why (then ``summary`` is None)
-    full: bool = True              # the whole contract ran (else only the mutant's clauses)
+    error: Optional[str] = None  # the build or the guest failed: why (then ``summary`` is None)
+    full: bool = True  # the whole contract ran (else only the mutant's clauses)
 
     def results(self) -> dict[str, str]:
         """{clause number: pass / fail / ...} from the guest's summary.json ({} without one)."""
@@ -317,6 +336,7 @@ class MutantRun:
 def build(m: Mutant, *, log=None, progress: bool = False):
     """Generate ``m``'s series and build its kernel, seeded from ``patched``'s objects."""
     from harness.vm.build import build_kernel
+
     kwargs = {"log": log} if log is not None else {}
     return build_kernel(m.kernel_name, generate(m), seed_from=SEED, progress=progress, **kwargs)
 
@@ -327,21 +347,41 @@ def contract_argv(summary: Path, clauses: Optional[Sequence[int]] = None) -> lis
     ``clauses``: run only those clauses' cases (``test_contract_clause[clauseN-...]``); the others
     then come out "not shown" in the summary, so only the full suite says a mutant breaks nothing else.
     """
-    argv = [sys.executable, "-m", "pytest", "tests/contract", "-p", "no:cacheprovider",
-            "-q", "-rfE", "--summary-json", str(summary)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/contract",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfE",
+        "--summary-json",
+        str(summary),
+    ]
     if clauses:
         argv += ["-k", "test_contract_clause and (" + " or ".join(f"clause{n}-" for n in sorted(set(clauses))) + ")"]
     return argv
 
 
-def run_guest(m: Mutant, kernel, rwdir: Path, *, timeout: float = GUEST_TIMEOUT,
-              build_seconds: float = 0.0, cpus: int = 2, its_clauses: bool = False, log=None) -> MutantRun:
+def run_guest(
+    m: Mutant,
+    kernel,
+    rwdir: Path,
+    *,
+    timeout: float = GUEST_TIMEOUT,
+    build_seconds: float = 0.0,
+    cpus: int = 2,
+    its_clauses: bool = False,
+    log=None,
+) -> MutantRun:
     """Boot ``kernel`` (``m``'s build) and run the contract suite in it; results land in ``rwdir``.
 
     ``its_clauses``: only the clauses the mutant must or may break (a third of the guest time or
     less), instead of the whole contract.
     """
     from harness.vm.runner import run_in_guest
+
     rwdir = Path(rwdir)
     rwdir.mkdir(parents=True, exist_ok=True)
     for stale in ("summary.json", "console.log", "pytest-output.txt"):
@@ -350,13 +390,31 @@ def run_guest(m: Mutant, kernel, rwdir: Path, *, timeout: float = GUEST_TIMEOUT,
     t0 = time.monotonic()
     kwargs = {"log": log} if log is not None else {}
     clauses = tuple(m.clauses) + tuple(m.also) if its_clauses else None
-    res = run_in_guest(kernel, contract_argv(summary_path, clauses), timeout=timeout, rwdir=rwdir,
-                       env={"PYTHONDONTWRITEBYTECODE": "1"}, capture=True, cpus=cpus,
-                       console_log=rwdir / "console.log", **kwargs)
+    res = run_in_guest(
+        kernel,
+        contract_argv(summary_path, clauses),
+        timeout=timeout,
+        rwdir=rwdir,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        capture=True,
+        cpus=cpus,
+        console_log=rwdir / "console.log",
+        **kwargs,
+    )
     (rwdir / "pytest-output.txt").write_text(res.output)
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return MutantRun(m, kernel, res.returncode, res.output, summary, rwdir, build_seconds,
-                     time.monotonic() - t0, tuple(res.console_tail or ()), full=not its_clauses)
+    return MutantRun(
+        m,
+        kernel,
+        res.returncode,
+        res.output,
+        summary,
+        rwdir,
+        build_seconds,
+        time.monotonic() - t0,
+        tuple(res.console_tail or ()),
+        full=not its_clauses,
+    )
 
 
 def results_dir(m: Mutant) -> Path:
@@ -364,10 +422,15 @@ def results_dir(m: Mutant) -> Path:
     return BUILD_DIR / "results" / m.kernel_name
 
 
-def run_many(ms: Sequence[Mutant], *, workers: int = 2, timeout: float = GUEST_TIMEOUT,
-             its_clauses: bool = False, rwdir_of: Callable[[Mutant], Path] = results_dir,
-             log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
-             ) -> Iterator[MutantRun]:
+def run_many(
+    ms: Sequence[Mutant],
+    *,
+    workers: int = 2,
+    timeout: float = GUEST_TIMEOUT,
+    its_clauses: bool = False,
+    rwdir_of: Callable[[Mutant], Path] = results_dir,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> Iterator[MutantRun]:
     """Build each mutant (one build at a time) and run its guest, ``workers`` guests at a time.
 
     Builds go on while earlier mutants' guests run, so a seeded build (tens of
@@ -377,7 +440,8 @@ def run_many(ms: Sequence[Mutant], *, workers: int = 2, timeout: float = GUEST_T
     """
     from harness.validate.run import compile_for_guests
     from harness.vm.runner import kill_all_guests
-    compile_for_guests(log)      # bytecode and rewritten tests: saves each guest ~40 s of TCG time
+
+    compile_for_guests(log)  # bytecode and rewritten tests: saves each guest ~40 s of TCG time
     cpus = max(1, (os.cpu_count() or 1) // max(1, workers))
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
     futures: list[concurrent.futures.Future] = []
@@ -388,19 +452,25 @@ def run_many(ms: Sequence[Mutant], *, workers: int = 2, timeout: float = GUEST_T
                 kernel = build(m, log=log)
             except Exception as exc:  # noqa: BLE001 - reported as this mutant's error; the others go on
                 fut: concurrent.futures.Future = concurrent.futures.Future()
-                fut.set_result(MutantRun(m, None, -1, "", None, rwdir_of(m), time.monotonic() - t0, 0.0,
-                                         error=f"build failed: {exc}"))
+                fut.set_result(
+                    MutantRun(
+                        m, None, -1, "", None, rwdir_of(m), time.monotonic() - t0, 0.0, error=f"build failed: {exc}"
+                    )
+                )
                 futures.append(fut)
                 continue
             build_secs = time.monotonic() - t0
-            log(f"[mutant] {m.name}: kernel {'reused' if kernel.cached else 'built'} in {build_secs:.0f} s; "
-                "guest queued")
-            futures.append(pool.submit(_guarded_guest, m, kernel, rwdir_of(m), timeout, build_secs, cpus,
-                                       its_clauses, log))
+            log(
+                f"[mutant] {m.name}: kernel {'reused' if kernel.cached else 'built'} in {build_secs:.0f} s; "
+                "guest queued"
+            )
+            futures.append(
+                pool.submit(_guarded_guest, m, kernel, rwdir_of(m), timeout, build_secs, cpus, its_clauses, log)
+            )
         for fut in futures:
             yield fut.result()
     except (KeyboardInterrupt, GeneratorExit):
-        for fut in futures:          # first, so that no queued guest starts when a killed one returns
+        for fut in futures:  # first, so that no queued guest starts when a killed one returns
             fut.cancel()
         log(f"[mutant] stopped: killed {kill_all_guests()} guest(s)")
         pool.shutdown(wait=True, cancel_futures=True)
@@ -408,23 +478,46 @@ def run_many(ms: Sequence[Mutant], *, workers: int = 2, timeout: float = GUEST_T
     pool.shutdown(wait=True)
 
 
-def _guarded_guest(m: Mutant, kernel, rwdir: Path, timeout: float, build_secs: float, cpus: int,
-                   its_clauses: bool, log) -> MutantRun:
+def _guarded_guest(
+    m: Mutant, kernel, rwdir: Path, timeout: float, build_secs: float, cpus: int, its_clauses: bool, log
+) -> MutantRun:
     t0 = time.monotonic()
     try:
-        r = run_guest(m, kernel, rwdir, timeout=timeout, build_seconds=build_secs, cpus=cpus,
-                      its_clauses=its_clauses, log=log)
-    except VmError as exc:       # GuestPanic, GuestTimeout, ...
-        return MutantRun(m, kernel, -1, "", None, Path(rwdir), build_secs, time.monotonic() - t0,
-                         tuple(getattr(exc, "console_tail", ()) or ()), error=f"guest failed: {exc}")
-    log(f"[mutant] {m.name}: guest exit {r.returncode} after {r.guest_seconds:.0f} s; "
-        f"clauses {' '.join(f'{n}:{v}' for n, v in r.results().items()) or '(no summary)'}")
+        r = run_guest(
+            m, kernel, rwdir, timeout=timeout, build_seconds=build_secs, cpus=cpus, its_clauses=its_clauses, log=log
+        )
+    except VmError as exc:  # GuestPanic, GuestTimeout, ...
+        return MutantRun(
+            m,
+            kernel,
+            -1,
+            "",
+            None,
+            Path(rwdir),
+            build_secs,
+            time.monotonic() - t0,
+            tuple(getattr(exc, "console_tail", ()) or ()),
+            error=f"guest failed: {exc}",
+        )
+    log(
+        f"[mutant] {m.name}: guest exit {r.returncode} after {r.guest_seconds:.0f} s; "
+        f"clauses {' '.join(f'{n}:{v}' for n, v in r.results().items()) or '(no summary)'}"
+    )
     return r
 
 
-def run(m: Mutant, rwdir: Optional[Path] = None, *, timeout: float = GUEST_TIMEOUT, its_clauses: bool = False,
-        log=None) -> MutantRun:
+def run(
+    m: Mutant, rwdir: Optional[Path] = None, *, timeout: float = GUEST_TIMEOUT, its_clauses: bool = False, log=None
+) -> MutantRun:
     """Build ``m`` and run the contract in a guest of it (results in build/results/mutant-<name>/)."""
     kwargs = {"log": log} if log is not None else {}
-    return next(run_many([m], workers=1, timeout=timeout, its_clauses=its_clauses,
-                         rwdir_of=lambda _m: Path(rwdir) if rwdir is not None else results_dir(_m), **kwargs))
+    return next(
+        run_many(
+            [m],
+            workers=1,
+            timeout=timeout,
+            its_clauses=its_clauses,
+            rwdir_of=lambda _m: Path(rwdir) if rwdir is not None else results_dir(_m),
+            **kwargs,
+        )
+    )

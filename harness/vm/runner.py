@@ -11,6 +11,7 @@ last console lines.  KVM is used only if a bounded probe shows that it can
 boot an ordinary kernel; otherwise QEMU runs under TCG (on the development
 machine KVM only runs paravirtual guests, so expect TCG).
 """
+
 from __future__ import annotations
 
 import collections
@@ -69,15 +70,16 @@ ENV_ACCEL = paths.ENV_ACCEL
 class GuestResult(NamedTuple):
     """What came back from the guest."""
 
-    returncode: int             #: the command's exit status
-    console_tail: list[str]     #: last console lines (kernel log + vng)
-    elapsed: float              #: seconds from starting vng to its exit
-    accel: str                  #: "kvm" or "tcg"
-    output: str                 #: the command's stdout, if captured ("" if streamed)
+    returncode: int  #: the command's exit status
+    console_tail: list[str]  #: last console lines (kernel log + vng)
+    elapsed: float  #: seconds from starting vng to its exit
+    accel: str  #: "kvm" or "tcg"
+    output: str  #: the command's stdout, if captured ("" if streamed)
 
 
 # --------------------------------------------------------------------------
 # host tools
+
 
 def find_vng() -> str:
     """The vng executable: $UFFD_HARNESS_VNG, next to this Python, or $PATH."""
@@ -91,8 +93,8 @@ def find_vng() -> str:
     if found:
         return found
     raise MissingToolError(
-        ["vng"], [], install_command="pip install virtme-ng "
-        "(or `pip install -e .[vm]` in the project's venv)")
+        ["vng"], [], install_command="pip install virtme-ng (or `pip install -e .[vm]` in the project's venv)"
+    )
 
 
 #: tool -> Debian package the runner needs on the host
@@ -114,11 +116,12 @@ def check_runner_host(install: bool | None = None) -> None:
 # --------------------------------------------------------------------------
 # KVM or TCG
 
+
 def _probe_cache_key() -> str:
     try:
-        qemu = subprocess.run(["qemu-system-x86_64", "--version"],
-                              capture_output=True, text=True,
-                              timeout=10).stdout.splitlines()[0]
+        qemu = subprocess.run(
+            ["qemu-system-x86_64", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[0]
     except (OSError, subprocess.TimeoutExpired, IndexError):
         qemu = "?"
     return f"{os.uname().release}|{qemu}"
@@ -140,14 +143,28 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
         data = json.loads(cache.read_text())
         if data.get("key") == key:
             return bool(data["kvm"]), str(data["reason"]) + " (cached)"
-    except (OSError, ValueError, KeyError, AttributeError):     # absent or corrupt: probe again
+    except (OSError, ValueError, KeyError, AttributeError):  # absent or corrupt: probe again
         pass
-    cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
-           "-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
-           "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
+    cmd = [
+        "qemu-system-x86_64",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        str(bzimage),
+        "-append",
+        "console=ttyS0 panic=-1",
+    ]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     out = b""
     try:
         out = _read_until(proc, b"Unable to mount root fs", timeout)
@@ -157,12 +174,10 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
     if b"Unable to mount root fs" in out:
         ok, reason = True, f"KVM booted a test kernel in {dt:.1f} s"
     else:
-        text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|.)", "",
-                      out.decode(errors="replace"))
+        text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|.)", "", out.decode(errors="replace"))
         lines = [line for line in text.splitlines() if line.strip()]
         last = lines[-1][:200] if lines else "no kernel output"
-        ok, reason = False, (f"KVM could not boot a test kernel within "
-                             f"{timeout:.0f} s (last output: {last})")
+        ok, reason = False, (f"KVM could not boot a test kernel within {timeout:.0f} s (last output: {last})")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"key": key, "kvm": ok, "reason": reason}))
@@ -187,7 +202,7 @@ def _read_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
             buf += chunk
             if marker in buf:
                 break
-        elif chunk == b"":          # EOF: qemu exited
+        elif chunk == b"":  # EOF: qemu exited
             break
         else:
             time.sleep(0.05)
@@ -207,6 +222,7 @@ def choose_accel(bzimage: Path, log=None) -> str:
 
 # --------------------------------------------------------------------------
 # running
+
 
 def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
     """SIGTERM then SIGKILL the whole process group; reap the leader."""
@@ -265,11 +281,15 @@ class _Guard:
     """
 
     def __init__(self, script: Path):
-        read_end, self._write_end = os.pipe()      # both close-on-exec: no other child holds the write end
+        read_end, self._write_end = os.pipe()  # both close-on-exec: no other child holds the write end
         try:
-            self._proc = subprocess.Popen(["sh", "-c", _GUARD_SCRIPT, "uffd-harness-guard", str(script)],
-                                          stdin=read_end, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, start_new_session=True)
+            self._proc = subprocess.Popen(
+                ["sh", "-c", _GUARD_SCRIPT, "uffd-harness-guard", str(script)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except BaseException:
             os.close(self._write_end)
             raise
@@ -304,14 +324,18 @@ def guest_command(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return shlex.join(["env", *assigns, *argv]) if assigns else shlex.join(argv)
 
 
-def guest_environment(kernel: KernelBuild, rwdir: Path, accel: str,
-                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def guest_environment(
+    kernel: KernelBuild, rwdir: Path, accel: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """What the in-guest harness is told: where the kernel's uapi header is
     (the hint ABI values come from it), which kernel, which accelerator,
     where to write."""
-    env = {ENV_UAPI_HEADER: str(kernel.uapi_header.resolve()),
-           ENV_KERNEL: kernel.name, ENV_ACCEL: accel,
-           paths.ENV_RWDIR: str(Path(rwdir).resolve())}
+    env = {
+        ENV_UAPI_HEADER: str(kernel.uapi_header.resolve()),
+        ENV_KERNEL: kernel.name,
+        ENV_ACCEL: accel,
+        paths.ENV_RWDIR: str(Path(rwdir).resolve()),
+    }
     env.update(extra or {})
     return env
 
@@ -350,17 +374,38 @@ def guest_script(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def vng_command(kernel: KernelBuild, argv: Sequence[str] | str, *, rwdir: Path,
-                env: Mapping[str, str], accel: str, cwd: Path,
-                memory: str = DEFAULT_MEMORY, cpus: int = DEFAULT_CPUS,
-                hugepages: int = DEFAULT_HUGEPAGES,
-                append: Sequence[str] = ()) -> list[str]:
+def vng_command(
+    kernel: KernelBuild,
+    argv: Sequence[str] | str,
+    *,
+    rwdir: Path,
+    env: Mapping[str, str],
+    accel: str,
+    cwd: Path,
+    memory: str = DEFAULT_MEMORY,
+    cpus: int = DEFAULT_CPUS,
+    hugepages: int = DEFAULT_HUGEPAGES,
+    append: Sequence[str] = (),
+) -> list[str]:
     """The vng command line (exposed for --dry-run and the tests)."""
     cmdline = [f"hugepages={hugepages}", "panic=-1", f"rootflags={ROOT_9P_FLAGS}", *append]
-    cmd = [find_vng(), "--run", str(kernel.path), "--force-9p",
-           "--memory", memory, "--cpus", str(cpus),
-           "--rwdir", str(rwdir), "--cwd", str(cwd),
-           "--append", " ".join(cmdline), "--verbose"]
+    cmd = [
+        find_vng(),
+        "--run",
+        str(kernel.path),
+        "--force-9p",
+        "--memory",
+        memory,
+        "--cpus",
+        str(cpus),
+        "--rwdir",
+        str(rwdir),
+        "--cwd",
+        str(cwd),
+        "--append",
+        " ".join(cmdline),
+        "--verbose",
+    ]
     if accel == "tcg":
         cmd.append("--disable-kvm")
     exec_line = argv if isinstance(argv, str) else guest_command(argv, env)
@@ -368,17 +413,25 @@ def vng_command(kernel: KernelBuild, argv: Sequence[str] | str, *, rwdir: Path,
     return cmd
 
 
-def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
-                 timeout: float = DEFAULT_TIMEOUT,
-                 rwdir: str | os.PathLike | None = None,
-                 env: Mapping[str, str] | None = None, *,
-                 memory: str = DEFAULT_MEMORY, cpus: int = DEFAULT_CPUS,
-                 hugepages: int = DEFAULT_HUGEPAGES, accel: str | None = None,
-                 cwd: str | os.PathLike | None = None,
-                 capture: bool = False, show_console: bool = False,
-                 append: Sequence[str] = (), log=None,
-                 console_log: str | os.PathLike | None = None,
-                 on_line=None) -> GuestResult:
+def run_in_guest(
+    kernel: KernelBuild | str,
+    argv: Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    rwdir: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    memory: str = DEFAULT_MEMORY,
+    cpus: int = DEFAULT_CPUS,
+    hugepages: int = DEFAULT_HUGEPAGES,
+    accel: str | None = None,
+    cwd: str | os.PathLike | None = None,
+    capture: bool = False,
+    show_console: bool = False,
+    append: Sequence[str] = (),
+    log=None,
+    console_log: str | os.PathLike | None = None,
+    on_line=None,
+) -> GuestResult:
     """Boot ``kernel`` and run ``argv`` in it; return its exit status.
 
     With ``console_log``, every console line (kernel log and the command's
@@ -398,8 +451,10 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
     case QEMU is gone when this returns or raises.
     """
     if log is None:
+
         def log(msg: str) -> None:
             print(msg, file=sys.stderr, flush=True)
+
     if isinstance(kernel, str):
         kernel = load_kernel(kernel)
     check_runner_host()
@@ -409,31 +464,43 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
     accel = accel or choose_accel(kernel.path, log)
     guest_env = guest_environment(kernel, rw, accel, env)
     script = rw / f".guest-command-{os.getpid()}-{threading.get_ident()}.sh"
-    guard = _Guard(script)          # before the script exists: whatever exists after this is guarded
+    guard = _Guard(script)  # before the script exists: whatever exists after this is guarded
     try:
         script.write_text(guest_script(argv, guest_env))
     except BaseException:
         guard.stand_down()
         raise
-    cmd = vng_command(kernel, f"sh {shlex.quote(str(script))}", rwdir=rw,
-                      env=guest_env, accel=accel,
-                      cwd=Path(cwd or REPO_ROOT).resolve(), memory=memory,
-                      cpus=cpus, hugepages=hugepages, append=append)
+    cmd = vng_command(
+        kernel,
+        f"sh {shlex.quote(str(script))}",
+        rwdir=rw,
+        env=guest_env,
+        accel=accel,
+        cwd=Path(cwd or REPO_ROOT).resolve(),
+        memory=memory,
+        cpus=cpus,
+        hugepages=hugepages,
+        append=append,
+    )
 
     console: collections.deque[str] = collections.deque(maxlen=CONSOLE_TAIL)
     captured: list[bytes] = []
     q: "queue.Queue[tuple[str, bytes | None]]" = queue.Queue()
     # vng runs virtme-run from $PATH: put vng's own bin directory first.
     host_env = dict(os.environ)
-    host_env["PATH"] = os.pathsep.join(
-        [str(Path(cmd[0]).parent), host_env.get("PATH", "/usr/bin:/bin")])
+    host_env["PATH"] = os.pathsep.join([str(Path(cmd[0]).parent), host_env.get("PATH", "/usr/bin:/bin")])
     console_file = open(console_log, "w", buffering=1) if console_log else None
     t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=str(REPO_ROOT), env=host_env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(REPO_ROOT),
+            env=host_env,
+            start_new_session=True,
+        )
     except BaseException:
         if console_file is not None:
             console_file.close()
@@ -442,8 +509,10 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         raise
     guard.watch(proc.pid)
     _live_guests.add(proc)
-    readers = [threading.Thread(target=_pump, args=(s, n, q), daemon=True)
-               for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    readers = [
+        threading.Thread(target=_pump, args=(s, n, q), daemon=True)
+        for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))
+    ]
     for r in readers:
         r.start()
 
@@ -461,7 +530,9 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                 raise GuestTimeout(
                     f"guest command {shlex.join(argv)!r} on kernel "
                     f"'{kernel.name}' ({accel}) timed out after {timeout:.0f} s; "
-                    "QEMU killed", list(console))
+                    "QEMU killed",
+                    list(console),
+                )
             try:
                 name, line = q.get(timeout=0.2)
             except queue.Empty:
@@ -499,16 +570,14 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
                     _signal(pid, signal.SIGTERM)
         if panic_at is not None:
             _kill_group(proc)
-            raise GuestPanic(
-                f"kernel '{kernel.name}' panicked while running "
-                f"{shlex.join(argv)!r}", list(console))
+            raise GuestPanic(f"kernel '{kernel.name}' panicked while running {shlex.join(argv)!r}", list(console))
         try:
             rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             raise GuestTimeout(
-                f"vng did not exit after closing its output; killed after "
-                f"{timeout:.0f} s", list(console)) from None
+                f"vng did not exit after closing its output; killed after {timeout:.0f} s", list(console)
+            ) from None
     except BaseException:
         _kill_group(proc)
         raise
@@ -519,16 +588,18 @@ def run_in_guest(kernel: KernelBuild | str, argv: Sequence[str],
         _live_guests.discard(proc)
         if console_file is not None:
             console_file.close()
-        if proc.poll() is None:     # not reaped: make sure, or the guard would stand down with QEMU alive
+        if proc.poll() is None:  # not reaped: make sure, or the guard would stand down with QEMU alive
             _kill_group(proc)
         guard.stand_down()
     elapsed = time.monotonic() - t0
     if rc == 255 and any("cannot find script I/O ports" in c for c in console):
-        raise GuestError("vng could not find its virtio-serial ports, so the "
-                         "command's exit status is lost: install udev "
-                         "(apt-get install -y udev)", list(console))
-    return GuestResult(rc, list(console), elapsed, accel,
-                       b"".join(captured).decode(errors="replace"))
+        raise GuestError(
+            "vng could not find its virtio-serial ports, so the "
+            "command's exit status is lost: install udev "
+            "(apt-get install -y udev)",
+            list(console),
+        )
+    return GuestResult(rc, list(console), elapsed, accel, b"".join(captured).decode(errors="replace"))
 
 
 #: the vng processes run_in_guest() has started and not yet reaped
@@ -547,8 +618,7 @@ def kill_all_guests() -> int:
     return len(procs)
 
 
-def qemu_processes(bzimage: str | os.PathLike | None = None, *,
-                   group: int | None = None) -> list[int]:
+def qemu_processes(bzimage: str | os.PathLike | None = None, *, group: int | None = None) -> list[int]:
     """PIDs of live QEMU processes: only those booting ``bzimage``, and only
     those in process group ``group``, when given."""
     pids = []
@@ -564,8 +634,7 @@ def qemu_processes(bzimage: str | os.PathLike | None = None, *,
             continue
         if not args or b"qemu-system" not in os.path.basename(args[0]):
             continue
-        if bzimage is not None and not any(os.fsencode(str(bzimage)) in a
-                                           for a in args):
+        if bzimage is not None and not any(os.fsencode(str(bzimage)) in a for a in args):
             continue
         pids.append(int(entry))
     return pids

@@ -13,6 +13,7 @@ git tree is only ever read: ``git archive``, ``git rev-parse``, ``git diff``
 and ``git stash create`` (which writes an unreferenced object, never the
 index, a ref or the work tree).  No worktree is created inside it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,13 +60,13 @@ class Source:
     tables; ``version`` is the Debian base ("6.12", "6.1") when there is one.
     """
 
-    kind: str                            #: "debian", "path" or "git"
+    kind: str  #: "debian", "path" or "git"
     label: str
     identity: str
-    requirements: dict                   #: tool or file -> Debian package
+    requirements: dict  #: tool or file -> Debian package
     version: Optional[str] = None
     tarball: Optional[Path] = None
-    path: Optional[Path] = None          #: the unpacked tree (kind "path") or the git repository (kind "git")
+    path: Optional[Path] = None  #: the unpacked tree (kind "path") or the git repository (kind "git")
     commit: Optional[str] = None
 
     @property
@@ -86,7 +87,7 @@ class Source:
         if self.kind == "debian" and self.version == DEFAULT_VERSION:
             return role
         if self.kind == "git" and role == "stock":
-            return self.label                  # a commit as it is: git-<commit>
+            return self.label  # a commit as it is: git-<commit>
         return f"{role}-{self.label}"
 
     def ensure(self, log: Log, cache: Path = CACHE_DIR) -> Path:
@@ -114,9 +115,17 @@ class Source:
 
 #: the tools every kernel build needs, whatever the source (tool or file -> Debian package)
 BUILD_TOOLS: dict[str, str] = {
-    "gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison", "bc": "bc", "patch": "patch",
-    "xz": "xz-utils", "tar": "tar", "perl": "perl",
-    "/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev",
+    "gcc": "gcc",
+    "make": "make",
+    "flex": "flex",
+    "bison": "bison",
+    "bc": "bc",
+    "patch": "patch",
+    "xz": "xz-utils",
+    "tar": "tar",
+    "perl": "perl",
+    "/usr/include/libelf.h": "libelf-dev",
+    "/usr/include/openssl/ssl.h": "libssl-dev",
 }
 
 
@@ -127,20 +136,26 @@ def debian_tarball(version: str) -> Path:
 def debian_source(version: str = DEFAULT_VERSION) -> Source:
     """Debian's ``linux-source-<version>`` tarball; its identity is the package version."""
     if version not in DEBIAN_VERSIONS:
-        raise SourceError(f"--source {version}: unknown Debian base; use one of {', '.join(DEBIAN_VERSIONS)} "
-                          "or the path of a kernel tree")
+        raise SourceError(
+            f"--source {version}: unknown Debian base; use one of {', '.join(DEBIAN_VERSIONS)} "
+            "or the path of a kernel tree"
+        )
     tarball = debian_tarball(version)
-    return Source(kind="debian", label=version, identity=_package_version(version, tarball),
-                  requirements={**BUILD_TOOLS, str(tarball): f"linux-source-{version}"},
-                  version=version, tarball=tarball)
+    return Source(
+        kind="debian",
+        label=version,
+        identity=_package_version(version, tarball),
+        requirements={**BUILD_TOOLS, str(tarball): f"linux-source-{version}"},
+        version=version,
+        tarball=tarball,
+    )
 
 
 def _package_version(version: str, tarball: Path) -> str:
     """``linux-source-6.12 6.12.118-1~deb12u1``: the same string build.py has always keyed 6.12 builds by."""
     package = f"linux-source-{version}"
     try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, timeout=30)
         if out.returncode == 0 and out.stdout.strip():
             return f"{package} {out.stdout.strip()}"
     except (OSError, subprocess.TimeoutExpired):
@@ -148,7 +163,7 @@ def _package_version(version: str, tarball: Path) -> str:
     try:
         st = tarball.stat()
     except OSError:
-        return f"{package} (not installed)"   # check_host installs it, or says how
+        return f"{package} (not installed)"  # check_host installs it, or says how
     return f"{tarball.name} size={st.st_size} mtime={int(st.st_mtime)}"
 
 
@@ -162,8 +177,10 @@ def resolve(spec: "str | os.PathLike | Source | None") -> Source:
     if text in DEBIAN_VERSIONS:
         return debian_source(text)
     if re.fullmatch(r"\d+\.\d+", text):
-        raise SourceError(f"--source {text}: no Debian tarball for {text} here; use one of "
-                          f"{', '.join(DEBIAN_VERSIONS)}, or the path of a kernel tree")
+        raise SourceError(
+            f"--source {text}: no Debian tarball for {text} here; use one of "
+            f"{', '.join(DEBIAN_VERSIONS)}, or the path of a kernel tree"
+        )
     return path_source(Path(text))
 
 
@@ -181,8 +198,13 @@ def path_source(path: Path) -> Source:
     """An unpacked tree; its identity is a fingerprint of every file's name, size and mtime."""
     path = path.resolve()
     check_kernel_tree(path, "--source")
-    return Source(kind="path", label=f"tree-{_fingerprint(path)[:10]}", identity=f"tree {path} {_fingerprint(path)}",
-                  requirements=dict(BUILD_TOOLS), path=path)
+    return Source(
+        kind="path",
+        label=f"tree-{_fingerprint(path)[:10]}",
+        identity=f"tree {path} {_fingerprint(path)}",
+        requirements=dict(BUILD_TOOLS),
+        path=path,
+    )
 
 
 def _fingerprint(path: Path) -> str:
@@ -210,11 +232,17 @@ _FINGERPRINTS: dict[Path, str] = {}
 # --------------------------------------------------------------------------
 # git trees
 
+
 def git(repo: Path, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     """``git -C repo args``, read-only uses only; text output."""
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          timeout=timeout, check=check,
-                          env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
+    return subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"},
+    )
 
 
 def git_toplevel(path: Path) -> Path:
@@ -239,8 +267,14 @@ def rev_parse(repo: Path, ref: str, what: str) -> str:
 
 def git_source(repo: Path, commit: str) -> Source:
     """One commit of a git tree (``commit`` already resolved to its id)."""
-    return Source(kind="git", label=f"git-{commit[:12]}", identity=f"git {commit}",
-                  requirements={**BUILD_TOOLS, "git": "git"}, path=repo, commit=commit)
+    return Source(
+        kind="git",
+        label=f"git-{commit[:12]}",
+        identity=f"git {commit}",
+        requirements={**BUILD_TOOLS, "git": "git"},
+        path=repo,
+        commit=commit,
+    )
 
 
 def _first_line(text: str) -> str:
@@ -300,16 +334,22 @@ def _archive_commit(src: Source, root: Path, log: Log) -> Path:
     log(f"[vm] git archive {src.commit[:12]} of {src.path} into {tree} (once per commit)")
     t0 = time.monotonic()
     try:
-        archive = subprocess.Popen(["git", "-C", str(src.path), "archive", "--format=tar", src.commit],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        untar = subprocess.run(["tar", "-xf", "-", "-C", str(tmp)], stdin=archive.stdout,
-                               capture_output=True, timeout=TIMEOUT_GIT)
+        archive = subprocess.Popen(
+            ["git", "-C", str(src.path), "archive", "--format=tar", src.commit],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        untar = subprocess.run(
+            ["tar", "-xf", "-", "-C", str(tmp)], stdin=archive.stdout, capture_output=True, timeout=TIMEOUT_GIT
+        )
         assert archive.stdout is not None
         archive.stdout.close()
         err = archive.stderr.read().decode(errors="replace") if archive.stderr else ""
         if archive.wait(timeout=TIMEOUT_GIT) != 0 or untar.returncode != 0:
-            raise VmError(f"git archive {src.commit[:12]} of {src.path} failed: "
-                          f"{_first_line(err) or _first_line(untar.stderr.decode(errors='replace'))}")
+            raise VmError(
+                f"git archive {src.commit[:12]} of {src.path} failed: "
+                f"{_first_line(err) or _first_line(untar.stderr.decode(errors='replace'))}"
+            )
         (tmp / _STAMP).write_text(src.identity)
         shutil.rmtree(tree, ignore_errors=True)
         os.rename(tmp, tree)
@@ -336,8 +376,10 @@ def _copy_tree(src: Source, root: Path, log: Log) -> Path:
         shutil.rmtree(tmp / ".git", ignore_errors=True)
         if (tmp / ".config").exists():
             # kbuild refuses an O= build of a tree that was configured in place
-            raise SourceError(f"--source {src.path}: the tree was configured in place (.config); "
-                              f"run `make mrproper` there, or give a clean tree")
+            raise SourceError(
+                f"--source {src.path}: the tree was configured in place (.config); "
+                f"run `make mrproper` there, or give a clean tree"
+            )
         (tmp / _STAMP).write_text(src.identity)
         shutil.rmtree(tree, ignore_errors=True)
         os.rename(tmp, tree)

@@ -16,6 +16,7 @@ kernel itself has what the clause needs
 give a THP or free huge pages skips them naming why, which under CI=true is a
 failure, and which makes the clause "not shown" in the summary.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -48,7 +49,7 @@ HUGETLB_PAGES_NEEDED = 16
 
 def test_contract_clause(backend, request, n, target):
     if target.kind.hugetlb:
-        request.getfixturevalue("hugepages_reserved")     # as root, raises vm.nr_hugepages for this module
+        request.getfixturevalue("hugepages_reserved")  # as root, raises vm.nr_hugepages for this module
         if free_hugepages() < HUGETLB_PAGES_NEEDED:
             pytest.skip(f"{target.label}: fewer than {HUGETLB_PAGES_NEEDED} free huge pages (vm.nr_hugepages)")
     request.node.user_properties.append(("memory", target.label))
@@ -57,17 +58,20 @@ def test_contract_clause(backend, request, n, target):
         violations = CONTRACT[n].check(backend, target)
     except (ThpUnavailable, ObservationUnavailable) as exc:
         pytest.skip(str(exc))
-    assert not violations, (f"clause {n} ({CONTRACT[n].text}) violated on {backend.name} "
-                            f"[{backend.profile}, {backend.kernel_release}], {target.label}:\n  "
-                            + "\n  ".join(violations))
+    assert not violations, (
+        f"clause {n} ({CONTRACT[n].text}) violated on {backend.name} "
+        f"[{backend.profile}, {backend.kernel_release}], {target.label}:\n  " + "\n  ".join(violations)
+    )
 
 
 @pytest.mark.clause(1)
 def test_clause1_hint_bits_rejected_even_with_other_features(backend):
     """Negotiating every other feature the kernel offers still does not enable the hint bits."""
     from harness.backends.contract import Target, check_1
-    others = [f for f in (Feature.WP_UNPOPULATED, Feature.WP_HUGETLBFS_SHMEM, Feature.MISSING_SHMEM)
-              if backend.has_feature(f)]
+
+    others = [
+        f for f in (Feature.WP_UNPOPULATED, Feature.WP_HUGETLBFS_SHMEM, Feature.MISSING_SHMEM) if backend.has_feature(f)
+    ]
     original = backend.api
     backend.api = lambda features=(): original(others)
     violations = check_1(backend, Target(MemoryKind.ANON, Shape.PAGE))

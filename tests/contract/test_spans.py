@@ -7,6 +7,7 @@ the span exists to catch: one that honours ACCESS_LIKELY only on the first
 PTE of each page-table walk, and one that honours it only in the first VMA.
 No clause marker here: these test the checks, not the kernel.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -33,6 +34,7 @@ class EmulatedHints(KernelBackend):
 
     def writeprotect_adjacent(self, refs, protect, *, access_likely=False, write_likely=False, raw_mode=None):
         from harness import abi
+
         if raw_mode is not None:
             bits = abi.hint_abi()
             access_likely = access_likely or bool(raw_mode & bits.access_likely)
@@ -69,10 +71,13 @@ def test_a_span_passes_when_every_page_is_made_young():
         assert _span_violations(b) == []
 
 
-@pytest.mark.parametrize("name, honoured", [
-    ("first PTE of each walk only", lambda vma, index: index in (0, SPAN_BOUNDARY, SPAN_PAGES[0])),
-    ("first VMA only", lambda vma, index: vma == 0),
-])
+@pytest.mark.parametrize(
+    "name, honoured",
+    [
+        ("first PTE of each walk only", lambda vma, index: index in (0, SPAN_BOUNDARY, SPAN_PAGES[0])),
+        ("first VMA only", lambda vma, index: vma == 0),
+    ],
+)
 def test_a_span_catches_a_hint_honoured_in_part(name, honoured):
     with EmulatedHints(honoured) as b:
         violations = _span_violations(b)

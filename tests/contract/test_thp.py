@@ -14,6 +14,7 @@ un-protect), and a broken variant of it.
 None of these tests carries a ``clause`` marker: they test the checks, and
 must not count as the kernel keeping (or breaking) a clause in summary.json.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,6 +44,7 @@ def thp_ok():
 
 # -- the region ----------------------------------------------------------------------
 
+
 def test_thp_region_is_pmd_mapped_after_a_write(thp_ok):
     with Region.create(MemoryKind.ANON, 1, thp=True) as region:
         assert region.page_size == thp_pmd_size() and region.addr % region.page_size == 0
@@ -62,8 +64,7 @@ def test_thp_region_is_pmd_mapped_after_a_write(thp_ok):
 
 def test_a_split_pmd_is_reported(thp_ok):
     """Write-protecting one base page splits the PMD (change_pmd_range()): check_thp must say so."""
-    with Region.create(MemoryKind.ANON, 1, thp=True) as region, \
-            Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
+    with Region.create(MemoryKind.ANON, 1, thp=True) as region, Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
         uffd.register(region.addr, region.length, RegisterMode.WP)
         region.write()
         pte.check_thp(region)
@@ -73,7 +74,7 @@ def test_a_split_pmd_is_reported(thp_ok):
         assert mapping.scan_huge in (False, None) and mapping.disagreement() is None
         with pytest.raises(ThpUnavailable, match="not a PMD-mapped THP") as info:
             pte.check_thp(region)
-        if mapping.thp_folio is not None:       # root: kpageflags still sees the THP behind the PTEs
+        if mapping.thp_folio is not None:  # root: kpageflags still sees the THP behind the PTEs
             assert mapping.thp_folio and "the PMD was split" in str(info.value)
 
 
@@ -82,23 +83,36 @@ def _fake_sysfs(monkeypatch, files: dict):
     monkeypatch.setattr(memory, "_read_text", lambda path: files[path] if path in files else real(path))
 
 
-@pytest.mark.parametrize("enabled, per_size, expect", [
-    ("always madvise [never]\n", "always [inherit] madvise never\n",
-     "THP disabled: /sys/kernel/mm/transparent_hugepage/enabled = never"),
-    ("always madvise [never]\n", None, "THP disabled: /sys/kernel/mm/transparent_hugepage/enabled = never"),
-    ("always [madvise] never\n", "always inherit madvise [never]\n", "PMD-sized THP disabled: "),
-])
+@pytest.mark.parametrize(
+    "enabled, per_size, expect",
+    [
+        (
+            "always madvise [never]\n",
+            "always [inherit] madvise never\n",
+            "THP disabled: /sys/kernel/mm/transparent_hugepage/enabled = never",
+        ),
+        ("always madvise [never]\n", None, "THP disabled: /sys/kernel/mm/transparent_hugepage/enabled = never"),
+        ("always [madvise] never\n", "always inherit madvise [never]\n", "PMD-sized THP disabled: "),
+    ],
+)
 def test_thp_disabled_is_named(monkeypatch, enabled, per_size, expect):
     size_kb = thp_pmd_size() // 1024
-    _fake_sysfs(monkeypatch, {f"{memory.THP_SYSFS}/enabled": enabled,
-                              f"{memory.THP_SYSFS}/hugepages-{size_kb}kB/enabled": per_size})
+    _fake_sysfs(
+        monkeypatch,
+        {f"{memory.THP_SYSFS}/enabled": enabled, f"{memory.THP_SYSFS}/hugepages-{size_kb}kB/enabled": per_size},
+    )
     with pytest.raises(ThpUnavailable, match=re.escape(expect)):
         Region.create(MemoryKind.ANON, 1, thp=True)
 
 
 def test_thp_disabled_for_the_process_is_named(monkeypatch):
-    _fake_sysfs(monkeypatch, {f"{memory.THP_SYSFS}/enabled": "always [madvise] never\n",
-                              "/proc/self/status": "Name:\tpython\nTHP_enabled:\t0\n"})
+    _fake_sysfs(
+        monkeypatch,
+        {
+            f"{memory.THP_SYSFS}/enabled": "always [madvise] never\n",
+            "/proc/self/status": "Name:\tpython\nTHP_enabled:\t0\n",
+        },
+    )
     with pytest.raises(ThpUnavailable, match="PR_SET_THP_DISABLE"):
         Region.create(MemoryKind.ANON, 1, thp=True)
 
@@ -109,18 +123,22 @@ def test_no_thp_config_is_named(monkeypatch):
         Region.create(MemoryKind.ANON, 1, thp=True)
 
 
-@pytest.mark.parametrize("counters, expect", [
-    ((5, 6), "no free 2 MiB block: the fault fell back to 4 KiB pages (/proc/vmstat thp_fault_fallback 5 -> 6)"),
-    ((None, None), "most likely for want of a free 2 MiB block (this kernel has no thp_fault_fallback"),
-])
+@pytest.mark.parametrize(
+    "counters, expect",
+    [
+        ((5, 6), "no free 2 MiB block: the fault fell back to 4 KiB pages (/proc/vmstat thp_fault_fallback 5 -> 6)"),
+        ((None, None), "most likely for want of a free 2 MiB block (this kernel has no thp_fault_fallback"),
+    ],
+)
 def test_no_free_huge_block_is_named(monkeypatch, thp_ok, counters, expect):
     """A fault that fell back to 4 KiB pages is reported as no free 2 MiB block, confirmed by
     /proc/vmstat's thp_fault_fallback where the kernel counts (CONFIG_VM_EVENT_COUNTERS)."""
     from harness._native import lib
+
     at_create, at_check = counters
     monkeypatch.setattr(memory, "_vmstat", lambda name: at_create)
     with Region.create(MemoryKind.ANON, 1, thp=True) as region:
-        region.madvise(lib.MADV_NOHUGEPAGE)     # this fault gets a 4 KiB page, as if no block were free
+        region.madvise(lib.MADV_NOHUGEPAGE)  # this fault gets a 4 KiB page, as if no block were free
         region.write()
         region.madvise(lib.MADV_HUGEPAGE)
         assert not thp_mapping(region).pmd_mapped
@@ -149,14 +167,17 @@ STOCK = (None, frozenset({Feature.PAGEFAULT_FLAG_WP, Feature.WP_UNPOPULATED}), {
 PATCHED = (None, STOCK[1] | {Feature.ACCESS_HINTS}, {"soft-dirty": True})
 
 
-@pytest.mark.parametrize("option, kernel, expect", [
-    ("auto", STOCK, (1, 5)),
-    ("kernel", STOCK, (1, 5)),
-    ("auto", PATCHED, (1, 2, 3, 5, 6, 7, 8)),
-    ("auto", (None, PATCHED[1], {"soft-dirty": False}), (1, 2, 3, 5, 6, 7)),
-    ("sim", PATCHED, ()),
-    ("auto", ("userfaultfd unavailable: EPERM", frozenset(), {}), ()),
-])
+@pytest.mark.parametrize(
+    "option, kernel, expect",
+    [
+        ("auto", STOCK, (1, 5)),
+        ("kernel", STOCK, (1, 5)),
+        ("auto", PATCHED, (1, 2, 3, 5, 6, 7, 8)),
+        ("auto", (None, PATCHED[1], {"soft-dirty": False}), (1, 2, 3, 5, 6, 7)),
+        ("sim", PATCHED, ()),
+        ("auto", ("userfaultfd unavailable: EPERM", frozenset(), {}), ()),
+    ],
+)
 def test_thp_cases_exist_only_where_the_kernel_answers(option, kernel, expect):
     assert kernel_only_clauses(option, THP_CLAUSES, kernel) == expect
 
@@ -167,6 +188,7 @@ def test_clause_4_has_no_thp_case():
 
 
 # -- the checks can fail -------------------------------------------------------------------
+
 
 class MisbehavingKernel(KernelBackend):
     """The real kernel, plus something done right after every un-protect, as a broken kernel would.
@@ -197,8 +219,7 @@ class MisbehavingKernel(KernelBackend):
     def api(self, features=()):
         return super().api(tuple(f for f in features if f is not Feature.ACCESS_HINTS or self.hints is None))
 
-    def writeprotect(self, r, protect, first=0, count=None, *, access_likely=False, write_likely=False,
-                     raw_mode=None):
+    def writeprotect(self, r, protect, first=0, count=None, *, access_likely=False, write_likely=False, raw_mode=None):
         if raw_mode is not None and self.hints is not None and not raw_mode & abi.WRITEPROTECT_MODE_WP:
             # a raw mode (DONTWAKE cases): take the hint bits out, this kernel has none, and emulate them
             bits = abi.hint_abi()
@@ -220,6 +241,7 @@ class MisbehavingKernel(KernelBackend):
                 self._need_uffd().writeprotect(start, PAGE_SIZE, protect=False)
             return
         from harness.pte import is_present
+
         for page in range(first, first + (r.npages - first if count is None else count)):
             if self.hints != "populate" and not is_present(region.page_addr(page)):
                 continue
@@ -236,11 +258,14 @@ def test_clause5_thp_passes_on_this_kernel(thp_ok):
         assert clause_5(b, MemoryKind.ANON, thp=True) == []
 
 
-@pytest.mark.parametrize("after, case, expect", [
-    ("read", "anon-thp old+clean, un-protect without hints", "young is True through smaps, expected False"),
-    ("write", "anon-thp old+clean, un-protect without hints", "dirty is True through smaps, expected False"),
-    ("split", "anon-thp young+dirty, un-protect without hints", "the THP is no longer PMD-mapped"),
-])
+@pytest.mark.parametrize(
+    "after, case, expect",
+    [
+        ("read", "anon-thp old+clean, un-protect without hints", "young is True through smaps, expected False"),
+        ("write", "anon-thp old+clean, un-protect without hints", "dirty is True through smaps, expected False"),
+        ("split", "anon-thp young+dirty, un-protect without hints", "the THP is no longer PMD-mapped"),
+    ],
+)
 def test_clause5_thp_catches_a_kernel_that_touches_the_pmd(thp_ok, after, case, expect):
     with MisbehavingKernel(after_plain=after) as b:
         violations = clause_5(b, MemoryKind.ANON, thp=True)
@@ -293,6 +318,7 @@ def test_clause7_thp_catches_population(thp_ok):
 
 # -- part of a THP ---------------------------------------------------------------------------
 
+
 class PartialHintKernel(KernelBackend):
     """This kernel, with ACCESS_LIKELY on part of a THP emulated in user space (a read of each base
     page after the un-protect), over the first ``honoured`` pages of the part only (None: all)."""
@@ -311,12 +337,14 @@ class PartialHintKernel(KernelBackend):
         super().writeprotect_base(r, first, count, protect)
         if access_likely:
             from harness._native import lib
+
             pages = count if self.honoured is None else self.honoured
             lib.harness_read_pages(self.region(r).addr + first * PAGE_SIZE, pages, PAGE_SIZE)
 
 
 def test_thp_part_passes_when_every_page_of_the_part_is_made_young(thp_ok):
     from harness.backends.contract import Shape, Target, _thp_part
+
     with PartialHintKernel() as b:
         assert _thp_part(b, Target(MemoryKind.ANON, Shape.THP_PART), 2) == []
 
@@ -324,7 +352,9 @@ def test_thp_part_passes_when_every_page_of_the_part_is_made_young(thp_ok):
 def test_thp_part_catches_a_hint_honoured_on_the_first_pte_only(thp_ok):
     """A kernel that makes only the first PTE of the split THP's part young: smaps counts 1 page, not 5."""
     from harness.backends.contract import THP_PART_PAGES, Shape, Target, _thp_part
+
     with PartialHintKernel(honoured=1) as b:
         violations = _thp_part(b, Target(MemoryKind.ANON, Shape.THP_PART), 2)
-    assert any(f"smaps counts 1 young (referenced) pages, expected {THP_PART_PAGES}" in v for v in violations), \
+    assert any(f"smaps counts 1 young (referenced) pages, expected {THP_PART_PAGES}" in v for v in violations), (
         violations
+    )

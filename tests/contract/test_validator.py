@@ -5,6 +5,7 @@ profile declares the clauses it breaks (``Profile.expected_failures``); these
 tests assert the checks report exactly those, and that the stock 6.12
 profile cannot even negotiate what clauses 2-4 and 6-8 need.
 """
+
 from __future__ import annotations
 
 import errno
@@ -37,8 +38,8 @@ def test_broken_profile_fails_exactly_its_clauses(name):
     profile = profiles.get(name)
     failing = _failing_clauses(name)
     assert failing == set(profile.expected_failures), (
-        f"profile {name} should fail clauses {sorted(profile.expected_failures)}, "
-        f"the checks report {sorted(failing)}")
+        f"profile {name} should fail clauses {sorted(profile.expected_failures)}, the checks report {sorted(failing)}"
+    )
 
 
 def test_young_only_profile_is_caught_on_write_likely_dirty():
@@ -64,5 +65,6 @@ def test_readme_shows_the_contract_table():
     from pathlib import Path
 
     from harness.backends.contract import markdown_table
+
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert markdown_table() in readme, "README.md's contract table differs from harness.backends.contract.CONTRACT"

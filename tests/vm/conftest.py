@@ -5,6 +5,7 @@ kernel built by ``make kernel KERNEL=...``; when one is missing they skip and
 the reason names it (under CI=true the top-level conftest turns that skip
 into a failure).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,7 @@ def missing_for_guest(name: str) -> list[str]:
         missing.append("vng (pip install virtme-ng, the project's [vm] extra)")
     kdir = vmbuild.BUILD_DIR / "kernels" / name
     if not (kdir / "bzImage").exists() or not (kdir / "build.json").exists():
-        missing.append(f"kernel '{name}' ({kdir}/bzImage: run "
-                       f"`make kernel KERNEL={name}`)")
+        missing.append(f"kernel '{name}' ({kdir}/bzImage: run `make kernel KERNEL={name}`)")
     return missing
 
 

@@ -1,5 +1,6 @@
 """The kernel builder's pieces that need no compiler run: series, patches,
 config checks, the cache key, and a failing patch leaving the cache clean."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ def _tree(root, files: dict[str, str]):
 def _diff(old: str, new: str, rel: str) -> str:
     """A unified diff a/rel -> b/rel, as git format-patch writes it."""
     import difflib
-    lines = difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                 f"a/{rel}", f"b/{rel}")
+
+    lines = difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a/{rel}", f"b/{rel}")
     return "".join(lines)
 
 
@@ -70,8 +71,7 @@ def test_parse_patch_failure_missing_file():
 def test_config_mismatches_reports_unset_and_wrong_values():
     frag = vb.parse_config("CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=8\n")
     final = vb.parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_D=4\n")
-    assert vb.config_mismatches(frag, final) == [
-        "CONFIG_B=y (got not set)", "CONFIG_C=n (got y)", "CONFIG_D=8 (got 4)"]
+    assert vb.config_mismatches(frag, final) == ["CONFIG_B=y (got not set)", "CONFIG_C=n (got y)", "CONFIG_D=8 (got 4)"]
 
 
 def test_cache_key_depends_on_every_input():
@@ -88,10 +88,8 @@ def test_failing_patch_is_named_and_leaves_no_tree(tmp_path):
     pristine = _tree(tmp_path / "pristine", GOOD)
     pdir = tmp_path / "series"
     pdir.mkdir()
-    (pdir / "0001-ok.patch").write_text(
-        _diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
-    (pdir / "0002-bad.patch").write_text(
-        _diff("one\nTWO\nthree\n", "one\n2\nthree\n", "mm/b.c"))
+    (pdir / "0001-ok.patch").write_text(_diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
+    (pdir / "0002-bad.patch").write_text(_diff("one\nTWO\nthree\n", "one\n2\nthree\n", "mm/b.c"))
     kdir = tmp_path / "kernels" / "k"
     kdir.mkdir(parents=True)
     with pytest.raises(PatchApplyError) as exc:
@@ -100,8 +98,7 @@ def test_failing_patch_is_named_and_leaves_no_tree(tmp_path):
     assert (e.patch, e.target) == ("0002-bad.patch", "mm/b.c")
     assert e.hunk and e.hunk.startswith("#1")
     assert "0002-bad.patch" in str(e) and "mm/b.c" in str(e)
-    assert not (kdir / "src").exists() and not (kdir / "src.new").exists(), \
-        "a half-patched tree was left in the cache"
+    assert not (kdir / "src").exists() and not (kdir / "src.new").exists(), "a half-patched tree was left in the cache"
     assert (pristine / "mm/a.c").read_text() == GOOD["mm/a.c"], "pristine tree modified"
 
 
@@ -109,15 +106,15 @@ def test_patching_breaks_hard_links_and_rebuilds_reverted_files(tmp_path):
     pristine = _tree(tmp_path / "pristine", GOOD)
     pdir = tmp_path / "series"
     pdir.mkdir()
-    (pdir / "0001.patch").write_text(
-        _diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
+    (pdir / "0001.patch").write_text(_diff(GOOD["mm/a.c"], "int a;\nint B;\nint c;\n", "mm/a.c"))
     kdir = tmp_path / "kernels" / "k"
     kdir.mkdir(parents=True)
     src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=lambda m: None)
     assert (src / "mm/a.c").read_text() == "int a;\nint B;\nint c;\n"
     assert (pristine / "mm/a.c").read_text() == GOOD["mm/a.c"], "pristine tree modified"
-    assert os.stat(src / "mm/b.c").st_ino == os.stat(pristine / "mm/b.c").st_ino, \
+    assert os.stat(src / "mm/b.c").st_ino == os.stat(pristine / "mm/b.c").st_ino, (
         "unpatched files should stay hard links"
+    )
     # The series changes to touch only b.c: a.c reverts to pristine content
     # but must get a new mtime so make recompiles it.
     (pdir / "0001.patch").write_text(_diff(GOOD["mm/b.c"], "one\n2\nthree\n", "mm/b.c"))
@@ -142,18 +139,22 @@ def test_project_series_applies_to_pristine_tree(tmp_path):
     """vm/patches applies with patch -p1 to Debian's linux-source-6.12."""
     if not vb.SOURCE_TARBALL.exists():
         pytest.skip(f"{vb.SOURCE_TARBALL} missing: apt-get install -y {vb.SOURCE_PACKAGE}")
-    pristine = vb.ensure_pristine(log=lambda m: None)   # ~15 s the first time
+    pristine = vb.ensure_pristine(log=lambda m: None)  # ~15 s the first time
     patches = vb.read_series(vb.DEFAULT_PATCHES)
     assert len(patches) >= 4
     kdir = tmp_path / "k"
     kdir.mkdir()
     src = vb._prepare_source(pristine, kdir, patches, "t", log=lambda m: None)
     hdr = (src / "include/uapi/linux/userfaultfd.h").read_text()
-    for sym in ("UFFD_FEATURE_ACCESS_HINTS", "UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY",
-                "UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY"):
+    for sym in (
+        "UFFD_FEATURE_ACCESS_HINTS",
+        "UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY",
+        "UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY",
+    ):
         assert sym in hdr, f"{sym} missing from the patched uapi header"
-    assert "MM_CP_UFFD_WRITE_LIKELY" not in (pristine / "include/linux/mm.h").read_text(), \
+    assert "MM_CP_UFFD_WRITE_LIKELY" not in (pristine / "include/linux/mm.h").read_text(), (
         "patching modified the pristine tree"
+    )
 
 
 @pytest.mark.vm
@@ -177,9 +178,10 @@ def test_built_kernel_outputs():
         if kdir.name in ("stock", "patched") and "pte_channel" in info:
             # vm/instrumentation applies to the project's own kernels
             assert info["instrumentation_applied"] and info["pte_channel"]["available"], info["pte_channel"]
-            assert [i["file"] for i in info["instrumentation"]] == \
-                [p.name for p in vb.read_series(vb.INSTRUMENTATION_DIR)]
-        if "source_unpack_seconds" in info:      # build.json of this session on
+            assert [i["file"] for i in info["instrumentation"]] == [
+                p.name for p in vb.read_series(vb.INSTRUMENTATION_DIR)
+            ]
+        if "source_unpack_seconds" in info:  # build.json of this session on
             assert 0 <= info["source_unpack_seconds"] <= info["total_seconds"] - info["kernel_build_seconds"]
 
 
@@ -187,12 +189,12 @@ def test_cli_register_adds_vm_build_and_run():
     import argparse
 
     from harness.vm import cli
+
     parser = argparse.ArgumentParser(prog="uffd-harness")
     cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["vm", "build", "--kernel", "stock", "--jobs", "2"])
     assert (args.vm_command, args.kernel, args.jobs) == ("build", "stock", 2)
-    args = parser.parse_args(["vm", "run", "--kernel", "patched", "--timeout", "20",
-                              "--", "sh", "-c", "exit 7"])
+    args = parser.parse_args(["vm", "run", "--kernel", "patched", "--timeout", "20", "--", "sh", "-c", "exit 7"])
     assert args.vm_command == "run" and args.timeout == 20.0
     assert args.argv[-3:] == ["sh", "-c", "exit 7"]
     assert callable(args.func)
@@ -200,20 +202,26 @@ def test_cli_register_adds_vm_build_and_run():
 
 def test_cli_names_an_unbuilt_kernel(capsys):
     from harness.vm import cli
+
     rc = cli.main(["run", "--kernel", "no-such-kernel", "--", "true"])
     from harness.vm.errors import KernelNotBuilt
+
     assert rc == KernelNotBuilt.exit_status
     assert "no-such-kernel" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, error", [
-    (["vm", "build", "--kernel", "someones-series"], VmError),   # no --patches
-    (["vm", "run", "--kernel", "no-such-kernel", "--", "true"], KernelNotBuilt),
-])
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["vm", "build", "--kernel", "someones-series"], VmError),  # no --patches
+        (["vm", "run", "--kernel", "no-such-kernel", "--", "true"], KernelNotBuilt),
+    ],
+)
 def test_main_cli_reports_vm_errors_without_a_traceback(argv, error, capsys):
     """`uffd-harness vm ...` goes through harness.cli, not vm.cli.main: its
     errors must still come out as one line that says what to do."""
     from harness.cli import main
+
     assert main(argv) == error.exit_status
     err = capsys.readouterr().err
     assert err.startswith("vm: ") and "Traceback" not in err
@@ -247,6 +255,7 @@ def test_unchanged_files_keep_their_mtime_across_series_changes(tmp_path):
 
 # -- vm/instrumentation: applied after every series, never fatal -------------------------
 
+
 def test_cache_key_depends_on_the_instrumentation():
     base = ("6.12", [("p", "1")], "cfg", "gcc 12")
     assert vb.cache_key(*base, instrumentation=[("i", "1")]) != vb.cache_key(*base, instrumentation=[("i", "2")])
@@ -268,8 +277,7 @@ def test_instrumentation_is_applied_after_the_series(tmp_path):
     kdir = tmp_path / "kernels" / "k"
     kdir.mkdir(parents=True)
     instr = _instrumentation(tmp_path, GOOD["mm/b.c"], "one\ntwo\nthree\nfour\n")
-    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=lambda m: None,
-                             instrumentation=instr)
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=lambda m: None, instrumentation=instr)
     assert (src / "mm/a.c").read_text() == "int a;\nint B;\nint c;\n"
     assert (src / "mm/b.c").read_text() == "one\ntwo\nthree\nfour\n"
     assert vb.instrumentation_state(kdir) == {"applied": True, "reason": None}
@@ -289,8 +297,7 @@ def test_instrumentation_that_does_not_apply_leaves_the_series_built_and_says_wh
     (instr[0].parent / "series").write_text("0001-instr.patch\n0002-bad.patch\n")
     instr = vb.read_series(instr[0].parent)
     logged = []
-    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=logged.append,
-                             instrumentation=instr)
+    src = vb._prepare_source(pristine, kdir, vb.read_series(pdir), "k1", log=logged.append, instrumentation=instr)
     assert (src / "mm/a.c").read_text() == "int a;\nint B;\nint c;\n", "the series is applied"
     assert (src / "mm/b.c").read_text() == GOOD["mm/b.c"], "a half-applied instrumentation was left"
     state = vb.instrumentation_state(kdir)

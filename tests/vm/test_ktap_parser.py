@@ -7,6 +7,7 @@ they boot nothing.  Inputs: the outputs of a real ``make validate``
 (tests/kernel_ci_data.py), and the same with a failed clause, a build failure
 and a guest panic.
 """
+
 from __future__ import annotations
 
 import re
@@ -54,8 +55,9 @@ def _expected(report: dict) -> Counter:
 def _parse(kunit_py: Path, tap: str, tmp_path: Path) -> tuple[int, Counter, str]:
     path = tmp_path / "report.tap"
     path.write_text(tap)
-    proc = subprocess.run([sys.executable, str(kunit_py), "parse", str(path)], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(kunit_py), "parse", str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     out = proc.stdout + proc.stderr
     m = _TOTALS.search(out)
     assert m, f"kunit.py parse printed no totals:\n{out[-3000:]}"
@@ -70,14 +72,16 @@ def test_kunit_parser_reads_report_tap_with_the_same_totals(kunit_py, tmp_path, 
     if case == "odd_names":
         # what a selftest may print: a '#' in a name (KTAP's directive mark), a reason over two lines
         outcomes[0].steps["selftests"]["uffd-unit-tests"]["cases"].append(
-            {"name": "hugetlb # 2M pages", "result": "skip", "reason": "no huge pages\nvm.nr_hugepages=0"})
+            {"name": "hugetlb # 2M pages", "result": "skip", "reason": "no huge pages\nvm.nr_hugepages=0"}
+        )
     if case == "clause_fails":
         outcomes[1].summary["clauses"]["3"]["result"] = "fail"
     if case == "guest_panics":
         outcomes[1].error, outcomes[1].summary = "guest failed: kernel 'patched' panicked\nKernel panic", None
     report = build_report(outcomes, None, False, 1.0)
     ran, counts, out = _parse(kunit_py, render.render_tap(report), tmp_path)
-    assert "[ERROR]" not in out and "crashed" not in counts and "errors" not in counts, \
+    assert "[ERROR]" not in out and "crashed" not in counts and "errors" not in counts, (
         f"kunit.py parse disagrees with report.tap:\n{out[-3000:]}"
+    )
     want = _expected(report)
     assert counts == want and ran == sum(want.values()), f"kunit.py counted {counts}, report.json says {want}"

@@ -10,6 +10,7 @@ ramdisk; a lab supplies that root file system (README, "Kernel CI").  The
 ramdisk here is busybox, made by the test; the device is
 tests/data/lava/qemu-device.yaml (no lava-server here to render one).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,12 @@ pytestmark = pytest.mark.vm
 
 DEVICE = Path(__file__).resolve().parent.parent / "data" / "lava" / "qemu-device.yaml"
 #: what the dispatcher run needs here: tool -> Debian package (installed as root, like the builder's)
-DISPATCHER_NEEDS = {"lava-run": "lava-dispatcher", "busybox": "busybox-static", "cpio": "cpio",
-                    "qemu-system-x86_64": "qemu-system-x86"}
+DISPATCHER_NEEDS = {
+    "lava-run": "lava-dispatcher",
+    "busybox": "busybox-static",
+    "cpio": "cpio",
+    "qemu-system-x86_64": "qemu-system-x86",
+}
 LAVA_RUN_TIMEOUT = 300
 
 _INIT = """#!/bin/busybox sh
@@ -47,6 +52,7 @@ exec setsid cttyhack sh
 @pytest.fixture(scope="module")
 def dispatcher():
     from harness.vm.errors import VmError
+
     try:
         vmbuild.check_host(DISPATCHER_NEEDS)
     except VmError as exc:
@@ -56,6 +62,7 @@ def dispatcher():
 @pytest.fixture(scope="module")
 def kernel():
     from harness.vm.errors import KernelNotBuilt
+
     for name in ("stock", "patched"):
         try:
             return vmbuild.load_kernel(name)
@@ -96,8 +103,14 @@ def _lava_results(log: str) -> list[dict]:
         case = re.search(r'"case": "([^"]+)"', msg).group(1)
         result = re.search(r'"result": "([^"]+)"', msg).group(1)
         measurement = re.search(r'"measurement": ! "([^"]+)"|"measurement": ([0-9.]+)', msg)
-        results.append({"definition": definition, "case": case, "result": result,
-                        "measurement": float(next(g for g in measurement.groups() if g)) if measurement else None})
+        results.append(
+            {
+                "definition": definition,
+                "case": case,
+                "result": result,
+                "measurement": float(next(g for g in measurement.groups() if g)) if measurement else None,
+            }
+        )
     return results
 
 
@@ -107,23 +120,47 @@ def test_lava_dispatcher_runs_the_job_and_reads_every_result(dispatcher, kernel,
     script = "\n".join(shlex.join(argv) for argv in lava.case_commands(cases)) + "\n"
     ramdisk = _ramdisk(tmp_path, script)
     bundle = lava.bundle(kernel.name, tmp_path / "bundle.tar.gz")
-    job = lava.job_definition(kernel.name, kernel.info, kernel_url=kernel.path.resolve().as_uri(),
-                              ramdisk_url=ramdisk.as_uri(), bundle_url=bundle.as_uri(), no_kvm=True,
-                              memory_mb=1024, cpus=1, job_minutes=25)
+    job = lava.job_definition(
+        kernel.name,
+        kernel.info,
+        kernel_url=kernel.path.resolve().as_uri(),
+        ramdisk_url=ramdisk.as_uri(),
+        bundle_url=bundle.as_uri(),
+        no_kvm=True,
+        memory_mb=1024,
+        cpus=1,
+        job_minutes=25,
+    )
     definition = job["actions"][2]["test"]["definitions"][0]["repository"]["run"]
     # busybox has no Python: check the bundle arrived, then report the results as the harness would
-    definition["steps"] = [f"lava-test-case bundle-unpacked --shell test -f {lava.GUEST_HARNESS_DIR}/harness/lava.py",
-                           "lava-test-case userfaultfd-sysctl --shell test -e /proc/sys/vm/unprivileged_userfaultfd",
-                           "sh /cases.sh"]
+    definition["steps"] = [
+        f"lava-test-case bundle-unpacked --shell test -f {lava.GUEST_HARNESS_DIR}/harness/lava.py",
+        "lava-test-case userfaultfd-sysctl --shell test -e /proc/sys/vm/unprivileged_userfaultfd",
+        "sh /cases.sh",
+    ]
     job_file = tmp_path / "job.yaml"
     job_file.write_text(lava.to_yaml(job))
-    proc = subprocess.run(["lava-run", "--job-id", f"uffd{os.getpid()}", "--output-dir", str(tmp_path / "out"),
-                           "--device", str(DEVICE), str(job_file)], capture_output=True, text=True,
-                          timeout=LAVA_RUN_TIMEOUT)
+    proc = subprocess.run(
+        [
+            "lava-run",
+            "--job-id",
+            f"uffd{os.getpid()}",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--device",
+            str(DEVICE),
+            str(job_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=LAVA_RUN_TIMEOUT,
+    )
     log = proc.stdout + proc.stderr
     (tmp_path / "lava-run.log").write_text(log)
-    assert proc.returncode == 0, f"lava-run failed (log {tmp_path / 'lava-run.log'}):\n" + "\n".join(
-        line for line in log.splitlines() if '"error' in line or "Kernel panic" in line)[-3000:]
+    assert proc.returncode == 0, (
+        f"lava-run failed (log {tmp_path / 'lava-run.log'}):\n"
+        + "\n".join(line for line in log.splitlines() if '"error' in line or "Kernel panic" in line)[-3000:]
+    )
     got = _lava_results(log)
     by_name = {r["case"]: r for r in got}
     assert by_name["bundle-unpacked"]["result"] == "pass", "the harness bundle was not unpacked in the guest"

@@ -24,6 +24,7 @@ so ``-k NAME`` runs only that one.  A mutant whose ``pending`` says the
 contract cannot catch it yet is an expected failure, strictly: the day the
 contract catches it, the test says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,13 @@ from harness.vm.build import read_series
 MUTANTS = mutants.all_mutants()
 ALL_CLAUSES = range(1, 9)
 #: the paths of the series: each must be broken by at least one mutant
-PATHS = ("change_pte_range()", "change_huge_pmd()", "hugetlb_change_protection()",
-         "mwriteprotect_range()", "userfaultfd_writeprotect()")
+PATHS = (
+    "change_pte_range()",
+    "change_huge_pmd()",
+    "hugetlb_change_protection()",
+    "mwriteprotect_range()",
+    "userfaultfd_writeprotect()",
+)
 
 #: the whole guest half: ~20 seeded builds and ~20 guests, two at a time, on a loaded 2-core machine
 GUEST_BUDGET = 5400
@@ -46,11 +52,12 @@ GUEST_BUDGET = 5400
 
 # -- host: the table and the substitutions ---------------------------------------------
 
+
 @pytest.mark.parametrize("m", MUTANTS, ids=lambda m: m.name)
 def test_mutant_fits_vm_patches(m):
     """The substitutions apply to today's vm/patches, change only the patches they name, and only
     their hunks' lines (the headers' counts still hold)."""
-    files = mutants.render(m)          # MutantError: a substitution no longer fits
+    files = mutants.render(m)  # MutantError: a substitution no longer fits
     original = {p.name: p.read_text() for p in read_series(mutants.PATCHES)}
     changed = sorted(n for n in original if files[n] != original[n])
     named = sorted({n for n in original for s in m.subs if n.startswith(s.patch)})
@@ -58,8 +65,9 @@ def test_mutant_fits_vm_patches(m):
     for name in changed:
         assert not mutants.hunk_problems(files[name]), mutants.hunk_problems(files[name])
         gone = set(original[name].splitlines()) - set(files[name].splitlines())
-        assert all(line[:1] in "+- " for line in gone), \
+        assert all(line[:1] in "+- " for line in gone), (
             f"{m.name}: {name}: changes lines outside the hunks: {sorted(gone)}"
+        )
 
 
 def test_every_clause_and_path_has_a_mutant():
@@ -76,8 +84,14 @@ def test_a_substitution_that_does_not_fit_is_an_error():
     young = mutants.get("young-only")
 
     def variant(old, new):
-        return mutants.Mutant(name="probe", breaks="-", clauses=(3,), exposed_by={}, exposure="-",
-                              subs=(mutants.Sub("0001", "change_pte_range()", old, new),))
+        return mutants.Mutant(
+            name="probe",
+            breaks="-",
+            clauses=(3,),
+            exposed_by={},
+            exposure="-",
+            subs=(mutants.Sub("0001", "change_pte_range()", old, new),),
+        )
 
     with pytest.raises(mutants.MutantError, match=r"mutant probe: substitution 1 .* matches 0 times"):
         mutants.render(variant("+\tthis line is in no patch\n", "+\tx\n"))
@@ -113,12 +127,15 @@ def test_readme_shows_the_table():
     """vm/mutants/README.md's table is `uffd-harness vm mutant --list --markdown`, as the table is now."""
     readme = (mutants.MUTANTS_DIR / "README.md").read_text()
     table = mutants.markdown_table()
-    assert table in readme, ("vm/mutants/README.md does not show the current table: paste the output of "
-                             "`uffd-harness vm mutant --list --markdown`")
+    assert table in readme, (
+        "vm/mutants/README.md does not show the current table: paste the output of "
+        "`uffd-harness vm mutant --list --markdown`"
+    )
 
 
 def test_cli_lists_every_mutant(capsys):
     from harness.vm.cli import main
+
     assert main(["mutant", "--list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [e["name"] for e in listed] == [m.name for m in MUTANTS]
@@ -128,12 +145,15 @@ def test_cli_lists_every_mutant(capsys):
 
 # -- guest: each mutant is caught ---------------------------------------------------------
 
+
 def _missing_for_guest(name: str) -> list[str]:
     """tests/vm/conftest.py's missing_for_guest() (tests/ is not a package)."""
     import importlib.util
     from pathlib import Path
-    spec = importlib.util.spec_from_file_location("uffd_harness_tests_vm_conftest",
-                                                  Path(__file__).with_name("conftest.py"))
+
+    spec = importlib.util.spec_from_file_location(
+        "uffd_harness_tests_vm_conftest", Path(__file__).with_name("conftest.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.missing_for_guest(name)
@@ -141,8 +161,11 @@ def _missing_for_guest(name: str) -> list[str]:
 
 def _selected(session) -> list[mutants.Mutant]:
     """The mutants whose guest test this session runs (so that -k NAME boots one guest)."""
-    names = {item.callspec.params["m"].name for item in session.items
-             if item.originalname == "test_mutant_is_caught" and hasattr(item, "callspec")}
+    names = {
+        item.callspec.params["m"].name
+        for item in session.items
+        if item.originalname == "test_mutant_is_caught" and hasattr(item, "callspec")
+    }
     return [m for m in MUTANTS if m.name in names]
 
 
@@ -154,15 +177,18 @@ def mutant_runs(request):
         pytest.skip("cannot boot a guest: missing " + "; ".join(missing))
     from harness.vm.build import build_kernel
     from harness.vm.errors import MissingToolError
+
     try:
-        build_kernel("patched", progress=False)      # the seed: cached when make test built it
+        build_kernel("patched", progress=False)  # the seed: cached when make test built it
     except MissingToolError as exc:
         pytest.skip(f"cannot build kernels: {exc}")
     runs = {}
     for r in mutants.run_many(_selected(request.session), workers=2, its_clauses=True):
         runs[r.mutant.name] = r
-        print(f"mutant {r.mutant.name}: build {r.build_seconds:.0f} s, guest {r.guest_seconds:.0f} s, "
-              f"exit {r.returncode}, {r.error or r.results()}")
+        print(
+            f"mutant {r.mutant.name}: build {r.build_seconds:.0f} s, guest {r.guest_seconds:.0f} s, "
+            f"exit {r.returncode}, {r.error or r.results()}"
+        )
     return runs
 
 
@@ -177,29 +203,38 @@ def _guest_params():
 def _added_code(sub: mutants.Sub) -> list[str]:
     """The code lines a substitution adds (its '+' lines that were not there before), without the '+'."""
     before = set(sub.old.splitlines())
-    return [line[1:].strip() for line in sub.new.splitlines()
-            if line.startswith("+") and line not in before and line[1:].strip()]
+    return [
+        line[1:].strip()
+        for line in sub.new.splitlines()
+        if line.startswith("+") and line not in before and line[1:].strip()
+    ]
 
 
 @pytest.mark.parametrize("m", list(_guest_params()))
 def test_mutant_is_caught(mutant_runs, m):
     r = mutant_runs[m.name]
     assert r.error is None, f"{m.name}: {r.error}\n" + "\n".join(r.console_tail)
-    assert r.summary is not None, (f"{m.name}: the guest wrote no summary.json (pytest exit {r.returncode}):\n"
-                                   f"{r.output[-3000:]}")
+    assert r.summary is not None, (
+        f"{m.name}: the guest wrote no summary.json (pytest exit {r.returncode}):\n{r.output[-3000:]}"
+    )
     s = r.summary
     # the kernel booted is the mutant: its tree has every line the substitutions add
     tree = r.kernel.directory / "src"
-    text = "\n".join(p.read_text() for p in
-                     (tree / f for f in ("mm/mprotect.c", "mm/huge_memory.c", "mm/hugetlb.c",
-                                         "mm/userfaultfd.c", "fs/userfaultfd.c")))
+    text = "\n".join(
+        p.read_text()
+        for p in (
+            tree / f
+            for f in ("mm/mprotect.c", "mm/huge_memory.c", "mm/hugetlb.c", "mm/userfaultfd.c", "fs/userfaultfd.c")
+        )
+    )
     for sub in m.subs:
         for line in _added_code(sub):
             assert line in text, f"{m.name}: {tree} lacks {line!r} ({sub.function}): not the mutant's tree"
     assert s["kernel_release"].startswith("6.12"), s["kernel_release"]
     if m.keeps_abi:
-        assert s["patched"] is True and "ACCESS_HINTS" in s["features"]["offered"], \
+        assert s["patched"] is True and "ACCESS_HINTS" in s["features"]["offered"], (
             f"{m.name} keeps the ABI, yet the kernel does not offer ACCESS_HINTS: {s['features']}"
+        )
         assert s["hint_abi"]["source"] == str(r.kernel.uapi_header.resolve()), s["hint_abi"]
     results = r.results()
     tail = r.output[-4000:]
@@ -208,17 +243,21 @@ def test_mutant_is_caught(mutant_runs, m):
         assert c["result"] == "fail", (
             f"{m.name} ({m.breaks}) is not caught: clause {n} came out {c['result']!r}; "
             f"it is exposed by {m.exposure} ({json.dumps(dict(m.exposed_by))}).\n"
-            f"clauses: {results}\n{tail}")
+            f"clauses: {results}\n{tail}"
+        )
         assert c["tests"]["failed"] >= 1 and c["backends"].get("kernel", 0) >= 1, c
     for n, c in s["clauses"].items():
         assert "sim" not in c["backends"], f"{m.name}: clause {n} ran on the simulator in the guest: {c}"
     if r.full:
         kept = [n for n in ALL_CLAUSES if n not in m.clauses and n not in m.also]
         wrong = {n: results.get(str(n)) for n in kept if results.get(str(n)) != "pass"}
-        assert not wrong, (f"{m.name}: clauses it does not break did not pass: {wrong} (all: {results}); "
-                           f"either the contract reports a clause wrongly or the table misses an 'also'\n{tail}")
+        assert not wrong, (
+            f"{m.name}: clauses it does not break did not pass: {wrong} (all: {results}); "
+            f"either the contract reports a clause wrongly or the table misses an 'also'\n{tail}"
+        )
     allowed = set(m.clauses) | set(m.also)
     explained = sum(s["clauses"][str(n)]["tests"]["failed"] for n in allowed)
     assert s["tests"]["failed"] == explained, (
         f"{m.name}: {s['tests']['failed']} tests failed, the clauses it breaks account for {explained}:\n"
-        + "\n".join(re.findall(r"^FAILED .*$", r.output, re.M)))
+        + "\n".join(re.findall(r"^FAILED .*$", r.output, re.M))
+    )

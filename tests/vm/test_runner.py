@@ -3,6 +3,7 @@
 Each test boots the kernel under QEMU (TCG on machines where KVM cannot run
 an ordinary guest), so each takes several seconds.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,11 +18,12 @@ from harness.vm.build import REPO_ROOT
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
-BOOT_TIMEOUT = 180   # generous: TCG on a loaded 2-core machine
+BOOT_TIMEOUT = 180  # generous: TCG on a loaded 2-core machine
 
 
 def _assert_no_qemu_left(kernel) -> None:
     from harness.vm.runner import qemu_processes
+
     left = qemu_processes(kernel.path)
     assert not left, f"QEMU processes left behind: {left}"
 
@@ -29,9 +31,9 @@ def _assert_no_qemu_left(kernel) -> None:
 @pytest.mark.timeout(BOOT_TIMEOUT + 30)
 def test_exit_status_is_passed_through(guest_kernel):
     res = run_in_guest(guest_kernel, ["sh", "-c", "exit 7"], timeout=BOOT_TIMEOUT)
-    assert res.returncode == 7, (
-        f"guest `sh -c 'exit 7'` came back as {res.returncode}; console:\n"
-        + "\n".join(res.console_tail))
+    assert res.returncode == 7, f"guest `sh -c 'exit 7'` came back as {res.returncode}; console:\n" + "\n".join(
+        res.console_tail
+    )
     _assert_no_qemu_left(guest_kernel)
 
 
@@ -47,39 +49,38 @@ def test_guest_environment_and_directories(guest_kernel, tmp_path):
     """
     rw = tmp_path / "rw"
     script = (
-        'set -e; '
+        "set -e; "
         f'test "$UFFD_HARNESS_KERNEL" = "{guest_kernel.name}"; '
         'grep -q UFFD_FEATURE_MOVE "$UFFD_HARNESS_UAPI_HEADER"; '
-        f'test -f {REPO_ROOT}/harness/vm/runner.py; '
-        f'touch {REPO_ROOT}/.uffd-harness-ro-probe 2>/dev/null || true; '
+        f"test -f {REPO_ROOT}/harness/vm/runner.py; "
+        f"touch {REPO_ROOT}/.uffd-harness-ro-probe 2>/dev/null || true; "
         'echo from-guest > "$UFFD_HARNESS_RWDIR/out.txt"; '
-        'uname -r; grep HugePages_Total /proc/meminfo'
+        "uname -r; grep HugePages_Total /proc/meminfo"
     )
-    res = run_in_guest(guest_kernel, ["sh", "-c", script], timeout=BOOT_TIMEOUT,
-                       rwdir=rw, capture=True)
+    res = run_in_guest(guest_kernel, ["sh", "-c", script], timeout=BOOT_TIMEOUT, rwdir=rw, capture=True)
     assert res.returncode == 0, (
-        f"guest checks failed with {res.returncode}; output:\n{res.output}\n"
-        "console:\n" + "\n".join(res.console_tail))
-    assert (rw / "out.txt").read_text().strip() == "from-guest", \
+        f"guest checks failed with {res.returncode}; output:\n{res.output}\nconsole:\n" + "\n".join(res.console_tail)
+    )
+    assert (rw / "out.txt").read_text().strip() == "from-guest", (
         "a file written to the rwdir in the guest is not on the host"
+    )
     assert "6.12" in res.output, f"guest did not boot the 6.12 kernel: {res.output}"
     total = int(res.output.split("HugePages_Total:")[1].split()[0])
     assert total > 0, "no huge pages reserved in the guest (hugepages= on the cmdline)"
-    assert not (REPO_ROOT / ".uffd-harness-ro-probe").exists(), \
+    assert not (REPO_ROOT / ".uffd-harness-ro-probe").exists(), (
         "a write to the project tree in the guest reached the host"
+    )
 
 
 @pytest.mark.timeout(BOOT_TIMEOUT + 30)
 def test_panic_is_reported_and_qemu_killed(guest_kernel):
     t0 = time.monotonic()
     with pytest.raises(GuestPanic) as exc:
-        run_in_guest(guest_kernel,
-                     ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 1000"],
-                     timeout=BOOT_TIMEOUT)
+        run_in_guest(guest_kernel, ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 1000"], timeout=BOOT_TIMEOUT)
     assert time.monotonic() - t0 < BOOT_TIMEOUT, "panic was not detected before the timeout"
-    assert any("Kernel panic" in line or "sysrq" in line.lower()
-               for line in exc.value.console_tail), \
+    assert any("Kernel panic" in line or "sysrq" in line.lower() for line in exc.value.console_tail), (
         "the panic report does not show the console lines of the panic"
+    )
     assert "panicked" in str(exc.value)
     _assert_no_qemu_left(guest_kernel)
 
@@ -99,11 +100,26 @@ def test_timeout_kills_qemu(guest_kernel):
 def test_cli_exit_status(guest_kernel):
     """``python -m harness.vm run -- CMD`` exits with CMD's status."""
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.vm", "run", "--kernel", guest_kernel.name,
-         "--timeout", str(BOOT_TIMEOUT), "--", "sh", "-c", "echo hi; exit 5"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=BOOT_TIMEOUT + 20)
-    assert proc.returncode == 5, (
-        f"CLI exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr[-3000:]}")
+        [
+            sys.executable,
+            "-m",
+            "harness.vm",
+            "run",
+            "--kernel",
+            guest_kernel.name,
+            "--timeout",
+            str(BOOT_TIMEOUT),
+            "--",
+            "sh",
+            "-c",
+            "echo hi; exit 5",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BOOT_TIMEOUT + 20,
+    )
+    assert proc.returncode == 5, f"CLI exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr[-3000:]}"
     assert "hi" in proc.stdout
     _assert_no_qemu_left(guest_kernel)
 
@@ -112,10 +128,24 @@ def test_cli_exit_status(guest_kernel):
 def test_ctrl_c_kills_qemu(guest_kernel, qemu_procs):
     """SIGINT to the CLI (Ctrl-C) kills QEMU and leaves nothing behind."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.vm", "run", "--kernel", guest_kernel.name,
-         "--timeout", str(BOOT_TIMEOUT), "--", "sleep", "1000"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "harness.vm",
+            "run",
+            "--kernel",
+            guest_kernel.name,
+            "--timeout",
+            str(BOOT_TIMEOUT),
+            "--",
+            "sleep",
+            "1000",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not qemu_procs(guest_kernel.path) and time.monotonic() < deadline:

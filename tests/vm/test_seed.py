@@ -4,6 +4,7 @@ The choice is checked on fake trees (a pristine tree, siblings with their
 own src/ and src-state.json), with patches made by difflib; one test builds
 real kernels (marked vm and slow).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -35,9 +36,14 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 def _diff(rel: str, old: str | None, new: str | None) -> str:
-    return "".join(difflib.unified_diff((old or "").splitlines(True), (new or "").splitlines(True),
-                                        "/dev/null" if old is None else f"a/{rel}",
-                                        "/dev/null" if new is None else f"b/{rel}"))
+    return "".join(
+        difflib.unified_diff(
+            (old or "").splitlines(True),
+            (new or "").splitlines(True),
+            "/dev/null" if old is None else f"a/{rel}",
+            "/dev/null" if new is None else f"b/{rel}",
+        )
+    )
 
 
 def _series(d: Path, changes: dict[str, str | None]) -> list[Path]:
@@ -54,8 +60,17 @@ def _sibling(kernels: Path, name: str, changes: dict[str, str], built_at: str = 
     _write(d / "src", files)
     (d / "obj").mkdir(parents=True)
     (d / "src-state.json").write_text(json.dumps({"patch_key": name, "touched": sorted(changes)}))
-    (d / "build.json").write_text(json.dumps({"name": name, "built_at": built_at, "config_fragment_sha256":
-                                              vb._sha256(b"CONFIG_X=y\n"), "gcc": "gcc 12", "source_version": "v1"}))
+    (d / "build.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "built_at": built_at,
+                "config_fragment_sha256": vb._sha256(b"CONFIG_X=y\n"),
+                "gcc": "gcc 12",
+                "source_version": "v1",
+            }
+        )
+    )
     return d
 
 
@@ -78,25 +93,29 @@ def test_series_contents_applies_only_the_files_the_series_names(tmp_path, prist
 def test_the_sibling_with_the_fewest_differing_files_is_chosen(tmp_path, pristine):
     kernels = tmp_path / "kernels"
     one_line = {HDR: "struct mm;\nint x;\nint hint;\n", "mm/a.c": "int a;\nint HINT;\nint c;\n"}
-    siblings = {"stock": _sibling(kernels, "stock", {}),
-                "patched": _sibling(kernels, "patched", one_line),
-                "other": _sibling(kernels, "other", {"fs/d.c": "alpha\nBETA\n"})}
+    siblings = {
+        "stock": _sibling(kernels, "stock", {}),
+        "patched": _sibling(kernels, "patched", one_line),
+        "other": _sibling(kernels, "other", {"fs/d.c": "alpha\nBETA\n"}),
+    }
     # the new series: patched's, with one more line changed in mm/a.c
-    new = vb.series_contents(pristine, _series(tmp_path / "s", {**one_line, "mm/a.c": "int a;\nint HINT2;\nint c;\n"}),
-                             tmp_path / "scratch")
+    new = vb.series_contents(
+        pristine, _series(tmp_path / "s", {**one_line, "mm/a.c": "int a;\nint HINT2;\nint c;\n"}), tmp_path / "scratch"
+    )
     best, ranked = vb.closest_seed(new, siblings, pristine)
     assert best.name == "patched" and best.differing == ("mm/a.c",), "the header both series change is the same"
     by_name = {c.name: c for c in ranked}
     assert by_name["stock"].differing == (HDR, "mm/a.c")
-    assert by_name["other"].differing == ("fs/d.c", HDR, "mm/a.c"), \
-        "a file only the sibling changed differs too"
+    assert by_name["other"].differing == ("fs/d.c", HDR, "mm/a.c"), "a file only the sibling changed differs too"
     assert [c.name for c in ranked] == ["patched", "stock", "other"]
 
 
 def test_a_differing_header_weighs_more_than_several_c_files(tmp_path, pristine):
     kernels = tmp_path / "kernels"
-    siblings = {"header": _sibling(kernels, "header", {HDR: "struct mm;\nint y;\n"}),
-                "three-c": _sibling(kernels, "three-c", {"mm/a.c": "A\n", "mm/b.c": "B\n", "mm/c.c": "C\n"})}
+    siblings = {
+        "header": _sibling(kernels, "header", {HDR: "struct mm;\nint y;\n"}),
+        "three-c": _sibling(kernels, "three-c", {"mm/a.c": "A\n", "mm/b.c": "B\n", "mm/c.c": "C\n"}),
+    }
     best, ranked = vb.closest_seed({}, siblings, pristine)
     assert best.name == "three-c", "three .c files to recompile beat one header that most objects include"
     assert ranked[1].weight == vb.HEADER_WEIGHT and best.weight == 3
@@ -104,8 +123,10 @@ def test_a_differing_header_weighs_more_than_several_c_files(tmp_path, pristine)
 
 def test_a_tie_goes_to_the_newest_build(tmp_path, pristine):
     kernels = tmp_path / "kernels"
-    siblings = {"candidate-old": _sibling(kernels, "candidate-old", {"mm/a.c": "old\n"}, "2026-12-03T10:00:00Z"),
-                "candidate-new": _sibling(kernels, "candidate-new", {"mm/a.c": "newer\n"}, "2026-12-03T11:00:00Z")}
+    siblings = {
+        "candidate-old": _sibling(kernels, "candidate-old", {"mm/a.c": "old\n"}, "2026-12-03T10:00:00Z"),
+        "candidate-new": _sibling(kernels, "candidate-new", {"mm/a.c": "newer\n"}, "2026-12-03T11:00:00Z"),
+    }
     best, _ = vb.closest_seed({"mm/a.c": b"newest\n"}, siblings, pristine)
     assert best.name == "candidate-new"
 
@@ -114,9 +135,10 @@ def test_among_siblings_differing_in_the_same_file_the_nearer_content_wins(tmp_p
     """A one-line edit of a series: the series itself beats a newer mutant of it that rewrote more lines."""
     kernels = tmp_path / "kernels"
     series_a = "int a;\nint HINT;\nint c;\n"
-    siblings = {"patched": _sibling(kernels, "patched", {"mm/a.c": series_a}, "2026-12-03T10:00:00Z"),
-                "mutant": _sibling(kernels, "mutant", {"mm/a.c": "int a;\nint MUT;\nint MUT2;\n"},
-                                   "2026-12-03T12:00:00Z")}
+    siblings = {
+        "patched": _sibling(kernels, "patched", {"mm/a.c": series_a}, "2026-12-03T10:00:00Z"),
+        "mutant": _sibling(kernels, "mutant", {"mm/a.c": "int a;\nint MUT;\nint MUT2;\n"}, "2026-12-03T12:00:00Z"),
+    }
     best, ranked = vb.closest_seed({"mm/a.c": ("/* edit */\n" + series_a).encode()}, siblings, pristine)
     assert [c.differing for c in ranked] == [("mm/a.c",), ("mm/a.c",)], "both differ in the one file"
     assert best.name == "patched" and best.changed_lines == 1
@@ -132,13 +154,28 @@ def test_auto_seed_compares_trees_with_the_instrumentation_applied(tmp_path, pri
     _sibling(kernels, "mutant", {"mm/a.c": "int a;\nint MUT;\nint c;\n", **instr_files}, "2026-12-03T12:00:00Z")
     series = _series(tmp_path / "s", {"mm/a.c": edit + "int edit;\n"})
     instrumentation = _series(tmp_path / "instr", instr_files)
-    kb = vb.KernelBuild(name="candidate-new", path=kernels / "candidate-new" / "bzImage", key="k",
-                        uapi_header=Path("/nonexistent"), patched=True, directory=kernels / "candidate-new",
-                        selftests_dir=kernels / "candidate-new" / "selftests")
+    kb = vb.KernelBuild(
+        name="candidate-new",
+        path=kernels / "candidate-new" / "bzImage",
+        key="k",
+        uapi_header=Path("/nonexistent"),
+        patched=True,
+        directory=kernels / "candidate-new",
+        selftests_dir=kernels / "candidate-new" / "selftests",
+    )
     kb.directory.mkdir()
     lines = []
-    seed = vb._seed_source(kb, "auto", "CONFIG_X=y\n", "gcc 12", "v1", lines.append, patches=series,
-                           pristine=pristine, instrumentation=instrumentation)
+    seed = vb._seed_source(
+        kb,
+        "auto",
+        "CONFIG_X=y\n",
+        "gcc 12",
+        "v1",
+        lines.append,
+        patches=series,
+        pristine=pristine,
+        instrumentation=instrumentation,
+    )
     assert seed == kernels / "patched", lines
     assert "1 file(s) differ (mm/a.c)" in lines[0], lines
 
@@ -152,15 +189,23 @@ def test_auto_seed_names_the_sibling_and_how_many_files_differ(tmp_path, pristin
     info = json.loads((unfit / "build.json").read_text())
     (unfit / "build.json").write_text(json.dumps({**info, "gcc": "gcc 13"}))
     series = _series(tmp_path / "s", {HDR: "struct mm;\nint x;\nint hint;\n", "mm/a.c": "z\n"})
-    kb = vb.KernelBuild(name="candidate-new", path=kernels / "candidate-new" / "bzImage", key="k",
-                        uapi_header=Path("/nonexistent"), patched=True, directory=kernels / "candidate-new",
-                        selftests_dir=kernels / "candidate-new" / "selftests")
+    kb = vb.KernelBuild(
+        name="candidate-new",
+        path=kernels / "candidate-new" / "bzImage",
+        key="k",
+        uapi_header=Path("/nonexistent"),
+        patched=True,
+        directory=kernels / "candidate-new",
+        selftests_dir=kernels / "candidate-new" / "selftests",
+    )
     kb.directory.mkdir()
     lines = []
     seed = vb._seed_source(kb, "auto", fragment, "gcc 12", "v1", lines.append, patches=series, pristine=pristine)
     assert seed == kernels / "patched", "candidate-unfit matches best but was built with another compiler"
-    assert lines == ["[vm] candidate-new: seeding from 'patched', the closest of 2 built kernel(s): 1 file(s) "
-                     "differ (mm/a.c); files differing from the next: stock 2"]
+    assert lines == [
+        "[vm] candidate-new: seeding from 'patched', the closest of 2 built kernel(s): 1 file(s) "
+        "differ (mm/a.c); files differing from the next: stock 2"
+    ]
     assert sorted(p.name for p in kb.directory.iterdir()) == [], "no scratch copy is left behind"
 
 
@@ -170,12 +215,20 @@ def test_a_series_that_does_not_apply_seeds_from_the_control(tmp_path, pristine)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "0001.patch").write_text(_diff("mm/a.c", "not\nwhat\nis there\n", "x\n"))
-    kb = vb.KernelBuild(name="candidate-bad", path=kernels / "x", key="k", uapi_header=Path("/n"), patched=True,
-                        directory=kernels / "candidate-bad", selftests_dir=kernels / "x")
+    kb = vb.KernelBuild(
+        name="candidate-bad",
+        path=kernels / "x",
+        key="k",
+        uapi_header=Path("/n"),
+        patched=True,
+        directory=kernels / "candidate-bad",
+        selftests_dir=kernels / "x",
+    )
     kb.directory.mkdir()
     lines = []
-    seed = vb._seed_source(kb, "auto", "CONFIG_X=y\n", "gcc 12", "v1", lines.append,
-                           patches=vb.read_series(bad), pristine=pristine)
+    seed = vb._seed_source(
+        kb, "auto", "CONFIG_X=y\n", "gcc 12", "v1", lines.append, patches=vb.read_series(bad), pristine=pristine
+    )
     assert seed == kernels / "stock" and "seeding from 'stock'" in lines[0]
 
 
@@ -196,8 +249,13 @@ def test_prune_keeps_the_newest_candidates_and_never_stock_or_patched(tmp_path):
         _built(kernels, f"candidate-{i}", f"2026-12-03T1{i}:00:00Z")
     removed = vb.prune_candidates(kernels, keep=2, log=lambda m: None)
     assert sorted(removed) == ["candidate-0", "candidate-1", "candidate-2"]
-    assert sorted(p.name for p in kernels.iterdir()) == ["candidate-3", "candidate-4", "mutant-young-only",
-                                                         "patched", "stock"]
+    assert sorted(p.name for p in kernels.iterdir()) == [
+        "candidate-3",
+        "candidate-4",
+        "mutant-young-only",
+        "patched",
+        "stock",
+    ]
 
 
 def test_prune_never_removes_the_newest_or_the_build_just_made(tmp_path):

@@ -5,6 +5,7 @@ finds 6.1's selftests in tools/testing/selftests/vm/ (the monolithic ``userfault
 runs that selftest with its output parsed into cases.  ``make vm-test KERNEL=stock SOURCE=6.1`` runs
 the whole suite in the same guest.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.other_base, pytest.mark.timeout(3600)]
 def stock_61():
     src = sources.debian_source("6.1")
     try:
-        vmbuild.check_host(src.requirements)          # apt-get installs linux-source-6.1 as root
+        vmbuild.check_host(src.requirements)  # apt-get installs linux-source-6.1 as root
     except vmbuild.MissingToolError as exc:
         pytest.skip(str(exc))
     return vmbuild.build_kernel("stock-6.1", source=src, log=print)
@@ -47,8 +48,9 @@ def test_stock_61_build_says_what_it_is_built_from(stock_61):
 
 
 def test_stock_61_is_keyed_apart_from_612(stock_61):
-    stock_612_key = vmbuild.cache_key(sources.debian_source("6.12").identity, [],
-                                      stock_61.info["config_fragment_sha256"], stock_61.info["gcc"])
+    stock_612_key = vmbuild.cache_key(
+        sources.debian_source("6.12").identity, [], stock_61.info["config_fragment_sha256"], stock_61.info["gcc"]
+    )
     assert stock_61.key != stock_612_key
     again = vmbuild.build_kernel("stock-6.1", source="6.1", log=print)
     assert again.cached and again.key == stock_61.key
@@ -56,15 +58,19 @@ def test_stock_61_is_keyed_apart_from_612(stock_61):
 
 def test_stock_61_guest_runs_its_userfaultfd_selftest(stock_61, tmp_path):
     from harness.vm.runner import check_runner_host, run_in_guest
+
     try:
         check_runner_host()
     except Exception as exc:  # noqa: BLE001 - MissingToolError and friends, with a message
         pytest.skip(f"cannot boot a guest: {exc}")
-    script = ("import json, sys; from harness.selftests import run_userfaultfd; "
-              f"r = run_userfaultfd('{stock_61.selftests_dir / 'userfaultfd'}', timeout=600); "
-              f"open('{tmp_path / 'uffd.json'}', 'w').write(json.dumps(r.to_dict())); "
-              f"open('{tmp_path / 'uffd.log'}', 'w').write(r.log)")
+    script = (
+        "import json, sys; from harness.selftests import run_userfaultfd; "
+        f"r = run_userfaultfd('{stock_61.selftests_dir / 'userfaultfd'}', timeout=600); "
+        f"open('{tmp_path / 'uffd.json'}', 'w').write(json.dumps(r.to_dict())); "
+        f"open('{tmp_path / 'uffd.log'}', 'w').write(r.log)"
+    )
     import sys
+
     res = run_in_guest(stock_61, [sys.executable, "-c", script], timeout=900, rwdir=tmp_path, log=print)
     assert res.returncode == 0
     run = json.loads((tmp_path / "uffd.json").read_text())

@@ -8,6 +8,7 @@ upstream is a branch at the tarball commit, so the default base (the merge-base)
 - a second run is cached: both kernels come back from the build cache without compiling;
 - the user's tree is not touched (``git status --porcelain``, refs, the work tree's mtime).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,14 +29,25 @@ from harness.vm import sources
 pytestmark = [pytest.mark.vm, pytest.mark.other_base, pytest.mark.timeout(5400)]
 
 SERIES = paths.REPO_ROOT / "vm" / "patches"
-_ENV = {"GIT_AUTHOR_NAME": "uffd-harness tests", "GIT_AUTHOR_EMAIL": "tests@uffd-harness.invalid",
-        "GIT_COMMITTER_NAME": "uffd-harness tests", "GIT_COMMITTER_EMAIL": "tests@uffd-harness.invalid",
-        "GIT_CONFIG_NOSYSTEM": "1", "GIT_OPTIONAL_LOCKS": "0"}
+_ENV = {
+    "GIT_AUTHOR_NAME": "uffd-harness tests",
+    "GIT_AUTHOR_EMAIL": "tests@uffd-harness.invalid",
+    "GIT_COMMITTER_NAME": "uffd-harness tests",
+    "GIT_COMMITTER_EMAIL": "tests@uffd-harness.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_OPTIONAL_LOCKS": "0",
+}
 
 
 def _git(repo: Path, *args: str, timeout: float = 900) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **_ENV, "HOME": str(repo.parent)}).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **_ENV, "HOME": str(repo.parent)},
+    ).stdout.strip()
 
 
 def _log(msg: str) -> None:
@@ -84,9 +96,12 @@ def make_hints_tree() -> Path:
 
 
 def _state(repo: Path) -> tuple:
-    return (_git(repo, "status", "--porcelain", "--untracked-files=no"),
-            _git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
-            repo.stat().st_mtime_ns, (repo / "mm" / "mprotect.c").stat().st_mtime_ns)
+    return (
+        _git(repo, "status", "--porcelain", "--untracked-files=no"),
+        _git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
+        repo.stat().st_mtime_ns,
+        (repo / "mm" / "mprotect.c").stat().st_mtime_ns,
+    )
 
 
 def _one_guest_at_a_time(monkeypatch):
@@ -96,17 +111,19 @@ def _one_guest_at_a_time(monkeypatch):
 
 def test_tree_gives_the_same_verdict_as_the_series_and_is_cached(hints_tree, tmp_path, monkeypatch):
     from harness.vm.runner import check_runner_host
+
     try:
         check_runner_host()
     except Exception as exc:  # noqa: BLE001 - MissingToolError and friends, with a message
         pytest.skip(f"cannot boot a guest: {exc}")
     _one_guest_at_a_time(monkeypatch)
     import json
+
     before = _state(hints_tree)
 
     t0 = time.monotonic()
-    plan = plan_tree(hints_tree)        # base: the merge-base with the upstream branch
-    assert plan.notes == ()             # nothing uncommitted in this tree
+    plan = plan_tree(hints_tree)  # base: the merge-base with the upstream branch
+    assert plan.notes == ()  # nothing uncommitted in this tree
     status = run.validate(None, quick=True, results=tmp_path / "tree", log=_log, tree=plan)
     cold = time.monotonic() - t0
     tree_report = json.loads((tmp_path / "tree" / "report.json").read_text())
@@ -116,12 +133,15 @@ def test_tree_gives_the_same_verdict_as_the_series_and_is_cached(hints_tree, tmp
     series_report = json.loads((tmp_path / "series" / "report.json").read_text())
 
     assert tree_report["verdict"]["kind"] == series_report["verdict"]["kind"], (
-        tree_report["verdict"]["line"], series_report["verdict"]["line"])
+        tree_report["verdict"]["line"],
+        series_report["verdict"]["line"],
+    )
     assert status == status_series
     cand_tree, cand_series = plan.candidate, "patched"
     for n, clause in tree_report["clauses"].items():
         assert clause[cand_tree] == series_report["clauses"][n][cand_series], (
-            f"clause {n}: --tree gave {clause[cand_tree]}, --patches {series_report['clauses'][n][cand_series]}")
+            f"clause {n}: --tree gave {clause[cand_tree]}, --patches {series_report['clauses'][n][cand_series]}"
+        )
         assert clause[plan.control] == series_report["clauses"][n]["stock"], f"clause {n} on the base"
     assert tree_report["origin"]["head"] == plan.head and tree_report["control"]["kernel"] == plan.control
 

@@ -1,4 +1,5 @@
 """validate with bad patch series: each gives a clear error for that kernel, and loses nothing."""
+
 from __future__ import annotations
 
 import shutil
@@ -68,8 +69,9 @@ def test_a_patch_that_does_not_apply_names_patch_file_and_hunk(tmp_path, stock_o
     text = patch.read_text()
     # Change a line the hunk removes, as a series written for another base would have it: patch(1)
     # may fuzz over context lines, never over removed ones.
-    drifted = text.replace("\n-\t\t\t       UFFDIO_WRITEPROTECT_MODE_WP))",
-                           "\n-\t\t\t       UFFDIO_WRITEPROTECT_MODE_WP_DRIFTED))", 1)
+    drifted = text.replace(
+        "\n-\t\t\t       UFFDIO_WRITEPROTECT_MODE_WP))", "\n-\t\t\t       UFFDIO_WRITEPROTECT_MODE_WP_DRIFTED))", 1
+    )
     assert drifted != text, "the patch no longer has the line this test edits"
     patch.write_text(drifted)
     outcome = _candidate(tmp_path, d)
