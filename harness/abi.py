@@ -341,6 +341,8 @@ class KPageFlag(enum.IntEnum):
     IDLE = lib.KPF_IDLE
     HUGE = lib.KPF_HUGE
     NOPAGE = lib.KPF_NOPAGE
+    COMPOUND_HEAD = lib.KPF_COMPOUND_HEAD
+    COMPOUND_TAIL = lib.KPF_COMPOUND_TAIL
 
 
 #: values written to /proc/PID/clear_refs (fs/proc/task_mmu.c, enum clear_refs_types)

@@ -118,6 +118,44 @@ def thp_unavailable() -> Optional[str]:
     return None
 
 
+#: the anonymous mTHP size of large-folio regions: the smallest multi-page size x86-64 offers in
+#: /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB (Linux 6.8 and later)
+MTHP_SIZE = 64 * 1024
+
+
+def large_folio_size(kind: MemoryKind) -> int:
+    """The folio size of a large-folio region of ``kind``: an anonymous mTHP, or a PMD-sized shmem THP."""
+    if kind is MemoryKind.ANON:
+        return MTHP_SIZE
+    if kind is MemoryKind.SHMEM:
+        return thp_pmd_size()
+    raise HarnessError(f"large-folio regions are anonymous (mTHP) or shmem (shmem THP), not {kind.value}")
+
+
+#: the sysfs file that lets MADV_HUGEPAGE memory of a kind have large folios, and the value that does it
+#: (both off by default; the guest set-up and the tests' fixture write it, as root)
+LARGE_FOLIO_SETTINGS = {
+    MemoryKind.ANON: (f"{THP_SYSFS}/hugepages-{MTHP_SIZE // 1024}kB/enabled", "madvise"),
+    MemoryKind.SHMEM: (f"{THP_SYSFS}/shmem_enabled", "advise"),
+}
+
+
+def large_folio_unavailable(kind: MemoryKind) -> Optional[str]:
+    """None when a MADV_HUGEPAGE region of ``kind`` may get large folios here, else what is missing."""
+    large_folio_size(kind)  # names the kinds there are none of
+    path, value = LARGE_FOLIO_SETTINGS[kind]
+    setting = _selected(_read_text(path))
+    what = f"{MTHP_SIZE // 1024} KiB anonymous mTHP" if kind is MemoryKind.ANON else "shmem THP"
+    if setting is None:
+        since = "Linux 6.8 or later" if kind is MemoryKind.ANON else "CONFIG_TRANSPARENT_HUGEPAGE"
+        return f"the kernel offers no {what} (no {path}: {since})"
+    if setting == "inherit":
+        return thp_unavailable()
+    if setting in ("never", "deny"):
+        return f"{what} disabled: {path} = {setting} (echo {value} > {path}, as root)"
+    return None
+
+
 def _vmstat(name: str) -> Optional[int]:
     for line in (_read_text("/proc/vmstat") or "").splitlines():
         key, _, value = line.partition(" ")
@@ -180,10 +218,13 @@ class Region:
         prot: int = PROT_RW,
         guarded: bool = False,
         thp: bool = False,
+        folio_size: int = 0,
     ):
         self.kind = kind
         #: anonymous, MADV_HUGEPAGE, one "page" per PMD-sized THP (see :meth:`create`)
         self.thp = thp
+        #: base pages over large folios of this many bytes, each mapped by PTEs (see :meth:`create`); 0: not
+        self.folio_size = folio_size
         self._thp_fallbacks = _vmstat("thp_fault_fallback") if thp else None
         self._guarded = guarded
         self.addr = addr
@@ -195,8 +236,13 @@ class Region:
         self._set_owned_range()
         self._finalizer = weakref.finalize(self, self._owned.release)
 
+    @property
+    def _guard_size(self) -> int:
+        """One guard each side, as wide as the alignment the region was mapped with."""
+        return self.folio_size or self.page_size
+
     def _set_owned_range(self) -> None:
-        guard = self.page_size if self._guarded else 0
+        guard = self._guard_size if self._guarded else 0
         self._owned.start, self._owned.length = self.addr - guard, self.length + 2 * guard
 
     @property
@@ -223,6 +269,7 @@ class Region:
         *,
         prot: int = PROT_RW,
         thp: bool = False,
+        large_folio: bool = False,
         at: Optional[int] = None,
     ) -> "Region":
         """``npages`` pages of ``kind`` in one VMA between guard pages.
@@ -233,6 +280,16 @@ class Region:
         a free 2 MiB block, which :func:`harness.pte.check_thp` verifies.  Raises
         :class:`~harness.errors.ThpUnavailable` when the THP settings forbid it.
 
+        ``large_folio=True`` (anonymous or shmem): ``npages`` large folios of
+        :func:`large_folio_size` each, mapped by PTEs: a region of base pages
+        (``npages`` times the folio's pages), aligned to the folio size, with
+        ``MADV_HUGEPAGE``, not populated.  The first write to anonymous memory
+        allocates a 64 KiB mTHP where the kernel offers it; shmem allocates a
+        PMD-sized THP in the page cache (which the first fault may map by a
+        PMD: write-protecting a file PMD zaps it, and later faults map PTEs).
+        :func:`harness.pte.check_large_folio` verifies what the kernel did.
+        Raises :class:`~harness.errors.ThpUnavailable` when the settings forbid it.
+
         ``at``: map exactly there (``MAP_FIXED``), over address space the caller
         reserved and keeps (no guard pages): how :func:`adjacent_regions` lays
         VMAs side by side.
@@ -242,9 +299,20 @@ class Region:
         if npages <= 0:
             raise InvalidArgument("Region.create", "npages", f"a region needs at least one page, not {npages}")
         # mmap takes a size_t and the reservation adds guards: say so here, not with an OverflowError from C
-        if (npages + 3) * (
-            thp_pmd_size() if thp else default_hugepage_size() if kind.hugetlb else PAGE_SIZE
-        ) > _MAX_MAPPING:
+        if thp and large_folio:
+            raise InvalidArgument(
+                "Region.create", "large_folio", "a region is PMD-mapped THPs or large folios, not both"
+            )
+        unit = (
+            thp_pmd_size()
+            if thp
+            else large_folio_size(kind)
+            if large_folio
+            else default_hugepage_size()
+            if kind.hugetlb
+            else PAGE_SIZE
+        )
+        if (npages + 3) * unit > _MAX_MAPPING:
             raise InvalidArgument(
                 "Region.create",
                 "npages",
@@ -252,6 +320,8 @@ class Region:
             )
         if thp:
             return cls._create_thp(kind, npages, prot)
+        if large_folio:
+            return cls._create_large_folios(kind, npages, prot)
         page_size = default_hugepage_size() if kind.hugetlb else PAGE_SIZE
         if kind.hugetlb and free_hugepages() < npages:
             raise HarnessError(
@@ -298,6 +368,34 @@ class Region:
         length = npages * page_size
         addr = _map_between_guards(length, page_size, prot, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS, -1, "anon THP")
         region = cls(kind, addr, npages, page_size, -1, prot, guarded=True, thp=True)
+        try:
+            region.madvise(lib.MADV_HUGEPAGE)
+        except BaseException:
+            region.close()
+            raise
+        return region
+
+    @classmethod
+    def _create_large_folios(cls, kind: MemoryKind, nfolios: int, prot: int) -> "Region":
+        reason = large_folio_unavailable(kind)
+        if reason:
+            raise ThpUnavailable(f"{kind.value} large-folio region: {reason}")
+        folio_size = large_folio_size(kind)
+        length = nfolios * folio_size
+        fd = -1
+        try:
+            if kind is MemoryKind.ANON:
+                flags = lib.MAP_PRIVATE | lib.MAP_ANONYMOUS
+            else:
+                fd = os.memfd_create(f"uffd-harness-{kind.value}-thp", os.MFD_CLOEXEC)
+                _ftruncate(fd, length, kind)
+                flags = lib.MAP_SHARED
+            addr = _map_between_guards(length, folio_size, prot, flags, fd, f"{kind.value} large folios")
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        region = cls(kind, addr, length // PAGE_SIZE, PAGE_SIZE, fd, prot, guarded=True, folio_size=folio_size)
         try:
             region.madvise(lib.MADV_HUGEPAGE)
         except BaseException:
@@ -442,7 +540,7 @@ class Region:
         if npages <= 0:
             raise InvalidArgument("Region.mremap", "npages", f"at least one page, not {npages}")
         new_length = npages * self.page_size
-        guard = self.page_size
+        guard = self._guard_size
         spot = _map_between_guards(
             new_length, guard, PROT_NONE, lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, "mremap target"
         )

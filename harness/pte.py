@@ -244,15 +244,21 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
     this CPU's batch is drained (any madvise that calls ``lru_add_drain()``)
     and the mark retried.  A page in another CPU's batch still fails, with
     :class:`ObservationUnavailable` saying to pin the process to one CPU.
+    A large folio is marked once, through its head page (the one the bitmap
+    takes), which clears the young bit of every PTE that maps the folio.
     """
     _require(idle_page_tracking_available())
     count = region.npages - first if count is None else count
     fd = os.open(_IDLE_BITMAP, os.O_RDWR)
+    marked: set[int] = set()
     try:
         for page in range(first, first + count):
             if not is_present(region.page_addr(page)):
                 continue
-            pfn = _pfn_of(region, page)
+            pfn = _folio_head_pfn(_pfn_of(region, page))
+            if pfn in marked:
+                continue
+            marked.add(pfn)
             for attempt in range(2):
                 # The bitmap is written in 8-byte words; a set bit marks that PFN idle.
                 os.pwrite(fd, struct.pack("<Q", 1 << (pfn % 64)), (pfn // 64) * 8)
@@ -267,6 +273,27 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
                 )
     finally:
         os.close(fd)
+
+
+def _is_tail_page(pfn: int) -> bool:
+    """A tail page of a large folio: idle-page tracking neither marks nor reads it (page_idle_get_folio()
+    returns no folio for it), so the head page answers for the whole folio."""
+    return kpageflags_available() is None and KPageFlag.COMPOUND_TAIL in kpageflags(pfn)
+
+
+def _folio_head_pfn(pfn: int) -> int:
+    """The PFN of the head page of ``pfn``'s folio (``pfn`` itself for a small folio).
+
+    A folio of 2^k pages starts at a PFN aligned to 2^k, so the head is the
+    first of ``pfn`` rounded down to 2, 4, 8, ... pages that is no tail page:
+    a few kpageflags reads, not one per page before ``pfn``.
+    """
+    if not _is_tail_page(pfn):
+        return pfn
+    order = 1
+    while _is_tail_page(pfn >> order << order):
+        order += 1
+    return pfn >> order << order
 
 
 def drain_this_cpu_lru() -> None:
@@ -294,7 +321,11 @@ def kpageflags(pfn: int) -> frozenset[KPageFlag]:
         (word,) = struct.unpack("<Q", os.pread(fd, 8, pfn * 8))
     finally:
         os.close(fd)
-    return frozenset(flag for flag in KPageFlag if word >> flag & 1)
+    return frozenset(flag for flag in _KPAGEFLAG_MEMBERS if word >> flag & 1)
+
+
+#: iterating an enum class is slow; large folios read kpageflags for hundreds of pages
+_KPAGEFLAG_MEMBERS = tuple(KPageFlag)
 
 
 # -- the pte channel (vm/instrumentation) -------------------------------------------
@@ -540,7 +571,9 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     pfn = _pfn_of(region, page)
     if channel == IDLE_PAGE:
         flags = kpageflags(pfn) if kpageflags_available() is None else frozenset()
-        return replace(state, young=not page_idle(pfn), dirty=(KPageFlag.DIRTY in flags) if flags else None)
+        # the bitmap says "not idle" for every tail page: only the head page's bit means something
+        young = None if KPageFlag.COMPOUND_TAIL in flags else not page_idle(pfn)
+        return replace(state, young=young, dirty=(KPageFlag.DIRTY in flags) if flags else None)
     if channel == KPAGEFLAGS:
         flags = kpageflags(pfn)
         return replace(state, young=KPageFlag.REFERENCED in flags, dirty=KPageFlag.DIRTY in flags)
@@ -665,7 +698,13 @@ def cross_check(region: Region, page: int = 0) -> CrossCheck:
     young, dirty = _smaps_young_dirty(region, page) if pagemap_bit(entry, PagemapBit.PRESENT) else (False, False)
     vma_soft_dirty = "sd" in str(smaps_vma(addr).get("VmFlags", "")).split()
     idle_young = None
-    if flags is not None and pfn is not None and KPageFlag.IDLE in flags and idle_page_tracking_available() is None:
+    if (
+        flags is not None
+        and pfn is not None
+        and KPageFlag.IDLE in flags
+        and KPageFlag.COMPOUND_TAIL not in flags
+        and idle_page_tracking_available() is None
+    ):
         idle_young = not page_idle(pfn)
     return CrossCheck(
         addr=addr,
@@ -812,6 +851,53 @@ def thp_mapping(region: Region) -> ThpMapping:
         scan_huge=scan_huge,
         thp_folio=thp_folio,
     )
+
+
+def large_folio_problem(region: Region) -> Optional[str]:
+    """None when each folio-sized block of large-folio region ``region`` is one large folio mapped by
+    its base pages' PTEs (not a PMD), else what it is instead.
+
+    Read through pagemap (every base page present, one aligned run of PFNs
+    per folio) and kpageflags (a compound head, then tails), so it needs
+    root; :class:`ObservationUnavailable` says so where PFNs are hidden.
+    """
+    if not region.folio_size:
+        raise HarnessError(f"{region!r} is not a large-folio region (Region.create(..., large_folio=True))")
+    if not pfn_visible():
+        raise ObservationUnavailable("large folios: pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)")
+    _require(kpageflags_available())
+    vma = smaps_vma(region.addr)
+    pmd_kb = vma.get("AnonHugePages", 0) + vma.get("ShmemPmdMapped", 0) + vma.get("FilePmdMapped", 0)
+    if pmd_kb:
+        return f"{pmd_kb} kB of it are mapped by PMDs (smaps), not by PTEs"
+    per_folio = region.folio_size // PAGE_SIZE
+    entries = pagemap_entries(region.addr, region.npages)
+    for first in range(0, region.npages, per_folio):
+        pfns = [pagemap_pfn(e) for e in entries[first : first + per_folio]]
+        missing = [first + i for i, pfn in enumerate(pfns) if pfn is None]
+        if missing:
+            return f"base pages {missing[0]}..{missing[-1]} ({len(missing)} of them) are not present"
+        head = pfns[0]
+        assert head is not None  # every pfn is present here
+        if head % per_folio or pfns != list(range(head, head + per_folio)):
+            return f"base pages {first}..{first + per_folio - 1} are not one aligned run of PFNs (not one folio)"
+        flags = [kpageflags(pfn) for pfn in pfns]
+        if KPageFlag.COMPOUND_HEAD not in flags[0] or any(KPageFlag.COMPOUND_TAIL not in f for f in flags[1:]):
+            return (
+                f"base pages {first}..{first + per_folio - 1} are not one {region.folio_size // 1024} KiB "
+                "folio (kpageflags: no compound head and tails)"
+            )
+    return None
+
+
+def check_large_folio(region: Region, what: str = "") -> None:
+    """Raise :class:`~harness.errors.ThpUnavailable` unless ``region`` is large folios mapped by PTEs."""
+    problem = large_folio_problem(region)
+    if problem:
+        raise ThpUnavailable(
+            f"{region!r}{' ' + what if what else ''} is not {region.folio_size // 1024} KiB folios mapped by "
+            f"PTEs: {problem}"
+        )
 
 
 # -- PAGEMAP_SCAN -----------------------------------------------------------------

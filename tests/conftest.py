@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from harness.memory import MemoryKind, Region, free_hugepages
+from harness.memory import LARGE_FOLIO_SETTINGS, MemoryKind, Region, free_hugepages, large_folio_unavailable
 
 pytest_plugins = ["harness.pytest_plugin", "pytester"]
 
@@ -109,6 +109,32 @@ def hugepages_reserved():
         if added > 0:
             with open(_NR_HUGEPAGES, "w") as f:
                 f.write(str(max(_read_int(_NR_HUGEPAGES) - added, 0)))
+
+
+@pytest.fixture(scope="module")
+def large_folios_enabled():
+    """Let MADV_HUGEPAGE memory have large folios (64 KiB anon mTHP, shmem THP) for this module.
+
+    As root, each setting of :data:`harness.memory.LARGE_FOLIO_SETTINGS` that
+    is off is switched to what the harness asks, and put back afterwards (the
+    guest set-up does the same at boot).  Not root, or a kernel without the
+    file: left as it is, and the checks say what is missing.
+    """
+    restore = []
+    try:
+        for kind, (path, value) in LARGE_FOLIO_SETTINGS.items():
+            if os.geteuid() != 0 or not os.path.exists(path) or large_folio_unavailable(kind) is None:
+                continue
+            with open(path) as f:
+                old = f.read().split("[")[1].split("]")[0]
+            with open(path, "w") as f:
+                f.write(value)
+            restore.append((path, old))
+        yield
+    finally:
+        for path, old in restore:
+            with open(path, "w") as f:
+                f.write(old)
 
 
 def _read_int(path: str) -> int:

@@ -107,12 +107,17 @@ class Backend(abc.ABC):
         register: Optional[RegisterMode] = RegisterMode.WP,
         *,
         thp: bool = False,
+        large_folio: bool = False,
     ) -> RegionRef:
         """A new region (its own VMA), registered with ``register`` unless None.
 
         ``thp=True``: ``npages`` PMD-sized anonymous pages with MADV_HUGEPAGE,
-        not populated (see :meth:`harness.memory.Region.create`).  Only the
-        kernel backend has them; the simulator raises NotImplementedError.
+        not populated (see :meth:`harness.memory.Region.create`).
+        ``large_folio=True``: ``npages`` large folios (an anonymous mTHP or a
+        shmem THP) whose base pages are the region's pages, each folio in place
+        and mapped by PTEs, or not mapped at all (shmem): what
+        :meth:`check_large_folio` checks after the caller's set-up.  Only the
+        kernel backend has either; the simulator raises NotImplementedError.
         """
 
     @abc.abstractmethod
@@ -190,8 +195,8 @@ class Backend(abc.ABC):
     def observe(self, r: RegionRef, page: int = 0, channel: str = SMAPS) -> PteState: ...
 
     @abc.abstractmethod
-    def mark_idle(self, r: RegionRef, page: int = 0) -> None:
-        """Idle-page tracking: mark the page idle (clears its young bits)."""
+    def mark_idle(self, r: RegionRef, page: int = 0, count: int = 1) -> None:
+        """Idle-page tracking: mark pages [page, page + count) idle (clears their young bits)."""
 
     def make_old(self, r: RegionRef, page: int = 0) -> None:
         """Clear the young bit of the page's entry itself (the pte channel's mkold); kernel backend only."""
@@ -204,6 +209,10 @@ class Backend(abc.ABC):
     def check_thp(self, r: RegionRef, what: str = "") -> None:
         """Raise :class:`~harness.errors.ThpUnavailable` unless the THP region is PMD-mapped."""
         raise NotImplementedError(f"the {self.name} backend does not model transparent huge pages")
+
+    def check_large_folio(self, r: RegionRef, what: str = "") -> None:
+        """Raise :class:`~harness.errors.ThpUnavailable` unless the region is large folios mapped by PTEs."""
+        raise NotImplementedError(f"the {self.name} backend does not model large folios")
 
     @abc.abstractmethod
     def events(self) -> list[FaultEvent]:

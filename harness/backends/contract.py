@@ -34,6 +34,13 @@ Shapes (:class:`Shape`):
     splits the PMD (change_pmd_range()) and the PTE path resolves the part.
     Every base page is checked through pagemap (uffd-wp), and young/dirty
     through smaps' page counts of the VMA (exactly the part, no more, no less).
+``large-folio``
+    the base pages of one large folio mapped by PTEs, un-protected whole:
+    a 64 KiB anonymous mTHP, or a PMD-sized shmem THP (uffd-wp maps a file
+    THP by PTEs).  The page-table walk is the PTE path's, but every PTE maps a
+    page of one folio, where a kernel that batches PTEs by folio (or marks the
+    folio instead of each PTE) goes its own way.  Kernel only, and only where
+    the kernel offers the folio size (:func:`harness.memory.large_folio_unavailable`).
 
 What each channel can see (``CHANNEL_FIELDS`` in :mod:`harness.backends.base`):
 smaps and idle-page see young (and smaps dirty), folio flags included;
@@ -62,7 +69,7 @@ from harness import abi, paths
 from harness.abi import Feature, RegisterMode
 from harness.backends.base import CHANNEL_FIELDS, KERNEL, Backend, RegionRef
 from harness.memory import MemoryKind
-from harness.pte import IDLE_PAGE, PTE, mkold_available
+from harness.pte import IDLE_PAGE, PTE, SMAPS, mkold_available
 
 #: capabilities a clause may need besides userfaultfd features (the simulator models both)
 SOFT_DIRTY = "soft-dirty"
@@ -76,6 +83,7 @@ class Shape(enum.Enum):
     SPAN = "span"
     THP = "thp"
     THP_PART = "thp-part"
+    LARGE_FOLIO = "large-folio"
 
 
 #: pages of each VMA of a span, and the index of the first page after the PMD boundary
@@ -85,6 +93,9 @@ SPAN_BOUNDARY = 2
 #: kinds checked as spans: the page-table walk (change_pte_range(), mwriteprotect_range()'s VMA loop) is
 #: the same code for every kind; anonymous and shmem memory differ in whether un-protect makes PTEs writable
 SPAN_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE)
+
+#: kinds with large folios: anonymous mTHP and shmem THP (harness.memory.large_folio_size())
+LARGE_FOLIO_KINDS = (MemoryKind.ANON, MemoryKind.SHMEM)
 
 #: the part of a THP un-protected by the thp-part shape (base pages, not at the start of the PMD)
 THP_PART_FIRST = 3
@@ -119,8 +130,8 @@ class Target:
 
     @property
     def kernel_only(self) -> bool:
-        """THP and hugetlb: the simulator models neither, so only a kernel can give their result."""
-        return self.shape in (Shape.THP, Shape.THP_PART) or self.kind.hugetlb
+        """THP, large folios and hugetlb: the simulator models none, so only a kernel can give their result."""
+        return self.shape in (Shape.THP, Shape.THP_PART, Shape.LARGE_FOLIO) or self.kind.hugetlb
 
 
 def memory_label(kind: MemoryKind, thp: bool = False) -> str:
@@ -211,10 +222,10 @@ class Subject:
 
     def where(self, r: RegionRef, page: int) -> str:
         """ "page 3 (VMA 2)": which page of the range a violation is about."""
-        if len(self.pages()) == 1:
+        if sum(ref.npages for ref in self.refs) == 1:
             return ""
-        index = self.pages().index((r, page))
         vma = self.refs.index(r) + 1
+        index = sum(ref.npages for ref in self.refs[: vma - 1]) + page
         after = self.target.shape is Shape.SPAN and index >= SPAN_BOUNDARY
         return f" page {index}{' (after the PMD boundary)' if after else ''}, VMA {vma}"
 
@@ -225,6 +236,8 @@ def _make(b: Backend, target: Target, setup: tuple, name: str) -> Subject:
         if target.kind is not MemoryKind.ANON:
             raise ValueError(f"THP checks are for anonymous memory, not {target.kind.value}")
         subject = Subject(target, [b.create(target.kind, 1, RegisterMode.WP, thp=True)])
+    elif target.shape is Shape.LARGE_FOLIO:
+        subject = Subject(target, [b.create(target.kind, 1, RegisterMode.WP, large_folio=True)])
     elif target.shape is Shape.SPAN:
         subject = Subject(target, b.create_adjacent(target.kind, SPAN_PAGES, SPAN_BOUNDARY, RegisterMode.WP))
     else:
@@ -233,6 +246,8 @@ def _make(b: Backend, target: Target, setup: tuple, name: str) -> Subject:
         _apply(b, subject, op)
     if target.shape is Shape.THP and setup:
         b.check_thp(subject.refs[0], f"after set-up {name} ({', '.join(setup)})")  # ThpUnavailable: no verdict
+    if target.shape is Shape.LARGE_FOLIO:
+        b.check_large_folio(subject.refs[0], f"after set-up {name} ({', '.join(setup)})")
     return subject
 
 
@@ -270,8 +285,7 @@ def _apply(b: Backend, s: Subject, op: str) -> None:
         elif op != "clear_young":
             raise ValueError(op)
         if op in ("free", "clear_young"):
-            for page in range(r.npages):
-                b.mark_idle(r, page)
+            b.mark_idle(r, 0, r.npages)
 
 
 def _wp(
@@ -326,9 +340,9 @@ def _views(b: Backend, s: Subject, destructive: bool = True) -> dict:
 def _expect(label: str, s: Subject, views: dict, **want) -> list[str]:
     """Every page, through every channel that can tell, has the wanted bits; and the channels agree.
 
-    A channel that sees a field but answers None for a present page of a
-    multi-page VMA (smaps: some pages of the VMA counted, not all) is a
-    violation: every page of a case starts alike and must end alike.
+    smaps answering None for a present page of a multi-page VMA (some pages
+    of the VMA counted, not all) is a violation: every page of a case starts
+    alike and must end alike.
     """
     problems = []
     pages = s.pages()
@@ -341,7 +355,9 @@ def _expect(label: str, s: Subject, views: dict, **want) -> list[str]:
                     continue
                 got = getattr(state, field)
                 if got is None:
-                    if field in ("young", "dirty") and state.present and r.npages > 1 and not r.kind.hugetlb:
+                    # smaps counts pages per VMA: None is "some counted, not all".  Elsewhere None is "cannot
+                    # tell" (idle-page on a hugetlb folio or a tail page of a large folio)
+                    if field in ("young", "dirty") and state.present and channel == SMAPS and not r.kind.hugetlb:
                         problems.append(
                             f"{label}:{where} {field} differs between the pages of one VMA "
                             f"(seen through {channel}), expected {value} for all"
@@ -863,7 +879,7 @@ class Clause:
     check: Callable[[Backend, Target], list[str]]
     #: the memory kinds it is checked on (each in every shape of ``shapes``)
     kinds: tuple[MemoryKind, ...]
-    #: the range shapes; THP applies to anonymous memory only
+    #: the range shapes; THP applies to anonymous memory only, large folios to LARGE_FOLIO_KINDS
     shapes: tuple[Shape, ...]
     #: Feature members and capability names (SOFT_DIRTY, SWAP) the kernel must have for a kernel result
     needs: tuple = ()
@@ -874,6 +890,8 @@ class Clause:
         for shape in self.shapes:
             if shape in (Shape.THP, Shape.THP_PART):
                 out.append(Target(MemoryKind.ANON, shape))
+            elif shape is Shape.LARGE_FOLIO:
+                out += [Target(kind, shape) for kind in self.kinds if kind in LARGE_FOLIO_KINDS]
             else:
                 out += [Target(kind, shape) for kind in self.kinds if shape is not Shape.SPAN or kind in SPAN_KINDS]
         return [t for t in out if kernel_only or not t.kernel_only]
@@ -897,7 +915,7 @@ CONTRACT: dict[int, Clause] = {
             "un-protect with ACCESS_LIKELY: every present PTE it resolves is young",
             check_2,
             BASE_KINDS + HUGETLB_KINDS,
-            _ALL_SHAPES + (Shape.THP_PART,),
+            _ALL_SHAPES + (Shape.THP_PART, Shape.LARGE_FOLIO),
             _HINTS,
         ),
         Clause(
@@ -905,7 +923,7 @@ CONTRACT: dict[int, Clause] = {
             "un-protect with WRITE_LIKELY: every PTE it makes writable is dirty and young",
             check_3,
             BASE_KINDS + HUGETLB_KINDS,
-            _ALL_SHAPES + (Shape.THP_PART,),
+            _ALL_SHAPES + (Shape.THP_PART, Shape.LARGE_FOLIO),
             _HINTS,
         ),
         Clause(
@@ -914,7 +932,7 @@ CONTRACT: dict[int, Clause] = {
             "un-protect without hints does not",
             check_4,
             SHARED_KINDS,
-            (Shape.PAGE, Shape.SPAN),
+            (Shape.PAGE, Shape.SPAN, Shape.LARGE_FOLIO),
             _HINTS,
         ),
         Clause(
@@ -922,7 +940,7 @@ CONTRACT: dict[int, Clause] = {
             "un-protect without hints leaves young and dirty as they were",
             check_5,
             BASE_KINDS + HUGETLB_KINDS,
-            _ALL_SHAPES + (Shape.THP_PART,),
+            _ALL_SHAPES + (Shape.THP_PART, Shape.LARGE_FOLIO),
         ),
         Clause(
             6,
@@ -945,7 +963,7 @@ CONTRACT: dict[int, Clause] = {
             "where soft-dirty tracking needs the write fault, hints neither make the PTE writable nor dirty it",
             check_8,
             BASE_KINDS,
-            _ALL_SHAPES,
+            _ALL_SHAPES + (Shape.LARGE_FOLIO,),
             (Feature.ACCESS_HINTS, SOFT_DIRTY),
         ),
     )
@@ -954,7 +972,13 @@ CONTRACT: dict[int, Clause] = {
 
 def markdown_table() -> str:
     """The contract as the README shows it (a test keeps the README's copy equal to this)."""
-    names = {Shape.PAGE: "page", Shape.SPAN: "span", Shape.THP: "anon THP", Shape.THP_PART: "part of an anon THP"}
+    names = {
+        Shape.PAGE: "page",
+        Shape.SPAN: "span",
+        Shape.THP: "anon THP",
+        Shape.THP_PART: "part of an anon THP",
+        Shape.LARGE_FOLIO: "large folio (anon mTHP, shmem THP)",
+    }
     lines = [
         "| clause | what the suite checks (BRIEF 2.2) | memory | shapes | needs |",
         "| --- | --- | --- | --- | --- |",

@@ -118,12 +118,24 @@ class KernelBackend(Backend):
         register: Optional[RegisterMode] = RegisterMode.WP,
         *,
         thp: bool = False,
+        large_folio: bool = False,
     ) -> RegionRef:
-        region = Region.create(kind, npages, thp=thp)
+        region = Region.create(kind, npages, thp=thp, large_folio=large_folio)
         self._regions.append(region)
-        ref = RegionRef(len(self._regions) - 1, kind, npages, register, thp)
+        ref = RegionRef(len(self._regions) - 1, kind, region.npages, register, thp)
+        if large_folio and kind is MemoryKind.ANON:
+            # alloc_anon_folio() gives a VMA with a userfaultfd armed single pages ("per-page fault
+            # fidelity"): the mTHP is allocated by a write before registering
+            region.write()
         if register is not None:
             self._need_uffd().register(region.addr, region.length, register)
+        if large_folio and kind is MemoryKind.SHMEM:
+            # the first fault maps the shmem THP by a PMD (do_set_pmd()); write-protecting a file PMD zaps
+            # it (change_pmd_range()), leaving a page table, so every later fault maps one PTE of the folio
+            uffd = self._need_uffd()
+            region.read()
+            uffd.writeprotect(region.addr, region.length, protect=True)
+            uffd.writeprotect(region.addr, region.length, protect=False)
         return ref
 
     def create_adjacent(
@@ -325,6 +337,9 @@ class KernelBackend(Backend):
         """
         if channel == PTE:
             return self.observe_ptes(pages)
+        if channel == IDLE_PAGE:
+            self._drain_lru()  # once for all the pages (see _drain_lru)
+            return [_pte.observe(self._regions[r.index], page, channel) for r, page in pages]
         if channel != SMAPS or any(r.thp or r.kind.hugetlb for r, _ in pages):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
@@ -374,16 +389,19 @@ class KernelBackend(Backend):
     def check_thp(self, r: RegionRef, what: str = "") -> None:
         _pte.check_thp(self._regions[r.index], what)
 
+    def check_large_folio(self, r: RegionRef, what: str = "") -> None:
+        _pte.check_large_folio(self._regions[r.index], what)
+
     def make_old(self, r: RegionRef, page: int = 0) -> None:
         """Make the page's entry old through the instrumentation (hugetlb: the whole huge page's)."""
         region = self._regions[r.index]
         start, length = region.span(page, 1)
         _pte.make_old(start, length // PAGE_SIZE)
 
-    def mark_idle(self, r: RegionRef, page: int = 0) -> None:
+    def mark_idle(self, r: RegionRef, page: int = 0, count: int = 1) -> None:
         if IDLE_PAGE in self._channels:
             self._drain_lru()
-            _pte.mark_idle(self._regions[r.index], page, 1)
+            _pte.mark_idle(self._regions[r.index], page, count)
 
     # Idle-page tracking only sees folios on the LRU (page_idle_get_folio()): a
     # folio still in a per-CPU batch is silently skipped when marked, and reads

@@ -56,10 +56,12 @@ class SimBackend(Backend):
         register: Optional[RegisterMode] = RegisterMode.WP,
         *,
         thp: bool = False,
+        large_folio: bool = False,
     ) -> RegionRef:
-        if thp:
+        if thp or large_folio:
             raise NotImplementedError(
-                "the simulator does not model transparent huge pages: THP checks run on the kernel backend only"
+                "the simulator does not model transparent huge pages or large folios: their checks run on the "
+                "kernel backend only"
             )
         vma = self.mm.mmap(kind, npages)
         self._vmas.append(vma)
@@ -196,8 +198,9 @@ class SimBackend(Backend):
             return frozenset({"young"})
         return frozenset()
 
-    def mark_idle(self, r: RegionRef, page: int = 0) -> None:
-        self.mm.mark_idle(self._vmas[r.index], page)
+    def mark_idle(self, r: RegionRef, page: int = 0, count: int = 1) -> None:
+        for p in range(page, page + count):
+            self.mm.mark_idle(self._vmas[r.index], p)
 
     def events(self) -> list[FaultEvent]:
         new = self.mm.events[self._seen :]

@@ -52,6 +52,8 @@ def test_contract_clause(backend, request, n, target):
         request.getfixturevalue("hugepages_reserved")  # as root, raises vm.nr_hugepages for this module
         if free_hugepages() < HUGETLB_PAGES_NEEDED:
             pytest.skip(f"{target.label}: fewer than {HUGETLB_PAGES_NEEDED} free huge pages (vm.nr_hugepages)")
+    if target.shape is Shape.LARGE_FOLIO:
+        request.getfixturevalue("large_folios_enabled")  # as root, lets MADV_HUGEPAGE memory have them
     request.node.user_properties.append(("memory", target.label))
     request.node.user_properties.append(("shape", target.shape.value))
     try:
