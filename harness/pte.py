@@ -877,11 +877,11 @@ def large_folio_problem(region: Region) -> Optional[str]:
         missing = [first + i for i, pfn in enumerate(pfns) if pfn is None]
         if missing:
             return f"base pages {missing[0]}..{missing[-1]} ({len(missing)} of them) are not present"
-        head = pfns[0]
-        assert head is not None  # every pfn is present here
-        if head % per_folio or pfns != list(range(head, head + per_folio)):
+        head = pfns[0] or 0  # every page is present here
+        run = list(range(head, head + per_folio))
+        if head % per_folio or pfns != run:
             return f"base pages {first}..{first + per_folio - 1} are not one aligned run of PFNs (not one folio)"
-        flags = [kpageflags(pfn) for pfn in pfns]
+        flags = [kpageflags(pfn) for pfn in run]
         if KPageFlag.COMPOUND_HEAD not in flags[0] or any(KPageFlag.COMPOUND_TAIL not in f for f in flags[1:]):
             return (
                 f"base pages {first}..{first + per_folio - 1} are not one {region.folio_size // 1024} KiB "
