@@ -15,6 +15,7 @@ from harness import abi, pte
 from harness.abi import Feature, RegisterMode
 from harness.errors import UffdError
 from harness.memory import MemoryKind
+from harness.operations import HINT_COMBINATIONS
 from harness.uffd import Userfaultfd, probe_features
 
 KINDS_4K = [MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE]
@@ -190,11 +191,7 @@ def _unprotect_hint_params():
     """No hints everywhere; each hint combination where this kernel offers ACCESS_HINTS (nothing skipped)."""
     combos = [pytest.param(False, False, id="no-hints")]
     if Feature.ACCESS_HINTS in probe_features().offered:
-        combos += [
-            pytest.param(True, False, id="ACCESS_LIKELY"),
-            pytest.param(False, True, id="WRITE_LIKELY"),
-            pytest.param(True, True, id="both"),
-        ]
+        combos += [pytest.param(h.access_likely, h.write_likely, id=h.label) for h in HINT_COMBINATIONS]
     return combos
 
 
