@@ -27,16 +27,12 @@ import abc
 import enum
 import functools
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar, Sequence, Union
+from typing import ClassVar, Sequence, Union
 
 from harness import abi
 from harness.abi import Feature, RegisterMode
+from harness.backends.base import Backend, RegionRef
 from harness.memory import PROT_READ, PROT_RW, MemoryKind
-
-if TYPE_CHECKING:
-    # Annotations only: the simulator's model takes Hints from here and sits below the backends, so this
-    # module must not import them when it runs (the backends call it, never the other way round).
-    from harness.backends.base import Backend, RegionRef
 
 
 class Hints(enum.Flag):

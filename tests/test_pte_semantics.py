@@ -147,7 +147,7 @@ def test_access_hints_feature_refused_by_name_when_absent(make_region):
 
 def test_write_to_protected_page_needs_the_handler(make_region):
     """A write to a uffd-wp page raises a WP fault event; un-protecting resolves it."""
-    from harness.events import FaultHandler
+    from harness.handler import FaultHandler
 
     region = make_region(MemoryKind.ANON)
     region.write(value=1)
@@ -169,7 +169,7 @@ def test_write_to_protected_page_needs_the_handler(make_region):
 
 def test_data_and_fill_let_the_handler_run(make_region):
     """Region.data()/fill() fault on a missing page while a handler thread serves it: no deadlock."""
-    from harness.events import FaultHandler
+    from harness.handler import FaultHandler
 
     region = make_region(MemoryKind.ANON, 2)
     with Userfaultfd.open([]) as uffd:

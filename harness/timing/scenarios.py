@@ -47,7 +47,8 @@ from harness import abi, pte
 from harness._native import ffi, lib
 from harness.abi import Feature, RegisterMode
 from harness.errors import HarnessError, UffdError
-from harness.events import FaultHandler, PageFault
+from harness.events import PageFault
+from harness.handler import FaultHandler
 from harness.memory import PAGE_SIZE, PROT_READ, PROT_RW, MemoryKind, Region
 from harness.operations import Hints
 from harness.uffd import PreparedRanges, Userfaultfd, open_any, probe_features
@@ -338,7 +339,7 @@ def _uffd_scenarios() -> list[Scenario]:
         Scenario(
             "uffd.missing_roundtrip.py_handler",
             "uffd",
-            "missing fault served by harness.events.FaultHandler + Userfaultfd.copy",
+            "missing fault served by harness.handler.FaultHandler + Userfaultfd.copy",
             lambda ctx: _missing_roundtrip(ctx, python=True),
             _uffd_absent,
         ),
