@@ -4,7 +4,8 @@ The public facade.  The rooms behind it:
 
 - :mod:`harness.abi`     the ABI by name (features, ioctls, modes, pagemap bits)
 - :mod:`harness.uffd`    the userfaultfd object and its ioctls
-- :mod:`harness.events`  events and the fault-handler thread
+- :mod:`harness.events`  events as Python objects
+- :mod:`harness.handler` the fault-handler thread
 - :mod:`harness.memory`  memory regions, one VMA each
 - :mod:`harness.pte`     PTE observation (pagemap, smaps, idle pages, kpageflags)
 - :mod:`harness.sim`, :mod:`harness.backends`  the simulator and the backend interface
@@ -21,7 +22,8 @@ from harness.errors import (
     UffdError,
     WriteProtectBatchError,
 )
-from harness.events import FaultHandler, PageFault
+from harness.events import PageFault
+from harness.handler import FaultHandler
 from harness.memory import MemoryKind, Region
 from harness.pte import PteState, clear_refs, observe
 from harness.uffd import PreparedRanges, Userfaultfd, open_any, probe_features

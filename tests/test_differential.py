@@ -16,16 +16,41 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.abi import Feature
-from harness.backends.differential import Disagreement, Setup, run_both
+from harness import abi
+from harness.abi import Feature, RegisterMode
+from harness.backends.differential import Disagreement, run_both
+from harness.memory import MemoryKind
+from harness.operations import (
+    ClearRefs,
+    Copy,
+    DontNeed,
+    Fork,
+    Free,
+    Hints,
+    Move,
+    Mprotect,
+    PageOut,
+    Poison,
+    Protect,
+    Read,
+    Setup,
+    Unprotect,
+    Write,
+    ZeroPage,
+)
 
 EXAMPLES = int(os.environ.get("UFFD_DIFF_EXAMPLES", "500"))
-KINDS = ("anon", "shmem", "shmem-private", "file")
+KINDS = (MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE, MemoryKind.FILE)
+WP = RegisterMode.WP
+MISSING_WP = RegisterMode.MISSING | RegisterMode.WP
+MINOR_WP = RegisterMode.MINOR | RegisterMode.WP
+MINOR = RegisterMode.MINOR
 
 
 def _kernel_ready():
@@ -34,10 +59,10 @@ def _kernel_ready():
     return _kernel_has_uffd()
 
 
-def _hint_features() -> tuple:
+def _hint_features() -> tuple[Feature, ...]:
     from harness.backends.kernel import offered_features
 
-    return ("ACCESS_HINTS",) if Feature.ACCESS_HINTS in offered_features() else ()
+    return (Feature.ACCESS_HINTS,) if Feature.ACCESS_HINTS in offered_features() else ()
 
 
 @st.composite
@@ -45,13 +70,13 @@ def sequences(draw):
     n = draw(st.integers(1, 4))
     kinds = tuple(draw(st.sampled_from(KINDS)) for _ in range(n))
     register = tuple(
-        draw(st.sampled_from(("wp", "missing+wp") if kind == "anon" else ("wp", "missing+wp", "minor+wp", "minor")))
+        draw(st.sampled_from((WP, MISSING_WP) if kind is MemoryKind.ANON else (WP, MISSING_WP, MINOR_WP, MINOR)))
         for kind in kinds
     )
     # only what this kernel offers (6.1 has no WP_UNPOPULATED, POISON or MOVE): a sequence is about agreement
     offered = _offered()
     features = (
-        ("WP_UNPOPULATED",) if Feature.WP_UNPOPULATED in offered and draw(st.booleans()) else ()
+        (Feature.WP_UNPOPULATED,) if Feature.WP_UNPOPULATED in offered and draw(st.booleans()) else ()
     ) + _hint_features()
     ops = draw(st.lists(_op(n, _kernel_swap(), offered), min_size=1, max_size=14))
     return Setup(kinds, register, features), ops
@@ -69,41 +94,42 @@ def _kernel_swap() -> bool:
     return kernel_swap()
 
 
-#: operation names, repeated to weight them: accesses and write-protection dominate
+#: operations, repeated to weight them: accesses and write-protection dominate
 _WEIGHTED = (
-    ("read",) * 4
-    + ("write",) * 5
-    + ("protect",) * 4
-    + ("unprotect",) * 4
-    + ("free",) * 2
-    + ("dontneed", "copy", "zeropage", "pageout", "mprotect", "fork", "poison")
-    + ("clear_refs", "move") * 2
+    (Read,) * 4
+    + (Write,) * 5
+    + (Protect,) * 4
+    + (Unprotect,) * 4
+    + (Free,) * 2
+    + (DontNeed, Copy, ZeroPage, PageOut, Mprotect, Fork, Poison)
+    + (ClearRefs, Move) * 2
 )
 
 
 #: operations that need a feature: left out of the sequences on a kernel without it
-_OP_NEEDS = {"poison": Feature.POISON, "move": Feature.MOVE}
+_OP_NEEDS = {Poison: Feature.POISON, Move: Feature.MOVE}
 
 
 @st.composite
 def _op(draw, n, swap=False, offered=None):
-    names = _WEIGHTED + (("pageout",) * 3 if swap else ())
+    kinds = _WEIGHTED + ((PageOut,) * 3 if swap else ())
     if offered is not None:
-        names = tuple(op for op in names if op not in _OP_NEEDS or _OP_NEEDS[op] in offered)
-    name = draw(st.sampled_from(names))
-    if name == "fork":
-        return ("fork",)
-    if name == "clear_refs":
-        return ("clear_refs", draw(st.sampled_from((1, 4))))
+        kinds = tuple(op for op in kinds if op not in _OP_NEEDS or _OP_NEEDS[op] in offered)
+    kind = draw(st.sampled_from(kinds))
+    if kind is Fork:
+        return Fork()
+    if kind is ClearRefs:
+        return ClearRefs(draw(st.sampled_from((abi.CLEAR_REFS_ALL, abi.CLEAR_REFS_SOFT_DIRTY))))
     r = draw(st.integers(0, n - 1))
-    if name == "unprotect":
-        return ("unprotect", r, draw(st.sampled_from(("", "", "A", "W", "AW"))))
-    if name == "mprotect":
-        return ("mprotect", r, draw(st.sampled_from(("r", "rw", "rw"))))
-    if name == "move":
-        src = draw(st.integers(0, n - 1))
-        return ("move", r, src) + (("holes",) if draw(st.booleans()) else ())
-    return (name, r)
+    if kind is Unprotect:
+        return Unprotect(
+            r, draw(st.sampled_from((Hints.NONE, Hints.NONE, Hints.ACCESS_LIKELY, Hints.WRITE_LIKELY, Hints.BOTH)))
+        )
+    if kind is Mprotect:
+        return Mprotect(r, writable=draw(st.sampled_from((False, True, True))))
+    if kind is Move:
+        return Move(r, draw(st.integers(0, n - 1)), allow_src_holes=draw(st.booleans()))
+    return kind(r)
 
 
 _stats = {"sequences": 0, "steps": 0}
@@ -146,117 +172,123 @@ def test_kernel_and_simulator_agree(request):
 #: hand-written sequences: the disagreements found so far (now regressions) and swap paths
 KNOWN = [
     pytest.param(
-        Setup(("anon",), ("wp",), ()),
-        [("write", 0), ("free", 0), ("read", 0), ("pageout", 0)],
+        Setup((MemoryKind.ANON,), (WP,)),
+        [Write(0), Free(0), Read(0), PageOut(0)],
         id="pageout-drops-clean-lazyfree-folio",
     ),
     pytest.param(
-        Setup(("anon",), ("wp",), ()),
-        [("write", 0), ("free", 0), ("write", 0), ("pageout", 0)],
+        Setup((MemoryKind.ANON,), (WP,)),
+        [Write(0), Free(0), Write(0), PageOut(0)],
         id="pageout-keeps-redirtied-lazyfree-folio",
     ),
     pytest.param(
-        Setup(("shmem-private", "shmem-private"), ("missing+wp", "missing+wp"), ("WP_UNPOPULATED",)),
-        [("write", 1), ("unprotect", 1, ""), ("clear_refs", 1), ("write", 0), ("write", 1)],
+        Setup(
+            (MemoryKind.SHMEM_PRIVATE, MemoryKind.SHMEM_PRIVATE), (MISSING_WP, MISSING_WP), (Feature.WP_UNPOPULATED,)
+        ),
+        [Write(1), Unprotect(1), ClearRefs(abi.CLEAR_REFS_ALL), Write(0), Write(1)],
         id="young-after-clear-refs-without-flush",
     ),
     pytest.param(
-        Setup(("shmem",), ("wp",), ()),
-        [("write", 0), ("protect", 0), ("unprotect", 0, ""), ("write", 0)],
+        Setup((MemoryKind.SHMEM,), (WP,)),
+        [Write(0), Protect(0), Unprotect(0), Write(0)],
         id="shmem-unprotect-no-write-upgrade",
     ),
     pytest.param(
-        Setup(("anon",), ("wp",), ()),
-        [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
+        Setup((MemoryKind.ANON,), (WP,)),
+        [Write(0), Protect(0), PageOut(0), Read(0), Write(0)],
         id="swap-keeps-uffd-wp",
     ),
     pytest.param(
-        Setup(("anon",), ("wp",), ()),
-        [("write", 0), ("pageout", 0), ("write", 0), ("clear_refs", 4)],
+        Setup((MemoryKind.ANON,), (WP,)),
+        [Write(0), PageOut(0), Write(0), ClearRefs(abi.CLEAR_REFS_SOFT_DIRTY)],
         id="swap-in-write",
     ),
     pytest.param(
-        Setup(("shmem",), ("wp",), ()),
-        [("write", 0), ("protect", 0), ("pageout", 0), ("read", 0), ("write", 0)],
+        Setup((MemoryKind.SHMEM,), (WP,)),
+        [Write(0), Protect(0), PageOut(0), Read(0), Write(0)],
         id="shmem-pageout-marker",
     ),
     pytest.param(
-        Setup(("anon",), ("wp",), ("WP_UNPOPULATED",)),
-        [("write", 0), ("pageout", 0), ("free", 0), ("read", 0)],
+        Setup((MemoryKind.ANON,), (WP,), (Feature.WP_UNPOPULATED,)),
+        [Write(0), PageOut(0), Free(0), Read(0)],
         id="free-drops-swap-entry",
     ),
     pytest.param(
-        Setup(("anon",), ("wp",), ()),
-        [("write", 0), ("clear_refs", 4), ("protect", 0), ("unprotect", 0, "W"), ("write", 0)],
+        Setup((MemoryKind.ANON,), (WP,)),
+        [Write(0), ClearRefs(abi.CLEAR_REFS_SOFT_DIRTY), Protect(0), Unprotect(0, Hints.WRITE_LIKELY), Write(0)],
         id="soft-dirty-armed-unprotect",
     ),
     pytest.param(
-        Setup(("anon", "shmem"), ("wp", "wp"), ("WP_UNPOPULATED",)),
+        Setup((MemoryKind.ANON, MemoryKind.SHMEM), (WP, WP), (Feature.WP_UNPOPULATED,)),
         [
-            ("poison", 0),
-            ("poison", 1),
-            ("read", 0),
-            ("write", 1),
-            ("protect", 0),
-            ("unprotect", 1, ""),
-            ("copy", 0),
-            ("zeropage", 1),
-            ("free", 1),
-            ("dontneed", 1),
-            ("read", 1),
+            Poison(0),
+            Poison(1),
+            Read(0),
+            Write(1),
+            Protect(0),
+            Unprotect(1),
+            Copy(0),
+            ZeroPage(1),
+            Free(1),
+            DontNeed(1),
+            Read(1),
         ],
         id="poison-markers",
     ),
     pytest.param(
-        Setup(("anon", "anon", "anon", "anon"), ("wp", "wp", "wp", "wp"), ("WP_UNPOPULATED",)),
+        Setup(
+            (MemoryKind.ANON, MemoryKind.ANON, MemoryKind.ANON, MemoryKind.ANON),
+            (WP, WP, WP, WP),
+            (Feature.WP_UNPOPULATED,),
+        ),
         [
-            ("write", 1),
-            ("protect", 1),
-            ("move", 0, 1),
-            ("write", 0),
-            ("read", 2),
-            ("move", 3, 2),
-            ("move", 2, 3, "holes"),
-            ("move", 1, 2, "holes"),
-            ("write", 2),
-            ("free", 2),
-            ("move", 1, 2),
-            ("protect", 3),
-            ("move", 3, 1),
-            ("poison", 2),
-            ("move", 0, 2),
+            Write(1),
+            Protect(1),
+            Move(0, 1),
+            Write(0),
+            Read(2),
+            Move(3, 2),
+            Move(2, 3, allow_src_holes=True),
+            Move(1, 2, allow_src_holes=True),
+            Write(2),
+            Free(2),
+            Move(1, 2),
+            Protect(3),
+            Move(3, 1),
+            Poison(2),
+            Move(0, 2),
         ],
         id="move-anon",
     ),
     pytest.param(
-        Setup(("anon", "anon"), ("wp", "wp"), ()),
+        Setup((MemoryKind.ANON, MemoryKind.ANON), (WP, WP)),
         [
-            ("write", 1),
-            ("fork",),
-            ("move", 0, 1),
-            ("write", 1),
-            ("move", 0, 1),
-            ("pageout", 0),
-            ("move", 1, 0),
-            ("read", 1),
+            Write(1),
+            Fork(),
+            Move(0, 1),
+            Write(1),
+            Move(0, 1),
+            PageOut(0),
+            Move(1, 0),
+            Read(1),
         ],
         id="move-after-fork-and-swap",
     ),
     pytest.param(
-        Setup(("anon", "anon"), ("wp", "wp"), ()),
-        [("write", 1), ("mprotect", 1, "r"), ("move", 0, 1), ("mprotect", 1, "rw"), ("move", 0, 1)],
+        Setup((MemoryKind.ANON, MemoryKind.ANON), (WP, WP)),
+        [Write(1), Mprotect(1, writable=False), Move(0, 1), Mprotect(1, writable=True), Move(0, 1)],
         id="move-needs-same-protection",
     ),
     pytest.param(
-        Setup(("anon", "anon", "anon"), ("wp", "wp", "wp"), ("WP_UNPOPULATED",)),
+        Setup((MemoryKind.ANON, MemoryKind.ANON, MemoryKind.ANON), (WP, WP, WP), (Feature.WP_UNPOPULATED,)),
         [
-            ("poison", 1),
-            ("move", 0, 1),
-            ("protect", 2),
-            ("move", 0, 2),
-            ("move", 0, 2, "holes"),
-            ("write", 1),
-            ("write", 0),
+            Poison(1),
+            Move(0, 1),
+            Protect(2),
+            Move(0, 2),
+            Move(0, 2, allow_src_holes=True),
+            Write(1),
+            Write(0),
         ],
         id="move-from-markers",
     ),
@@ -270,28 +302,31 @@ def test_known_sequences_agree(request, setup, ops):
     if reason:
         pytest.skip(reason)
     request.node.user_properties.append(("backend", "kernel"))
-    features = tuple(setup.features) + _hint_features()
-    setup = Setup(setup.kinds, setup.register, features)
+    setup = replace(setup, features=setup.features + _hint_features())
     problem = run_both(setup, ops)
     assert problem is None, str(problem)
 
 
-def test_disagreement_prints_a_reproducer():
-    """The report of a disagreement is Python source that re-runs the sequence."""
+def test_disagreement_prints_a_reproducer(monkeypatch):
+    """The report of a disagreement is a test that re-runs the sequence up to the step that disagreed:
+    run, it hands assert_agree the same set-up and operations."""
+    from harness.backends import differential
     from harness.backends.differential import Step
 
-    setup = Setup(("anon",), ("wp",), ("WP_UNPOPULATED",))
-    ops = [("write", 0), ("protect", 0), ("unprotect", 0, "W")]
+    setup = Setup((MemoryKind.ANON, MemoryKind.SHMEM), (WP, MISSING_WP), (Feature.WP_UNPOPULATED,))
+    ops = [Write(0), Move(1, 0, allow_src_holes=True), Unprotect(0, Hints.WRITE_LIKELY), ClearRefs(1), Fork()]
     state = {"present": True, "young": True, "dirty": False}
-    k = Step(ops[-1], 0, (), (state,))
-    s = Step(ops[-1], 0, (), (dict(state, dirty=True),))
+    k = Step(ops[2], 0, (), (state,))
+    s = Step(ops[2], 0, (), (dict(state, dirty=True),))
     problem = Disagreement(setup, ops, 2, k, s, "linux-6.12", ["r0.dirty False != True"])
     source = problem.reproducer()
-    compile(source, "<reproducer>", "exec")
-    assert "assert_agree(setup, ops)" in source and "('unprotect', 0, 'W')" in source
+    assert "Unprotect(region=0, hints=Hints.WRITE_LIKELY)" in source, source
     namespace: dict = {}
-    exec(source, namespace)
-    assert callable(namespace["test_differential_reproducer"])
+    exec(compile(source, "<reproducer>", "exec"), namespace)  # its own imports: nothing from this module
+    ran = []
+    monkeypatch.setattr(differential, "assert_agree", lambda setup, ops: ran.append((setup, ops)))
+    namespace["test_differential_reproducer"]()
+    assert ran == [(setup, ops[:3])], f"the reproducer re-ran something else:\n{source}"
 
 
 def test_differential_catches_a_model_bug(monkeypatch):
@@ -311,8 +346,8 @@ def test_differential_catches_a_model_bug(monkeypatch):
             pte.dirty = True
 
     monkeypatch.setattr(Mm, "_madvise_free_one", forgetful)
-    setup = Setup(("anon",), ("wp",), ())
-    ops = [("write", 0), ("free", 0), ("protect", 0)]
+    setup = Setup((MemoryKind.ANON,), (WP,))
+    ops = [Write(0), Free(0), Protect(0)]
     problem = run_both(setup, ops)
     assert problem is not None, "a model that keeps MADV_FREE'd pages dirty agreed with the kernel"
     assert problem.index == 1 and "r0.dirty False != True" in problem.details, str(problem)

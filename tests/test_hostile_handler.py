@@ -9,7 +9,7 @@ import pytest
 
 from harness.abi import Feature, RegisterMode
 from harness.errors import UffdClosedError
-from harness.events import FaultHandler, HandlerError
+from harness.handler import FaultHandler, HandlerError
 from harness.memory import MemoryKind, Region
 from harness.process import run_in_child
 from harness.uffd import Userfaultfd

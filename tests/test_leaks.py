@@ -5,7 +5,7 @@ from __future__ import annotations
 import psutil
 
 from harness.abi import Feature, RegisterMode
-from harness.events import FaultHandler
+from harness.handler import FaultHandler
 from harness.memory import MemoryKind, Region
 from harness.uffd import Userfaultfd
 

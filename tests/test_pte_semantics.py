@@ -15,6 +15,7 @@ from harness import abi, pte
 from harness.abi import Feature, RegisterMode
 from harness.errors import UffdError
 from harness.memory import MemoryKind
+from harness.operations import HINT_COMBINATIONS
 from harness.uffd import Userfaultfd, probe_features
 
 KINDS_4K = [MemoryKind.ANON, MemoryKind.SHMEM, MemoryKind.SHMEM_PRIVATE]
@@ -146,7 +147,7 @@ def test_access_hints_feature_refused_by_name_when_absent(make_region):
 
 def test_write_to_protected_page_needs_the_handler(make_region):
     """A write to a uffd-wp page raises a WP fault event; un-protecting resolves it."""
-    from harness.events import FaultHandler
+    from harness.handler import FaultHandler
 
     region = make_region(MemoryKind.ANON)
     region.write(value=1)
@@ -168,7 +169,7 @@ def test_write_to_protected_page_needs_the_handler(make_region):
 
 def test_data_and_fill_let_the_handler_run(make_region):
     """Region.data()/fill() fault on a missing page while a handler thread serves it: no deadlock."""
-    from harness.events import FaultHandler
+    from harness.handler import FaultHandler
 
     region = make_region(MemoryKind.ANON, 2)
     with Userfaultfd.open([]) as uffd:
@@ -190,11 +191,7 @@ def _unprotect_hint_params():
     """No hints everywhere; each hint combination where this kernel offers ACCESS_HINTS (nothing skipped)."""
     combos = [pytest.param(False, False, id="no-hints")]
     if Feature.ACCESS_HINTS in probe_features().offered:
-        combos += [
-            pytest.param(True, False, id="ACCESS_LIKELY"),
-            pytest.param(False, True, id="WRITE_LIKELY"),
-            pytest.param(True, True, id="both"),
-        ]
+        combos += [pytest.param(h.access_likely, h.write_likely, id=h.label) for h in HINT_COMBINATIONS]
     return combos
 
 

@@ -7,6 +7,7 @@ differential test checks the same model against the running kernel.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import signal
 
@@ -16,6 +17,7 @@ from harness import abi
 from harness.abi import Feature, RegisterMode
 from harness.backends.sim import SimBackend
 from harness.memory import PAGE_SIZE, PROT_READ, PROT_RW, MemoryKind
+from harness.operations import HINT_COMBINATIONS, Hints
 from harness.sim import profiles
 from harness.sim.cost import CostModel
 from harness.sim.model import Mm
@@ -278,16 +280,17 @@ def test_shmem_copy_where_page_cache_has_a_page_is_eexist():
     assert errno_of(lambda: b.copy(r)) == errno.EEXIST
 
 
-@pytest.mark.parametrize(
-    "hints", [dict(access_likely=True), dict(write_likely=True), dict(access_likely=True, write_likely=True)]
-)
+@pytest.mark.parametrize("hints", HINT_COMBINATIONS, ids=lambda hints: hints.label)
 def test_hint_bits_without_feature_are_einval_on_every_profile(hints):
     for name in profiles.PROFILES:
         b = sim(name)
         r = b.create(ANON)
         b.write(r)
         b.protect(r)
-        assert errno_of(lambda: b.unprotect(r, **hints)) == errno.EINVAL, name  # noqa: B023 - called at once
+        unprotect = functools.partial(
+            b.unprotect, r, access_likely=hints.access_likely, write_likely=hints.write_likely
+        )
+        assert errno_of(unprotect) == errno.EINVAL, name
         assert raw(b, r).uffd_wp, f"{name}: a rejected un-protect changed the PTE"
 
 
@@ -440,7 +443,7 @@ def test_every_scenario_runs(profile):
     from harness.sim import scenarios
 
     for name in scenarios.SCENARIOS:
-        hints = "AW" if profiles.get(profile).offers_access_hints else ""
+        hints = Hints.BOTH if profiles.get(profile).offers_access_hints else Hints.NONE
         result = scenarios.run(name, profile, hints, CostModel())
         assert result.states and all(st.source == "sim" for st in result.states)
 
@@ -448,8 +451,8 @@ def test_every_scenario_runs(profile):
 def test_scenario_shows_write_likely_saves_the_dirty_assist():
     from harness.sim import scenarios
 
-    plain = scenarios.run("free-unprotect-write", "access-hints", "", CostModel())
-    hinted = scenarios.run("free-unprotect-write", "access-hints", "W", CostModel())
+    plain = scenarios.run("free-unprotect-write", "access-hints", Hints.NONE, CostModel())
+    hinted = scenarios.run("free-unprotect-write", "access-hints", Hints.WRITE_LIKELY, CostModel())
     assert plain.steps[-1][1].cycles - hinted.steps[-1][1].cycles == CostModel().dirty_assist
 
 

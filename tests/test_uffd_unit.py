@@ -28,7 +28,7 @@ Differences from the selftest, on purpose:
   holds the GIL across the syscall, so a monitor *thread* of the forking
   process could never read it.  Those cases run their body in a forked
   worker that owns the registered memory and passes its userfaultfd to this
-  process, whose :class:`~harness.events.FaultHandler` serves it (see
+  process, whose :class:`~harness.handler.FaultHandler` serves it (see
   :func:`_monitored`).
 * Faults are always triggered by the harness's C accessors (which release
   the GIL), never by a Python-level copy, so a FaultHandler thread of the
@@ -59,7 +59,8 @@ from harness import abi, pte
 from harness._native import ffi, lib
 from harness.abi import Feature, Ioctl, RegisterMode
 from harness.errors import HarnessError, MappingError, UffdError
-from harness.events import FaultHandler, ForkEvent, PageFault, RemapEvent, RemoveEvent, UffdEvent
+from harness.events import ForkEvent, PageFault, RemapEvent, RemoveEvent, UffdEvent
+from harness.handler import FaultHandler
 from harness.memory import PAGE_SIZE, MemoryKind, Region
 from harness.process import kill_tree, reap, run_in_child
 from harness.uffd import Userfaultfd, open_any, probe_features

@@ -69,6 +69,7 @@ from harness import abi, paths
 from harness.abi import Feature, RegisterMode
 from harness.backends.base import CHANNEL_FIELDS, KERNEL, Backend, RegionRef
 from harness.memory import MemoryKind
+from harness.operations import HINT_COMBINATIONS, Hints
 from harness.pte import IDLE_PAGE, PTE, SMAPS, mkold_available
 
 #: capabilities a clause may need besides userfaultfd features (the simulator models both)
@@ -292,13 +293,13 @@ def _wp(
     b: Backend,
     s: Subject,
     protect: bool,
+    hints: Hints = Hints.NONE,
     *,
-    access_likely: bool = False,
-    write_likely: bool = False,
     dontwake: bool = False,
     raw_mode: Optional[int] = None,
 ) -> None:
     """One UFFDIO_WRITEPROTECT over the whole subject."""
+    access_likely, write_likely = hints.access_likely, hints.write_likely
     if raw_mode is None and dontwake:
         raw_mode = abi.writeprotect_mode(protect, dontwake=True, access_likely=access_likely, write_likely=write_likely)
     if len(s.refs) == 1:
@@ -446,10 +447,6 @@ def _open(b: Backend, features=()) -> None:
     b.api(tuple(features))
 
 
-#: the hint combinations a clause is checked with: (label, access_likely, write_likely)
-HINTS = (("ACCESS_LIKELY", True, False), ("WRITE_LIKELY", False, True), ("both", True, True))
-
-
 # -- the clauses ----------------------------------------------------------------------
 
 
@@ -468,17 +465,23 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
 
     if not isinstance(b, KernelBackend):
         raise TypeError(f"part of a THP is checked on the kernel backend only, not {type(b).__name__}")
-    hints = {2: ("ACCESS_LIKELY", True, False), 3: ("WRITE_LIKELY", False, True), 5: ("no hints", False, False)}[n]
-    label, access, write = hints
-    _open(b, (Feature.ACCESS_HINTS,) if access or write else ())
+    hints = {2: Hints.ACCESS_LIKELY, 3: Hints.WRITE_LIKELY, 5: Hints.NONE}[n]
+    _open(b, (Feature.ACCESS_HINTS,) if hints else ())
     problems = []
     part = range(THP_PART_FIRST, THP_PART_FIRST + THP_PART_PAGES)
 
-    def unprotect_part(case: Case, access: bool, write: bool):
+    def unprotect_part(case: Case, hints: Hints):
         s = _make(b, Target(MemoryKind.ANON, Shape.THP), case.setup, case.name)
         _wp(b, s, True)
         before = b.vma_page_counts(s.refs[0])
-        b.writeprotect_base(s.refs[0], THP_PART_FIRST, THP_PART_PAGES, False, access_likely=access, write_likely=write)
+        b.writeprotect_base(
+            s.refs[0],
+            THP_PART_FIRST,
+            THP_PART_PAGES,
+            False,
+            access_likely=hints.access_likely,
+            write_likely=hints.write_likely,
+        )
         return s.refs[0], before
 
     def probe(r: RegionRef, text: str) -> tuple[bool, list[str]]:
@@ -491,15 +494,15 @@ def _thp_part(b: Backend, target: Target, n: int) -> list[str]:
         return all(writable), []
 
     for case in cases(MemoryKind.ANON):
-        text = f"{target.label} {case.name}, un-protect {label} of base pages {part.start}-{part.stop - 1}"
+        text = f"{target.label} {case.name}, un-protect {hints.label} of base pages {part.start}-{part.stop - 1}"
         writable = None
         if n != 5:
             base_text = (
                 f"{target.label} {case.name}, un-protect without hints of base pages {part.start}-{part.stop - 1}"
             )
-            writable, base_problems = probe(unprotect_part(case, False, False)[0], base_text)
+            writable, base_problems = probe(unprotect_part(case, Hints.NONE)[0], base_text)
             problems += base_problems
-        r, before = unprotect_part(case, access, write)
+        r, before = unprotect_part(case, hints)
         states = b.base_page_states(r)
         total = len(states)
         for i, st in enumerate(states):
@@ -588,8 +591,8 @@ def check_1(b: Backend, target: Target) -> list[str]:
     what = target.label
     s = _make(b, target, ("write",), "young+dirty")
     _wp(b, s, True)
-    for label, access, write in HINTS:
-        mode = abi.writeprotect_mode(False, access_likely=access, write_likely=write)
+    for hints in HINT_COMBINATIONS:
+        mode = hints.mode_bits()
         for extra, extra_label in (
             (0, ""),
             (abi.WRITEPROTECT_MODE_WP, " + MODE_WP"),
@@ -601,7 +604,7 @@ def check_1(b: Backend, target: Target) -> list[str]:
             )
             if code != errno.EINVAL:
                 problems.append(
-                    f"{what}: {label}{extra_label} without the feature: got {_errname(code)}, expected EINVAL"
+                    f"{what}: {hints.label}{extra_label} without the feature: got {_errname(code)}, expected EINVAL"
                 )
     views = _views(b, s, destructive=False)
     if views:
@@ -636,16 +639,16 @@ def check_2(b: Backend, target: Target) -> list[str]:
     for case in cases(target.kind, b):
         writable, base_problems = _writable_without_hints(b, target, case)
         problems += base_problems
-        variants = [("ACCESS_LIKELY", True, False, False), ("both", True, True, False)]
+        variants = [(Hints.ACCESS_LIKELY, False), (Hints.BOTH, False)]
         if _decode_variants(target):
-            variants.append(("ACCESS_LIKELY + DONTWAKE", True, False, True))
-        for label, access, write, dontwake in variants:
+            variants.append((Hints.ACCESS_LIKELY, True))
+        for hints, dontwake in variants:
             s = _make(b, target, case.setup, case.name)
             _wp(b, s, True)
-            _wp(b, s, False, access_likely=access, write_likely=write, dontwake=dontwake)
-            text = f"{target.label} {case.name}, un-protect {label}"
+            _wp(b, s, False, hints, dontwake=dontwake)
+            text = f"{target.label} {case.name}, un-protect {hints.label}{' + DONTWAKE' if dontwake else ''}"
             want = dict(present=True, uffd_wp=False, young=True, writable=writable)
-            if not write:
+            if not hints.write_likely:
                 want["dirty"] = not case.clean
             problems += _expect(text, s, _views(b, s), **want)
             problems += _still_pmd_mapped(b, s, text)
@@ -663,12 +666,13 @@ def check_3(b: Backend, target: Target) -> list[str]:
     for case in cases(target.kind, b):
         writable, base_problems = _writable_without_hints(b, target, case)
         problems += base_problems
-        variants = [("WRITE_LIKELY", False)] + ([("WRITE_LIKELY + DONTWAKE", True)] if _decode_variants(target) else [])
-        for label, dontwake in variants:
+        for dontwake in (False, True) if _decode_variants(target) else (False,):
             s = _make(b, target, case.setup, case.name)
             _wp(b, s, True)
-            _wp(b, s, False, write_likely=True, dontwake=dontwake)
-            text = f"{target.label} {case.name}, un-protect {label}"
+            _wp(b, s, False, Hints.WRITE_LIKELY, dontwake=dontwake)
+            text = (
+                f"{target.label} {case.name}, un-protect {Hints.WRITE_LIKELY.label}{' + DONTWAKE' if dontwake else ''}"
+            )
             views = _views(b, s)
             if writable and case.clean and target.kind.shared:
                 # a clean MAP_SHARED page the base makes writable (6.1 restores the VMA's write
@@ -704,7 +708,7 @@ def _cow_after_fork(b: Backend, target: Target) -> list[str]:
     try:
         before = [child.checksum(r, page) for r, page in s.pages()]
         _wp(b, s, True)
-        _wp(b, s, False, access_likely=True, write_likely=True)
+        _wp(b, s, False, Hints.BOTH)
         text = f"{target.label} COW-shared with a live child after fork(), un-protect both hints"
         problems += _expect(text, s, _views(b, s), present=True, uffd_wp=False, writable=False)
         problems += _write_probe(b, s, text, writable=False)
@@ -731,11 +735,11 @@ def check_4(b: Backend, target: Target) -> list[str]:
             continue
         writable, base_problems = _writable_without_hints(b, target, case)
         problems += base_problems
-        for label, access, write in HINTS:
+        for hints in HINT_COMBINATIONS:
             s = _make(b, target, case.setup, case.name)
             _wp(b, s, True)
-            _wp(b, s, False, access_likely=access, write_likely=write)
-            text = f"{target.label} {case.name} page-cache PTE, un-protect {label}"
+            _wp(b, s, False, hints)
+            text = f"{target.label} {case.name} page-cache PTE, un-protect {hints.label}"
             problems += _expect(text, s, _views(b, s), present=True, dirty=False, writable=writable)
             problems += _write_probe(b, s, text, writable=writable)
     return problems
@@ -777,11 +781,11 @@ def check_6(b: Backend, target: Target) -> list[str]:
     problems = []
     what = target.label
     s = _make(b, target, ("write",), "young+dirty")
-    for label, access, write in HINTS:
-        mode = abi.writeprotect_mode(True, access_likely=access, write_likely=write)
+    for hints in HINT_COMBINATIONS:
+        mode = abi.WRITEPROTECT_MODE_WP | hints.mode_bits()
         code = _errno_of(lambda: _wp(b, s, True, raw_mode=mode))  # noqa: B023 - called at once
         if code != errno.EINVAL:
-            problems.append(f"{what}: MODE_WP + {label}: got {_errname(code)}, expected EINVAL")
+            problems.append(f"{what}: MODE_WP + {hints.label}: got {_errname(code)}, expected EINVAL")
     views = _views(b, s, destructive=False)
     problems += _expect(f"{what}: after the rejected protects", s, views, present=True, uffd_wp=False)
     problems += _still_pmd_mapped(b, s, f"{what}: after the rejected calls")
@@ -816,19 +820,19 @@ def check_7(b: Backend, target: Target) -> list[str]:
     if target.kind is MemoryKind.ANON and b.swap and target.shape is not Shape.THP:
         starts.append(("swapped", ("write", "pageout")))  # swapping a THP out splits it: not a PMD case
 
-    def run(name: str, setup: tuple, access: bool, write: bool):
+    def run(name: str, setup: tuple, hints: Hints):
         s = _make(b, target, (), name)
         for op in setup:
             _apply(b, s, op)
-        _wp(b, s, False, access_likely=access, write_likely=write)
+        _wp(b, s, False, hints)
         mapping = b.thp_mapping(s.refs[0]) if target.shape is Shape.THP else None
         return s, b.observe_pages(s.pages(), b.channels()[0]), mapping
 
     for name, setup in starts:
-        s, plain, plain_map = run(name, setup, False, False)  # the baseline: no hints
-        for label, access, write in HINTS:
-            _, hinted_states, hinted_map = run(name, setup, access, write)
-            text = f"{target.label} {name}, un-protect {label}"
+        s, plain, plain_map = run(name, setup, Hints.NONE)  # the baseline
+        for hints in HINT_COMBINATIONS:
+            _, hinted_states, hinted_map = run(name, setup, hints)
+            text = f"{target.label} {name}, un-protect {hints.label}"
             for (r, page), p, h in zip(s.pages(), plain, hinted_states, strict=False):
                 if h.present and not p.present:
                     problems.append(f"{text}:{s.where(r, page)} the page was populated")
@@ -856,11 +860,11 @@ def check_8(b: Backend, target: Target) -> list[str]:
     setup = ("write", "free", "clear_soft_dirty") if target.kind is MemoryKind.ANON else ("read", "clear_soft_dirty")
     armed = Case("clean, soft-dirty armed", setup, old=True, clean=True)
     writable, problems = _writable_without_hints(b, target, armed)
-    for label, access, write in (("WRITE_LIKELY", False, True), ("both", True, True)):
+    for hints in (Hints.WRITE_LIKELY, Hints.BOTH):
         s = _make(b, target, setup, armed.name)
         _wp(b, s, True)
-        _wp(b, s, False, access_likely=access, write_likely=write)
-        text = f"{target.label} clean, soft-dirty tracking armed, un-protect {label}"
+        _wp(b, s, False, hints)
+        text = f"{target.label} clean, soft-dirty tracking armed, un-protect {hints.label}"
         problems += _expect(text, s, _views(b, s), present=True, dirty=False, soft_dirty=False, writable=writable)
         problems += _still_pmd_mapped(b, s, text)
         problems += _write_probe(b, s, text, writable=writable)

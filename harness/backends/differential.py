@@ -1,12 +1,9 @@
 """Differential testing: run one operation sequence on the kernel and on the simulator, compare.
 
-A sequence is a :class:`Setup` (the regions: kind and registration of each;
-the features to negotiate) and a list of operations, each a tuple::
-
-    ("read", r) ("write", r) ("protect", r) ("unprotect", r, hints)   hints: "", "A", "W", "AW"
-    ("free", r) ("dontneed", r) ("pageout", r) ("copy", r) ("zeropage", r) ("poison", r)
-    ("move", dst, src) ("move", dst, src, "holes")
-    ("mprotect", r, "r"|"rw") ("fork",) ("clear_refs", 1|4)
+A sequence is a :class:`~harness.operations.Setup` (the regions: kind and
+registration of each; the features to negotiate) and a list of operations
+(:mod:`harness.operations`: ``Write(0)``, ``Unprotect(0, Hints.WRITE_LIKELY)``,
+``Move(dst=0, src=1)``, ...).
 
 After every step each backend reports, per region, the observable bits
 (present, swapped, uffd_wp, young, dirty, exclusive, file_shared, and
@@ -30,36 +27,19 @@ import signal
 from dataclasses import dataclass, field
 from typing import Optional
 
-from harness.abi import Feature, RegisterMode
+from harness.abi import Feature
 from harness.backends.base import Backend, RegionRef
-from harness.memory import PROT_READ, PROT_RW, MemoryKind
+from harness.operations import Op, Outcome, Setup, apply, source_imports, start
 from harness.process import pinned_to_one_cpu
 from harness.pte import SMAPS
 
 FIELDS = ("present", "swapped", "uffd_wp", "young", "dirty", "exclusive", "file_shared")
 
 
-@dataclass(frozen=True)
-class Setup:
-    kinds: tuple  # MemoryKind value per region ("anon", "shmem", "shmem-private", "file")
-    register: tuple  # "wp", "missing+wp", "minor+wp" or "minor" per region
-    features: tuple = ()  # Feature names to negotiate
-
-    def modes(self) -> list[RegisterMode]:
-        names = {"wp": RegisterMode.WP, "missing": RegisterMode.MISSING, "minor": RegisterMode.MINOR}
-        modes = []
-        for spec in self.register:
-            mode = RegisterMode(0)
-            for part in spec.split("+"):
-                mode |= names[part]
-            modes.append(mode)
-        return modes
-
-
 @dataclass
 class Step:
-    op: tuple
-    result: object
+    op: Op
+    result: Outcome
     events: tuple
     states: tuple  # one dict of FIELDS per region
     #: per region, the fields the simulator cannot predict (young through a stale TLB entry)
@@ -79,7 +59,7 @@ class Step:
 @dataclass
 class Disagreement(Exception):
     setup: Setup
-    ops: list
+    ops: list[Op]
     index: int
     kernel: Step
     sim: Step
@@ -94,15 +74,18 @@ class Disagreement(Exception):
         )
 
     def reproducer(self) -> str:
-        ops = ",\n        ".join(repr(op) for op in self.ops[: self.index + 1])
+        """A test that runs the sequence up to the step that disagreed (paste it, run it with pytest)."""
+        ops = self.ops[: self.index + 1]
+        imports = ["from harness.backends.differential import assert_agree", *source_imports(self.setup, ops)]
         return (
             "def test_differential_reproducer():\n"
-            "    from harness.backends.differential import Setup, assert_agree\n"
-            f"    setup = {self.setup!r}\n"
-            "    ops = [\n"
-            f"        {ops},\n"
-            "    ]\n"
-            "    assert_agree(setup, ops)\n"
+            + "".join(f"    {line}\n" for line in sorted(imports))
+            + "\n"
+            + f"    setup = {self.setup!r}\n"
+            + "    ops = [\n"
+            + "".join(f"        {op!r},\n" for op in ops)
+            + "    ]\n"
+            + "    assert_agree(setup, ops)\n"
         )
 
 
@@ -129,50 +112,6 @@ def _result_name(result) -> str:
     return str(result)
 
 
-def start(b: Backend, setup: Setup) -> list[RegionRef]:
-    b.api(tuple(Feature[name] for name in setup.features))
-    return [b.create(MemoryKind(kind), 1, mode) for kind, mode in zip(setup.kinds, setup.modes(), strict=False)]
-
-
-def apply(b: Backend, regions: list[RegionRef], op: tuple):
-    """Do one operation; returns 0, ("signal", n) or ("errno", n)."""
-    name = op[0]
-    try:
-        if name in ("read", "write"):
-            sig = (b.read if name == "read" else b.write)(regions[op[1]])
-            return ("signal", sig) if sig else 0
-        if len(op) > 1 and name != "clear_refs":
-            r = regions[op[1]]
-        elif name not in ("fork", "clear_refs"):  # the two operations that name no region
-            raise ValueError(f"operation {op!r} names no region")
-        if name == "protect":
-            b.protect(r)
-        elif name == "unprotect":
-            hints = op[2] if len(op) > 2 else ""
-            b.unprotect(r, access_likely="A" in hints, write_likely="W" in hints)
-        elif name in ("free", "dontneed", "pageout"):
-            b.madvise(r, name)
-        elif name == "copy":
-            b.copy(r)
-        elif name == "zeropage":
-            b.zeropage(r)
-        elif name == "poison":
-            b.poison(r)
-        elif name == "move":
-            b.move(r, 0, regions[op[2]], 0, allow_src_holes=len(op) > 3 and op[3] == "holes")
-        elif name == "mprotect":
-            b.mprotect(r, PROT_READ if op[2] == "r" else PROT_RW)
-        elif name == "fork":
-            b.fork()
-        elif name == "clear_refs":
-            b.clear_refs(op[1])
-        else:
-            raise ValueError(f"unknown operation {op!r}")
-    except OSError as exc:
-        return ("errno", exc.errno)
-    return 0
-
-
 def observe(b: Backend, regions: list[RegionRef], soft_dirty: bool) -> tuple:
     states = b.observe_pages([(r, 0) for r in regions], SMAPS)
     out = []
@@ -184,7 +123,7 @@ def observe(b: Backend, regions: list[RegionRef], soft_dirty: bool) -> tuple:
     return tuple(out)
 
 
-def run(b: Backend, setup: Setup, ops: list, soft_dirty: bool) -> list[Step]:
+def run(b: Backend, setup: Setup, ops: list[Op], soft_dirty: bool) -> list[Step]:
     regions = start(b, setup)
     steps = []
     for op in ops:
@@ -196,7 +135,7 @@ def run(b: Backend, setup: Setup, ops: list, soft_dirty: bool) -> list[Step]:
 
 
 def compare(
-    setup: Setup, ops: list, kernel_steps: list[Step], sim_steps: list[Step], profile: str
+    setup: Setup, ops: list[Op], kernel_steps: list[Step], sim_steps: list[Step], profile: str
 ) -> Optional[Disagreement]:
     for i, (k, s) in enumerate(zip(kernel_steps, sim_steps, strict=False)):
         details = []
@@ -224,7 +163,7 @@ def sim_for_kernel():
     return SimBackend(profile, soft_dirty=kernel_soft_dirty(), swap=kernel_swap())
 
 
-def run_both(setup: Setup, ops: list) -> Optional[Disagreement]:
+def run_both(setup: Setup, ops: list[Op]) -> Optional[Disagreement]:
     from harness.backends.kernel import KernelBackend, kernel_soft_dirty
 
     soft_dirty = kernel_soft_dirty()
@@ -244,7 +183,7 @@ def run_both(setup: Setup, ops: list) -> Optional[Disagreement]:
     return compare(setup, ops, k_steps, s_steps, sb.profile)
 
 
-def assert_agree(setup: Setup, ops: list) -> None:
+def assert_agree(setup: Setup, ops: list[Op]) -> None:
     """Raise :class:`Disagreement` (with a reproducer) unless both backends agree at every step."""
     problem = run_both(setup, ops)
     if problem is not None:

@@ -1,6 +1,6 @@
 """The kernel backend: real regions, the real userfaultfd, answers from /proc.
 
-Faults are served by a :class:`~harness.events.FaultHandler` thread with the
+Faults are served by a :class:`~harness.handler.FaultHandler` thread with the
 policy of :mod:`harness.backends.base` (WP: un-protect the page; MISSING:
 UFFDIO_COPY; MINOR: UFFDIO_CONTINUE), so an access never blocks for long.
 """
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
 from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
-from harness.events import FaultHandler, PageFault
+from harness.events import PageFault
+from harness.handler import FaultHandler
 from harness.memory import PAGE_SIZE, AdjacentRegions, MemoryKind, Region
 from harness.process import pin_to_one_cpu, restore_affinity
 from harness.pte import IDLE_PAGE, KPAGEFLAGS, PTE, SMAPS, PteState

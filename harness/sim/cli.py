@@ -16,6 +16,8 @@ import math
 import sys
 from typing import Any
 
+from harness.operations import Hints
+
 #: the longest ``sim bench`` run accepted: a typo such as 1e9 should not occupy a core for ever
 MAX_BENCH_SECONDS = 3600.0
 
@@ -51,9 +53,10 @@ def register(subparsers) -> None:
     q.add_argument("--profile", default="access-hints", help="kernel profile (default access-hints)")
     q.add_argument(
         "--hints",
-        default="",
-        choices=("", "A", "W", "AW"),
-        help="hints for the scenario's un-protects: A=ACCESS_LIKELY, W=WRITE_LIKELY",
+        default=Hints.NONE.short,
+        choices=[hints.short for hints in Hints.__members__.values()],
+        help="hints for the scenario's un-protects: "
+        + ", ".join(f"{hints.short}={hints.label}" for hints in (Hints.ACCESS_LIKELY, Hints.WRITE_LIKELY)),
     )
     q.add_argument(
         "--calibration",
@@ -126,7 +129,7 @@ def _scenarios(args) -> int:
 
     print(
         _table(
-            [[s.name, ",".join(s.setup.kinds), s.description] for s in SCENARIOS.values()],
+            [[s.name, ",".join(kind.value for kind in s.setup.kinds), s.description] for s in SCENARIOS.values()],
             ["scenario", "memory", "description"],
         )
     )
@@ -165,7 +168,7 @@ def _run(args) -> int:
         print(f"uffd-harness sim run: {exc.args[0]}", file=sys.stderr)
         return 2
     model = CostModel.load(args.calibration)
-    result = scenarios.run(args.scenario, args.profile, args.hints, model)
+    result = scenarios.run(args.scenario, args.profile, Hints.parse(args.hints), model)
     if args.json:
         doc = {
             "scenario": args.scenario,
@@ -174,7 +177,7 @@ def _run(args) -> int:
             "cost_model": {"source": model.source, "assumed": list(model.assumed)},
             "steps": [
                 {
-                    "op": list(op),
+                    "op": list(op.words()),
                     "result": (res.cycles if isinstance(res, AccessCost) else res),
                     **({"parts": res.parts} if isinstance(res, AccessCost) else {}),
                 }
@@ -195,7 +198,7 @@ def _run(args) -> int:
     print(f"  {result.scenario.description}\n")
     for op, res in result.steps:
         text = res.describe() if isinstance(res, AccessCost) else ("ok" if res == 0 else str(res))
-        print(f"  {' '.join(map(str, op)):<24} {text}")
+        print(f"  {' '.join(map(str, op.words())):<24} {text}")
     if result.events:
         print("\nfaults delivered: " + " ".join(str(e) for e in result.events))
     print("\nPTE state at the end:")

@@ -38,6 +38,7 @@ from harness import abi
 from harness.abi import Feature, RegisterMode
 from harness.errors import MappingError, UffdError
 from harness.memory import PAGE_SIZE, MemoryKind
+from harness.operations import Hints
 from harness.sim import profiles as _profiles
 from harness.sim.pgtable import ZERO_FOLIO, Folio, Pte, pte_mkdirty, pte_mkuffd_wp  # noqa: F401 - also the model's public names
 from harness.sim.profiles import Profile
@@ -520,7 +521,7 @@ class Mm:
         else:
             mode = raw_mode
         self._validate_range(op, start, length)
-        hints = _profiles.decode_hints(mode)
+        hints = Hints.from_mode(mode)
         code = self.profile.check_wp_mode(mode, self.features, hints)
         if code:
             advice = ""
@@ -544,7 +545,7 @@ class Mm:
             last = min(vma.npages, (end - vma.start) // PAGE_SIZE)
             self._uffd_wp_range(vma, first, last, enable_wp, hints)
 
-    def _uffd_wp_range(self, vma: Vma, first: int, last: int, enable_wp: bool, hints: frozenset) -> None:
+    def _uffd_wp_range(self, vma: Vma, first: int, last: int, enable_wp: bool, hints: Hints) -> None:
         """uffd_wp_range() + change_pte_range() with MM_CP_UFFD_WP or MM_CP_UFFD_WP_RESOLVE."""
         try_writable = not enable_wp and self.profile.uffd_try_change_writable and self.wants_manual_write_upgrade(vma)
         prot_write = self.page_prot_write(vma)
@@ -584,7 +585,7 @@ class Mm:
                 pte.uffd_wp = enable_wp
 
     @staticmethod
-    def _resolve_hook(hook, pte: Pte, vma: Vma, hints: frozenset, made_writable: bool) -> None:
+    def _resolve_hook(hook, pte: Pte, vma: Vma, hints: Hints, made_writable: bool) -> None:
         """Call a profile's uffd_wp_resolve(); a young bit it sets is no longer unknown."""
         unknown = pte.young_unknown
         if unknown:

@@ -9,7 +9,8 @@ contract tests on it.
 
 ``check_wp_mode(mode, enabled, hints) -> errno or 0``
     Validation of the ``UFFDIO_WRITEPROTECT`` mode word, before any PTE is
-    touched (``userfaultfd_writeprotect()`` in fs/userfaultfd.c).
+    touched (``userfaultfd_writeprotect()`` in fs/userfaultfd.c).  ``hints``
+    is the :class:`~harness.operations.Hints` the mode word carries.
 ``uffd_wp_resolve(pte, vma, hints, made_writable) -> None``
     Called by ``change_pte_range()`` (mm/mprotect.c) for every present PTE an
     un-protect visits, after the stock logic has decided whether the PTE is
@@ -27,33 +28,14 @@ from typing import Callable, Optional
 from harness import abi, paths
 from harness.abi import Feature
 from harness.errors import InvalidArgument
+from harness.operations import Hints
 from harness.sim.pgtable import pte_mkdirty
-
-#: hint names, as passed to ``uffd_wp_resolve``
-ACCESS_LIKELY = "access_likely"
-WRITE_LIKELY = "write_likely"
 
 #: the features of stock Linux 6.12 (bits 0..16): every name but the patch's
 STOCK_FEATURES = frozenset(f for f in Feature if f is not Feature.ACCESS_HINTS)
 
 
-def decode_hints(mode: int) -> frozenset[str]:
-    """The hint names set in a ``UFFDIO_WRITEPROTECT`` mode word (values from :func:`abi.hint_abi`)."""
-    hints = abi.hint_abi()
-    names = set()
-    if mode & hints.access_likely:
-        names.add(ACCESS_LIKELY)
-    if mode & hints.write_likely:
-        names.add(WRITE_LIKELY)
-    return frozenset(names)
-
-
-def _hint_bits() -> int:
-    hints = abi.hint_abi()
-    return hints.access_likely | hints.write_likely
-
-
-def stock_check_wp_mode(mode: int, enabled: frozenset, hints: frozenset) -> int:
+def stock_check_wp_mode(mode: int, enabled: frozenset, hints: Hints) -> int:
     """userfaultfd_writeprotect() in 6.12: only MODE_WP and MODE_DONTWAKE are known."""
     if mode & ~(abi.WRITEPROTECT_MODE_WP | abi.WRITEPROTECT_MODE_DONTWAKE):
         return errno.EINVAL
@@ -62,11 +44,11 @@ def stock_check_wp_mode(mode: int, enabled: frozenset, hints: frozenset) -> int:
     return 0
 
 
-def hints_check_wp_mode(mode: int, enabled: frozenset, hints: frozenset) -> int:
+def hints_check_wp_mode(mode: int, enabled: frozenset, hints: Hints) -> int:
     """The patch: hint bits are known only when ACCESS_HINTS was negotiated, and only when un-protecting."""
     known = abi.WRITEPROTECT_MODE_WP | abi.WRITEPROTECT_MODE_DONTWAKE
     if Feature.ACCESS_HINTS in enabled:
-        known |= _hint_bits()
+        known |= Hints.BOTH.mode_bits()
     if mode & ~known:
         return errno.EINVAL  # clause 1: hints without the feature
     if mode & abi.WRITEPROTECT_MODE_WP and (mode & abi.WRITEPROTECT_MODE_DONTWAKE or hints):
@@ -74,40 +56,40 @@ def hints_check_wp_mode(mode: int, enabled: frozenset, hints: frozenset) -> int:
     return 0
 
 
-def stock_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+def stock_uffd_wp_resolve(pte, vma, hints: Hints, made_writable: bool) -> None:
     """Linux 6.12 change_pte_range(): young and dirty are left as they were."""
 
 
-def hints_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+def hints_uffd_wp_resolve(pte, vma, hints: Hints, made_writable: bool) -> None:
     """The patch (MM_CP_WILL_NEED): mkyoung on ACCESS_LIKELY; mkdirty+mkyoung where it made the PTE writable.
 
     A clean shared PTE is never made writable (can_change_pte_writable()
     returns pte_dirty() for VM_SHARED), so it is never dirtied here either.
     """
     if hints:
-        if ACCESS_LIKELY in hints:
+        if hints.access_likely:
             pte.young = True
-        if WRITE_LIKELY in hints and made_writable:
+        if hints.write_likely and made_writable:
             pte.young = True
             pte_mkdirty(pte)
 
 
-def young_only_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+def young_only_uffd_wp_resolve(pte, vma, hints: Hints, made_writable: bool) -> None:
     """A deliberately broken patch: WRITE_LIKELY sets young but forgets dirty."""
     if hints:
-        if ACCESS_LIKELY in hints:
+        if hints.access_likely:
             pte.young = True
-        if WRITE_LIKELY in hints and made_writable:
+        if hints.write_likely and made_writable:
             pte.young = True
 
 
-def hints_61_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+def hints_61_uffd_wp_resolve(pte, vma, hints: Hints, made_writable: bool) -> None:
     """vm/patches-6.1 in change_pte_range(): 6.1's un-protect never upgrades a PTE through
     can_change_pte_writable() (no MM_CP_TRY_CHANGE_WRITABLE), so ``made_writable`` is False there;
     a shared PTE that newprot left writable and that is dirty is made young by WRITE_LIKELY."""
-    if ACCESS_LIKELY in hints:
+    if hints.access_likely:
         pte.young = True
-    if WRITE_LIKELY in hints:
+    if hints.write_likely:
         if made_writable:
             pte.young = True
             pte_mkdirty(pte)
@@ -115,11 +97,11 @@ def hints_61_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) ->
             pte.young = True
 
 
-def dirty_shared_uffd_wp_resolve(pte, vma, hints: frozenset, made_writable: bool) -> None:
+def dirty_shared_uffd_wp_resolve(pte, vma, hints: Hints, made_writable: bool) -> None:
     """A deliberately broken patch: WRITE_LIKELY dirties and write-enables every PTE, shared or not."""
-    if ACCESS_LIKELY in hints:
+    if hints.access_likely:
         pte.young = True
-    if WRITE_LIKELY in hints and vma.vm_write:
+    if hints.write_likely and vma.vm_write:
         pte.young = True
         pte_mkdirty(pte)
         pte.write = not pte.uffd_wp

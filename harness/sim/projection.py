@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from harness.operations import Hints
 from harness.sim.cost import AccessCost, CostModel
-from harness.sim.scenarios import SCENARIOS, run
+from harness.sim.scenarios import SCENARIOS, Touch, UnprotectHinted, run
 
 #: the bench scenarios a projected simulator scenario corresponds to: (without hints, with them)
 BENCH_COUNTERPARTS = {
@@ -32,15 +33,16 @@ HOW_TO_CALIBRATE = (
 )
 
 
-def _hints_for(scenario) -> Optional[str]:
-    """The hint a scenario's touch would want: W before a write, A before a read; None without an un-protect."""
-    if not any("{hints}" in op for op in scenario.ops):
+def _hints_for(scenario) -> Optional[Hints]:
+    """The hint a scenario's touch would want: WRITE_LIKELY before a write, ACCESS_LIKELY before a read;
+    None without an un-protect that takes the scenario's hints."""
+    if not any(isinstance(op, UnprotectHinted) for op in scenario.ops):
         return None
-    touches = [op[2] for op in scenario.ops if op[0] == "touch"]
-    return "W" if "write" in touches else "A"
+    writes = any(isinstance(op, Touch) and op.write for op in scenario.ops)
+    return Hints.WRITE_LIKELY if writes else Hints.ACCESS_LIKELY
 
 
-def _touch_cycles(name: str, hints: str, model: CostModel) -> float:
+def _touch_cycles(name: str, hints: Hints, model: CostModel) -> float:
     result = run(name, "access-hints", hints, model)
     return sum(res.cycles for op, res in result.steps if isinstance(res, AccessCost))
 
@@ -65,10 +67,10 @@ def project(calibration: dict, source: str) -> dict:
         hints = _hints_for(scenario)
         if hints is None:
             continue
-        without, with_ = _touch_cycles(name, "", point), _touch_cycles(name, hints, point)
+        without, with_ = _touch_cycles(name, Hints.NONE, point), _touch_cycles(name, hints, point)
         row = {
             "scenario": name,
-            "hints": hints,
+            "hints": hints.short,
             "bench": list(BENCH_COUNTERPARTS.get(name, ())),
             "without": without,
             "with": with_,
@@ -77,7 +79,7 @@ def project(calibration: dict, source: str) -> dict:
             "saved_hi": None,
         }
         if low is not None and high is not None:  # both or neither
-            ends = [_touch_cycles(name, "", m) - _touch_cycles(name, hints, m) for m in (low, high)]
+            ends = [_touch_cycles(name, Hints.NONE, m) - _touch_cycles(name, hints, m) for m in (low, high)]
             row["saved_lo"], row["saved_hi"] = min(ends), max(ends)
         rows.append(row)
     return {

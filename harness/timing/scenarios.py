@@ -47,8 +47,10 @@ from harness import abi, pte
 from harness._native import ffi, lib
 from harness.abi import Feature, RegisterMode
 from harness.errors import HarnessError, UffdError
-from harness.events import FaultHandler, PageFault
+from harness.events import PageFault
+from harness.handler import FaultHandler
 from harness.memory import PAGE_SIZE, PROT_READ, PROT_RW, MemoryKind, Region
+from harness.operations import Hints
 from harness.uffd import PreparedRanges, Userfaultfd, open_any, probe_features
 
 STATES = ("young_dirty", "young_clean", "old_dirty", "old_clean")
@@ -235,19 +237,19 @@ def _first_touch_scenarios() -> list[Scenario]:
 # -- userfaultfd: first touch after un-protect ---------------------------------------------
 
 
-def _after_unprotect(state: str, access: str, hint: Optional[str]) -> Callable[[Context], Batch]:
+def _after_unprotect(state: str, access: str, hints: Hints) -> Callable[[Context], Batch]:
     def run(ctx: Context) -> Batch:
-        features = [Feature.ACCESS_HINTS] if hint else []
+        features = [Feature.ACCESS_HINTS] if hints else []
         # Without hints (clause 5) the bits stay as prepared; with them they must come back young (and
         # dirty with write_likely, where the un-protect makes the PTE writable: the base's rule, so
         # measured on a twin, first, since preparing old_dirty clears every young bit of the process;
         # where it does not, write_likely leaves them as they were)
-        writable = hint == "write_likely" and ctx.check_state and _unprotect_makes_writable(state)
+        writable = hints.write_likely and ctx.check_state and _unprotect_makes_writable(state)
         expect = {
-            None: state,
-            "access_likely": "young_" + state.split("_")[1],
-            "write_likely": "young_dirty" if writable else state,
-        }[hint]
+            Hints.NONE: state,
+            Hints.ACCESS_LIKELY: "young_" + state.split("_")[1],
+            Hints.WRITE_LIKELY: "young_dirty" if writable else state,
+        }[hints]
         with _region(ctx.pages) as region, open_any(features) as uffd:
             prepare_state(region, state)
             uffd.register(region.addr, region.length, RegisterMode.WP)
@@ -256,8 +258,8 @@ def _after_unprotect(state: str, access: str, hint: Optional[str]) -> Callable[[
                 region.addr,
                 region.length,
                 protect=False,
-                access_likely=hint == "access_likely",
-                write_likely=hint == "write_likely",
+                access_likely=hints.access_likely,
+                write_likely=hints.write_likely,
             )
             error = check_state(region, expect) if ctx.check_state else None
             samples, faults = _timed_touch(region, access == "write", ctx)
@@ -291,7 +293,7 @@ def _uffd_scenarios() -> list[Scenario]:
             "uffd.unprotect.young_dirty.write",
             "uffd",
             "write after UFFDIO_WRITEPROTECT un-protect, page was young+dirty",
-            _after_unprotect("young_dirty", "write", None),
+            _after_unprotect("young_dirty", "write", Hints.NONE),
             _uffd_absent,
             fault_free=True,
         ),
@@ -299,7 +301,7 @@ def _uffd_scenarios() -> list[Scenario]:
             "uffd.unprotect.old_clean.read",
             "uffd",
             "read after un-protect without hints, page was old+clean (MADV_FREE)",
-            _after_unprotect("old_clean", "read", None),
+            _after_unprotect("old_clean", "read", Hints.NONE),
             _uffd_absent,
             fault_free=True,
         ),
@@ -307,7 +309,7 @@ def _uffd_scenarios() -> list[Scenario]:
             "uffd.unprotect.old_clean.write",
             "uffd",
             "write after un-protect without hints, page was old+clean (MADV_FREE)",
-            _after_unprotect("old_clean", "write", None),
+            _after_unprotect("old_clean", "write", Hints.NONE),
             _uffd_absent,
             fault_free=True,
         ),
@@ -315,7 +317,7 @@ def _uffd_scenarios() -> list[Scenario]:
             "uffd.unprotect_access_likely.old_clean.read",
             "uffd",
             "read after un-protect with ACCESS_LIKELY, page was old+clean",
-            _after_unprotect("old_clean", "read", "access_likely"),
+            _after_unprotect("old_clean", "read", Hints.ACCESS_LIKELY),
             _hints_absent,
             fault_free=True,
         ),
@@ -323,7 +325,7 @@ def _uffd_scenarios() -> list[Scenario]:
             "uffd.unprotect_write_likely.old_clean.write",
             "uffd",
             "write after un-protect with WRITE_LIKELY, page was old+clean",
-            _after_unprotect("old_clean", "write", "write_likely"),
+            _after_unprotect("old_clean", "write", Hints.WRITE_LIKELY),
             _hints_absent,
             fault_free=True,
         ),
@@ -337,7 +339,7 @@ def _uffd_scenarios() -> list[Scenario]:
         Scenario(
             "uffd.missing_roundtrip.py_handler",
             "uffd",
-            "missing fault served by harness.events.FaultHandler + Userfaultfd.copy",
+            "missing fault served by harness.handler.FaultHandler + Userfaultfd.copy",
             lambda ctx: _missing_roundtrip(ctx, python=True),
             _uffd_absent,
         ),
