@@ -439,7 +439,7 @@ def run_many(
     ``error`` set, and the other mutants still run.
     """
     from harness.validate.run import compile_for_guests
-    from harness.vm.runner import kill_all_guests
+    from harness.vm.runner import guests_stopped
 
     compile_for_guests(log)  # bytecode and rewritten tests: saves each guest ~40 s of TCG time
     cpus = max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -470,10 +470,12 @@ def run_many(
         for fut in futures:
             yield fut.result()
     except (KeyboardInterrupt, GeneratorExit):
-        for fut in futures:  # first, so that no queued guest starts when a killed one returns
+        for fut in futures:
             fut.cancel()
-        log(f"[mutant] stopped: killed {kill_all_guests()} guest(s)")
-        pool.shutdown(wait=True, cancel_futures=True)
+        # no queued guest starts when a killed one's worker comes free, nor one that was starting
+        with guests_stopped() as killed:
+            log(f"[mutant] stopped: killed {killed} guest(s)")
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 
