@@ -37,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from harness.errors import errno_name
 from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, ENV_CANDIDATES_MAX_MB, ENV_KEEP_CANDIDATES, REPO_ROOT
 from harness.selftests import SELFTESTS, selftests_of_tree  # noqa: F401 - SELFTESTS: 6.12's set, re-exported
 from harness.vm import sources
-from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
+from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, SeriesError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
 BUILDER_VERSION = 1
@@ -185,22 +186,22 @@ def read_series(patches_dir: Path) -> list[Path]:
     """
     patches_dir = Path(patches_dir)
     if patches_dir.exists() and not patches_dir.is_dir():
-        raise VmError(
+        raise SeriesError(
             f"--patches {patches_dir}: a file, not a directory: give the directory that holds "
             "the series file (or the *.patch files)"
         )
     if not patches_dir.is_dir():
-        raise VmError(f"patch directory {patches_dir} does not exist")
+        raise SeriesError(f"patch directory {patches_dir} does not exist")
     series = patches_dir / "series"
     if series.exists():
         if not series.is_file():
-            raise VmError(f"{series}: not a file: a quilt series lists one patch file name a line")
+            raise SeriesError(f"{series}: not a file: a quilt series lists one patch file name a line")
         try:
             text = series.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
-            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)") from None
+            raise SeriesError(f"{series}: binary data, not a quilt series (one patch file name a line)") from None
         if "\0" in text:
-            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)")
+            raise SeriesError(f"{series}: binary data, not a quilt series (one patch file name a line)")
         out = []
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
@@ -209,7 +210,7 @@ def read_series(patches_dir: Path) -> list[Path]:
             name = line.split()[0]  # quilt allows "-p1" after the name
             path = patches_dir / name
             if not path.is_file():
-                raise VmError(f"{series}: lists {name}, which does not exist")
+                raise SeriesError(f"{series}: lists {name}, which does not exist")
             out.append(path)
         return out
     return sorted(patches_dir.glob("*.patch"))
@@ -226,16 +227,16 @@ def check_series(patches_dir: str | os.PathLike) -> list[Path]:
     """
     patches = read_series(Path(patches_dir))
     if not patches:
-        raise VmError(f"{patches_dir}: no series file and no *.patch")
+        raise SeriesError(f"{patches_dir}: no series file and no *.patch")
     targets: set[str] = set()
     for p in patches:
         try:
             text = p.read_bytes().decode("utf-8", errors="replace")
         except OSError as exc:
-            raise VmError(f"{p}: cannot read: {exc.strerror}") from None
+            raise SeriesError(f"{p}: cannot read: {errno_name(exc.errno or 0)} ({exc.strerror})") from None
         found = set(series_targets([p])) if text else set()
         if not found:
-            raise VmError(f"{p}: not a patch (no '--- a/FILE' / '+++ b/FILE' lines)")
+            raise SeriesError(f"{p}: not a patch (no '--- a/FILE' / '+++ b/FILE' lines)")
         targets |= found
     with tempfile.TemporaryDirectory(prefix="uffd-harness-series-") as scratch:
         tree = Path(scratch) / SOURCE_DIRNAME
@@ -825,11 +826,12 @@ def build_kernel(
     fragment_path = Path(fragment) if fragment else DEFAULT_FRAGMENT
     jobs = jobs or os.cpu_count() or 1
 
-    check_host(src_origin.requirements, install=install, log=log)
-
+    # bad input first: before any package is installed or anything is unpacked
     patches = read_series(Path(patches_dir)) if patches_dir is not None else []
     if patches_dir is not None and not patches:
-        raise VmError(f"{patches_dir}: no series file and no *.patch")
+        raise SeriesError(f"{patches_dir}: no series file and no *.patch")
+
+    check_host(src_origin.requirements, install=install, log=log)
     patch_hashes = [(p.name, _sha256(p.read_bytes())) for p in patches]
     instrumentation = read_series(INSTRUMENTATION_DIR)
     instr_hashes = [(p.name, _sha256(p.read_bytes())) for p in instrumentation]

@@ -18,6 +18,13 @@ class VmError(HarnessError):
     exit_status = 1
 
 
+class SeriesError(VmError):
+    """A patch series that cannot be used as given (not a directory, an unreadable or binary series file, a
+    missing patch, no patches): bad input, so exit status 2, as for any bad argument of the command line."""
+
+    exit_status = 2
+
+
 class MissingToolError(VmError):
     """A host tool or file is missing; says what to install and how."""
 

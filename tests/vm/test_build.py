@@ -224,7 +224,7 @@ def test_main_cli_reports_vm_errors_without_a_traceback(argv, error, capsys):
 
     assert main(argv) == error.exit_status
     err = capsys.readouterr().err
-    assert err.startswith("vm: ") and "Traceback" not in err
+    assert err.startswith(f"uffd-harness {argv[0]} {argv[1]}: ") and "Traceback" not in err
     assert argv[3] in err
 
 
