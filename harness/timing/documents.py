@@ -16,7 +16,7 @@ from harness.schema import FINITE, NUMBER, ListOf, MapOf, Maybe, Obj
 
 BENCH_SCHEMA = "uffd-harness/bench/1"
 CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
-BENCH_WRITER = "uffd-harness bench --json PATH"
+BENCH_WRITER = "uffd-harness bench --json-out PATH"
 CALIBRATION_WRITER = "uffd-harness bench --calibration PATH"
 
 #: what compare reads of a bench document's calibration section (the TSC rate divides by it)
