@@ -250,3 +250,14 @@ def test_a_corrupt_kvm_probe_cache_is_probed_again(tmp_path, monkeypatch, conten
     with pytest.raises(NoQemu):
         runner.probe_kvm(tmp_path / "bzImage")
     assert probed, "the corrupt cache was not ignored"
+
+
+@pytest.mark.parametrize(
+    "verb", [["validate", "--tree"], ["suite", "--kernel", "k", "--source"]], ids=["tree", "source"]
+)
+def test_a_file_given_for_a_tree_says_it_is_a_file(tmp_path, capsys, verb):
+    """Like vm build --patches FILE: a path that exists must not be called missing."""
+    path = tmp_path / "linux.tar"
+    path.write_text("")
+    status, err = run_cli([*verb, str(path)], capsys)
+    assert status == 2 and "Traceback" not in err and f"{path}: a file, not a directory" in err, err

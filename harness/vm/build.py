@@ -41,7 +41,7 @@ from harness.errors import errno_name
 from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, ENV_CANDIDATES_MAX_MB, ENV_KEEP_CANDIDATES, REPO_ROOT
 from harness.selftests import SELFTESTS, selftests_of_tree  # noqa: F401 - SELFTESTS: 6.12's set, re-exported
 from harness.vm import sources
-from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, SeriesError, VmError
+from harness.vm.errors import BadInput, KernelBuildError, MissingToolError, PatchApplyError, SeriesError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
 BUILDER_VERSION = 1
@@ -812,17 +812,17 @@ def build_kernel(
     """
     src_origin = sources.resolve(source)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise VmError(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
+        raise BadInput(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
     stock_name, patched_name = src_origin.kernel_name("stock"), src_origin.kernel_name("patched")
     if patches_dir is None:
         if name == patched_name and src_origin.default_series is not None:
             patches_dir = src_origin.default_series
         elif name != stock_name:
-            raise VmError(
+            raise BadInput(
                 f"kernel {name!r} needs --patches DIR (only '{patched_name}' and '{stock_name}' have defaults)"
             )
     if name == stock_name and patches_dir is not None:
-        raise VmError("kernel 'stock' is the unpatched control; give a patched build another name")
+        raise BadInput("kernel 'stock' is the unpatched control; give a patched build another name")
     fragment_path = Path(fragment) if fragment else DEFAULT_FRAGMENT
     jobs = jobs or os.cpu_count() or 1
 

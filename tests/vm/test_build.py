@@ -11,7 +11,7 @@ import pytest
 
 from harness.vm import PatchApplyError
 from harness.vm import build as vb
-from harness.vm.errors import KernelNotBuilt, VmError
+from harness.vm.errors import BadInput, KernelNotBuilt
 
 
 def _tree(root, files: dict[str, str]):
@@ -213,7 +213,7 @@ def test_cli_names_an_unbuilt_kernel(capsys):
 @pytest.mark.parametrize(
     "argv, error",
     [
-        (["vm", "build", "--kernel", "someones-series"], VmError),  # no --patches
+        (["vm", "build", "--kernel", "someones-series"], BadInput),  # no --patches: bad input, exit 2
         (["vm", "run", "--kernel", "no-such-kernel", "--", "true"], KernelNotBuilt),
     ],
 )
