@@ -1122,12 +1122,20 @@ def _seed_source(
     return seed
 
 
+def _build_info(kdir: Path) -> dict:
+    """``kdir/build.json`` through its schema (:func:`harness.vm.documents.load_build_info`): a DocumentError
+    (a ValueError) for one that is absent, damaged or of another shape."""
+    from harness.vm.documents import load_build_info
+
+    return load_build_info(kdir / "build.json")
+
+
 def _seed_unfit(seed: Path, fragment_text: str, gcc: str, src_version: str) -> str | None:
     """Why the built kernel in ``seed`` cannot seed a build with these inputs, or None if it can."""
     try:
-        info = json.loads((seed / "build.json").read_text())
+        info = _build_info(seed)
         json.loads((seed / "src-state.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # DocumentError included
         return "it is not built"
     if not ((seed / "obj").is_dir() and (seed / "src").is_dir()):
         return "its src/ or obj/ is missing"
@@ -1250,8 +1258,8 @@ def closest_seed(
 
     def built_at(c: SeedChoice) -> str:
         try:
-            return json.loads((c.directory / "build.json").read_text()).get("built_at", "")
-        except (OSError, ValueError):
+            return _build_info(c.directory).get("built_at", "")
+        except ValueError:  # DocumentError: a damaged build.json sorts as the oldest
             return ""
 
     newest_first = sorted(choices, key=built_at, reverse=True)
@@ -1356,8 +1364,8 @@ def prune_candidates(
 
     def built_at(d: Path) -> str:
         try:
-            return json.loads((d / "build.json").read_text()).get("built_at", "")
-        except (OSError, ValueError):
+            return _build_info(d).get("built_at", "")
+        except ValueError:  # DocumentError: a damaged build.json sorts as the oldest
             return ""
 
     candidates = (
@@ -1383,9 +1391,10 @@ def prune_candidates(
             doomed.append(c)
             total -= sizes[c]
     for c in doomed:
+        when = built_at(c)  # before it goes with the rest of the directory
         shutil.rmtree(c, ignore_errors=True)
         log(
-            f"[vm] removed the old build '{c.name}' (built {built_at(c) or 'at an unknown time'}): "
+            f"[vm] removed the old build '{c.name}' (built {when or 'at an unknown time'}): "
             f"keeping the newest {keep} candidate build(s)"
             + (f" within {max_mb} MB" if max_mb is not None else "")
             + f" (${ENV_KEEP_CANDIDATES}, ${ENV_CANDIDATES_MAX_MB})"
@@ -1446,8 +1455,8 @@ def _previous_steps(kdir: Path) -> int:
 
     def steps(p: Path) -> int:
         try:
-            return int(json.loads(p.read_text()).get("kbuild_steps", 0))
-        except (OSError, ValueError, AttributeError, TypeError):
+            return int(_build_info(p.parent).get("kbuild_steps", 0))
+        except (ValueError, OverflowError):  # DocumentError (absent or damaged), a NaN or infinite count
             return 0
 
     own = steps(kdir / "build.json")

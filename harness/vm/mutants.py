@@ -25,7 +25,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -33,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
+from harness.errors import DocumentError
 from harness.paths import BUILD_DIR, REPO_ROOT
+from harness.reports import load_summary
 from harness.vm.errors import VmError
 
 MUTANTS_DIR = REPO_ROOT / "vm" / "mutants"
@@ -402,7 +403,12 @@ def run_guest(
         **kwargs,
     )
     (rwdir / "pytest-output.txt").write_text(res.output)
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    summary, error = None, None
+    if summary_path.exists():
+        try:
+            summary = load_summary(summary_path)
+        except DocumentError as exc:  # a guest that died while writing it, say: not shown, and why
+            error = f"the guest's summary is damaged: {exc}"
     return MutantRun(
         m,
         kernel,
@@ -413,6 +419,7 @@ def run_guest(
         build_seconds,
         time.monotonic() - t0,
         tuple(res.console_tail or ()),
+        error=error,
         full=not its_clauses,
     )
 
