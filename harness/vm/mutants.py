@@ -27,12 +27,13 @@ import dataclasses
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
-from harness.errors import DocumentError
+from harness.errors import DocumentError, HarnessError
 from harness.paths import BUILD_DIR, REPO_ROOT
 from harness.reports import load_summary
 from harness.vm.errors import VmError
@@ -457,7 +458,7 @@ def run_many(
             t0 = time.monotonic()
             try:
                 kernel = build(m, log=log)
-            except Exception as exc:  # noqa: BLE001 - reported as this mutant's error; the others go on
+            except (HarnessError, OSError, subprocess.SubprocessError) as exc:  # this mutant's error; others go on
                 fut: concurrent.futures.Future = concurrent.futures.Future()
                 fut.set_result(
                     MutantRun(
