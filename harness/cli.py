@@ -63,7 +63,7 @@ def describe_error(exc: BaseException) -> str:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP arrived: unwinds as Ctrl-C does, through every ``except KeyboardInterrupt``
-    that kills guests (validate's ``kill_all_guests()``, vm run's) and removes files.
+    that kills guests (``harness.vm.runner.guests_stopped()``, vm run's) and removes files.
     """
 
     def __init__(self, signum: int):

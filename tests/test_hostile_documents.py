@@ -116,3 +116,68 @@ def test_key_paths_in_messages():
     assert schema.problem({"a": {"x": [1, 2, float("nan")]}}, shape) == "a.x[2]: expected a finite number, got nan"
     assert schema.problem({"a": {"x": [True]}}, shape) == "a.x[0]: expected a finite number, got true"
     assert schema.problem({}, shape) == "the document: no 'a'"
+
+
+# -- the readers behind the verbs: a damaged document is reported, never a traceback -----------------------
+
+DAMAGED_BUILD_JSON = {
+    "list": "[]",
+    "source-a-string": json.dumps({"key": "0" * 64, "patched": False, "source": "6.12", "built_at": "x"}),
+    "built-at-a-number": json.dumps({"key": "0" * 64, "patched": False, "built_at": 5}),
+    "steps-infinite": '{"key": "' + "0" * 64 + '", "patched": false, "kbuild_steps": 1e999}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_BUILD_JSON))
+def test_the_builder_and_the_guest_read_build_json_through_its_schema(tmp_path, monkeypatch, case):
+    """Seeding, pruning candidates, the progress estimate and the guest's base version: a damaged build.json
+    is an unbuilt or undated kernel, not an AttributeError or TypeError half-way through a build."""
+    from harness.validate import guest
+    from harness.vm import build as vmbuild
+
+    kernels = tmp_path / "kernels"
+    for name in ("candidate-a", "candidate-b", "candidate-c"):
+        (kernels / name).mkdir(parents=True)
+        good = {"key": "0" * 64, "patched": True, "built_at": f"2026-12-0{name[-1] == 'c' and 2 or 1}T00:00:00Z"}
+        (kernels / name / "build.json").write_text(json.dumps(good))
+    damaged = kernels / "candidate-a"
+    (damaged / "build.json").write_text(DAMAGED_BUILD_JSON[case])
+    assert vmbuild._seed_unfit(damaged, "", "gcc", "src") == "it is not built"
+    assert vmbuild._previous_steps(damaged) == 0
+    monkeypatch.setattr(guest.paths, "KERNELS_DIR", kernels)
+    monkeypatch.setenv(guest.paths.ENV_KERNEL, "candidate-a")
+    assert guest._kernel_base_version() is None
+    removed = vmbuild.prune_candidates(kernels, keep=1, log=lambda _: None)
+    assert sorted(removed) == ["candidate-a", "candidate-b"], "the undated (damaged) and the older build go"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        json.dumps({"schema": documents.CALIBRATION_SCHEMA, "tcg": "no"}),
+        json.dumps({"schema": documents.CALIBRATION_SCHEMA, "net_intervals": {"first_touch.young_dirty.read": [1]}}),
+        json.dumps({"schema": documents.CALIBRATION_SCHEMA, "net_intervals": {"first_touch.young_dirty.read": "x"}}),
+    ],
+    ids=["list", "tcg-string", "interval-of-one", "interval-string"],
+)
+def test_validates_projection_names_a_damaged_host_calibration(tmp_path, content):
+    from harness.sim.projection import host_projection
+
+    path = tmp_path / "calibration.json"
+    path.write_text(content)
+    projection = host_projection(path)
+    assert projection["available"] is False and projection["why"].startswith(f"{path}: "), projection
+
+
+def test_a_mutant_whose_guest_wrote_a_damaged_summary_is_not_shown_and_says_why(tmp_path, monkeypatch):
+    from harness.vm import mutants, runner
+
+    def guest(kernel, argv, rwdir, **kwargs):
+        (rwdir / "summary.json").write_text('{"clauses": {"1": {}}}')
+        return runner.GuestResult(0, [], 1.0, "tcg", "")
+
+    monkeypatch.setattr(runner, "run_in_guest", guest)
+    run = mutants.run_guest(mutants.all_mutants()[0], None, tmp_path)
+    assert run.summary is None and run.results() == {} and run.caught() == []
+    assert run.error and "summary.json" in run.error, run.error

@@ -1,12 +1,17 @@
 """QEMU never outlives the harness: SIGTERM, SIGHUP and SIGKILL of the process that runs a guest.
 
-The guest is a stand-in for vng that starts a process named like QEMU with
-the bzImage on its command line (as tests/vm/test_runner_fake_vng.py does),
-in a harness run as a separate process that the test then kills.
+The harness runs as a separate process that the test then signals, through
+the real entry points: the ``vm run`` and ``suite`` (``make vm-test``) verbs,
+and validate's ``_run_guests()`` with two guests (both at once, and one at a
+time as on a one-core host), plus the KVM probe's own QEMU.  The kernels are
+stand-ins under ``UFFD_HARNESS_BUILD_DIR`` and vng is a stand-in that starts a
+process named like QEMU with the bzImage on its command line (as
+tests/vm/test_runner_fake_vng.py does): nothing is built or booted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import paths
 from harness.vm.runner import qemu_processes
 
 #: the host side of a guest; second interpreters (guest suites deselect host_only)
@@ -25,51 +31,70 @@ pytestmark = pytest.mark.host_only
 #: the stand-in QEMU runs this long unless someone ends it
 FAKE_QEMU_SECONDS = 60
 
+#: the harness, by entry point (argv[1]); the stand-in kernels are "fake" and "fake2"
 HARNESS = textwrap.dedent("""\
     import argparse, sys
-    from pathlib import Path
-    from harness.cli import report_errors
+    from harness.cli import main, report_errors
+    from harness.vm import build as vm_build
     from harness.vm import runner
-    from harness.vm.build import KernelBuild
-    runner.check_runner_host = lambda install=None: None
-    tmp = Path(sys.argv[1])
-    kernel = KernelBuild(name="fake", path=tmp / "bzImage", key="0" * 64, uapi_header=tmp / "userfaultfd.h",
-                         patched=False, directory=tmp, selftests_dir=tmp)
-    def one(rw):
-        return runner.run_in_guest(kernel, ["true"], timeout=120, rwdir=rw, accel="tcg",
-                                   log=lambda _: None).returncode
-    def run(args):
-        if sys.argv[2] == "1":
-            return one(tmp / "rw")
-        # two guests in threads, as validate's _run_guests() runs the stock and the patched kernel
-        import concurrent.futures
-        pool = concurrent.futures.ThreadPoolExecutor(2)
-        try:
-            futures = [pool.submit(one, rw) for rw in (tmp / "rw", tmp / "rw2")]
-            while not all(f.done() for f in futures):
-                concurrent.futures.wait(futures, timeout=1.0)
-        except KeyboardInterrupt:
-            runner.kill_all_guests()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        return max(f.result() for f in futures)
-    sys.exit(report_errors(run, argparse.Namespace(command="vm", vm_command="run")))
+    runner.check_runner_host = lambda install=None: None  # no QEMU, udev or vng needed on this host
+    how = sys.argv[1]
+    if how == "vm-run":
+        sys.exit(main(["vm", "run", "--kernel", "fake", "--", "true"]))
+    if how == "suite":
+        from harness.validate import run
+        vm_build.build_kernel = lambda name, *a, **k: vm_build.load_kernel(name)
+        run.compile_for_guests = lambda log=None: None
+        sys.exit(main(["suite", "--kernel", "fake"]))
+    if how.startswith("validate-"):
+        from harness import paths
+        from harness.validate import run
+        from harness.validate.outcome import KernelOutcome
+        outcomes = [KernelOutcome(k, "guest", paths.RESULTS_DIR / k) for k in ("fake", "fake2")]
+        for o in outcomes:
+            o.out.mkdir(parents=True, exist_ok=True)
+        workers = int(how.split("-")[1])
+        guests = lambda args: run._run_guests(outcomes, workers, True, lambda msg: print(msg, file=sys.stderr))
+        sys.exit(report_errors(guests, argparse.Namespace(command="validate")))
+    if how == "probe":
+        import os
+        exists = os.path.exists
+        os.path.exists = lambda p: p == "/dev/kvm" or exists(p)  # the probe starts QEMU only where KVM exists
+        probe = lambda args: runner.probe_kvm(vm_build.load_kernel("fake").path)
+        sys.exit(report_errors(probe, argparse.Namespace(command="vm", vm_command="run")))
+    raise SystemExit(f"unknown entry point {how!r}")
     """)
 
 
-def _fake_vng(tmp_path: Path) -> Path:
-    vng = tmp_path / "vng"
-    vng.write_text(
-        textwrap.dedent(f"""\
-        #!/bin/bash
-        # sleep, not tail -f: tail exits when the pipe it writes to loses its reader, and QEMU does not
-        bash -c 'exec -a qemu-system-x86_64 timeout --foreground {FAKE_QEMU_SECONDS} sh -c "sleep {FAKE_QEMU_SECONDS}" \
-                 {tmp_path}/bzImage' &
-        wait $!
-        """)
+def _stand_ins(tmp_path: Path) -> dict[str, str]:
+    """Kernels "fake" and "fake2", a vng and a qemu-system-x86_64 (for the probe): the environment to use them."""
+    build = tmp_path / "build"
+    for name in ("fake", "fake2"):
+        kdir = build / "kernels" / name
+        (kdir / "uapi" / "linux").mkdir(parents=True)
+        (kdir / "bzImage").write_bytes(b"")
+        (kdir / "uapi" / "linux" / "userfaultfd.h").write_text("")
+        (kdir / "build.json").write_text(json.dumps({"key": "0" * 64, "patched": False}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # sleep, not tail -f: tail exits when the pipe it writes to loses its reader, and QEMU does not
+    qemu_line = (
+        f"exec -a qemu-system-x86_64 timeout --foreground {FAKE_QEMU_SECONDS} "
+        f'sh -c "sleep {FAKE_QEMU_SECONDS}" {tmp_path}/bzImage'
     )
-    vng.chmod(0o755)
-    return vng
+    (bin_dir / "vng").write_text(f"#!/bin/bash\nbash -c '{qemu_line}' &\nwait $!\n")
+    (bin_dir / "qemu-system-x86_64").write_text(
+        f'#!/bin/bash\n[ "$1" = --version ] && {{ echo "QEMU emulator version 0 (stand-in)"; exit 0; }}\n{qemu_line}\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return {
+        **os.environ,
+        paths.ENV_BUILD_DIR: str(build),
+        paths.ENV_VNG: str(bin_dir / "vng"),
+        paths.ENV_ACCEL: "tcg",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def _wait_for(condition, seconds: float) -> bool:
@@ -81,37 +106,61 @@ def _wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
+#: entry point -> (QEMUs running when the signal comes, whether a guest command script exists)
+ENTRY_POINTS = {
+    "vm-run": (1, True),
+    "suite": (1, True),
+    "validate-2": (2, True),  # both guests at once, as on a host with two cores
+    "validate-1": (1, True),  # one at a time: the second must not start after the first is killed
+    "probe": (1, False),  # the KVM probe's QEMU (no script)
+}
+
+
 @pytest.mark.parametrize(
-    "sig, guests",
-    [(signal.SIGTERM, 1), (signal.SIGHUP, 1), (signal.SIGKILL, 1), (signal.SIGKILL, 2), (signal.SIGTERM, 2)],
-    ids=["SIGTERM", "SIGHUP", "SIGKILL", "SIGKILL-two-guests", "SIGTERM-two-guests"],
+    "sig, how",
+    [
+        (signal.SIGTERM, "vm-run"),
+        (signal.SIGHUP, "vm-run"),
+        (signal.SIGKILL, "vm-run"),
+        (signal.SIGTERM, "suite"),
+        (signal.SIGKILL, "suite"),
+        (signal.SIGTERM, "validate-2"),
+        (signal.SIGKILL, "validate-2"),
+        (signal.SIGTERM, "validate-1"),
+        (signal.SIGHUP, "validate-1"),
+        (signal.SIGKILL, "probe"),
+        (signal.SIGTERM, "probe"),
+    ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else v,
 )
-def test_qemu_and_its_script_go_when_the_harness_is_killed(tmp_path, sig, guests):
-    (tmp_path / "bzImage").write_bytes(b"")
-    (tmp_path / "userfaultfd.h").write_text("")
+def test_qemu_and_its_script_go_when_the_harness_is_killed(tmp_path, sig, how):
     bzimage = tmp_path / "bzImage"
-    env = {**os.environ, "UFFD_HARNESS_VNG": str(_fake_vng(tmp_path))}
+    guests, has_script = ENTRY_POINTS[how]
     harness = subprocess.Popen(
-        [sys.executable, "-c", HARNESS, str(tmp_path), str(guests)],
-        env=env,
+        [sys.executable, "-c", HARNESS, how],
+        env=_stand_ins(tmp_path),
+        cwd=paths.REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    scripts = lambda: list((tmp_path / "build").glob("**/.guest-command-*.sh"))  # noqa: E731
     try:
-        assert _wait_for(lambda: len(qemu_processes(bzimage)) == guests, 20), "the stand-in QEMUs never started"
-        scripts = list(tmp_path.glob("rw*/.guest-command-*.sh"))
-        assert scripts, "no guest command script while the guest runs (the test would prove nothing)"
+        assert _wait_for(lambda: len(qemu_processes(bzimage)) == guests, 20), (
+            f"the stand-in QEMUs never started ({len(qemu_processes(bzimage))} of {guests})"
+        )
+        assert bool(scripts()) == has_script, f"guest command scripts while the guest runs: {scripts()}"
         harness.send_signal(sig)
-        harness.wait(timeout=20)
+        try:
+            harness.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the harness was still running 20 s after {sig.name} (QEMUs: {qemu_processes(bzimage)})")
         gone = _wait_for(lambda: not qemu_processes(bzimage), 5)
         assert gone, f"QEMU {qemu_processes(bzimage)} outlived the harness killed by {sig.name}"
-        assert _wait_for(lambda: not list(tmp_path.glob("rw*/.guest-command-*.sh")), 5), (
-            f"the guest command script stayed after {sig.name}"
-        )
+        assert _wait_for(lambda: not scripts(), 5), f"the guest command script stayed after {sig.name}"
         if sig != signal.SIGKILL:
-            assert harness.returncode == 128 + sig, harness.returncode
             err = harness.stderr.read()
+            assert harness.returncode == 128 + sig, f"exit status {harness.returncode}: {err}"
             assert "Traceback" not in err and f"terminated by {sig.name}" in err, err
     finally:
         if harness.poll() is None:

@@ -86,6 +86,30 @@ def test_vm_build_patches_naming_a_file_says_so(tmp_path):
         vmbuild.read_series(patch)
 
 
+@pytest.mark.parametrize("case", ["a-file", "series-binary", "series-dir", "missing-patch", "empty-dir"])
+def test_vm_build_with_a_bad_series_is_one_line_and_exit_2_before_the_host_is_touched(
+    tmp_path, monkeypatch, capsys, case
+):
+    """Bad --patches is bad input (exit 2, as validate --patches says it), found before any package is installed."""
+    monkeypatch.setattr(vmbuild, "check_host", lambda *a, **k: pytest.fail("the host was checked (apt) first"))
+    monkeypatch.setattr(vmbuild, "_build_locked", lambda *a, **k: pytest.fail("a kernel was built"))
+    d = tmp_path / "series-dir"
+    d.mkdir()
+    if case == "a-file":
+        d = d / "one.patch"
+        d.write_text(_patch("two", "2"))
+    elif case == "series-binary":
+        (d / "series").write_bytes(b"\x00\xff\xfe\x00")
+    elif case == "series-dir":
+        (d / "series").mkdir()
+    elif case == "missing-patch":
+        (d / "series").write_text("nope.patch\n")
+    status, err = run_cli(["vm", "build", "--kernel", "mine", "--patches", str(d)], capsys)
+    lines = err.splitlines()
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("uffd-harness vm build: ") and str(d) in lines[0], err
+
+
 # -- the series, checked before anything is built ------------------------------------------------
 
 
@@ -153,6 +177,28 @@ def test_check_series_refuses_a_broken_series(tmp_path, pristine, case):
     assert "\n" not in str(info.value) and str(d) in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize("case", ["does-not-apply", "not-a-diff", "series-binary", "series-dir"])
+def test_validate_refuses_a_broken_series_before_any_build(tmp_path, pristine, monkeypatch, case):
+    """validate --patches D applies D's series to a scratch tree first: one line, exit 2, nothing built."""
+    from harness.validate import run
+
+    if case == "does-not-apply":
+        d = _series(tmp_path, _patch("two", "2"), _patch("two", "II"))
+    elif case == "not-a-diff":
+        d = _series(tmp_path, "hello\n")
+    elif case == "series-binary":
+        d = _series(tmp_path)
+        (d / "series").write_bytes(b"\x00\xff\xfe\x00")
+    else:
+        d = _series(tmp_path)
+        (d / "series").mkdir()
+    monkeypatch.setattr(vmbuild, "check_host", lambda *a, **k: None)
+    monkeypatch.setattr(vmbuild, "build_kernel", lambda *a, **k: pytest.fail("validate built a kernel"))
+    lines: list[str] = []
+    assert run.validate(d, results=tmp_path / "results", log=lines.append) == 2
+    assert len(lines) == 1 and f"--patches {d}" in lines[0], lines
+
+
 def test_document_error_is_a_value_error_naming_the_file(tmp_path):
     """What the command line's boundary relies on to print it as one line with exit status 2."""
     from harness.vm.documents import load_build_info
@@ -204,3 +250,14 @@ def test_a_corrupt_kvm_probe_cache_is_probed_again(tmp_path, monkeypatch, conten
     with pytest.raises(NoQemu):
         runner.probe_kvm(tmp_path / "bzImage")
     assert probed, "the corrupt cache was not ignored"
+
+
+@pytest.mark.parametrize(
+    "verb", [["validate", "--tree"], ["suite", "--kernel", "k", "--source"]], ids=["tree", "source"]
+)
+def test_a_file_given_for_a_tree_says_it_is_a_file(tmp_path, capsys, verb):
+    """Like vm build --patches FILE: a path that exists must not be called missing."""
+    path = tmp_path / "linux.tar"
+    path.write_text("")
+    status, err = run_cli([*verb, str(path)], capsys)
+    assert status == 2 and "Traceback" not in err and f"{path}: a file, not a directory" in err, err

@@ -12,13 +12,14 @@ projection from a model, and every result says so.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
+from harness.errors import DocumentError
 from harness.operations import Hints
 from harness.sim.cost import AccessCost, CostModel
 from harness.sim.scenarios import SCENARIOS, Touch, UnprotectHinted, run
+from harness.timing.documents import load_calibration
 
 #: the bench scenarios a projected simulator scenario corresponds to: (without hints, with them)
 BENCH_COUNTERPARTS = {
@@ -102,9 +103,9 @@ def host_projection(path: Path) -> dict:
     if not path.exists():
         return {"available": False, "why": f"no host calibration ({path} does not exist)", "how": HOW_TO_CALIBRATE}
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {"available": False, "why": f"{path}: unreadable ({exc})", "how": HOW_TO_CALIBRATE}
+        doc = load_calibration(path)
+    except DocumentError as exc:  # names the file and the key
+        return {"available": False, "why": str(exc), "how": HOW_TO_CALIBRATE}
     if doc.get("tcg") or not doc.get("models_hardware_assists", True):
         return {
             "available": False,

@@ -16,7 +16,7 @@ from harness.schema import FINITE, NUMBER, ListOf, MapOf, Maybe, Obj
 
 BENCH_SCHEMA = "uffd-harness/bench/1"
 CALIBRATION_SCHEMA = "uffd-harness/calibration/1"
-BENCH_WRITER = "uffd-harness bench --json PATH"
+BENCH_WRITER = "uffd-harness bench --json-out PATH"
 CALIBRATION_WRITER = "uffd-harness bench --calibration PATH"
 
 #: what compare reads of a bench document's calibration section (the TSC rate divides by it)
@@ -67,6 +67,9 @@ CALIBRATION = Obj(
         "models_hardware_assists": bool,
         "medians": MapOf(NUMBER),
         "net_medians": MapOf(NUMBER),
+        # [lo, hi] of each median: the cost model's bounds (harness.sim.cost) unpack them
+        "intervals": MapOf(ListOf(FINITE)),
+        "net_intervals": MapOf(ListOf(FINITE)),
         "absent": MapOf(str),
         "cpu_model": Maybe(str),
         "kernel": Maybe(str),
@@ -96,6 +99,10 @@ def load_calibration(path: os.PathLike | str) -> dict[str, Any]:
     for key, value in (doc.get("cost_model") or {}).items():
         if value < 0:
             raise DocumentError(path, f"cost_model.{key}: a cost in cycles cannot be negative, got {value}")
+    for field in ("intervals", "net_intervals"):
+        for key, pair in (doc.get(field) or {}).items():
+            if len(pair) != 2 or pair[0] > pair[1]:
+                raise DocumentError(path, f"{field}.{key}: expected [lo, hi] with lo <= hi, got {pair!r}")
     return doc
 
 

@@ -137,9 +137,11 @@ def _kernel_base_version() -> Optional[str]:
     name = os.environ.get(paths.ENV_KERNEL)
     if not name:
         return None
+    from harness.vm.documents import load_build_info
+
     try:
-        info = json.loads((paths.KERNELS_DIR / name / "build.json").read_text())
-    except (OSError, ValueError):
+        info = load_build_info(paths.KERNELS_DIR / name / "build.json")
+    except ValueError:  # DocumentError: absent or damaged, so no base to go by
         return None
     return (info.get("source") or {}).get("debian_version")
 

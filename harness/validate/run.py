@@ -150,7 +150,7 @@ def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) 
 
 
 def _run_guests(outcomes: list[KernelOutcome], workers: int, quick: bool, log: Log) -> None:
-    """Boot each kernel's guest, ``workers`` at a time; Ctrl-C kills them all, leaving nothing behind."""
+    """Boot each kernel's guest, ``workers`` at a time; Ctrl-C (SIGTERM, SIGHUP) kills them all and boots no more."""
     from harness.vm import runner
 
     cpus = max(1, (os.cpu_count() or 1) // workers)
@@ -165,8 +165,10 @@ def _run_guests(outcomes: list[KernelOutcome], workers: int, quick: bool, log: L
                 except concurrent.futures.TimeoutError:
                     continue
     except KeyboardInterrupt:
-        log(f"[validate] interrupted: killed {runner.kill_all_guests()} guest(s)")
-        pool.shutdown(wait=True, cancel_futures=True)
+        # no queued kernel boots when a killed guest's worker comes free, nor a guest that was starting
+        with runner.guests_stopped() as killed:
+            log(f"[validate] interrupted: killed {killed} guest(s)")
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 

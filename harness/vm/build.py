@@ -37,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from harness.errors import errno_name
 from harness.paths import BUILD_DIR, ENV_BUILD_TIMEOUT, ENV_CANDIDATES_MAX_MB, ENV_KEEP_CANDIDATES, REPO_ROOT
 from harness.selftests import SELFTESTS, selftests_of_tree  # noqa: F401 - SELFTESTS: 6.12's set, re-exported
 from harness.vm import sources
-from harness.vm.errors import KernelBuildError, MissingToolError, PatchApplyError, VmError
+from harness.vm.errors import BadInput, KernelBuildError, MissingToolError, PatchApplyError, SeriesError, VmError
 
 #: bumped when the build procedure changes in a way that changes outputs
 BUILDER_VERSION = 1
@@ -185,22 +186,22 @@ def read_series(patches_dir: Path) -> list[Path]:
     """
     patches_dir = Path(patches_dir)
     if patches_dir.exists() and not patches_dir.is_dir():
-        raise VmError(
+        raise SeriesError(
             f"--patches {patches_dir}: a file, not a directory: give the directory that holds "
             "the series file (or the *.patch files)"
         )
     if not patches_dir.is_dir():
-        raise VmError(f"patch directory {patches_dir} does not exist")
+        raise SeriesError(f"patch directory {patches_dir} does not exist")
     series = patches_dir / "series"
     if series.exists():
         if not series.is_file():
-            raise VmError(f"{series}: not a file: a quilt series lists one patch file name a line")
+            raise SeriesError(f"{series}: not a file: a quilt series lists one patch file name a line")
         try:
             text = series.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
-            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)") from None
+            raise SeriesError(f"{series}: binary data, not a quilt series (one patch file name a line)") from None
         if "\0" in text:
-            raise VmError(f"{series}: binary data, not a quilt series (one patch file name a line)")
+            raise SeriesError(f"{series}: binary data, not a quilt series (one patch file name a line)")
         out = []
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
@@ -209,7 +210,7 @@ def read_series(patches_dir: Path) -> list[Path]:
             name = line.split()[0]  # quilt allows "-p1" after the name
             path = patches_dir / name
             if not path.is_file():
-                raise VmError(f"{series}: lists {name}, which does not exist")
+                raise SeriesError(f"{series}: lists {name}, which does not exist")
             out.append(path)
         return out
     return sorted(patches_dir.glob("*.patch"))
@@ -226,16 +227,16 @@ def check_series(patches_dir: str | os.PathLike) -> list[Path]:
     """
     patches = read_series(Path(patches_dir))
     if not patches:
-        raise VmError(f"{patches_dir}: no series file and no *.patch")
+        raise SeriesError(f"{patches_dir}: no series file and no *.patch")
     targets: set[str] = set()
     for p in patches:
         try:
             text = p.read_bytes().decode("utf-8", errors="replace")
         except OSError as exc:
-            raise VmError(f"{p}: cannot read: {exc.strerror}") from None
+            raise SeriesError(f"{p}: cannot read: {errno_name(exc.errno or 0)} ({exc.strerror})") from None
         found = set(series_targets([p])) if text else set()
         if not found:
-            raise VmError(f"{p}: not a patch (no '--- a/FILE' / '+++ b/FILE' lines)")
+            raise SeriesError(f"{p}: not a patch (no '--- a/FILE' / '+++ b/FILE' lines)")
         targets |= found
     with tempfile.TemporaryDirectory(prefix="uffd-harness-series-") as scratch:
         tree = Path(scratch) / SOURCE_DIRNAME
@@ -811,25 +812,26 @@ def build_kernel(
     """
     src_origin = sources.resolve(source)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise VmError(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
+        raise BadInput(f"kernel name {name!r}: use letters, digits, '.', '_', '-'")
     stock_name, patched_name = src_origin.kernel_name("stock"), src_origin.kernel_name("patched")
     if patches_dir is None:
         if name == patched_name and src_origin.default_series is not None:
             patches_dir = src_origin.default_series
         elif name != stock_name:
-            raise VmError(
+            raise BadInput(
                 f"kernel {name!r} needs --patches DIR (only '{patched_name}' and '{stock_name}' have defaults)"
             )
     if name == stock_name and patches_dir is not None:
-        raise VmError("kernel 'stock' is the unpatched control; give a patched build another name")
+        raise BadInput("kernel 'stock' is the unpatched control; give a patched build another name")
     fragment_path = Path(fragment) if fragment else DEFAULT_FRAGMENT
     jobs = jobs or os.cpu_count() or 1
 
-    check_host(src_origin.requirements, install=install, log=log)
-
+    # bad input first: before any package is installed or anything is unpacked
     patches = read_series(Path(patches_dir)) if patches_dir is not None else []
     if patches_dir is not None and not patches:
-        raise VmError(f"{patches_dir}: no series file and no *.patch")
+        raise SeriesError(f"{patches_dir}: no series file and no *.patch")
+
+    check_host(src_origin.requirements, install=install, log=log)
     patch_hashes = [(p.name, _sha256(p.read_bytes())) for p in patches]
     instrumentation = read_series(INSTRUMENTATION_DIR)
     instr_hashes = [(p.name, _sha256(p.read_bytes())) for p in instrumentation]
@@ -1120,12 +1122,20 @@ def _seed_source(
     return seed
 
 
+def _build_info(kdir: Path) -> dict:
+    """``kdir/build.json`` through its schema (:func:`harness.vm.documents.load_build_info`): a DocumentError
+    (a ValueError) for one that is absent, damaged or of another shape."""
+    from harness.vm.documents import load_build_info
+
+    return load_build_info(kdir / "build.json")
+
+
 def _seed_unfit(seed: Path, fragment_text: str, gcc: str, src_version: str) -> str | None:
     """Why the built kernel in ``seed`` cannot seed a build with these inputs, or None if it can."""
     try:
-        info = json.loads((seed / "build.json").read_text())
+        info = _build_info(seed)
         json.loads((seed / "src-state.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # DocumentError included
         return "it is not built"
     if not ((seed / "obj").is_dir() and (seed / "src").is_dir()):
         return "its src/ or obj/ is missing"
@@ -1248,8 +1258,8 @@ def closest_seed(
 
     def built_at(c: SeedChoice) -> str:
         try:
-            return json.loads((c.directory / "build.json").read_text()).get("built_at", "")
-        except (OSError, ValueError):
+            return _build_info(c.directory).get("built_at", "")
+        except ValueError:  # DocumentError: a damaged build.json sorts as the oldest
             return ""
 
     newest_first = sorted(choices, key=built_at, reverse=True)
@@ -1354,8 +1364,8 @@ def prune_candidates(
 
     def built_at(d: Path) -> str:
         try:
-            return json.loads((d / "build.json").read_text()).get("built_at", "")
-        except (OSError, ValueError):
+            return _build_info(d).get("built_at", "")
+        except ValueError:  # DocumentError: a damaged build.json sorts as the oldest
             return ""
 
     candidates = (
@@ -1381,9 +1391,10 @@ def prune_candidates(
             doomed.append(c)
             total -= sizes[c]
     for c in doomed:
+        when = built_at(c)  # before it goes with the rest of the directory
         shutil.rmtree(c, ignore_errors=True)
         log(
-            f"[vm] removed the old build '{c.name}' (built {built_at(c) or 'at an unknown time'}): "
+            f"[vm] removed the old build '{c.name}' (built {when or 'at an unknown time'}): "
             f"keeping the newest {keep} candidate build(s)"
             + (f" within {max_mb} MB" if max_mb is not None else "")
             + f" (${ENV_KEEP_CANDIDATES}, ${ENV_CANDIDATES_MAX_MB})"
@@ -1444,8 +1455,8 @@ def _previous_steps(kdir: Path) -> int:
 
     def steps(p: Path) -> int:
         try:
-            return int(json.loads(p.read_text()).get("kbuild_steps", 0))
-        except (OSError, ValueError, AttributeError, TypeError):
+            return int(_build_info(p.parent).get("kbuild_steps", 0))
+        except (ValueError, OverflowError):  # DocumentError (absent or damaged), a NaN or infinite count
             return 0
 
     own = steps(kdir / "build.json")

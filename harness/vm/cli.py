@@ -13,34 +13,12 @@ The main CLI mounts the same commands under ``vm`` via ``register()``.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import re
 import shlex
 import sys
 from typing import Sequence
-
-from harness.vm.errors import VmError
-
-
-def _reporting_errors(command):
-    """``command`` with every VmError turned into its message and exit status.
-
-    Wrapped where the commands are added, so that ``uffd-harness vm ...`` and
-    ``python -m harness.vm ...`` report an error the same way: one line that
-    says what to do, not a traceback.
-    """
-
-    @functools.wraps(command)
-    def reporting(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except VmError as e:  # GuestError included
-            print(f"vm: {e}", file=sys.stderr)
-            return e.exit_status
-
-    return reporting
 
 
 def _count(low: int, high: int):
@@ -107,7 +85,7 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
         "(vm/patches-6.1)",
     )
     b.add_argument("--json", action="store_true", help="print build.json on stdout when done")
-    b.set_defaults(func=_reporting_errors(_cmd_build))
+    b.set_defaults(func=_cmd_build)
 
     r = sub.add_parser(
         "run",
@@ -134,11 +112,11 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
     r.add_argument("--console", action="store_true", help="show the guest's kernel console too")
     r.add_argument("--dry-run", action="store_true", help="print the vng command line and exit")
     r.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    r.set_defaults(func=_reporting_errors(_cmd_run))
+    r.set_defaults(func=_cmd_run)
 
     i = sub.add_parser("info", help="print a built kernel's build.json")
     i.add_argument("--kernel", default="patched", metavar="K")
-    i.set_defaults(func=_reporting_errors(_cmd_info))
+    i.set_defaults(func=_cmd_info)
 
     m = sub.add_parser(
         "mutant",
@@ -176,7 +154,7 @@ def _add_commands(sub: "argparse._SubParsersAction") -> None:
     m.add_argument(
         "--markdown", action="store_true", help="with --list: the table as Markdown (as vm/mutants/README.md shows it)"
     )
-    m.set_defaults(func=_reporting_errors(_cmd_mutant))
+    m.set_defaults(func=_cmd_mutant)
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:

@@ -17,6 +17,8 @@ BUILD_INFO = Obj(
     optional={
         "name": str,
         "source_version": str,
+        # sources.Source.describe(): where the tree came from (the guest reads debian_version)
+        "source": Obj(optional={"kind": str, "label": str, "identity": str, "debian_version": Maybe(str), "path": str}),
         "kernel_version": str,
         "patches": list,
         "patches_dir": Maybe(str),

@@ -18,6 +18,18 @@ class VmError(HarnessError):
     exit_status = 1
 
 
+class BadInput(VmError):
+    """An argument a vm verb cannot use as given (a kernel name, a kernel without its series): exit status 2,
+    as for any bad argument of the command line."""
+
+    exit_status = 2
+
+
+class SeriesError(BadInput):
+    """A patch series that cannot be used as given: not a directory, an unreadable or binary series file, a
+    missing patch, no patches."""
+
+
 class MissingToolError(VmError):
     """A host tool or file is missing; says what to install and how."""
 

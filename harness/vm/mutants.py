@@ -25,15 +25,17 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib.util
-import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
+from harness.errors import DocumentError, HarnessError
 from harness.paths import BUILD_DIR, REPO_ROOT
+from harness.reports import load_summary
 from harness.vm.errors import VmError
 
 MUTANTS_DIR = REPO_ROOT / "vm" / "mutants"
@@ -402,7 +404,12 @@ def run_guest(
         **kwargs,
     )
     (rwdir / "pytest-output.txt").write_text(res.output)
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    summary, error = None, None
+    if summary_path.exists():
+        try:
+            summary = load_summary(summary_path)
+        except DocumentError as exc:  # a guest that died while writing it, say: not shown, and why
+            error = f"the guest's summary is damaged: {exc}"
     return MutantRun(
         m,
         kernel,
@@ -413,6 +420,7 @@ def run_guest(
         build_seconds,
         time.monotonic() - t0,
         tuple(res.console_tail or ()),
+        error=error,
         full=not its_clauses,
     )
 
@@ -439,7 +447,7 @@ def run_many(
     ``error`` set, and the other mutants still run.
     """
     from harness.validate.run import compile_for_guests
-    from harness.vm.runner import kill_all_guests
+    from harness.vm.runner import guests_stopped
 
     compile_for_guests(log)  # bytecode and rewritten tests: saves each guest ~40 s of TCG time
     cpus = max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -450,7 +458,7 @@ def run_many(
             t0 = time.monotonic()
             try:
                 kernel = build(m, log=log)
-            except Exception as exc:  # noqa: BLE001 - reported as this mutant's error; the others go on
+            except (HarnessError, OSError, subprocess.SubprocessError) as exc:  # this mutant's error; others go on
                 fut: concurrent.futures.Future = concurrent.futures.Future()
                 fut.set_result(
                     MutantRun(
@@ -470,10 +478,12 @@ def run_many(
         for fut in futures:
             yield fut.result()
     except (KeyboardInterrupt, GeneratorExit):
-        for fut in futures:  # first, so that no queued guest starts when a killed one returns
+        for fut in futures:
             fut.cancel()
-        log(f"[mutant] stopped: killed {kill_all_guests()} guest(s)")
-        pool.shutdown(wait=True, cancel_futures=True)
+        # no queued guest starts when a killed one's worker comes free, nor one that was starting
+        with guests_stopped() as killed:
+            log(f"[mutant] stopped: killed {killed} guest(s)")
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 

@@ -15,6 +15,7 @@ machine KVM only runs paravirtual guests, so expect TCG).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Mapping, NamedTuple, Sequence
+from typing import BinaryIO, Iterator, Mapping, NamedTuple, Sequence
 
 from harness import paths
 from harness.memory import LARGE_FOLIO_SETTINGS
@@ -165,12 +166,19 @@ def probe_kvm(bzimage: Path, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, 
         "console=ttyS0 panic=-1",
     ]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    guard = _Guard(None)  # a broken KVM may hang: a probe QEMU must not outlive a harness killed meanwhile
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    except BaseException:
+        guard.stand_down()
+        raise
+    guard.watch(proc.pid)
     out = b""
     try:
         out = _read_until(proc, b"Unable to mount root fs", timeout)
     finally:
         _kill_group(proc)
+        guard.stand_down()
     dt = time.monotonic() - t0
     if b"Unable to mount root fs" in out:
         ok, reason = True, f"KVM booted a test kernel in {dt:.1f} s"
@@ -253,7 +261,7 @@ def _kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
 #: The guard: a shell in its own session, deaf to the signals that end the harness, reading a pipe
 #: only the harness can write.  Line 1 is vng's process group; "done" means QEMU is gone.  End of
 #: file without "done" means the harness died, however (SIGKILL included): then it ends the guest's
-#: whole process group, as _kill_group() would, and removes the guest's command script.
+#: whole process group, as _kill_group() would, and removes the guest's command script (if any).
 _GUARD_SCRIPT = r"""
 trap '' TERM HUP INT QUIT
 # (dash: kill takes no "--" before a negative process group id)
@@ -262,7 +270,7 @@ while IFS= read -r line; do
     [ "$line" = done ] && exit 0
     pgid=$line
 done
-rm -f -- "$1"
+[ -z "$1" ] || rm -f -- "$1"
 [ -n "$pgid" ] || exit 0
 kill -TERM "-$pgid" 2>/dev/null
 i=0
@@ -273,7 +281,7 @@ exit 0
 
 
 class _Guard:
-    """Ends a guest's process group and removes its script if this process dies before it has.
+    """Ends a guest's (or the KVM probe's) process group and removes its script if this process dies first.
 
     A parent-death signal would not do: it goes to vng, and QEMU, vng's
     child, would stay; and it fires when the *thread* that started vng ends.
@@ -281,11 +289,11 @@ class _Guard:
     signal can keep from happening.
     """
 
-    def __init__(self, script: Path):
+    def __init__(self, script: Path | None):
         read_end, self._write_end = os.pipe()  # both close-on-exec: no other child holds the write end
         try:
             self._proc = subprocess.Popen(
-                ["sh", "-c", _GUARD_SCRIPT, "uffd-harness-guard", str(script)],
+                ["sh", "-c", _GUARD_SCRIPT, "uffd-harness-guard", str(script or "")],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -499,15 +507,23 @@ def run_in_guest(
     console_file = open(console_log, "w", buffering=1) if console_log else None
     t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=str(REPO_ROOT),
-            env=host_env,
-            start_new_session=True,
-        )
+        with _live_lock:  # started and registered, or refused: guests_stopped() misses none
+            if _stopping:
+                raise GuestError(
+                    f"guest of kernel '{kernel.name}' not started: the run is being stopped "
+                    "(Ctrl-C, SIGTERM or SIGHUP)",
+                    [],
+                )
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(REPO_ROOT),
+                env=host_env,
+                start_new_session=True,
+            )
+            _live_guests.add(proc)
     except BaseException:
         if console_file is not None:
             console_file.close()
@@ -515,7 +531,6 @@ def run_in_guest(
         guard.stand_down()
         raise
     guard.watch(proc.pid)
-    _live_guests.add(proc)
     readers = [
         threading.Thread(target=_pump, args=(s, n, q), daemon=True)
         for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))
@@ -592,7 +607,8 @@ def run_in_guest(
         for r in readers:
             r.join(timeout=2)
         script.unlink(missing_ok=True)
-        _live_guests.discard(proc)
+        with _live_lock:
+            _live_guests.discard(proc)
         if console_file is not None:
             console_file.close()
         if proc.poll() is None:  # not reaped: make sure, or the guard would stand down with QEMU alive
@@ -611,18 +627,34 @@ def run_in_guest(
 
 #: the vng processes run_in_guest() has started and not yet reaped
 _live_guests: set = set()
+#: how many guests_stopped() blocks are open: while any is, run_in_guest() starts no guest
+_stopping = 0
+#: guards _live_guests and _stopping, so that a guest is either registered before a stop or refused after it
+_live_lock = threading.Lock()
 
 
-def kill_all_guests() -> int:
-    """Kill every guest this process started (for Ctrl-C in a caller that runs guests in threads).
+@contextlib.contextmanager
+def guests_stopped() -> Iterator[int]:
+    """Kill every guest this process started, and start no new one until the block ends; yields how many.
 
-    run_in_guest() in each thread then sees its streams close and returns
-    or raises as for any guest that died.  Returns how many were killed.
+    For a caller that runs guests in worker threads and was interrupted
+    (Ctrl-C, or SIGTERM/SIGHUP as :class:`harness.cli.Terminated`): inside the
+    block it waits for its workers.  Each sees its guest die and returns or
+    raises as for any guest that died; a worker about to boot its next guest
+    (a queued kernel, a guest still probing KVM) gets a GuestError instead of
+    a guest the caller would then wait for, minutes on end.
     """
-    procs = list(_live_guests)
-    for proc in procs:
-        _kill_group(proc)
-    return len(procs)
+    global _stopping
+    with _live_lock:
+        _stopping += 1
+        procs = list(_live_guests)
+    try:
+        for proc in procs:
+            _kill_group(proc)
+        yield len(procs)
+    finally:
+        with _live_lock:
+            _stopping -= 1
 
 
 def qemu_processes(bzimage: str | os.PathLike | None = None, *, group: int | None = None) -> list[int]:

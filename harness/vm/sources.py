@@ -184,10 +184,15 @@ def resolve(spec: "str | os.PathLike | Source | None") -> Source:
     return path_source(Path(text))
 
 
+def _not_a_directory(path: Path) -> str:
+    """Why ``path`` is not a directory, in the words of the error: a file named as one must not "not exist"."""
+    return "a file, not a directory" if path.exists() else "no such directory"
+
+
 def check_kernel_tree(path: Path, what: str) -> None:
     """One line if ``path`` does not look like a Linux tree (top Makefile, Kconfig, mm/, include/uapi/)."""
     if not path.is_dir():
-        raise SourceError(f"{what} {path}: no such directory")
+        raise SourceError(f"{what} {path}: {_not_a_directory(path)}")
     needed = ("Makefile", "Kconfig", "mm/mprotect.c", "include/uapi/linux/userfaultfd.h")
     missing = [n for n in needed if not (path / n).exists()]
     if missing:
@@ -248,7 +253,7 @@ def git(repo: Path, *args: str, check: bool = True, timeout: float = 120) -> sub
 def git_toplevel(path: Path) -> Path:
     """The top of the git work tree at ``path``, or one line saying it is not one."""
     if not Path(path).is_dir():
-        raise SourceError(f"--tree {path}: no such directory")
+        raise SourceError(f"--tree {path}: {_not_a_directory(Path(path))}")
     if shutil.which("git") is None:
         raise SourceError("--tree needs git: apt-get install -y git")
     proc = git(Path(path), "rev-parse", "--show-toplevel", check=False)

@@ -11,7 +11,7 @@ import pytest
 
 from harness.vm import PatchApplyError
 from harness.vm import build as vb
-from harness.vm.errors import KernelNotBuilt, VmError
+from harness.vm.errors import BadInput, KernelNotBuilt
 
 
 def _tree(root, files: dict[str, str]):
@@ -213,7 +213,7 @@ def test_cli_names_an_unbuilt_kernel(capsys):
 @pytest.mark.parametrize(
     "argv, error",
     [
-        (["vm", "build", "--kernel", "someones-series"], VmError),  # no --patches
+        (["vm", "build", "--kernel", "someones-series"], BadInput),  # no --patches: bad input, exit 2
         (["vm", "run", "--kernel", "no-such-kernel", "--", "true"], KernelNotBuilt),
     ],
 )
@@ -224,7 +224,7 @@ def test_main_cli_reports_vm_errors_without_a_traceback(argv, error, capsys):
 
     assert main(argv) == error.exit_status
     err = capsys.readouterr().err
-    assert err.startswith("vm: ") and "Traceback" not in err
+    assert err.startswith(f"uffd-harness {argv[0]} {argv[1]}: ") and "Traceback" not in err
     assert argv[3] in err
 
 

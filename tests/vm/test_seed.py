@@ -64,6 +64,8 @@ def _sibling(kernels: Path, name: str, changes: dict[str, str], built_at: str = 
         json.dumps(
             {
                 "name": name,
+                "key": "0" * 64,  # what the builder's readers require of every build.json (its schema)
+                "patched": name != "stock",
                 "built_at": built_at,
                 "config_fragment_sha256": vb._sha256(b"CONFIG_X=y\n"),
                 "gcc": "gcc 12",
@@ -235,7 +237,7 @@ def test_a_series_that_does_not_apply_seeds_from_the_control(tmp_path, pristine)
 def _built(kernels: Path, name: str, built_at: str, size: int = 0) -> Path:
     d = kernels / name
     (d / "obj").mkdir(parents=True)
-    (d / "build.json").write_text(json.dumps({"built_at": built_at}))
+    (d / "build.json").write_text(json.dumps({"key": "0" * 64, "patched": True, "built_at": built_at}))
     if size:
         (d / "obj" / "vmlinux").write_bytes(os.urandom(size))
     return d
