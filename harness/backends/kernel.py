@@ -124,17 +124,17 @@ class KernelBackend(Backend):
         region = Region.create(kind, npages, thp=thp, large_folio=large_folio)
         self._regions.append(region)
         ref = RegionRef(len(self._regions) - 1, kind, region.npages, register, thp)
-        if large_folio and kind is MemoryKind.ANON:
-            # alloc_anon_folio() gives a VMA with a userfaultfd armed single pages ("per-page fault
-            # fidelity"): the mTHP is allocated by a write before registering
-            region.write()
+        if large_folio:
+            # a VMA with a userfaultfd armed gets single pages (6.12's alloc_anon_folio(): "per-page fault
+            # fidelity"; 6.1 allocates no shmem THP there either): the folio is allocated by a first touch
+            # before registering.  A shmem THP is then mapped by a PMD (do_set_pmd()).
+            region.write() if kind is MemoryKind.ANON else region.read()
         if register is not None:
             self._need_uffd().register(region.addr, region.length, register)
         if large_folio and kind is MemoryKind.SHMEM:
-            # the first fault maps the shmem THP by a PMD (do_set_pmd()); write-protecting a file PMD zaps
-            # it (change_pmd_range()), leaving a page table, so every later fault maps one PTE of the folio
+            # write-protecting a file PMD zaps it (change_pmd_range()), leaving a page table, so every
+            # later fault maps one PTE of the folio
             uffd = self._need_uffd()
-            region.read()
             uffd.writeprotect(region.addr, region.length, protect=True)
             uffd.writeprotect(region.addr, region.length, protect=False)
         return ref
