@@ -101,6 +101,32 @@ class Hints(enum.Flag):
 HINT_COMBINATIONS = (Hints.ACCESS_LIKELY, Hints.WRITE_LIKELY, Hints.BOTH)
 
 
+# -- the set-up steps of a contract case ---------------------------------------------------
+
+
+class Step(enum.StrEnum):
+    """A set-up step of a contract case (:class:`harness.backends.contract.Case`): applied to every page
+    of the case's range at once, where an :class:`Op` names one page.  The value is how a case's set-up
+    is printed ("write, free")."""
+
+    READ = "read"
+    WRITE = "write"
+    #: every other page, from the first: empty entries beside present ones in one page table
+    WRITE_ALTERNATE = "write_alternate"
+    #: MADV_FREE, then idle-page marking: an anonymous PTE old and clean, still present and writable
+    FREE = "free"
+    #: MADV_PAGEOUT: anonymous pages swapped out
+    PAGEOUT = "pageout"
+    #: clear_refs 1, then idle-page marking: every PTE old
+    CLEAR_YOUNG = "clear_young"
+    #: clear_refs 4: soft-dirty tracking armed (the PTEs write-protected for it)
+    CLEAR_SOFT_DIRTY = "clear_soft_dirty"
+    #: UFFDIO_WRITEPROTECT over the whole range
+    PROTECT = "protect"
+    #: the instrumentation's mkold: the entry itself made old (hugetlb, which nothing else reaches)
+    MAKE_OLD = "make_old"
+
+
 # -- the operations ------------------------------------------------------------------------
 
 

@@ -69,7 +69,7 @@ from harness import abi, paths
 from harness.abi import Feature, RegisterMode
 from harness.backends.base import CHANNEL_FIELDS, KERNEL, Backend, RegionRef
 from harness.memory import MemoryKind
-from harness.operations import HINT_COMBINATIONS, Hints
+from harness.operations import HINT_COMBINATIONS, Hints, Step
 from harness.pte import IDLE_PAGE, PTE, SMAPS, mkold_available
 
 #: capabilities a clause may need besides userfaultfd features (the simulator models both)
@@ -152,7 +152,7 @@ class Case:
     """
 
     name: str
-    setup: tuple  # ops: "read", "write", "free", "clear_young", "clear_soft_dirty", ...
+    setup: tuple[Step, ...]
     old: bool
     clean: bool
 
@@ -165,7 +165,7 @@ class Case:
 def cases(kind: MemoryKind, b: Optional[Backend] = None) -> list[Case]:
     """The starting states that can be made for ``kind`` (on ``b``: an old hugetlb entry needs mkold)."""
     if kind.hugetlb and b is not None and not _can_make_old(b):
-        return [c for c in _cases(kind) if "make_old" not in c.setup]
+        return [c for c in _cases(kind) if Step.MAKE_OLD not in c.setup]
     return _cases(kind)
 
 
@@ -178,10 +178,10 @@ def _can_make_old(b: Backend) -> bool:
 def _cases(kind: MemoryKind) -> list[Case]:
     if kind is MemoryKind.ANON:
         return [
-            Case("old+clean", ("write", "free"), True, True),
-            Case("old+dirty", ("write", "clear_young"), True, False),
-            Case("young+clean", ("write", "free", "read"), False, True),
-            Case("young+dirty", ("write",), False, False),
+            Case("old+clean", (Step.WRITE, Step.FREE), True, True),
+            Case("old+dirty", (Step.WRITE, Step.CLEAR_YOUNG), True, False),
+            Case("young+clean", (Step.WRITE, Step.FREE, Step.READ), False, True),
+            Case("young+dirty", (Step.WRITE,), False, False),
         ]
     if kind.hugetlb:
         # hugetlb_no_page() maps every page young; only the instrumentation's mkold makes it old.  A read
@@ -189,22 +189,22 @@ def _cases(kind: MemoryKind) -> list[Case]:
         # it writable and dirty (so no clean shared case)
         if kind is MemoryKind.HUGETLB:
             return [
-                Case("old+dirty", ("write", "make_old"), True, False),
-                Case("young+dirty", ("write",), False, False),
+                Case("old+dirty", (Step.WRITE, Step.MAKE_OLD), True, False),
+                Case("young+dirty", (Step.WRITE,), False, False),
             ]
         return [
-            Case("old+clean", ("read", "make_old"), True, True),
-            Case("old+dirty", ("write", "make_old"), True, False),
-            Case("young+clean", ("read",), False, True),
-            Case("young+dirty", ("write",), False, False),
+            Case("old+clean", (Step.READ, Step.MAKE_OLD), True, True),
+            Case("old+dirty", (Step.WRITE, Step.MAKE_OLD), True, False),
+            Case("young+clean", (Step.READ,), False, True),
+            Case("young+dirty", (Step.WRITE,), False, False),
         ]
     # shmem and tmpfs files: a read maps the clean page-cache page (in a private mapping, read-only for
     # copy-on-write), a write dirties it (in a private mapping: an exclusive anonymous copy)
     return [
-        Case("old+clean", ("read", "clear_young"), True, True),
-        Case("old+dirty", ("write", "clear_young"), True, False),
-        Case("young+clean", ("read",), False, True),
-        Case("young+dirty", ("write",), False, False),
+        Case("old+clean", (Step.READ, Step.CLEAR_YOUNG), True, True),
+        Case("old+dirty", (Step.WRITE, Step.CLEAR_YOUNG), True, False),
+        Case("young+clean", (Step.READ,), False, True),
+        Case("young+dirty", (Step.WRITE,), False, False),
     ]
 
 
@@ -231,8 +231,9 @@ class Subject:
         return f" page {index}{' (after the PMD boundary)' if after else ''}, VMA {vma}"
 
 
-def _make(b: Backend, target: Target, setup: tuple, name: str) -> Subject:
+def _make(b: Backend, target: Target, setup: tuple[Step, ...], name: str) -> Subject:
     """WP-registered regions of ``target`` after ``setup`` (applied to every page)."""
+    setup = tuple(Step(step) for step in setup)  # ValueError naming a step there is none of
     if target.shape is Shape.THP:
         if target.kind is not MemoryKind.ANON:
             raise ValueError(f"THP checks are for anonymous memory, not {target.kind.value}")
@@ -252,40 +253,38 @@ def _make(b: Backend, target: Target, setup: tuple, name: str) -> Subject:
     return subject
 
 
-def _apply(b: Backend, s: Subject, op: str) -> None:
-    if op == "clear_young":
+def _apply(b: Backend, s: Subject, step: Step) -> None:
+    if step is Step.CLEAR_YOUNG:
         b.clear_refs(abi.CLEAR_REFS_ALL)
-    elif op == "clear_soft_dirty":
+    elif step is Step.CLEAR_SOFT_DIRTY:
         b.clear_refs(abi.CLEAR_REFS_SOFT_DIRTY)
         return
-    elif op == "protect":
+    elif step is Step.PROTECT:
         _wp(b, s, True)
         return
-    elif op == "make_old":
+    elif step is Step.MAKE_OLD:
         for r, page in s.pages():
             b.make_old(r, page)  # ObservationUnavailable without the instrumentation: not shown
         return
-    if op == "write_alternate":
+    if step is Step.WRITE_ALTERNATE:
         # every other page of the range, from its first: the empty pages between share a page table
         # with present ones, so change_pte_range() walks their none entries (a page table of empty
         # entries only is never walked: change_pmd_range() skips the PMD)
         for index, (r, page) in enumerate(s.pages()):
             if index % 2 == 0 and b.write(r, page):
-                raise AssertionError(f"set-up {op} of {s.target.label} page {index} got a signal")
+                raise AssertionError(f"set-up {step} of {s.target.label} page {index} got a signal")
         return
     for r in s.refs:
-        if op == "read" or op == "write":
+        if step in (Step.READ, Step.WRITE):
             for page in range(r.npages):
-                sig = b.read(r, page) if op == "read" else b.write(r, page)
+                sig = b.read(r, page) if step is Step.READ else b.write(r, page)
                 if sig:
-                    raise AssertionError(f"set-up {op} of {s.target.label} page {page} got signal {sig}")
-        elif op == "free":
-            b.madvise(r, "free")
-        elif op == "pageout":
-            b.madvise(r, "pageout")
-        elif op != "clear_young":
-            raise ValueError(op)
-        if op in ("free", "clear_young"):
+                    raise AssertionError(f"set-up {step} of {s.target.label} page {page} got signal {sig}")
+        elif step in (Step.FREE, Step.PAGEOUT):
+            b.madvise(r, step.value)  # the backend's advice names are the steps' ("free", "pageout")
+        elif step is not Step.CLEAR_YOUNG:
+            raise ValueError(f"set-up step {step!r}: one of {', '.join(Step)}")
+        if step in (Step.FREE, Step.CLEAR_YOUNG):
             b.mark_idle(r, 0, r.npages)
 
 
@@ -589,7 +588,7 @@ def check_1(b: Backend, target: Target) -> list[str]:
     _open(b, ())
     problems = []
     what = target.label
-    s = _make(b, target, ("write",), "young+dirty")
+    s = _make(b, target, (Step.WRITE,), "young+dirty")
     _wp(b, s, True)
     for hints in HINT_COMBINATIONS:
         mode = hints.mode_bits()
@@ -702,7 +701,7 @@ def check_3(b: Backend, target: Target) -> list[str]:
 def _cow_after_fork(b: Backend, target: Target) -> list[str]:
     """A page shared with a child by fork() is COW: WRITE_LIKELY must not make it writable, and the
     parent's store after the un-protect must not reach the child's memory."""
-    s = _make(b, target, ("write",), "young+dirty")
+    s = _make(b, target, (Step.WRITE,), "young+dirty")
     child = b.fork_child()
     problems = []
     try:
@@ -780,7 +779,7 @@ def check_6(b: Backend, target: Target) -> list[str]:
     _open(b, (Feature.ACCESS_HINTS,))
     problems = []
     what = target.label
-    s = _make(b, target, ("write",), "young+dirty")
+    s = _make(b, target, (Step.WRITE,), "young+dirty")
     for hints in HINT_COMBINATIONS:
         mode = abi.WRITEPROTECT_MODE_WP | hints.mode_bits()
         code = _errno_of(lambda: _wp(b, s, True, raw_mode=mode))  # noqa: B023 - called at once
@@ -812,13 +811,13 @@ def check_7(b: Backend, target: Target) -> list[str]:
     problems = []
     starts: list[tuple[str, tuple[str, ...]]] = [("empty", ())]
     if markers:
-        starts.append(("uffd-wp marker", ("protect",)))
+        starts.append(("uffd-wp marker", (Step.PROTECT,)))
     if target.shape is Shape.SPAN:
-        starts.append(("empty beside present pages", ("write_alternate",)))
+        starts.append(("empty beside present pages", (Step.WRITE_ALTERNATE,)))
         if markers:
-            starts.append(("uffd-wp markers beside protected pages", ("write_alternate", "protect")))
+            starts.append(("uffd-wp markers beside protected pages", (Step.WRITE_ALTERNATE, Step.PROTECT)))
     if target.kind is MemoryKind.ANON and b.swap and target.shape is not Shape.THP:
-        starts.append(("swapped", ("write", "pageout")))  # swapping a THP out splits it: not a PMD case
+        starts.append(("swapped", (Step.WRITE, Step.PAGEOUT)))  # swapping a THP out splits it: not a PMD case
 
     def run(name: str, setup: tuple, hints: Hints):
         s = _make(b, target, (), name)
@@ -857,7 +856,11 @@ def check_8(b: Backend, target: Target) -> list[str]:
     """Where soft-dirty tracking needs the write fault, hints neither dirty the PTE nor make it writable
     (where an un-protect without hints does, the base has already given the fault up: 6.1's MAP_SHARED)."""
     _open(b, (Feature.ACCESS_HINTS,))
-    setup = ("write", "free", "clear_soft_dirty") if target.kind is MemoryKind.ANON else ("read", "clear_soft_dirty")
+    setup = (
+        (Step.WRITE, Step.FREE, Step.CLEAR_SOFT_DIRTY)
+        if target.kind is MemoryKind.ANON
+        else (Step.READ, Step.CLEAR_SOFT_DIRTY)
+    )
     armed = Case("clean, soft-dirty armed", setup, old=True, clean=True)
     writable, problems = _writable_without_hints(b, target, armed)
     for hints in (Hints.WRITE_LIKELY, Hints.BOTH):
