@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import harness
 from harness import paths
 
 PACKAGE = paths.REPO_ROOT / "harness"
@@ -155,3 +156,15 @@ def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
     assert cycles({"harness.memory": edges, "harness.pte": {"harness.memory"}, "harness.abi": set()}) == [
         ["harness.memory", "harness.pte"]
     ]
+
+
+def test_the_readmes_rooms_table_names_every_module_and_package():
+    """Each module of harness/ and each sub-package is a room the README's table names."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## The rooms of the package") :]
+    table = table[: table.index("\n## ")]
+    root = Path(harness.__file__).parent
+    rooms = [f"`harness/{p.name}`" for p in root.glob("*.py") if p.name != "__init__.py"]
+    rooms += [f"`harness/{p.name}/`" for p in root.iterdir() if (p / "__init__.py").exists()]
+    missing = sorted(room for room in rooms if room not in table)
+    assert not missing, f"README.md's rooms table does not name {', '.join(missing)}"
