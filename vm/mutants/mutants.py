@@ -452,6 +452,29 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        name="large-folio-access-skipped",
+        breaks="ACCESS_LIKELY skips a PTE that maps part of a large folio ('the folio is young already'): such "
+        "PTEs stay old",
+        clauses=(2,),
+        exposed_by={
+            "kind": ["anon-large-folio", "shmem-large-folio", "anon-thp"],
+            "shape": ["large-folio", "thp-part"],
+            "hints": "ACCESS_LIKELY",
+            "start": ["old+clean", "old+dirty"],
+        },
+        exposure="only PTEs that map part of a large folio show it: a 64 KiB anonymous mTHP, a shmem THP once "
+        "uffd-wp has split its PMD, part of a split anonymous THP; every order-0 page passes",
+        subs=(
+            Sub(
+                P1,
+                "change_pte_range()",
+                "+\t\t\tif (access_likely)\n+\t\t\t\tptent = pte_mkyoung(ptent);\n",
+                "+\t\t\tif (access_likely && !folio_test_large(page_folio(pte_page(ptent))))\n"
+                "+\t\t\t\tptent = pte_mkyoung(ptent);\n",
+            ),
+        ),
+    ),
+    Mutant(
         name="dontwake-drops-hints",
         breaks="userfaultfd_writeprotect() drops the hints when DONTWAKE is set ('nobody is about to touch the page')",
         clauses=(2, 3),
