@@ -249,16 +249,28 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
     """
     _require(idle_page_tracking_available())
     count = region.npages - first if count is None else count
+    entries = pagemap_entries(region.page_addr(first), count) if count else []
     fd = os.open(_IDLE_BITMAP, os.O_RDWR)
     marked: set[int] = set()
+    previous = head = -1
     try:
-        for page in range(first, first + count):
-            if not is_present(region.page_addr(page)):
+        for page, entry in zip(range(first, first + count), entries, strict=True):
+            if not pagemap_bit(entry, PagemapBit.PRESENT):
+                previous = -1
                 continue
-            pfn = _folio_head_pfn(_pfn_of(region, page))
-            if pfn in marked:
+            pfn = pagemap_pfn(entry)
+            if pfn is None:
+                raise ObservationUnavailable("pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)")
+            # a tail page right after a page of its folio is in that folio: one kpageflags read per page
+            if _is_tail_page(pfn):
+                head = head if pfn == previous + 1 else _folio_head_pfn(pfn)
+            else:
+                head = pfn
+            previous = pfn
+            if head in marked:
                 continue
-            marked.add(pfn)
+            marked.add(head)
+            pfn = head
             for attempt in range(2):
                 # The bitmap is written in 8-byte words; a set bit marks that PFN idle.
                 os.pwrite(fd, struct.pack("<Q", 1 << (pfn % 64)), (pfn // 64) * 8)
@@ -277,8 +289,12 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
 
 def _is_tail_page(pfn: int) -> bool:
     """A tail page of a large folio: idle-page tracking neither marks nor reads it (page_idle_get_folio()
-    returns no folio for it), so the head page answers for the whole folio."""
-    return kpageflags_available() is None and KPageFlag.COMPOUND_TAIL in kpageflags(pfn)
+    returns no folio for it), so the head page answers for the whole folio.  False where kpageflags
+    cannot be read (then nothing can tell a tail page)."""
+    try:
+        return KPageFlag.COMPOUND_TAIL in kpageflags(pfn)
+    except ObservationUnavailable:
+        return False
 
 
 def _folio_head_pfn(pfn: int) -> int:
@@ -315,8 +331,11 @@ def page_idle(pfn: int) -> bool:
 
 
 def kpageflags(pfn: int) -> frozenset[KPageFlag]:
-    _require(kpageflags_available())
-    fd = os.open(_KPAGEFLAGS, os.O_RDONLY)
+    try:
+        fd = os.open(_KPAGEFLAGS, os.O_RDONLY)
+    except OSError:
+        _require(kpageflags_available())  # says what is missing (checked only then: large folios read many)
+        raise
     try:
         (word,) = struct.unpack("<Q", os.pread(fd, 8, pfn * 8))
     finally:
@@ -564,20 +583,42 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
     if channel == SMAPS:
         young, dirty = _smaps_young_dirty(region, page)
         return replace(state, young=young, dirty=dirty)
-    if channel == IDLE_PAGE and region.kind.hugetlb:
-        # page_idle_get_folio() takes LRU folios only, and hugetlb folios never are on an LRU:
-        # the bitmap would say "not idle" whatever the entry's young bit
-        return replace(state, young=None, dirty=None)
-    pfn = _pfn_of(region, page)
     if channel == IDLE_PAGE:
-        flags = kpageflags(pfn) if kpageflags_available() is None else frozenset()
-        # the bitmap says "not idle" for every tail page: only the head page's bit means something
-        young = None if KPageFlag.COMPOUND_TAIL in flags else not page_idle(pfn)
-        return replace(state, young=young, dirty=(KPageFlag.DIRTY in flags) if flags else None)
+        return _idle_state(region, entry, state)
+    pfn = _pfn_of(region, page)
     if channel == KPAGEFLAGS:
         flags = kpageflags(pfn)
         return replace(state, young=KPageFlag.REFERENCED in flags, dirty=KPageFlag.DIRTY in flags)
     raise ValueError(f"unknown observation channel {channel!r}; use one of {', '.join(CHANNELS)}")
+
+
+def observe_idle(region: Region, pages: list[int]) -> list[PteState]:
+    """:func:`observe` through idle-page tracking for many pages of one region, pagemap read once."""
+    if not pages:
+        return []
+    lo = min(pages)
+    entries = pagemap_entries(region.page_addr(lo), max(pages) - lo + 1)
+    out = []
+    for page in pages:
+        entry = entries[page - lo]
+        state = pagemap_state(entry, IDLE_PAGE)
+        out.append(_idle_state(region, entry, state) if state.present else replace(state, young=False, dirty=False))
+    return out
+
+
+def _idle_state(region: Region, entry: int, state: PteState) -> PteState:
+    """A present page through idle-page tracking: young since marked idle, dirty from kpageflags."""
+    if region.kind.hugetlb:
+        # page_idle_get_folio() takes LRU folios only, and hugetlb folios never are on an LRU:
+        # the bitmap would say "not idle" whatever the entry's young bit
+        return replace(state, young=None, dirty=None)
+    pfn = pagemap_pfn(entry)
+    if pfn is None:
+        raise ObservationUnavailable("pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)")
+    flags = kpageflags(pfn) if kpageflags_available() is None else frozenset()
+    # the bitmap says "not idle" for every tail page: only the head page's bit means something
+    young = None if KPageFlag.COMPOUND_TAIL in flags else not page_idle(pfn)
+    return replace(state, young=young, dirty=(KPageFlag.DIRTY in flags) if flags else None)
 
 
 # -- cross-check: the PTE against what folio flags can explain ----------------------

@@ -340,7 +340,15 @@ class KernelBackend(Backend):
             return self.observe_ptes(pages)
         if channel == IDLE_PAGE:
             self._drain_lru()  # once for all the pages (see _drain_lru)
-            return [_pte.observe(self._regions[r.index], page, channel) for r, page in pages]
+            by_region: dict[int, list[int]] = {}
+            for r, page in pages:
+                by_region.setdefault(r.index, []).append(page)
+            seen = {
+                (index, page): state
+                for index, plist in by_region.items()
+                for page, state in zip(plist, _pte.observe_idle(self._regions[index], plist), strict=True)
+            }
+            return [seen[r.index, page] for r, page in pages]
         if channel != SMAPS or any(r.thp or r.kind.hugetlb for r, _ in pages):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
