@@ -17,9 +17,10 @@ import pytest
 
 from harness import paths
 from harness.selftests import SELFTESTS
-from harness.validate import control_cache, run
+from harness.validate import control_cache, guest, run
 from harness.validate.outcome import KernelOutcome
-from harness.validate.phases import PHASES, render_phases
+from harness.validate.phases import PHASES, GuestTimer, render_phases
+from harness.validate.run import GUEST_HUGEPAGES
 
 #: a validation on a fake machine: the same on any kernel (guest suites deselect host_only)
 pytestmark = pytest.mark.host_only
@@ -55,7 +56,8 @@ class FakeMachine:
     def _build(self, name, patches, out, log):
         return KernelOutcome(name, "guest", out, build={"name": name, "key": self.keys[name]})
 
-    def _guest(self, kernel, argv, *, timeout, rwdir, memory, cpus, capture, console_log, log, on_line=None):
+    def _guest(self, kernel, argv, *, timeout, rwdir, memory, hugepages, cpus, capture, console_log, log, on_line=None):
+        assert hugepages == GUEST_HUGEPAGES, "validate's guests reserve what the suite and selftests side by side need"
         self.boots.append((kernel, cpus))
         for line in (
             "[    0.1] Linux version 6.12",
@@ -237,7 +239,8 @@ def test_phases_are_in_report_json_and_printed_one_line_each(machine, capsys):
     labels = [
         line.split()[0] if not line.startswith("  build") else " ".join(line.split()[:2]) for line in out[start + 1 :]
     ]
-    assert labels[: len(PHASES)] == [label for _, label in PHASES], "one line per phase, in order"
+    ran = [label for key, label in PHASES if key != "suite_selftests"]  # the fake guest runs them one by one
+    assert labels[: len(ran)] == ran, "one line per phase that ran, in order"
 
     stored = json.loads((machine.results / "stock" / "phases.json").read_text())
     again = machine.validate()
@@ -290,3 +293,56 @@ def test_without_step_lines_the_guest_clock_is_the_fallback(tmp_path):
     assert guest_seconds(o) == {"suite": 12.0, "selftests": 0.0, "benchmarks": 3.0}
     o.host_phases = {"boot": 1.0, "suite": 50.0}
     assert guest_seconds(o) == {"boot": 1.0, "suite": 50.0}
+
+
+# -- --quick: the selftests beside the suite ---------------------------------------------------
+
+
+def _fake_steps(monkeypatch, spans: dict):
+    """Stand-ins for the suite and the selftests that note when each ran (monotonic start, end)."""
+    import time
+
+    def suite(out, quick, env, log, beside=False):
+        t0 = time.monotonic()
+        time.sleep(0.3)
+        spans["pytest"] = (t0, time.monotonic())
+        return {"returncode": 0, "seconds": 0.3}
+
+    def selftests(out, selftests_dir, log, beside=False):
+        t0 = time.monotonic()
+        time.sleep(0.3)
+        spans["selftests"] = (t0, time.monotonic())
+        return {}
+
+    monkeypatch.setattr(guest, "_run_suite", suite)
+    monkeypatch.setattr(guest, "_run_selftests", selftests)
+
+
+def test_quick_runs_the_selftests_beside_the_suite_with_two_cpus(tmp_path, monkeypatch):
+    spans: dict = {}
+    _fake_steps(monkeypatch, spans)
+    monkeypatch.setattr(guest.os, "cpu_count", lambda: 2)
+    lines: list[str] = []
+    steps = guest.run_steps(tmp_path, None, quick=True, log=lines.append, steps_wanted=("pytest", "selftests"))
+    (s0, s1), (t0, t1) = spans["pytest"], spans["selftests"]
+    assert t0 < s1 and s0 < t1, f"the two did not overlap: suite {spans['pytest']}, selftests {spans['selftests']}"
+    assert steps["beside"] is True
+    assert any(guest.STEP_LINES["beside"] in line for line in lines), lines
+
+
+@pytest.mark.parametrize("quick, cpus", [(False, 2), (True, 1)])
+def test_otherwise_the_selftests_run_after_the_suite(tmp_path, monkeypatch, quick, cpus):
+    spans: dict = {}
+    _fake_steps(monkeypatch, spans)
+    monkeypatch.setattr(guest.os, "cpu_count", lambda: cpus)
+    steps = guest.run_steps(tmp_path, None, quick=quick, log=lambda line: None, steps_wanted=("pytest", "selftests"))
+    assert spans["selftests"][0] >= spans["pytest"][1]
+    assert "beside" not in steps
+
+
+def test_the_host_times_suite_and_selftests_side_by_side_as_one_phase():
+    timer = GuestTimer()
+    timer.on_line(f"[validate] patched (6.12.57): {guest.STEP_LINES['beside']}")
+    timer.on_line(f"[validate] patched (6.12.57): beside the suite, {guest.STEP_LINES['selftests']}uffd-unit-tests")
+    timer.on_line(f"[validate] patched (6.12.57): {guest.STEP_LINES['bench']}")
+    assert set(timer.seconds()) == {"boot", "suite_selftests", "benchmarks"}

@@ -72,7 +72,14 @@ def guest_env() -> dict[str, str]:
 
 
 def inputs(
-    build_key: str, *, quick: bool, memory_mb: int, cpus: int, timeouts: dict[str, float], code: Optional[str] = None
+    build_key: str,
+    *,
+    quick: bool,
+    memory_mb: int,
+    cpus: int,
+    timeouts: dict[str, float],
+    hugepages: int = 0,
+    code: Optional[str] = None,
 ) -> dict:
     """Everything that makes the control's guest results what they are (see the module docstring)."""
     return {
@@ -80,7 +87,13 @@ def inputs(
         "code": code if code is not None else code_hash(),
         "python": platform.python_version(),
         "quick": bool(quick),
-        "guest": {"memory_mb": memory_mb, "cpus": cpus, "timeouts": dict(sorted(timeouts.items())), "env": guest_env()},
+        "guest": {
+            "memory_mb": memory_mb,
+            "hugepages": hugepages,
+            "cpus": cpus,
+            "timeouts": dict(sorted(timeouts.items())),
+            "env": guest_env(),
+        },
     }
 
 
@@ -94,7 +107,7 @@ _INPUT_NAMES = {
     "code": "the harness code or tests (harness/, tests/, cbits/)",
     "python": "the Python version",
     "quick": "--quick",
-    "guest": "the guest settings (memory, cores, time limits, UFFD_*/CI environment)",
+    "guest": "the guest settings (memory, huge pages, cores, time limits, UFFD_*/CI environment)",
 }
 
 

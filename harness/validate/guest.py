@@ -10,6 +10,7 @@ QEMU cannot run).  Each step is bounded in time and writes its results under
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -155,7 +156,13 @@ def _kernel_base_version() -> Optional[str]:
 #: the steps run_steps() knows, in order
 STEPS = ("pytest", "selftests", "bench")
 #: what each step's progress line says after "[validate] <kernel>: " (the host times guests by these lines)
-STEP_LINES = {"pytest": "pytest suite", "selftests": "selftest ", "bench": "first-touch benchmarks"}
+STEP_LINES = {
+    "pytest": "pytest suite",
+    "selftests": "selftest ",
+    "bench": "first-touch benchmarks",
+    # --quick with two CPUs: the two run at once, one line for both (the host times them as one phase)
+    "beside": "suite and selftests side by side",
+}
 
 
 def run_steps(
@@ -165,15 +172,31 @@ def run_steps(
     log: Log = _log,
     steps_wanted: tuple[str, ...] = STEPS,
 ) -> dict:
-    """Run the suite, the selftests and the benchmarks; write their results under ``out``."""
+    """Run the suite, the selftests and the benchmarks; write their results under ``out``.
+
+    With ``quick`` and two CPUs or more, the selftests (C, threaded) run beside
+    the suite (Python, one CPU most of the time) instead of after it: the edit
+    loop's guest then takes about the suite's time.  They share the machine's
+    huge pages (uffd-unit-tests takes 32 at once, a hugetlb case of the suite
+    16), which is why validate's guests reserve ``harness.validate.run.GUEST_HUGEPAGES``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **guest_environment(out, in_guest=paths.in_guest())}
     steps: dict[str, Any] = {}
 
-    if "pytest" in steps_wanted:
-        steps["pytest"] = _run_suite(out, quick, env, log)
-    if "selftests" in steps_wanted:
-        steps["selftests"] = _run_selftests(out, selftests_dir, log)
+    beside = quick and "pytest" in steps_wanted and "selftests" in steps_wanted and (os.cpu_count() or 1) >= 2
+    if beside:
+        log(f"[validate] {_where()}: {STEP_LINES['beside']}")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            selftests = pool.submit(_run_selftests, out, selftests_dir, log, beside=True)
+            steps["pytest"] = _run_suite(out, quick, env, log, beside=True)
+            steps["selftests"] = selftests.result()
+        steps["beside"] = True
+    else:
+        if "pytest" in steps_wanted:
+            steps["pytest"] = _run_suite(out, quick, env, log)
+        if "selftests" in steps_wanted:
+            steps["selftests"] = _run_selftests(out, selftests_dir, log)
     if "bench" in steps_wanted:
         steps["bench"] = _run_bench(out, quick, env, log)
     steps["kernel_release"] = platform.release()
@@ -187,8 +210,9 @@ def _where() -> str:
     return f"{name} ({platform.release()})" if name else f"host ({platform.release()})"
 
 
-def _run_suite(out: Path, quick: bool, env: dict, log: Log) -> dict:
-    log(f"[validate] {_where()}: {STEP_LINES['pytest']}")
+def _run_suite(out: Path, quick: bool, env: dict, log: Log, beside: bool = False) -> dict:
+    if not beside:
+        log(f"[validate] {_where()}: {STEP_LINES['pytest']}")
     pytest_cmd = [
         sys.executable,
         "-m",
@@ -216,10 +240,11 @@ def _selftests_built(selftests_dir: Optional[Path]) -> tuple[str, ...]:
     return built or SELFTESTS
 
 
-def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log) -> dict:
+def _run_selftests(out: Path, selftests_dir: Optional[Path], log: Log, beside: bool = False) -> dict:
     selftests: dict[str, Any] = {}
     for name in _selftests_built(selftests_dir):
-        log(f"[validate] {_where()}: {STEP_LINES['selftests']}{name}")
+        # beside the suite, not a step line of its own (the host's timer takes the first of each)
+        log(f"[validate] {_where()}: {'beside the suite, ' if beside else ''}{STEP_LINES['selftests']}{name}")
         if selftests_dir is None:
             selftests[name] = SelftestRun(name, None, 0.0, error="no selftests built for this kernel").to_dict()
             continue

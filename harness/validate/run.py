@@ -52,6 +52,9 @@ from harness.validate.verdict import build_report
 GUEST_TIMEOUT = PYTEST_TIMEOUT + len(SELFTESTS) * SELFTEST_TIMEOUT + BENCH_TIMEOUT + 120
 #: memory of one guest; parallel guests are bounded by the host's free memory
 GUEST_MEMORY_MB = 2048
+#: 2 MiB huge pages each guest reserves at boot: with --quick the selftests run beside the suite
+#: (guest.run_steps), and uffd-unit-tests' hugetlb cases take 32 while a hugetlb case of the suite takes 16
+GUEST_HUGEPAGES = 64
 
 
 def compile_for_guests(log: Log = _log) -> None:
@@ -131,6 +134,7 @@ def _boot_and_run(outcome: KernelOutcome, quick: bool, log: Log, cpus: int = 2) 
             timeout=GUEST_TIMEOUT,
             rwdir=outcome.out,
             memory=f"{GUEST_MEMORY_MB}M",
+            hugepages=GUEST_HUGEPAGES,
             cpus=cpus,
             capture=True,
             console_log=outcome.out / "console.log",
@@ -409,7 +413,12 @@ def _reuse_control(
         return {}
     cpus = max(1, (os.cpu_count() or 1) // min(parallel, len(runnable)))
     inp = control_cache.inputs(
-        stock.build["key"], quick=quick, memory_mb=GUEST_MEMORY_MB, cpus=cpus, timeouts=_guest_timeouts()
+        stock.build["key"],
+        quick=quick,
+        memory_mb=GUEST_MEMORY_MB,
+        cpus=cpus,
+        timeouts=_guest_timeouts(),
+        hugepages=GUEST_HUGEPAGES,
     )
     note = {
         "kernel": stock.name,
