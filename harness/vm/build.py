@@ -68,21 +68,8 @@ TIMEOUT_SELFTESTS = 600
 TIMEOUT_PATCH = 120
 TIMEOUT_APT = 900
 
-#: tool (or file) -> Debian package that provides it
-HOST_REQUIREMENTS: dict[str, str] = {
-    "gcc": "gcc",
-    "make": "make",
-    "flex": "flex",
-    "bison": "bison",
-    "bc": "bc",
-    "patch": "patch",
-    "xz": "xz-utils",
-    "tar": "tar",
-    "perl": "perl",
-    "/usr/include/libelf.h": "libelf-dev",
-    "/usr/include/openssl/ssl.h": "libssl-dev",
-    str(SOURCE_TARBALL): SOURCE_PACKAGE,
-}
+#: tool (or file) -> Debian package that provides it: the build tools of every source, and the default one
+HOST_REQUIREMENTS: dict[str, str] = {**sources.BUILD_TOOLS, str(SOURCE_TARBALL): SOURCE_PACKAGE}
 
 Log = Callable[[str], None]
 
