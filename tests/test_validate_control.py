@@ -346,3 +346,13 @@ def test_the_host_times_suite_and_selftests_side_by_side_as_one_phase():
     timer.on_line(f"[validate] patched (6.12.57): beside the suite, {guest.STEP_LINES['selftests']}uffd-unit-tests")
     timer.on_line(f"[validate] patched (6.12.57): {guest.STEP_LINES['bench']}")
     assert set(timer.seconds()) == {"boot", "suite_selftests", "benchmarks"}
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_quick_leaves_out_slow_tests_and_the_tests_of_the_checks(tmp_path, monkeypatch, quick):
+    seen = {}
+    monkeypatch.setattr(guest, "_run_logged", lambda cmd, *a, **k: seen.setdefault("cmd", cmd) and {})
+    guest._run_suite(tmp_path, quick, {}, lambda line: None)
+    markers = seen["cmd"][seen["cmd"].index("-m") + 1]
+    assert ("not slow" in markers and "not checks_the_checks" in markers) == quick, markers
+    assert "not host_only" in markers

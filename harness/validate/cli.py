@@ -97,7 +97,11 @@ def register(subparsers) -> None:
         action="store_true",
         help="with --tree: include uncommitted changes to tracked files (default: left out, and said so)",
     )
-    p.add_argument("--quick", action="store_true", help="skip slow tests, fewer benchmark rounds")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip slow tests and the tests of the checks themselves, fewer benchmark rounds",
+    )
     p.add_argument("--json", action="store_true", help="print report.json on stdout (the table goes to stderr)")
     p.add_argument(
         "--kcidb-origin",

@@ -18,6 +18,9 @@ from harness.backends.kernel import KernelBackend
 from harness.memory import PAGE_SIZE, MemoryKind
 from harness.pte import smaps_vma
 
+#: they test the checks, not the kernel (validate --quick leaves them out)
+pytestmark = pytest.mark.checks_the_checks
+
 
 class EmulatedHints(KernelBackend):
     """ACCESS_LIKELY emulated after a plain un-protect; ``honoured(vma, page_in_walk)`` says where."""

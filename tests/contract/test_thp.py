@@ -34,6 +34,9 @@ from harness.pte import kpageflags_available, pfn_visible, thp_mapping
 from harness.pytest_plugin import kernel_only_clauses
 from harness.uffd import Userfaultfd
 
+#: they test the checks, not the kernel (validate --quick leaves them out)
+pytestmark = pytest.mark.checks_the_checks
+
 
 @pytest.fixture
 def thp_ok():
