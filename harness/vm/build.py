@@ -948,36 +948,41 @@ def _build_locked(
         old_stat = cfg.stat() if cfg.exists() else None
         frag_copy = obj / "uffd-harness.config"
         frag_copy.write_text(fragment_text)
-        log(f"[vm] {kb.name}: configuring (tinyconfig + {fragment_path.name})")
-        # -j: the config tools are compiled first, and these steps are serial otherwise
-        _run_logged(
-            make + [f"-j{jobs}", "tinyconfig"],
-            log_file=lf,
-            step="tinyconfig",
-            log_path=log_path,
-            timeout=TIMEOUT_CONFIG,
-            env=env,
-            progress=False,
-        )
-        _run_logged(
-            [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj), str(cfg), str(frag_copy)],
-            log_file=lf,
-            step="merge_config",
-            log_path=log_path,
-            timeout=TIMEOUT_CONFIG,
-            env=env,
-            cwd=src,
-            progress=False,
-        )
-        _run_logged(
-            make + [f"-j{jobs}", "olddefconfig"],
-            log_file=lf,
-            step="olddefconfig",
-            log_path=log_path,
-            timeout=TIMEOUT_CONFIG,
-            env=env,
-            progress=False,
-        )
+        if seed is not None and _config_inputs_alike(seed, kdir):
+            # the seed was configured from the same fragment, compiler and source, and no Kconfig file
+            # differs between the two trees: its .config (copied with obj/) is this tree's
+            log(f"[vm] {kb.name}: configuration as '{seed.name}' (no Kconfig file differs)")
+        else:
+            log(f"[vm] {kb.name}: configuring (tinyconfig + {fragment_path.name})")
+            # -j: the config tools are compiled first, and these steps are serial otherwise
+            _run_logged(
+                make + [f"-j{jobs}", "tinyconfig"],
+                log_file=lf,
+                step="tinyconfig",
+                log_path=log_path,
+                timeout=TIMEOUT_CONFIG,
+                env=env,
+                progress=False,
+            )
+            _run_logged(
+                [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj), str(cfg), str(frag_copy)],
+                log_file=lf,
+                step="merge_config",
+                log_path=log_path,
+                timeout=TIMEOUT_CONFIG,
+                env=env,
+                cwd=src,
+                progress=False,
+            )
+            _run_logged(
+                make + [f"-j{jobs}", "olddefconfig"],
+                log_file=lf,
+                step="olddefconfig",
+                log_path=log_path,
+                timeout=TIMEOUT_CONFIG,
+                env=env,
+                progress=False,
+            )
         if old_cfg is not None and old_stat is not None and cfg.read_bytes() == old_cfg:
             os.utime(cfg, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
         final_cfg = parse_config(cfg.read_text())
@@ -1387,6 +1392,37 @@ def prune_candidates(
             + f" (${ENV_KEEP_CANDIDATES}, ${ENV_CANDIDATES_MAX_MB})"
         )
     return [c.name for c in doomed]
+
+
+def _is_config_input(rel: str) -> bool:
+    """A file that configuring reads besides the fragment and the compiler: a Kconfig file, a fragment
+    tinyconfig merges (``*.config``), the kconfig tools, the top Makefile (the version)."""
+    name = rel.rsplit("/", 1)[-1]
+    return (
+        name.startswith("Kconfig")
+        or name.endswith(".config")
+        or rel.startswith("scripts/kconfig/")
+        or rel == "Makefile"
+    )
+
+
+def _config_inputs_alike(seed: Path, kdir: Path) -> bool:
+    """Whether the seed's configuration is this tree's: its obj/.config was copied, and no file that
+    configuring reads differs between the two trees (both are the pristine tree plus the files their
+    own series touched; :func:`_seed_unfit` has made sure of the fragment, compiler and source)."""
+    if not (kdir / "obj" / ".config").is_file():
+        return False
+    touched: set[str] = set()
+    for tree in (seed, kdir):
+        try:
+            touched.update(json.loads((tree / "src-state.json").read_text()).get("touched", []))
+        except (OSError, ValueError, AttributeError):
+            return False
+    return all(
+        _read_or_none(seed / "src" / rel) == _read_or_none(kdir / "src" / rel)
+        for rel in touched
+        if _is_config_input(rel)
+    )
 
 
 def _seed_objects(seed: Path, kdir: Path, log: Log) -> None:

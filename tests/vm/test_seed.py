@@ -284,6 +284,33 @@ def test_prune_by_size_removes_the_oldest_first(tmp_path, monkeypatch):
 # -- real builds -------------------------------------------------------------------------
 
 
+def _tree(root: Path, files: dict[str, str], touched: list[str]) -> Path:
+    for rel, text in files.items():
+        (root / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "src" / rel).write_text(text)
+    (root / "obj").mkdir(parents=True, exist_ok=True)
+    (root / "obj" / ".config").write_text("CONFIG_X=y\n")
+    (root / "src-state.json").write_text(json.dumps({"touched": touched}))
+    return root
+
+
+@pytest.mark.parametrize(
+    "rel, alike",
+    [("mm/mprotect.c", True), ("mm/Kconfig", False), ("kernel/configs/tiny.config", False), ("Makefile", False)],
+)
+def test_a_seed_configuration_is_reused_only_when_no_kconfig_input_differs(tmp_path, rel, alike):
+    seed = _tree(tmp_path / "seed", {rel: "old\n"}, [rel])
+    kdir = _tree(tmp_path / "new", {rel: "new\n"}, [rel])
+    assert vb._config_inputs_alike(seed, kdir) is alike
+
+
+def test_a_seed_without_its_configuration_is_configured_again(tmp_path):
+    seed = _tree(tmp_path / "seed", {"mm/mprotect.c": "a\n"}, ["mm/mprotect.c"])
+    kdir = _tree(tmp_path / "new", {"mm/mprotect.c": "b\n"}, ["mm/mprotect.c"])
+    (kdir / "obj" / ".config").unlink()
+    assert not vb._config_inputs_alike(seed, kdir)
+
+
 @pytest.mark.vm
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -320,6 +347,7 @@ def test_one_line_edits_seed_from_the_closest_build_and_rebuild_little(tmp_path)
             assert info["seeded_from"] == want, "\n".join(lines)
             seed_line = next(line for line in lines if "seeding from" in line)
             assert f"seeding from '{want}'" in seed_line and "1 file(s) differ (mm/mprotect.c)" in seed_line
+            assert f"configuration as '{want}' (no Kconfig file differs)" in "\n".join(lines), "\n".join(lines)
             print(f"{name}: seeded from {want}, {seconds:.0f} s; {seed_line}")
     finally:
         for name in names:
