@@ -133,7 +133,7 @@ def large_folio_size(kind: MemoryKind) -> int:
 
 
 #: the sysfs file that lets MADV_HUGEPAGE memory of a kind have large folios, and the value that does it
-#: (both off by default; the guest set-up and the tests' fixture write it, as root)
+#: (both off by default; the tests' fixture writes it for its module, as root, and puts it back)
 LARGE_FOLIO_SETTINGS = {
     MemoryKind.ANON: (f"{THP_SYSFS}/hugepages-{MTHP_SIZE // 1024}kB/enabled", "madvise"),
     MemoryKind.SHMEM: (f"{THP_SYSFS}/shmem_enabled", "advise"),

@@ -116,8 +116,8 @@ def large_folios_enabled():
     """Let MADV_HUGEPAGE memory have large folios (64 KiB anon mTHP, shmem THP) for this module.
 
     As root, each setting of :data:`harness.memory.LARGE_FOLIO_SETTINGS` that
-    is off is switched to what the harness asks, and put back afterwards (the
-    guest set-up does the same at boot).  Not root, or a kernel without the
+    is off is switched to what the harness asks, and put back afterwards (in a
+    guest too: its kernel boots with them off).  Not root, or a kernel without the
     file: left as it is, and the checks say what is missing.
     """
     restore = []

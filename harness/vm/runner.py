@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping, NamedTuple, Sequence
 
 from harness import paths
-from harness.memory import LARGE_FOLIO_SETTINGS
 from harness.vm.build import BUILD_DIR, REPO_ROOT, KernelBuild, check_host, load_kernel
 from harness.vm.errors import GuestError, GuestPanic, GuestTimeout, MissingToolError
 
@@ -354,10 +353,11 @@ def guest_environment(
 GUEST_SWAP_SIZE = "256M"
 
 #: What the guest gets before the command, as root: debugfs (the pte channel
-#: of vm/instrumentation lives there, and virtme-ng's init does not mount it),
-#: a zram swap device, and large folios for MADV_HUGEPAGE memory where the
-#: kernel offers them (shmem THP and 64 KiB anonymous mTHP, both off by
-#: default; harness.memory.large_folio_unavailable() reads the same files).  A step that fails says so on stderr and the
+#: of vm/instrumentation lives there, and virtme-ng's init does not mount it)
+#: and a zram swap device.  Large folios (shmem THP, anonymous mTHP) are left
+#: off, as the kernel boots: the tests that need them turn them on for their
+#: module (tests/conftest.py, large_folios_enabled), so the kernel's own
+#: selftests run with the defaults they expect.  A step that fails says so on stderr and the
 #: command runs anyway: the tests that need it then name what is missing.
 GUEST_SETUP = f"""\
 export PATH="$PATH:/sbin:/usr/sbin"
@@ -370,10 +370,6 @@ if [ -e /sys/block/zram0/disksize ]; then
 else
   echo "uffd-harness guest set-up: no swap: the kernel has no zram0 (CONFIG_ZRAM)" >&2
 fi
-for knob in {" ".join(shlex.quote(f"{path} {value}") for path, value in LARGE_FOLIO_SETTINGS.values())}; do
-  set -- $knob
-  [ ! -e "$1" ] || echo "$2" > "$1" || echo "uffd-harness guest set-up: cannot set $1 to $2" >&2
-done
 """
 
 

@@ -6,7 +6,7 @@ says what it is instead), that a machine without the folio size gets an
 error naming the setting, and that idle-page tracking, which only takes a
 folio's head page, answers "cannot tell" for a tail page instead of a wrong
 "young".  As root the ``large_folios_enabled`` fixture turns the settings on
-for the module (the guest set-up does it at boot).
+for the module, and puts them back after.
 
 None of these tests carries a ``clause`` marker: they test the observation
 the checks rely on, not the kernel's keeping of a clause.
