@@ -158,3 +158,38 @@ def test_tree_gives_the_same_verdict_as_the_series_and_is_cached(hints_tree, tmp
     _log(f"[test] --tree: cold validation {cold:.0f} s, cached builds {warm:.1f} s")
 
     assert _state(hints_tree) == before, "validate --tree changed the user's tree"
+
+
+def test_a_tree_whose_head_commits_a_mutant_is_broken_on_its_clause(hints_tree, tmp_path, monkeypatch):
+    """The hint series' head as the base, one commit on top that turns its code into a mutant's
+    (young-only: WRITE_LIKELY leaves what it makes writable clean): 'contract broken' naming clause 3."""
+    import json
+
+    from harness.vm import mutants
+    from harness.vm.runner import check_runner_host
+
+    try:
+        check_runner_host()
+    except Exception as exc:  # noqa: BLE001 - MissingToolError and friends, with a message
+        pytest.skip(f"cannot boot a guest: {exc}")
+    _one_guest_at_a_time(monkeypatch)
+    mutant = mutants.get("young-only")
+    series = mutants.generate(mutant, tmp_path / "young-only")
+    upstream, hints = _git(hints_tree, "rev-parse", "upstream"), _git(hints_tree, "rev-parse", "hints")
+    clone = tmp_path / "tree"
+    subprocess.run(["git", "clone", "-q", "--shared", str(hints_tree), str(clone)], check=True, timeout=600)
+    _git(clone, "checkout", "-q", "-b", "mutant-series", upstream)
+    _git(clone, "am", "-q", *(str(p) for p in vmbuild.read_series(series)))
+    changed = _git(clone, "diff", "--name-only", hints, "mutant-series").split()
+    assert changed and all(f.endswith(".c") for f in changed), changed
+    _git(clone, "checkout", "-q", "-b", "mutant", hints)
+    _git(clone, "checkout", "mutant-series", "--", *changed)
+    _git(clone, "commit", "-q", "-m", f"mutant {mutant.name}: {mutant.breaks}")
+
+    plan = plan_tree(clone, base=hints, head="mutant")
+    status = run.validate(None, quick=True, results=tmp_path / "results", log=_log, tree=plan)
+    report = json.loads((tmp_path / "results" / "report.json").read_text())
+    assert status != 0
+    assert report["verdict"]["kind"] == "broken", report["verdict"]["line"]
+    assert "clause 3" in report["verdict"]["line"], report["verdict"]["line"]
+    assert report["clauses"]["3"][plan.candidate] == "fail"
