@@ -81,6 +81,11 @@ def _read_text(path: str) -> Optional[str]:
         return None
 
 
+def sysfs_choice(path: str) -> Optional[str]:
+    """The selected word of a sysfs choice file ("always [madvise] never" -> "madvise"), None without it."""
+    return _selected(_read_text(path))
+
+
 def _selected(text: Optional[str]) -> Optional[str]:
     """The [selected] word of a sysfs choice ("always [madvise] never" -> "madvise")."""
     if text is None:
@@ -103,9 +108,9 @@ def thp_unavailable() -> Optional[str]:
     """
     if _read_text(f"{THP_SYSFS}/enabled") is None:
         return f"kernel lacks CONFIG_TRANSPARENT_HUGEPAGE (no {THP_SYSFS}/enabled)"
-    enabled = _selected(_read_text(f"{THP_SYSFS}/enabled"))
+    enabled = sysfs_choice(f"{THP_SYSFS}/enabled")
     per_size_path = f"{THP_SYSFS}/hugepages-{thp_pmd_size() // 1024}kB/enabled"
-    per_size = _selected(_read_text(per_size_path))  # Linux 6.8+; "inherit" defers to enabled
+    per_size = sysfs_choice(per_size_path)  # Linux 6.8+; "inherit" defers to enabled
     if per_size not in (None, "inherit"):
         if per_size == "never":
             return f"PMD-sized THP disabled: {per_size_path} = never (echo inherit > {per_size_path}, as root)"
@@ -144,7 +149,7 @@ def large_folio_unavailable(kind: MemoryKind) -> Optional[str]:
     """None when a MADV_HUGEPAGE region of ``kind`` may get large folios here, else what is missing."""
     large_folio_size(kind)  # names the kinds there are none of
     path, value = LARGE_FOLIO_SETTINGS[kind]
-    setting = _selected(_read_text(path))
+    setting = sysfs_choice(path)
     what = f"{MTHP_SIZE // 1024} KiB anonymous mTHP" if kind is MemoryKind.ANON else "shmem THP"
     if setting is None:
         since = "Linux 6.8 or later" if kind is MemoryKind.ANON else "CONFIG_TRANSPARENT_HUGEPAGE"
@@ -419,7 +424,7 @@ class Region:
                 f"no free {block}: the fault fell back to 4 KiB pages (/proc/vmstat thp_fault_fallback "
                 f"{self._thp_fallbacks} -> {fallbacks}); {advice}"
             )
-        defrag = _selected(_read_text(f"{THP_SYSFS}/defrag"))
+        defrag = sysfs_choice(f"{THP_SYSFS}/defrag")
         return (
             f"the fault mapped 4 KiB pages and the kernel did not say why (thp_fault_fallback unchanged, "
             f"defrag = {defrag})"

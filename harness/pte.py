@@ -229,9 +229,18 @@ def _pfn_of(region: Region, page: int) -> int:
     entry = pagemap_entry(region.page_addr(page))
     if not pagemap_bit(entry, PagemapBit.PRESENT):
         raise ObservationUnavailable(f"page {page} of {region!r} is not present: it has no PFN")
+    return _visible_pfn(entry)
+
+
+#: why a present page's pagemap entry has no PFN
+_PFNS_HIDDEN = "pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)"
+
+
+def _visible_pfn(entry: int) -> int:
+    """The PFN of a present page's pagemap entry; :class:`ObservationUnavailable` where it is hidden."""
     pfn = pagemap_pfn(entry)
     if pfn is None:
-        raise ObservationUnavailable("pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)")
+        raise ObservationUnavailable(_PFNS_HIDDEN)
     return pfn
 
 
@@ -258,9 +267,7 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
             if not pagemap_bit(entry, PagemapBit.PRESENT):
                 previous = -1
                 continue
-            pfn = pagemap_pfn(entry)
-            if pfn is None:
-                raise ObservationUnavailable("pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)")
+            pfn = _visible_pfn(entry)
             # a tail page right after a page of its folio is in that folio: one kpageflags read per page
             if _is_tail_page(pfn):
                 head = head if pfn == previous + 1 else _folio_head_pfn(pfn)
@@ -612,9 +619,7 @@ def _idle_state(region: Region, entry: int, state: PteState) -> PteState:
         # page_idle_get_folio() takes LRU folios only, and hugetlb folios never are on an LRU:
         # the bitmap would say "not idle" whatever the entry's young bit
         return replace(state, young=None, dirty=None)
-    pfn = pagemap_pfn(entry)
-    if pfn is None:
-        raise ObservationUnavailable("pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)")
+    pfn = _visible_pfn(entry)
     flags = kpageflags(pfn) if kpageflags_available() is None else frozenset()
     # the bitmap says "not idle" for every tail page: only the head page's bit means something
     young = None if KPageFlag.COMPOUND_TAIL in flags else not page_idle(pfn)
@@ -905,7 +910,7 @@ def large_folio_problem(region: Region) -> Optional[str]:
     if not region.folio_size:
         raise HarnessError(f"{region!r} is not a large-folio region (Region.create(..., large_folio=True))")
     if not pfn_visible():
-        raise ObservationUnavailable("large folios: pagemap hides PFNs from this process (needs CAP_SYS_ADMIN)")
+        raise ObservationUnavailable(f"large folios: {_PFNS_HIDDEN}")
     _require(kpageflags_available())
     vma = smaps_vma(region.addr)
     pmd_kb = vma.get("AnonHugePages", 0) + vma.get("ShmemPmdMapped", 0) + vma.get("FilePmdMapped", 0)

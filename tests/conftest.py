@@ -11,7 +11,14 @@ import os
 
 import pytest
 
-from harness.memory import LARGE_FOLIO_SETTINGS, MemoryKind, Region, free_hugepages, large_folio_unavailable
+from harness.memory import (
+    LARGE_FOLIO_SETTINGS,
+    MemoryKind,
+    Region,
+    free_hugepages,
+    large_folio_unavailable,
+    sysfs_choice,
+)
 
 pytest_plugins = ["harness.pytest_plugin", "pytester"]
 
@@ -125,8 +132,7 @@ def large_folios_enabled():
         for kind, (path, value) in LARGE_FOLIO_SETTINGS.items():
             if os.geteuid() != 0 or not os.path.exists(path) or large_folio_unavailable(kind) is None:
                 continue
-            with open(path) as f:
-                old = f.read().split("[")[1].split("]")[0]
+            old = sysfs_choice(path)
             with open(path, "w") as f:
                 f.write(value)
             restore.append((path, old))

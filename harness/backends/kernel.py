@@ -340,12 +340,9 @@ class KernelBackend(Backend):
             return self.observe_ptes(pages)
         if channel == IDLE_PAGE:
             self._drain_lru()  # once for all the pages (see _drain_lru)
-            by_region: dict[int, list[int]] = {}
-            for r, page in pages:
-                by_region.setdefault(r.index, []).append(page)
             seen = {
                 (index, page): state
-                for index, plist in by_region.items()
+                for index, plist in _pages_by_region(pages).items()
                 for page, state in zip(plist, _pte.observe_idle(self._regions[index], plist), strict=True)
             }
             return [seen[r.index, page] for r, page in pages]
@@ -369,11 +366,8 @@ class KernelBackend(Backend):
 
     def observe_ptes(self, pages: list[tuple[RegionRef, int]]) -> list[PteState]:
         """Many pages through the pte channel: one write + read per region (covering its pages asked for)."""
-        wanted: dict[int, list[int]] = {}
-        for r, page in pages:
-            wanted.setdefault(r.index, []).append(page)
         seen: dict[tuple[int, int], PteState] = {}
-        for index, plist in wanted.items():
+        for index, plist in _pages_by_region(pages).items():
             lo, hi = min(plist), max(plist)
             states = _pte.observe_ptes(self._regions[index], lo, hi - lo + 1)
             for page, state in zip(range(lo, hi + 1), states, strict=False):
@@ -507,6 +501,14 @@ class _LiveChild(ForkedChild):
         except ChildProcessError:
             pass
         self.pid = 0
+
+
+def _pages_by_region(pages: list[tuple[RegionRef, int]]) -> dict[int, list[int]]:
+    """{region index: its pages asked for, in the order asked}: channels that read a region at once."""
+    out: dict[int, list[int]] = {}
+    for r, page in pages:
+        out.setdefault(r.index, []).append(page)
+    return out
 
 
 def _smaps_counts(starts: set) -> dict[int, tuple[int, int, int]]:
