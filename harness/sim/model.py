@@ -790,6 +790,8 @@ class Mm:
                 self._zap_one(vma, i)
         elif advice == "pageout":
             for i in range(first, first + count):
+                if self.profile.pageout_makes_old:
+                    self._pageout_makes_old(vma, i)
                 self._pageout_one(vma, i)
         else:
             raise ValueError(f"unknown advice {advice!r}: free, dontneed or pageout")
@@ -844,6 +846,13 @@ class Mm:
     def _mark_accessed(folio: Folio) -> None:
         """folio_mark_accessed(): the first call sets PG_referenced (the second activates; not modelled)."""
         folio.referenced = True
+
+    def _pageout_makes_old(self, vma: Vma, i: int) -> None:
+        """6.1's madvise_cold_or_pageout_pte_range(): a present PTE of a normal page mapped once is made
+        old before the page is isolated for reclaim (the zero page and shared pages are passed over)."""
+        pte = vma.ptes[i]
+        if pte is not None and pte.folio is not None and not pte.folio.zero and pte.folio.mapcount == 1:
+            pte.young = False
 
     def _pageout_one(self, vma: Vma, i: int) -> None:
         """madvise_pageout -> reclaim_pages(): needs swap for anonymous pages."""

@@ -130,6 +130,9 @@ class Profile:
     upgrade_needs_dirty: bool = False
     #: ioctls this kernel does not know (it answers EINVAL): 6.1 predates POISON and MOVE
     lacks_ioctls: frozenset = field(default_factory=frozenset)
+    #: MADV_PAGEOUT makes every young PTE it passes old, as MADV_COLD does (6.1's
+    #: madvise_cold_or_pageout_pte_range(); 6.12 leaves young alone for pageout, which ignores references)
+    pageout_makes_old: bool = False
 
     @property
     def offers_access_hints(self) -> bool:
@@ -179,6 +182,7 @@ STOCK_6_1 = register(
         uffd_newprot_from_vm_flags=True,
         upgrade_needs_dirty=True,
         lacks_ioctls=_LINUX_6_1_LACKS,
+        pageout_makes_old=True,
     )
 )
 ACCESS_HINTS_6_1 = register(
@@ -194,6 +198,7 @@ ACCESS_HINTS_6_1 = register(
         uffd_newprot_from_vm_flags=True,
         upgrade_needs_dirty=True,
         lacks_ioctls=_LINUX_6_1_LACKS,
+        pageout_makes_old=True,
     )
 )
 YOUNG_ONLY = register(

@@ -123,11 +123,6 @@ DESELECT_6_1: dict[str, str] = {
     "tests/test_differential.py::test_known_sequences_agree[free-drops-swap-entry]": "needs WP_UNPOPULATED",
     "tests/test_differential.py::test_known_sequences_agree[poison-markers]": "needs WP_UNPOPULATED and POISON",
     "tests/test_differential.py::test_known_sequences_agree[move-": "needs WP_UNPOPULATED and MOVE",
-    "tests/test_differential.py::test_known_sequences_agree[pageout-keeps-redirtied-lazyfree-folio]": (
-        "6.1's MADV_PAGEOUT leaves an anon PTE old where the linux-6.1 profile keeps it young (not modelled yet)"
-    ),
-    "tests/test_differential.py::test_known_sequences_agree[swap-keeps-uffd-wp]": "as above (pageout on 6.1)",
-    "tests/test_differential.py::test_known_sequences_agree[swap-in-write]": "as above (pageout on 6.1)",
     "tests/test_backends.py::test_summary_json_and_terminal_counts": "asserts that the kernel offers WP_UNPOPULATED",
 }
 
