@@ -70,6 +70,8 @@ def _meminfo() -> dict[str, int]:
 # -- transparent huge pages -------------------------------------------------------
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
+#: khugepaged's pause between scans, in milliseconds (tests/conftest.py's khugepaged_paused lengthens it)
+KHUGEPAGED_SLEEP_MS = f"{THP_SYSFS}/khugepaged/scan_sleep_millisecs"
 
 
 def _read_text(path: str) -> Optional[str]:

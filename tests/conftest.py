@@ -12,6 +12,7 @@ import os
 import pytest
 
 from harness.memory import (
+    KHUGEPAGED_SLEEP_MS,
     LARGE_FOLIO_SETTINGS,
     MemoryKind,
     Region,
@@ -141,6 +142,35 @@ def large_folios_enabled():
         for path, old in restore:
             with open(path, "w") as f:
                 f.write(old)
+
+
+#: how long khugepaged sleeps between scans while a module that needs it paused runs (an hour)
+KHUGEPAGED_PAUSE_MS = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def khugepaged_paused():
+    """Keep khugepaged from collapsing a module's split THPs back into PMDs between two observations.
+
+    A range that a test split on purpose, or un-protected without its uffd-wp
+    bits, is a MADV_HUGEPAGE range khugepaged may collapse at any moment (a
+    full validate once saw smaps say "split" and PAGEMAP_SCAN "huge" for one
+    region).  As root, the scan period is made an hour for the module and put
+    back after: writing it wakes khugepaged for one scan, done here before any
+    test region exists.  Yields the pause in ms; None (not root, or no such
+    file) when left as it is.
+    """
+    if os.geteuid() != 0 or not os.path.exists(KHUGEPAGED_SLEEP_MS):
+        yield None
+        return
+    old = _read_int(KHUGEPAGED_SLEEP_MS)
+    with open(KHUGEPAGED_SLEEP_MS, "w") as f:
+        f.write(str(KHUGEPAGED_PAUSE_MS))
+    try:
+        yield KHUGEPAGED_PAUSE_MS
+    finally:
+        with open(KHUGEPAGED_SLEEP_MS, "w") as f:
+            f.write(str(old))
 
 
 def _read_int(path: str) -> int:

@@ -416,6 +416,11 @@ def vng_command(
         "--append",
         " ".join(cmdline),
         "--verbose",
+        # One socket per CPU: with `-smp N` alone QEMU puts N cores in one
+        # package, and SeaBIOS's MP table lists one CPU per package, so a
+        # kernel without ACPI (vm/kernel.config) booted with one CPU.
+        "--qemu-opts",
+        f"-smp sockets={cpus},cores=1,threads=1",
     ]
     if accel == "tcg":
         cmd.append("--disable-kvm")

@@ -54,6 +54,8 @@ def test_contract_clause(backend, request, n, target):
             pytest.skip(f"{target.label}: fewer than {HUGETLB_PAGES_NEEDED} free huge pages (vm.nr_hugepages)")
     if target.shape is Shape.LARGE_FOLIO:
         request.getfixturevalue("large_folios_enabled")  # as root, lets MADV_HUGEPAGE memory have them
+    if target.shape in (Shape.THP, Shape.THP_PART, Shape.LARGE_FOLIO):
+        request.getfixturevalue("khugepaged_paused")  # its collapses would change the layout under a check
     request.node.user_properties.append(("memory", target.label))
     request.node.user_properties.append(("shape", target.shape.value))
     try:

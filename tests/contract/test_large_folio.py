@@ -84,8 +84,9 @@ def test_a_disabled_setting_is_thp_unavailable(monkeypatch):
 
 
 @pytest.fixture
-def folios(large_folios_enabled):
-    """Skip naming the setting where this kernel (or user) cannot have the folios."""
+def folios(large_folios_enabled, khugepaged_paused):
+    """Skip naming the setting where this kernel (or user) cannot have the folios (khugepaged paused:
+    it may map a shmem THP by its PMD again)."""
     for kind in (MemoryKind.ANON, MemoryKind.SHMEM):
         reason = large_folio_unavailable(kind)
         if reason:

@@ -34,8 +34,9 @@ from harness.pte import kpageflags_available, pfn_visible, thp_mapping
 from harness.pytest_plugin import kernel_only_clauses
 from harness.uffd import Userfaultfd
 
-#: they test the checks, not the kernel (validate --quick leaves them out)
-pytestmark = pytest.mark.checks_the_checks
+#: they test the checks, not the kernel (validate --quick leaves them out); khugepaged
+#: must not collapse a PMD a test split on purpose while the checks look at it
+pytestmark = [pytest.mark.checks_the_checks, pytest.mark.usefixtures("khugepaged_paused")]
 
 
 @pytest.fixture
@@ -43,6 +44,14 @@ def thp_ok():
     reason = memory.thp_unavailable()
     if reason:
         pytest.skip(reason)
+
+
+def test_khugepaged_is_paused_for_this_module(khugepaged_paused):
+    """The split-PMD checks below rely on it (a collapse between two reads looked like a disagreement)."""
+    if khugepaged_paused is None:
+        pytest.skip(f"not root, or no {memory.KHUGEPAGED_SLEEP_MS}: khugepaged cannot be paused")
+    with open(memory.KHUGEPAGED_SLEEP_MS) as f:
+        assert int(f.read()) == khugepaged_paused > 10_000  # longer than any kernel's default
 
 
 # -- the region ----------------------------------------------------------------------

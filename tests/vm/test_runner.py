@@ -40,8 +40,8 @@ def test_exit_status_is_passed_through(guest_kernel):
 @pytest.mark.timeout(BOOT_TIMEOUT + 30)
 def test_guest_environment_and_directories(guest_kernel, tmp_path):
     """The guest sees the project tree (and cannot change it on the host), the
-    uapi header through UFFD_HARNESS_UAPI_HEADER, the kernel name, and a
-    writable rwdir.
+    uapi header through UFFD_HARNESS_UAPI_HEADER, the kernel name, a
+    writable rwdir, huge pages and every CPU it was given.
 
     Under paths virtme-ng overlays in the guest (a clone in /tmp, say) a
     write to the tree succeeds inside the guest and stays there; what
@@ -55,9 +55,9 @@ def test_guest_environment_and_directories(guest_kernel, tmp_path):
         f"test -f {REPO_ROOT}/harness/vm/runner.py; "
         f"touch {REPO_ROOT}/.uffd-harness-ro-probe 2>/dev/null || true; "
         'echo from-guest > "$UFFD_HARNESS_RWDIR/out.txt"; '
-        "uname -r; grep HugePages_Total /proc/meminfo"
+        "uname -r; grep HugePages_Total /proc/meminfo; echo cpus=$(nproc)"
     )
-    res = run_in_guest(guest_kernel, ["sh", "-c", script], timeout=BOOT_TIMEOUT, rwdir=rw, capture=True)
+    res = run_in_guest(guest_kernel, ["sh", "-c", script], timeout=BOOT_TIMEOUT, rwdir=rw, capture=True, cpus=2)
     assert res.returncode == 0, (
         f"guest checks failed with {res.returncode}; output:\n{res.output}\nconsole:\n" + "\n".join(res.console_tail)
     )
@@ -67,6 +67,8 @@ def test_guest_environment_and_directories(guest_kernel, tmp_path):
     assert "6.12" in res.output, f"guest did not boot the 6.12 kernel: {res.output}"
     total = int(res.output.split("HugePages_Total:")[1].split()[0])
     assert total > 0, "no huge pages reserved in the guest (hugepages= on the cmdline)"
+    # a kernel without ACPI counts CPUs from the MP table, which lists one per socket
+    assert "cpus=2" in res.output, f"the guest does not see the 2 CPUs QEMU was given: {res.output}"
     assert not (REPO_ROOT / ".uffd-harness-ro-probe").exists(), (
         "a write to the project tree in the guest reached the host"
     )
