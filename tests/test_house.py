@@ -16,8 +16,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import harness
 from harness import paths
+
+#: the source's shape, read with ast: the same on any kernel, and seconds under TCG (guest suites deselect host_only)
+pytestmark = pytest.mark.host_only
 
 PACKAGE = paths.REPO_ROOT / "harness"
 

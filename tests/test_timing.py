@@ -59,6 +59,7 @@ def test_bootstrap_interval_covers_the_median_of_known_data(monkeypatch, use_num
     assert hi - lo < 20, "801 samples of sd 40 should pin the median within a few cycles"
 
 
+@synthetic_data
 def test_bootstrap_interval_of_a_constant_is_a_point():
     assert stats.bootstrap_median_ci([52] * 100, resamples=200) == (52, 52)
 
