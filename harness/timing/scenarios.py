@@ -6,7 +6,7 @@ fresh region is prepared outside the timed path, then a C loop
 (cbits/timing.c) records the cycles of each access or operation.
 
 PTE states of an anonymous page, all present (checked through smaps on an
-untimed verification batch before the rounds, and by counting minor faults
+untimed verification batch before the rounds, and by counting page faults
 around every timed loop):
 
 ``young_dirty``  written: the write fault installs the PTE young and dirty.
@@ -97,7 +97,7 @@ class Batch:
     """One batch of samples and what was seen around it."""
 
     samples: list[float]
-    #: minor faults counted around the timed loop (0 expected for a first touch of a present PTE)
+    #: page faults counted around the timed loop (0 expected for a first touch of a present PTE)
     faults: int = 0
     #: None when the prepared state was verified or not checked; else what was wrong
     state_error: Optional[str] = None
@@ -122,8 +122,16 @@ class Scenario:
 _RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 
 
-def _minflt() -> int:
-    return resource.getrusage(_RUSAGE).ru_minflt
+def _faults() -> int:
+    """This thread's page faults, minor and major.
+
+    A fault that waited for a userfaultfd handler ends in VM_FAULT_RETRY and
+    is retried; before per-VMA locks (Linux 6.1) the retry carries
+    FAULT_FLAG_TRIED and mm_account_fault() counts it major, so minor faults
+    alone miss every fault the handler served there.
+    """
+    usage = resource.getrusage(_RUSAGE)
+    return usage.ru_minflt + usage.ru_majflt
 
 
 def _region(npages: int) -> Region:
@@ -140,9 +148,9 @@ def _timed_touch(region: Region, write: bool, ctx: Context) -> tuple[list[float]
         ctx.rng.shuffle(pages)
     order = ffi.new("uint32_t[]", pages)
     buf = ffi.new("uint64_t[]", region.npages)
-    before = _minflt()
+    before = _faults()
     lib.harness_time_touch(region.addr, region.npages, region.page_size, int(write), order, buf)
-    faults = _minflt() - before  # before list(): building it may fault the heap
+    faults = _faults() - before  # before list(): building it may fault the heap
     return list(buf), faults
 
 
@@ -353,7 +361,7 @@ def _missing_roundtrip(ctx: Context, python: bool) -> Batch:
         src.write(value=0xA5)
         uffd.register(region.addr, region.length, RegisterMode.MISSING)
         buf = ffi.new("uint64_t[]", pages)
-        before = _minflt()
+        before = _faults()
         if python:
             page = region.page_size
 
@@ -370,7 +378,7 @@ def _missing_roundtrip(ctx: Context, python: bool) -> Batch:
             )
             if r < 0:
                 raise UffdError("missing round trip (C handler)", -r, region.addr, region.length)
-        faults = _minflt() - before
+        faults = _faults() - before
         return Batch(list(buf), faults)
 
 
@@ -590,11 +598,11 @@ def _rfc_loop(ctx: Context, two_threads: bool = False) -> Batch:
     with _region(1) as region:
         region.write()
         buf = ffi.new("uint64_t[]", ctx.pages)
-        before = _minflt()
+        before = _faults()
         r = lib.harness_time_rfc_loop(region.addr, region.length, ctx.pages, spinner, buf)
         if r < 0:
             raise HarnessError(f"mprotect loop failed: errno {-r}")
-        faults = _minflt() - before  # before list(): building it may fault the heap
+        faults = _faults() - before  # before list(): building it may fault the heap
         return Batch(list(buf), faults)
 
 

@@ -106,8 +106,6 @@ DESELECT_6_1: dict[str, str] = {
     "did not give (see the contract's large-folio targets)",
     "tests/test_timing.py::test_first_touch_batches_are_plausible_and_fault_free": "assumes 6.12's un-protect "
     "write-upgrade (no fault on the first store)",
-    "tests/test_timing.py::test_missing_roundtrip_serves_every_page": "6.1 resolves these touches without the "
-    "handler (not investigated)",
     "tests/test_uffd_unit.py::test_uffd_unit[move-": "6.1 lacks UFFD_FEATURE_MOVE",
     "tests/test_uffd_unit.py::test_uffd_unit[poison-": "6.1 lacks UFFD_FEATURE_POISON",
     "tests/test_uffd_unit.py::test_uffd_unit[wp-unpopulated-": "6.1 lacks UFFD_FEATURE_WP_UNPOPULATED",
