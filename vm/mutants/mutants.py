@@ -234,6 +234,8 @@ MUTANTS = [
         breaks="'||' for '&&' in change_pte_range()'s access_likely: every un-protect makes present PTEs "
         "young, hints or not",
         clauses=(5,),
+        # WRITE_LIKELY alone then makes young a shmem/file PTE it does not make writable (its negative space)
+        also=(3,),
         exposed_by={
             "kind": ["anon", "shmem", "shmem-private", "file"],
             "hints": "none",
@@ -431,6 +433,8 @@ MUTANTS = [
         breaks="ACCESS_LIKELY marks the folio accessed (folio_mark_accessed()) instead of the PTE young: "
         "the PTE stays old, smaps Referenced and idle-page tracking still say 'accessed'",
         clauses=(2,),
+        # their cases with ACCESS_LIKELY see the same disagreement of channels (pte old, the folio flag set)
+        also=(4, 8),
         exposed_by={
             "kind": ["anon-thp", "anon", "shmem", "shmem-private", "file"],
             "shape": "thp-part",
