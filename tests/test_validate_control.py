@@ -357,3 +357,78 @@ def test_quick_leaves_out_slow_tests_and_the_tests_of_the_checks(tmp_path, monke
     markers = cmd[len(cmd) - cmd[::-1].index("-m")]  # the last -m: the first is python's -m pytest
     assert ("not slow" in markers and "not checks_the_checks" in markers) == quick, markers
     assert "not host_only" in markers
+
+
+def test_beside_the_suite_a_file_says_the_selftests_run_until_they_end(tmp_path, monkeypatch):
+    """The suite is told (paths.ENV_SELFTESTS_RUNNING) of a file that exists while the selftests run."""
+    seen: dict = {}
+
+    def suite(out, quick, env, log, beside=False):
+        flag = env.get(paths.ENV_SELFTESTS_RUNNING)
+        seen["flag"], seen["there at the start"] = flag, bool(flag) and Path(flag).exists()
+        return {"returncode": 0, "seconds": 0.0}
+
+    def selftests(out, selftests_dir, log, beside=False):
+        import time
+
+        time.sleep(0.3)
+        seen["there while the selftests run"] = Path(seen["flag"]).exists()
+        return {}
+
+    monkeypatch.setattr(guest, "_run_suite", suite)
+    monkeypatch.setattr(guest, "_run_selftests", selftests)
+    monkeypatch.setattr(guest.os, "cpu_count", lambda: 2)
+    guest.run_steps(tmp_path, None, quick=True, log=lambda line: None, steps_wanted=("pytest", "selftests"))
+    assert seen["there at the start"] and seen["there while the selftests run"], seen
+    assert not Path(seen["flag"]).exists(), "the file outlived the selftests"
+
+
+@pytest.mark.host_only
+def test_beside_the_selftests_the_tests_that_change_mm_settings_run_last():
+    """With the file named, pytest orders the mm_settings cases (large folios, THP) after all others."""
+    import os
+    import subprocess
+    import sys
+
+    def collected(env_extra: dict) -> list[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+            + ["tests/contract/test_contract.py"],
+            cwd=paths.REPO_ROOT,
+            env={**os.environ, **env_extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return [line for line in proc.stdout.splitlines() if "::" in line]
+
+    def settings_case(nodeid: str) -> bool:
+        return any(nodeid.endswith(f"-{shape}]") for shape in ("thp", "thp-part", "large-folio"))
+
+    alone = collected({})
+    beside = collected({paths.ENV_SELFTESTS_RUNNING: "/nonexistent/selftests-running"})
+    assert sorted(alone) == sorted(beside)
+    first = next(i for i, nodeid in enumerate(beside) if settings_case(nodeid))
+    assert all(settings_case(nodeid) for nodeid in beside[first:]), beside[first:]
+    assert not all(settings_case(nodeid) for nodeid in alone[alone.index(beside[first]) :]), "already last"
+
+
+def test_a_test_that_changes_mm_settings_waits_for_the_selftests(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import conftest
+
+    flag = tmp_path / "running"
+    flag.touch()
+    monkeypatch.setenv(paths.ENV_SELFTESTS_RUNNING, str(flag))
+    threading.Timer(0.5, flag.unlink).start()
+    t0 = time.monotonic()
+    conftest._wait_for_the_selftests()
+    assert time.monotonic() - t0 >= 0.4 and not flag.exists()
+
+    flag.touch()
+    monkeypatch.setattr(conftest, "SELFTESTS_WAIT_SECONDS", 0.3)
+    with pytest.raises(pytest.fail.Exception, match="still run after"):
+        conftest._wait_for_the_selftests()

@@ -158,6 +158,10 @@ STEP_LINES = {
 }
 
 
+#: in a guest's results directory while its selftests run beside the suite (paths.ENV_SELFTESTS_RUNNING)
+SELFTESTS_RUNNING_FILE = ".selftests-running"
+
+
 def run_steps(
     out: Path,
     selftests_dir: Optional[Path],
@@ -180,9 +184,22 @@ def run_steps(
     beside = quick and "pytest" in steps_wanted and "selftests" in steps_wanted and (os.cpu_count() or 1) >= 2
     if beside:
         log(f"[validate] {_where()}: {STEP_LINES['beside']}")
+        # The selftests must see the kernel's default mm settings (uffd-unit-tests' shmem cases failed
+        # with shmem_enabled=advise), which some suite tests change for their module: while this file
+        # exists the suite runs those last and they wait for it to go (tests/conftest.py).
+        running = out / SELFTESTS_RUNNING_FILE
+        running.touch()
+
+        def selftests_then_release() -> dict:
+            try:
+                return _run_selftests(out, selftests_dir, log, beside=True)
+            finally:
+                running.unlink(missing_ok=True)
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            selftests = pool.submit(_run_selftests, out, selftests_dir, log, beside=True)
-            steps["pytest"] = _run_suite(out, quick, env, log, beside=True)
+            selftests = pool.submit(selftests_then_release)
+            suite_env = {**env, paths.ENV_SELFTESTS_RUNNING: str(running)}
+            steps["pytest"] = _run_suite(out, quick, suite_env, log, beside=True)
             steps["selftests"] = selftests.result()
         steps["beside"] = True
     else:

@@ -27,6 +27,9 @@ from harness.errors import ObservationUnavailable, ThpUnavailable
 from harness.memory import MemoryKind, free_hugepages
 from harness.pytest_plugin import kernel_only_clauses
 
+#: shapes whose cases change global mm settings (large folios on, khugepaged paused): see the test below
+MM_SETTINGS_SHAPES = (Shape.THP, Shape.THP_PART, Shape.LARGE_FOLIO)
+
 
 def _params(with_kernel_only: tuple):
     for n, clause in sorted(CONTRACT.items()):
@@ -34,6 +37,8 @@ def _params(with_kernel_only: tuple):
             marks = [pytest.mark.clause(n), pytest.mark.needs(*clause.needs)]
             if target.kernel_only:
                 marks.append(pytest.mark.backend("kernel"))
+            if target.shape in MM_SETTINGS_SHAPES:
+                marks.append(pytest.mark.mm_settings)
             yield pytest.param(n, target, id=f"clause{n}-{target.label}", marks=marks)
 
 
@@ -54,7 +59,7 @@ def test_contract_clause(backend, request, n, target):
             pytest.skip(f"{target.label}: fewer than {HUGETLB_PAGES_NEEDED} free huge pages (vm.nr_hugepages)")
     if target.shape is Shape.LARGE_FOLIO:
         request.getfixturevalue("large_folios_enabled")  # as root, lets MADV_HUGEPAGE memory have them
-    if target.shape in (Shape.THP, Shape.THP_PART, Shape.LARGE_FOLIO):
+    if target.shape in MM_SETTINGS_SHAPES:
         request.getfixturevalue("khugepaged_paused")  # its collapses would change the layout under a check
     request.node.user_properties.append(("memory", target.label))
     request.node.user_properties.append(("shape", target.shape.value))

@@ -33,6 +33,8 @@ from harness.memory import (
 from harness.pte import IDLE_PAGE
 
 root = pytest.mark.root
+#: its regions need large folios switched on (and khugepaged paused) for the module
+pytestmark = pytest.mark.mm_settings
 
 
 # -- what the settings allow -----------------------------------------------------------

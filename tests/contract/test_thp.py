@@ -36,7 +36,7 @@ from harness.uffd import Userfaultfd
 
 #: they test the checks, not the kernel (validate --quick leaves them out); khugepaged
 #: must not collapse a PMD a test split on purpose while the checks look at it
-pytestmark = [pytest.mark.checks_the_checks, pytest.mark.usefixtures("khugepaged_paused")]
+pytestmark = [pytest.mark.checks_the_checks, pytest.mark.mm_settings, pytest.mark.usefixtures("khugepaged_paused")]
 
 
 @pytest.fixture
