@@ -32,11 +32,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from collections import Counter, defaultdict
 from typing import Optional
 
 import pytest
 
+from harness import paths
 from harness.abi import Feature
 from harness.backends.contract import CONTRACT, SOFT_DIRTY, SWAP
 
@@ -45,6 +47,25 @@ CLAUSES = tuple(sorted(CONTRACT))
 CLAUSE_NEEDS = {n: clause.needs for n, clause in CONTRACT.items()}
 
 _BACKEND_KEY = "backend"
+
+
+#: how long a test that changes global mm settings waits for the selftests beside the suite to end
+SELFTESTS_WAIT_SECONDS = 900
+
+
+def wait_for_the_selftests() -> None:
+    """Return once no selftest runs beside this suite: they must see the kernel's default mm settings.
+
+    For fixtures that change such settings (tests/conftest.py): validate's guest
+    (``harness.validate.guest.run_steps``) names, in ``paths.ENV_SELFTESTS_RUNNING``,
+    a file that exists while the selftests run.
+    """
+    flag = os.environ.get(paths.ENV_SELFTESTS_RUNNING)
+    deadline = time.monotonic() + SELFTESTS_WAIT_SECONDS
+    while flag and os.path.exists(flag):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the selftests beside the suite still run after {SELFTESTS_WAIT_SECONDS} s ({flag} exists)")
+        time.sleep(0.2)
 
 
 def pytest_addoption(parser):

@@ -60,6 +60,8 @@ class SelftestRun:
     #: why the run as a whole failed (timeout, missing binary), else ""
     error: str = ""
     log: str = ""
+    #: cases that failed in a first run which, run again, passed (see harness.validate.guest)
+    flaky: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {"pass": 0, "fail": 0, "skip": 0}

@@ -8,7 +8,6 @@ set-up, not a reason to pass.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -59,7 +58,7 @@ def pytest_collection_modifyitems(config, items):
     neither fails on them nor pretends to have run them.  ``make vm-test`` runs them.
 
     Beside the kernel's selftests, the ``mm_settings`` tests run last (in their order): they
-    wait for the selftests to end (:func:`_wait_for_the_selftests`), so run first they would
+    wait for the selftests to end (:func:`harness.pytest_plugin.wait_for_the_selftests`), so run first they would
     hold the suite up, and run last the rest of the suite overlaps the selftests.
     """
     if os.environ.get(paths.ENV_SELFTESTS_RUNNING):
@@ -71,24 +70,6 @@ def pytest_collection_modifyitems(config, items):
     if guest_only:
         config.hook.pytest_deselected(items=guest_only)
         items[:] = [item for item in items if not item.get_closest_marker("guest_kernel")]
-
-
-#: how long a test that changes global mm settings waits for the selftests beside the suite to end
-SELFTESTS_WAIT_SECONDS = 900
-
-
-def _wait_for_the_selftests() -> None:
-    """Return once no selftest runs beside this suite: they must see the kernel's default mm settings.
-
-    validate's guest (``harness.validate.guest.run_steps``) names, in
-    ``paths.ENV_SELFTESTS_RUNNING``, a file that exists while they run.
-    """
-    flag = os.environ.get(paths.ENV_SELFTESTS_RUNNING)
-    deadline = time.monotonic() + SELFTESTS_WAIT_SECONDS
-    while flag and os.path.exists(flag):
-        if time.monotonic() > deadline:
-            pytest.fail(f"the selftests beside the suite still run after {SELFTESTS_WAIT_SECONDS} s ({flag} exists)")
-        time.sleep(0.2)
 
 
 def pytest_report_header(config):
@@ -156,12 +137,15 @@ def large_folios_enabled():
     guest too: its kernel boots with them off).  Not root, or a kernel without the
     file: left as it is, and the checks say what is missing.
     """
+    # imported here, not at the top: pytest must import its plugin first to rewrite its asserts
+    from harness.pytest_plugin import wait_for_the_selftests
+
     restore = []
     try:
         for kind, (path, value) in LARGE_FOLIO_SETTINGS.items():
             if os.geteuid() != 0 or not os.path.exists(path) or large_folio_unavailable(kind) is None:
                 continue
-            _wait_for_the_selftests()
+            wait_for_the_selftests()
             old = sysfs_choice(path)
             with open(path, "w") as f:
                 f.write(value)
@@ -189,10 +173,12 @@ def khugepaged_paused():
     test region exists.  Yields the pause in ms; None (not root, or no such
     file) when left as it is.
     """
+    from harness.pytest_plugin import wait_for_the_selftests
+
     if os.geteuid() != 0 or not os.path.exists(KHUGEPAGED_SLEEP_MS):
         yield None
         return
-    _wait_for_the_selftests()
+    wait_for_the_selftests()
     old = _read_int(KHUGEPAGED_SLEEP_MS)
     with open(KHUGEPAGED_SLEEP_MS, "w") as f:
         f.write(str(KHUGEPAGED_PAUSE_MS))

@@ -418,17 +418,62 @@ def test_a_test_that_changes_mm_settings_waits_for_the_selftests(tmp_path, monke
     import threading
     import time
 
-    import conftest
+    from harness import pytest_plugin
 
     flag = tmp_path / "running"
     flag.touch()
     monkeypatch.setenv(paths.ENV_SELFTESTS_RUNNING, str(flag))
     threading.Timer(0.5, flag.unlink).start()
     t0 = time.monotonic()
-    conftest._wait_for_the_selftests()
+    pytest_plugin.wait_for_the_selftests()
     assert time.monotonic() - t0 >= 0.4 and not flag.exists()
 
     flag.touch()
-    monkeypatch.setattr(conftest, "SELFTESTS_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(pytest_plugin, "SELFTESTS_WAIT_SECONDS", 0.3)
     with pytest.raises(pytest.fail.Exception, match="still run after"):
-        conftest._wait_for_the_selftests()
+        pytest_plugin.wait_for_the_selftests()
+
+
+@pytest.mark.parametrize("second_passes", [True, False])
+def test_a_selftest_that_fails_is_run_again_and_a_passing_rerun_is_recorded_as_flaky(tmp_path, second_passes):
+    from harness.selftests import CaseResult, SelftestRun
+
+    built = tmp_path / "selftests"
+    built.mkdir()
+    (built / "uffd-unit-tests").touch()
+    results = [
+        SelftestRun(
+            "uffd-unit-tests",
+            1,
+            1.0,
+            [CaseResult("zeropage on anon", "pass"), CaseResult("events on anon", "fail")],
+            log="first",
+        ),
+        SelftestRun(
+            "uffd-unit-tests",
+            0 if second_passes else 1,
+            1.0,
+            [CaseResult("zeropage on anon", "pass"), CaseResult("events on anon", "pass" if second_passes else "fail")],
+            log="second",
+        ),
+    ]
+    runs: list = []
+
+    def fake(binary):
+        runs.append(binary.name)
+        return results[len(runs) - 1]
+
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guest, "_run_selftest_binary", fake)
+        mp.setattr(guest, "_selftests_built", lambda d: ("uffd-unit-tests",))
+        steps = guest._run_selftests(tmp_path, built, lines.append)
+    run = steps["uffd-unit-tests"]
+    assert runs == ["uffd-unit-tests", "uffd-unit-tests"]
+    assert (tmp_path / "selftest-uffd-unit-tests.first.log").read_text() == "first"
+    assert (tmp_path / "selftest-uffd-unit-tests.log").read_text() == "second"
+    if second_passes:
+        assert run["result"] == "pass" and run["flaky"] == ["events on anon"]
+        assert any("recorded as flaky" in line for line in lines), lines
+    else:
+        assert run["result"] == "fail" and run["flaky"] == []

@@ -65,7 +65,12 @@ class KernelOutcome:
         runs = {}
         for name, d in self.steps.get("selftests", {}).items():
             run = SelftestRun(
-                d["name"], d["returncode"], d["seconds"], [CaseResult(**c) for c in d["cases"]], d.get("error", "")
+                d["name"],
+                d["returncode"],
+                d["seconds"],
+                [CaseResult(**c) for c in d["cases"]],
+                d.get("error", ""),
+                flaky=list(d.get("flaky", [])),
             )
             runs[name] = run
         return runs

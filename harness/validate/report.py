@@ -115,7 +115,12 @@ def render_markdown(report: dict) -> str:
     for name, k in report["kernels"].items():
         for test, run in k["selftests"].items():
             c = run["counts"]
-            srows.append([name, test, run["result"], c["pass"], c["skip"], c["fail"], run.get("error", "")])
+            note = run.get("error", "") or (
+                f"flaky: {', '.join(run['flaky'])} failed in a first run, passed in a second"
+                if run.get("flaky")
+                else ""
+            )
+            srows.append([name, test, run["result"], c["pass"], c["skip"], c["fail"], note])
     lines += [
         tabulate(srows, headers=["kernel", "selftest", "result", "pass", "skip", "fail", "note"], tablefmt="github"),
         "",
