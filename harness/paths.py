@@ -20,7 +20,8 @@ ENV_ACCEL = "UFFD_HARNESS_ACCEL"  #: force QEMU's accelerator (kvm or tcg)
 ENV_VNG = "UFFD_HARNESS_VNG"  #: the vng executable (tests use a stand-in)
 ENV_RWDIR = "UFFD_HARNESS_RWDIR"  #: set in a guest: its writable results directory
 #: set for a suite that runs beside the kernel's selftests: a file that exists while they run; tests
-#: that change global mm settings (large folios, khugepaged) wait until it is gone (tests/conftest.py)
+#: that change global mm settings (large folios, khugepaged) wait until it is gone
+#: (harness.pytest_plugin.wait_for_the_selftests, called by tests/conftest.py's fixtures)
 ENV_SELFTESTS_RUNNING = "UFFD_HARNESS_SELFTESTS_RUNNING"
 ENV_SIM_PROFILES = "UFFD_HARNESS_SIM_PROFILES"  #: extra simulator profiles (module:NAME, comma-separated)
 ENV_KEEP_CANDIDATES = "UFFD_HARNESS_KEEP_CANDIDATES"  #: candidate-* kernel builds kept (default 3)

@@ -435,7 +435,9 @@ def test_a_test_that_changes_mm_settings_waits_for_the_selftests(tmp_path, monke
 
 
 @pytest.mark.parametrize("second_passes", [True, False])
-def test_a_selftest_that_fails_is_run_again_and_a_passing_rerun_is_recorded_as_flaky(tmp_path, second_passes):
+def test_a_selftest_that_fails_is_run_again_and_a_passing_rerun_is_recorded_as_flaky(
+    tmp_path, monkeypatch, second_passes
+):
     from harness.selftests import CaseResult, SelftestRun
 
     built = tmp_path / "selftests"
@@ -464,10 +466,8 @@ def test_a_selftest_that_fails_is_run_again_and_a_passing_rerun_is_recorded_as_f
         return results[len(runs) - 1]
 
     lines: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(guest, "_run_selftest_binary", fake)
-        mp.setattr(guest, "_selftests_built", lambda d: ("uffd-unit-tests",))
-        steps = guest._run_selftests(tmp_path, built, lines.append)
+    monkeypatch.setattr(guest, "_run_selftest_binary", fake)
+    steps = guest._run_selftests(tmp_path, built, lines.append)  # the one binary in ``built``
     run = steps["uffd-unit-tests"]
     assert runs == ["uffd-unit-tests", "uffd-unit-tests"]
     assert (tmp_path / "selftest-uffd-unit-tests.first.log").read_text() == "first"
