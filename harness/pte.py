@@ -36,10 +36,11 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import re
 import struct
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Optional
+from typing import Iterable, Optional
 
 from harness import abi
 from harness import memory as _memory
@@ -153,23 +154,54 @@ def is_swapped(addr: int) -> bool:
 
 def smaps_vma(addr: int, pid: str = "self") -> dict[str, int]:
     """The smaps fields (in kB) of the VMA containing ``addr``; ``VmFlags`` as a string."""
-    with open(f"/proc/{pid}/smaps") as f:
-        lines = iter(f.read().splitlines())
-    for line in lines:
-        head = line.split(maxsplit=1)[0]
-        if "-" not in head or ":" in head:
-            continue
-        lo, hi = (int(x, 16) for x in head.split("-"))
-        if lo <= addr < hi:
-            fields: dict = {"start": lo, "end": hi}
-            for field in lines:
-                key, _, value = field.partition(":")
-                if key == "VmFlags":
-                    fields[key] = value.strip()
-                    return fields
-                fields[key] = int(value.split()[0])
-            return fields
-    raise HarnessError(f"/proc/{pid}/smaps: no VMA contains {addr:#x}")
+    vma = smaps_vmas([addr], pid).get(addr)
+    if vma is None:
+        raise HarnessError(f"/proc/{pid}/smaps: no VMA contains {addr:#x}")
+    return vma
+
+
+def smaps_vmas(addrs: Iterable[int], pid: str = "self") -> dict[int, dict]:
+    """{addr: the smaps fields of the VMA containing it} for each address some VMA contains, from one read.
+
+    A process has hundreds of VMAs and a contract case reads smaps dozens of
+    times, so only the wanted VMAs are parsed: an address that starts its
+    VMA (a region's, usually) is found by its header line, any other by a
+    walk over the header lines.
+    """
+    with open(f"/proc/{pid}/smaps", "rb") as f:
+        text = "\n" + f.read().decode()
+    out: dict[int, dict] = {}
+    for addr in set(addrs):
+        at = text.find(f"\n{addr:x}-") + 1 or _smaps_header_containing(text, addr)
+        if at:
+            out[addr] = _smaps_fields(text, at)
+    return out
+
+
+def _smaps_header_containing(text: str, addr: int) -> int:
+    """Where the header line of the VMA containing ``addr`` starts in ``text`` (smaps after a newline); 0 if none."""
+    at = 1
+    while at:
+        lo, _, rest = text[at : at + 40].partition("-")
+        if int(lo, 16) <= addr < int(rest.partition(" ")[0], 16):
+            return at
+        flags_at = text.find("\nVmFlags:", at)  # each VMA's last line: the next header follows it
+        at = text.find("\n", flags_at + 1) + 1 if flags_at >= 0 else 0
+        at = at if at < len(text) else 0
+    return 0
+
+
+def _smaps_fields(text: str, at: int) -> dict:
+    """The fields (kB, ``VmFlags`` a string) of the VMA whose header line starts at ``at``, with its start and end."""
+    eol = text.find("\n", at)
+    lo, _, hi = text[at:eol].split(maxsplit=1)[0].partition("-")
+    fields: dict = {"start": int(lo, 16), "end": int(hi, 16)}
+    flags_at = text.find("\nVmFlags:", eol)  # the last line of each VMA
+    for line in text[eol + 1 : flags_at].splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = int(value.split()[0])
+    fields["VmFlags"] = text[flags_at + len("\nVmFlags:") :].partition("\n")[0].strip()
+    return fields
 
 
 def _smaps_young_dirty(region: Region, page: int) -> tuple[Optional[bool], Optional[bool]]:
@@ -262,14 +294,16 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
     fd = os.open(_IDLE_BITMAP, os.O_RDWR)
     marked: set[int] = set()
     previous = head = -1
+    present = [_visible_pfn(e) for e in entries if pagemap_bit(e, PagemapBit.PRESENT)]
+    tails = {pfn for pfn, f in zip(present, _flags_if_readable(present), strict=True) if KPageFlag.COMPOUND_TAIL in f}
     try:
         for page, entry in zip(range(first, first + count), entries, strict=True):
             if not pagemap_bit(entry, PagemapBit.PRESENT):
                 previous = -1
                 continue
             pfn = _visible_pfn(entry)
-            # a tail page right after a page of its folio is in that folio: one kpageflags read per page
-            if _is_tail_page(pfn):
+            # a tail page right after a page of its folio is in that folio
+            if pfn in tails:
                 head = head if pfn == previous + 1 else _folio_head_pfn(pfn)
             else:
                 head = pfn
@@ -292,6 +326,15 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
                 )
     finally:
         os.close(fd)
+
+
+def _flags_if_readable(pfns: list[int]) -> list[frozenset[KPageFlag]]:
+    """kpageflags of the pages, or no flags for each where kpageflags cannot be read (then nothing can tell
+    a tail page)."""
+    try:
+        return kpageflags_many(pfns)
+    except ObservationUnavailable:
+        return [frozenset()] * len(pfns)
 
 
 def _is_tail_page(pfn: int) -> bool:
@@ -328,30 +371,64 @@ def drain_this_cpu_lru() -> None:
 
 def page_idle(pfn: int) -> bool:
     """True if the page was not accessed since it was marked idle (clears young bits)."""
+    return pages_idle([pfn])[0]
+
+
+def pages_idle(pfns: list[int]) -> list[bool]:
+    """:func:`page_idle` of many pages: one open, each 8-byte word of the bitmap read once."""
     _require(idle_page_tracking_available())
     fd = os.open(_IDLE_BITMAP, os.O_RDONLY)
+    words: dict[int, int] = {}
     try:
-        (word,) = struct.unpack("<Q", os.pread(fd, 8, (pfn // 64) * 8))
+        for index in sorted({pfn // 64 for pfn in pfns}):
+            (words[index],) = struct.unpack("<Q", os.pread(fd, 8, index * 8))
     finally:
         os.close(fd)
-    return bool(word >> (pfn % 64) & 1)
+    return [bool(words[pfn // 64] >> (pfn % 64) & 1) for pfn in pfns]
 
 
 def kpageflags(pfn: int) -> frozenset[KPageFlag]:
+    return kpageflags_many([pfn])[0]
+
+
+def kpageflags_many(pfns: list[int]) -> list[frozenset[KPageFlag]]:
+    """kpageflags of many pages: one open, one read per run of consecutive PFNs (a large folio is one run).
+
+    THP, large folios and whole ranges read hundreds of pages; a file opened
+    per page cost seconds of every guest suite under TCG.
+    """
     try:
         fd = os.open(_KPAGEFLAGS, os.O_RDONLY)
     except OSError:
-        _require(kpageflags_available())  # says what is missing (checked only then: large folios read many)
+        _require(kpageflags_available())  # says what is missing (checked only then)
         raise
+    words: dict[int, int] = {}
     try:
-        (word,) = struct.unpack("<Q", os.pread(fd, 8, pfn * 8))
+        for first, count in _runs(pfns):
+            data = os.pread(fd, 8 * count, first * 8)
+            if len(data) != 8 * count:
+                raise HarnessError(f"{_KPAGEFLAGS}: short read at pfn {first:#x} ({len(data)} of {8 * count} bytes)")
+            words.update(zip(range(first, first + count), struct.unpack(f"<{count}Q", data), strict=True))
     finally:
         os.close(fd)
-    return frozenset(flag for flag in _KPAGEFLAG_MEMBERS if word >> flag & 1)
+    return [_flags_of_word(words[pfn]) for pfn in pfns]
 
 
-#: iterating an enum class is slow; large folios read kpageflags for hundreds of pages
-_KPAGEFLAG_MEMBERS = tuple(KPageFlag)
+def _runs(pfns: list[int]) -> list[tuple[int, int]]:
+    """The distinct PFNs as (first, count) runs of consecutive numbers, in ascending order."""
+    runs: list[tuple[int, int]] = []
+    for pfn in sorted(set(pfns)):
+        if runs and runs[-1][0] + runs[-1][1] == pfn:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((pfn, 1))
+    return runs
+
+
+@lru_cache(maxsize=256)
+def _flags_of_word(word: int) -> frozenset[KPageFlag]:
+    """The flags of a kpageflags word (few distinct words: the pages of one region look alike)."""
+    return frozenset(flag for flag in KPageFlag if word >> flag & 1)
 
 
 # -- the pte channel (vm/instrumentation) -------------------------------------------
@@ -431,29 +508,40 @@ def kernel_instrumented() -> Optional[bool]:
 
 def parse_pte_line(line: str) -> PteEntry:
     """One line of the pte file (format: vm/README.md, "The instrumentation patch")."""
-    parts = line.split()
-    try:
-        fields = dict(part.split("=", 1) for part in parts[2:])
-        flags = {name: fields[name] == "1" for name in _PTE_FLAGS}
-        entry = PteEntry(
-            addr=int(parts[0], 16),
-            level=parts[1],
-            **flags,
-            swap=None if fields["swap"] == "-" else fields["swap"],
-            pfn=None if fields["pfn"] == "-" else int(fields["pfn"], 16),
-            entry=int(fields["entry"], 16),
-        )
-    except (IndexError, KeyError, ValueError) as exc:
+    # one regular expression for the fixed field order: thousands of lines per case, each split by
+    # hand, cost seconds of every guest suite under TCG
+    match = _PTE_LINE.fullmatch(line.rstrip())
+    if match is None:
         raise HarnessError(
-            f"{PTE_DEBUGFS}: cannot parse line {line!r} ({exc!r}): does the kernel's "
-            "vm/instrumentation match harness/pte.py?"
-        ) from None
-    if entry.level not in PTE_LEVELS or (entry.swap is not None and entry.swap not in SWAP_KINDS):
+            f"{PTE_DEBUGFS}: cannot parse line {line!r}: does the kernel's vm/instrumentation match harness/pte.py?"
+        )
+    addr, level, present, writable, young, dirty, uffd_wp, soft_dirty, swap, pfn, raw = match.groups()
+    if level not in PTE_LEVELS or (swap != "-" and swap not in SWAP_KINDS):
         raise HarnessError(
             f"{PTE_DEBUGFS}: unknown level or swap kind in {line!r}: does the kernel's "
             "vm/instrumentation match harness/pte.py?"
         )
-    return entry
+    return PteEntry(
+        addr=int(addr, 16),
+        level=level,
+        present=present == "1",
+        writable=writable == "1",
+        young=young == "1",
+        dirty=dirty == "1",
+        uffd_wp=uffd_wp == "1",
+        soft_dirty=soft_dirty == "1",
+        swap=None if swap == "-" else swap,
+        pfn=None if pfn == "-" else int(pfn, 16),
+        entry=int(raw, 16),
+    )
+
+
+#: a line of the pte file, fields in the order mm/uffd_harness_pte.c prints them
+_PTE_LINE = re.compile(
+    r"(0x[0-9a-f]+) (\S+) "
+    + " ".join(f"{name}=([01])" for name in _PTE_FLAGS)
+    + r" swap=(\S+) pfn=(-|0x[0-9a-f]+) entry=(0x[0-9a-f]+)"
+)
 
 
 def read_ptes(addr: int, npages: int = 1) -> list[PteEntry]:
@@ -529,19 +617,34 @@ def pagemap_state(
 ) -> PteState:
     """A PteState from a pagemap entry (present, swapped, uffd-wp, ...) and what ``source`` says of the rest:
     the one place a PteState is made from pagemap."""
+    # plain int shifts, not pagemap_bit(): this runs for every page of every range, through each channel
+    present = bool(entry >> _PM_PRESENT & 1)
     return PteState(
-        present=pagemap_bit(entry, PagemapBit.PRESENT),
-        swapped=pagemap_bit(entry, PagemapBit.SWAPPED),
-        file_shared=pagemap_bit(entry, PagemapBit.FILE),
-        uffd_wp=pagemap_bit(entry, PagemapBit.UFFD_WP),
-        exclusive=pagemap_bit(entry, PagemapBit.EXCLUSIVE),
-        soft_dirty=pagemap_bit(entry, PagemapBit.SOFT_DIRTY),
-        pfn=pagemap_pfn(entry),
+        present=present,
+        swapped=bool(entry >> _PM_SWAPPED & 1),
+        file_shared=bool(entry >> _PM_FILE & 1),
+        uffd_wp=bool(entry >> _PM_UFFD_WP & 1),
+        exclusive=bool(entry >> _PM_EXCLUSIVE & 1),
+        soft_dirty=bool(entry >> _PM_SOFT_DIRTY & 1),
+        pfn=(entry & abi.PAGEMAP_PFN_MASK or None) if present else None,
         young=young,
         dirty=dirty,
         writable=writable,
         source=source,
     )
+
+
+_PM_PRESENT, _PM_SWAPPED, _PM_FILE, _PM_UFFD_WP, _PM_EXCLUSIVE, _PM_SOFT_DIRTY = (
+    int(bit)
+    for bit in (
+        PagemapBit.PRESENT,
+        PagemapBit.SWAPPED,
+        PagemapBit.FILE,
+        PagemapBit.UFFD_WP,
+        PagemapBit.EXCLUSIVE,
+        PagemapBit.SOFT_DIRTY,
+    )
+)
 
 
 def _pte_state(entry: int, pte: PteEntry) -> PteState:
@@ -591,7 +694,7 @@ def observe(region: Region, page: int = 0, channel: str = SMAPS) -> PteState:
         young, dirty = _smaps_young_dirty(region, page)
         return replace(state, young=young, dirty=dirty)
     if channel == IDLE_PAGE:
-        return _idle_state(region, entry, state)
+        return observe_idle(region, [page])[0]
     pfn = _pfn_of(region, page)
     if channel == KPAGEFLAGS:
         flags = kpageflags(pfn)
@@ -605,25 +708,31 @@ def observe_idle(region: Region, pages: list[int]) -> list[PteState]:
         return []
     lo = min(pages)
     entries = pagemap_entries(region.page_addr(lo), max(pages) - lo + 1)
-    out = []
-    for page in pages:
-        entry = entries[page - lo]
-        state = pagemap_state(entry, IDLE_PAGE)
-        out.append(_idle_state(region, entry, state) if state.present else replace(state, young=False, dirty=False))
-    return out
-
-
-def _idle_state(region: Region, entry: int, state: PteState) -> PteState:
-    """A present page through idle-page tracking: young since marked idle, dirty from kpageflags."""
+    present = [pagemap_bit(entries[page - lo], PagemapBit.PRESENT) for page in pages]
     if region.kind.hugetlb:
         # page_idle_get_folio() takes LRU folios only, and hugetlb folios never are on an LRU:
         # the bitmap would say "not idle" whatever the entry's young bit
-        return replace(state, young=None, dirty=None)
-    pfn = _visible_pfn(entry)
-    flags = kpageflags(pfn) if kpageflags_available() is None else frozenset()
-    # the bitmap says "not idle" for every tail page: only the head page's bit means something
-    young = None if KPageFlag.COMPOUND_TAIL in flags else not page_idle(pfn)
-    return replace(state, young=young, dirty=(KPageFlag.DIRTY in flags) if flags else None)
+        return [
+            pagemap_state(entries[page - lo], IDLE_PAGE, young=None if p else False, dirty=None if p else False)
+            for page, p in zip(pages, present, strict=True)
+        ]
+    pfns = [_visible_pfn(entries[page - lo]) for page, p in zip(pages, present, strict=True) if p]
+    flags = _flags_if_readable(pfns)
+    # the bitmap says "not idle" for every tail page: only a head page's bit means something
+    heads = [pfn for pfn, f in zip(pfns, flags, strict=True) if KPageFlag.COMPOUND_TAIL not in f]
+    idle = dict(zip(heads, pages_idle(heads), strict=True))
+    seen = iter(zip(pfns, flags, strict=True))
+    out = []
+    for page, p in zip(pages, present, strict=True):
+        if not p:
+            out.append(pagemap_state(entries[page - lo], IDLE_PAGE, young=False, dirty=False))
+            continue
+        pfn, f = next(seen)
+        young = None if KPageFlag.COMPOUND_TAIL in f else not idle[pfn]
+        out.append(
+            pagemap_state(entries[page - lo], IDLE_PAGE, young=young, dirty=(KPageFlag.DIRTY in f) if f else None)
+        )
+    return out
 
 
 # -- cross-check: the PTE against what folio flags can explain ----------------------
@@ -927,7 +1036,7 @@ def large_folio_problem(region: Region) -> Optional[str]:
         run = list(range(head, head + per_folio))
         if head % per_folio or pfns != run:
             return f"base pages {first}..{first + per_folio - 1} are not one aligned run of PFNs (not one folio)"
-        flags = [kpageflags(pfn) for pfn in run]
+        flags = kpageflags_many(run)
         if KPageFlag.COMPOUND_HEAD not in flags[0] or any(KPageFlag.COMPOUND_TAIL not in f for f in flags[1:]):
             return (
                 f"base pages {first}..{first + per_folio - 1} are not one {region.folio_size // 1024} KiB "

@@ -119,6 +119,7 @@ def test_bootstrap_diff_interval_finds_a_shift_and_not_a_non_shift():
     assert lo <= 0 <= hi, "two samples of one distribution: the interval must contain 0"
 
 
+@synthetic_data
 def test_ratio_interval():
     assert stats.bootstrap_ratio_ci([100.0] * 50, [200.0] * 50, resamples=100) == (2.0, 2.0)
     rng = random.Random(5)
@@ -148,6 +149,7 @@ def test_verdict_rejects_an_inverted_interval():
         stats.verdict(5, -5)
 
 
+@synthetic_data
 def test_summary_fields():
     s = stats.summarize(list(range(1, 101)), resamples=200)
     assert (s.n, s.median, s.min, s.max) == (100, 50.5, 1, 100)
@@ -697,6 +699,7 @@ def test_compare_json_and_no_verdict_under_tcg(tmp_path, capsys):
     assert "no difference detected" not in out, "under TCG no verdict at all is printed"
 
 
+@synthetic_data
 def test_target_ratios_are_derived_side_by_side_with_intervals_and_verdicts():
     """The batch and single-call targets come out of one run as ratios of medians, each with its interval."""
     results = {

@@ -128,6 +128,7 @@ def test_adjacent_ranges_do_not_overlap(wp_region):
     assert wp_bits(region)[:3] == [True, True, False]
 
 
+@pytest.mark.host_only  # the binding's C loop and its results at scale: the kernel answers ENOENT or 0 as anywhere
 def test_huge_batch_is_one_call_with_one_result_per_range(make_region):
     """65536 one-page ranges (256 MiB, mostly never touched) in one call; the last half unregistered."""
     n = 1 << 16

@@ -347,37 +347,37 @@ def _expect(label: str, s: Subject, views: dict, **want) -> list[str]:
     problems = []
     pages = s.pages()
     for channel, states in views.items():
-        fields = CHANNEL_FIELDS[channel]
+        # what this channel can tell: the bits it does not see are left to the others
+        checks = [
+            (f, v) for f, v in want.items() if f not in ("young", "dirty", "writable") or f in CHANNEL_FIELDS[channel]
+        ]
         for (r, page), state in zip(pages, states, strict=False):
-            where = s.where(r, page)
-            for field, value in want.items():
-                if field in ("young", "dirty", "writable") and field not in fields:
-                    continue
+            for field, value in checks:
                 got = getattr(state, field)
                 if got is None:
                     # smaps counts pages per VMA: None is "some counted, not all".  Elsewhere None is "cannot
                     # tell" (idle-page on a hugetlb folio or a tail page of a large folio)
                     if field in ("young", "dirty") and state.present and channel == SMAPS and not r.kind.hugetlb:
                         problems.append(
-                            f"{label}:{where} {field} differs between the pages of one VMA "
+                            f"{label}:{s.where(r, page)} {field} differs between the pages of one VMA "
                             f"(seen through {channel}), expected {value} for all"
                         )
                     continue
                 if got != value:
-                    problems.append(f"{label}:{where} {field} is {got} through {channel}, expected {value}")
+                    problems.append(f"{label}:{s.where(r, page)} {field} is {got} through {channel}, expected {value}")
     return _dedupe(problems + _agree(label, s, views))
 
 
 def _agree(label: str, s: Subject, views: dict) -> list[str]:
     """Every channel that can tell must give the same young (and dirty) as the others, page by page."""
     problems = []
-    for i, (r, page) in enumerate(s.pages()):
-        for field in ("young", "dirty", "writable"):
-            seen = {
-                ch: getattr(states[i], field)
-                for ch, states in views.items()
-                if field in CHANNEL_FIELDS[ch] and getattr(states[i], field) is not None
-            }
+    pages = s.pages()
+    for field in ("young", "dirty", "writable"):
+        telling = [(ch, states) for ch, states in views.items() if field in CHANNEL_FIELDS[ch]]
+        if len(telling) < 2:
+            continue  # one channel (writable: the pte channel) has no other to disagree with
+        for i, (r, page) in enumerate(pages):
+            seen = {ch: value for ch, states in telling if (value := getattr(states[i], field)) is not None}
             if len(set(seen.values())) > 1:
                 problems.append(f"{label}:{s.where(r, page)} channels disagree on {field}: {seen}")
     return problems

@@ -350,9 +350,10 @@ class KernelBackend(Backend):
             return [self.observe(r, page, channel) for r, page in pages]
         regions = [self._regions[r.index] for r, _ in pages]
         counts = _smaps_counts({region.addr for region in regions})
+        entries = self._pagemap_entries(pages)
         out = []
-        for region, (_r, page) in zip(regions, pages, strict=True):
-            entry = _pte.pagemap_entry(region.page_addr(page))
+        for region, (r, page) in zip(regions, pages, strict=True):
+            entry = entries[r.index, page]
             present = _pte.pagemap_bit(entry, PagemapBit.PRESENT)
             referenced, dirty, rss = counts.get(region.addr, (0, 0, 0))
 
@@ -363,6 +364,15 @@ class KernelBackend(Backend):
 
             out.append(_pte.pagemap_state(entry, SMAPS, young=verdict(referenced), dirty=verdict(dirty)))
         return out
+
+    def _pagemap_entries(self, pages: list[tuple[RegionRef, int]]) -> dict[tuple[int, int], int]:
+        """The pagemap entries of the pages, by (region index, page): one read per region."""
+        seen: dict[tuple[int, int], int] = {}
+        for index, plist in _pages_by_region(pages).items():
+            region, lo = self._regions[index], min(plist)
+            entries = _pte.pagemap_entries(region.page_addr(lo), max(plist) - lo + 1)
+            seen.update(((index, page), entries[page - lo]) for page in plist)
+        return seen
 
     def observe_ptes(self, pages: list[tuple[RegionRef, int]]) -> list[PteState]:
         """Many pages through the pte channel: one write + read per region (covering its pages asked for)."""
@@ -512,32 +522,11 @@ def _pages_by_region(pages: list[tuple[RegionRef, int]]) -> dict[int, list[int]]
 
 
 def _smaps_counts(starts: set) -> dict[int, tuple[int, int, int]]:
-    """{VMA start: (Referenced kB, Private_Dirty + Shared_Dirty kB, Rss kB)} for the VMAs starting at ``starts``.
-
-    The file is read once and searched for each VMA's header line (parsing
-    every line of a few thousand is what made per-page observation slow).
-    """
-    with open("/proc/self/smaps") as f:
-        text = f.read()
-    out = {}
-    for addr in starts:
-        at = text.find(f"{addr:x}-")
-        while at > 0 and text[at - 1] != "\n":
-            at = text.find(f"{addr:x}-", at + 1)
-        if at < 0:
-            continue
-        stop = text.find("VmFlags:", at)
-        referenced = dirty = rss = 0
-        for line in text[at:stop].splitlines()[1:]:
-            key, _, value = line.partition(":")
-            if key == "Referenced":
-                referenced = int(value.split()[0])
-            elif key in ("Private_Dirty", "Shared_Dirty"):
-                dirty += int(value.split()[0])
-            elif key == "Rss":
-                rss = int(value.split()[0])
-        out[addr] = (referenced, dirty, rss)
-    return out
+    """{VMA start: (Referenced kB, Private_Dirty + Shared_Dirty kB, Rss kB)} for the VMAs at ``starts``: one read."""
+    return {
+        addr: (vma.get("Referenced", 0), vma.get("Private_Dirty", 0) + vma.get("Shared_Dirty", 0), vma.get("Rss", 0))
+        for addr, vma in _pte.smaps_vmas(starts).items()
+    }
 
 
 def available_channels() -> list[str]:
