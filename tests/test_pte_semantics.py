@@ -225,3 +225,63 @@ def test_an_unprotect_wakes_the_thread_blocked_on_its_write_fault(make_region, a
                 writer.join(_WAKE_WAIT)
         assert woken, f"the un-protect (hints: access={access}, write={write}) did not wake the faulting thread"
     assert region.data(0, 1) == b"\x02", "the woken store did not land"
+
+
+# -- the readers: one read of a file for many pages ------------------------------------
+
+
+def test_smaps_vmas_finds_the_vma_of_each_address_in_one_read(make_region):
+    """Three VMAs made from one region (the middle page read-only): each address, a VMA's start or inside
+    it, gets its own VMA's fields; an address no VMA contains is left out, and smaps_vma names it."""
+    from harness.errors import HarnessError
+    from harness.memory import PROT_READ
+
+    region = make_region(MemoryKind.ANON, 3)
+    region.write()
+    region.mprotect(PROT_READ, 1, 1)
+    page = [region.page_addr(i) for i in range(3)]
+    vmas = pte.smaps_vmas([page[0], page[1] + 100, page[2], 0x1000])
+    assert 0x1000 not in vmas
+    assert [(vmas[a]["start"], vmas[a]["end"]) for a in (page[0], page[1] + 100, page[2])] == [
+        (page[0], page[1]),
+        (page[1], page[2]),
+        (page[2], region.end),
+    ]
+    assert "wr" not in vmas[page[1] + 100]["VmFlags"].split() and "wr" in vmas[page[2]]["VmFlags"].split()
+    assert all(vmas[a]["Rss"] == 4 for a in (page[0], page[2])), "one written 4 KiB page in each"
+    assert pte.smaps_vma(page[2] + 5) == vmas[page[2]]
+    with pytest.raises(HarnessError, match="no VMA contains 0x1000"):
+        pte.smaps_vma(0x1000)
+
+
+def test_pfn_runs_are_the_distinct_pfns_in_consecutive_stretches():
+    assert pte._runs([7, 3, 4, 5, 7, 10, 9]) == [(3, 3), (7, 1), (9, 2)]
+    assert pte._runs([]) == []
+
+
+@pytest.mark.root
+def test_kpageflags_of_many_pages_are_each_pages_own_word(make_region):
+    """kpageflags_many reads runs of PFNs at once; each page still gets the flags of its own 8-byte word
+    (read here one by one from the file), duplicates and order kept.  Seven written pages and one only
+    read (the shared zero page) tell a reader that hands every page the same word."""
+    import struct
+
+    if pte.kpageflags_available():
+        pytest.skip(pte.kpageflags_available())
+    region = make_region(MemoryKind.ANON, 8)
+    region.write(0, 7)
+    region.read(7, 1)
+    pfns = [pte.pagemap_pfn(e) for e in pte.pagemap_entries(region.addr, 8)]
+    assert None not in pfns
+    asked = [pfns[7], *pfns, pfns[3]]
+    got = pte.kpageflags_many(asked)
+    with open("/proc/kpageflags", "rb") as f:
+        words = []
+        for pfn in asked:
+            f.seek(pfn * 8)
+            words.append(struct.unpack("<Q", f.read(8))[0])
+    # flags that stay put between two reads (LRU, ACTIVE, REFERENCED may move in between)
+    stable = {abi.KPageFlag.ANON, abi.KPageFlag.ZERO_PAGE, abi.KPageFlag.COMPOUND_HEAD, abi.KPageFlag.THP}
+    assert [flags & stable for flags in got] == [{f for f in stable if w >> f & 1} for w in words]
+    assert [abi.KPageFlag.ZERO_PAGE in flags for flags in got] == [True] + [False] * 7 + [True, False]
+    assert all(abi.KPageFlag.ANON in flags for flags in got[1:8])
