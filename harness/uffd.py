@@ -72,6 +72,9 @@ def _open_advice(code: int, via: str) -> str:
 class Userfaultfd:
     """One userfaultfd.  Use as a context manager, or call :meth:`close`."""
 
+    # slots, not a __dict__: writeprotect()'s prepared path reads four of them per call
+    __slots__ = ("_fd", "_features_bits", "_api", "_wp_start", "_wp_length", "_wp_on", "_wp_off", "_wp_seen")
+
     def __init__(self, fd: int):
         self._fd = fd
         self._features_bits = 0
@@ -290,76 +293,67 @@ class Userfaultfd:
         mode = (abi.MOVE_MODE_DONTWAKE if dontwake else 0) | (abi.MOVE_MODE_ALLOW_SRC_HOLES if allow_src_holes else 0)
         return self._result_ioctl("UFFDIO_MOVE", lib.harness_uffd_move, dst, length, dst, src, length, mode)
 
-    def writeprotect(
-        self,
-        start: int,
-        length: int,
-        protect: bool = True,
-        dontwake: bool = False,
-        access_likely: bool = False,
-        write_likely: bool = False,
-        raw_mode: Optional[int] = None,
-    ) -> None:
-        """``UFFDIO_WRITEPROTECT``: protect, or (``protect=False``) un-protect a range.
+    def writeprotect(self, start: int, length: int, protect: bool = True) -> None:
+        """``UFFDIO_WRITEPROTECT``: protect, or (``protect=False``) un-protect a range, without hints.
 
-        ``access_likely`` / ``write_likely`` are the hints of the patch under
-        test (only with ``protect=False`` and the ACCESS_HINTS feature).
-        ``raw_mode`` sends a mode word as is, for testing invalid bits.  Pass
-        these by keyword: they are not keyword-only because CPython 3.11
-        specialises no call to a function that has keyword-only parameters,
-        which cost this method about a tenth of a one-page toggle.
-
-        The hot path of every write-protect test and benchmark: a plain
-        call (no option) on the range of the previous plain call prepares
-        that range's two requests, and later plain calls on it with the same
-        ``start`` and ``length`` objects issue one with a one-argument C call
-        (``binding.wp_toggle.python`` against ``.cffi_floor`` in ``bench``).
-        Many ranges at once: :meth:`writeprotect_many`.
+        The hot path of every write-protect test and benchmark, so it takes
+        nothing else: an un-protect with the hints of the patch under test,
+        or DONTWAKE, is :meth:`unprotect`; a mode word as is (invalid bits,
+        hints with MODE_WP) is :meth:`writeprotect_mode`; many ranges at
+        once, :meth:`writeprotect_many`.  A call on the range of the
+        previous call prepares that range's two requests, and later calls
+        with the same ``start`` and ``length`` objects issue one with a
+        one-argument C call (``binding.wp_toggle.python`` against
+        ``.cffi_floor`` in ``bench``).  Each parameter of this method cost
+        the toggle about 1% of the floor under CPython 3.11.
         """
-        if (
-            start is self._wp_start
-            and length is self._wp_length
-            and not (dontwake or access_likely or write_likely or raw_mode is not None)
-        ):
+        if start is self._wp_start and length is self._wp_length:
             r = _wp_issue(self._wp_on if protect else self._wp_off)
         else:
-            r = self._writeprotect_unprepared(start, length, protect, dontwake, access_likely, write_likely, raw_mode)
+            r = self._writeprotect_unprepared(start, length, protect)
         if r:
-            mode = (
-                raw_mode
-                if raw_mode is not None
-                else abi.writeprotect_mode(
-                    protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely
-                )
-            )
-            if self._fd < 0:
-                raise UffdClosedError("UFFDIO_WRITEPROTECT")
-            raise self._fail("UFFDIO_WRITEPROTECT", -r, start, length, mode)
+            raise self._wp_failure(-r, start, length, _MODE_WP if protect else 0)
 
-    def _writeprotect_unprepared(
+    def unprotect(
         self,
         start: int,
         length: int,
-        protect: bool,
-        dontwake: bool,
-        access_likely: bool,
-        write_likely: bool,
-        raw_mode: Optional[int],
-    ) -> int:
-        """Issue with all four arguments; prepare a plain call's range seen twice in a row.  0 or -errno."""
-        plain = raw_mode is None and not (dontwake or access_likely or write_likely)
-        mode = (
-            raw_mode
-            if raw_mode is not None
-            else abi.writeprotect_mode(
-                protect, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely
-            )
+        *,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        dontwake: bool = False,
+    ) -> None:
+        """``UFFDIO_WRITEPROTECT`` without MODE_WP: un-protect a range, with the hints of the patch under test
+        (they need the ACCESS_HINTS feature) and DONTWAKE as asked."""
+        self.writeprotect_mode(
+            start,
+            length,
+            abi.writeprotect_mode(False, dontwake=dontwake, access_likely=access_likely, write_likely=write_likely),
         )
+
+    def writeprotect_mode(self, start: int, length: int, mode: int) -> None:
+        """``UFFDIO_WRITEPROTECT`` with ``mode`` as is (:func:`harness.abi.writeprotect_mode` composes one):
+        any bits, for the kernel to judge, as tests of invalid modes need."""
+        r = self._wp_call(start, length, mode)
+        if r:
+            raise self._wp_failure(-r, start, length, mode)
+
+    def _wp_call(self, start: int, length: int, mode: int) -> int:
+        """The ioctl; 0 or -errno.  A range or mode that is no unsigned 64-bit integer is InvalidArgument."""
         try:
-            r = _wp_ioctl(self._fd, start, length, mode)
+            return _wp_ioctl(self._fd, start, length, mode)
         except (OverflowError, TypeError):  # off the hot path: a try costs nothing until it raises
             raise _bad_range("UFFDIO_WRITEPROTECT", start=start, length=length, mode=mode) from None
-        if plain and not r:
+
+    def _wp_failure(self, code: int, start: int, length: int, mode: int) -> UffdError:
+        if self._fd < 0:
+            return UffdClosedError("UFFDIO_WRITEPROTECT")
+        return self._fail("UFFDIO_WRITEPROTECT", code, start, length, mode)
+
+    def _writeprotect_unprepared(self, start: int, length: int, protect: bool) -> int:
+        """Issue :meth:`writeprotect`'s ioctl with all its arguments; prepare a range seen twice in a row."""
+        r = self._wp_call(start, length, _MODE_WP if protect else 0)
+        if not r:
             if start == self._wp_start and length == self._wp_length:
                 # the prepared range in other int objects: keep its requests, match these next time
                 self._wp_start, self._wp_length = start, length
@@ -387,7 +381,7 @@ class Userfaultfd:
 
         ``ranges`` are ``(start, length)`` pairs, or a :class:`PreparedRanges`
         made once and given again (no conversion per call); all get the same
-        mode, composed as :meth:`writeprotect` composes it.  Every range is
+        mode, composed as :meth:`unprotect` composes it.  Every range is
         tried, in order, whatever happened to the others (each ioctl takes
         and drops the mmap lock on its own).  Returns one entry per range, in
         the order given: None where it was done, its own :class:`UffdError`

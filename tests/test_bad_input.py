@@ -6,6 +6,7 @@ import errno
 
 import pytest
 
+from harness import abi
 from harness.abi import Feature, RegisterMode
 from harness.errors import FeatureUnavailable, UffdClosedError, UffdError
 from harness.memory import PAGE_SIZE, MemoryKind
@@ -165,7 +166,7 @@ def test_use_after_close_raises_closed_error(make_region):
 def test_invalid_writeprotect_mode_bits_are_einval(registered):
     uffd, region = registered
     with pytest.raises(UffdError) as info:
-        uffd.writeprotect(region.addr, region.length, raw_mode=1 << 40)
+        uffd.writeprotect_mode(region.addr, region.length, 1 << 40)
     assert_uffd_error(info, "UFFDIO_WRITEPROTECT", errno.EINVAL, region.addr)
 
 
@@ -182,7 +183,7 @@ def test_hints_with_mode_wp_named(registered, make_region):
     not (clause 1's EINVAL); where the kernel offers it and it was negotiated, that hints only un-protect."""
     uffd, region = registered
     with pytest.raises(UffdError) as info:
-        uffd.writeprotect(region.addr, region.length, protect=True, access_likely=True)
+        uffd.writeprotect_mode(region.addr, region.length, abi.writeprotect_mode(True, access_likely=True))
     assert_uffd_error(info, "UFFDIO_WRITEPROTECT", errno.EINVAL, region.addr)
     assert "ACCESS_HINTS feature was not negotiated" in str(info.value), str(info.value)
     if Feature.ACCESS_HINTS not in probe_features().offered:
@@ -192,7 +193,7 @@ def test_hints_with_mode_wp_named(registered, make_region):
     with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP, Feature.ACCESS_HINTS]) as u:
         u.register(hinted.addr, hinted.length, RegisterMode.WP)
         with pytest.raises(UffdError) as info:
-            u.writeprotect(hinted.addr, hinted.length, protect=True, write_likely=True)
+            u.writeprotect_mode(hinted.addr, hinted.length, abi.writeprotect_mode(True, write_likely=True))
     assert_uffd_error(info, "UFFDIO_WRITEPROTECT", errno.EINVAL, hinted.addr)
     assert "access hints apply only when un-protecting" in str(info.value), str(info.value)
 

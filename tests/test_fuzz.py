@@ -393,8 +393,8 @@ def _api_fuzz():
                         "register": lambda: uffd.register(start, length, RegisterMode(mode & 7) if mode >= 0 else mode),
                         "unregister": lambda: uffd.unregister(start, length),
                         "wake": lambda: uffd.wake(start, length),
-                        "writeprotect": lambda: uffd.writeprotect(
-                            start, length, protect=flag, raw_mode=None if flag else mode
+                        "writeprotect": lambda: (
+                            uffd.writeprotect(start, length) if flag else uffd.writeprotect_mode(start, length, mode)
                         ),
                         "zeropage": lambda: uffd.zeropage(start, length),
                         "copy": lambda: uffd.copy(start, region.addr, length),

@@ -95,7 +95,7 @@ def test_use_uapi_header_rejects_colliding_hint_bits(tmp_path, access, write, fe
 
 
 def test_a_hint_on_the_wp_bit_cannot_turn_an_unprotect_into_a_protect(tmp_path, make_region):
-    """What the collision used to do: writeprotect(protect=False, access_likely=True) left the page protected."""
+    """What the collision used to do: unprotect(access_likely=True) left the page protected."""
     region = make_region(MemoryKind.ANON, 1)
     region.write()
     before = abi.hint_abi()
@@ -105,7 +105,7 @@ def test_a_hint_on_the_wp_bit_cannot_turn_an_unprotect_into_a_protect(tmp_path, 
         with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
             uffd.register(region.addr, region.length, RegisterMode.WP)
             with pytest.raises(UffdError):  # the stock kernel refuses the (real) hint bit
-                uffd.writeprotect(region.addr, region.length, protect=False, access_likely=True)
+                uffd.unprotect(region.addr, region.length, access_likely=True)
             from harness import pte
 
             assert not pte.is_uffd_wp(region.addr), "an un-protect with a hint write-protected the page"

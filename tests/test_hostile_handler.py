@@ -45,10 +45,10 @@ def test_a_thread_blocked_on_a_fault_is_released_when_the_loop_fails():
         uffd = Userfaultfd.open([])
         uffd.register(region.addr, region.length, RegisterMode.MISSING)
 
-        def broken_read(max_events=16):
+        def broken_read(self, max_events=16):
             raise OSError("simulated read failure")
 
-        uffd.read_events = broken_read
+        Userfaultfd.read_events = broken_read  # in the child only (Userfaultfd has slots, no instance dict)
         handler = FaultHandler(uffd, lambda u, e: None, poll_interval=0.01).start()
         toucher = threading.Thread(target=region.read, daemon=True)
         toucher.start()

@@ -118,7 +118,7 @@ def test_hint_bits_rejected_without_the_feature(make_region, wp_uffd, hint):
     wp_uffd.register(region.addr, region.length, RegisterMode.WP)
     wp_uffd.writeprotect(region.addr, region.length, protect=True)
     with pytest.raises(UffdError) as info:
-        wp_uffd.writeprotect(region.addr, region.length, protect=False, **{hint: True})
+        wp_uffd.unprotect(region.addr, region.length, **{hint: True})
     assert info.value.errno == errno.EINVAL
     assert "UFFDIO_WRITEPROTECT" in str(info.value) and "ACCESS_HINTS" in str(info.value)
     assert pte.is_uffd_wp(region.addr), "a rejected un-protect leaves the page protected"
@@ -134,7 +134,7 @@ def test_access_hints_feature_refused_by_name_when_absent(make_region):
         with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP, Feature.ACCESS_HINTS]) as uffd:
             uffd.register(region.addr, region.length, RegisterMode.WP)
             uffd.writeprotect(region.addr, region.length, protect=True)
-            uffd.writeprotect(region.addr, region.length, protect=False, access_likely=True, write_likely=True)
+            uffd.unprotect(region.addr, region.length, access_likely=True, write_likely=True)
         assert not pte.is_uffd_wp(region.addr), "the hinted un-protect did not un-protect"
         return
     from harness.errors import FeatureUnavailable
@@ -216,7 +216,7 @@ def test_an_unprotect_wakes_the_thread_blocked_on_its_write_fault(make_region, a
             assert poller.poll(_WAKE_WAIT * 1000), f"no fault event within {_WAKE_WAIT:.0f} s of the store"
             events = uffd.read_events()
             assert len(events) == 1 and events[0].wp and events[0].write, events
-            uffd.writeprotect(region.addr, region.length, protect=False, access_likely=access, write_likely=write)
+            uffd.unprotect(region.addr, region.length, access_likely=access, write_likely=write)
             writer.join(_WAKE_WAIT)
             woken = not writer.is_alive()
         finally:

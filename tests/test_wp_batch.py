@@ -161,7 +161,7 @@ def test_batch_on_a_closed_userfaultfd_is_typed(wp_region):
 
 
 def test_batch_hints_without_the_feature_are_einval_per_range(wp_region):
-    """Clause 1 through the batch: the mode word is composed as writeprotect() composes it."""
+    """Clause 1 through the batch: the mode word is composed as unprotect() composes it."""
     uffd, region = wp_region
     uffd.writeprotect_many([page(region, 0), page(region, 1)], protect=True)
     results = uffd.writeprotect_many([page(region, 0), page(region, 1)], protect=False, write_likely=True, check=False)

@@ -13,6 +13,7 @@ import warnings
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Optional
 
+from harness import abi
 from harness import pte as _pte
 from harness.abi import Feature, PagemapBit, RegisterMode
 from harness.backends.base import KERNEL, Backend, FaultEvent, ForkedChild, RegionRef
@@ -167,14 +168,7 @@ class KernelBackend(Backend):
     ) -> None:
         """One ioctl from the first region's start to the last one's end (they are contiguous)."""
         first, last = self._regions[refs[0].index], self._regions[refs[-1].index]
-        self._need_uffd().writeprotect(
-            first.addr,
-            last.end - first.addr,
-            protect,
-            access_likely=access_likely,
-            write_likely=write_likely,
-            raw_mode=raw_mode,
-        )
+        self._wp(first.addr, last.end - first.addr, protect, access_likely, write_likely, raw_mode)
 
     def write_faults(self, r: RegionRef, page: int = 0) -> int:
         return self._regions[r.index].write_faults(page)
@@ -200,13 +194,7 @@ class KernelBackend(Backend):
         region = self._regions[r.index]
         if not 0 <= first < first + count <= self.base_pages(r):
             raise IndexError(f"base pages [{first}, +{count}) outside {region!r}")
-        self._need_uffd().writeprotect(
-            region.addr + first * PAGE_SIZE,
-            count * PAGE_SIZE,
-            protect,
-            access_likely=access_likely,
-            write_likely=write_likely,
-        )
+        self._wp(region.addr + first * PAGE_SIZE, count * PAGE_SIZE, protect, access_likely, write_likely)
 
     def base_page_states(self, r: RegionRef) -> list[PteState]:
         """pagemap of every base page of a region (present, uffd-wp, ...; young/dirty not filled in)."""
@@ -275,9 +263,20 @@ class KernelBackend(Backend):
         raw_mode: Optional[int] = None,
     ) -> None:
         start, length = self._regions[r.index].span(first, count)
-        self._need_uffd().writeprotect(
-            start, length, protect, access_likely=access_likely, write_likely=write_likely, raw_mode=raw_mode
-        )
+        self._wp(start, length, protect, access_likely, write_likely, raw_mode)
+
+    def _wp(
+        self,
+        start: int,
+        length: int,
+        protect: bool,
+        access_likely: bool = False,
+        write_likely: bool = False,
+        raw_mode: Optional[int] = None,
+    ) -> None:
+        """UFFDIO_WRITEPROTECT with the mode the backend's callers describe (``raw_mode``: as is)."""
+        mode = abi.writeprotect_mode(protect, access_likely=access_likely, write_likely=write_likely)
+        self._need_uffd().writeprotect_mode(start, length, mode if raw_mode is None else raw_mode)
 
     def copy(self, r: RegionRef, page: int = 0, *, wp: bool = False) -> int:
         return self._need_uffd().copy(self._regions[r.index].page_addr(page), _zero_page_addr(), PAGE_SIZE, wp=wp)

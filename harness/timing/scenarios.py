@@ -262,12 +262,8 @@ def _after_unprotect(state: str, access: str, hints: Hints) -> Callable[[Context
             prepare_state(region, state)
             uffd.register(region.addr, region.length, RegisterMode.WP)
             uffd.writeprotect(region.addr, region.length, protect=True)
-            uffd.writeprotect(
-                region.addr,
-                region.length,
-                protect=False,
-                access_likely=hints.access_likely,
-                write_likely=hints.write_likely,
+            uffd.unprotect(
+                region.addr, region.length, access_likely=hints.access_likely, write_likely=hints.write_likely
             )
             error = check_state(region, expect) if ctx.check_state else None
             samples, faults = _timed_touch(region, access == "write", ctx)
