@@ -285,3 +285,37 @@ def test_kpageflags_of_many_pages_are_each_pages_own_word(make_region):
     assert [flags & stable for flags in got] == [{f for f in stable if w >> f & 1} for w in words]
     assert [abi.KPageFlag.ZERO_PAGE in flags for flags in got] == [True] + [False] * 7 + [True, False]
     assert all(abi.KPageFlag.ANON in flags for flags in got[1:8])
+
+
+def test_an_unprotect_with_dontwake_leaves_the_faulting_thread_blocked_until_a_wake(make_region):
+    """unprotect(dontwake=True) lifts the protection but wakes nobody: the writer blocked on its fault stays
+    blocked until UFFDIO_WAKE; and DONTWAKE with MODE_WP is EINVAL (the kernel's rule, sent as is)."""
+    import select
+    import threading
+
+    region = make_region(MemoryKind.ANON)
+    region.write(value=1)
+    with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
+        uffd.register(region.addr, region.length, RegisterMode.WP)
+        uffd.writeprotect(region.addr, region.length, protect=True)
+        writer = threading.Thread(target=region.write, kwargs={"value": 2}, daemon=True)
+        writer.start()
+        try:
+            poller = select.poll()
+            poller.register(uffd.fileno(), select.POLLIN)
+            assert poller.poll(_WAKE_WAIT * 1000), f"no fault event within {_WAKE_WAIT:.0f} s of the store"
+            uffd.read_events()
+            uffd.unprotect(region.addr, region.length, dontwake=True)
+            assert not pte.is_uffd_wp(region.addr), "the un-protect did not lift the protection"
+            writer.join(0.5)
+            assert writer.is_alive(), "unprotect(dontwake=True) woke the faulting thread"
+        finally:
+            uffd.wake(region.addr, region.length)
+            writer.join(_WAKE_WAIT)
+        assert not writer.is_alive(), "UFFDIO_WAKE did not release the writer"
+        with pytest.raises(UffdError) as info:
+            uffd.writeprotect_mode(
+                region.addr, region.length, abi.WRITEPROTECT_MODE_WP | abi.WRITEPROTECT_MODE_DONTWAKE
+            )
+        assert info.value.errno == errno.EINVAL
+    assert region.data(0, 1) == b"\x02", "the woken store did not land"
