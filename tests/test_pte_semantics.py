@@ -7,7 +7,10 @@ one of them changes in a kernel, the contract's observations change too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import select
+import threading
 
 import pytest
 
@@ -195,35 +198,64 @@ def _unprotect_hint_params():
     return combos
 
 
+@contextlib.contextmanager
+def _writer_blocked_on_its_fault(uffd: Userfaultfd, region):
+    """A thread storing 2 to the write-protected page, blocked on its fault (whose event is read here);
+    woken at the end whatever happened, so it never outlives the uffd."""
+    writer = threading.Thread(target=region.write, kwargs={"value": 2}, daemon=True)
+    writer.start()
+    try:
+        poller = select.poll()
+        poller.register(uffd.fileno(), select.POLLIN)
+        assert poller.poll(_WAKE_WAIT * 1000), f"no fault event within {_WAKE_WAIT:.0f} s of the store"
+        events = uffd.read_events()
+        assert len(events) == 1 and events[0].wp and events[0].write, events
+        yield writer
+    finally:
+        if writer.is_alive():
+            uffd.wake(region.addr, region.length)
+            writer.join(_WAKE_WAIT)
+
+
 @pytest.mark.parametrize("access, write", _unprotect_hint_params())
 def test_an_unprotect_wakes_the_thread_blocked_on_its_write_fault(make_region, access, write):
     """An un-protect without DONTWAKE wakes the thread that faulted on the page, hints or not: its store
     then lands.  A kernel whose hinted un-protect forgot the wake leaves the writer blocked for ever."""
-    import select
-    import threading
-
     region = make_region(MemoryKind.ANON)
     region.write(value=1)
     features = [Feature.PAGEFAULT_FLAG_WP] + ([Feature.ACCESS_HINTS] if access or write else [])
     with Userfaultfd.open(features) as uffd:
         uffd.register(region.addr, region.length, RegisterMode.WP)
         uffd.writeprotect(region.addr, region.length, protect=True)
-        writer = threading.Thread(target=region.write, kwargs={"value": 2}, daemon=True)
-        writer.start()
-        try:
-            poller = select.poll()
-            poller.register(uffd.fileno(), select.POLLIN)
-            assert poller.poll(_WAKE_WAIT * 1000), f"no fault event within {_WAKE_WAIT:.0f} s of the store"
-            events = uffd.read_events()
-            assert len(events) == 1 and events[0].wp and events[0].write, events
+        with _writer_blocked_on_its_fault(uffd, region) as writer:
             uffd.unprotect(region.addr, region.length, access_likely=access, write_likely=write)
             writer.join(_WAKE_WAIT)
             woken = not writer.is_alive()
-        finally:
-            if writer.is_alive():
-                uffd.wake(region.addr, region.length)  # let the writer go before the uffd closes
-                writer.join(_WAKE_WAIT)
         assert woken, f"the un-protect (hints: access={access}, write={write}) did not wake the faulting thread"
+    assert region.data(0, 1) == b"\x02", "the woken store did not land"
+
+
+def test_an_unprotect_with_dontwake_leaves_the_faulting_thread_blocked_until_a_wake(make_region):
+    """unprotect(dontwake=True) lifts the protection but wakes nobody: the writer blocked on its fault stays
+    blocked until UFFDIO_WAKE; and DONTWAKE with MODE_WP is EINVAL (the kernel's rule, sent as is)."""
+    region = make_region(MemoryKind.ANON)
+    region.write(value=1)
+    with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
+        uffd.register(region.addr, region.length, RegisterMode.WP)
+        uffd.writeprotect(region.addr, region.length, protect=True)
+        with _writer_blocked_on_its_fault(uffd, region) as writer:
+            uffd.unprotect(region.addr, region.length, dontwake=True)
+            assert not pte.is_uffd_wp(region.addr), "the un-protect did not lift the protection"
+            writer.join(0.5)
+            assert writer.is_alive(), "unprotect(dontwake=True) woke the faulting thread"
+            uffd.wake(region.addr, region.length)
+            writer.join(_WAKE_WAIT)
+            assert not writer.is_alive(), "UFFDIO_WAKE did not release the writer"
+        with pytest.raises(UffdError) as info:
+            uffd.writeprotect_mode(
+                region.addr, region.length, abi.WRITEPROTECT_MODE_WP | abi.WRITEPROTECT_MODE_DONTWAKE
+            )
+        assert info.value.errno == errno.EINVAL
     assert region.data(0, 1) == b"\x02", "the woken store did not land"
 
 
@@ -285,37 +317,3 @@ def test_kpageflags_of_many_pages_are_each_pages_own_word(make_region):
     assert [flags & stable for flags in got] == [{f for f in stable if w >> f & 1} for w in words]
     assert [abi.KPageFlag.ZERO_PAGE in flags for flags in got] == [True] + [False] * 7 + [True, False]
     assert all(abi.KPageFlag.ANON in flags for flags in got[1:8])
-
-
-def test_an_unprotect_with_dontwake_leaves_the_faulting_thread_blocked_until_a_wake(make_region):
-    """unprotect(dontwake=True) lifts the protection but wakes nobody: the writer blocked on its fault stays
-    blocked until UFFDIO_WAKE; and DONTWAKE with MODE_WP is EINVAL (the kernel's rule, sent as is)."""
-    import select
-    import threading
-
-    region = make_region(MemoryKind.ANON)
-    region.write(value=1)
-    with Userfaultfd.open([Feature.PAGEFAULT_FLAG_WP]) as uffd:
-        uffd.register(region.addr, region.length, RegisterMode.WP)
-        uffd.writeprotect(region.addr, region.length, protect=True)
-        writer = threading.Thread(target=region.write, kwargs={"value": 2}, daemon=True)
-        writer.start()
-        try:
-            poller = select.poll()
-            poller.register(uffd.fileno(), select.POLLIN)
-            assert poller.poll(_WAKE_WAIT * 1000), f"no fault event within {_WAKE_WAIT:.0f} s of the store"
-            uffd.read_events()
-            uffd.unprotect(region.addr, region.length, dontwake=True)
-            assert not pte.is_uffd_wp(region.addr), "the un-protect did not lift the protection"
-            writer.join(0.5)
-            assert writer.is_alive(), "unprotect(dontwake=True) woke the faulting thread"
-        finally:
-            uffd.wake(region.addr, region.length)
-            writer.join(_WAKE_WAIT)
-        assert not writer.is_alive(), "UFFDIO_WAKE did not release the writer"
-        with pytest.raises(UffdError) as info:
-            uffd.writeprotect_mode(
-                region.addr, region.length, abi.WRITEPROTECT_MODE_WP | abi.WRITEPROTECT_MODE_DONTWAKE
-            )
-        assert info.value.errno == errno.EINVAL
-    assert region.data(0, 1) == b"\x02", "the woken store did not land"
