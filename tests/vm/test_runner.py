@@ -6,6 +6,7 @@ an ordinary guest), so each takes several seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -155,7 +156,20 @@ def test_ctrl_c_kills_qemu(guest_kernel, qemu_procs):
         assert qemu_procs(guest_kernel.path), "QEMU never started"
         time.sleep(2)
         proc.send_signal(2)  # SIGINT, as the terminal sends it on Ctrl-C
-        rc = proc.wait(timeout=30)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            out, err = proc.communicate(timeout=30)
+            left = qemu_procs(guest_kernel.path)
+            for pid in left:  # vng runs in a session of its own: nothing here may outlive the test
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            pytest.fail(
+                "the CLI still ran 30 s after Ctrl-C; what it printed:\n"
+                + (out + err).decode(errors="replace")[-3000:]
+                + f"\nQEMU processes then (killed): {left}"
+            )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
