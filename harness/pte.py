@@ -291,11 +291,11 @@ def mark_idle(region: Region, first: int = 0, count: Optional[int] = None) -> No
     _require(idle_page_tracking_available())
     count = region.npages - first if count is None else count
     entries = pagemap_entries(region.page_addr(first), count) if count else []
+    present = [_visible_pfn(e) for e in entries if pagemap_bit(e, PagemapBit.PRESENT)]
+    tails = {pfn for pfn, f in zip(present, _flags_if_readable(present), strict=True) if KPageFlag.COMPOUND_TAIL in f}
     fd = os.open(_IDLE_BITMAP, os.O_RDWR)
     marked: set[int] = set()
     previous = head = -1
-    present = [_visible_pfn(e) for e in entries if pagemap_bit(e, PagemapBit.PRESENT)]
-    tails = {pfn for pfn, f in zip(present, _flags_if_readable(present), strict=True) if KPageFlag.COMPOUND_TAIL in f}
     try:
         for page, entry in zip(range(first, first + count), entries, strict=True):
             if not pagemap_bit(entry, PagemapBit.PRESENT):
