@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -148,6 +149,9 @@ def test_ctrl_c_kills_qemu(guest_kernel, qemu_procs):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # as from a terminal: a run started in the background by a non-interactive shell (`cmd &`)
+        # inherits SIGINT ignored, and Python then leaves it ignored (a nohup'd CLI ignores Ctrl-C too)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
